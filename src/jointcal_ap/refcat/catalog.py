@@ -1,0 +1,407 @@
+"""Load the stars of a sky region from a refcat, at any epoch.
+
+>>> from astropy.time import Time
+>>> from jointcal_ap.refcat import open_refcat
+>>> cat = open_refcat("refcat/hip2")                                # doctest: +SKIP
+>>> stars = cat.cone(56.75, 24.12, 1.5, epoch=Time("2024-01-01"))   # the Pleiades, today  # doctest: +SKIP
+
+Every query reads only the partitions that can hold the region's stars *after*
+they have moved: the region is padded by max|μ|·|Δt| (and the largest parallax
+when an observer is given), the candidates are propagated
+(:func:`jointcal_ap.refcat.epoch.propagate`), and the exact region test is made
+on the propagated positions. Nothing is modified in place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import healpy as hp
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from astropy import units as u
+from astropy.table import Table
+from astropy.time import Time
+
+from jointcal_ap.refcat.layout import Partition, partition_path, read_partition_info, read_properties
+from jointcal_ap.refcat.schema import CORRELATION_NAMES, HEALPIX_COLUMN
+
+__all__ = ["Refcat", "RefcatError", "open_refcat"]
+
+_ASTROMETRY = ("ra", "dec", "parallax", "pmra", "pmdec", "radial_velocity", "epoch")
+_ERRORS = ("ra_error", "dec_error", "parallax_error", "pmra_error", "pmdec_error")
+_MAS_TO_DEG = 1.0 / 3.6e6
+_QUERY_ORDER_CAP = 8
+
+
+class RefcatError(ValueError):
+    """A refcat directory is missing, incomplete, or a query is malformed."""
+
+
+def _unit_vector(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def _degrees(value: Any, name: str) -> float:
+    if isinstance(value, u.Quantity):
+        return float(value.to_value(u.deg))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RefcatError(f"{name} must be a number of degrees or an angle Quantity, got {value!r}") from None
+
+
+def _julian_year(epoch: Time | float | None) -> float | None:
+    """A Time (any scale) or a float Julian year (taken as TDB) → TDB Julian year."""
+    if epoch is None:
+        return None
+    if isinstance(epoch, Time):
+        if not epoch.isscalar:
+            raise RefcatError("epoch must be a single time")
+        return float(epoch.tdb.jyear)
+    value = float(epoch)
+    if not math.isfinite(value):
+        raise RefcatError(f"epoch must be finite, got {epoch!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Region:
+    """A sky region: a bounding cone for partition selection plus an exact membership test."""
+
+    center: np.ndarray  # unit vector
+    radius_deg: float  # bounding cone radius (≥ 180 means everything)
+    kind: str
+    params: tuple
+
+    def contains(self, ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+        if self.kind == "cone":
+            if self.radius_deg >= 180.0:
+                return np.ones(ra_deg.shape, dtype=bool)
+            cos_sep = _unit_vector(ra_deg, dec_deg) @ self.center
+            return cos_sep >= math.cos(math.radians(self.radius_deg))
+        if self.kind == "box":
+            ra_min, ra_max, dec_min, dec_max = self.params
+            in_dec = (dec_deg >= dec_min) & (dec_deg <= dec_max)
+            ra_wrapped = np.mod(ra_deg - ra_min, 360.0)
+            width = np.mod(ra_max - ra_min, 360.0) or (360.0 if ra_max != ra_min else 0.0)
+            return in_dec & (ra_wrapped <= width)
+        if self.kind == "polygon":
+            vectors = self.params[0]
+            points = _unit_vector(ra_deg, dec_deg)
+            inside = np.ones(ra_deg.shape, dtype=bool)
+            for a, b in zip(vectors, np.roll(vectors, -1, axis=0), strict=True):
+                inside &= points @ np.cross(a, b) >= 0
+            return inside
+        if self.kind == "healpix":
+            order, pixel = self.params
+            return hp.ang2pix(1 << order, ra_deg, dec_deg, nest=True, lonlat=True) == pixel
+        raise AssertionError(self.kind)
+
+
+def _bounding_cone(ra_deg: np.ndarray, dec_deg: np.ndarray) -> tuple[np.ndarray, float]:
+    """A cone containing the given boundary points (and the region they enclose, if small)."""
+    vectors = _unit_vector(ra_deg, dec_deg)
+    mean = vectors.mean(axis=0)
+    norm = np.linalg.norm(mean)
+    if norm < 1e-6:
+        return np.array([0.0, 0.0, 1.0]), 180.0
+    center = mean / norm
+    radius = float(np.degrees(np.arccos(np.clip(vectors @ center, -1, 1))).max())
+    return center, (180.0 if radius > 90.0 else radius * 1.0001 + 1e-9)
+
+
+class Refcat:
+    """A HATS-layout reference catalog on disk, queried by sky region and epoch.
+
+    Use :func:`open_refcat` to make one. Attributes: ``path``, ``name``, ``properties``
+    (the HATS properties), ``partitions``, ``schema`` (Arrow), ``columns``,
+    ``max_abs_pm`` (mas/yr) and ``max_parallax`` (mas), ``epoch_range`` (TDB Julian years).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not (self.path / "properties").exists():
+            raise RefcatError(f"{self.path}: not a refcat (no 'properties' file); is the conversion finished?")
+        self.properties = read_properties(self.path)
+        self.name = self.properties.get("obs_collection", self.path.name)
+        self.partitions: list[Partition] = read_partition_info(self.path)
+        self.schema: pa.Schema = pq.read_schema(self.path / "dataset" / "_common_metadata")
+        self.columns: list[str] = [n for n in self.schema.names if n != HEALPIX_COLUMN]
+        self.max_abs_pm = float(self.properties.get("jointcal_ap_max_abs_pm", 0.0))
+        self.max_parallax = float(self.properties.get("jointcal_ap_max_parallax", 0.0))
+        lo = self.properties.get("jointcal_ap_epoch_min")
+        hi = self.properties.get("jointcal_ap_epoch_max")
+        self.epoch_range = (float(lo), float(hi)) if lo and hi else None
+        orders = np.array([p.order for p in self.partitions], dtype=np.int64)
+        pixels = np.array([p.pixel for p in self.partitions], dtype=np.int64)
+        self._orders, self._pixels = orders, pixels
+
+    def __repr__(self) -> str:
+        return (f"Refcat({self.name!r}, {self.properties.get('hats_nrows', '?')} rows, "
+                f"{len(self.partitions)} partitions, path={str(self.path)!r})")
+
+    def __len__(self) -> int:
+        return int(self.properties.get("hats_nrows", 0))
+
+    # ------------------------------------------------------------------ public queries
+    def cone(self, ra: Any, dec: Any = None, radius: Any = None, **kwargs: Any) -> Table | pa.Table:
+        """Stars within ``radius`` of (``ra``, ``dec``) at the requested epoch.
+
+        ``ra`` may also be a :class:`~astropy.coordinates.SkyCoord`, with ``dec`` omitted.
+        Angles are degrees or Quantities; ``radius >= 180`` returns the whole sky.
+        See :meth:`query` for the keyword arguments.
+        """
+        if hasattr(ra, "icrs") and radius is None:
+            radius, coord = dec, ra.icrs
+            ra, dec = coord.ra, coord.dec
+        if dec is None or radius is None:
+            raise RefcatError("cone needs ra, dec and radius (or a SkyCoord and a radius)")
+        ra_d, dec_d, rad_d = _degrees(ra, "ra"), _degrees(dec, "dec"), _degrees(radius, "radius")
+        if not -90 <= dec_d <= 90 or rad_d < 0:
+            raise RefcatError(f"cone needs -90 <= dec <= 90 and radius >= 0, got dec={dec_d}, radius={rad_d}")
+        center = _unit_vector(np.array(ra_d), np.array(dec_d))
+        return self.query(_Region(center, min(rad_d, 180.0), "cone", ()), **kwargs)
+
+    def box(self, ra_min: Any, ra_max: Any, dec_min: Any, dec_max: Any, **kwargs: Any) -> Table | pa.Table:
+        """Stars with ``dec_min <= dec <= dec_max`` and ra from ``ra_min`` eastwards to ``ra_max``.
+
+        ``ra_min > ra_max`` wraps through 0 (e.g. 350 → 10 is a 20° wide box).
+        """
+        r0, r1 = _degrees(ra_min, "ra_min") % 360.0, _degrees(ra_max, "ra_max") % 360.0
+        d0, d1 = _degrees(dec_min, "dec_min"), _degrees(dec_max, "dec_max")
+        if not -90 <= d0 <= d1 <= 90:
+            raise RefcatError(f"box needs -90 <= dec_min <= dec_max <= 90, got {d0}, {d1}")
+        width = (r1 - r0) % 360.0 or 360.0
+        ras = r0 + np.linspace(0.0, width, 65)
+        edge_ra = np.concatenate([ras, ras])
+        edge_dec = np.concatenate([np.full(65, d0), np.full(65, d1)])
+        mid_ra = np.full(65, r0 + width / 2)
+        edge_ra = np.concatenate([edge_ra, mid_ra])
+        edge_dec = np.concatenate([edge_dec, np.linspace(d0, d1, 65)])
+        center, radius = _bounding_cone(edge_ra, edge_dec)
+        if width >= 180.0:
+            radius = 180.0
+        return self.query(_Region(center, radius, "box", (r0, r1, d0, d1)), **kwargs)
+
+    def polygon(self, ra: Sequence[float], dec: Sequence[float], **kwargs: Any) -> Table | pa.Table:
+        """Stars inside a convex spherical polygon given by its vertices (degrees), in either winding."""
+        ra_a, dec_a = np.asarray(ra, dtype=float), np.asarray(dec, dtype=float)
+        if ra_a.shape != dec_a.shape or ra_a.size < 3:
+            raise RefcatError("polygon needs at least 3 vertices, with as many ra as dec values")
+        vectors = _unit_vector(ra_a, dec_a)
+        normals = np.cross(vectors, np.roll(vectors, -1, axis=0))
+        centroid = vectors.mean(axis=0)
+        signs = np.sign(normals @ centroid)
+        if np.all(signs < 0):
+            vectors = vectors[::-1]
+            normals = np.cross(vectors, np.roll(vectors, -1, axis=0))
+        # convexity: every vertex on the inner side of every edge
+        if np.any((vectors @ normals.T) < -1e-12):
+            raise RefcatError("polygon must be convex (split it into convex pieces)")
+        t = np.linspace(0, 1, 17)[:, None, None]
+        nxt = np.roll(vectors, -1, axis=0)
+        pts = (1 - t) * vectors + t * nxt
+        pts = pts.reshape(-1, 3)
+        pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+        center, radius = _bounding_cone(np.degrees(np.arctan2(pts[:, 1], pts[:, 0])),
+                                        np.degrees(np.arcsin(np.clip(pts[:, 2], -1, 1))))
+        return self.query(_Region(center, radius, "polygon", (vectors,)), **kwargs)
+
+    def healpix(self, order: int, pixel: int, **kwargs: Any) -> Table | pa.Table:
+        """Stars inside NESTED HEALPix pixel ``pixel`` of ``order`` (after propagation)."""
+        if not 0 <= order <= 29 or not 0 <= pixel < 12 * 4**order:
+            raise RefcatError(f"no HEALPix pixel {pixel} at order {order}")
+        nside = 1 << order
+        corners = hp.boundaries(nside, pixel, step=4, nest=True).T
+        center = np.array(hp.pix2vec(nside, pixel, nest=True))
+        radius = float(np.degrees(np.arccos(np.clip(corners @ center, -1, 1))).max()) * 1.0001
+        return self.query(_Region(center, radius, "healpix", (order, pixel)), **kwargs)
+
+    # ------------------------------------------------------------------ machinery
+    def _padding_deg(self, epoch: float | None, observer: bool) -> float:
+        pad_mas = 0.0
+        if epoch is not None and self.epoch_range is not None:
+            dt = max(abs(epoch - self.epoch_range[0]), abs(epoch - self.epoch_range[1]))
+            pad_mas += self.max_abs_pm * dt * 1.01
+        if observer:
+            pad_mas += self.max_parallax * 1.02
+        return pad_mas * _MAS_TO_DEG + 1e-7
+
+    def _candidate_partitions(self, region: _Region, pad_deg: float) -> list[Partition]:
+        radius = region.radius_deg + pad_deg
+        if radius >= 180.0 or not self.partitions:
+            return list(self.partitions)
+        k = int(min(self._orders.max(), _QUERY_ORDER_CAP))
+        hits = hp.query_disc(1 << k, region.center, math.radians(radius), inclusive=True, nest=True)
+        hits = np.unique(np.asarray(hits, dtype=np.int64))
+        chosen = np.zeros(len(self.partitions), dtype=bool)
+        for order in np.unique(self._orders):
+            sel = self._orders == order
+            if order <= k:
+                ancestors = np.unique(hits >> (2 * (k - order)))
+                chosen[sel] = np.isin(self._pixels[sel], ancestors)
+            else:
+                chosen[sel] = np.isin(self._pixels[sel] >> (2 * (order - k)), hits)
+        return [p for p, c in zip(self.partitions, chosen, strict=True) if c]
+
+    def _read(self, parts: Sequence[Partition], columns: list[str]) -> pa.Table:
+        tables = [pq.read_table(partition_path(self.path, p), columns=columns) for p in parts]
+        if not tables:
+            return self.schema.empty_table().select(columns)
+        return pa.concat_tables(tables)
+
+    def query(self, region: _Region, *, epoch: Time | float | None = None,
+              observer: str | np.ndarray | None = None, columns: Sequence[str] | None = None,
+              mag_limits: Mapping[str, tuple[float | None, float | None]] | None = None,
+              format: str = "astropy") -> Table | pa.Table:
+        """Load the stars of ``region``; the shared implementation of every query.
+
+        Parameters
+        ----------
+        epoch : astropy.time.Time or float, optional
+            Move the stars to this epoch (a float is a TDB Julian year). None keeps the
+            catalog epoch.
+        observer : None, "earth" or array
+            None (default): barycentric positions. ``"earth"``: as seen from the geocentre at
+            ``epoch`` (annual parallax; no aberration or light deflection). An array: a
+            barycentric ICRS position in AU.
+        columns : list of str, optional
+            Columns to return (default all). ``id``, ``ra``, ``dec`` and ``epoch`` are always included.
+        mag_limits : mapping, optional
+            ``{"phot_g_mean_mag": (None, 12.0)}`` keeps 12th magnitude and brighter; either
+            bound may be None. Rows with a null magnitude fail a limit.
+        format : "astropy" or "arrow"
+
+        Returns
+        -------
+        astropy.table.Table (with units) or pyarrow.Table
+            With a boolean ``propagated`` column when ``epoch`` is given: False for stars
+            without proper motion, which keep their catalog position and epoch.
+        """
+        if format not in ("astropy", "arrow"):
+            raise RefcatError(f"format must be 'astropy' or 'arrow', got {format!r}")
+        t_epoch = _julian_year(epoch)
+        obs_position = None
+        if observer is not None:
+            if t_epoch is None:
+                raise RefcatError("an observer needs an epoch")
+            if isinstance(observer, str):
+                if observer != "earth":
+                    raise RefcatError(f"observer must be None, 'earth' or a position in AU, got {observer!r}")
+                from jointcal_ap.refcat.epoch import earth_barycentric_position
+
+                obs_position = earth_barycentric_position(Time(t_epoch, format="jyear", scale="tdb"))
+            else:
+                obs_position = np.asarray(observer, dtype=float)
+        wanted = list(self.columns if columns is None else columns)
+        unknown = [c for c in wanted if c not in self.columns]
+        if unknown:
+            raise RefcatError(f"{self.path}: no column(s) {unknown}; it has {self.columns}")
+        for name in (mag_limits or {}):
+            if name not in self.columns:
+                raise RefcatError(f"{self.path}: mag_limits names unknown column {name!r}")
+        moving = t_epoch is not None
+        needed = set(wanted) | {"id", "ra", "dec", "epoch"} | set(mag_limits or {})
+        if moving:
+            needed |= {c for c in (*_ASTROMETRY, *_ERRORS, *CORRELATION_NAMES) if c in self.columns}
+        read_cols = [c for c in self.schema.names if c in needed]
+
+        pad = self._padding_deg(t_epoch, obs_position is not None)
+        table = self._read(self._candidate_partitions(region, pad), read_cols)
+        if mag_limits:
+            keep = np.ones(table.num_rows, dtype=bool)
+            for name, (lo, hi) in mag_limits.items():
+                mag = table.column(name).to_numpy(zero_copy_only=False).astype(float)
+                with np.errstate(invalid="ignore"):
+                    if lo is not None:
+                        keep &= mag >= lo
+                    if hi is not None:
+                        keep &= mag <= hi
+            table = table.filter(pa.array(keep))
+        # cheap pre-cut on catalog positions, padded for motion
+        if region.radius_deg < 180.0 and table.num_rows:
+            ra0 = table.column("ra").to_numpy()
+            dec0 = table.column("dec").to_numpy()
+            cos_sep = _unit_vector(ra0, dec0) @ region.center
+            limit = math.cos(math.radians(min(region.radius_deg + pad, 180.0)))
+            table = table.filter(pa.array(cos_sep >= limit - 1e-12))
+        if moving:
+            table = self._propagate(table, t_epoch, obs_position)
+        keep = region.contains(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+        table = table.filter(pa.array(keep))
+        out_cols = list(dict.fromkeys(["id", "ra", "dec", *wanted, "epoch"]))
+        if moving:
+            out_cols.append("propagated")
+        table = table.select(out_cols)
+        return table if format == "arrow" else _to_astropy(table)
+
+    def _propagate(self, table: pa.Table, epoch: float, observer: np.ndarray | None) -> pa.Table:
+        from jointcal_ap.refcat.epoch import covariance_from_errors, errors_from_covariance, propagate
+
+        n = table.num_rows
+
+        def col(name: str, default: float = np.nan) -> np.ndarray:
+            if name in table.column_names:
+                return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            return np.full(n, default)
+
+        has_cov = any(c in table.column_names for c in _ERRORS)
+        cov = None
+        if has_cov:
+            cov = covariance_from_errors({c: col(c) for c in _ERRORS},
+                                         {c: col(c, 0.0) for c in CORRELATION_NAMES if c in table.column_names})
+        result = propagate(col("ra"), col("dec"), col("parallax"), col("pmra"), col("pmdec"),
+                           col("radial_velocity"), col("epoch"), epoch, cov=cov, observer=observer)
+        moved = np.asarray(result.moved, dtype=bool)
+        updates: dict[str, np.ndarray] = {
+            "ra": result.ra, "dec": result.dec,
+            "epoch": np.where(moved, epoch, col("epoch")),
+        }
+        for name in ("parallax", "pmra", "pmdec", "radial_velocity"):
+            if name in table.column_names:
+                updates[name] = getattr(result, name)
+        if cov is not None and result.cov is not None:
+            for name, values in errors_from_covariance(result.cov).items():
+                if name in table.column_names:
+                    updates[name] = values
+        for name, values in updates.items():
+            index = table.column_names.index(name)
+            table = table.set_column(index, table.schema.field(name), pa.array(
+                np.asarray(values), type=table.schema.field(name).type))
+        return table.append_column("propagated", pa.array(moved))
+
+
+def _to_astropy(table: pa.Table) -> Table:
+    out = Table()
+    for f in table.schema:
+        values = table.column(f.name).to_numpy(zero_copy_only=False)
+        unit = (f.metadata or {}).get(b"unit", b"").decode()
+        out[f.name] = values * u.Unit(unit) if unit and unit != "yr" else values
+        desc = (f.metadata or {}).get(b"description")
+        if desc:
+            out[f.name].description = desc.decode()
+        system = (f.metadata or {}).get(b"system")
+        if system:
+            out[f.name].meta["system"] = system.decode()
+    if "epoch" in out.colnames:
+        out["epoch"].description = "epoch of ra/dec, Julian year (TDB)"
+    return out
+
+
+def open_refcat(path: str | os.PathLike) -> Refcat:
+    """Open a refcat written by ``jointcal-ap refcat convert`` (or any HATS catalog with our columns).
+
+    Raises
+    ------
+    RefcatError
+        If ``path`` is not a finished refcat.
+    """
+    return Refcat(path)

@@ -1,0 +1,168 @@
+"""The HATS on-disk layout: paths, adaptive partitioning and the catalog-level files.
+
+A catalog directory holds::
+
+    properties                      HATS properties (Java-properties syntax)
+    partition_info.csv              Norder,Npix of every leaf partition
+    dataset/_metadata               Parquet metadata of all leaves (row groups, statistics)
+    dataset/_common_metadata        the schema alone
+    dataset/Norder=k/Dir=d/Npix=p.parquet   leaf partitions, rows sorted by _healpix_29
+
+plus our own ``conversion_config.json`` and ``conversion_report.json``. A NESTED
+HEALPix pixel ``p`` of order ``k`` covers exactly the ``_healpix_29`` range
+``[p·4^(29-k), (p+1)·4^(29-k))``, which is what makes streaming partitioning cheap.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jointcal_ap.refcat.schema import HEALPIX_ORDER
+
+__all__ = [
+    "Partition",
+    "adaptive_partitions",
+    "fixed_partitions",
+    "partition_path",
+    "read_partition_info",
+    "read_properties",
+    "write_catalog_files",
+]
+
+
+@dataclass(frozen=True, order=True)
+class Partition:
+    """One leaf partition: HEALPix pixel ``pixel`` at order ``order`` (NESTED)."""
+
+    order: int
+    pixel: int
+
+    @property
+    def index_range(self) -> tuple[int, int]:
+        """The half-open ``_healpix_29`` range this partition covers."""
+        shift = 2 * (HEALPIX_ORDER - self.order)
+        return self.pixel << shift, (self.pixel + 1) << shift
+
+    @property
+    def directory(self) -> int:
+        return (self.pixel // 10_000) * 10_000
+
+
+def partition_path(root: str | os.PathLike, part: Partition) -> Path:
+    """``root/dataset/Norder=k/Dir=d/Npix=p.parquet``."""
+    return (Path(root) / "dataset" / f"Norder={part.order}" / f"Dir={part.directory}"
+            / f"Npix={part.pixel}.parquet")
+
+
+def fixed_partitions(pixels: np.ndarray, order: int) -> list[Partition]:
+    """Partitions for every non-empty pixel at a fixed order.
+
+    ``pixels`` are occupied pixels at any order ≥ ``order``... given here at ``order`` itself.
+    """
+    return [Partition(order, int(p)) for p in np.unique(pixels)]
+
+
+def adaptive_partitions(pixels: np.ndarray, counts: np.ndarray, histogram_order: int,
+                        max_rows: int, lowest_order: int = 0) -> list[Partition]:
+    """HATS-style adaptive partitioning from a sparse histogram.
+
+    Each occupied pixel of the histogram is assigned to its ancestor at the lowest
+    order (≥ ``lowest_order``) whose total count is ≤ ``max_rows``; where even the
+    histogram pixel itself exceeds the threshold it becomes its own partition.
+
+    Parameters
+    ----------
+    pixels, counts : ndarray
+        Occupied pixels at ``histogram_order`` (NESTED) and their row counts.
+    """
+    pixels = np.asarray(pixels, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    keep = counts > 0
+    pixels, counts = pixels[keep], counts[keep]
+    assigned = np.full(pixels.shape, -1, dtype=np.int64)
+    result: set[Partition] = set()
+    for order in range(lowest_order, histogram_order + 1):
+        todo = assigned < 0
+        if not todo.any():
+            break
+        ancestors = pixels >> (2 * (histogram_order - order))
+        uniq, inverse = np.unique(ancestors, return_inverse=True)
+        totals = np.bincount(inverse, weights=counts).astype(np.int64)
+        small = (totals[inverse] <= max_rows) | (order == histogram_order)
+        take = todo & small
+        assigned[take] = order
+        result.update(Partition(order, int(p)) for p in np.unique(ancestors[take]))
+    return sorted(result)
+
+
+def _properties_text(values: dict[str, object]) -> str:
+    lines = []
+    for key, value in values.items():
+        text = str(value).replace("\\", "\\\\").replace("\n", "\\n")
+        lines.append(f"{key}={text}")
+    return "\n".join(lines) + "\n"
+
+
+def read_properties(root: str | os.PathLike) -> dict[str, str]:
+    """Read a HATS ``properties`` file into a dict of strings."""
+    values: dict[str, str] = {}
+    path = Path(root) / "properties"
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        values[key.strip()] = value.strip().replace("\\n", "\n").replace("\\\\", "\\")
+    return values
+
+
+def read_partition_info(root: str | os.PathLike) -> list[Partition]:
+    """The leaf partitions listed in ``partition_info.csv``."""
+    lines = (Path(root) / "partition_info.csv").read_text().split()
+    return [Partition(int(a), int(b)) for a, b in (ln.split(",") for ln in lines[1:])]
+
+
+def write_catalog_files(root: str | os.PathLike, partitions: Sequence[Partition],
+                        metadata: Iterable[pq.FileMetaData], schema: pa.Schema,
+                        properties: dict[str, object]) -> None:
+    """Write ``partition_info.csv``, ``dataset/_metadata``, ``_common_metadata`` and ``properties``."""
+    root = Path(root)
+    ordered = sorted(partitions)
+    (root / "partition_info.csv").write_text(
+        "Norder,Npix\n" + "".join(f"{p.order},{p.pixel}\n" for p in ordered))
+    collected = None
+    for part, meta in zip(ordered, metadata, strict=True):
+        meta.set_file_path(str(partition_path(".", part).relative_to("dataset")))
+        if collected is None:
+            collected = meta
+        else:
+            collected.append_row_groups(meta)
+    dataset = root / "dataset"
+    dataset.mkdir(parents=True, exist_ok=True)
+    pq.write_metadata(schema, dataset / "_common_metadata")
+    if collected is not None:
+        collected.write_metadata_file(str(dataset / "_metadata"))
+    else:
+        pq.write_metadata(schema, dataset / "_metadata")
+    now = _dt.datetime.now(_dt.UTC)
+    base = {
+        "dataproduct_type": "object",
+        "hats_col_ra": "ra",
+        "hats_col_dec": "dec",
+        "hats_col_healpix": "_healpix_29",
+        "hats_col_healpix_order": HEALPIX_ORDER,
+        "hats_npix_suffix": ".parquet",
+        "hats_order": max((p.order for p in ordered), default=0),
+        "hats_creation_date": now.strftime("%Y-%m-%dT%H:%M%Z"),
+        "hats_release_date": now.strftime("%Y-%m-%d"),
+        "hats_version": "v0.1",
+    }
+    base.update(properties)
+    (root / "properties").write_text(_properties_text(base))
