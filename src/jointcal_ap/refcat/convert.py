@@ -405,8 +405,8 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
         "jointcal_ap_max_parallax": f"{report.max_parallax_mas:.6g}",
     }
     if report.epoch_range:
-        properties["jointcal_ap_epoch_min"] = f"{report.epoch_range[0]:.6f}"
-        properties["jointcal_ap_epoch_max"] = f"{report.epoch_range[1]:.6f}"
+        properties["jointcal_ap_epoch_min"] = f"{report.epoch_range[0]:.10f}"
+        properties["jointcal_ap_epoch_max"] = f"{report.epoch_range[1]:.10f}"
     write_catalog_files(staging, [p for p, _ in done], metadata, schema, properties)
     shutil.rmtree(staging / "map")
     report.seconds["finalize"] = time.perf_counter() - t0
