@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 from astropy import units as u
 from astropy.table import Table
 from astropy.time import Time
+from erfa import ErfaWarning
 
 from jointcal_ap.refcat.layout import Partition, partition_path, read_partition_info, read_properties
 from jointcal_ap.refcat.schema import CORRELATION_NAMES, HEALPIX_COLUMN
@@ -65,7 +67,11 @@ def _julian_year(epoch: Time | float | None) -> float | None:
     if isinstance(epoch, Time):
         if not epoch.isscalar:
             raise RefcatError("epoch must be a single time")
-        return float(epoch.tdb.jyear)
+        # TT→TDB for a future date makes ERFA warn "dubious year" because it looks up
+        # UTC for a term of a few µs in TDB−TT; that is irrelevant at our precision.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=ErfaWarning, message=".*dubious year.*")
+            return float(epoch.tdb.jyear)
     value = float(epoch)
     if not math.isfinite(value):
         raise RefcatError(f"epoch must be finite, got {epoch!r}")
