@@ -1,0 +1,64 @@
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from jointcal_ap.cli import build_parser, main
+
+from conftest import REFCATS
+
+
+@pytest.fixture
+def small_csv(tmp_path):
+    path = tmp_path / "stars.csv"
+    rows = ["source_id,ra,dec,pmra,pmdec,mag"]
+    for i in range(300):
+        rows.append(f"{i},{(i * 1.2) % 360:.6f},{(i % 170) - 85 + 0.5:.6f},{i % 7},{-(i % 5)},{8 + (i % 10)}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_help_has_numbered_examples(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "1. Convert the bundled Hipparcos 2 catalog" in out
+    assert "refcat" in build_parser().format_help()
+
+
+def test_convert_info_query_roundtrip(tmp_path, small_csv, capsys):
+    config = REFCATS.parent / "benchmarks" / "configs" / "synthetic_csv.toml"
+    out = tmp_path / "cat"
+    assert main(["refcat", "convert", str(config), str(small_csv), "--out", str(out),
+                 "--workers", "1", "--no-progress"]) == 0
+    assert "300 rows in, 300 written" in capsys.readouterr().out
+    assert main(["refcat", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rows"] == 300 and "mag" in info["columns"]
+    assert main(["refcat", "info", str(out)]) == 0
+    assert "synthetic (AB)" in capsys.readouterr().out
+
+    result = tmp_path / "q.parquet"
+    assert main(["refcat", "query", str(out), "--ra", "0", "--dec", "0", "--radius", "180",
+                 "--epoch", "2030.0", "--out", str(result)]) == 0
+    table = pq.read_table(result)
+    assert table.num_rows == 300
+    assert {"id", "ra", "dec", "epoch", "mag", "propagated"} <= set(table.column_names)
+    assert main(["refcat", "query", str(out), "--ra", "0", "--dec", "0", "--radius", "180",
+                 "--mag-max", "mag", "10", "--out", str(result)]) == 0
+    assert pq.read_table(result).column("mag").to_numpy().max() <= 10
+
+
+def test_exit_codes(tmp_path, small_csv, capsys):
+    config = REFCATS / "gaia_dr3_source.toml"
+    # usage errors -> 2
+    assert main(["refcat"]) == 2
+    assert main(["refcat", "query", "x"]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[catalog]\nname='x'\n")
+    assert main(["refcat", "convert", str(bad), str(small_csv), "--out", str(tmp_path / "o")]) == 2
+    assert "config error" in capsys.readouterr().err
+    # failed on the data -> 1 (the CSV lacks Gaia's columns)
+    assert main(["refcat", "convert", str(config), str(small_csv), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 1
+    assert "column" in capsys.readouterr().err
+    assert main(["refcat", "info", str(tmp_path / "nothing")]) == 1
