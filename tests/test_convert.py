@@ -179,7 +179,12 @@ def test_map_task_output_is_sorted_ipc(tmp_path, csv_file):
     stats = _map_task(cfg, chunk, 0, str(tmp_path), 4)
     table = pa.ipc.open_file(pa.memory_map(stats["arrow"])).read_all()
     assert np.all(np.diff(table.column("_healpix_29").to_numpy()) >= 0)
-    assert sum(stats["counts"]) == table.num_rows == stats["rows_out"]
+    pixels, counts = np.load(stats["histogram"])
+    assert counts.sum() == table.num_rows == stats["rows_out"]
+    assert np.all(np.diff(pixels) > 0)
+    expected = np.unique(table.column("_healpix_29").to_numpy() >> (2 * (29 - 4)), return_counts=True)
+    np.testing.assert_array_equal(pixels, expected[0])
+    np.testing.assert_array_equal(counts, expected[1])
 
 
 def test_adaptive_partitions_respect_threshold():

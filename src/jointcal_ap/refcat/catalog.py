@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import healpy as hp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -107,6 +106,8 @@ class _Region:
                 inside &= points @ np.cross(a, b) >= 0
             return inside
         if self.kind == "healpix":
+            import healpy as hp
+
             order, pixel = self.params
             return hp.ang2pix(1 << order, ra_deg, dec_deg, nest=True, lonlat=True) == pixel
         raise AssertionError(self.kind)
@@ -225,6 +226,8 @@ class Refcat:
         """Stars inside NESTED HEALPix pixel ``pixel`` of ``order`` (after propagation)."""
         if not 0 <= order <= 29 or not 0 <= pixel < 12 * 4**order:
             raise RefcatError(f"no HEALPix pixel {pixel} at order {order}")
+        import healpy as hp
+
         nside = 1 << order
         corners = hp.boundaries(nside, pixel, step=4, nest=True).T
         center = np.array(hp.pix2vec(nside, pixel, nest=True))
@@ -245,6 +248,8 @@ class Refcat:
         radius = region.radius_deg + pad_deg
         if radius >= 180.0 or not self.partitions:
             return list(self.partitions)
+        import healpy as hp
+
         k = int(min(self._orders.max(), _QUERY_ORDER_CAP))
         hits = hp.query_disc(1 << k, region.center, math.radians(radius), inclusive=True, nest=True)
         hits = np.unique(np.asarray(hits, dtype=np.int64))

@@ -122,12 +122,15 @@ def _map_task(config: ConversionConfig, chunk: Chunk, file_index: int, staging: 
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))
     os.replace(tmp, stem.with_suffix(".arrow"))
 
-    index = table.column(HEALPIX_COLUMN).to_numpy()
-    pixels, counts = np.unique(index >> (2 * (HEALPIX_ORDER - histogram_order)), return_counts=True)
+    # The index is sorted, so the sparse histogram is a run-length count (no np.unique sort).
+    pixel_of_row = table.column(HEALPIX_COLUMN).to_numpy() >> (2 * (HEALPIX_ORDER - histogram_order))
+    starts = np.flatnonzero(np.diff(pixel_of_row, prepend=-1)) if len(pixel_of_row) else np.zeros(0, int)
+    histogram = np.stack([pixel_of_row[starts], np.diff(np.append(starts, len(pixel_of_row)))])
+    np.save(stem.with_suffix(".hist.npy"), histogram.astype(np.int64))
     stats = {
         "file": chunk.path, "chunk": chunk.index, "arrow": str(stem.with_suffix(".arrow")),
         "rows_in": rows_in, "rows_out": table.num_rows, "dropped": dict(dropped),
-        "pixels": pixels.tolist(), "counts": counts.tolist(),
+        "histogram": str(stem.with_suffix(".hist.npy")),
         "max_abs_pm": _max_abs(table, ("pmra", "pmdec")),
         "max_parallax": _max_abs(table, ("parallax",)),
         "epoch_min": _extreme(table, "epoch", np.nanmin),
@@ -206,7 +209,7 @@ def _executor(workers: int, dask_address: str | None) -> tuple[Executor | None, 
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload(["jointcal_ap.refcat.convert"])
+        ctx.set_forkserver_preload(["jointcal_ap.refcat.convert", "healpy"])
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
 
@@ -338,8 +341,9 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
         for s in stats:
             report.rows_in += s["rows_in"]
             dropped.update(s["dropped"])
-            pixels.append(np.asarray(s["pixels"], dtype=np.int64))
-            counts.append(np.asarray(s["counts"], dtype=np.int64))
+            histogram = np.load(s["histogram"])
+            pixels.append(histogram[0])
+            counts.append(histogram[1])
             report.resumed_chunks += bool(s["resumed"])
             report.max_abs_pm_mas_yr = max(report.max_abs_pm_mas_yr, s["max_abs_pm"])
             report.max_parallax_mas = max(report.max_parallax_mas, s["max_parallax"])

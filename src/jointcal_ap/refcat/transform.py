@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import astropy.units as u
-import healpy as hp
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -217,6 +216,7 @@ def transform_batch(batch: Batch, config: ConversionConfig, path: str) -> BatchR
 
     out[HEALPIX_COLUMN] = np.zeros(n, dtype=np.int64)
     if keep.any():
+        import healpy as hp  # imported here: it pulls in matplotlib, 0.8 s a process
         out[HEALPIX_COLUMN][keep] = hp.ang2pix(1 << HEALPIX_ORDER, out["ra"][keep], dec[keep],
                                                nest=True, lonlat=True)
     extra_types = {name: table.column(src).type for name, src in config.extra.items()}
