@@ -400,7 +400,8 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
         "obs_collection": cfg.name,
         "obs_title": cfg.description or cfg.name,
         "hats_nrows": report.rows_written,
-        "hats_max_rows": max((n for _, n in done), default=0),
+        # HATS records the threshold for adaptive partitioning (as hats-import does).
+        "hats_max_rows": spec.max_rows if spec.mode == "adaptive" else max((n for _, n in done), default=0),
         "hats_estsize": size_kb,
         "moc_sky_fraction": f"{sky_fraction:.5f}",
         "hats_builder": f"jointcal_ap v{__version__}",

@@ -162,7 +162,9 @@ def write_catalog_files(root: str | os.PathLike, partitions: Sequence[Partition]
         "hats_order": max((p.order for p in ordered), default=0),
         "hats_creation_date": now.strftime("%Y-%m-%dT%H:%M%Z"),
         "hats_release_date": now.strftime("%Y-%m-%d"),
-        "hats_version": "v0.1",
+        "hats_version": "v1.0",
     }
     base.update(properties)
-    (root / "properties").write_text(_properties_text(base))
+    text = "#HATS catalog\n" + _properties_text(base)
+    (root / "properties").write_text(text)
+    (root / "hats.properties").write_text(text)  # the newer name; hats-import writes both

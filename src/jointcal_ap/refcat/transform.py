@@ -123,7 +123,8 @@ def output_schema(config: ConversionConfig, id_type: pa.DataType, extra_types: d
     if config.correlations or config.weight_matrix:
         present |= {name for name, _, _ in CORRELATIONS
                     if config.weight_matrix or name in config.correlations}
-    fields = [pa.field("id", id_type, metadata={"description": "source identifier"})]
+    fields = [pa.field(HEALPIX_COLUMN, pa.int64(), metadata={"description": "NESTED HEALPix index at order 29"}),
+              pa.field("id", id_type, metadata={"description": "source identifier"})]
     for name in _ORDER:
         if name in present:
             kind, unit, desc = CORE_COLUMNS[name]
@@ -137,8 +138,6 @@ def output_schema(config: ConversionConfig, id_type: pa.DataType, extra_types: d
                                    metadata={"unit": "mag", "description": f"sigma({mag.name})"}))
     for name in config.extra:
         fields.append(pa.field(name, extra_types.get(name, pa.float64())))
-    fields.append(pa.field(HEALPIX_COLUMN, pa.int64(),
-                           metadata={"description": "NESTED HEALPix index at order 29"}))
     meta = {"jointcal_ap": json.dumps({"catalog": config.name, "epoch_scale": "tdb"})}
     return pa.schema(fields, metadata=meta)
 
