@@ -1,0 +1,268 @@
+"""Association: measurements → initial per-CCD mappings → fitted stars ↔ reference stars.
+
+1. For every visit, the reference stars are loaded **at that visit's epoch, as seen from
+   the Earth** (:meth:`Refcat.cone` with ``epoch`` and ``observer="earth"``).
+2. Per CCD, a robust offset search (the peak of the 2-D histogram of all measurement −
+   reference differences within ``search_radius``) absorbs an initial WCS that is several
+   arcseconds off; matches within a shrinking radius then fit a per-CCD polynomial
+   (pixel → tangent plane), which also absorbs a small rotation and the optical distortion
+   the initial header lacks.
+3. Measurements matched to the same reference star join one fitted star; the rest are
+   grouped by friends-of-friends on their corrected positions.
+
+Pure array code except for the refcat loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from jointcal_ap.fit.data import FitInput
+from jointcal_ap.fit.models import CcdGeometry, fit_poly, poly_design, poly_eval
+
+__all__ = ["Association", "AssociationError", "associate", "gnomonic", "inverse_gnomonic", "unit_vectors"]
+
+MAS_PER_DEG = 3.6e6
+
+
+class AssociationError(ValueError):
+    """The input cannot be associated (no reference stars, too few stars on a CCD, ...)."""
+
+
+def unit_vectors(ra_deg, dec_deg):
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def tangent_frame(ra_deg: float, dec_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(e0, east, north) unit vectors at a tangent point."""
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    e0 = np.array([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+    east = np.array([-np.sin(ra), np.cos(ra), 0.0])
+    north = np.array([-np.sin(dec) * np.cos(ra), -np.sin(dec) * np.sin(ra), np.cos(dec)])
+    return e0, east, north
+
+
+def gnomonic(ra_deg, dec_deg, ra0: float, dec0: float) -> np.ndarray:
+    """Tangent-plane coordinates (ξ, η) in mas about (ra0, dec0)."""
+    e0, east, north = tangent_frame(ra0, dec0)
+    vec = unit_vectors(ra_deg, dec_deg)
+    den = vec @ e0
+    return np.stack([vec @ east / den, vec @ north / den], axis=-1) * np.degrees(1) * MAS_PER_DEG
+
+
+def inverse_gnomonic(xi_eta_mas: np.ndarray, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
+    """(ra, dec) in degrees from tangent-plane coordinates in mas."""
+    e0, east, north = tangent_frame(ra0, dec0)
+    t = np.asarray(xi_eta_mas) / (np.degrees(1) * MAS_PER_DEG)
+    vec = e0 + t[..., 0:1] * east + t[..., 1:2] * north
+    vec /= np.linalg.norm(vec, axis=-1, keepdims=True)
+    return np.degrees(np.arctan2(vec[..., 1], vec[..., 0])) % 360.0, np.degrees(np.arcsin(vec[..., 2]))
+
+
+@dataclass
+class VisitMatch:
+    """Per-visit matching statistics."""
+
+    visit: int
+    n_measurements: int
+    n_refstars_loaded: int
+    n_matched: int
+    offset_arcsec: tuple[float, float]
+    initial_rms_mas: float
+
+
+@dataclass
+class Association:
+    """The result of association (see module docstring)."""
+
+    meas_star: np.ndarray  # (n,) fitted-star index per measurement, -1 when unassociated
+    n_stars: int
+    star_ref: np.ndarray  # (N,) reference id (refcat "id") or -1
+    star_ra: np.ndarray  # (N,) first-guess position, degrees
+    star_dec: np.ndarray
+    meas_ref_tp: np.ndarray  # (n, 2) reference position at the visit epoch (tangent plane, mas), NaN if none
+    per_ccd_poly: np.ndarray  # (n_ccds, 2, K) initial pixel → tangent-plane polynomials (mas)
+    degree: int
+    geometry: list[CcdGeometry]
+    visit_stats: list[VisitMatch] = field(default_factory=list)
+    refcats_by_visit: dict[int, object] = field(default_factory=dict, repr=False)
+
+
+def _offset_search(meas_tp: np.ndarray, ref_tp: np.ndarray, radius_mas: float, bin_mas: float
+                   ) -> np.ndarray:
+    """Most common (ref − meas) offset among all pairs closer than ``radius_mas``."""
+    tree = cKDTree(ref_tp)
+    pairs = tree.query_ball_point(meas_tp, radius_mas)
+    dx = [ref_tp[p] - meas_tp[i] for i, p in enumerate(pairs) if p]
+    if not dx:
+        return np.zeros(2)
+    d = np.concatenate(dx)
+    nb = int(np.ceil(2 * radius_mas / bin_mas))
+    hist, xe, ye = np.histogram2d(d[:, 0], d[:, 1], bins=nb, range=[[-radius_mas, radius_mas]] * 2)
+    i, j = np.unravel_index(np.argmax(hist), hist.shape)
+    peak = np.array([(xe[i] + xe[i + 1]) / 2, (ye[j] + ye[j + 1]) / 2])
+    near = np.linalg.norm(d - peak, axis=1) < 2 * bin_mas
+    return np.median(d[near], axis=0) if near.sum() >= 3 else peak
+
+
+def _match(meas_tp: np.ndarray, ref_tp: np.ndarray, radius_mas: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest reference within the radius, one-to-one (closest wins); returns (meas idx, ref idx)."""
+    if len(ref_tp) == 0 or len(meas_tp) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    dist, idx = cKDTree(ref_tp).query(meas_tp, distance_upper_bound=radius_mas)
+    ok = np.isfinite(dist)
+    mi, ri, di = np.flatnonzero(ok), idx[ok], dist[ok]
+    order = np.argsort(di)
+    _, first = np.unique(ri[order], return_index=True)
+    keep = order[first]
+    return mi[keep], ri[keep]
+
+
+def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: float = 20.0,
+              match_radius_arcsec: float = 1.0, link_radius_arcsec: float = 1.0,
+              min_measurements: int = 2, mag_limits=None, progress=None) -> Association:
+    """Associate measurements into stars and match them to the reference catalog.
+
+    Parameters
+    ----------
+    data : FitInput
+    refcat : Refcat
+        Opened with :func:`jointcal_ap.refcat.open_refcat`.
+    degree : int
+        Degree of the initial per-CCD polynomials.
+    search_radius_arcsec : float
+        How far off the initial WCS may be.
+    match_radius_arcsec, link_radius_arcsec : float
+        Final reference match radius, and the friends-of-friends linking length.
+    min_measurements : int
+        Stars without a reference match need at least this many measurements.
+    """
+    meas = data.measurements
+    n = len(meas)
+    visit_of_ccd = data.visit_index_of_ccd()
+    geometry = [CcdGeometry.from_size(c.naxis1, c.naxis2) for c in data.ccds]
+    k = (degree + 1) * (degree + 2) // 2
+    per_ccd = np.zeros((len(data.ccds), 2, k))
+    meas_tp = np.full((n, 2), np.nan)  # corrected tangent-plane positions
+    meas_ref = np.full(n, -1, dtype=np.int64)  # refcat id matched at the visit epoch
+    meas_ref_tp = np.full((n, 2), np.nan)
+    stats: list[VisitMatch] = []
+    refcats: dict[int, object] = {}
+    by_ccd = np.argsort(meas.ccd_index, kind="stable")
+    bounds = np.searchsorted(meas.ccd_index[by_ccd], np.arange(len(data.ccds) + 1))
+
+    for vi, visit in enumerate(data.visits):
+        ccds = np.flatnonzero(visit_of_ccd == vi)
+        in_visit = np.concatenate([by_ccd[bounds[c]:bounds[c + 1]] for c in ccds])
+        if len(in_visit) == 0:
+            raise AssociationError(f"visit {visit.visit} ({visit.name}) has no measurements")
+        init_tp = gnomonic(meas.ra_init[in_visit], meas.dec_init[in_visit], visit.ra, visit.dec)
+        radius_deg = float(np.max(np.hypot(init_tp[:, 0], init_tp[:, 1]))) / MAS_PER_DEG
+        radius_deg += search_radius_arcsec / 3600 * 2
+        ref = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=visit.epoch, observer="earth",
+                          mag_limits=mag_limits, format="arrow")
+        refcats[visit.visit] = ref
+        ref_tp = gnomonic(ref.column("ra").to_numpy(), ref.column("dec").to_numpy(), visit.ra, visit.dec)
+        ref_ids = ref.column("id").to_numpy()
+        n_matched, offsets, rms = 0, [], []
+        for c in ccds:
+            rows = by_ccd[bounds[c]:bounds[c + 1]]
+            if len(rows) == 0:
+                raise AssociationError(f"visit {visit.visit}, detector {data.ccds[c].detector}: no measurements")
+            u, v = geometry[c].normalise(meas.x[rows], meas.y[rows])
+            tp = gnomonic(meas.ra_init[rows], meas.dec_init[rows], visit.ra, visit.dec)
+            offset = _offset_search(tp, ref_tp, search_radius_arcsec * 1000, 250.0)
+            offsets.append(offset)
+            tp = tp + offset
+            coeffs = fit_poly(u, v, tp, 1)
+            for radius, deg in ((3 * match_radius_arcsec, 1), (2 * match_radius_arcsec, degree),
+                                (match_radius_arcsec, degree)):
+                mi, ri = _match(tp, ref_tp, radius * 1000)
+                use_deg = deg if len(mi) >= 3 * ((deg + 1) * (deg + 2) // 2) else 1
+                if len(mi) < 3:
+                    break
+                coeffs = fit_poly(u[mi], v[mi], ref_tp[ri], use_deg)
+                tp = poly_eval(coeffs, u, v, use_deg, np)
+            else:
+                pass
+            if len(mi) < 3:
+                # too few reference stars here: keep the initial WCS (plus the offset found)
+                coeffs = fit_poly(u, v, gnomonic(meas.ra_init[rows], meas.dec_init[rows], visit.ra,
+                                                 visit.dec) + offset, 1)
+                use_deg = 1
+            full = np.zeros((2, k))
+            full[:, : coeffs.shape[1]] = coeffs  # lower degree: our monomial order is by total degree
+            per_ccd[c] = full
+            meas_tp[rows] = poly_eval(full, u, v, degree, np)
+            mi, ri = _match(meas_tp[rows], ref_tp, match_radius_arcsec * 1000)
+            meas_ref[rows[mi]] = ref_ids[ri]
+            meas_ref_tp[rows[mi]] = ref_tp[ri]
+            n_matched += len(mi)
+            if len(mi):
+                rms.append(np.sqrt(np.mean(np.sum((meas_tp[rows[mi]] - ref_tp[ri]) ** 2, axis=1))))
+        off = np.mean(offsets, axis=0) / 1000
+        stats.append(VisitMatch(visit.visit, len(in_visit), len(ref_ids), n_matched,
+                                (float(off[0]), float(off[1])), float(np.mean(rms)) if rms else float("nan")))
+        if progress is not None:
+            progress.update(1)
+
+    if sum(s.n_matched for s in stats) == 0:
+        raise AssociationError("no measurement matched a reference star: is the refcat covering "
+                               "this field, and the initial WCS within "
+                               f"{search_radius_arcsec} arcsec?")
+
+    # sky positions of all measurements through the corrected initial mappings
+    ra = np.empty(n)
+    dec = np.empty(n)
+    visit_of_meas = visit_of_ccd[meas.ccd_index]
+    for vi, visit in enumerate(data.visits):
+        rows = np.flatnonzero(visit_of_meas == vi)
+        ra[rows], dec[rows] = inverse_gnomonic(meas_tp[rows], visit.ra, visit.dec)
+
+    # 1) by reference id; 2) friends-of-friends for the rest
+    star_of = np.full(n, -1, dtype=np.int64)
+    has_ref = meas_ref >= 0
+    ref_unique, ref_star = np.unique(meas_ref[has_ref], return_inverse=True)
+    star_of[has_ref] = ref_star
+    n_ref_stars = len(ref_unique)
+    rest = np.flatnonzero(~has_ref & (meas.flags == 0))
+    xyz = unit_vectors(ra[rest], dec[rest])
+    link = 2 * np.sin(np.radians(link_radius_arcsec / 3600) / 2)
+    pairs = cKDTree(xyz).query_pairs(link, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(rest), len(rest)))
+    n_groups, labels = connected_components(graph, directed=False)
+    counts = np.bincount(labels, minlength=n_groups)
+    # a group with two measurements of one CCD is a blend or a false link: drop it
+    key = labels * (len(data.ccds) + 1) + meas.ccd_index[rest]
+    _, key_counts = np.unique(key, return_counts=True)
+    dup = np.zeros(n_groups, bool)
+    if np.any(key_counts > 1):
+        uk, kc = np.unique(key, return_counts=True)
+        dup[np.unique(uk[kc > 1] // (len(data.ccds) + 1))] = True
+    good = (counts >= min_measurements) & ~dup
+    remap = np.full(n_groups, -1, dtype=np.int64)
+    remap[good] = n_ref_stars + np.arange(good.sum())
+    star_of[rest] = remap[labels]
+    n_stars = n_ref_stars + int(good.sum())
+
+    star_ref = np.full(n_stars, -1, dtype=np.int64)
+    star_ref[:n_ref_stars] = ref_unique
+    sel = star_of >= 0
+    vec = np.zeros((n_stars, 3))
+    np.add.at(vec, star_of[sel], unit_vectors(ra[sel], dec[sel]))
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    star_ra = np.degrees(np.arctan2(vec[:, 1], vec[:, 0])) % 360.0
+    star_dec = np.degrees(np.arcsin(vec[:, 2]))
+    return Association(star_of, n_stars, star_ref, star_ra, star_dec, meas_ref_tp, per_ccd, degree,
+                       geometry, stats, refcats)
+
+
+def design_for(geometry: CcdGeometry, x, y, degree: int) -> np.ndarray:
+    u, v = geometry.normalise(x, y)
+    return poly_design(u, v, degree, np)

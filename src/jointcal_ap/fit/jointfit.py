@@ -1,0 +1,416 @@
+"""The joint astrometric fit: configure, then ``run()``.
+
+>>> from jointcal_ap.fit import JointFit, FitOptions, read_inputs    # doctest: +SKIP
+>>> from jointcal_ap.refcat import open_refcat                       # doctest: +SKIP
+>>> result = JointFit(read_inputs(["survey/"]), open_refcat("refcat/gaia"), FitOptions()).run()  # doctest: +SKIP
+>>> result.chi2_per_dof, result.pixel_to_sky(0, [1024.0], [1024.0])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from jointcal_ap.fit.associate import (
+    Association,
+    associate,
+    gnomonic,
+    inverse_gnomonic,
+    tangent_frame,
+    unit_vectors,
+)
+from jointcal_ap.fit.data import FitInput
+from jointcal_ap.fit.models import ConstrainedModel, SimpleModel
+from jointcal_ap.fit.solve import MAS_PER_RAD, FitError, Problem, SolveStats, build_functions, gauss_newton
+
+__all__ = ["FitOptions", "FitResult", "JointFit"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Options of the joint astrometric fit.
+
+    Attributes
+    ----------
+    model : "simple" or "constrained"
+        One polynomial per visit × detector, or per-detector ∘ per-visit polynomials.
+    degree : int
+        Polynomial degree of the simple model, and of the per-detector part of the constrained one.
+    visit_degree : int
+        Degree of the per-visit part of the constrained model.
+    star_params : 2 or 5
+        2: every fitted star has a position; reference stars move with their catalog motion.
+        5: stars whose reference has no motion (or no reference) also fit proper motion and
+        parallax, when they have ≥ 3 measurements over ≥ 1 year.
+    clip_sigma : float
+        Measurements whose whitened residual exceeds this are clipped, then the fit is redone.
+    max_clip_rounds, max_iterations : int
+    ref_error_floor_mas : float
+        Added in quadrature to reference-star position errors (and used alone where the
+        catalog gives none).
+    systematic_mas : float
+        Added in quadrature to every measurement's error.
+    match_radius_arcsec, search_radius_arcsec, link_radius_arcsec : float
+        See :func:`jointcal_ap.fit.associate.associate`.
+    reference_visit : int
+        Index of the visit whose mapping is fixed in the constrained model.
+    """
+
+    model: str = "simple"
+    degree: int = 3
+    visit_degree: int = 1
+    star_params: int = 2
+    clip_sigma: float = 5.0
+    max_clip_rounds: int = 8
+    max_iterations: int = 20
+    ref_error_floor_mas: float = 0.0
+    systematic_mas: float = 0.0
+    match_radius_arcsec: float = 1.0
+    search_radius_arcsec: float = 20.0
+    link_radius_arcsec: float = 1.0
+    reference_visit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in ("simple", "constrained"):
+            raise ValueError(f"model must be 'simple' or 'constrained', got {self.model!r}")
+        if self.star_params not in (2, 5):
+            raise ValueError(f"star_params must be 2 or 5, got {self.star_params!r}")
+        if not 1 <= self.degree <= 9 or not 1 <= self.visit_degree <= 9:
+            raise ValueError("polynomial degrees must be between 1 and 9")
+
+
+@dataclass
+class FitResult:
+    """The fitted model and everything measured about the fit."""
+
+    model: Any
+    params: np.ndarray
+    theta: np.ndarray
+    options: FitOptions
+    data: FitInput = field(repr=False)
+    association: Association = field(repr=False)
+    fit_epoch: float = 0.0
+    chi2: float = 0.0
+    dof: int = 0
+    n_measurements: int = 0
+    n_clipped: int = 0
+    clip_rounds: list[int] = field(default_factory=list)
+    stats: SolveStats = field(default_factory=SolveStats)
+    measurement_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
+    residual_mas: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
+    residual_white: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
+    active: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
+    ref_residual_mas: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
+    star_e0: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
+    star_ea: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
+    star_ed: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def chi2_per_dof(self) -> float:
+        return self.chi2 / max(self.dof, 1)
+
+    def tangent_plane(self, ccd: int, x, y) -> np.ndarray:
+        """Fitted (ξ, η) in mas on the CCD's visit tangent plane, for 1-based pixels."""
+        from jointcal_ap._jax import jnp
+
+        geometry = self.association.geometry[ccd]
+        u, v = geometry.normalise(np.asarray(x, float), np.asarray(y, float))
+        c = self.data.ccds[ccd]
+        visit = [v_.visit for v_ in self.data.visits].index(c.visit)
+        det = int(np.searchsorted(self.data.detectors(), c.detector))
+        local = self.model.local_index(np.array([ccd]), np.array([visit]), np.array([det]))[0]
+        lp = jnp.asarray(self.params[local])[None, :].repeat(len(u), 0)
+        return np.asarray(self.model.evaluate(lp, jnp.asarray(u), jnp.asarray(v)))
+
+    def pixel_to_sky(self, ccd: int, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Fitted (ra, dec) in degrees of 1-based pixel positions on CCD ``ccd`` (index into data.ccds)."""
+        c = self.data.ccds[ccd]
+        visit = next(v for v in self.data.visits if v.visit == c.visit)
+        return inverse_gnomonic(self.tangent_plane(ccd, x, y), visit.ra, visit.dec)
+
+    def star_positions(self, epoch: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Fitted star positions (degrees) at ``epoch`` (default: the fit epoch), barycentric."""
+        dt = 0.0 if epoch is None else epoch - self.fit_epoch
+        off = self.theta[:, 0:2] + self.theta[:, 2:4] * dt
+        vec = self.star_e0 + (off[:, 0:1] * self.star_ea + off[:, 1:2] * self.star_ed) / MAS_PER_RAD
+        vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+        return np.degrees(np.arctan2(vec[:, 1], vec[:, 0])) % 360, np.degrees(np.arcsin(vec[:, 2]))
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers (the JSON report has more)."""
+        act = self.active
+        rms = np.sqrt(np.mean(np.sum(self.residual_mas[act] ** 2, axis=1) / 2)) if act.any() else np.nan
+        ref = np.isfinite(self.ref_residual_mas[:, 0]) & act
+        ref_rms = np.sqrt(np.mean(np.sum(self.ref_residual_mas[ref] ** 2, axis=1) / 2)) if ref.any() else np.nan
+        return {
+            "model": self.options.model, "chi2": self.chi2, "dof": self.dof,
+            "chi2_per_dof": self.chi2_per_dof, "n_measurements": int(act.sum()),
+            "n_clipped": self.n_clipped, "n_stars": int(self.association.n_stars),
+            "n_reference_stars": int((self.association.star_ref >= 0).sum()),
+            "internal_rms_mas": float(rms), "reference_rms_mas": float(ref_rms),
+            "iterations": len(self.stats.chi2_history) - 1, "stop_reason": self.stats.reason,
+            "seconds": self.seconds,
+        }
+
+
+class JointFit:
+    """Configure a joint astrometric fit of many visits × detectors; :meth:`run` does it.
+
+    Parameters
+    ----------
+    data : FitInput
+        From :func:`jointcal_ap.fit.io.read_inputs`.
+    refcat : Refcat
+        Reference catalog (:func:`jointcal_ap.refcat.open_refcat`); stars are loaded at each
+        visit's own epoch.
+    options : FitOptions
+    """
+
+    def __init__(self, data: FitInput, refcat, options: FitOptions | None = None):
+        self.data = data
+        self.refcat = refcat
+        self.options = options or FitOptions()
+        if len(data.measurements) == 0:
+            raise FitError("no measurements in the input")
+
+    # ------------------------------------------------------------------ problem set-up
+    def _model(self, association: Association):
+        data, opt = self.data, self.options
+        n_ccds = len(data.ccds)
+        if opt.model == "simple":
+            return SimpleModel(opt.degree, n_ccds)
+        ref_visit = opt.reference_visit
+        visit_of_ccd = data.visit_index_of_ccd()
+        ccds = np.flatnonzero(visit_of_ccd == ref_visit)
+        # the field radius in mas: |centre| + |∂/∂u| + |∂/∂v| of each CCD of the reference visit
+        poly = association.per_ccd_poly[ccds]
+        extent = float(np.max(np.abs(poly[:, :, 0]) + np.abs(poly[:, :, 1]) + np.abs(poly[:, :, 2])))
+        scale = max(extent, 1.0)
+        return ConstrainedModel(opt.degree, opt.visit_degree, len(data.detectors()), len(data.visits), scale)
+
+    def _problem(self, association: Association, model) -> tuple[Problem, dict[str, np.ndarray]]:
+        from astropy.time import Time
+
+        from jointcal_ap.refcat.epoch import earth_barycentric_position
+
+        data, opt = self.data, self.options
+        meas = data.measurements
+        rows = np.flatnonzero(association.meas_star >= 0)
+        star = association.meas_star[rows]
+        n_stars = association.n_stars
+        visit_of_ccd = data.visit_index_of_ccd()
+        detectors = data.detectors()
+        det_of_ccd = np.searchsorted(detectors, [c.detector for c in data.ccds])
+        ccd = meas.ccd_index[rows]
+        visit = visit_of_ccd[ccd]
+        epochs = np.array([v.epoch for v in data.visits])
+        fit_epoch = float(np.mean(epochs))
+
+        # Star frames: reference stars at the fit epoch (barycentric), others where first seen.
+        star_ra, star_dec = association.star_ra.copy(), association.star_dec.copy()
+        prior_value = np.zeros((n_stars, 5))
+        prior_weight = np.zeros((n_stars, 5, 5))
+        has_motion = np.zeros(n_stars, bool)
+        is_ref = association.star_ref >= 0
+        if is_ref.any():
+            centre = unit_vectors(np.array([v.ra for v in data.visits]), np.array([v.dec for v in data.visits])).mean(0)
+            centre /= np.linalg.norm(centre)
+            c_ra = float(np.degrees(np.arctan2(centre[1], centre[0])) % 360)
+            c_dec = float(np.degrees(np.arcsin(centre[2])))
+            sep = np.degrees(np.arccos(np.clip(unit_vectors(star_ra[is_ref], star_dec[is_ref]) @ centre, -1, 1)))
+            ref = self.refcat.cone(c_ra, c_dec, float(sep.max()) + 0.05, epoch=fit_epoch, format="arrow")
+            ids = ref.column("id").to_numpy()
+            order = np.argsort(ids)
+            where = order[np.searchsorted(ids[order], association.star_ref[is_ref])]
+            if not np.all(ids[where] == association.star_ref[is_ref]):
+                raise FitError("reference stars matched at the visit epochs are missing at the fit epoch")
+
+            def col(name, default=np.nan):
+                if name in ref.column_names:
+                    return ref.column(name).to_numpy(zero_copy_only=False).astype(float)[where]
+                return np.full(len(where), default)
+
+            star_ra[is_ref], star_dec[is_ref] = col("ra"), col("dec")
+            floor2 = opt.ref_error_floor_mas ** 2
+            era, edec, rho = col("ra_error"), col("dec_error"), col("ra_dec_corr", 0.0)
+            no_err = ~(np.isfinite(era) & np.isfinite(edec))
+            if no_err.any() and floor2 == 0:
+                raise FitError(f"{int(no_err.sum())} reference stars have no position errors; set "
+                               f"ref_error_floor_mas (e.g. 5) to use them")
+            era, edec = np.where(no_err, 0, era), np.where(no_err, 0, edec)
+            rho = np.where(np.isfinite(rho), rho, 0.0)
+            cov = np.zeros((len(where), 2, 2))
+            cov[:, 0, 0] = era**2 + floor2
+            cov[:, 1, 1] = edec**2 + floor2
+            cov[:, 0, 1] = cov[:, 1, 0] = rho * era * edec
+            idx = np.flatnonzero(is_ref)
+            prior_weight[idx, :2, :2] = np.linalg.inv(cov)
+            propagated = ref.column("propagated").to_numpy(zero_copy_only=False) if "propagated" in ref.column_names else np.zeros(len(ids), bool)
+            has_motion[idx] = propagated[where] & np.isfinite(col("pmra"))
+
+        e0 = unit_vectors(star_ra, star_dec)
+        ea = np.stack([-np.sin(np.radians(star_ra)), np.cos(np.radians(star_ra)), np.zeros(n_stars)], 1)
+        ed = np.cross(e0, ea)
+        frames = [tangent_frame(v.ra, v.dec) for v in data.visits]
+        v0 = np.array([f[0] for f in frames])
+        va = np.array([f[1] for f in frames])
+        vd = np.array([f[2] for f in frames])
+
+        dt = epochs[visit] - fit_epoch
+        earth = np.atleast_2d(earth_barycentric_position(Time(epochs, format="jyear", scale="tdb")))
+        b = earth[visit]
+        plx_factor = -np.stack([np.sum(b * ea[star], 1), np.sum(b * ed[star], 1)], 1)
+
+        # Reference motion, exactly as the loader computed it at each visit's epoch.
+        extra = np.zeros((len(rows), 2))
+        moving = has_motion[star]
+        if moving.any():
+            mr = rows[moving]
+            ra_v, dec_v = np.empty(len(mr)), np.empty(len(mr))
+            for vi, vobj in enumerate(data.visits):
+                sel = visit[moving] == vi
+                ra_v[sel], dec_v[sel] = inverse_gnomonic(association.meas_ref_tp[mr[sel]], vobj.ra, vobj.dec)
+            w = unit_vectors(ra_v, dec_v)
+            s = star[moving]
+            den = np.sum(w * e0[s], 1)
+            extra[moving, 0] = np.sum(w * ea[s], 1) / den * MAS_PER_RAD
+            extra[moving, 1] = np.sum(w * ed[s], 1) / den * MAS_PER_RAD
+
+        star_free = np.zeros((n_stars, 5), bool)
+        star_free[:, :2] = True
+        if opt.star_params == 5:
+            n_meas = np.bincount(star, minlength=n_stars)
+            span = np.zeros(n_stars)
+            lo = np.full(n_stars, np.inf)
+            hi = np.full(n_stars, -np.inf)
+            np.minimum.at(lo, star, epochs[visit])
+            np.maximum.at(hi, star, epochs[visit])
+            span = hi - lo
+            five = ~has_motion & (n_meas >= 3) & (span >= 1.0)
+            star_free[five, 2:] = True
+            weak = np.diag([0, 0, 1e-8, 1e-8, 1e-6])  # (1e4 mas/yr)^-2, (1e3 mas)^-2: regularisation only
+            prior_weight[five] += weak
+
+        u = np.empty(len(rows))
+        v = np.empty(len(rows))
+        scale = np.empty(len(rows))
+        for c in np.unique(ccd):
+            sel = ccd == c
+            g = association.geometry[c]
+            u[sel], v[sel] = g.normalise(meas.x[rows[sel]], meas.y[rows[sel]])
+            scale[sel] = g.scale
+        cov_px = np.stack([np.stack([meas.cov_xx[rows], meas.cov_xy[rows]], 1),
+                           np.stack([meas.cov_xy[rows], meas.cov_yy[rows]], 1)], 1)
+        det = det_of_ccd[ccd]
+        local_index = model.local_index(ccd, visit, det)
+        block_index, slots = model.slots(ccd, visit, det)
+        params, fixed = model.initial(association.per_ccd_poly, visit_of_ccd, det_of_ccd, opt.reference_visit) \
+            if model.name == "constrained" else model.initial(association.per_ccd_poly, visit_of_ccd, det_of_ccd, 0)
+        problem = Problem(u=u, v=v, pix_scale=scale, cov_px=cov_px, local_index=local_index,
+                          block_index=block_index, slots=slots, star=star, visit=visit, dt=dt,
+                          plx_factor=plx_factor, extra=extra, e0=e0, ea=ea, ed=ed, v0=v0, va=va, vd=vd,
+                          prior_value=prior_value, prior_weight=prior_weight, star_free=star_free,
+                          model_fixed=fixed, systematic_mas=opt.systematic_mas)
+        aux = {"rows": rows, "params": params, "fit_epoch": np.array(fit_epoch), "is_ref_star": is_ref}
+        return problem, aux
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> FitResult:
+        """Associate, fit with outlier clipping, and return a :class:`FitResult`."""
+        from jointcal_ap._jax import jnp
+        from jointcal_ap.fit.solve import _whitener
+
+        opt = self.options
+        t0 = time.perf_counter()
+        association = associate(self.data, self.refcat, degree=opt.degree if opt.model == "simple" else opt.degree,
+                                search_radius_arcsec=opt.search_radius_arcsec,
+                                match_radius_arcsec=opt.match_radius_arcsec,
+                                link_radius_arcsec=opt.link_radius_arcsec)
+        seconds = {"associate": time.perf_counter() - t0}
+        model = self._model(association)
+        t0 = time.perf_counter()
+        problem, aux = self._problem(association, model)
+        self._check_degenerate(problem, association)
+        fns = build_functions(model, problem)
+        seconds["setup"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        params = jnp.asarray(aux["params"])
+        theta = jnp.zeros((problem.n_stars, 5))
+        active = jnp.ones(len(problem.u))
+        stats = SolveStats()
+        clip_rounds: list[int] = []
+        for _round in range(opt.max_clip_rounds + 1):
+            white = _whitener(fns["meas_cov"](params))
+            params, theta, stats = gauss_newton(fns, params, theta, white, active,
+                                                max_iter=opt.max_iterations, stats=stats)
+            r = np.asarray(fns["residuals"](params, theta, white, active))
+            dist = np.sqrt(np.sum(r * r, axis=1))
+            bad = (dist > opt.clip_sigma) & (np.asarray(active) > 0)
+            if not bad.any():
+                break
+            clip_rounds.append(int(bad.sum()))
+            active = active * jnp.asarray(~bad, dtype=jnp.float64)
+        seconds["solve"] = time.perf_counter() - t0
+
+        white = _whitener(fns["meas_cov"](params))
+        r_white = np.asarray(fns["residuals"](params, theta, white, jnp.ones(len(problem.u))))
+        act = np.asarray(active) > 0
+        chi2 = float(np.sum(r_white[act] ** 2) + np.sum(np.asarray(fns["prior_chi2"](theta))[aux["is_ref_star"]]))
+        n_free = int((~problem.model_fixed).sum() + problem.star_free.sum())
+        n_prior = int(2 * aux["is_ref_star"].sum())
+        dof = 2 * int(act.sum()) + n_prior - n_free
+        # residuals in mas (model − star prediction), and against the reference at each visit epoch
+        cov = np.asarray(fns["meas_cov"](params))
+        white_np = np.asarray(white)
+        raw = np.linalg.solve(white_np, r_white[..., None])[..., 0]
+        rows = aux["rows"]
+        data = self.data
+        ref_res = np.full((len(rows), 2), np.nan)
+        ref_tp = association.meas_ref_tp[rows]
+        has = np.isfinite(ref_tp[:, 0]) & (association.star_ref[problem.star] >= 0)
+        if has.any():
+            result_tmp = FitResult(model, np.asarray(params), np.asarray(theta), opt, data, association)
+            for c in np.unique(data.measurements.ccd_index[rows[has]]):
+                sel = np.flatnonzero(has & (data.measurements.ccd_index[rows] == c))
+                tp = result_tmp.tangent_plane(int(c), data.measurements.x[rows[sel]], data.measurements.y[rows[sel]])
+                ref_res[sel] = tp - ref_tp[sel]
+        del cov
+        result = FitResult(
+            model=model, params=np.asarray(params), theta=np.asarray(theta), options=opt, data=data,
+            association=association, fit_epoch=float(aux["fit_epoch"]), chi2=chi2, dof=dof,
+            n_measurements=len(rows), n_clipped=int((~act).sum()), clip_rounds=clip_rounds, stats=stats,
+            measurement_rows=rows, residual_mas=raw, residual_white=r_white, active=act,
+            ref_residual_mas=ref_res, star_e0=problem.e0, star_ea=problem.ea, star_ed=problem.ed,
+            seconds=seconds,
+        )
+        log.info("fit: χ²/dof = %.3f over %d measurements, %d clipped", result.chi2_per_dof, act.sum(),
+                 result.n_clipped)
+        return result
+
+    def _check_degenerate(self, problem: Problem, association: Association) -> None:
+        data, opt = self.data, self.options
+        if len(data.visits) < 2 and not (association.star_ref >= 0).any():
+            raise FitError("one visit and no reference stars: nothing constrains the fit")
+        if not (association.star_ref >= 0).any():
+            raise FitError("no reference stars matched: the absolute astrometry is unconstrained")
+        k = (opt.degree + 1) * (opt.degree + 2) // 2
+        counts = np.bincount(data.measurements.ccd_index[association.meas_star >= 0], minlength=len(data.ccds))
+        if opt.model == "simple":
+            few = np.flatnonzero(counts < k + 2)
+            if len(few):
+                c = data.ccds[few[0]]
+                raise FitError(f"too few stars on visit {c.visit}, detector {c.detector}: {counts[few[0]]} "
+                               f"associated measurements for a degree-{opt.degree} polynomial "
+                               f"({k} terms per axis); lower --degree or use --model constrained",
+                               {"ccd_counts": counts.tolist()})
+
+    def options_dict(self) -> dict[str, Any]:
+        return asdict(self.options)

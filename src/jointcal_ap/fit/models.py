@@ -1,0 +1,237 @@
+"""Astrometric models: pixel → visit tangent plane, as polynomials in normalised pixel coordinates.
+
+Two models, described by their parameter *blocks* (the solver only needs to know which
+block(s) a measurement touches and how to evaluate the mapping):
+
+- :class:`SimpleModel`: one polynomial of degree ``degree`` per visit × detector (CCD).
+- :class:`ConstrainedModel`: a per-detector polynomial (pixel → focal plane) composed
+  with a per-visit polynomial (focal plane → tangent plane), as jointcal's
+  ConstrainedAstrometryModel and gbdes. The composition is degenerate under any
+  invertible map inserted between the two; fixing the reference visit's mapping to the
+  identity breaks that.
+
+Tangent-plane coordinates (ξ, η) are in mas, gnomonic about each visit's boresight.
+Pixel coordinates are normalised per CCD to u = (x − cx)/s, v = (y − cy)/s ∈ [−1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from jointcal_ap._jax import jnp
+
+__all__ = ["ConstrainedModel", "SimpleModel", "monomials", "n_terms", "poly_eval", "poly_design"]
+
+
+def n_terms(degree: int) -> int:
+    """Number of monomials u^i v^j with i + j ≤ degree."""
+    return (degree + 1) * (degree + 2) // 2
+
+
+def monomials(degree: int) -> list[tuple[int, int]]:
+    """Exponents (i, j) of u^i v^j in our order: by total degree, then decreasing i."""
+    return [(k - j, j) for k in range(degree + 1) for j in range(k + 1)]
+
+
+def poly_design(u, v, degree: int, xp=jnp):
+    """The monomials evaluated at (u, v): shape (..., n_terms)."""
+    return xp.stack([u**i * v**j for i, j in monomials(degree)], axis=-1)
+
+
+def poly_eval(coeffs, u, v, degree: int, xp=jnp):
+    """Evaluate a 2-output polynomial: coeffs (..., 2, K) at (u, v) → (..., 2)."""
+    basis = poly_design(u, v, degree, xp)
+    return xp.einsum("...ck,...k->...c", coeffs, basis)
+
+
+def fit_poly(u: np.ndarray, v: np.ndarray, target: np.ndarray, degree: int,
+             weights: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares polynomial (2, K) mapping (u, v) → target (n, 2); numpy."""
+    design = poly_design(u, v, degree, np)
+    if weights is not None:
+        design = design * weights[:, None]
+        target = target * weights[:, None]
+    coeffs, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return coeffs.T.copy()
+
+
+@dataclass(frozen=True)
+class CcdGeometry:
+    """Normalisation of one CCD's pixel coordinates."""
+
+    cx: float
+    cy: float
+    scale: float
+
+    @classmethod
+    def from_size(cls, naxis1: int, naxis2: int) -> CcdGeometry:
+        return cls((naxis1 + 1) / 2.0, (naxis2 + 1) / 2.0, max(naxis1, naxis2) / 2.0)
+
+    def normalise(self, x, y):
+        return (x - self.cx) / self.scale, (y - self.cy) / self.scale
+
+
+@dataclass(frozen=True)
+class SimpleModel:
+    """One polynomial per CCD.
+
+    Parameters are a flat vector: CCD ``c`` owns ``[c*2K, (c+1)*2K)`` laid out as (2, K):
+    the ξ coefficients then the η coefficients.
+    """
+
+    degree: int
+    n_ccds: int
+
+    name = "simple"
+
+    @property
+    def k(self) -> int:
+        return n_terms(self.degree)
+
+    @property
+    def n_params(self) -> int:
+        return self.n_ccds * 2 * self.k
+
+    def block_layout(self) -> list[tuple[int, int]]:
+        """(start, size) of every parameter block (one per CCD)."""
+        size = 2 * self.k
+        return [(c * size, size) for c in range(self.n_ccds)]
+
+    def local_index(self, ccd_index: np.ndarray, visit_index: np.ndarray, detector_index: np.ndarray
+                    ) -> np.ndarray:
+        """Global parameter indices each measurement depends on: (n, 2K)."""
+        size = 2 * self.k
+        return ccd_index[:, None] * size + np.arange(size)[None, :]
+
+    def slots(self, ccd_index, visit_index, detector_index):
+        """Block of each measurement per slot (n, 1), and per slot (lo, hi, block starts)."""
+        size = 2 * self.k
+        return ccd_index[:, None], [(0, size, np.arange(self.n_ccds) * size)]
+
+    def evaluate(self, local_params, u, v):
+        """(ξ, η) in mas from each measurement's local parameters (n, 2K) and normalised pixels."""
+        coeffs = local_params.reshape(local_params.shape[:-1] + (2, self.k))
+        return poly_eval(coeffs, u, v, self.degree)
+
+    def initial(self, per_ccd: np.ndarray, visit_of_ccd: np.ndarray, detector_of_ccd: np.ndarray,
+                reference_visit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Parameters from per-CCD initial polynomials (n_ccds, 2, K); returns (params, fixed mask)."""
+        return per_ccd.reshape(-1).copy(), np.zeros(self.n_params, dtype=bool)
+
+    def ccd_coefficients(self, params: np.ndarray, ccd: int, **_) -> np.ndarray:
+        return np.asarray(params[ccd * 2 * self.k:(ccd + 1) * 2 * self.k]).reshape(2, self.k)
+
+
+@dataclass(frozen=True)
+class ConstrainedModel:
+    """Per-detector polynomial (degree ``detector_degree``) then per-visit polynomial.
+
+    Parameter blocks: first one per detector (2·Kd each), then one per visit (2·Kv each).
+    The reference visit's block is fixed at the identity, which removes the degeneracy.
+    Focal-plane coordinates are in mas (the reference visit's tangent plane at the start)
+    and are normalised by ``focal_scale`` before entering the visit polynomial.
+    """
+
+    detector_degree: int
+    visit_degree: int
+    n_detectors: int
+    n_visits: int
+    focal_scale: float
+
+    name = "constrained"
+
+    @property
+    def kd(self) -> int:
+        return n_terms(self.detector_degree)
+
+    @property
+    def kv(self) -> int:
+        return n_terms(self.visit_degree)
+
+    @property
+    def n_params(self) -> int:
+        return self.n_detectors * 2 * self.kd + self.n_visits * 2 * self.kv
+
+    def block_layout(self) -> list[tuple[int, int]]:
+        d, v = 2 * self.kd, 2 * self.kv
+        blocks = [(i * d, d) for i in range(self.n_detectors)]
+        base = self.n_detectors * d
+        return blocks + [(base + i * v, v) for i in range(self.n_visits)]
+
+    def local_index(self, ccd_index: np.ndarray, visit_index: np.ndarray, detector_index: np.ndarray
+                    ) -> np.ndarray:
+        d, v = 2 * self.kd, 2 * self.kv
+        det = detector_index[:, None] * d + np.arange(d)[None, :]
+        vis = self.n_detectors * d + visit_index[:, None] * v + np.arange(v)[None, :]
+        return np.concatenate([det, vis], axis=1)
+
+    def evaluate(self, local_params, u, v):
+        d = 2 * self.kd
+        det = local_params[..., :d].reshape(local_params.shape[:-1] + (2, self.kd))
+        vis = local_params[..., d:].reshape(local_params.shape[:-1] + (2, self.kv))
+        focal = poly_eval(det, u, v, self.detector_degree) / self.focal_scale
+        return poly_eval(vis, focal[..., 0], focal[..., 1], self.visit_degree)
+
+    def slots(self, ccd_index, visit_index, detector_index):
+        """Detector and visit block of each measurement (n, 2), and per slot (lo, hi, starts)."""
+        d, v = 2 * self.kd, 2 * self.kv
+        base = self.n_detectors * d
+        return (np.stack([detector_index, visit_index], axis=1),
+                [(0, d, np.arange(self.n_detectors) * d), (d, d + v, base + np.arange(self.n_visits) * v)])
+
+    def identity_visit(self) -> np.ndarray:
+        """Visit coefficients mapping normalised focal coordinates back to mas unchanged."""
+        coeffs = np.zeros((2, self.kv))
+        terms = monomials(self.visit_degree)
+        coeffs[0, terms.index((1, 0))] = self.focal_scale
+        coeffs[1, terms.index((0, 1))] = self.focal_scale
+        return coeffs
+
+    def initial(self, per_ccd: np.ndarray, visit_of_ccd: np.ndarray, detector_of_ccd: np.ndarray,
+                reference_visit: int, samples: int = 12) -> tuple[np.ndarray, np.ndarray]:
+        """Start from per-CCD polynomials: detectors from the reference visit, visits fitted to them."""
+        from jointcal_ap.fit.models import fit_poly as _fit  # local alias for clarity
+
+        k_in = per_ccd.shape[-1]
+        degree_in = int(round((np.sqrt(8 * k_in + 1) - 3) / 2))
+        grid = np.linspace(-1, 1, samples)
+        gu, gv = (a.ravel() for a in np.meshgrid(grid, grid))
+        det_params = np.zeros((self.n_detectors, 2, self.kd))
+        for det in range(self.n_detectors):
+            ref = np.flatnonzero((visit_of_ccd == reference_visit) & (detector_of_ccd == det))
+            source = ref[0] if len(ref) else np.flatnonzero(detector_of_ccd == det)[0]
+            focal = poly_eval(per_ccd[source], gu, gv, degree_in, np)
+            det_params[det] = _fit(gu, gv, focal, self.detector_degree)
+        vis_params = np.zeros((self.n_visits, 2, self.kv))
+        for visit in range(self.n_visits):
+            if visit == reference_visit:
+                vis_params[visit] = self.identity_visit()
+                continue
+            fx, target = [], []
+            for c in np.flatnonzero(visit_of_ccd == visit):
+                det = detector_of_ccd[c]
+                fx.append(poly_eval(det_params[det], gu, gv, self.detector_degree, np) / self.focal_scale)
+                target.append(poly_eval(per_ccd[c], gu, gv, degree_in, np))
+            fx, target = np.concatenate(fx), np.concatenate(target)
+            vis_params[visit] = _fit(fx[:, 0], fx[:, 1], target, self.visit_degree)
+        params = np.concatenate([det_params.reshape(-1), vis_params.reshape(-1)])
+        fixed = np.zeros(self.n_params, dtype=bool)
+        start = self.n_detectors * 2 * self.kd + reference_visit * 2 * self.kv
+        fixed[start:start + 2 * self.kv] = True
+        return params, fixed
+
+    def ccd_coefficients(self, params: np.ndarray, ccd: int, *, visit: int, detector: int,
+                         samples: int = 16, degree: int = 5) -> np.ndarray:
+        """An equivalent single polynomial (2, n_terms(degree)) for one CCD (exact when degrees allow)."""
+        grid = np.linspace(-1, 1, samples)
+        gu, gv = (a.ravel() for a in np.meshgrid(grid, grid))
+        d = 2 * self.kd
+        local = np.concatenate([
+            params[detector * d:(detector + 1) * d],
+            params[self.n_detectors * d + visit * 2 * self.kv:self.n_detectors * d + (visit + 1) * 2 * self.kv],
+        ])
+        values = np.asarray(self.evaluate(jnp.asarray(local)[None, :].repeat(len(gu), 0),
+                                          jnp.asarray(gu), jnp.asarray(gv)))
+        return fit_poly(gu, gv, values, degree)
