@@ -85,10 +85,84 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep stars with COLUMN <= MAG (repeatable)")
     query.add_argument("--columns", default=None, help="comma-separated columns (default: all)")
     query.add_argument("--out", required=True, help="output Parquet file")
+    fit = sub.add_parser(
+        "fit", help="joint astrometric fit of many exposures against a refcat", parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            examples:
+              1. SExtractor FITS-LDAC catalogs, as SCAMP takes them:
+                 jointcal-ap fit ldac/*.cat --refcat refcat/gaia --out fit-out --plots
+              2. Our Parquet survey layout, per-detector x per-visit model:
+                 jointcal-ap fit survey/ --refcat refcat/gaia --out fit-out --model constrained
+            """))
+    fit.add_argument("catalogs", nargs="+", metavar="CATALOG",
+                     help="FITS-LDAC catalogs (one per exposure) or one Parquet survey directory")
+    fit.add_argument("--refcat", required=True, help="reference catalog directory (jointcal-ap refcat convert)")
+    fit.add_argument("--out", required=True, help="output directory")
+    fit.add_argument("--model", choices=["simple", "constrained"], default="simple",
+                     help="simple: a polynomial per visit x detector; constrained: per-detector o per-visit")
+    fit.add_argument("--degree", type=int, default=3, help="polynomial degree (default 3)")
+    fit.add_argument("--visit-degree", type=int, default=1, help="constrained model: per-visit degree (default 1)")
+    fit.add_argument("--star-params", type=int, choices=[2, 5], default=2,
+                     help="5: fit proper motion and parallax of stars without reference motion")
+    fit.add_argument("--clip-sigma", type=float, default=5.0, help="outlier clipping threshold (default 5)")
+    fit.add_argument("--ref-error-floor", type=float, default=0.0, metavar="MAS",
+                     help="added in quadrature to reference position errors (needed if the refcat has none)")
+    fit.add_argument("--plots", action="store_true", help="write PNG plots")
+
     demo = sub.add_parser("demo", help="run the main job on the bundled real catalogs", parents=[common])
     demo.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores)")
     return parser
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from jointcal_ap.fit import FitOptions, JointFit
+    from jointcal_ap.fit.io import read_inputs
+    from jointcal_ap.fit.output import save_model, tan_sip_header, write_scamp_heads
+    from jointcal_ap.fit.report import write_report
+    from jointcal_ap.refcat import open_refcat
+
+    try:
+        options = FitOptions(model=args.model, degree=args.degree, visit_degree=args.visit_degree,
+                             star_params=args.star_params, clip_sigma=args.clip_sigma,
+                             ref_error_floor_mas=args.ref_error_floor)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    data = read_inputs(args.catalogs)
+    refcat = open_refcat(args.refcat)
+    result = JointFit(data, refcat, options).run()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fit_options.json").write_text(json.dumps(
+        {"options": options.__dict__, "catalogs": args.catalogs, "refcat": args.refcat}, indent=2))
+    heads = write_scamp_heads(result, out / "heads")
+    sip_dir = out / "sip"
+    sip_dir.mkdir(exist_ok=True)
+    worst = 0.0
+    for i, ccd in enumerate(data.ccds):
+        header, err = tan_sip_header(result, i)
+        worst = max(worst, err)
+        tmp = sip_dir / f".visit{ccd.visit}_det{ccd.detector}.hdr.tmp"
+        tmp.write_text(header.tostring(sep="\n"))
+        os.replace(tmp, sip_dir / f"visit{ccd.visit}_det{ccd.detector}.hdr")
+    save_model(result, out / "model.json")
+    write_report(result, out)
+    if args.plots:
+        from jointcal_ap.fit.plots import write_plots
+
+        write_plots(result, out / "plots")
+    s = result.summary()
+    print(f"chi2/dof = {s['chi2_per_dof']:.3f} ({s['dof']} dof); {s['n_measurements']:,} measurements of "
+          f"{s['n_stars']:,} stars ({s['n_reference_stars']:,} reference), {s['n_clipped']} clipped")
+    print(f"RMS: internal {s['internal_rms_mas']:.2f} mas, against the refcat {s['reference_rms_mas']:.2f} mas")
+    print(f"wrote {len(heads)} .head files, TAN-SIP headers (max approximation error {worst:.3f} mas), "
+          f"model.json and fit_report.json/.txt to {out}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -206,12 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("refcat", "info"): _refcat_info,
         ("refcat", "query"): _refcat_query,
         ("demo", None): _demo,
+        ("fit", None): _fit,
     }
     key = (args.command, getattr(args, "refcat_command", None))
     if key not in handlers:
         parser.print_help(sys.stderr)
         return 2
 
+    from jointcal_ap.errors import AssociationError, FitError
     from jointcal_ap.refcat import ConfigError, ConversionError, InputError, RefcatError
 
     try:
@@ -222,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jointcal-ap: config error: {exc}", file=sys.stderr)
         return 2
-    except (InputError, ConversionError, RefcatError, FileNotFoundError) as exc:
+    except (InputError, ConversionError, RefcatError, FileNotFoundError, FitError, AssociationError) as exc:
         print(f"jointcal-ap: error: {exc}", file=sys.stderr)
         return 1
 

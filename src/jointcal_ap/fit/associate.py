@@ -22,16 +22,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from jointcal_ap.errors import AssociationError
 from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.models import CcdGeometry, fit_poly, poly_design, poly_eval
 
 __all__ = ["Association", "AssociationError", "associate", "gnomonic", "inverse_gnomonic", "unit_vectors"]
 
 MAS_PER_DEG = 3.6e6
-
-
-class AssociationError(ValueError):
-    """The input cannot be associated (no reference stars, too few stars on a CCD, ...)."""
 
 
 def unit_vectors(ra_deg, dec_deg):

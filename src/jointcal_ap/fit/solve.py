@@ -25,23 +25,14 @@ not decrease it are halved, and a fit that cannot make progress stops with a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 from jointcal_ap._jax import jax, jnp
+from jointcal_ap.errors import FitError
 
 __all__ = ["FitError", "Problem", "SolveStats", "gauss_newton"]
 
 MAS_PER_RAD = 206264806.24709636
-
-
-class FitError(RuntimeError):
-    """The fit failed (diverged, or a singular system); ``diagnostics`` says where."""
-
-    def __init__(self, message: str, diagnostics: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.diagnostics = diagnostics or {}
 
 
 @dataclass
