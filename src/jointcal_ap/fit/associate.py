@@ -123,7 +123,8 @@ def _match(meas_tp: np.ndarray, ref_tp: np.ndarray, radius_mas: float) -> tuple[
 
 def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: float = 20.0,
               match_radius_arcsec: float = 1.0, link_radius_arcsec: float = 1.0,
-              min_measurements: int = 2, mag_limits=None, progress=None) -> Association:
+              min_measurements: int = 2, mag_limits=None, ref_epoch: float | None = None,
+              progress=None) -> Association:
     """Associate measurements into stars and match them to the reference catalog.
 
     Parameters
@@ -139,6 +140,10 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
         Final reference match radius, and the friends-of-friends linking length.
     min_measurements : int
         Stars without a reference match need at least this many measurements.
+    ref_epoch : float, optional
+        None (default): reference stars are loaded at each visit's own epoch, seen from the
+        Earth. A Julian year (TDB): all are loaded at that one epoch, barycentric, as with a
+        catalog pre-moved to the mean epoch (SCAMP's way; kept for comparisons).
     """
     meas = data.measurements
     n = len(meas)
@@ -162,8 +167,12 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
         init_tp = gnomonic(meas.ra_init[in_visit], meas.dec_init[in_visit], visit.ra, visit.dec)
         radius_deg = float(np.max(np.hypot(init_tp[:, 0], init_tp[:, 1]))) / MAS_PER_DEG
         radius_deg += search_radius_arcsec / 3600 * 2
-        ref = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=visit.epoch, observer="earth",
-                          mag_limits=mag_limits, format="arrow")
+        if ref_epoch is None:
+            ref = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=visit.epoch, observer="earth",
+                              mag_limits=mag_limits, format="arrow")
+        else:
+            ref = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=ref_epoch, mag_limits=mag_limits,
+                              format="arrow")
         refcats[visit.visit] = ref
         ref_tp = gnomonic(ref.column("ra").to_numpy(), ref.column("dec").to_numpy(), visit.ra, visit.dec)
         ref_ids = ref.column("id").to_numpy()

@@ -60,6 +60,10 @@ class FitOptions:
         See :func:`jointcal_ap.fit.associate.associate`.
     reference_visit : int
         Index of the visit whose mapping is fixed in the constrained model.
+    ref_epoch : float, optional
+        None (default): reference stars are moved to **each visit's own epoch** (and seen
+        from the Earth). A Julian year: every reference star is taken at that one epoch, as
+        with a catalog pre-moved to the mean epoch for SCAMP. Only for comparisons.
     """
 
     model: str = "simple"
@@ -75,6 +79,7 @@ class FitOptions:
     search_radius_arcsec: float = 20.0
     link_radius_arcsec: float = 1.0
     reference_visit: int = 0
+    ref_epoch: float | None = None
 
     def __post_init__(self) -> None:
         if self.model not in ("simple", "constrained"):
@@ -211,7 +216,7 @@ class JointFit:
         ccd = meas.ccd_index[rows]
         visit = visit_of_ccd[ccd]
         epochs = np.array([v.epoch for v in data.visits])
-        fit_epoch = float(np.mean(epochs))
+        fit_epoch = float(np.mean(epochs)) if opt.ref_epoch is None else float(opt.ref_epoch)
 
         # Star frames: reference stars at the fit epoch (barycentric), others where first seen.
         star_ra, star_dec = association.star_ra.copy(), association.star_dec.copy()
@@ -254,6 +259,8 @@ class JointFit:
             prior_weight[idx, :2, :2] = np.linalg.inv(cov)
             propagated = ref.column("propagated").to_numpy(zero_copy_only=False) if "propagated" in ref.column_names else np.zeros(len(ids), bool)
             has_motion[idx] = propagated[where] & np.isfinite(col("pmra"))
+            if opt.ref_epoch is not None:
+                has_motion[:] = False  # frozen at one epoch: reference stars are static
 
         e0 = unit_vectors(star_ra, star_dec)
         ea = np.stack([-np.sin(np.radians(star_ra)), np.cos(np.radians(star_ra)), np.zeros(n_stars)], 1)
@@ -332,7 +339,7 @@ class JointFit:
         association = associate(self.data, self.refcat, degree=opt.degree if opt.model == "simple" else opt.degree,
                                 search_radius_arcsec=opt.search_radius_arcsec,
                                 match_radius_arcsec=opt.match_radius_arcsec,
-                                link_radius_arcsec=opt.link_radius_arcsec)
+                                link_radius_arcsec=opt.link_radius_arcsec, ref_epoch=opt.ref_epoch)
         seconds = {"associate": time.perf_counter() - t0}
         model = self._model(association)
         t0 = time.perf_counter()
