@@ -224,6 +224,7 @@ class JointFit:
         prior_weight = np.zeros((n_stars, 5, 5))
         has_motion = np.zeros(n_stars, bool)
         is_ref = association.star_ref >= 0
+        ref_cov5 = ref_motion = None
         if is_ref.any():
             centre = unit_vectors(np.array([v.ra for v in data.visits]), np.array([v.dec for v in data.visits])).mean(0)
             centre /= np.linalg.norm(centre)
@@ -259,6 +260,15 @@ class JointFit:
             prior_weight[idx, :2, :2] = np.linalg.inv(cov)
             propagated = ref.column("propagated").to_numpy(zero_copy_only=False) if "propagated" in ref.column_names else np.zeros(len(ids), bool)
             has_motion[idx] = propagated[where] & np.isfinite(col("pmra"))
+            if opt.star_params == 5 and "pmra_error" in ref.column_names:
+                from jointcal_ap.refcat.epoch import covariance_from_errors
+                from jointcal_ap.refcat.schema import CORRELATION_NAMES
+
+                errors = {f"{p}_error": col(f"{p}_error") for p in ("ra", "dec", "parallax", "pmra", "pmdec")}
+                corrs = {c: col(c, 0.0) for c in CORRELATION_NAMES if c in ref.column_names}
+                ref_cov5 = covariance_from_errors(errors, corrs)
+                ref_motion = np.stack([col("pmra"), col("pmdec"), col("parallax", 0.0)], 1)
+                ref_cov5[~has_motion[idx]] = np.nan
             if opt.ref_epoch is not None:
                 has_motion[:] = False  # frozen at one epoch: reference stars are static
 
@@ -292,9 +302,9 @@ class JointFit:
 
         star_free = np.zeros((n_stars, 5), bool)
         star_free[:, :2] = True
+        theta0 = np.zeros((n_stars, 5))
         if opt.star_params == 5:
             n_meas = np.bincount(star, minlength=n_stars)
-            span = np.zeros(n_stars)
             lo = np.full(n_stars, np.inf)
             hi = np.full(n_stars, -np.inf)
             np.minimum.at(lo, star, epochs[visit])
@@ -304,6 +314,21 @@ class JointFit:
             star_free[five, 2:] = True
             weak = np.diag([0, 0, 1e-8, 1e-8, 1e-6])  # (1e4 mas/yr)^-2, (1e3 mas)^-2: regularisation only
             prior_weight[five] += weak
+            if ref_cov5 is not None:
+                # Reference stars with a full astrometric solution: fit their motion too, with the
+                # catalog's propagated 5x5 covariance as the prior (rigorous over long baselines).
+                good = np.all(np.isfinite(ref_cov5.reshape(len(ref_cov5), -1)), axis=1)
+                idx = np.flatnonzero(is_ref)[good]
+                cov5 = ref_cov5[good].copy()
+                cov5[:, 0, 0] += opt.ref_error_floor_mas ** 2
+                cov5[:, 1, 1] += opt.ref_error_floor_mas ** 2
+                prior_weight[idx] = np.linalg.inv(cov5)
+                prior_value[idx, 2:] = ref_motion[good]
+                theta0[idx] = prior_value[idx]
+                star_free[idx] = True
+                in_idx = np.isin(star, idx)
+                linear = theta0[star[in_idx], 2:4] * dt[in_idx, None] + theta0[star[in_idx], 4:5] * plx_factor[in_idx]
+                extra[in_idx] -= linear
 
         u = np.empty(len(rows))
         v = np.empty(len(rows))
@@ -325,7 +350,8 @@ class JointFit:
                           plx_factor=plx_factor, extra=extra, e0=e0, ea=ea, ed=ed, v0=v0, va=va, vd=vd,
                           prior_value=prior_value, prior_weight=prior_weight, star_free=star_free,
                           model_fixed=fixed, systematic_mas=opt.systematic_mas)
-        aux = {"rows": rows, "params": params, "fit_epoch": np.array(fit_epoch), "is_ref_star": is_ref}
+        aux = {"rows": rows, "params": params, "fit_epoch": np.array(fit_epoch), "is_ref_star": is_ref,
+               "theta0": theta0}
         return problem, aux
 
     # ------------------------------------------------------------------ run
@@ -350,7 +376,7 @@ class JointFit:
 
         t0 = time.perf_counter()
         params = jnp.asarray(aux["params"])
-        theta = jnp.zeros((problem.n_stars, 5))
+        theta = jnp.asarray(aux["theta0"])
         active = jnp.ones(len(problem.u))
         stats = SolveStats()
         clip_rounds: list[int] = []
@@ -372,7 +398,7 @@ class JointFit:
         act = np.asarray(active) > 0
         chi2 = float(np.sum(r_white[act] ** 2) + np.sum(np.asarray(fns["prior_chi2"](theta))[aux["is_ref_star"]]))
         n_free = int((~problem.model_fixed).sum() + problem.star_free.sum())
-        n_prior = int(2 * aux["is_ref_star"].sum())
+        n_prior = int(2 * aux["is_ref_star"].sum() + 3 * (problem.star_free[aux["is_ref_star"], 2].sum()))
         dof = 2 * int(act.sum()) + n_prior - n_free
         # residuals in mas (model − star prediction), and against the reference at each visit epoch
         cov = np.asarray(fns["meas_cov"](params))

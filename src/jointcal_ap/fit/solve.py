@@ -191,7 +191,10 @@ def build_functions(model, problem: Problem):
         d = jax.ops.segment_sum(jnp.einsum("nki,nkj->nij", js, js), s, n_stars) + p["prior_weight"]
         # fixed star parameters: identity rows/columns so D stays invertible
         mask = star_free[:, :, None] * star_free[:, None, :]
-        d = d * mask + jnp.eye(5)[None] * (1 - star_free)[:, :, None]
+        # a star with no information left (all its measurements clipped) gets an identity
+        # block, so it neither moves nor makes the system singular
+        empty = (jnp.einsum("sii->si", d) <= 0) | (star_free == 0)
+        d = d * mask + jnp.eye(5)[None] * empty[:, :, None]
         d_inv = jnp.linalg.inv(d)
 
         def bt(x):  # Bᵀ x: (N, 5)
