@@ -365,7 +365,10 @@ class JointFit:
         association = associate(self.data, self.refcat, degree=opt.degree if opt.model == "simple" else opt.degree,
                                 search_radius_arcsec=opt.search_radius_arcsec,
                                 match_radius_arcsec=opt.match_radius_arcsec,
-                                link_radius_arcsec=opt.link_radius_arcsec, ref_epoch=opt.ref_epoch)
+                                link_radius_arcsec=opt.link_radius_arcsec, ref_epoch=opt.ref_epoch,
+                                # with 5 parameters a star needs 3 measurements; a 2-measurement
+                                # star cannot model its own motion and would bias the fit
+                                min_measurements=3 if opt.star_params == 5 else 2)
         seconds = {"associate": time.perf_counter() - t0}
         model = self._model(association)
         t0 = time.perf_counter()
