@@ -107,11 +107,13 @@ class FitResult:
     n_clipped: int = 0
     clip_rounds: list[int] = field(default_factory=list)
     stats: SolveStats = field(default_factory=SolveStats)
+    #: rows of ``data.measurements`` that entered the fit; the per-measurement arrays below align with it
     measurement_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
     residual_mas: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
     residual_white: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
     active: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
     ref_residual_mas: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
+    meas_cov_mas: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 2)), repr=False)
     star_e0: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
     star_ea: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
     star_ed: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
@@ -418,13 +420,12 @@ class JointFit:
                 sel = np.flatnonzero(has & (data.measurements.ccd_index[rows] == c))
                 tp = result_tmp.tangent_plane(int(c), data.measurements.x[rows[sel]], data.measurements.y[rows[sel]])
                 ref_res[sel] = tp - ref_tp[sel]
-        del cov
         result = FitResult(
             model=model, params=np.asarray(params), theta=np.asarray(theta), options=opt, data=data,
             association=association, fit_epoch=float(aux["fit_epoch"]), chi2=chi2, dof=dof,
             n_measurements=len(rows), n_clipped=int((~act).sum()), clip_rounds=clip_rounds, stats=stats,
             measurement_rows=rows, residual_mas=raw, residual_white=r_white, active=act,
-            ref_residual_mas=ref_res, star_e0=problem.e0, star_ea=problem.ea, star_ed=problem.ed,
+            ref_residual_mas=ref_res, meas_cov_mas=cov, star_e0=problem.e0, star_ea=problem.ea, star_ed=problem.ed,
             seconds=seconds,
         )
         log.info("fit: χ²/dof = %.3f over %d measurements, %d clipped", result.chi2_per_dof, act.sum(),
