@@ -189,6 +189,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING - 10 * min(verbosity, 2) if verbosity else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # JAX logs its accelerator probing at INFO; that is noise for our users.
+    logging.getLogger("jax").setLevel(max(level, logging.WARNING))
 
 
 def _refcat_convert(args: argparse.Namespace) -> int:

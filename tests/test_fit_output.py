@@ -1,0 +1,268 @@
+"""Outputs of the joint fit: TAN-SIP/TPV headers, SCAMP .head files, the saved model, report, plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from jointcal_ap.fit import FitOptions, JointFit
+from jointcal_ap.fit.data import Visit
+from jointcal_ap.fit.models import ConstrainedModel
+from jointcal_ap.fit.output import (
+    head_name,
+    load_model,
+    read_scamp_head,
+    save_model,
+    tan_sip_header,
+    tpv_header,
+    tpv_index,
+    write_scamp_heads,
+)
+from jointcal_ap.fit.plots import write_plots
+from jointcal_ap.fit.report import fit_report, residual_stats, write_report
+from jointcal_ap.refcat import open_refcat
+from jointcal_ap.simulate import SurveyConfig, simulate_survey
+
+MAS_PER_DEG = 3.6e6
+
+
+def separation_mas(ra1, dec1, ra2, dec2):
+    def vec(ra, dec):
+        ra, dec = np.radians(ra), np.radians(dec)
+        return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], -1)
+
+    chord = np.linalg.norm(vec(ra1, dec1) - vec(ra2, dec2), axis=-1)
+    return np.degrees(2 * np.arcsin(chord / 2)) * MAS_PER_DEG
+
+
+def wcs_of(header):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header)
+
+
+def random_pixels(ccd, n=500, seed=7):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.5, ccd.naxis1 + 0.5, n), rng.uniform(0.5, ccd.naxis2 + 0.5, n)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    """A real fit: 3 visits × 4 CCDs (2×2, cubic radial distortion) from the simulator, via FITS-LDAC."""
+    root = tmp_path_factory.mktemp("fitout") / "sim"
+    survey = simulate_survey(SurveyConfig(n_visits=3, n_stars=1500, epochs=(2015.0, 2017.0), seed=3), root,
+                             formats=("ldac",))
+    return JointFit(survey.read("ldac"), open_refcat(survey.refcat_dir), FitOptions(degree=3)).run()
+
+
+@pytest.fixture(scope="module")
+def constrained_like(result):
+    """The same data with a ConstrainedModel (degree 3 ∘ degree 2 = a degree-6 mapping), not fitted."""
+    data = result.data
+    visit_of = data.visit_index_of_ccd()
+    det_of = np.searchsorted(data.detectors(), [c.detector for c in data.ccds])
+    model = ConstrainedModel(3, 2, len(data.detectors()), len(data.visits), 1.0e6)
+    params, _ = model.initial(result.association.per_ccd_poly, visit_of, det_of, 0)
+    rng = np.random.default_rng(2)
+    # small second-order terms in every visit map (the visit blocks follow the detector blocks)
+    start = model.n_detectors * 2 * model.kd
+    quad = [k for k in range(model.kv) if k >= 3]
+    for v in range(model.n_visits):
+        for axis in range(2):
+            params[start + v * 2 * model.kv + axis * model.kv + np.array(quad)] += rng.normal(0, 300.0, len(quad))
+    return dataclasses.replace(result, model=model, params=params)
+
+
+# --------------------------------------------------------------------------- WCS headers
+
+
+@pytest.mark.parametrize("which", ["simple", "constrained"])
+def test_tan_sip_header_reproduces_model(result, constrained_like, which):
+    res = result if which == "simple" else constrained_like
+    for ccd in (0, 5):
+        header, err = tan_sip_header(res, ccd)
+        assert err < 0.1
+        c, visit = res.data.ccds[ccd], next(v for v in res.data.visits if v.visit == res.data.ccds[ccd].visit)
+        assert header["CTYPE1"] == "RA---TAN-SIP" and header["CTYPE2"] == "DEC--TAN-SIP"
+        assert (header["CRVAL1"], header["CRVAL2"]) == (visit.ra, visit.dec)
+        assert (header["CRPIX1"], header["CRPIX2"]) == ((c.naxis1 + 1) / 2, (c.naxis2 + 1) / 2)
+        assert header["A_ORDER"] == (3 if which == "simple" else 6)
+        # independently: astropy on the text form, at random pixels
+        wcs = wcs_of(fits.Header.fromstring(header.tostring()))
+        x, y = random_pixels(c)
+        ra, dec = wcs.all_pix2world(x, y, 1)
+        assert separation_mas(ra, dec, *res.pixel_to_sky(ccd, x, y)).max() < 0.1
+        # the fitted inverse is close, and all_world2pix (which iterates from it) is exact
+        xb, yb = wcs.all_world2pix(ra, dec, 1, tolerance=1e-10)
+        assert np.max(np.hypot(xb - x, yb - y)) < 1e-6
+    # a degree too low for the model: the measured error says so
+    _, err2 = tan_sip_header(result, 0, sip_degree=2)
+    assert err2 > 1.0
+
+
+@pytest.mark.parametrize("which", ["simple", "constrained"])
+def test_tpv_header_reproduces_model(result, constrained_like, which):
+    res = result if which == "simple" else constrained_like
+    ccd = 7
+    header, err = tpv_header(res, ccd)
+    assert err < 0.1
+    assert header["CTYPE1"] == "RA---TPV" and header["CTYPE2"] == "DEC--TPV"
+    last = 10 if which == "simple" else 30
+    assert f"PV1_{last}" in header and f"PV1_{last + 1}" not in header
+    assert header["PV1_1"] == 1.0 and header["PV1_2"] == 0.0 and header["PV2_1"] == 1.0
+    assert header["PV1_3"] == 0.0 and header["PV2_3"] == 0.0  # radial terms
+    if which == "constrained":
+        assert header["PV1_11"] == 0.0 and header["PV1_23"] == 0.0
+    c = res.data.ccds[ccd]
+    x, y = random_pixels(c)
+    ra, dec = wcs_of(fits.Header.fromstring(header.tostring())).all_pix2world(x, y, 1)
+    assert separation_mas(ra, dec, *res.pixel_to_sky(ccd, x, y)).max() < 0.1
+
+
+def test_tpv_numbering():
+    assert [tpv_index(0, 0), tpv_index(1, 0), tpv_index(0, 1), tpv_index(2, 0), tpv_index(0, 2)] == [0, 1, 2, 4, 6]
+    assert [tpv_index(3, 0), tpv_index(0, 3), tpv_index(4, 0), tpv_index(5, 0), tpv_index(0, 7)] == [7, 10, 12, 17, 38]
+
+
+# --------------------------------------------------------------------------- SCAMP .head
+
+
+def test_scamp_heads(result, tmp_path):
+    data = result.data
+    v0 = data.visits[0]
+    first = next(c for c in data.ccds if c.visit == v0.visit)
+    extra = {(first.visit, first.detector): {"FLXSCALE": (1.25, "flux scale"), "MAGZEROP": 30.0}}
+    paths = write_scamp_heads(result, tmp_path / "heads", extra_cards=extra)
+    assert [p.name for p in paths] == [f"visit_{i:04d}.head" for i in range(3)]  # from visit_000i.cat
+    assert sorted(p.name for p in (tmp_path / "heads").iterdir()) == [p.name for p in paths]  # no temp files
+    for path, visit in zip(paths, data.visits, strict=True):
+        text = path.read_text()
+        lines = text.split("\n")
+        assert lines[-1] == "" and all(len(line) == 80 for line in lines[:-1])
+        ccds = [i for i, c in enumerate(data.ccds) if c.visit == visit.visit]
+        assert sum(line.rstrip() == "END" for line in lines) == len(ccds)
+        blocks = read_scamp_head(path)
+        assert len(blocks) == len(ccds)
+        for ccd, block in zip(ccds, blocks, strict=True):
+            for key in ("EQUINOX", "RADESYS", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRVAL1", "CRVAL2",
+                        "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "PV1_0", "PV1_10", "PV2_0",
+                        "PV2_10"):
+                assert key in block, key
+            assert any("max error" in str(v) for v in block["COMMENT"])
+            x, y = random_pixels(data.ccds[ccd], 200)
+            ra, dec = wcs_of(block).all_pix2world(x, y, 1)
+            assert separation_mas(ra, dec, *result.pixel_to_sky(ccd, x, y)).max() < 0.1
+    block0 = read_scamp_head(paths[0])[0]
+    assert block0["FLXSCALE"] == 1.25 and block0["MAGZEROP"] == 30.0
+    assert "FLXSCALE" not in read_scamp_head(paths[0])[1]
+    # astropy's own text reader takes the first block
+    assert fits.Header.fromtextfile(paths[0])["CTYPE1"] == "RA---TPV"
+    # explicit names, and collisions refused
+    named = write_scamp_heads(result, tmp_path / "named", names={v0.visit: "first"})
+    assert named[0].name == "first.head"
+    with pytest.raises(ValueError, match=r"same \.head"):
+        write_scamp_heads(result, tmp_path / "dup", names=["a", "a", "b"])
+
+
+def test_head_name_rules():
+    def visit(name, ident=7):
+        return Visit(ident, 57000.0, 2015.0, "r", 30.0, 10.0, 20.0, name)
+
+    assert head_name(visit("/data/run/visit_0001.cat")) == "visit_0001.head"
+    assert head_name(visit("exp42.ldac")) == "exp42.head"
+    assert head_name(visit("visits.parquet row 3", 1234)) == "visit_1234.head"
+    assert head_name(visit("")) == "visit_7.head"
+
+
+# --------------------------------------------------------------------------- model save/load
+
+
+@pytest.mark.parametrize("which", ["simple", "constrained"])
+def test_model_round_trip(result, constrained_like, which, tmp_path):
+    res = result if which == "simple" else constrained_like
+    path = save_model(res, tmp_path / "model.json")
+    doc = json.loads(path.read_text())
+    assert doc["model"]["type"] == which and doc["fit_epoch"] == res.fit_epoch
+    assert path.with_suffix(".npz").exists()
+    loaded = load_model(path)
+    for ccd, c in enumerate(res.data.ccds):
+        x, y = random_pixels(c, 100, seed=ccd)
+        assert np.abs(loaded.tangent_plane(c.visit, c.detector, x, y) - res.tangent_plane(ccd, x, y)).max() < 1e-9
+        ra1, dec1 = loaded.pixel_to_sky(c.visit, c.detector, x, y)
+        ra2, dec2 = res.pixel_to_sky(ccd, x, y)
+        assert separation_mas(ra1, dec1, ra2, dec2).max() < 1e-6
+    for epoch in (None, 2020.0):
+        assert separation_mas(*loaded.star_positions(epoch), *res.star_positions(epoch)).max() < 1e-6
+    assert loaded.options == dataclasses.asdict(res.options)
+    with pytest.raises(KeyError, match="no CCD"):
+        loaded.pixel_to_sky(999, 0, [1.0], [1.0])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="format"):
+        load_model(bad)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_numbers(result, tmp_path):
+    rep = fit_report(result)
+    json.dumps(rep, allow_nan=False)  # strictly JSON
+    c = rep["counts"]
+    assert c["n_used"] + c["n_clipped"] == c["n_associated"]
+    assert c["n_associated"] + c["n_unassociated"] == c["n_input_measurements"] == len(result.data.measurements)
+    assert sum(c["clipped_per_round"]) == c["n_clipped"]
+    assert c["n_reference_stars"] + c["n_stars_without_reference"] == c["n_stars"]
+    assert sum(v["n_measurements"] for v in rep["per_visit"]) == c["n_associated"]
+    assert sum(d["n_measurements"] for d in rep["per_detector"]) == c["n_associated"]
+    assert sum(v["n_clipped"] for v in rep["per_ccd"]) == c["n_clipped"]
+    assert rep["chi2"]["dof"] == result.dof
+
+    act = result.active
+    res = result.residual_mas
+    direct = np.sqrt(np.mean(np.sum(res[act] ** 2, axis=1) / 2))
+    assert rep["rms"]["internal"]["rms"] == pytest.approx(direct, rel=1e-12)
+    assert rep["rms"]["internal"]["rms"] == pytest.approx(result.summary()["internal_rms_mas"], rel=1e-12)
+    assert rep["rms"]["reference"]["rms"] == pytest.approx(result.summary()["reference_rms_mas"], rel=1e-12)
+    # one visit's reference RMS, computed here
+    v = result.data.visits[1].visit
+    visit_of_meas = np.array([cc.visit for cc in result.data.ccds])[
+        result.data.measurements.ccd_index[result.measurement_rows]]
+    sel = act & (visit_of_meas == v) & np.isfinite(result.ref_residual_mas[:, 0])
+    entry = next(e for e in rep["per_visit"] if e["visit"] == v)
+    assert entry["reference"]["n"] == sel.sum()
+    assert entry["reference"]["rms_xi"] == pytest.approx(np.sqrt(np.mean(result.ref_residual_mas[sel, 0] ** 2)))
+    assert entry["match"]["n_matched"] == result.association.visit_stats[1].n_matched
+    # repeatability: the median over stars of the per-star RMS
+    star = result.association.meas_star[result.measurement_rows]
+    per_star = [np.sqrt(np.mean(np.sum(res[act & (star == s)] ** 2, axis=1) / 2))
+                for s in np.unique(star[act]) if np.sum(act & (star == s)) >= 2]
+    assert rep["repeatability"]["median_rms_mas"] == pytest.approx(np.median(per_star), rel=1e-10)
+    assert rep["repeatability"]["n_stars"] == len(per_star)
+    bins = rep["repeatability"]["by_magnitude"]
+    assert bins and sum(b["n_stars"] for b in bins) == len(per_star)
+    assert residual_stats(np.zeros((0, 2)))["n"] == 0
+
+    paths = write_report(result, tmp_path / "rep")
+    assert [p.name for p in paths] == ["fit_report.json", "fit_report.txt"]
+    assert json.loads(paths[0].read_text())["counts"] == c
+    text = paths[1].read_text()
+    assert "Per visit" in text and "Repeatability" in text and f"{c['n_used']}" in text
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_plots_written(result, tmp_path):
+    paths = write_plots(result, tmp_path / "plots")
+    assert {p.name for p in paths} == {"residual_quiver.png", "residuals_vs_magnitude.png", "distortion_map.png"}
+    for p in paths:
+        blob = p.read_bytes()
+        assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 20_000
+    assert sorted(x.name for x in (tmp_path / "plots").iterdir()) == sorted(p.name for p in paths)
