@@ -125,16 +125,14 @@ class FitResult:
 
     def tangent_plane(self, ccd: int, x, y) -> np.ndarray:
         """Fitted (ξ, η) in mas on the CCD's visit tangent plane, for 1-based pixels."""
-        from jointcal_ap._jax import jnp
-
         geometry = self.association.geometry[ccd]
         u, v = geometry.normalise(np.asarray(x, float), np.asarray(y, float))
         c = self.data.ccds[ccd]
         visit = [v_.visit for v_ in self.data.visits].index(c.visit)
         det = int(np.searchsorted(self.data.detectors(), c.detector))
         local = self.model.local_index(np.array([ccd]), np.array([visit]), np.array([det]))[0]
-        lp = jnp.asarray(self.params[local])[None, :].repeat(len(u), 0)
-        return np.asarray(self.model.evaluate(lp, jnp.asarray(u), jnp.asarray(v)))
+        lp = np.asarray(self.params)[local][None, :].repeat(np.size(u), 0)
+        return self.model.evaluate(lp, np.atleast_1d(u), np.atleast_1d(v), np)
 
     def pixel_to_sky(self, ccd: int, x, y) -> tuple[np.ndarray, np.ndarray]:
         """Fitted (ra, dec) in degrees of 1-based pixel positions on CCD ``ccd`` (index into data.ccds)."""

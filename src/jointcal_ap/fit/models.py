@@ -22,7 +22,7 @@ import numpy as np
 
 from jointcal_ap._jax import jnp
 
-__all__ = ["ConstrainedModel", "SimpleModel", "monomials", "n_terms", "poly_eval", "poly_design"]
+__all__ = ["ConstrainedModel", "SimpleModel", "monomials", "n_terms", "poly_design", "poly_eval"]
 
 
 def n_terms(degree: int) -> int:
@@ -110,10 +110,13 @@ class SimpleModel:
         size = 2 * self.k
         return ccd_index[:, None], [(0, size, np.arange(self.n_ccds) * size)]
 
-    def evaluate(self, local_params, u, v):
-        """(ξ, η) in mas from each measurement's local parameters (n, 2K) and normalised pixels."""
-        coeffs = local_params.reshape(local_params.shape[:-1] + (2, self.k))
-        return poly_eval(coeffs, u, v, self.degree)
+    def evaluate(self, local_params, u, v, xp=jnp):
+        """(ξ, η) in mas from each measurement's local parameters (n, 2K) and normalised pixels.
+
+        ``xp`` is ``jax.numpy`` inside the fit and ``numpy`` for evaluating a fitted model.
+        """
+        coeffs = local_params.reshape((*local_params.shape[:-1], 2, self.k))
+        return poly_eval(coeffs, u, v, self.degree, xp)
 
     def initial(self, per_ccd: np.ndarray, visit_of_ccd: np.ndarray, detector_of_ccd: np.ndarray,
                 reference_visit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,12 +170,12 @@ class ConstrainedModel:
         vis = self.n_detectors * d + visit_index[:, None] * v + np.arange(v)[None, :]
         return np.concatenate([det, vis], axis=1)
 
-    def evaluate(self, local_params, u, v):
+    def evaluate(self, local_params, u, v, xp=jnp):
         d = 2 * self.kd
-        det = local_params[..., :d].reshape(local_params.shape[:-1] + (2, self.kd))
-        vis = local_params[..., d:].reshape(local_params.shape[:-1] + (2, self.kv))
-        focal = poly_eval(det, u, v, self.detector_degree) / self.focal_scale
-        return poly_eval(vis, focal[..., 0], focal[..., 1], self.visit_degree)
+        det = local_params[..., :d].reshape((*local_params.shape[:-1], 2, self.kd))
+        vis = local_params[..., d:].reshape((*local_params.shape[:-1], 2, self.kv))
+        focal = poly_eval(det, u, v, self.detector_degree, xp) / self.focal_scale
+        return poly_eval(vis, focal[..., 0], focal[..., 1], self.visit_degree, xp)
 
     def slots(self, ccd_index, visit_index, detector_index):
         """Detector and visit block of each measurement (n, 2), and per slot (lo, hi, starts)."""
@@ -232,6 +235,5 @@ class ConstrainedModel:
             params[detector * d:(detector + 1) * d],
             params[self.n_detectors * d + visit * 2 * self.kv:self.n_detectors * d + (visit + 1) * 2 * self.kv],
         ])
-        values = np.asarray(self.evaluate(jnp.asarray(local)[None, :].repeat(len(gu), 0),
-                                          jnp.asarray(gu), jnp.asarray(gv)))
+        values = self.evaluate(local[None, :].repeat(len(gu), 0), gu, gv, np)
         return fit_poly(gu, gv, values, degree)

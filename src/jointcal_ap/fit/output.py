@@ -514,16 +514,14 @@ class AstrometricSolution:
 
     def tangent_plane(self, visit: int, detector: int, x, y) -> np.ndarray:
         """(ξ, η) in mas about the visit boresight, for 1-based pixels."""
-        from jointcal_ap._jax import jnp
-
         i = self.ccd_index(visit, detector)
         c = self.ccds[i]
         geometry = CcdGeometry(c["cx"], c["cy"], c["scale"])
         u, v = geometry.normalise(np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float)))
         local = self.model.local_index(np.array([i]), np.array([c["visit_index"]]),
                                        np.array([c["detector_index"]]))[0]
-        lp = jnp.asarray(self.params[local])[None, :].repeat(len(u), 0)
-        return np.asarray(self.model.evaluate(lp, jnp.asarray(u), jnp.asarray(v)))
+        lp = np.asarray(self.params)[local][None, :].repeat(len(u), 0)
+        return self.model.evaluate(lp, u, v, np)
 
     def pixel_to_sky(self, visit: int, detector: int, x, y) -> tuple[np.ndarray, np.ndarray]:
         """(ra, dec) in degrees of 1-based pixel positions on one visit × detector."""
