@@ -62,3 +62,34 @@ def test_exit_codes(tmp_path, small_csv, capsys):
                  "--no-progress"]) == 1
     assert "column" in capsys.readouterr().err
     assert main(["refcat", "info", str(tmp_path / "nothing")]) == 1
+
+
+def test_fit_command_writes_heads_model_report(tmp_path, capsys):
+    from astropy.wcs import WCS
+
+    from jointcal_ap.fit.output import load_model, read_scamp_head
+    from jointcal_ap.simulate import SurveyConfig, simulate_survey
+
+    survey = simulate_survey(SurveyConfig(n_visits=3, n_stars=1500, seed=11), tmp_path / "sim")
+    catalogs = sorted(str(p) for p in (survey.root / "ldac").glob("*.cat"))
+    out = tmp_path / "fit"
+    assert main(["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--out", str(out),
+                 "--plots", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "chi2/dof" in printed
+    heads = sorted((out / "heads").glob("*.head"))
+    assert [h.stem for h in heads] == [p.split("/")[-1][:-4] for p in catalogs]
+    blocks = read_scamp_head(heads[0])
+    assert len(blocks) == 4 and blocks[0]["CTYPE1"] == "RA---TPV"
+    model = load_model(out / "model.json")
+    ra, dec = WCS(blocks[0]).all_pix2world([100.0], [200.0], 1)
+    ra2, dec2 = model.pixel_to_sky(0, 0, [100.0], [200.0])
+    assert abs(ra[0] - ra2[0]) * 3.6e6 < 0.1 and abs(dec[0] - dec2[0]) * 3.6e6 < 0.1
+    report = json.loads((out / "fit_report.json").read_text())
+    assert report["counts"]["n_used"] > 0
+    assert len(list((out / "plots").glob("*.png"))) == 3
+    # a wrong-format input is a failure on the data (1); a bad option is usage (2)
+    bogus = tmp_path / "x.cat"
+    bogus.write_text("nope")
+    assert main(["fit", str(bogus), "--refcat", str(survey.refcat_dir), "--out", str(out)]) == 1
+    assert main(["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--out", str(out), "--degree", "0"]) == 2
