@@ -3,9 +3,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from jointcal_ap.cli import build_parser, main
-
 from conftest import REFCATS
+from jointcal_ap.cli import build_parser, main
 
 
 @pytest.fixture

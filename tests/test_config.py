@@ -1,9 +1,8 @@
 import pytest
 
+from conftest import REFCATS
 from jointcal_ap.refcat import ConfigError, load_config
 from jointcal_ap.refcat.schema import CORRELATION_NAMES
-
-from conftest import REFCATS
 
 BASE = {
     "catalog": {"name": "t", "format": "csv"},
@@ -70,7 +69,7 @@ def test_bad_configs_name_the_key(change, match):
 def test_bad_toml_names_the_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[catalog\nname=1")
-    with pytest.raises(ConfigError, match="bad.toml.*not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml.*not valid TOML"):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")

@@ -1,7 +1,7 @@
 import json
 
-import healpy as hp
 import hats
+import healpy as hp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

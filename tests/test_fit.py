@@ -1,6 +1,7 @@
 """The joint astrometric fit against simulated truth."""
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from jointcal_ap.errors import AssociationError, FitError
@@ -8,9 +9,12 @@ from jointcal_ap.fit import FitOptions, JointFit
 from jointcal_ap.fit.associate import gnomonic
 from jointcal_ap.fit.io import read_inputs
 from jointcal_ap.refcat import InputError, open_refcat
-from jointcal_ap.simulate import SurveyConfig, simulate_survey, true_pixel_to_sky, true_star_positions
-
-import pyarrow.parquet as pq
+from jointcal_ap.simulate import (
+    SurveyConfig,
+    simulate_survey,
+    true_pixel_to_sky,
+    true_star_positions,
+)
 
 
 def simulate(tmp_path_factory, name, **changes):
@@ -129,7 +133,7 @@ def test_degenerate_inputs_give_clear_errors(tmp_path, tmp_path_factory, clean):
         JointFit(sparse.read("parquet"), open_refcat(sparse.refcat_dir), FitOptions(degree=5)).run()
     bogus = tmp_path / "not_a_catalog.cat"
     bogus.write_text("this is not FITS\n")
-    with pytest.raises(InputError, match="not_a_catalog.cat"):
+    with pytest.raises(InputError, match=r"not_a_catalog\.cat"):
         read_inputs([bogus])
     with pytest.raises(ValueError, match="model"):
         FitOptions(model="fancy")

@@ -166,7 +166,7 @@ def test_gaia_bin_reader_detects_corruption(tmp_path):
     with pytest.raises(InputError, match=r"g\.bin: corrupt: header says 10 stars"):
         get_reader("gaia_bin").plan(path)
     path.write_bytes(b"XXXX" + struct.pack("<IQ", 1, 0))
-    with pytest.raises(InputError, match="not a gaia_merged.bin"):
+    with pytest.raises(InputError, match=r"not a gaia_merged\.bin"):
         get_reader("gaia_bin").plan(path)
 
 

@@ -24,7 +24,7 @@ from scipy.spatial import cKDTree
 
 from jointcal_ap.errors import AssociationError
 from jointcal_ap.fit.data import FitInput
-from jointcal_ap.fit.models import CcdGeometry, fit_poly, poly_design, poly_eval
+from jointcal_ap.fit.models import CcdGeometry, fit_poly, poly_eval
 
 __all__ = ["Association", "AssociationError", "associate", "gnomonic", "inverse_gnomonic", "unit_vectors"]
 
@@ -195,8 +195,6 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
                     break
                 coeffs = fit_poly(u[mi], v[mi], ref_tp[ri], use_deg)
                 tp = poly_eval(coeffs, u, v, use_deg, np)
-            else:
-                pass
             if len(mi) < 3:
                 # too few reference stars here: keep the initial WCS (plus the offset found)
                 coeffs = fit_poly(u, v, gnomonic(meas.ra_init[rows], meas.dec_init[rows], visit.ra,
@@ -268,7 +266,3 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
     return Association(star_of, n_stars, star_ref, star_ra, star_dec, meas_ref_tp, per_ccd, degree,
                        geometry, stats, refcats)
 
-
-def design_for(geometry: CcdGeometry, x, y, degree: int) -> np.ndarray:
-    u, v = geometry.normalise(x, y)
-    return poly_design(u, v, degree, np)

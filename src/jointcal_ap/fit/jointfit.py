@@ -18,14 +18,20 @@ import numpy as np
 from jointcal_ap.fit.associate import (
     Association,
     associate,
-    gnomonic,
     inverse_gnomonic,
     tangent_frame,
     unit_vectors,
 )
 from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.models import ConstrainedModel, SimpleModel
-from jointcal_ap.fit.solve import MAS_PER_RAD, FitError, Problem, SolveStats, build_functions, gauss_newton
+from jointcal_ap.fit.solve import (
+    MAS_PER_RAD,
+    FitError,
+    Problem,
+    SolveStats,
+    build_functions,
+    gauss_newton,
+)
 
 __all__ = ["FitOptions", "FitResult", "JointFit"]
 
@@ -343,8 +349,7 @@ class JointFit:
         det = det_of_ccd[ccd]
         local_index = model.local_index(ccd, visit, det)
         block_index, slots = model.slots(ccd, visit, det)
-        params, fixed = model.initial(association.per_ccd_poly, visit_of_ccd, det_of_ccd, opt.reference_visit) \
-            if model.name == "constrained" else model.initial(association.per_ccd_poly, visit_of_ccd, det_of_ccd, 0)
+        params, fixed = model.initial(association.per_ccd_poly, visit_of_ccd, det_of_ccd, opt.reference_visit)
         problem = Problem(u=u, v=v, pix_scale=scale, cov_px=cov_px, local_index=local_index,
                           block_index=block_index, slots=slots, star=star, visit=visit, dt=dt,
                           plx_factor=plx_factor, extra=extra, e0=e0, ea=ea, ed=ed, v0=v0, va=va, vd=vd,
@@ -362,7 +367,7 @@ class JointFit:
 
         opt = self.options
         t0 = time.perf_counter()
-        association = associate(self.data, self.refcat, degree=opt.degree if opt.model == "simple" else opt.degree,
+        association = associate(self.data, self.refcat, degree=opt.degree,
                                 search_radius_arcsec=opt.search_radius_arcsec,
                                 match_radius_arcsec=opt.match_radius_arcsec,
                                 link_radius_arcsec=opt.link_radius_arcsec, ref_epoch=opt.ref_epoch,

@@ -195,10 +195,8 @@ class ConstrainedModel:
     def initial(self, per_ccd: np.ndarray, visit_of_ccd: np.ndarray, detector_of_ccd: np.ndarray,
                 reference_visit: int, samples: int = 12) -> tuple[np.ndarray, np.ndarray]:
         """Start from per-CCD polynomials: detectors from the reference visit, visits fitted to them."""
-        from jointcal_ap.fit.models import fit_poly as _fit  # local alias for clarity
-
         k_in = per_ccd.shape[-1]
-        degree_in = int(round((np.sqrt(8 * k_in + 1) - 3) / 2))
+        degree_in = round((np.sqrt(8 * k_in + 1) - 3) / 2)
         grid = np.linspace(-1, 1, samples)
         gu, gv = (a.ravel() for a in np.meshgrid(grid, grid))
         det_params = np.zeros((self.n_detectors, 2, self.kd))
@@ -206,7 +204,7 @@ class ConstrainedModel:
             ref = np.flatnonzero((visit_of_ccd == reference_visit) & (detector_of_ccd == det))
             source = ref[0] if len(ref) else np.flatnonzero(detector_of_ccd == det)[0]
             focal = poly_eval(per_ccd[source], gu, gv, degree_in, np)
-            det_params[det] = _fit(gu, gv, focal, self.detector_degree)
+            det_params[det] = fit_poly(gu, gv, focal, self.detector_degree)
         vis_params = np.zeros((self.n_visits, 2, self.kv))
         for visit in range(self.n_visits):
             if visit == reference_visit:
@@ -218,7 +216,7 @@ class ConstrainedModel:
                 fx.append(poly_eval(det_params[det], gu, gv, self.detector_degree, np) / self.focal_scale)
                 target.append(poly_eval(per_ccd[c], gu, gv, degree_in, np))
             fx, target = np.concatenate(fx), np.concatenate(target)
-            vis_params[visit] = _fit(fx[:, 0], fx[:, 1], target, self.visit_degree)
+            vis_params[visit] = fit_poly(fx[:, 0], fx[:, 1], target, self.visit_degree)
         params = np.concatenate([det_params.reshape(-1), vis_params.reshape(-1)])
         fixed = np.zeros(self.n_params, dtype=bool)
         start = self.n_detectors * 2 * self.kd + reference_visit * 2 * self.kv

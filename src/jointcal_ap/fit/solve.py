@@ -25,6 +25,7 @@ not decrease it are halved, and a fit that cannot make progress stops with a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from jointcal_ap._jax import jax, jnp
@@ -216,8 +217,8 @@ def build_functions(model, problem: Problem):
         # Block-Jacobi preconditioner: the diagonal blocks of S, accumulated per measurement
         # (exact when a star has one measurement per block), in chunks to bound memory.
         def pad(a):
-            return jnp.concatenate([a, jnp.zeros((n_pad,) + a.shape[1:], a.dtype)]).reshape(
-                (-1, chunk) + a.shape[1:])
+            return jnp.concatenate([a, jnp.zeros((n_pad, *a.shape[1:]), a.dtype)]).reshape(
+                (-1, chunk, *a.shape[1:]))
 
         chunks = (pad(jm), pad(js), pad(s), pad(block_index))
         precond = []
@@ -259,7 +260,7 @@ def _pcg(matvec, rhs, precond, tol=1e-10, max_iter=1000):
     norm_b = jnp.sqrt(rhs @ rhs) + 1e-300
 
     def cond(state):
-        x, r, z, pvec, rz, k = state
+        _, r, _, _, _, k = state
         return (jnp.sqrt(r @ r) > tol * norm_b) & (k < max_iter)
 
     def body(state):
@@ -273,7 +274,7 @@ def _pcg(matvec, rhs, precond, tol=1e-10, max_iter=1000):
         pvec = z + (rz_new / rz) * pvec
         return x, r, z, pvec, rz_new, k + 1
 
-    x, r, z, pvec, rz, k = jax.lax.while_loop(cond, body, (x0, r0, z0, z0, rz0, 0))
+    x, *_, k = jax.lax.while_loop(cond, body, (x0, r0, z0, z0, rz0, 0))
     return x, k
 
 

