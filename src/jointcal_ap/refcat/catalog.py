@@ -291,6 +291,7 @@ class Refcat:
             barycentric ICRS position in AU.
         columns : list of str, optional
             Columns to return (default all). ``id``, ``ra``, ``dec`` and ``epoch`` are always included.
+            The covariance is propagated only when an error or correlation column is requested.
         mag_limits : mapping, optional
             ``{"phot_g_mean_mag": (None, 12.0)}`` keeps 12th magnitude and brighter; either
             bound may be None. Rows with a null magnitude fail a limit.
@@ -327,7 +328,10 @@ class Refcat:
         moving = t_epoch is not None
         needed = set(wanted) | {"id", "ra", "dec", "epoch"} | set(mag_limits or {})
         if moving:
-            needed |= {c for c in (*_ASTROMETRY, *_ERRORS, *CORRELATION_NAMES) if c in self.columns}
+            needed |= {c for c in _ASTROMETRY if c in self.columns}
+            # The covariance is propagated only when errors are asked for (it costs ~4x the motion).
+            if set(wanted) & {*_ERRORS, *CORRELATION_NAMES}:
+                needed |= {c for c in (*_ERRORS, *CORRELATION_NAMES) if c in self.columns}
         read_cols = [c for c in self.schema.names if c in needed]
 
         pad = self._padding_deg(t_epoch, obs_position is not None)
