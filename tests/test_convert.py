@@ -252,3 +252,18 @@ def test_lsdb_opens_a_refcat_and_cone_searches(hip_refcat):
     ours = hip_refcat.cone(56.75, 24.12, 2.0)
     theirs = lsdb.open_catalog(hip_refcat.path).cone_search(ra=56.75, dec=24.12, radius_arcsec=7200).compute()
     assert set(theirs["id"]) == set(ours["id"]) and len(ours) > 20
+
+
+def test_dask_cluster_by_address_gives_the_same_catalog(tmp_path, csv_file):
+    distributed = pytest.importorskip("distributed")
+    path, _ = csv_file
+    cfg = load_config(dict(CONFIG, partitioning={"mode": "fixed", "order": 2}))
+    serial = convert(cfg, [path], tmp_path / "serial", chunk_bytes=60_000)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        on_dask = convert(cfg, [path], tmp_path / "dask", chunk_bytes=60_000,
+                          dask_address=cluster.scheduler_address)
+    assert on_dask.rows_written == serial.rows_written
+    a = read_back(tmp_path / "serial").sort_values("id").reset_index(drop=True)
+    b = read_back(tmp_path / "dask").sort_values("id").reset_index(drop=True)
+    assert a.equals(b)
