@@ -1,0 +1,324 @@
+"""How the joint fit scales: wall time and peak RSS against the number of measurements.
+
+One command::
+
+    python benchmarks/bench_fit_scaling.py [--sizes 1e5,1e6,1e7] [--max-rss-gb 20] [--no-docs]
+
+Each size is a simulated survey (``SurveyConfig.large()``'s camera, star density and noise,
+cached in ``benchmarks/_work/fit_scaling/``) with as many exposures as it takes to reach the
+target number of measurements (~7,900 per exposure) and a dither wide enough that each star is
+seen on ~8 exposures, so the sky area and the number of stars grow with the size too. The fit
+(``read_inputs`` → ``JointFit(FitOptions(star_params=5)).run()``, the Parquet survey layout)
+runs in its own process with a warm JAX compilation cache (one untimed warm-up fit of the
+smallest size fills it); the process's wall time and peak RSS (whole tree, 50 ms sampling) are
+recorded, with the fit's own split (read, associate, setup, solve, finish).
+
+A size whose predicted peak RSS (log-log extrapolation of the sizes already run) exceeds
+``--max-rss-gb`` is not attempted; one that exceeds it while running is stopped. Either way the
+report says why and which size was the largest that ran. The ``fit-scaling`` section of
+``docs/benchmarks.md`` gets the table and the fitted exponents (wall ∝ N^a, RSS ∝ N^b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+WORK = BENCH_DIR / "_work" / "fit_scaling"
+SIM_VERSION = 1
+
+MEAS_PER_VISIT = 7_950        # SurveyConfig.large(): ~190,900 detections over 24 exposures
+VISITS_PER_STAR = 8.0         # average number of exposures covering a star
+LARGE_STARS, LARGE_VISITS = 28_000, 24
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def survey_config(target: int):
+    """A SurveyConfig of ~``target`` measurements at the density of ``SurveyConfig.large()``."""
+    from jointcal_ap.simulate import SurveyConfig
+
+    large = SurveyConfig.large()
+    density = LARGE_STARS / (math.pi * large.star_radius() ** 2)  # stars per deg²
+    n_visits = max(2, round(target / MEAS_PER_VISIT))
+    cam = large.camera
+    field_deg = cam.field_radius_px() * cam.pixel_scale_arcsec / 3600.0
+    footprint_deg2 = sum(d.naxis1 * d.naxis2 for d in cam.detectors) * (cam.pixel_scale_arcsec / 3600.0) ** 2
+    area = max(n_visits * footprint_deg2 / VISITS_PER_STAR, math.pi * large.star_radius() ** 2)
+    radius = math.sqrt(area / math.pi)
+    dither_arcmin = max(large.dither_arcmin, (radius - field_deg) * 60.0 - 1.0)
+    config = large.replace(n_visits=n_visits, dither_arcmin=dither_arcmin)
+    return config.replace(n_stars=round(density * math.pi * config.star_radius() ** 2))
+
+
+def ensure_survey(target: int) -> Path:
+    from jointcal_ap.simulate import simulate_survey
+
+    root = WORK / f"n{target:.0e}_v{SIM_VERSION}".replace("+", "")
+    if (root / "survey" / "sources.parquet").exists() and (root / "refcat").exists():
+        return root
+    config = survey_config(target)
+    print(f"[{target:.0e}] simulating {config.n_visits} exposures, {config.n_stars:,} stars, dither "
+          f"{config.dither_arcmin:.1f}' -> {root}", flush=True)
+    t0 = time.perf_counter()
+    simulate_survey(config, root, formats=("parquet",), overwrite=True)
+    print(f"[{target:.0e}]   {time.perf_counter() - t0:.1f} s", flush=True)
+    return root
+
+
+def n_sources(root: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(root / "survey" / "sources.parquet").metadata.num_rows
+
+
+# --------------------------------------------------------------------------- the fit (subprocess)
+
+
+def _fit(survey: str, out_json: str) -> int:
+    t0 = time.perf_counter()
+    from jointcal_ap.fit import FitOptions, JointFit
+    from jointcal_ap.fit.io import read_inputs
+    from jointcal_ap.refcat import open_refcat
+
+    t1 = time.perf_counter()
+    data = read_inputs(str(Path(survey) / "survey"))
+    t2 = time.perf_counter()
+    result = JointFit(data, open_refcat(Path(survey) / "refcat"), FitOptions(star_params=5)).run()
+    t3 = time.perf_counter()
+    seconds = {"import": t1 - t0, "read": t2 - t1, **result.seconds}
+    seconds["finish"] = (t3 - t2) - sum(result.seconds.values())
+    s = result.summary()
+    Path(out_json).write_text(json.dumps({
+        "seconds": seconds, "n_measurements": int(s["n_measurements"]), "n_stars": int(s["n_stars"]),
+        "n_input": len(data.measurements), "chi2_per_dof": float(s["chi2_per_dof"]),
+        "iterations": int(s["iterations"]), "n_ccds": len(data.ccds),
+    }, indent=1))
+    return 0
+
+
+def _tree_rss(proc) -> int:
+    import psutil
+
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(cmd: list[str], log: Path, *, env: dict, max_rss: int, timeout_s: float) -> dict:
+    """Run CMD; wall, peak tree RSS; stopped (killed) above MAX_RSS bytes or after TIMEOUT_S."""
+    import psutil
+
+    with open(log, "wb") as fh:
+        t0 = time.perf_counter()
+        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = psutil.Process(popen.pid)
+        peak, why = [0], [None]
+        done = threading.Event()
+
+        def poll():
+            while not done.is_set():
+                rss = _tree_rss(proc)
+                peak[0] = max(peak[0], rss)
+                over = rss > max_rss
+                late = time.perf_counter() - t0 > timeout_s
+                if (over or late) and why[0] is None:
+                    why[0] = (f"stopped at {rss / 2**30:.1f} GiB RSS (limit {max_rss / 2**30:.0f} GiB)" if over
+                              else f"stopped after {timeout_s:.0f} s")
+                    try:
+                        os.killpg(popen.pid, 9)  # our own child's process group
+                    except OSError:
+                        pass
+                done.wait(0.05)
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        rc = popen.wait()
+        wall = time.perf_counter() - t0
+        done.set()
+        thread.join()
+    return {"rc": rc, "wall_s": wall, "peak_rss": peak[0], "stopped": why[0], "log": str(log)}
+
+
+def run_size(target: int, root: Path, cache: Path, *, max_rss: int, timeout_s: float, tag: str = "") -> dict:
+    out = WORK / "runs" / f"n{target:.0e}{tag}.json".replace("+", "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["JOINTCAL_AP_JAX_CACHE"] = str(cache)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_fit", str(root), str(out)]
+    r = measure(cmd, out.with_suffix(".log"), env=env, max_rss=max_rss, timeout_s=timeout_s)
+    if r["rc"] == 0 and out.exists():
+        r.update(json.loads(out.read_text()))
+    return r
+
+
+# --------------------------------------------------------------------------- report
+
+
+def loglog_slope(n: list[float], y: list[float]) -> float | None:
+    if len(n) < 2:
+        return None
+    return float(np.polyfit(np.log(n), np.log(y), 1)[0])
+
+
+def predict(n: list[float], y: list[float], at: float) -> float | None:
+    if len(n) < 2:
+        return None
+    a, b = np.polyfit(np.log(n), np.log(y), 1)
+    return float(np.exp(b + a * math.log(at)))
+
+
+def report(rows: list[dict], skipped: list[str], args_line: str, total_s: float) -> str:
+    lines = [
+        "## Joint-fit scaling: time and memory against the number of measurements",
+        "",
+        "Simulated surveys at the star density, camera (4 CCDs of 2048², 0.26\"/px) and noise of "
+        "`SurveyConfig.large()`; the number of exposures grows with the size (~7,900 detections each) and "
+        "the dither with it, so that each star is seen on ~8 exposures (more sky, more stars). The fit is "
+        "`JointFit(read_inputs(survey/), refcat, FitOptions(star_params=5)).run()` (cubic polynomial per "
+        "CCD and exposure; position, proper motion and parallax per star), each size in its own process, "
+        "with a warm JAX compilation cache. Wall time is the whole process (Python start-up and imports "
+        "included); peak RSS is the process tree's, sampled every 50 ms. *Measurements* are the detections "
+        "the fit used (associated to a star seen ≥ 3 times).",
+        "",
+        "| target | exposures | stars | measurements fitted | wall (s) | peak RSS (MB) | read | associate "
+        "| setup | solve | finish | χ²/dof |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    good = [r for r in rows if r.get("rc") == 0]
+    for r in rows:
+        head = f"| {r['target']:.0e} | {r['n_visits']} | {r['n_stars']:,} |"
+        if r.get("rc") != 0:
+            lines.append(f"{head} – | {r.get('stopped') or f'failed (exit {r.get(chr(114) + chr(99))})'} | "
+                         f"{r['peak_rss'] / 1e6:,.0f} | | | | | | |")
+            continue
+        s = r["seconds"]
+        lines.append(f"{head} {r['n_measurements']:,} | {r['wall_s']:.1f} | {r['peak_rss'] / 1e6:,.0f} | "
+                     f"{s['read']:.1f} | {s['associate']:.1f} | {s['setup']:.1f} | {s['solve']:.1f} | "
+                     f"{s['finish']:.1f} | {r['chi2_per_dof']:.3f} |")
+    lines.append("")
+    n = [r["n_measurements"] for r in good]
+    a = loglog_slope(n, [r["wall_s"] for r in good])
+    b = loglog_slope(n, [r["peak_rss"] for r in good])
+    c = loglog_slope(n, [r["seconds"]["solve"] for r in good])
+    if a is not None:
+        lines.append(f"Fitted log-log exponents over {len(good)} sizes ({min(n):,}–{max(n):,} measurements): "
+                     f"**wall ∝ N^{a:.2f}**, **peak RSS ∝ N^{b:.2f}**, solve time ∝ N^{c:.2f}.")
+    else:
+        lines.append("Fewer than two sizes ran: no exponent.")
+    if good:
+        big = max(good, key=lambda r: r["n_measurements"])
+        lines.append(f"Largest size that ran: {big['n_measurements']:,} measurements "
+                     f"({big['wall_s']:.0f} s, {big['peak_rss'] / 1e9:.1f} GB).")
+    for s in skipped:
+        lines.append(s)
+    lines += [
+        "",
+        f"Command: `{args_line}` (total {total_s / 60:.1f} min, simulation included)",
+        "",
+        f"Measured {_dt.date.today().isoformat()} on {_machine_line()}, {_mem_gb():.0f} GB RAM.",
+    ]
+    return "\n".join(lines)
+
+
+def _mem_gb() -> float:
+    import psutil
+
+    return psutil.virtual_memory().total / 1e9
+
+
+def _machine_line() -> str:
+    sys.path.insert(0, str(BENCH_DIR))
+    from _report import machine_line
+
+    return machine_line()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_fit":
+        return _fit(*argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1e5,3e5,1e6,1e7", help="target measurement counts (default 1e5,3e5,1e6,1e7)")
+    ap.add_argument("--max-rss-gb", type=float, default=None,
+                    help="stop a fit above this RSS (default: 85%% of the RAM available at start)")
+    ap.add_argument("--timeout", type=float, default=420.0, help="stop a fit after this many seconds (default 420)")
+    ap.add_argument("--no-docs", action="store_true")
+    args = ap.parse_args(argv)
+
+    import psutil
+
+    t_start = time.perf_counter()
+    max_rss = int((args.max_rss_gb * 2**30) if args.max_rss_gb else 0.85 * psutil.virtual_memory().available)
+    sizes = sorted(int(float(s)) for s in args.sizes.split(",") if s.strip())
+    cache = WORK / "runs" / "jax_cache"
+    cache.mkdir(parents=True, exist_ok=True)
+
+    rows: list[dict] = []
+    skipped: list[str] = []
+    warmed = False
+    for target in sizes:
+        config = survey_config(target)
+        base = {"target": target, "n_visits": config.n_visits, "n_stars": config.n_stars}
+        good = [r for r in rows if r.get("rc") == 0]
+        guess = predict([r["n_measurements"] for r in good], [r["peak_rss"] for r in good], 0.98 * target)
+        if guess is not None and guess > max_rss:
+            n_ok = max(r["n_measurements"] for r in good)
+            skipped.append(f"Not attempted: {target:.0e} measurements — the log-log fit predicts a peak RSS of "
+                           f"{guess / 1e9:.0f} GB, above the {max_rss / 1e9:.0f} GB this machine can give it "
+                           f"(largest size that ran: {n_ok:,}).")
+            print(skipped[-1], flush=True)
+            continue
+        root = ensure_survey(target)
+        if not warmed:  # fill the compilation cache (untimed): the sizes are then compared warm
+            print(f"[{target:.0e}] warm-up fit (untimed)", flush=True)
+            run_size(target, root, cache, max_rss=max_rss, timeout_s=args.timeout, tag="_warmup")
+            warmed = True
+        print(f"[{target:.0e}] fit ({n_sources(root):,} detections)", flush=True)
+        r = run_size(target, root, cache, max_rss=max_rss, timeout_s=args.timeout)
+        r.update(base)
+        if r["rc"] == 0:
+            print(f"[{target:.0e}] {r['wall_s']:.1f} s, {r['peak_rss'] / 1e6:,.0f} MB, "
+                  f"{r['n_measurements']:,} measurements; {r['seconds']}", flush=True)
+        else:
+            print(f"[{target:.0e}] {r['stopped'] or 'FAILED'} (exit {r['rc']}); log {r['log']}", flush=True)
+            if r["stopped"]:
+                skipped.append(f"{target:.0e} measurements: {r['stopped']} after {r['wall_s']:.0f} s.")
+        rows.append(r)
+
+    (WORK / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+    args_line = "python benchmarks/bench_fit_scaling.py" + "".join(f" {a}" for a in argv if a != "--no-docs")
+    markdown = report(rows, skipped, args_line, time.perf_counter() - t_start)
+    print()
+    print(markdown)
+    if not args.no_docs:
+        sys.path.insert(0, str(BENCH_DIR))
+        from _report import write_section
+
+        print(f"\nwrote {write_section('fit-scaling', markdown)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
