@@ -9,8 +9,8 @@ cached in ``benchmarks/_work/fit_scaling/``) with as many exposures as it takes 
 target number of measurements (~7,900 per exposure) and a dither wide enough that each star is
 seen on ~8 exposures, so the sky area and the number of stars grow with the size too. The fit
 (``read_inputs`` → ``JointFit(FitOptions(star_params=5)).run()``, the Parquet survey layout)
-runs in its own process with a warm JAX compilation cache (one untimed warm-up fit of the
-smallest size fills it); the process's wall time and peak RSS (whole tree, 50 ms sampling) are
+runs in its own process twice, with an empty JAX compilation cache (cold: the compilation for
+this size's shapes is in the run) and with the cache that run left (warm); the process's wall time and peak RSS (whole tree, 50 ms sampling) are
 recorded, with the fit's own split (read, associate, setup, solve, finish).
 
 A size whose predicted peak RSS (log-log extrapolation of the sizes already run) exceeds
@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -198,39 +199,47 @@ def report(rows: list[dict], skipped: list[str], args_line: str, total_s: float)
         "the dither with it, so that each star is seen on ~8 exposures (more sky, more stars). The fit is "
         "`JointFit(read_inputs(survey/), refcat, FitOptions(star_params=5)).run()` (cubic polynomial per "
         "CCD and exposure; position, proper motion and parallax per star), each size in its own process, "
-        "with a warm JAX compilation cache. Wall time is the whole process (Python start-up and imports "
+        "twice: with an empty JAX compilation cache (*cold*: every function compiled for this size's array shapes "
+        "in the run) and with the cache that run left (*warm*). Wall time is the whole process "
+        "(Python start-up and imports "
         "included); peak RSS is the process tree's, sampled every 50 ms. *Measurements* are the detections "
         "the fit used (associated to a star seen ≥ 3 times).",
         "",
-        "| target | exposures | stars | measurements fitted | wall (s) | peak RSS (MB) | read | associate "
-        "| setup | solve | finish | χ²/dof |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | exposures | stars | measurements fitted | wall, cold (s) | wall, warm (s) | peak RSS (MB) "
+        "| warm: read | associate | setup | solve | finish | χ²/dof |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     good = [r for r in rows if r.get("rc") == 0]
     for r in rows:
         head = f"| {r['target']:.0e} | {r['n_visits']} | {r['n_stars']:,} |"
         if r.get("rc") != 0:
-            lines.append(f"{head} – | {r.get('stopped') or f'failed (exit {r.get(chr(114) + chr(99))})'} | "
-                         f"{r['peak_rss'] / 1e6:,.0f} | | | | | | |")
+            bad = r.get("warm") or r["cold"]
+            why = bad.get("stopped") or f"failed (exit {bad.get('rc')})"
+            lines.append(f"{head} – | {why} | | {bad['peak_rss'] / 1e6:,.0f} | | | | | | |")
             continue
-        s = r["seconds"]
-        lines.append(f"{head} {r['n_measurements']:,} | {r['wall_s']:.1f} | {r['peak_rss'] / 1e6:,.0f} | "
-                     f"{s['read']:.1f} | {s['associate']:.1f} | {s['setup']:.1f} | {s['solve']:.1f} | "
-                     f"{s['finish']:.1f} | {r['chi2_per_dof']:.3f} |")
+        c, w = r["cold"], r["warm"]
+        s = w["seconds"]
+        lines.append(f"{head} {w['n_measurements']:,} | {c['wall_s']:.1f} | {w['wall_s']:.1f} | "
+                     f"{r['peak_rss'] / 1e6:,.0f} | {s['read']:.1f} | {s['associate']:.1f} | {s['setup']:.1f} | "
+                     f"{s['solve']:.1f} | {s['finish']:.1f} | {w['chi2_per_dof']:.3f} |")
     lines.append("")
     n = [r["n_measurements"] for r in good]
-    a = loglog_slope(n, [r["wall_s"] for r in good])
-    b = loglog_slope(n, [r["peak_rss"] for r in good])
-    c = loglog_slope(n, [r["seconds"]["solve"] for r in good])
-    if a is not None:
+    if len(good) >= 2:
+        fit = {name: loglog_slope(n, vals) for name, vals in (
+            ("warm", [r["warm"]["wall_s"] for r in good]), ("cold", [r["cold"]["wall_s"] for r in good]),
+            ("rss", [r["peak_rss"] for r in good]), ("solve", [r["warm"]["seconds"]["solve"] for r in good]),
+            ("assoc", [r["warm"]["seconds"]["associate"] for r in good]))}
         lines.append(f"Fitted log-log exponents over {len(good)} sizes ({min(n):,}–{max(n):,} measurements): "
-                     f"**wall ∝ N^{a:.2f}**, **peak RSS ∝ N^{b:.2f}**, solve time ∝ N^{c:.2f}.")
+                     f"**wall (warm) ∝ N^{fit['warm']:.2f}**, wall (cold) ∝ N^{fit['cold']:.2f}, "
+                     f"**peak RSS ∝ N^{fit['rss']:.2f}**; inside the warm fit, solve ∝ N^{fit['solve']:.2f} and "
+                     f"association ∝ N^{fit['assoc']:.2f}.")
     else:
         lines.append("Fewer than two sizes ran: no exponent.")
     if good:
         big = max(good, key=lambda r: r["n_measurements"])
         lines.append(f"Largest size that ran: {big['n_measurements']:,} measurements "
-                     f"({big['wall_s']:.0f} s, {big['peak_rss'] / 1e9:.1f} GB).")
+                     f"({big['warm']['wall_s']:.0f} s warm, {big['cold']['wall_s']:.0f} s cold, "
+                     f"{big['peak_rss'] / 1e9:.1f} GB).")
     for s in skipped:
         lines.append(s)
     lines += [
@@ -272,12 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     max_rss = int((args.max_rss_gb * 2**30) if args.max_rss_gb else 0.85 * psutil.virtual_memory().available)
     sizes = sorted(int(float(s)) for s in args.sizes.split(",") if s.strip())
-    cache = WORK / "runs" / "jax_cache"
-    cache.mkdir(parents=True, exist_ok=True)
-
     rows: list[dict] = []
     skipped: list[str] = []
-    warmed = False
     for target in sizes:
         config = survey_config(target)
         base = {"target": target, "n_visits": config.n_visits, "n_stars": config.n_stars}
@@ -291,20 +296,27 @@ def main(argv: list[str] | None = None) -> int:
             print(skipped[-1], flush=True)
             continue
         root = ensure_survey(target)
-        if not warmed:  # fill the compilation cache (untimed): the sizes are then compared warm
-            print(f"[{target:.0e}] warm-up fit (untimed)", flush=True)
-            run_size(target, root, cache, max_rss=max_rss, timeout_s=args.timeout, tag="_warmup")
-            warmed = True
-        print(f"[{target:.0e}] fit ({n_sources(root):,} detections)", flush=True)
-        r = run_size(target, root, cache, max_rss=max_rss, timeout_s=args.timeout)
-        r.update(base)
+        cache = WORK / "runs" / f"jax_cache_{target:.0e}".replace("+", "")
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        r: dict = dict(base)
+        for tag in ("cold", "warm"):  # cold: empty compilation cache (JIT in the run); warm: the cache it left
+            print(f"[{target:.0e}] fit, {tag} cache ({n_sources(root):,} detections)", flush=True)
+            run = run_size(target, root, cache, max_rss=max_rss, timeout_s=args.timeout, tag=f"_{tag}")
+            r[tag] = run
+            if run["rc"] == 0:
+                print(f"[{target:.0e}] {tag}: {run['wall_s']:.1f} s, {run['peak_rss'] / 1e6:,.0f} MB, "
+                      f"{run['n_measurements']:,} measurements; {run['seconds']}", flush=True)
+            else:
+                print(f"[{target:.0e}] {tag}: {run['stopped'] or 'FAILED'} (exit {run['rc']}); log {run['log']}",
+                      flush=True)
+                if run["stopped"]:
+                    skipped.append(f"{target:.0e} measurements: {run['stopped']} after {run['wall_s']:.0f} s.")
+                break
+        r["rc"] = r["warm"]["rc"] if "warm" in r else r["cold"]["rc"]
         if r["rc"] == 0:
-            print(f"[{target:.0e}] {r['wall_s']:.1f} s, {r['peak_rss'] / 1e6:,.0f} MB, "
-                  f"{r['n_measurements']:,} measurements; {r['seconds']}", flush=True)
-        else:
-            print(f"[{target:.0e}] {r['stopped'] or 'FAILED'} (exit {r['rc']}); log {r['log']}", flush=True)
-            if r["stopped"]:
-                skipped.append(f"{target:.0e} measurements: {r['stopped']} after {r['wall_s']:.0f} s.")
+            r.update({k: r["warm"][k] for k in ("n_measurements", "peak_rss", "wall_s")})
+            r["peak_rss"] = max(r["cold"]["peak_rss"], r["warm"]["peak_rss"])
         rows.append(r)
 
     (WORK / "results.json").write_text(json.dumps(rows, indent=1, default=str))
