@@ -35,12 +35,13 @@ def vector_to_radec(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tangent_basis(ra0_deg: float, dec0_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(b̂, ê, n̂): the tangent point and the local east and north unit vectors there."""
-    ra0_rad, dec0_rad = np.deg2rad(ra0_deg), np.deg2rad(dec0_deg)
-    b = np.array([np.cos(dec0_rad) * np.cos(ra0_rad), np.cos(dec0_rad) * np.sin(ra0_rad), np.sin(dec0_rad)])
-    e = np.array([-np.sin(ra0_rad), np.cos(ra0_rad), 0.0])
-    n = np.array([-np.sin(dec0_rad) * np.cos(ra0_rad), -np.sin(dec0_rad) * np.sin(ra0_rad), np.cos(dec0_rad)])
-    return b, e, n
+    """(b̂, ê, n̂): the tangent point and the local east and north unit vectors there.
+
+    The same frame the fitter uses: :func:`jointcal_ap.fit.associate.tangent_frame`.
+    """
+    from jointcal_ap.fit.associate import tangent_frame
+
+    return tangent_frame(ra0_deg, dec0_deg)
 
 
 def gnomonic_project(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float) -> tuple[np.ndarray, np.ndarray]:
