@@ -148,3 +148,47 @@ def test_per_row_obsdate(tmp_path, scamp_file):
     t = _read(out).sort_values("ra")
     expected = Time(v["OBSDATE"][np.argsort(v["X_WORLD"])], format="jyear", scale="tcb").tdb.jyear
     np.testing.assert_allclose(t["epoch"].to_numpy(), expected, rtol=0, atol=1e-9)
+
+
+def test_fit_against_a_converted_scamp_refcat(tmp_path):
+    """SCAMP files have no id column: their string ids still drive a joint fit."""
+    from jointcal_ap.fit import FitOptions, JointFit
+    from jointcal_ap.simulate import SurveyConfig, simulate_survey, true_pixel_to_sky
+
+    survey = simulate_survey(SurveyConfig(n_visits=4, n_stars=1200, seed=3), tmp_path / "sim")
+    native = open_refcat(survey.refcat_dir)
+    ref = native.cone(150.0, 2.0, 1.0, format="arrow")
+    col = {name: ref.column(name).to_numpy(zero_copy_only=False) for name in ref.column_names}
+    values = {
+        "X_WORLD": col["ra"], "Y_WORLD": col["dec"],
+        "ERRA_WORLD": (col["ra_error"] / MAS_PER_DEG).astype(np.float32),
+        "ERRB_WORLD": (col["dec_error"] / MAS_PER_DEG).astype(np.float32),
+        "PMALPHA_J2000": col["pmra"].astype(np.float32), "PMDELTA_J2000": col["pmdec"].astype(np.float32),
+        "PMALPHAERR_J2000": col["pmra_error"].astype(np.float32),
+        "PMDELTAERR_J2000": col["pmdec_error"].astype(np.float32),
+        "MAG": np.full(len(ref), 17.0, np.float32), "MAGERR": np.full(len(ref), 0.01, np.float32),
+        "OBSDATE": col["epoch"],
+    }
+    path = write_scamp_refcat(tmp_path / "ref.cat", values)
+    assert main(["refcat", "convert", str(CONFIG), str(path), "--out", str(tmp_path / "scamp_ref"),
+                 "--no-progress"]) == 0
+    scamp = open_refcat(tmp_path / "scamp_ref")
+    assert not np.issubdtype(scamp.cone(150.0, 2.0, 0.1, format="arrow").column("id").to_numpy(
+        zero_copy_only=False).dtype, np.integer)
+
+    data = survey.read("parquet")
+    fits_ = [JointFit(data, rc, FitOptions(star_params=5)).run() for rc in (native, scamp)]
+    assert fits_[1].summary()["n_reference_stars"] == fits_[0].summary()["n_reference_stars"] > 100
+    # The SCAMP layout has no parallax column, so that fit cannot model the reference stars'
+    # parallaxes (~1 mas here): it is a little worse against the truth, not broken.
+    # Measured: 2.09 mas (native refcat) vs 2.38 mas (SCAMP layout) RMS over a pixel grid.
+    errors = []
+    for result in fits_:
+        diffs = []
+        for c, ccd in enumerate(data.ccds):
+            xs, ys = (a.ravel() for a in np.meshgrid(np.linspace(1, ccd.naxis1, 8), np.linspace(1, ccd.naxis2, 8)))
+            ra, dec = result.pixel_to_sky(c, xs, ys)
+            rt, dt = true_pixel_to_sky(survey.truth, visit=ccd.visit, detector=ccd.detector, x=xs, y=ys)
+            diffs.append(np.hypot((ra - rt) * np.cos(np.radians(dt)), dec - dt) * MAS_PER_DEG)
+        errors.append(float(np.sqrt(np.mean(np.concatenate(diffs) ** 2))))
+    assert errors[1] < 1.25 * errors[0]

@@ -17,7 +17,9 @@ if _cache and _cache.lower() != "none":
     try:
         os.makedirs(_cache, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", _cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        # every compiled function is cached: many small kernels (one per refcat chunk
+        # size) would otherwise recompile in every process (~2 s on the large benchmark)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     except OSError:  # pragma: no cover - read-only home
         pass
 

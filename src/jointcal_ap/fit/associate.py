@@ -26,7 +26,8 @@ from jointcal_ap.errors import AssociationError
 from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.models import CcdGeometry, fit_poly, poly_eval
 
-__all__ = ["Association", "AssociationError", "associate", "gnomonic", "inverse_gnomonic", "unit_vectors"]
+__all__ = ["Association", "AssociationError", "associate", "gnomonic", "inverse_gnomonic", "reference_codes",
+           "unit_vectors"]
 
 MAS_PER_DEG = 3.6e6
 
@@ -89,17 +90,37 @@ class Association:
     geometry: list[CcdGeometry]
     visit_stats: list[VisitMatch] = field(default_factory=list)
     refcats_by_visit: dict[int, object] = field(default_factory=dict, repr=False)
+    # reference ids that are not integers (e.g. SCAMP files, whose id is a position string)
+    # get integer codes in order of first appearance; None while every id is an integer
+    ref_id_codes: dict | None = field(default=None, repr=False)
 
 
-def _offset_search(meas_tp: np.ndarray, ref_tp: np.ndarray, radius_mas: float, bin_mas: float
+def reference_codes(table, codes: dict | None) -> tuple[np.ndarray, dict | None]:
+    """Integer codes (≥ 0) of a refcat table's ``id`` column.
+
+    Integer ids are their own codes. Other ids (strings) are numbered in order of first
+    appearance through ``codes``, which is created on first need and returned, so that the
+    same id gets the same code in every visit's table and at the fit epoch.
+    """
+    ids = table.column("id").to_numpy(zero_copy_only=False)
+    if np.issubdtype(ids.dtype, np.integer) and codes is None:
+        if len(ids) and ids.min() < 0:
+            raise AssociationError(f"reference ids must be ≥ 0 (found {int(ids.min())}); -1 means "
+                                   f"'no reference' in the fit")
+        return ids.astype(np.int64), None
+    codes = {} if codes is None else codes
+    return np.fromiter((codes.setdefault(i, len(codes)) for i in ids.tolist()), np.int64, len(ids)), codes
+
+
+def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bin_mas: float
                    ) -> np.ndarray:
     """Most common (ref − meas) offset among all pairs closer than ``radius_mas``."""
-    tree = cKDTree(ref_tp)
-    pairs = tree.query_ball_point(meas_tp, radius_mas)
-    dx = [ref_tp[p] - meas_tp[i] for i, p in enumerate(pairs) if p]
-    if not dx:
+    if len(meas_tp) == 0 or ref_tree.n == 0:
         return np.zeros(2)
-    d = np.concatenate(dx)
+    pairs = cKDTree(meas_tp).sparse_distance_matrix(ref_tree, radius_mas, output_type="ndarray")
+    if len(pairs) == 0:
+        return np.zeros(2)
+    d = ref_tree.data[pairs["j"]] - meas_tp[pairs["i"]]
     nb = int(np.ceil(2 * radius_mas / bin_mas))
     hist, xe, ye = np.histogram2d(d[:, 0], d[:, 1], bins=nb, range=[[-radius_mas, radius_mas]] * 2)
     i, j = np.unravel_index(np.argmax(hist), hist.shape)
@@ -108,11 +129,11 @@ def _offset_search(meas_tp: np.ndarray, ref_tp: np.ndarray, radius_mas: float, b
     return np.median(d[near], axis=0) if near.sum() >= 3 else peak
 
 
-def _match(meas_tp: np.ndarray, ref_tp: np.ndarray, radius_mas: float) -> tuple[np.ndarray, np.ndarray]:
+def _match(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float) -> tuple[np.ndarray, np.ndarray]:
     """Nearest reference within the radius, one-to-one (closest wins); returns (meas idx, ref idx)."""
-    if len(ref_tp) == 0 or len(meas_tp) == 0:
+    if ref_tree.n == 0 or len(meas_tp) == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    dist, idx = cKDTree(ref_tp).query(meas_tp, distance_upper_bound=radius_mas)
+    dist, idx = ref_tree.query(meas_tp, distance_upper_bound=radius_mas)
     ok = np.isfinite(dist)
     mi, ri, di = np.flatnonzero(ok), idx[ok], dist[ok]
     order = np.argsort(di)
@@ -156,6 +177,7 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
     meas_ref_tp = np.full((n, 2), np.nan)
     stats: list[VisitMatch] = []
     refcats: dict[int, object] = {}
+    id_codes: dict | None = None
     by_ccd = np.argsort(meas.ccd_index, kind="stable")
     bounds = np.searchsorted(meas.ccd_index[by_ccd], np.arange(len(data.ccds) + 1))
 
@@ -175,7 +197,8 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
                               format="arrow")
         refcats[visit.visit] = ref
         ref_tp = gnomonic(ref.column("ra").to_numpy(), ref.column("dec").to_numpy(), visit.ra, visit.dec)
-        ref_ids = ref.column("id").to_numpy()
+        ref_ids, id_codes = reference_codes(ref, id_codes)
+        ref_tree = cKDTree(ref_tp)
         n_matched, offsets, rms = 0, [], []
         for c in ccds:
             rows = by_ccd[bounds[c]:bounds[c + 1]]
@@ -183,13 +206,13 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
                 raise AssociationError(f"visit {visit.visit}, detector {data.ccds[c].detector}: no measurements")
             u, v = geometry[c].normalise(meas.x[rows], meas.y[rows])
             tp = gnomonic(meas.ra_init[rows], meas.dec_init[rows], visit.ra, visit.dec)
-            offset = _offset_search(tp, ref_tp, search_radius_arcsec * 1000, 250.0)
+            offset = _offset_search(tp, ref_tree, search_radius_arcsec * 1000, 250.0)
             offsets.append(offset)
             tp = tp + offset
             coeffs = fit_poly(u, v, tp, 1)
             for radius, deg in ((3 * match_radius_arcsec, 1), (2 * match_radius_arcsec, degree),
                                 (match_radius_arcsec, degree)):
-                mi, ri = _match(tp, ref_tp, radius * 1000)
+                mi, ri = _match(tp, ref_tree, radius * 1000)
                 use_deg = deg if len(mi) >= 3 * ((deg + 1) * (deg + 2) // 2) else 1
                 if len(mi) < 3:
                     break
@@ -204,7 +227,7 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
             full[:, : coeffs.shape[1]] = coeffs  # lower degree: our monomial order is by total degree
             per_ccd[c] = full
             meas_tp[rows] = poly_eval(full, u, v, degree, np)
-            mi, ri = _match(meas_tp[rows], ref_tp, match_radius_arcsec * 1000)
+            mi, ri = _match(meas_tp[rows], ref_tree, match_radius_arcsec * 1000)
             meas_ref[rows[mi]] = ref_ids[ri]
             meas_ref_tp[rows[mi]] = ref_tp[ri]
             n_matched += len(mi)
@@ -264,5 +287,5 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
     star_ra = np.degrees(np.arctan2(vec[:, 1], vec[:, 0])) % 360.0
     star_dec = np.degrees(np.arcsin(vec[:, 2]))
     return Association(star_of, n_stars, star_ref, star_ra, star_dec, meas_ref_tp, per_ccd, degree,
-                       geometry, stats, refcats)
+                       geometry, stats, refcats, id_codes)
 

@@ -19,6 +19,7 @@ from jointcal_ap.fit.associate import (
     Association,
     associate,
     inverse_gnomonic,
+    reference_codes,
     tangent_frame,
     unit_vectors,
 )
@@ -26,10 +27,10 @@ from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.models import ConstrainedModel, SimpleModel
 from jointcal_ap.fit.solve import (
     MAS_PER_RAD,
+    CompiledProblem,
     FitError,
     Problem,
     SolveStats,
-    build_functions,
     gauss_newton,
 )
 
@@ -203,7 +204,8 @@ class JointFit:
         # the field radius in mas: |centre| + |∂/∂u| + |∂/∂v| of each CCD of the reference visit
         poly = association.per_ccd_poly[ccds]
         extent = float(np.max(np.abs(poly[:, :, 0]) + np.abs(poly[:, :, 1]) + np.abs(poly[:, :, 2])))
-        scale = max(extent, 1.0)
+        # a power of two: the scale is part of the compiled code, so nearby fields share it
+        scale = float(2.0 ** np.ceil(np.log2(max(extent, 1.0))))
         return ConstrainedModel(opt.degree, opt.visit_degree, len(data.detectors()), len(data.visits), scale)
 
     def _problem(self, association: Association, model) -> tuple[Problem, dict[str, np.ndarray]]:
@@ -238,7 +240,7 @@ class JointFit:
             c_dec = float(np.degrees(np.arcsin(centre[2])))
             sep = np.degrees(np.arccos(np.clip(unit_vectors(star_ra[is_ref], star_dec[is_ref]) @ centre, -1, 1)))
             ref = self.refcat.cone(c_ra, c_dec, float(sep.max()) + 0.05, epoch=fit_epoch, format="arrow")
-            ids = ref.column("id").to_numpy()
+            ids, _ = reference_codes(ref, association.ref_id_codes)
             order = np.argsort(ids)
             where = order[np.searchsorted(ids[order], association.star_ref[is_ref])]
             if not np.all(ids[where] == association.star_ref[is_ref]):
@@ -362,9 +364,6 @@ class JointFit:
     # ------------------------------------------------------------------ run
     def run(self) -> FitResult:
         """Associate, fit with outlier clipping, and return a :class:`FitResult`."""
-        from jointcal_ap._jax import jnp
-        from jointcal_ap.fit.solve import _whitener
-
         opt = self.options
         t0 = time.perf_counter()
         association = associate(self.data, self.refcat, degree=opt.degree,
@@ -379,38 +378,39 @@ class JointFit:
         t0 = time.perf_counter()
         problem, aux = self._problem(association, model)
         self._check_degenerate(problem, association)
-        fns = build_functions(model, problem)
+        fns = CompiledProblem(model, problem)
         seconds["setup"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        params = jnp.asarray(aux["params"])
-        theta = jnp.asarray(aux["theta0"])
-        active = jnp.ones(len(problem.u))
+        params = np.asarray(aux["params"])
+        theta = np.asarray(aux["theta0"])
+        act = np.ones(len(problem.u), dtype=bool)
+        active = fns.active()
         stats = SolveStats()
         clip_rounds: list[int] = []
         for _round in range(opt.max_clip_rounds + 1):
-            white = _whitener(fns["meas_cov"](params))
+            white = fns.whitener(params)
             params, theta, stats = gauss_newton(fns, params, theta, white, active,
                                                 max_iter=opt.max_iterations, stats=stats)
-            r = np.asarray(fns["residuals"](params, theta, white, active))
+            r = fns.residuals(params, theta, white, active)
             dist = np.sqrt(np.sum(r * r, axis=1))
-            bad = (dist > opt.clip_sigma) & (np.asarray(active) > 0)
+            bad = (dist > opt.clip_sigma) & act
             if not bad.any():
                 break
             clip_rounds.append(int(bad.sum()))
-            active = active * jnp.asarray(~bad, dtype=jnp.float64)
+            act = act & ~bad
+            active = fns.active(act)
         seconds["solve"] = time.perf_counter() - t0
 
-        white = _whitener(fns["meas_cov"](params))
-        r_white = np.asarray(fns["residuals"](params, theta, white, jnp.ones(len(problem.u))))
-        act = np.asarray(active) > 0
-        chi2 = float(np.sum(r_white[act] ** 2) + np.sum(np.asarray(fns["prior_chi2"](theta))[aux["is_ref_star"]]))
+        white = fns.whitener(params)
+        r_white = fns.residuals(params, theta, white, fns.active())
+        chi2 = float(np.sum(r_white[act] ** 2) + np.sum(fns.prior_chi2(theta)[aux["is_ref_star"]]))
         n_free = int((~problem.model_fixed).sum() + problem.star_free.sum())
         n_prior = int(2 * aux["is_ref_star"].sum() + 3 * (problem.star_free[aux["is_ref_star"], 2].sum()))
         dof = 2 * int(act.sum()) + n_prior - n_free
         # residuals in mas (model − star prediction), and against the reference at each visit epoch
-        cov = np.asarray(fns["meas_cov"](params))
-        white_np = np.asarray(white)
+        cov = fns.meas_cov(params)
+        white_np = np.asarray(white)[: len(r_white)]
         raw = np.linalg.solve(white_np, r_white[..., None])[..., 0]
         rows = aux["rows"]
         data = self.data

@@ -16,7 +16,7 @@ Pixel coordinates are normalised per CCD to u = (x − cx)/s, v = (y − cy)/s �
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -99,6 +99,10 @@ class SimpleModel:
         size = 2 * self.k
         return [(c * size, size) for c in range(self.n_ccds)]
 
+    def kernel(self) -> SimpleModel:
+        """The model stripped of its sizes: what compiled code depends on (hashable)."""
+        return replace(self, n_ccds=0)
+
     def local_index(self, ccd_index: np.ndarray, visit_index: np.ndarray, detector_index: np.ndarray
                     ) -> np.ndarray:
         """Global parameter indices each measurement depends on: (n, 2K)."""
@@ -162,6 +166,10 @@ class ConstrainedModel:
         blocks = [(i * d, d) for i in range(self.n_detectors)]
         base = self.n_detectors * d
         return blocks + [(base + i * v, v) for i in range(self.n_visits)]
+
+    def kernel(self) -> ConstrainedModel:
+        """The model stripped of its sizes: what compiled code depends on (hashable)."""
+        return replace(self, n_detectors=0, n_visits=0)
 
     def local_index(self, ccd_index: np.ndarray, visit_index: np.ndarray, detector_index: np.ndarray
                     ) -> np.ndarray:

@@ -25,13 +25,14 @@ not decrease it are halved, and a fit that cannot make progress stops with a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from jointcal_ap._jax import jax, jnp
 from jointcal_ap.errors import FitError
 
-__all__ = ["FitError", "Problem", "SolveStats", "gauss_newton"]
+__all__ = ["CompiledProblem", "FitError", "Problem", "SolveStats", "bucket", "gauss_newton"]
 
 MAS_PER_RAD = 206264806.24709636
 
@@ -94,7 +95,7 @@ class SolveStats:
     reason: str = ""
 
 
-def _predicted(theta, star, visit, dt, plx_factor, extra, e0, ea, ed, v0, va, vd):
+def _predicted_at(theta, star, visit, dt, plx_factor, extra, e0, ea, ed, v0, va, vd):
     """Tangent-plane position (mas) of each measurement's star at its visit."""
     th = theta[star]
     off = th[:, 0:2] + th[:, 2:4] * dt[:, None] + th[:, 4:5] * plx_factor + extra
@@ -114,141 +115,256 @@ def _whitener(cov):
     return jnp.stack([jnp.stack([1 / a, zero], -1), jnp.stack([-b / (a * c), 1 / c], -1)], -2)
 
 
-def build_functions(model, problem: Problem):
-    """JIT-compiled residual, linearisation and solve-step functions for one problem."""
-    p = {k: jnp.asarray(getattr(problem, k)) for k in (
-        "u", "v", "pix_scale", "cov_px", "local_index", "star", "visit", "dt", "plx_factor",
-        "extra", "e0", "ea", "ed", "v0", "va", "vd", "prior_value", "prior_weight")}
-    star_free = jnp.asarray(problem.star_free, dtype=jnp.float64)
-    model_free = jnp.asarray(~problem.model_fixed, dtype=jnp.float64)
-    n_stars = problem.n_stars
-    n_model = len(problem.model_fixed)
-    sys2 = float(problem.systematic_mas) ** 2
-    block_index = jnp.asarray(problem.block_index)
-    slots = [(lo, hi, jnp.asarray(starts)[:, None] + jnp.arange(hi - lo)[None, :])
-             for lo, hi, starts in problem.slots]
-    chunk = 4096
-    n_meas = len(problem.u)
-    n_pad = (-n_meas) % chunk
+# --------------------------------------------------------------------------- padding
+# Compiled code depends only on array *shapes*, so a problem is padded to a few bucket
+# sizes (at most 1/8 larger than needed); any dataset that lands in the same buckets
+# reuses the compiled code, in this process and through JAX's persistent cache.
+_CHUNK = 4096  # measurements per chunk in the preconditioner accumulation
 
-    def mapped(local_params, u, v):
-        return model.evaluate(local_params, u, v)
 
-    def meas_cov(params):
-        local = params[p["local_index"]]
-        jac = jax.vmap(jax.jacfwd(lambda uv, lp: mapped(lp[None], uv[0:1], uv[1:2])[0]))(
-            jnp.stack([p["u"], p["v"]], 1), local)  # (n, 2, 2) d(ξη)/d(uv)
-        jac = jac / p["pix_scale"][:, None, None]
-        cov = jnp.einsum("nij,njk,nlk->nil", jac, p["cov_px"], jac)
-        return cov + sys2 * jnp.eye(2)[None]
+def bucket(n: int, minimum: int = 8) -> int:
+    """The smallest size ≥ n of the form m·2^k with m in 8..15 (≤ 12.5 % padding)."""
+    n = max(int(n), minimum)
+    k = max(n.bit_length() - 4, 0)
+    return -(-n // (1 << k)) << k
 
-    def residuals(params, theta, white, active):
-        local = params[p["local_index"]]
-        model_xy = mapped(local, p["u"], p["v"])
-        pred = _predicted(theta, p["star"], p["visit"], p["dt"], p["plx_factor"], p["extra"],
-                          p["e0"], p["ea"], p["ed"], p["v0"], p["va"], p["vd"])
-        r = jnp.einsum("nij,nj->ni", white, model_xy - pred)
-        return r * active[:, None]
 
-    def prior_chi2(theta):
-        d = theta - p["prior_value"]
-        return jnp.einsum("si,sij,sj->s", d, p["prior_weight"], d)
+def _pad(a: np.ndarray, n: int, fill=0) -> np.ndarray:
+    a = np.asarray(a)
+    if len(a) == n:
+        return a
+    out = np.full((n, *a.shape[1:]), fill, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
 
-    def chi2(params, theta, white, active):
-        r = residuals(params, theta, white, active)
-        return jnp.sum(r * r) + jnp.sum(prior_chi2(theta))
 
-    def single(lp, th, u, v, s_e0, s_ea, s_ed, dt, pf, ex, w0, wa, wd, white):
-        model_xy = mapped(lp[None], u[None], v[None])[0]
+class CompiledProblem:
+    """A :class:`Problem` on the device, padded to bucket sizes, with its jitted functions.
+
+    Measurements are padded to a multiple of the chunk size with inactive rows (identity
+    covariance, star 0, visit 0), stars with empty blocks (no prior, not free), and model
+    parameters with a fixed "dump" region that padded preconditioner blocks point at.
+    Every method takes and returns *unpadded* numbers except the whitening matrices and the
+    ``active`` weights, which stay on the device in padded form (see :meth:`active`).
+    """
+
+    def __init__(self, model, problem: Problem):
+        n = len(problem.u)
+        self.n_meas = n
+        self.n_stars = problem.n_stars
+        self.n_model = len(problem.model_fixed)
+        n_pad = max(bucket(n), _CHUNK)
+        n_pad = -(-n_pad // _CHUNK) * _CHUNK
+        s_pad = bucket(self.n_stars)
+        max_size = max(hi - lo for lo, hi, _ in problem.slots)
+        m_pad = bucket(self.n_model + max_size)
+        self.n_pad, self.s_pad, self.m_pad = n_pad, s_pad, m_pad
+        v_pad = bucket(len(problem.v0))
+
+        eye = np.broadcast_to(np.eye(2), (n_pad, 2, 2))
+        local = _pad(problem.local_index, n_pad)
+        if n_pad > n:
+            local[n:] = np.arange(local.shape[1])
+        arrays = {
+            "u": _pad(problem.u, n_pad), "v": _pad(problem.v, n_pad),
+            "pix_scale": _pad(problem.pix_scale, n_pad, 1.0),
+            "cov_px": np.where(np.arange(n_pad)[:, None, None] < n, _pad(problem.cov_px, n_pad), eye),
+            "local_index": local, "block_index": _pad(problem.block_index, n_pad),
+            "star": _pad(problem.star, n_pad), "visit": _pad(problem.visit, n_pad),
+            "dt": _pad(problem.dt, n_pad), "plx_factor": _pad(problem.plx_factor, n_pad),
+            "extra": _pad(problem.extra, n_pad),
+            "e0": _pad(problem.e0, s_pad), "ea": _pad(problem.ea, s_pad), "ed": _pad(problem.ed, s_pad),
+            "v0": _pad(problem.v0, v_pad), "va": _pad(problem.va, v_pad), "vd": _pad(problem.vd, v_pad),
+            "prior_value": _pad(problem.prior_value, s_pad),
+            "prior_weight": _pad(problem.prior_weight, s_pad),
+            "star_free": _pad(problem.star_free, s_pad, False).astype(np.float64),
+            "model_free": _pad(~problem.model_fixed, m_pad, False).astype(np.float64),
+            "sys2": np.float64(problem.systematic_mas) ** 2,
+        }
+        where, bounds = [], []
+        for lo, hi, starts in problem.slots:
+            idx = np.asarray(starts)[:, None] + np.arange(hi - lo)[None, :]
+            rows = bucket(len(idx))
+            dump = self.n_model + np.arange(hi - lo)  # fixed padded parameters
+            where.append(np.vstack([idx, np.broadcast_to(dump, (rows - len(idx), hi - lo))]))
+            bounds.append((lo, hi))
+        arrays["where"] = tuple(where)
+        self.arrays = jax.tree_util.tree_map(jnp.asarray, arrays)
+        self.kernel = model.kernel()
+        self.bounds = tuple(bounds)
+        self.is_meas = jnp.asarray(np.arange(n_pad) < n, dtype=jnp.float64)
+
+    # ------------------------------------------------------------------ padding helpers
+    def active(self, mask=None):
+        """Device weights (1 active, 0 clipped or padding) from a boolean mask of length n."""
+        if mask is None:
+            return self.is_meas
+        return jnp.asarray(_pad(np.asarray(mask, dtype=np.float64), self.n_pad))
+
+    def _params(self, params):
+        return jnp.concatenate([jnp.asarray(params), jnp.zeros(self.m_pad - self.n_model)])
+
+    def _theta(self, theta):
+        return jnp.concatenate([jnp.asarray(theta), jnp.zeros((self.s_pad - self.n_stars, 5))])
+
+    # ------------------------------------------------------------------ functions
+    def whitener(self, params):
+        """Per-measurement whitening matrices (padded, on the device)."""
+        return _whitener(_meas_cov(self.kernel, self.arrays, self._params(params)))
+
+    def meas_cov(self, params) -> np.ndarray:
+        """Measurement covariances in the tangent plane, mas² (n, 2, 2)."""
+        return np.asarray(_meas_cov(self.kernel, self.arrays, self._params(params)))[: self.n_meas]
+
+    def residuals(self, params, theta, white, active) -> np.ndarray:
+        """Whitened residuals (n, 2), zero where inactive."""
+        r = _residuals(self.kernel, self.arrays, self._params(params), self._theta(theta), white, active)
+        return np.asarray(r)[: self.n_meas]
+
+    def chi2(self, params, theta, white, active) -> float:
+        return float(_chi2(self.kernel, self.arrays, self._params(params), self._theta(theta), white, active))
+
+    def prior_chi2(self, theta) -> np.ndarray:
+        return np.asarray(_prior_chi2(self.arrays, self._theta(theta)))[: self.n_stars]
+
+    def step(self, params, theta, white, active):
+        """One Gauss-Newton step: (δm, δθ, CG iterations, predicted χ² decrease), unpadded."""
+        dx, dtheta, iters, predicted = _step(self.kernel, self.bounds, self.arrays, self._params(params),
+                                             self._theta(theta), white, active)
+        return dx[: self.n_model], dtheta[: self.n_stars], int(iters), float(predicted)
+
+
+def _predicted(theta, a):
+    return _predicted_at(theta, a["star"], a["visit"], a["dt"], a["plx_factor"], a["extra"],
+                         a["e0"], a["ea"], a["ed"], a["v0"], a["va"], a["vd"])
+
+
+@partial(jax.jit, static_argnums=0)
+def _meas_cov(kernel, a, params):
+    local = params[a["local_index"]]
+    jac = jax.vmap(jax.jacfwd(lambda uv, lp: kernel.evaluate(lp[None], uv[0:1], uv[1:2])[0]))(
+        jnp.stack([a["u"], a["v"]], 1), local)  # (n, 2, 2) d(ξη)/d(uv)
+    jac = jac / a["pix_scale"][:, None, None]
+    cov = jnp.einsum("nij,njk,nlk->nil", jac, a["cov_px"], jac)
+    return cov + a["sys2"] * jnp.eye(2)[None]
+
+
+def _residuals_impl(kernel, a, params, theta, white, active):
+    local = params[a["local_index"]]
+    model_xy = kernel.evaluate(local, a["u"], a["v"])
+    r = jnp.einsum("nij,nj->ni", white, model_xy - _predicted(theta, a))
+    return r * active[:, None]
+
+
+_residuals = jax.jit(_residuals_impl, static_argnums=0)
+
+
+@jax.jit
+def _prior_chi2(a, theta):
+    d = theta - a["prior_value"]
+    return jnp.einsum("si,sij,sj->s", d, a["prior_weight"], d)
+
+
+@partial(jax.jit, static_argnums=0)
+def _chi2(kernel, a, params, theta, white, active):
+    r = _residuals_impl(kernel, a, params, theta, white, active)
+    d = theta - a["prior_value"]
+    return jnp.sum(r * r) + jnp.sum(jnp.einsum("si,sij,sj->s", d, a["prior_weight"], d))
+
+
+def _linearise(kernel, a, params, theta, white, active):
+    """Whitened residuals and their Jacobians w.r.t. the local model and star parameters."""
+
+    def single(lp, th, u, v, s_e0, s_ea, s_ed, dt, pf, ex, w0, wa, wd, wh):
+        model_xy = kernel.evaluate(lp[None], u[None], v[None])[0]
         off = th[0:2] + th[2:4] * dt + th[4] * pf + ex
         vec = s_e0 + (off[0] * s_ea + off[1] * s_ed) / MAS_PER_RAD
         den = vec @ w0
         pred = jnp.stack([vec @ wa / den, vec @ wd / den]) * MAS_PER_RAD
-        return white @ (model_xy - pred)
+        return wh @ (model_xy - pred)
 
-    jac_fn = jax.vmap(jax.jacfwd(single, argnums=(0, 1)))
+    local = params[a["local_index"]]
+    s, vi = a["star"], a["visit"]
+    jm, js = jax.vmap(jax.jacfwd(single, argnums=(0, 1)))(
+        local, theta[s], a["u"], a["v"], a["e0"][s], a["ea"][s], a["ed"][s], a["dt"], a["plx_factor"],
+        a["extra"], a["v0"][vi], a["va"][vi], a["vd"][vi], white)
+    act = active[:, None, None]
+    jm = jm * act * a["model_free"][a["local_index"]][:, None, :]
+    js = js * act * a["star_free"][s][:, None, :]
+    return _residuals_impl(kernel, a, params, theta, white, active), jm, js
 
-    @jax.jit
-    def linearise(params, theta, white, active):
-        local = params[p["local_index"]]
-        th = theta[p["star"]]
-        s, vi = p["star"], p["visit"]
-        jm, js = jac_fn(local, th, p["u"], p["v"], p["e0"][s], p["ea"][s], p["ed"][s], p["dt"],
-                        p["plx_factor"], p["extra"], p["v0"][vi], p["va"][vi], p["vd"][vi], white)
-        act = active[:, None, None]
-        jm = jm * act * model_free[p["local_index"]][:, None, :]
-        js = js * act * star_free[s][:, None, :]
-        r = residuals(params, theta, white, active)
-        return r, jm, js
 
-    @jax.jit
-    def step(params, theta, white, active):
-        r, jm, js = linearise(params, theta, white, active)
-        idx, s = p["local_index"], p["star"]
-        g_m = jnp.zeros(n_model).at[idx].add(jnp.einsum("nki,nk->ni", jm, r))
-        g_s = jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, r), s, n_stars)
-        g_s = g_s + jnp.einsum("sij,sj->si", p["prior_weight"], theta - p["prior_value"])
-        g_s = g_s * star_free
-        d = jax.ops.segment_sum(jnp.einsum("nki,nkj->nij", js, js), s, n_stars) + p["prior_weight"]
-        # fixed star parameters: identity rows/columns so D stays invertible
-        mask = star_free[:, :, None] * star_free[:, None, :]
-        # a star with no information left (all its measurements clipped) gets an identity
-        # block, so it neither moves nor makes the system singular
-        empty = (jnp.einsum("sii->si", d) <= 0) | (star_free == 0)
-        d = d * mask + jnp.eye(5)[None] * empty[:, :, None]
-        d_inv = jnp.linalg.inv(d)
+@partial(jax.jit, static_argnums=(0, 1))
+def _step(kernel, bounds, a, params, theta, white, active):
+    n_model, n_stars = params.shape[0], theta.shape[0]
+    star_free, model_free = a["star_free"], a["model_free"]
+    r, jm, js = _linearise(kernel, a, params, theta, white, active)
+    idx, s = a["local_index"], a["star"]
+    g_m = jnp.zeros(n_model).at[idx].add(jnp.einsum("nki,nk->ni", jm, r))
+    g_s = jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, r), s, n_stars)
+    g_s = g_s + jnp.einsum("sij,sj->si", a["prior_weight"], theta - a["prior_value"])
+    g_s = g_s * star_free
+    d = jax.ops.segment_sum(jnp.einsum("nki,nkj->nij", js, js), s, n_stars) + a["prior_weight"]
+    # fixed star parameters: identity rows/columns so D stays invertible; a star with no
+    # information left (all its measurements clipped, or padding) gets an identity block,
+    # so it neither moves nor makes the system singular
+    mask = star_free[:, :, None] * star_free[:, None, :]
+    empty = (jnp.einsum("sii->si", d) <= 0) | (star_free == 0)
+    d = d * mask + jnp.eye(5)[None] * empty[:, :, None]
+    d_inv = jnp.linalg.inv(d)
 
-        def bt(x):  # Bᵀ x: (N, 5)
-            y = jnp.einsum("nki,ni->nk", jm, x[idx])
-            return jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, y), s, n_stars)
+    def bt(x):  # Bᵀ x: (N, 5)
+        y = jnp.einsum("nki,ni->nk", jm, x[idx])
+        return jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, y), s, n_stars)
 
-        def b(z):  # B z: (M,)
-            y = jnp.einsum("nki,ni->nk", js, z[s])
-            return jnp.zeros(n_model).at[idx].add(jnp.einsum("nki,nk->ni", jm, y))
+    def b(z):  # B z: (M,)
+        y = jnp.einsum("nki,ni->nk", js, z[s])
+        return jnp.zeros(n_model).at[idx].add(jnp.einsum("nki,nk->ni", jm, y))
 
-        def s_matvec(x):
-            y = jnp.einsum("nki,ni->nk", jm, x[idx])
-            z = jnp.einsum("sij,sj->si", d_inv, jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, y), s, n_stars))
-            y = y - jnp.einsum("nki,ni->nk", js, z[s])
-            return jnp.zeros(n_model).at[idx].add(jnp.einsum("nki,nk->ni", jm, y)) * model_free
+    def s_matvec(x):
+        y = jnp.einsum("nki,ni->nk", jm, x[idx])
+        z = jnp.einsum("sij,sj->si", d_inv, jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, y), s, n_stars))
+        y = y - jnp.einsum("nki,ni->nk", js, z[s])
+        return jnp.zeros(n_model).at[idx].add(jnp.einsum("nki,nk->ni", jm, y)) * model_free
 
-        rhs = -(g_m - b(jnp.einsum("sij,sj->si", d_inv, g_s))) * model_free
+    rhs = -(g_m - b(jnp.einsum("sij,sj->si", d_inv, g_s))) * model_free
 
-        # Block-Jacobi preconditioner: the diagonal blocks of S, accumulated per measurement
-        # (exact when a star has one measurement per block), in chunks to bound memory.
-        def pad(a):
-            return jnp.concatenate([a, jnp.zeros((n_pad, *a.shape[1:]), a.dtype)]).reshape(
-                (-1, chunk, *a.shape[1:]))
+    # Block-Jacobi preconditioner: the diagonal blocks of S, accumulated per measurement
+    # (exact when a star has one measurement per block), in chunks to bound memory.
+    def chunked(x):
+        return x.reshape((-1, _CHUNK, *x.shape[1:]))
 
-        chunks = (pad(jm), pad(js), pad(s), pad(block_index))
-        precond = []
-        for slot, (lo, hi, where) in enumerate(slots):
-            n_blocks = where.shape[0]
+    chunks = (chunked(jm), chunked(js), chunked(s), chunked(a["block_index"]))
+    precond = []
+    for slot, ((lo, hi), where) in enumerate(zip(bounds, a["where"], strict=True)):
+        n_blocks = where.shape[0]
 
-            def accumulate(acc, c, lo=lo, hi=hi, slot=slot, n_blocks=n_blocks):
-                jmc, jsc, sc, bc = c
-                jb = jmc[:, :, lo:hi]
-                hc = jnp.einsum("nki,nkj->nij", jb, jsc)
-                t = jnp.einsum("nki,nkj->nij", jb, jb) - jnp.einsum("nia,nab,njb->nij", hc, d_inv[sc], hc)
-                return acc + jax.ops.segment_sum(t, bc[:, slot], n_blocks), None
+        def accumulate(acc, c, lo=lo, hi=hi, slot=slot, n_blocks=n_blocks):
+            jmc, jsc, sc, bc = c
+            jb = jmc[:, :, lo:hi]
+            hc = jnp.einsum("nki,nkj->nij", jb, jsc)
+            t = jnp.einsum("nki,nkj->nij", jb, jb) - jnp.einsum("nia,nab,njb->nij", hc, d_inv[sc], hc)
+            return acc + jax.ops.segment_sum(t, bc[:, slot], n_blocks), None
 
-            blk, _ = jax.lax.scan(accumulate, jnp.zeros((n_blocks, hi - lo, hi - lo)), chunks)
-            w, q = jnp.linalg.eigh(blk)
-            w = jnp.maximum(w, 1e-9 * jnp.max(w, axis=1, keepdims=True) + 1e-300)
-            precond.append((jnp.einsum("bij,bj,bkj->bik", q, 1 / w, q), where))
+        blk, _ = jax.lax.scan(accumulate, jnp.zeros((n_blocks, hi - lo, hi - lo)), chunks)
+        # padded blocks (no measurements) become the identity
+        blank = jnp.einsum("bii->b", blk) <= 0
+        blk = blk + jnp.eye(hi - lo)[None] * blank[:, None, None]
+        w, q = jnp.linalg.eigh(blk)
+        w = jnp.maximum(w, 1e-9 * jnp.max(w, axis=1, keepdims=True) + 1e-300)
+        precond.append((jnp.einsum("bij,bj,bkj->bik", q, 1 / w, q), where))
 
-        def apply_precond(x):
-            out = jnp.zeros_like(x)
-            for pinv, where in precond:
-                out = out.at[where].set(jnp.einsum("bij,bj->bi", pinv, x[where]))
-            return out * model_free
+    def apply_precond(x):
+        out = jnp.zeros_like(x)
+        for pinv, where in precond:
+            out = out.at[where].set(jnp.einsum("bij,bj->bi", pinv, x[where]))
+        return out * model_free
 
-        x, iters = _pcg(s_matvec, rhs, apply_precond)
-        dtheta = -jnp.einsum("sij,sj->si", d_inv, g_s + bt(x)) * star_free
-        return x, dtheta, iters
-
-    return {"residuals": jax.jit(residuals), "chi2": jax.jit(chi2), "step": step,
-            "meas_cov": jax.jit(meas_cov), "prior_chi2": jax.jit(prior_chi2), "linearise": linearise}
+    x, iters = _pcg(s_matvec, rhs, apply_precond)
+    dtheta = -jnp.einsum("sij,sj->si", d_inv, g_s + bt(x)) * star_free
+    # χ² ≈ χ²₀ + 2gᵀδ + δᵀHδ with Hδ = −g: the step is predicted to lower χ² by −gᵀδ
+    predicted = -(g_m @ x + jnp.sum(g_s * dtheta))
+    return x, dtheta, iters, predicted
 
 
 def _pcg(matvec, rhs, precond, tol=1e-10, max_iter=1000):
@@ -278,24 +394,30 @@ def _pcg(matvec, rhs, precond, tol=1e-10, max_iter=1000):
     return x, k
 
 
-def gauss_newton(fns, params, theta, white, active, *, max_iter: int = 20, rtol: float = 1e-9,
-                 stats: SolveStats | None = None) -> tuple[np.ndarray, np.ndarray, SolveStats]:
-    """Iterate Gauss-Newton steps until χ² stops decreasing by more than ``rtol`` (relative)."""
+def gauss_newton(fns: CompiledProblem, params, theta, white, active, *, max_iter: int = 20,
+                 rtol: float = 1e-9, stats: SolveStats | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, SolveStats]:
+    """Iterate Gauss-Newton steps until χ² stops decreasing by more than ``rtol`` (relative).
+
+    A full step whose actual χ² decrease matches the quadratic model's prediction to
+    ``rtol`` (relative to χ²) also ends the iteration: the problem is linear to that
+    precision there, so a further step could not gain more than that mismatch.
+    """
     stats = stats or SolveStats()
-    chi2 = float(fns["chi2"](params, theta, white, active))
+    chi2 = fns.chi2(params, theta, white, active)
     if not np.isfinite(chi2):
         raise FitError("χ² is not finite at the starting point", {"chi2": chi2})
     stats.chi2_history.append(chi2)
     for _ in range(max_iter):
-        dx, dtheta, iters = fns["step"](params, theta, white, active)
-        stats.cg_iterations.append(int(iters))
+        dx, dtheta, iters, predicted = fns.step(params, theta, white, active)
+        stats.cg_iterations.append(iters)
         if not (np.all(np.isfinite(np.asarray(dx))) and np.all(np.isfinite(np.asarray(dtheta)))):
             raise FitError("the linear system gave a non-finite step (singular: too few stars, or "
                            "a degenerate model?)", {"chi2_history": stats.chi2_history})
         scale = 1.0
         for _halving in range(12):
             new_params, new_theta = params + scale * dx, theta + scale * dtheta
-            new_chi2 = float(fns["chi2"](new_params, new_theta, white, active))
+            new_chi2 = fns.chi2(new_params, new_theta, white, active)
             if np.isfinite(new_chi2) and new_chi2 <= chi2 * (1 + 1e-12):
                 break
             scale /= 2
@@ -305,10 +427,15 @@ def gauss_newton(fns, params, theta, white, active, *, max_iter: int = 20, rtol:
                            "fit is diverging", {"chi2_history": stats.chi2_history, "last_chi2": new_chi2})
         params, theta = new_params, new_theta
         improvement = (chi2 - new_chi2) / max(chi2, 1e-300)
+        mismatch = abs((chi2 - new_chi2) - predicted) / max(new_chi2, 1e-300)
         chi2 = new_chi2
         stats.chi2_history.append(chi2)
         if improvement < rtol:
             stats.reason = f"converged: relative χ² change {improvement:.2e} < {rtol:.0e}"
+            break
+        if scale == 1.0 and mismatch < rtol:
+            stats.reason = (f"converged: the full step's χ² decrease matched the linear model to "
+                            f"{mismatch:.1e} of χ² (< {rtol:.0e})")
             break
     else:
         stats.reason = f"stopped after {max_iter} iterations (χ² still changing)"
