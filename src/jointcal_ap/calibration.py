@@ -1,0 +1,660 @@
+"""The calibration product: per visit × detector, a fitted WCS and a photometric model.
+
+The joint fit writes one :class:`DetectorCalibration` per visit × detector, collected in a
+:class:`Calibration` and saved with :meth:`Calibration.write`;
+:func:`jointcal_ap.exposure.calibrate_exposure` applies one to an exposure.
+
+Photometry follows the project's convention. For a detector of ``NAXIS1 × NAXIS2`` pixels the
+calibration is a 2-D Chebyshev series ``P(x, y)`` in magnitudes with
+
+    m_AB = −2.5·log10(flux_ADU) + P(x, y)
+    flux_nJy = flux_ADU · 10^(−0.4·(P(x, y) − 31.4))
+
+where ``x, y`` are 1-based FITS pixel coordinates, ``u = (2x − (NAXIS1 + 1)) / NAXIS1`` and
+``v = (2y − (NAXIS2 + 1)) / NAXIS2`` (the pixel grid's outer edges 0.5 … NAXIS + 0.5 map to
+−1 … 1), and ``P = chebval2d(u, v, c)`` with ``c[i, j]`` multiplying ``T_i(u)·T_j(v)``.
+``flux_ADU`` is the total instrumental flux of the exposure (not per second).
+
+>>> import numpy as np
+>>> from jointcal_ap.calibration import PhotometricCalibration
+>>> phot = PhotometricCalibration.constant(31.4, naxis1=2048, naxis2=4096, zero_point_err=0.01)
+>>> float(phot.njy_per_adu(1024.5, 2048.5))       # P = 31.4: one ADU is one nJy
+1.0
+>>> flux, err = phot.flux_to_njy(1000.0, 1024.5, 2048.5, flux_err=10.0)
+>>> round(float(err), 3)              # 10 nJy ⊕ 1000 nJy × 0.4·ln(10)·0.01 mag
+13.595
+
+On disk (:meth:`Calibration.write`)::
+
+    DIR/calibration.json   the index: format, version, one entry per visit × detector with its
+                           photometry (JSON; floats exact), and the SHA-256 of the two files below
+    DIR/wcs.fits           a FITS table, one row per visit × detector: VISIT, DETECTOR, NAXIS1,
+                           NAXIS2, HAS_WCS, WCS_HEADER (the TAN-SIP header as 80-character cards)
+    DIR/provenance.json    the effective provenance: jointcal_ap version, creation time, and
+                           whatever the producer passed (e.g. the fit options)
+
+Every file is written to a temporary name and renamed; the index is written last and holds
+the checksums of the others, so :meth:`Calibration.read` never takes a half-written or
+mixed directory for a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from numpy.polynomial import chebyshev
+
+__all__ = [
+    "CALIBRATION_FORMAT",
+    "CALIBRATION_VERSION",
+    "NJY_ZERO_POINT",
+    "Calibration",
+    "CalibrationError",
+    "DetectorCalibration",
+    "PhotometricCalibration",
+    "header_from_text",
+    "header_to_text",
+    "make_wcs",
+]
+
+#: AB magnitude of a flux of 1 nJy: 8.9 + 2.5·9 = 31.4.
+NJY_ZERO_POINT = 31.4
+#: ``format`` tag of ``calibration.json``.
+CALIBRATION_FORMAT = "jointcal_ap.calibration"
+CALIBRATION_VERSION = 1
+#: ``format`` tag of a serialised :class:`PhotometricCalibration`.
+PHOTOMETRY_FORMAT = "jointcal_ap.photometric_calibration"
+
+INDEX_NAME = "calibration.json"
+WCS_NAME = "wcs.fits"
+PROVENANCE_NAME = "provenance.json"
+
+_CARD = 80
+_MAG_PER_LN = 2.5 / math.log(10.0)  # 1.0857: σ_m = _MAG_PER_LN · σ_f / f
+_LN_PER_MAG = 0.4 * math.log(10.0)  # 0.9210: σ_f / f = _LN_PER_MAG · σ_m
+#: Rows of a pixel grid evaluated at once (bounds the temporaries of a 4k × 4k detector).
+GRID_CHUNK_ROWS = 512
+
+
+class CalibrationError(ValueError):
+    """A calibration is malformed, missing a part, or does not cover the exposure asked for."""
+
+
+# --------------------------------------------------------------------------- FITS header helpers
+
+
+def header_to_text(header: fits.Header) -> str:
+    """The header as concatenated 80-character cards, without ``END`` or padding."""
+    return header.tostring(sep="", endcard=False, padding=False)
+
+
+def header_from_text(text: str) -> fits.Header:
+    """Inverse of :func:`header_to_text`; trailing blanks that a FITS string column dropped are restored."""
+    text = text.rstrip()
+    n = -(-len(text) // _CARD) * _CARD
+    return fits.Header.fromstring(text.ljust(n)) if text else fits.Header()
+
+
+def make_wcs(header: fits.Header, where: str = "header"):
+    """``astropy.wcs.WCS`` of the celestial part of a header, quietly (no ``FITSFixedWarning``).
+
+    Raises
+    ------
+    CalibrationError
+        The header does not describe a celestial WCS; ``where`` names it in the message.
+    """
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header, naxis=2)
+    except Exception as exc:  # astropy raises several types for bad WCS cards
+        raise CalibrationError(f"{where}: not a valid FITS WCS ({exc})") from exc
+    if not wcs.has_celestial:
+        raise CalibrationError(f"{where}: no celestial WCS (expected CTYPE1/2 such as "
+                               f"'RA---TAN-SIP'/'DEC--TAN-SIP', got {list(wcs.wcs.ctype)})")
+    return wcs
+
+
+def _normalised_header(header: fits.Header) -> fits.Header:
+    """The header as any FITS reader sees it: through its text form (float cards ≤ 20 characters)."""
+    return header_from_text(header_to_text(header))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- photometry
+
+
+def pixel_to_chebyshev(x, y, naxis1: int, naxis2: int) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v) ∈ [−1, 1]² of 1-based pixel positions: the pixel grid's outer edges map to ±1."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    return (2.0 * x - (naxis1 + 1)) / naxis1, (2.0 * y - (naxis2 + 1)) / naxis2
+
+
+def _positive_int(value: Any, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) <= 0:
+        raise CalibrationError(f"{where}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array = np.array(array, dtype=np.float64, copy=True)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class PhotometricCalibration:
+    """The photometric model of one visit × detector (the shared Chebyshev convention).
+
+    Attributes
+    ----------
+    coefficients : ndarray, shape (nx + 1, ny + 1), mag
+        ``c[i, j]`` multiplies ``T_i(u)·T_j(v)``; ``P(x, y)`` is the AB magnitude of a total
+        instrumental flux of 1 ADU at pixel (x, y).
+    naxis1, naxis2 : int
+        Detector size in pixels (define u and v).
+    zero_point_err : float, mag
+        1σ error of ``P`` at the detector centre.
+    covariance : ndarray, shape (K, K), mag², optional
+        Covariance of ``coefficients.ravel()`` (C order, K = coefficients.size). When given,
+        the calibration error at (x, y) is evaluated from it; otherwise ``zero_point_err`` is
+        used everywhere.
+    """
+
+    coefficients: np.ndarray
+    naxis1: int
+    naxis2: int
+    zero_point_err: float
+    covariance: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        where = "PhotometricCalibration"
+        c = np.asarray(self.coefficients)
+        if c.ndim != 2 or c.size == 0:
+            raise CalibrationError(f"{where}: coefficients must be a non-empty 2-D array c[i, j], "
+                                   f"got shape {c.shape}")
+        if not np.issubdtype(c.dtype, np.number) or not np.all(np.isfinite(c)):
+            raise CalibrationError(f"{where}: coefficients must be finite numbers")
+        object.__setattr__(self, "coefficients", _frozen(c))
+        object.__setattr__(self, "naxis1", _positive_int(self.naxis1, "naxis1", where))
+        object.__setattr__(self, "naxis2", _positive_int(self.naxis2, "naxis2", where))
+        err = float(self.zero_point_err)
+        if not (math.isfinite(err) and err >= 0):
+            raise CalibrationError(f"{where}: zero_point_err must be finite and >= 0 (mag), got {err}")
+        object.__setattr__(self, "zero_point_err", err)
+        if self.covariance is not None:
+            cov = np.asarray(self.covariance, dtype=float)
+            k = c.size
+            if cov.shape != (k, k):
+                raise CalibrationError(f"{where}: covariance must have shape ({k}, {k}) for "
+                                       f"{c.shape} coefficients, got {cov.shape}")
+            if not np.all(np.isfinite(cov)) or not np.array_equal(cov, cov.T):
+                raise CalibrationError(f"{where}: covariance must be finite and symmetric")
+            object.__setattr__(self, "covariance", _frozen(cov))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def constant(cls, zero_point: float, naxis1: int, naxis2: int,
+                 zero_point_err: float = 0.0) -> PhotometricCalibration:
+        """A flat calibration: ``P(x, y) = zero_point`` (mag) over the whole detector."""
+        return cls(np.array([[float(zero_point)]]), naxis1, naxis2, zero_point_err)
+
+    @property
+    def degree(self) -> tuple[int, int]:
+        """Chebyshev degrees (in u, in v)."""
+        return self.coefficients.shape[0] - 1, self.coefficients.shape[1] - 1
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """The detector centre in 1-based pixels: ((NAXIS1 + 1)/2, (NAXIS2 + 1)/2), where u = v = 0."""
+        return (self.naxis1 + 1) / 2.0, (self.naxis2 + 1) / 2.0
+
+    # ------------------------------------------------------------------ evaluation at points
+    def zero_point(self, x, y) -> np.ndarray:
+        """``P(x, y)`` in mag at 1-based pixel positions (broadcast together)."""
+        u, v = pixel_to_chebyshev(x, y, self.naxis1, self.naxis2)
+        return chebyshev.chebval2d(u, v, self.coefficients)
+
+    def zero_point_error(self, x, y) -> np.ndarray:
+        """1σ error of ``P(x, y)`` in mag: from ``covariance`` if given, else ``zero_point_err``."""
+        u, v = pixel_to_chebyshev(x, y, self.naxis1, self.naxis2)
+        u, v = np.broadcast_arrays(u, v)
+        if self.covariance is None:
+            return np.full(u.shape, self.zero_point_err)
+        nx, ny = self.degree
+        vu = chebyshev.chebvander(u.ravel(), nx)
+        vv = chebyshev.chebvander(v.ravel(), ny)
+        basis = (vu[:, :, None] * vv[:, None, :]).reshape(u.size, -1)
+        var = np.einsum("nk,kl,nl->n", basis, self.covariance, basis)
+        return np.sqrt(np.maximum(var, 0.0)).reshape(u.shape)
+
+    def njy_per_adu(self, x, y) -> np.ndarray:
+        """nJy per ADU of total flux at 1-based pixel positions: 10^(−0.4·(P − 31.4))."""
+        return 10.0 ** (-0.4 * (self.zero_point(x, y) - NJY_ZERO_POINT))
+
+    def flux_to_njy(self, flux, x, y, flux_err=None, *,
+                    include_calibration_error: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Instrumental fluxes (ADU, total) → calibrated fluxes (nJy), with errors.
+
+        Parameters
+        ----------
+        flux : array_like, ADU
+        x, y : array_like, 1-based pixels
+            Where each source lies; broadcast with ``flux``.
+        flux_err : array_like, ADU, optional
+            1σ errors of ``flux`` (default 0: only the calibration error).
+        include_calibration_error : bool
+            Add the calibration error ``|flux_nJy|·0.4·ln10·σ_P`` in quadrature.
+
+        Returns
+        -------
+        flux_njy, flux_njy_err : ndarray, nJy
+        """
+        flux, x, y = np.broadcast_arrays(np.asarray(flux, float), np.asarray(x, float),
+                                         np.asarray(y, float))
+        scale = self.njy_per_adu(x, y)
+        out = flux * scale
+        err2 = np.zeros_like(out)
+        if flux_err is not None:
+            err2 = err2 + (np.broadcast_to(np.asarray(flux_err, float), out.shape) * scale) ** 2
+        if include_calibration_error:
+            err2 = err2 + (np.abs(out) * _LN_PER_MAG * self.zero_point_error(x, y)) ** 2
+        return out, np.sqrt(err2)
+
+    def magnitude(self, flux, x, y, flux_err=None, *,
+                  include_calibration_error: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """AB magnitudes of instrumental fluxes (ADU, total), with errors (mag).
+
+        ``m = −2.5·log10(flux) + P(x, y)``; ``σ_m² = (1.0857·σ_f/f)² + σ_P²``. Non-positive
+        fluxes give NaN (no warning).
+        """
+        flux, x, y = np.broadcast_arrays(np.asarray(flux, float), np.asarray(x, float),
+                                         np.asarray(y, float))
+        good = flux > 0
+        safe = np.where(good, flux, 1.0)
+        mag = np.where(good, -2.5 * np.log10(safe) + self.zero_point(x, y), np.nan)
+        err2 = np.zeros_like(mag)
+        if flux_err is not None:
+            err2 = err2 + (_MAG_PER_LN * np.broadcast_to(np.asarray(flux_err, float), mag.shape)
+                           / safe) ** 2
+        if include_calibration_error:
+            err2 = err2 + self.zero_point_error(x, y) ** 2
+        return mag, np.where(good, np.sqrt(err2), np.nan)
+
+    # ------------------------------------------------------------------ evaluation on the pixel grid
+    def zero_point_grid(self, rows: slice | None = None) -> np.ndarray:
+        """``P`` on every pixel centre, shape (NAXIS2, NAXIS1) as a FITS image array (mag).
+
+        Separable: ``P[y, x] = Σ_j T_j(v_y) Σ_i T_i(u_x) c[i, j]`` is two small matrix products
+        of the Chebyshev–Vandermonde matrices in u and in v (O(N·deg) work instead of
+        ``chebval2d``'s per-pixel recursions).
+
+        Parameters
+        ----------
+        rows : slice, optional
+            0-based array rows (row r is y = r + 1) to evaluate; default all.
+        """
+        nx, ny = self.degree
+        u, _ = pixel_to_chebyshev(np.arange(1, self.naxis1 + 1), 1.0, self.naxis1, self.naxis2)
+        row_index = np.arange(self.naxis2)[rows if rows is not None else slice(None)]
+        _, v = pixel_to_chebyshev(1.0, row_index + 1.0, self.naxis1, self.naxis2)
+        along_x = chebyshev.chebvander(u, nx) @ self.coefficients  # (NAXIS1, ny + 1)
+        return chebyshev.chebvander(v, ny) @ along_x.T  # (rows, NAXIS1)
+
+    def njy_per_adu_grid(self, rows: slice | None = None) -> np.ndarray:
+        """nJy per ADU on every pixel centre, shape (NAXIS2, NAXIS1) (or the rows asked for)."""
+        return 10.0 ** (-0.4 * (self.zero_point_grid(rows) - NJY_ZERO_POINT))
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (floats round-trip exactly through :mod:`json`)."""
+        return {
+            "format": PHOTOMETRY_FORMAT,
+            "convention": "m_AB = -2.5 log10(flux_ADU) + chebval2d(u, v, c); "
+                          "u = (2x - (NAXIS1 + 1))/NAXIS1, v = (2y - (NAXIS2 + 1))/NAXIS2, x, y 1-based",
+            "naxis1": self.naxis1,
+            "naxis2": self.naxis2,
+            "coefficients": self.coefficients.tolist(),
+            "zero_point_err": self.zero_point_err,
+            "covariance": None if self.covariance is None else self.covariance.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "photometry") -> PhotometricCalibration:
+        """Inverse of :meth:`to_dict`; ``where`` names the source in error messages."""
+        if data.get("format") != PHOTOMETRY_FORMAT:
+            raise CalibrationError(f"{where}: format is {data.get('format')!r}, expected "
+                                   f"{PHOTOMETRY_FORMAT!r}")
+        missing = [k for k in ("naxis1", "naxis2", "coefficients", "zero_point_err") if k not in data]
+        if missing:
+            raise CalibrationError(f"{where}: missing field(s) {missing}")
+        cov = data.get("covariance")
+        try:
+            return cls(np.array(data["coefficients"], dtype=float), data["naxis1"], data["naxis2"],
+                       data["zero_point_err"], None if cov is None else np.array(cov, dtype=float))
+        except CalibrationError as exc:
+            raise CalibrationError(f"{where}: {exc}") from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PhotometricCalibration):
+            return NotImplemented
+        return (self.naxis1 == other.naxis1 and self.naxis2 == other.naxis2
+                and self.zero_point_err == other.zero_point_err
+                and np.array_equal(self.coefficients, other.coefficients)
+                and ((self.covariance is None and other.covariance is None)
+                     or (self.covariance is not None and other.covariance is not None
+                         and np.array_equal(self.covariance, other.covariance))))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------- one visit × detector
+
+
+@dataclass(frozen=True, eq=False)
+class DetectorCalibration:
+    """The calibration of one visit × detector.
+
+    Attributes
+    ----------
+    visit, detector : int
+    naxis1, naxis2 : int
+        The calibrated detector's size in pixels; an exposure must match it.
+    wcs_header : astropy.io.fits.Header, optional
+        The fitted WCS (TAN-SIP, e.g. from :func:`jointcal_ap.fit.output.tan_sip_header`).
+        Held as a FITS reader sees it (through its 80-character text form), so it round-trips
+        through every file exactly.
+    photometry : PhotometricCalibration, optional
+        Must have the same ``naxis1``/``naxis2``.
+    """
+
+    visit: int
+    detector: int
+    naxis1: int
+    naxis2: int
+    wcs_header: fits.Header | None = field(default=None, repr=False)
+    photometry: PhotometricCalibration | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("visit", "detector"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise CalibrationError(f"DetectorCalibration: {name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        where = f"DetectorCalibration(visit={self.visit}, detector={self.detector})"
+        object.__setattr__(self, "naxis1", _positive_int(self.naxis1, "naxis1", where))
+        object.__setattr__(self, "naxis2", _positive_int(self.naxis2, "naxis2", where))
+        if self.wcs_header is not None:
+            if not isinstance(self.wcs_header, fits.Header):
+                raise CalibrationError(f"{where}: wcs_header must be an astropy.io.fits.Header, "
+                                       f"got {type(self.wcs_header).__name__}")
+            header = _normalised_header(self.wcs_header)
+            make_wcs(header, f"{where}: wcs_header")
+            object.__setattr__(self, "wcs_header", header)
+        phot = self.photometry
+        if phot is not None:
+            if not isinstance(phot, PhotometricCalibration):
+                raise CalibrationError(f"{where}: photometry must be a PhotometricCalibration, got "
+                                       f"{type(phot).__name__}")
+            if (phot.naxis1, phot.naxis2) != (self.naxis1, self.naxis2):
+                raise CalibrationError(f"{where}: photometry is for a {phot.naxis1} × {phot.naxis2} "
+                                       f"detector, expected {self.naxis1} × {self.naxis2}")
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(visit, detector)."""
+        return self.visit, self.detector
+
+    @cached_property
+    def wcs(self):
+        """``astropy.wcs.WCS`` of :attr:`wcs_header` (None when there is none)."""
+        if self.wcs_header is None:
+            return None
+        return make_wcs(self.wcs_header, f"visit {self.visit} detector {self.detector}: wcs_header")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DetectorCalibration):
+            return NotImplemented
+        same_wcs = (self.wcs_header is None) == (other.wcs_header is None) and (
+            self.wcs_header is None or header_to_text(self.wcs_header) == header_to_text(other.wcs_header))
+        return (self.key == other.key and (self.naxis1, self.naxis2) == (other.naxis1, other.naxis2)
+                and same_wcs and self.photometry == other.photometry)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------- the collection
+
+
+class Calibration(Mapping[tuple[int, int], DetectorCalibration]):
+    """Calibrations of many visits × detectors, keyed by ``(visit, detector)``.
+
+    Parameters
+    ----------
+    detectors : iterable of DetectorCalibration
+        At most one per (visit, detector).
+    provenance : mapping, optional
+        JSON-serialisable description of how it was made (e.g. the fit options). :meth:`write`
+        adds ``jointcal_ap_version`` and ``created_utc`` unless already present (a calibration
+        read back keeps its original ones).
+    """
+
+    def __init__(self, detectors: Iterable[DetectorCalibration],
+                 provenance: Mapping[str, Any] | None = None):
+        self._items: dict[tuple[int, int], DetectorCalibration] = {}
+        for det in detectors:
+            if not isinstance(det, DetectorCalibration):
+                raise CalibrationError(f"Calibration takes DetectorCalibration items, got "
+                                       f"{type(det).__name__}")
+            if det.key in self._items:
+                raise CalibrationError(f"Calibration: visit {det.visit} detector {det.detector} "
+                                       "appears twice")
+            self._items[det.key] = det
+        self.provenance: dict[str, Any] = dict(provenance or {})
+
+    # ------------------------------------------------------------------ mapping
+    def __getitem__(self, key: tuple[int, int]) -> DetectorCalibration:
+        try:
+            visit, detector = key
+            return self._items[(int(visit), int(detector))]
+        except (TypeError, ValueError):
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Calibration):
+            return NotImplemented
+        return (self._items.keys() == other._items.keys()
+                and all(self._items[k] == other._items[k] for k in self._items)
+                and self.provenance == other.provenance)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Calibration({len(self)} visit × detector calibrations)"
+
+    def for_exposure(self, exposure) -> DetectorCalibration:
+        """The calibration of an exposure's (visit, detector), checked against its size.
+
+        Parameters
+        ----------
+        exposure : jointcal_ap.exposure.Exposure
+            Anything with ``metadata.visit``, ``metadata.detector`` and ``image.shape``.
+
+        Raises
+        ------
+        CalibrationError
+            The (visit, detector) is not calibrated here, or the exposure's image is not the
+            calibrated detector's NAXIS2 × NAXIS1.
+        """
+        meta = exposure.metadata
+        key = (int(meta.visit), int(meta.detector))
+        if key not in self._items:
+            known = sorted(self._items)
+            shown = ", ".join(f"({v}, {d})" for v, d in known[:10]) + (" …" if len(known) > 10 else "")
+            raise CalibrationError(f"no calibration overlaps the exposure: (visit, detector) = {key} "
+                                   f"is not calibrated; expected one of [{shown}]")
+        det = self._items[key]
+        naxis2, naxis1 = exposure.image.shape
+        if (naxis1, naxis2) != (det.naxis1, det.naxis2):
+            raise CalibrationError(f"visit {key[0]} detector {key[1]}: the exposure is NAXIS1 × NAXIS2 = "
+                                   f"{naxis1} × {naxis2} pixels, but the calibrated detector is "
+                                   f"{det.naxis1} × {det.naxis2}")
+        return det
+
+    # ------------------------------------------------------------------ I/O
+    def write(self, directory: str | os.PathLike) -> Path:
+        """Write ``calibration.json``, ``wcs.fits`` and ``provenance.json`` into ``directory``.
+
+        The directory is created if needed; each file goes to a temporary name and is renamed,
+        the index last (it holds the others' SHA-256). Returns the directory.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        from jointcal_ap import __version__
+
+        provenance = {"jointcal_ap_version": __version__,
+                      "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+        provenance.update(self.provenance)
+        try:
+            prov_text = json.dumps(provenance, indent=2, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CalibrationError(f"{out / PROVENANCE_NAME}: provenance is not JSON-serialisable "
+                                   f"({exc})") from exc
+
+        keys = list(self._items)
+        texts = [header_to_text(self._items[k].wcs_header) if self._items[k].wcs_header is not None
+                 else "" for k in keys]
+        width = max([1, *(len(t) for t in texts)])
+        table = fits.BinTableHDU.from_columns([
+            fits.Column("VISIT", "K", array=np.array([k[0] for k in keys], np.int64)),
+            fits.Column("DETECTOR", "K", array=np.array([k[1] for k in keys], np.int64)),
+            fits.Column("NAXIS1", "K", array=np.array([self._items[k].naxis1 for k in keys], np.int64)),
+            fits.Column("NAXIS2", "K", array=np.array([self._items[k].naxis2 for k in keys], np.int64)),
+            fits.Column("HAS_WCS", "L", array=np.array([self._items[k].wcs_header is not None
+                                                         for k in keys], bool)),
+            fits.Column("WCS_HEADER", f"{width}A", array=np.array(texts, dtype=f"U{width}")),
+        ], name="WCS")
+        table.header["CALFMT"] = (CALIBRATION_FORMAT, "jointcal_ap calibration product")
+        table.header["CALVER"] = (CALIBRATION_VERSION, "format version")
+        _atomic_write_bytes(out / WCS_NAME, _hdul_bytes(fits.HDUList([fits.PrimaryHDU(), table])))
+        _atomic_write_bytes(out / PROVENANCE_NAME, (prov_text + "\n").encode())
+
+        index = {
+            "format": CALIBRATION_FORMAT,
+            "version": CALIBRATION_VERSION,
+            "files": {WCS_NAME: _sha256(out / WCS_NAME), PROVENANCE_NAME: _sha256(out / PROVENANCE_NAME)},
+            "detectors": [
+                {"visit": k[0], "detector": k[1], "naxis1": self._items[k].naxis1,
+                 "naxis2": self._items[k].naxis2, "has_wcs": self._items[k].wcs_header is not None,
+                 "photometry": None if self._items[k].photometry is None
+                 else self._items[k].photometry.to_dict()}
+                for k in keys
+            ],
+        }
+        _atomic_write_bytes(out / INDEX_NAME,
+                            (json.dumps(index, indent=1, allow_nan=False) + "\n").encode())
+        return out
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike) -> Calibration:
+        """Read what :meth:`write` wrote; checks the format, the checksums and that the parts agree."""
+        root = Path(directory)
+        index_path = root / INDEX_NAME
+        if not index_path.is_file():
+            raise CalibrationError(f"{root}: no {INDEX_NAME} (not a calibration directory, or its "
+                                   "write did not complete)")
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"{index_path}: not valid JSON ({exc})") from exc
+        if index.get("format") != CALIBRATION_FORMAT:
+            raise CalibrationError(f"{index_path}: format is {index.get('format')!r}, expected "
+                                   f"{CALIBRATION_FORMAT!r}")
+        if index.get("version") != CALIBRATION_VERSION:
+            raise CalibrationError(f"{index_path}: version {index.get('version')!r}, this jointcal_ap "
+                                   f"reads version {CALIBRATION_VERSION}")
+        for name, digest in index.get("files", {}).items():
+            path = root / name
+            if not path.is_file():
+                raise CalibrationError(f"{path}: missing (listed in {index_path})")
+            if _sha256(path) != digest:
+                raise CalibrationError(f"{path}: its SHA-256 differs from the one in {index_path}; it "
+                                       "was modified or overwritten by another write")
+        provenance = json.loads((root / PROVENANCE_NAME).read_text())
+
+        wcs_path = root / WCS_NAME
+        headers: dict[tuple[int, int], tuple[int, int, fits.Header | None]] = {}
+        with fits.open(wcs_path) as hdul:
+            if "WCS" not in hdul:
+                raise CalibrationError(f"{wcs_path}: no 'WCS' table extension")
+            data = hdul["WCS"].data
+            for row in data:
+                key = (int(row["VISIT"]), int(row["DETECTOR"]))
+                header = header_from_text(str(row["WCS_HEADER"])) if bool(row["HAS_WCS"]) else None
+                headers[key] = (int(row["NAXIS1"]), int(row["NAXIS2"]), header)
+
+        detectors = []
+        for i, entry in enumerate(index.get("detectors", [])):
+            where = f"{index_path}: detectors[{i}]"
+            try:
+                key = (int(entry["visit"]), int(entry["detector"]))
+                naxis = (int(entry["naxis1"]), int(entry["naxis2"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CalibrationError(f"{where}: expected integer visit, detector, naxis1, naxis2 "
+                                       f"({exc})") from exc
+            if key not in headers:
+                raise CalibrationError(f"{wcs_path}: no row for visit {key[0]} detector {key[1]} "
+                                       f"(listed in {index_path})")
+            n1, n2, header = headers[key]
+            if (n1, n2) != naxis or (header is not None) != bool(entry.get("has_wcs")):
+                raise CalibrationError(f"{wcs_path}: the row for visit {key[0]} detector {key[1]} "
+                                       f"disagrees with {index_path}")
+            phot = entry.get("photometry")
+            photometry = None if phot is None else PhotometricCalibration.from_dict(
+                phot, f"{where}.photometry")
+            detectors.append(DetectorCalibration(key[0], key[1], naxis[0], naxis[1], header, photometry))
+        return cls(detectors, provenance)
+
+
+def _hdul_bytes(hdul: fits.HDUList) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    hdul.writeto(buffer)
+    return buffer.getvalue()
