@@ -401,6 +401,7 @@ class JointFit:
             act = act & ~bad
             active = fns.active(act)
         seconds["solve"] = time.perf_counter() - t0
+        self._check_after_clipping(aux["rows"], act)
 
         white = fns.whitener(params)
         r_white = fns.residuals(params, theta, white, fns.active())
@@ -408,6 +409,10 @@ class JointFit:
         n_free = int((~problem.model_fixed).sum() + problem.star_free.sum())
         n_prior = int(2 * aux["is_ref_star"].sum() + 3 * (problem.star_free[aux["is_ref_star"], 2].sum()))
         dof = 2 * int(act.sum()) + n_prior - n_free
+        if dof <= 0:
+            raise FitError(f"{n_free} free parameters but only {2 * int(act.sum()) + n_prior} constraints "
+                           f"({int(act.sum())} measurements kept): the fit is not determined; lower --degree "
+                           f"or use --model constrained", {"dof": dof, "n_clipped": int((~act).sum())})
         # residuals in mas (model − star prediction), and against the reference at each visit epoch
         cov = fns.meas_cov(params)
         white_np = np.asarray(white)[: len(r_white)]
@@ -451,6 +456,22 @@ class JointFit:
                                f"associated measurements for a degree-{opt.degree} polynomial "
                                f"({k} terms per axis); lower --degree or use --model constrained",
                                {"ccd_counts": counts.tolist()})
+
+    def _check_after_clipping(self, rows: np.ndarray, act: np.ndarray) -> None:
+        """Outlier clipping must leave every CCD with enough measurements for its polynomial."""
+        data, opt = self.data, self.options
+        ccd = data.measurements.ccd_index[rows]
+        counts = np.bincount(ccd[act], minlength=len(data.ccds))
+        before = np.bincount(ccd, minlength=len(data.ccds))
+        k = (opt.degree + 1) * (opt.degree + 2) // 2
+        need = k + 2 if opt.model == "simple" else 1
+        few = np.flatnonzero((counts < need) & (before > 0))
+        if len(few):
+            c = data.ccds[few[0]]
+            raise FitError(f"outlier clipping left {counts[few[0]]} of {before[few[0]]} measurements on visit "
+                           f"{c.visit}, detector {c.detector} (a degree-{opt.degree} polynomial needs {need}): "
+                           f"the initial WCS or the data are too poor for this model; lower --degree, use "
+                           f"--model constrained or raise clip_sigma", {"ccd_counts": counts.tolist()})
 
     def options_dict(self) -> dict[str, Any]:
         return asdict(self.options)

@@ -414,6 +414,14 @@ def gauss_newton(fns: CompiledProblem, params, theta, white, active, *, max_iter
         if not (np.all(np.isfinite(np.asarray(dx))) and np.all(np.isfinite(np.asarray(dtheta)))):
             raise FitError("the linear system gave a non-finite step (singular: too few stars, or "
                            "a degenerate model?)", {"chi2_history": stats.chi2_history})
+        if predicted <= rtol * chi2:
+            stats.reason = f"converged: the step would lower χ² by {predicted:.2e} (< {rtol:.0e} of χ²)"
+            break
+        if chi2 <= 1e-14 * stats.chi2_history[0]:
+            # χ² at rounding level (an exactly determined problem): the line search could
+            # only see rounding noise; the caller's degrees-of-freedom check reports it
+            stats.reason = f"converged: χ² {chi2:.2e} is at rounding level"
+            break
         scale = 1.0
         for _halving in range(12):
             new_params, new_theta = params + scale * dx, theta + scale * dtheta
