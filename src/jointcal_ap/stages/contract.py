@@ -1,0 +1,418 @@
+"""The stage contract: what a stage declares, and how the host checks it.
+
+A stage is a :class:`Stage` subclass that declares
+
+- ``name`` and ``version`` (strings; the version is recorded in every output's provenance);
+- ``inputs`` and ``outputs``: port name → dataset type name (a :class:`DatasetType`
+  registered by some plugin, e.g. ``"Exposure"``);
+- ``Options``: a frozen dataclass whose fields are each documented, with :func:`option`
+  (``doc=``) or in the class docstring's NumPy-style ``Attributes`` section;
+- ``run(self, unit, **inputs) -> dict`` mapping every output port to its value.
+
+Example
+-------
+>>> from dataclasses import dataclass
+>>> from jointcal_ap.stages import Stage, option
+>>> class Scale(Stage):
+...     '''Multiply an image by a constant.'''
+...     name = "scale"
+...     version = "1.0"
+...     inputs = {"image": "Array"}
+...     outputs = {"scaled": "Array"}
+...     @dataclass(frozen=True)
+...     class Options:
+...         factor: float = option(2.0, doc="multiplier (dimensionless)")
+...     def run(self, unit, image):
+...         return {"scaled": image * self.options.factor}
+>>> validate_stage_class(Scale)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from jointcal_ap.stages.errors import PipelineError, StageError
+
+__all__ = [
+    "DatasetType",
+    "NoOptions",
+    "Stage",
+    "Unit",
+    "check_outputs",
+    "make_options",
+    "option",
+    "option_docs",
+    "options_to_dict",
+    "validate_stage_class",
+]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """One unit of work: a visit × detector.
+
+    Attributes
+    ----------
+    visit : int
+        Visit (exposure) number.
+    detector : int
+        Detector number within the camera.
+    """
+
+    visit: int
+    detector: int
+
+    def __post_init__(self) -> None:
+        for field in ("visit", "detector"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Unit.{field} must be an int, got {value!r}")
+
+    @property
+    def key(self) -> str:
+        """A name for files and logs, e.g. ``"visit12_det3"``."""
+        return f"visit{self.visit}_det{self.detector}"
+
+    def format(self, template: str) -> str:
+        """Fill ``{visit}`` and ``{detector}`` in a path template (format specs allowed)."""
+        return template.format(visit=self.visit, detector=self.detector)
+
+
+def option(default: Any = dataclasses.MISSING, *, doc: str, **kwargs: Any) -> Any:
+    """A documented field of a stage's ``Options`` dataclass.
+
+    Parameters
+    ----------
+    default : any, optional
+        The default value; leave out for a required option.
+    doc : str
+        What the option means, with its unit; shown by ``jointcal-ap stages list``.
+    **kwargs
+        Passed to :func:`dataclasses.field` (e.g. ``default_factory``).
+    """
+    metadata = {**kwargs.pop("metadata", {}), "doc": doc}
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A stage without options."""
+
+
+def _resolve(ref: str | Callable[..., Any] | type) -> Any:
+    """Import ``"module:qualname"``, or return a callable/type as it is."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, qualname = ref.partition(":")
+    if not qualname:
+        raise ValueError(f"{ref!r} is not of the form 'module:name'")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class DatasetType:
+    """A named kind of data that stages exchange, with its Python type and its file form.
+
+    References given as ``"module:name"`` strings are imported only when used, so a
+    plugin can declare a dataset type without importing heavy modules.
+
+    Attributes
+    ----------
+    name : str
+        The type's name as stages declare it, e.g. ``"Exposure"``.
+    python_type : str or type
+        Values must be instances of this (``"module:qualname"`` or the class).
+    suffix : str
+        File suffix of the stored form (``".fits"``); ``""`` for a directory.
+    writer : str or callable, optional
+        ``writer(value, path)`` stores a value; ``".method"`` calls ``value.method(path)``.
+        ``None``: the type can only be a pipeline input.
+    reader : str or callable, optional
+        ``reader(path) -> value``; ``".method"`` calls ``python_type.method(path)``.
+        ``None``: the type can only be handed between stages of one unit.
+    doc : str
+        One line saying what the data is, with units.
+    """
+
+    name: str
+    python_type: str | type
+    suffix: str = ""
+    writer: str | Callable[..., Any] | None = None
+    reader: str | Callable[..., Any] | None = None
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if not _TYPE_NAME.match(self.name):
+            raise ValueError(f"dataset type name {self.name!r} must be an identifier")
+
+    def resolve_type(self) -> type:
+        """The Python class of this type's values (imports it)."""
+        cls = _resolve(self.python_type)
+        if not isinstance(cls, type):
+            raise TypeError(f"dataset type {self.name!r}: {self.python_type!r} is not a class")
+        return cls
+
+    def check(self, value: Any) -> bool:
+        """Whether ``value`` is of this type."""
+        return isinstance(value, self.resolve_type())
+
+    def write(self, value: Any, path: Path) -> None:
+        """Store ``value`` at ``path`` (the caller makes the write atomic)."""
+        if self.writer is None:
+            raise TypeError(f"dataset type {self.name!r} cannot be written")
+        if isinstance(self.writer, str) and self.writer.startswith("."):
+            getattr(value, self.writer[1:])(path)
+        else:
+            _resolve(self.writer)(value, path)
+
+    def read(self, path: Path) -> Any:
+        """Load a value stored at ``path``."""
+        if self.reader is None:
+            raise TypeError(f"dataset type {self.name!r} cannot be read from a file")
+        if isinstance(self.reader, str) and self.reader.startswith("."):
+            return getattr(self.resolve_type(), self.reader[1:])(path)
+        return _resolve(self.reader)(path)
+
+
+class Stage:
+    """Base class of every stage. See the module docstring for what a subclass declares.
+
+    Parameters
+    ----------
+    options : Options instance, optional
+        The stage's options (default: ``Options()``).
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = ""
+    inputs: ClassVar[Mapping[str, str]] = {}
+    outputs: ClassVar[Mapping[str, str]] = {}
+    Options: ClassVar[type] = NoOptions
+    #: Name of a stage interface this stage fills (see :mod:`jointcal_ap.stages.interfaces`).
+    implements: ClassVar[str | None] = None
+
+    def __init__(self, options: Any = None):
+        self.options = self.Options() if options is None else options
+        if not isinstance(self.options, self.Options):
+            raise TypeError(f"stage {self.name!r}: options must be {self.Options.__qualname__}, "
+                            f"got {type(options).__qualname__}")
+
+    @classmethod
+    def description(cls) -> str:
+        """The first line of the class docstring."""
+        return (cls.__doc__ or "").strip().split("\n", 1)[0]
+
+    def run(self, unit: Unit, **inputs: Any) -> Mapping[str, Any]:
+        """Process one unit: ``inputs`` by port name → ``{output port: value}``."""
+        raise NotImplementedError
+
+
+def _docstring_fields(doc: str) -> dict[str, str]:
+    """Field descriptions from a NumPy-style ``Attributes``/``Parameters`` section."""
+    lines = inspect.cleandoc(doc).splitlines()
+    out: dict[str, str] = {}
+    in_section, names = False, []
+    for i, line in enumerate(lines):
+        underline = i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}
+        if underline and line.strip():
+            in_section = line.strip() in ("Attributes", "Parameters")
+            names = []
+            continue
+        if not in_section or set(line.strip()) == {"-"}:
+            continue
+        if line and not line[0].isspace():
+            names = [n.strip() for n in line.split(":", 1)[0].split(",") if n.strip()]
+            for name in names:
+                out.setdefault(name, "")
+        elif line.strip():
+            for name in names:
+                out[name] = f"{out[name]} {line.strip()}".strip()
+    return out
+
+
+def option_docs(options: type) -> dict[str, str]:
+    """Each option's documentation: its ``option(doc=...)``, else the class docstring's
+    ``Attributes`` (or ``Parameters``) entry; ``""`` when undocumented."""
+    parsed = _docstring_fields(options.__doc__ or "")
+    return {f.name: f.metadata.get("doc") or parsed.get(f.name, "")
+            for f in dataclasses.fields(options)}
+
+
+def validate_stage_class(cls: Any) -> None:
+    """Check a stage class's declarations; raise ``TypeError``/``ValueError`` saying what is wrong."""
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise TypeError(f"{cls!r} is not a subclass of jointcal_ap.stages.Stage")
+    where = f"stage class {cls.__module__}.{cls.__qualname__}"
+    if not isinstance(cls.name, str) or not _NAME.match(cls.name):
+        raise ValueError(f"{where}: name must match [a-z][a-z0-9_]*, got {cls.name!r}")
+    if not isinstance(cls.version, str) or not cls.version:
+        raise ValueError(f"{where}: version must be a non-empty string, got {cls.version!r}")
+    for kind in ("inputs", "outputs"):
+        ports = getattr(cls, kind)
+        if not isinstance(ports, Mapping):
+            raise TypeError(f"{where}: {kind} must be a mapping of port name to dataset type name")
+        for port, type_name in ports.items():
+            if not (isinstance(port, str) and _NAME.match(port)):
+                raise ValueError(f"{where}: {kind} port {port!r} must match [a-z][a-z0-9_]*")
+            if not (isinstance(type_name, str) and _TYPE_NAME.match(type_name)):
+                raise ValueError(f"{where}: {kind} port {port!r} needs a dataset type name, "
+                                 f"got {type_name!r}")
+    if not cls.outputs:
+        raise ValueError(f"{where}: declares no outputs")
+    if set(cls.inputs) & set(cls.outputs):
+        raise ValueError(f"{where}: ports {sorted(set(cls.inputs) & set(cls.outputs))} are both "
+                         f"inputs and outputs")
+    opts = cls.Options
+    params = getattr(opts, "__dataclass_params__", None)
+    if params is None or not params.frozen:
+        raise TypeError(f"{where}: Options must be a frozen dataclass")
+    docs = option_docs(opts)
+    for field in dataclasses.fields(opts):
+        if not docs[field.name]:
+            raise ValueError(f"{where}: option {field.name!r} has no doc; declare it with "
+                             f"jointcal_ap.stages.option(default, doc=...) or document it in "
+                             f"the Options docstring's Attributes section")
+    if cls.run is Stage.run:
+        raise TypeError(f"{where}: does not implement run()")
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Convert a TOML value to a field's annotated type where that is lossless, else raise."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if value is None and type(None) in members:
+            return None
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _coerce(value, member)
+            except (TypeError, ValueError):
+                continue
+        raise TypeError(f"expected {annotation}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected a list, got {value!r}")
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0]) for v in value)
+        if args and len(args) != len(value):
+            raise TypeError(f"expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a) for v, a in zip(value, args, strict=False)) if args else tuple(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+    if isinstance(annotation, type) and origin is None and not isinstance(value, annotation):
+        raise TypeError(f"expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def make_options(stage: type[Stage], values: Mapping[str, Any], where: str = "") -> Any:
+    """Build ``stage.Options`` from a TOML table, checking names and types.
+
+    Raises
+    ------
+    PipelineError
+        Naming ``where`` (the file and stage), the option and what was expected.
+    """
+    prefix = f"{where}: " if where else ""
+    opts = stage.Options
+    fields = {f.name: f for f in dataclasses.fields(opts)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise PipelineError(f"{prefix}stage {stage.name!r} has no option(s) {unknown}; "
+                            f"it takes {sorted(fields)}")
+    hints = typing.get_type_hints(opts)
+    kwargs = {}
+    for key, value in values.items():
+        try:
+            kwargs[key] = _coerce(value, hints.get(key, Any))
+        except (TypeError, ValueError) as exc:
+            raise PipelineError(f"{prefix}stage {stage.name!r} option {key!r}: {exc}") from None
+    try:
+        return opts(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"{prefix}stage {stage.name!r} options: {exc}") from None
+
+
+def options_to_dict(options: Any) -> dict[str, Any]:
+    """A stage's options as plain JSON-able values (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return {f.name: plain(getattr(options, f.name)) for f in dataclasses.fields(options)}
+
+
+def check_outputs(stage: Stage, result: Any, types_: Mapping[str, DatasetType],
+                  origin: str) -> dict[str, Any]:
+    """Check what ``stage.run`` returned against its declared outputs.
+
+    Parameters
+    ----------
+    stage : Stage
+        The stage instance.
+    result : any
+        What ``run`` returned.
+    types_ : mapping
+        Output port → its :class:`DatasetType`.
+    origin : str
+        The plugin and distribution, for the message.
+
+    Raises
+    ------
+    StageError
+        Naming the stage, its plugin, the port and what was expected.
+    """
+    where = f"stage {stage.name!r} {origin}"
+    if not isinstance(result, Mapping):
+        raise StageError(f"{where}: run() returned {type(result).__qualname__}, expected a dict "
+                         f"of its outputs {sorted(stage.outputs)}")
+    missing = sorted(set(stage.outputs) - set(result))
+    extra = sorted(set(result) - set(stage.outputs))
+    if missing or extra:
+        raise StageError(f"{where}: run() returned outputs {sorted(result)}, declared "
+                         f"{sorted(stage.outputs)} (missing {missing}, undeclared {extra})")
+    for port, dataset_type in types_.items():
+        if not dataset_type.check(result[port]):
+            raise StageError(f"{where}: output {port!r} is {type(result[port]).__qualname__}, "
+                             f"expected {dataset_type.name} "
+                             f"({dataset_type.resolve_type().__qualname__})")
+    return dict(result)

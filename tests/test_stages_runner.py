@@ -1,0 +1,282 @@
+"""The Dask pipeline runner: Dask equals serial, resumability, failure isolation, the CLI,
+and the built-in ``detect`` and ``calibrate`` stages. One module-scoped LocalCluster."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from jointcal_ap.cli import main
+from jointcal_ap.stages import Unit, execute_unit, run_pipeline
+from jointcal_ap.stages.runner import prepare_run
+from test_stages import array_pipeline, test_manager, write_seeds
+
+UNITS = [Unit(v, d) for v in (1, 2, 3) for d in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def dask_address():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
+def tree(directory: Path) -> dict[str, object]:
+    """Every output file of a run, loaded (arrays, JSON, tables, FITS data)."""
+    out: dict[str, object] = {}
+    for path in sorted((directory / "units").rglob("*")):
+        key = str(path.relative_to(directory))
+        if path.suffix == ".npy":
+            out[key] = np.load(path)
+        elif path.suffix == ".json":
+            value = json.loads(path.read_text())
+            if path.name == "_done.json":
+                value.pop("seconds")
+            out[key] = value
+        elif path.suffix == ".parquet":
+            out[key] = Table.read(path)
+        elif path.suffix == ".fits":
+            with fits.open(path) as hdul:
+                out[key] = [np.array(h.data) if h.data is not None else None for h in hdul]
+    return out
+
+
+def assert_same_tree(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for key, value in a.items():
+        other = b[key]
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, other, err_msg=key)
+        elif isinstance(value, Table):
+            assert value.colnames == other.colnames, key
+            for name in value.colnames:
+                np.testing.assert_array_equal(value[name], other[name], err_msg=f"{key}:{name}")
+            assert value.meta == other.meta
+        elif isinstance(value, list):
+            assert len(value) == len(other)
+            for x, y in zip(value, other, strict=True):
+                if x is None:
+                    assert y is None
+                elif x.dtype.names:
+                    assert x.tolist() == y.tolist(), key
+                else:
+                    np.testing.assert_array_equal(x, y, err_msg=key)
+        else:
+            assert value == other, key
+
+
+def test_dask_run_gives_the_serial_outputs(tmp_path, dask_address):
+    template = write_seeds(tmp_path / "in", UNITS)
+    pipeline = array_pipeline(template)
+    summary = run_pipeline(pipeline, UNITS, output=tmp_path / "dask", dask_address=dask_address,
+                           plugin_manager=test_manager(), progress=False)
+    assert (summary.units, summary.done, summary.skipped, summary.failures) == (6, 6, 0, ())
+    assert summary.exit_code == 0 and summary.scheduler == dask_address
+    assert set(summary.stage_seconds) == {"make_image", "measure"}
+    assert all(v > 0 for v in summary.stage_seconds.values())
+    resolved = prepare_run(pipeline, plugin_manager=test_manager())
+    for unit in UNITS:
+        assert execute_unit(resolved, unit, str(tmp_path / "serial")).status == "done"
+    dask_tree, serial_tree = tree(tmp_path / "dask"), tree(tmp_path / "serial")
+    assert len(dask_tree) == 6 * 7  # 3 datasets + 3 provenance + _done per unit
+    assert_same_tree(dask_tree, serial_tree)
+    recorded = json.loads((tmp_path / "dask" / "run_summary.json").read_text())
+    assert recorded["done"] == 6 and recorded["failed"] == 0
+
+
+def test_rerun_skips_done_units_and_redoes_changed_ones(tmp_path, dask_address):
+    template = write_seeds(tmp_path / "in", UNITS)
+    out = tmp_path / "out"
+    kwargs = {"output": out, "dask_address": dask_address, "plugin_manager": test_manager(),
+              "progress": False}
+    first = run_pipeline(array_pipeline(template), UNITS, **kwargs)
+    assert first.done == 6
+    stamp = (out / "units" / "visit1_det0" / "image.npy").stat().st_mtime_ns
+    again = run_pipeline(array_pipeline(template), UNITS, **kwargs)
+    assert (again.done, again.skipped, again.scheduler) == (0, 6, "nothing to do")
+    assert (out / "units" / "visit1_det0" / "image.npy").stat().st_mtime_ns == stamp
+    import shutil
+
+    shutil.rmtree(out / "units" / "visit2_det1")
+    partial = run_pipeline(array_pipeline(template), UNITS, **kwargs)
+    assert (partial.done, partial.skipped) == (1, 5)
+    # another option value: another pipeline fingerprint, so every unit is redone
+    changed = run_pipeline(array_pipeline(template, scale=3.0), UNITS, **kwargs)
+    assert (changed.done, changed.skipped) == (6, 0)
+    image = np.load(out / "units" / "visit1_det0" / "image.npy")
+    np.testing.assert_allclose(image, np.random.default_rng([7, 1, 0]).normal(size=(8, 8)) * 3.0)
+
+
+def test_failing_units_are_isolated_and_reported(tmp_path, dask_address):
+    template = write_seeds(tmp_path / "in", UNITS)
+    out = tmp_path / "out"
+    kwargs = {"output": out, "dask_address": dask_address, "plugin_manager": test_manager(),
+              "progress": False}
+    summary = run_pipeline(array_pipeline(template, fail_visits=[2]), UNITS, **kwargs)
+    assert summary.exit_code == 1 and not summary.ok
+    assert [f.unit for f in summary.failures] == [Unit(2, 0), Unit(2, 1)]
+    failure = summary.failures[0]
+    assert failure.stage == "measure"
+    assert failure.error == ("stage 'measure' (plugin 'teststages'): RuntimeError: cannot measure "
+                             "visit 2")
+    assert "Traceback" in failure.traceback and "raise RuntimeError" in failure.traceback
+    assert summary.done == 4
+    for unit in UNITS:
+        done = (out / "units" / unit.key / "_done.json").exists()
+        assert done == (unit.visit != 2)
+    assert not (out / "units" / "visit2_det0").exists()
+    assert "cannot measure visit 2" in (out / "failed" / "visit2_det0.txt").read_text()
+    text = summary.format()
+    assert "2 failed" in text and "FAILED visit2_det1: stage 'measure'" in text
+    recorded = json.loads((out / "run_summary.json").read_text())
+    assert recorded["failed"] == 2 and "RuntimeError" in recorded["failures"][0]["traceback"]
+    # a rerun retries only the failed units
+    again = run_pipeline(array_pipeline(template, fail_visits=[2]), UNITS, **kwargs)
+    assert (again.skipped, again.done, len(again.failures)) == (4, 0, 2)
+
+
+def test_default_local_cluster(tmp_path):
+    units = UNITS[:2]
+    template = write_seeds(tmp_path / "in", units)
+    summary = run_pipeline(array_pipeline(template), units, output=tmp_path / "out", workers=1,
+                           plugin_manager=test_manager(), progress=False)
+    assert summary.scheduler == "LocalCluster(1 processes)"
+    assert summary.done == 2 and summary.ok
+
+
+# ----------------------------------------------------------------------------- built-in stages
+
+NX = NY = 96
+ZERO_POINT = 31.4 + 2.5  # 1 ADU = 0.1 nJy
+
+
+def wcs_header(visit: int, detector: int) -> fits.Header:
+    return fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN",
+                        "CRVAL1": 150.0 + 0.01 * detector, "CRVAL2": 2.0 + 0.001 * visit,
+                        "CRPIX1": NX / 2 + 0.5, "CRPIX2": NY / 2 + 0.5,
+                        "CD1_1": -5.5e-5, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 5.5e-5})
+
+
+@pytest.fixture(scope="module")
+def exposures(tmp_path_factory):
+    """2 visits x 2 detectors of stars (truth kept), and their calibration directory."""
+    from jointcal_ap.calibration import Calibration, DetectorCalibration, PhotometricCalibration
+    from jointcal_ap.exposure import Exposure, ExposureMetadata
+    from jointcal_ap.simulate.images import render_image
+
+    root = tmp_path_factory.mktemp("exposures")
+    truth, detectors = {}, []
+    for visit in (1, 2):
+        for detector in (0, 1):
+            rng = np.random.default_rng([visit, detector])
+            gx, gy = np.meshgrid(np.linspace(14, NX - 14, 4), np.linspace(14, NY - 14, 3))
+            x = gx.ravel() + rng.uniform(-3, 3, 12)  # isolated: 22 px apart or more
+            y = gy.ravel() + rng.uniform(-3, 3, 12)
+            flux = rng.uniform(2e4, 6e4, 12)
+            image = render_image((NY, NX), x, y, flux, fwhm_px=3.0, sky_adu=200.0,
+                                 seed=visit * 10 + detector)
+            meta = ExposureMetadata(visit=visit, detector=detector, filter="r",
+                                    mjd_tai=60310.0 + visit, exptime=30.0)
+            Exposure(image.image, None, image.variance, wcs_header(visit, detector), meta).write(
+                root / f"raw_{visit}_{detector}.fits")
+            truth[(visit, detector)] = (x, y)
+            detectors.append(DetectorCalibration(
+                visit, detector, NX, NY, wcs_header(visit, detector),
+                PhotometricCalibration.constant(ZERO_POINT, NX, NY, zero_point_err=0.01)))
+    Calibration(detectors).write(root / "calibration")
+    return root, truth
+
+
+def write_builtin_pipeline(path: Path, root: Path, output: Path) -> Path:
+    path.write_text(f"""\
+[pipeline]
+name = "detect-calibrate"
+output = "{output}"
+
+[inputs]
+exposure = "{root}/raw_{{visit}}_{{detector}}.fits"
+calibration = "{root}/calibration"
+
+[units]
+visits = [1, 2]
+detectors = [0, 1]
+
+[[stages]]
+name = "detect"
+options = {{ fwhm_px = 3.0, threshold_sigma = 10 }}
+
+[[stages]]
+name = "calibrate"
+""")
+    return path
+
+
+def test_builtin_detect_and_calibrate_through_the_cli(tmp_path, exposures, dask_address, capsys):
+    from jointcal_ap.exposure import read_calibrated_exposure, read_exposure
+
+    root, truth = exposures
+    toml = write_builtin_pipeline(tmp_path / "pipeline.toml", root, tmp_path / "dask")
+    assert main(["run", str(toml), "--dask-address", dask_address, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "4 units: 4 done now, 0 already done, 0 failed" in out
+    assert "time per stage: detect" in out
+
+    for (visit, detector), (x, y) in truth.items():
+        unit_dir = tmp_path / "dask" / "units" / f"visit{visit}_det{detector}"
+        sources = Table.read(unit_dir / "sources.parquet")
+        assert set(sources["visit"]) == {visit} and set(sources["detector"]) == {detector}
+        # every star is found within 0.1 px (bright, isolated, on a flat sky)
+        distance = np.hypot(sources["x"][:, None] - x[None], sources["y"][:, None] - y[None])
+        assert np.all(distance.min(axis=0) < 0.1)
+        calexp = read_calibrated_exposure(unit_dir / "calexp.fits")
+        raw = read_exposure(root / f"raw_{visit}_{detector}.fits")
+        np.testing.assert_allclose(calexp.image, raw.image * 0.1, rtol=1e-6)
+        assert calexp.header["BUNIT"] == "nJy"
+        prov = json.loads((unit_dir / "calexp.provenance.json").read_text())
+        assert prov["stage"]["name"] == "calibrate" and prov["stage"]["version"] == "1.0.0"
+        assert prov["stage"]["distribution"].startswith("jointcal-ap ")
+        assert prov["inputs"]["calibration"]["input"] == f"{root}/calibration"
+        detect_prov = json.loads((unit_dir / "sources.provenance.json").read_text())
+        assert detect_prov["options"]["fwhm_px"] == 3.0
+        assert detect_prov["options"]["threshold_sigma"] == 10.0
+
+    # the same pipeline, serially, unit by unit
+    resolved = prepare_run(toml)
+    for unit in resolved.pipeline.discover_units():
+        assert execute_unit(resolved, unit, str(tmp_path / "serial")).status == "done"
+    assert_same_tree(tree(tmp_path / "dask"), tree(tmp_path / "serial"))
+
+    # a rerun has nothing to do
+    assert main(["run", str(toml), "--dask-address", dask_address, "--no-progress"]) == 0
+    assert "0 done now, 4 already done" in capsys.readouterr().out
+
+
+def test_cli_exit_codes_failed_unit_and_bad_pipeline(tmp_path, exposures, dask_address, capsys):
+    import shutil
+
+    root, _ = exposures
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    (data / "raw_2_1.fits").write_bytes(b"SIMPLE  = not really a FITS file")
+    toml = write_builtin_pipeline(tmp_path / "pipeline.toml", data, tmp_path / "out")
+    assert main(["run", str(toml), "--dask-address", dask_address, "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "3 done now, 0 already done, 1 failed" in out
+    assert "FAILED visit2_det1: stage 'detect' (plugin 'detect' from jointcal-ap" in out
+    assert "raw_2_1.fits" in (tmp_path / "out" / "failed" / "visit2_det1.txt").read_text()
+    assert (tmp_path / "out" / "units" / "visit2_det0" / "calexp.fits").exists()
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml.read_text().replace('name = "detect"\n', 'name = "detect"\n'
+                                            'outputs = { sources = "exposure" }\n'))
+    assert main(["run", str(bad), "--out", str(tmp_path / "never"), "--no-progress"]) == 2
+    assert "output 'exposure' is already given by [inputs]" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
