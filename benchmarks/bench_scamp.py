@@ -114,10 +114,14 @@ def write_scamp_config(path: Path, refcat: Path, overrides: dict[str, str] | Non
 CASES = ("small", "large", "large-static")
 
 
-def _case_config(name: str):
+WARMUP_SEED_OFFSET = 1000  # the warm-up survey: same case, other seed (other sky, noise, dithers)
+
+
+def _case_config(name: str, *, warmup: bool = False):
     from jointcal_ap.simulate import SurveyConfig
 
-    return SurveyConfig.preset(name.removesuffix("-static"))
+    config = SurveyConfig.preset(name.removesuffix("-static"))
+    return config.replace(seed=config.seed + WARMUP_SEED_OFFSET) if warmup else config
 
 
 def _static_stars(config):
@@ -131,16 +135,19 @@ def _static_stars(config):
                            halo_dispersion_kms=0.0, parallax_range_mas=(1e-6, 1e-6))
 
 
-def ensure_case(name: str) -> Path:
-    """Simulate the case once (cached): ldac/, survey/, truth/, refcat/, refcat_input/."""
+def ensure_case(name: str, *, warmup: bool = False) -> Path:
+    """Simulate the case once (cached): ldac/, survey/, truth/, refcat/, refcat_input/.
+
+    ``warmup``: the same case drawn with another seed, fitted only to fill the JAX cache.
+    """
     from jointcal_ap.simulate import simulate_survey
 
-    root = WORK / f"{name.replace('-', '_')}_v{SIM_VERSION}"
+    root = WORK / f"{name.replace('-', '_')}{'_warmup' if warmup else ''}_v{SIM_VERSION}"
     if (root / "truth" / "camera.json").exists() and (root / "refcat").exists():
         return root
     print(f"[{name}] simulating -> {root}", flush=True)
     t0 = time.perf_counter()
-    config = _case_config(name)
+    config = _case_config(name, warmup=warmup)
     stars = _static_stars(config) if name.endswith("-static") else None
     simulate_survey(config, root, stars=stars, overwrite=True)
     print(f"[{name}]   {time.perf_counter() - t0:.1f} s", flush=True)
@@ -576,12 +583,11 @@ def report(results: dict, args, versions: dict) -> str:
         "* **jointcal-ap**: `jointcal-ap fit visit_*.cat --refcat <case>/refcat --star-params 5` "
         "(reference stars moved to each exposure's epoch and seen from the Earth; proper motion and parallax "
         "fitted for every star with ≥ 3 detections over ≥ 1 yr). *cold*: an empty JAX compilation cache "
-        "(every function compiled in the run); *warm*: the persistent cache the cold run left. **Caveat:** "
-        "`fit/solve.py`'s jitted functions close over the data arrays, which XLA then embeds as constants, so "
-        "the cache key depends on the data (the large case's `jit_step` cache entry is ~40 MB, growing with "
-        "the data) and the warm cache is hit only when the very same catalogs are fitted again (checked: "
-        "shifting every `XWIN_IMAGE` by 1e-4 px recompiles `step`). For new data every run is *cold*; the cold "
-        "row is the one to compare.",
+        "(every function compiled in the run); *warm*: a persistent JAX cache filled beforehand by fitting "
+        "a DIFFERENT simulated survey of the same case (seed + 1000: other stars, noise, dithers and WCS "
+        "errors), never by the data being timed. The compiled code depends only on array shapes, which "
+        "`fit/solve.py` pads to a few bucket sizes (≤ 12.5 % padding), so any survey of a similar size reuses "
+        "it: the warm row is what a user refitting new data gets after the first run of that size.",
         "",
     ]
     for case, res in results.items():
@@ -619,8 +625,8 @@ def report(results: dict, args, versions: dict) -> str:
                 f"Targets against SCAMP with the pre-moved reference, same run: accuracy at least SCAMP's "
                 f"({w['rms_grid_mas']:.3f} vs {base['rms_grid_mas']:.3f} mas on the grid: "
                 f"{'met' if acc_ok else 'NOT met'}); wall time ≤ 1/{TARGET_RATIO:.0f} of SCAMP's, JIT included "
-                f"(cold cache, i.e. any new data: {_fmt(rc_)}×, {'met' if rc_ and rc_ >= TARGET_RATIO else 'NOT met'}; "
-                f"warm cache, the same data refitted: "
+                f"(cold cache: {_fmt(rc_)}×, {'met' if rc_ and rc_ >= TARGET_RATIO else 'NOT met'}; "
+                f"cache warmed by another survey: "
                 f"{rw:.2f}×, {'met' if rw >= TARGET_RATIO else 'NOT met'}).", ""]
     if versions.get("scamp") is None:
         lines += ["SCAMP was not found on this machine (install it with `apt-get install scamp`); only "
@@ -700,11 +706,19 @@ def bench_case(case: str, *, have_scamp: bool, cli: str, repeat_warm: int, idle_
                       f"other load {r['other_cores']:.2f}", flush=True)
             res["scamp"][key] = r
 
+    # cold: an empty JAX cache. warm: a cache filled by fitting ANOTHER survey of the same case
+    # (other seed: other sky, noise and dithers). Compiled code depends only on the (bucketed)
+    # array shapes, never on the data, so this is what a user refitting new data of a similar
+    # size gets; the cache is never filled by the very data being timed.
     cache = WORK / "runs" / f"jax_cache_{case}"
-    shutil.rmtree(cache, ignore_errors=True)
-    cache.mkdir(parents=True)
     use_cli = cli != "never"
+    warmup_dir = ensure_case(case, warmup=True)
     for label in ["cold"] + ["warm"] * repeat_warm:
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        if label == "warm":
+            w = run_ours(case, warmup_dir, "warmup", cache, use_cli=use_cli)
+            res["ours"]["warmup_survey"] = {"rc": w["rc"], "wall_s": w.get("wall_s"), "dir": str(warmup_dir)}
         if idle_wait > 0:
             wait_idle(idle_wait)
         r = run_ours(case, case_dir, label, cache, use_cli=use_cli)
@@ -717,6 +731,8 @@ def bench_case(case: str, *, have_scamp: bool, cli: str, repeat_warm: int, idle_
             use_cli = False
             shutil.rmtree(cache, ignore_errors=True)
             cache.mkdir(parents=True)
+            if label == "warm":
+                run_ours(case, warmup_dir, "warmup", cache, use_cli=False)
             if idle_wait > 0:
                 wait_idle(idle_wait)
             r = run_ours(case, case_dir, label, cache, use_cli=False)

@@ -122,9 +122,11 @@ def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bi
         return np.zeros(2)
     d = ref_tree.data[pairs["j"]] - meas_tp[pairs["i"]]
     nb = int(np.ceil(2 * radius_mas / bin_mas))
-    hist, xe, ye = np.histogram2d(d[:, 0], d[:, 1], bins=nb, range=[[-radius_mas, radius_mas]] * 2)
-    i, j = np.unravel_index(np.argmax(hist), hist.shape)
-    peak = np.array([(xe[i] + xe[i + 1]) / 2, (ye[j] + ye[j + 1]) / 2])
+    edge = 2 * radius_mas / nb
+    ij = np.clip(((d + radius_mas) / edge).astype(np.int64), 0, nb - 1)
+    hist = np.bincount(ij[:, 0] * nb + ij[:, 1], minlength=nb * nb)
+    i, j = divmod(int(np.argmax(hist)), nb)
+    peak = np.array([(i + 0.5) * edge - radius_mas, (j + 0.5) * edge - radius_mas])
     near = np.linalg.norm(d - peak, axis=1) < 2 * bin_mas
     return np.median(d[near], axis=0) if near.sum() >= 3 else peak
 
@@ -190,11 +192,13 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
         radius_deg = float(np.max(np.hypot(init_tp[:, 0], init_tp[:, 1]))) / MAS_PER_DEG
         radius_deg += search_radius_arcsec / 3600 * 2
         if ref_epoch is None:
+            # positions only: the covariance (4x the cost) is propagated later, once, for the
+            # reference stars that matched
             ref = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=visit.epoch, observer="earth",
-                              mag_limits=mag_limits, format="arrow")
+                              mag_limits=mag_limits, columns=[], format="arrow")
         else:
             ref = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=ref_epoch, mag_limits=mag_limits,
-                              format="arrow")
+                              columns=[], format="arrow")
         refcats[visit.visit] = ref
         ref_tp = gnomonic(ref.column("ra").to_numpy(), ref.column("dec").to_numpy(), visit.ra, visit.dec)
         ref_ids, id_codes = reference_codes(ref, id_codes)

@@ -53,7 +53,15 @@ def fit_poly(u: np.ndarray, v: np.ndarray, target: np.ndarray, degree: int,
     if weights is not None:
         design = design * weights[:, None]
         target = target * weights[:, None]
-    coeffs, *_ = np.linalg.lstsq(design, target, rcond=None)
+    # Normal equations: monomials of u, v ∈ [−1, 1] up to a low degree are well conditioned, and
+    # this is ~10× cheaper than an SVD-based lstsq (thousands of CCD fits in an association).
+    normal = design.T @ design
+    try:
+        coeffs = np.linalg.solve(normal, design.T @ target)
+        if not np.all(np.isfinite(coeffs)):
+            raise np.linalg.LinAlgError
+    except np.linalg.LinAlgError:  # too few points for the degree: the minimum-norm solution
+        coeffs, *_ = np.linalg.lstsq(design, target, rcond=None)
     return coeffs.T.copy()
 
 

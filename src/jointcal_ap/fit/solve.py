@@ -272,8 +272,16 @@ def _chi2(kernel, a, params, theta, white, active):
     return jnp.sum(r * r) + jnp.sum(jnp.einsum("si,sij,sj->s", d, a["prior_weight"], d))
 
 
+_PER_MEAS = ("u", "v", "local_index", "star", "visit", "dt", "plx_factor", "extra")
+
+
 def _linearise(kernel, a, params, theta, white, active):
-    """Whitened residuals and their Jacobians w.r.t. the local model and star parameters."""
+    """Whitened residuals and their Jacobians w.r.t. the local model and star parameters.
+
+    Forward-mode differentiation carries one tangent per local parameter through every
+    intermediate, so it runs chunk by chunk (``lax.map``) to keep that working memory
+    bounded; only the Jacobians themselves, O(n·L), are kept.
+    """
 
     def single(lp, th, u, v, s_e0, s_ea, s_ed, dt, pf, ex, w0, wa, wd, wh):
         model_xy = kernel.evaluate(lp[None], u[None], v[None])[0]
@@ -283,14 +291,23 @@ def _linearise(kernel, a, params, theta, white, active):
         pred = jnp.stack([vec @ wa / den, vec @ wd / den]) * MAS_PER_RAD
         return wh @ (model_xy - pred)
 
-    local = params[a["local_index"]]
-    s, vi = a["star"], a["visit"]
-    jm, js = jax.vmap(jax.jacfwd(single, argnums=(0, 1)))(
-        local, theta[s], a["u"], a["v"], a["e0"][s], a["ea"][s], a["ed"][s], a["dt"], a["plx_factor"],
-        a["extra"], a["v0"][vi], a["va"][vi], a["vd"][vi], white)
-    act = active[:, None, None]
-    jm = jm * act * a["model_free"][a["local_index"]][:, None, :]
-    js = js * act * a["star_free"][s][:, None, :]
+    jac = jax.vmap(jax.jacfwd(single, argnums=(0, 1)))
+
+    def chunk(c):
+        s, vi = c["star"], c["visit"]
+        jm, js = jac(params[c["local_index"]], theta[s], c["u"], c["v"], a["e0"][s], a["ea"][s], a["ed"][s],
+                     c["dt"], c["plx_factor"], c["extra"], a["v0"][vi], a["va"][vi], a["vd"][vi], c["white"])
+        act = c["active"][:, None, None]
+        jm = jm * act * a["model_free"][c["local_index"]][:, None, :]
+        js = js * act * a["star_free"][s][:, None, :]
+        return jm, js
+
+    per = {k: a[k] for k in _PER_MEAS}
+    per["white"], per["active"] = white, active
+    chunks = jax.tree_util.tree_map(lambda x: x.reshape((-1, _CHUNK, *x.shape[1:])), per)
+    jm, js = jax.lax.map(chunk, chunks)
+    jm = jm.reshape((-1, *jm.shape[2:]))
+    js = js.reshape((-1, *js.shape[2:]))
     return _residuals_impl(kernel, a, params, theta, white, active), jm, js
 
 
@@ -304,7 +321,12 @@ def _step(kernel, bounds, a, params, theta, white, active):
     g_s = jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, r), s, n_stars)
     g_s = g_s + jnp.einsum("sij,sj->si", a["prior_weight"], theta - a["prior_value"])
     g_s = g_s * star_free
-    d = jax.ops.segment_sum(jnp.einsum("nki,nkj->nij", js, js), s, n_stars) + a["prior_weight"]
+    def add_d(acc, c):  # Σ JsᵀJs per star, chunk by chunk (an (n, 5, 5) array would not be small)
+        jsc, sc = c
+        return acc + jax.ops.segment_sum(jnp.einsum("nki,nkj->nij", jsc, jsc), sc, n_stars), None
+
+    d, _ = jax.lax.scan(add_d, a["prior_weight"], (js.reshape((-1, _CHUNK, *js.shape[1:])),
+                                                   s.reshape((-1, _CHUNK))))
     # fixed star parameters: identity rows/columns so D stays invertible; a star with no
     # information left (all its measurements clipped, or padding) gets an identity block,
     # so it neither moves nor makes the system singular

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,11 @@ class Refcat:
         orders = np.array([p.order for p in self.partitions], dtype=np.int64)
         pixels = np.array([p.pixel for p in self.partitions], dtype=np.int64)
         self._orders, self._pixels = orders, pixels
+        # Partitions read recently, with the unit vectors of their rows: a fit loads one cone per
+        # exposure, and overlapping exposures read the same partitions again and again. The
+        # catalog on disk is immutable, so the cache can never be stale.
+        self._cache: OrderedDict[tuple, tuple[pa.Table, np.ndarray]] = OrderedDict()
+        self._cache_bytes = 0
 
     def __repr__(self) -> str:
         return (f"Refcat({self.name!r}, {self.properties.get('hats_nrows', '?')} rows, "
@@ -268,11 +274,34 @@ class Refcat:
                 chosen[sel] = np.isin(self._pixels[sel] >> (2 * (order - k)), hits)
         return [p for p, c in zip(self.partitions, chosen, strict=True) if c]
 
-    def _read(self, parts: Sequence[Partition], columns: list[str]) -> pa.Table:
-        tables = [pq.read_table(partition_path(self.path, p), columns=columns) for p in parts]
-        if not tables:
-            return self.schema.empty_table().select(columns)
-        return pa.concat_tables(tables)
+    #: Most bytes of partitions (and their rows' unit vectors) kept in memory between queries.
+    cache_bytes: int = 256 * 1024**2
+
+    def _read_partition(self, part: Partition, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+        key = (part.order, part.pixel, tuple(columns))
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        table = pq.read_table(partition_path(self.path, part), columns=columns)
+        xyz = _unit_vector(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+        size = table.nbytes + xyz.nbytes
+        if size <= self.cache_bytes:
+            self._cache[key] = (table, xyz)
+            self._cache_bytes += size
+            while self._cache_bytes > self.cache_bytes:
+                _, (t, v) = self._cache.popitem(last=False)
+                self._cache_bytes -= t.nbytes + v.nbytes
+        return table, xyz
+
+    def _read(self, parts: Sequence[Partition], columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+        """The rows of these partitions (``columns``), and their unit vectors (catalog positions)."""
+        if not parts:
+            return self.schema.empty_table().select(columns), np.zeros((0, 3))
+        pieces = [self._read_partition(p, columns) for p in parts]
+        if len(pieces) == 1:
+            return pieces[0]
+        return pa.concat_tables([t for t, _ in pieces]), np.concatenate([v for _, v in pieces])
 
     def query(self, region: _Region, *, epoch: Time | float | None = None,
               observer: str | np.ndarray | None = None, columns: Sequence[str] | None = None,
@@ -335,24 +364,21 @@ class Refcat:
         read_cols = [c for c in self.schema.names if c in needed]
 
         pad = self._padding_deg(t_epoch, obs_position is not None)
-        table = self._read(self._candidate_partitions(region, pad), read_cols)
-        if mag_limits:
-            keep = np.ones(table.num_rows, dtype=bool)
-            for name, (lo, hi) in mag_limits.items():
-                mag = table.column(name).to_numpy(zero_copy_only=False).astype(float)
-                with np.errstate(invalid="ignore"):
-                    if lo is not None:
-                        keep &= mag >= lo
-                    if hi is not None:
-                        keep &= mag <= hi
-            table = table.filter(pa.array(keep))
+        table, xyz = self._read(self._candidate_partitions(region, pad), read_cols)
+        keep = np.ones(table.num_rows, dtype=bool)
+        for name, (lo, hi) in (mag_limits or {}).items():
+            mag = table.column(name).to_numpy(zero_copy_only=False).astype(float)
+            with np.errstate(invalid="ignore"):
+                if lo is not None:
+                    keep &= mag >= lo
+                if hi is not None:
+                    keep &= mag <= hi
         # cheap pre-cut on catalog positions, padded for motion
         if region.radius_deg < 180.0 and table.num_rows:
-            ra0 = table.column("ra").to_numpy()
-            dec0 = table.column("dec").to_numpy()
-            cos_sep = _unit_vector(ra0, dec0) @ region.center
             limit = math.cos(math.radians(min(region.radius_deg + pad, 180.0)))
-            table = table.filter(pa.array(cos_sep >= limit - 1e-12))
+            keep &= xyz @ region.center >= limit - 1e-12
+        if not keep.all():
+            table = table.filter(pa.array(keep))
         if moving:
             table = self._propagate(table, t_epoch, obs_position)
         keep = region.contains(table.column("ra").to_numpy(), table.column("dec").to_numpy())
