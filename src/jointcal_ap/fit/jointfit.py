@@ -349,10 +349,9 @@ class JointFit:
         cov_px = np.stack([np.stack([meas.cov_xx[rows], meas.cov_xy[rows]], 1),
                            np.stack([meas.cov_xy[rows], meas.cov_yy[rows]], 1)], 1)
         det = det_of_ccd[ccd]
-        local_index = model.local_index(ccd, visit, det)
         block_index, slots = model.slots(ccd, visit, det)
         params, fixed = model.initial(association.per_ccd_poly, visit_of_ccd, det_of_ccd, opt.reference_visit)
-        problem = Problem(u=u, v=v, pix_scale=scale, cov_px=cov_px, local_index=local_index,
+        problem = Problem(u=u, v=v, pix_scale=scale, cov_px=cov_px,
                           block_index=block_index, slots=slots, star=star, visit=visit, dt=dt,
                           plx_factor=plx_factor, extra=extra, e0=e0, ea=ea, ed=ed, v0=v0, va=va, vd=vd,
                           prior_value=prior_value, prior_weight=prior_weight, star_free=star_free,
@@ -379,12 +378,13 @@ class JointFit:
         problem, aux = self._problem(association, model)
         self._check_degenerate(problem, association)
         fns = CompiledProblem(model, problem)
+        problem.release_measurement_arrays()
         seconds["setup"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         params = np.asarray(aux["params"])
         theta = np.asarray(aux["theta0"])
-        act = np.ones(len(problem.u), dtype=bool)
+        act = np.ones(problem.n_measurements, dtype=bool)
         active = fns.active()
         stats = SolveStats()
         clip_rounds: list[int] = []

@@ -42,8 +42,7 @@ class Problem:
     """Static arrays of a fit (numpy in, converted to JAX once).
 
     Per measurement (n): ``u``, ``v`` normalised pixels; ``pix_scale`` (pixels per unit of
-    u); ``cov_px`` (n, 2, 2) pixel covariance; ``local_index`` (n, L) global model
-    parameter indices; ``block_index`` (n, B) the parameter block of each *slot* (B = 1 for
+    u); ``cov_px`` (n, 2, 2) pixel covariance; ``block_index`` (n, B) the parameter block of each *slot* (B = 1 for
     the simple model: the CCD; 2 for the constrained model: detector and visit), and
     ``slots``: per slot, (lo, hi, starts): the slot's range within the L local parameters
     and the global start index of each of its blocks;
@@ -60,7 +59,6 @@ class Problem:
     v: np.ndarray
     pix_scale: np.ndarray
     cov_px: np.ndarray
-    local_index: np.ndarray
     block_index: np.ndarray
     slots: list[tuple[int, int, np.ndarray]]
     star: np.ndarray
@@ -83,6 +81,17 @@ class Problem:
     @property
     def n_stars(self) -> int:
         return len(self.e0)
+
+    @property
+    def n_measurements(self) -> int:
+        return len(self.star)
+
+    def release_measurement_arrays(self) -> None:
+        """Drop the per-measurement inputs once they live on the device (:class:`CompiledProblem`):
+        at 10⁷ measurements they are gigabytes. ``star`` (and every per-star array) is kept."""
+        empty = np.zeros(0)
+        for name in ("u", "v", "pix_scale", "cov_px", "block_index", "visit", "dt", "plx_factor", "extra"):
+            setattr(self, name, empty)
 
 
 @dataclass
@@ -162,14 +171,11 @@ class CompiledProblem:
         v_pad = bucket(len(problem.v0))
 
         eye = np.broadcast_to(np.eye(2), (n_pad, 2, 2))
-        local = _pad(problem.local_index, n_pad)
-        if n_pad > n:
-            local[n:] = np.arange(local.shape[1])
         arrays = {
             "u": _pad(problem.u, n_pad), "v": _pad(problem.v, n_pad),
             "pix_scale": _pad(problem.pix_scale, n_pad, 1.0),
             "cov_px": np.where(np.arange(n_pad)[:, None, None] < n, _pad(problem.cov_px, n_pad), eye),
-            "local_index": local, "block_index": _pad(problem.block_index, n_pad),
+            "block_index": _pad(problem.block_index, n_pad),
             "star": _pad(problem.star, n_pad), "visit": _pad(problem.visit, n_pad),
             "dt": _pad(problem.dt, n_pad), "plx_factor": _pad(problem.plx_factor, n_pad),
             "extra": _pad(problem.extra, n_pad),
@@ -181,17 +187,18 @@ class CompiledProblem:
             "model_free": _pad(~problem.model_fixed, m_pad, False).astype(np.float64),
             "sys2": np.float64(problem.systematic_mas) ** 2,
         }
-        where, bounds = [], []
-        for lo, hi, starts in problem.slots:
-            idx = np.asarray(starts)[:, None] + np.arange(hi - lo)[None, :]
-            rows = bucket(len(idx))
-            dump = self.n_model + np.arange(hi - lo)  # fixed padded parameters
-            where.append(np.vstack([idx, np.broadcast_to(dump, (rows - len(idx), hi - lo))]))
+        where, starts, bounds = [], [], []
+        for lo, hi, first in problem.slots:
+            rows = bucket(len(first))
+            # padded blocks start at the fixed "dump" parameters past the real ones
+            first = np.concatenate([np.asarray(first, np.int64), np.full(rows - len(first), self.n_model)])
+            starts.append(first)
+            where.append(first[:, None] + np.arange(hi - lo)[None, :])
             bounds.append((lo, hi))
-        arrays["where"] = tuple(where)
+        arrays["where"], arrays["starts"] = tuple(where), tuple(starts)
         self.arrays = jax.tree_util.tree_map(jnp.asarray, arrays)
-        self.kernel = model.kernel()
-        self.bounds = tuple(bounds)
+        # what compiled code depends on besides shapes: the model's form and the slot layout
+        self.spec = (model.kernel(), tuple(bounds))
         self.is_meas = jnp.asarray(np.arange(n_pad) < n, dtype=jnp.float64)
 
     # ------------------------------------------------------------------ padding helpers
@@ -210,50 +217,73 @@ class CompiledProblem:
     # ------------------------------------------------------------------ functions
     def whitener(self, params):
         """Per-measurement whitening matrices (padded, on the device)."""
-        return _whitener(_meas_cov(self.kernel, self.arrays, self._params(params)))
+        return _whitener(_meas_cov(self.spec, self.arrays, self._params(params)))
 
     def meas_cov(self, params) -> np.ndarray:
         """Measurement covariances in the tangent plane, mas² (n, 2, 2)."""
-        return np.asarray(_meas_cov(self.kernel, self.arrays, self._params(params)))[: self.n_meas]
+        return np.asarray(_meas_cov(self.spec, self.arrays, self._params(params)))[: self.n_meas]
 
     def residuals(self, params, theta, white, active) -> np.ndarray:
         """Whitened residuals (n, 2), zero where inactive."""
-        r = _residuals(self.kernel, self.arrays, self._params(params), self._theta(theta), white, active)
+        r = _residuals(self.spec, self.arrays, self._params(params), self._theta(theta), white, active)
         return np.asarray(r)[: self.n_meas]
 
     def chi2(self, params, theta, white, active) -> float:
-        return float(_chi2(self.kernel, self.arrays, self._params(params), self._theta(theta), white, active))
+        return float(_chi2(self.spec, self.arrays, self._params(params), self._theta(theta), white, active))
 
     def prior_chi2(self, theta) -> np.ndarray:
         return np.asarray(_prior_chi2(self.arrays, self._theta(theta)))[: self.n_stars]
 
     def step(self, params, theta, white, active):
         """One Gauss-Newton step: (δm, δθ, CG iterations, predicted χ² decrease), unpadded."""
-        dx, dtheta, iters, predicted = _step(self.kernel, self.bounds, self.arrays, self._params(params),
+        dx, dtheta, iters, predicted = _step(self.spec, self.arrays, self._params(params),
                                              self._theta(theta), white, active)
         return dx[: self.n_model], dtheta[: self.n_stars], int(iters), float(predicted)
 
 
-def _predicted(theta, a):
-    return _predicted_at(theta, a["star"], a["visit"], a["dt"], a["plx_factor"], a["extra"],
-                         a["e0"], a["ea"], a["ed"], a["v0"], a["va"], a["vd"])
+def _local_index(spec, a, block_index):
+    """Global model-parameter indices (n, L) of measurements from their blocks (n, B)."""
+    _, bounds = spec
+    return jnp.concatenate([a["starts"][slot][block_index[:, slot]][:, None] + jnp.arange(hi - lo)[None, :]
+                            for slot, (lo, hi) in enumerate(bounds)], axis=1)
+
+
+def _map_chunks(fn, a, names, *extra):
+    """``fn(chunk)`` over the measurements chunk by chunk (``lax.map``), results concatenated:
+    full-length temporaries such as the (n, L) gathered parameters never exist at once."""
+    per = {k: a[k] for k in names}
+    for i, x in enumerate(extra):
+        per[f"_{i}"] = x
+    out = jax.lax.map(fn, jax.tree_util.tree_map(lambda x: x.reshape((-1, _CHUNK, *x.shape[1:])), per))
+    return jax.tree_util.tree_map(lambda x: x.reshape((-1, *x.shape[2:])), out)
 
 
 @partial(jax.jit, static_argnums=0)
-def _meas_cov(kernel, a, params):
-    local = params[a["local_index"]]
-    jac = jax.vmap(jax.jacfwd(lambda uv, lp: kernel.evaluate(lp[None], uv[0:1], uv[1:2])[0]))(
-        jnp.stack([a["u"], a["v"]], 1), local)  # (n, 2, 2) d(ξη)/d(uv)
-    jac = jac / a["pix_scale"][:, None, None]
-    cov = jnp.einsum("nij,njk,nlk->nil", jac, a["cov_px"], jac)
-    return cov + a["sys2"] * jnp.eye(2)[None]
+def _meas_cov(spec, a, params):
+    kernel = spec[0]
+
+    def chunk(c):
+        local = params[_local_index(spec, a, c["block_index"])]
+        jac = jax.vmap(jax.jacfwd(lambda uv, lp: kernel.evaluate(lp[None], uv[0:1], uv[1:2])[0]))(
+            jnp.stack([c["u"], c["v"]], 1), local)  # (n, 2, 2) d(ξη)/d(uv)
+        jac = jac / c["pix_scale"][:, None, None]
+        return jnp.einsum("nij,njk,nlk->nil", jac, c["cov_px"], jac) + a["sys2"] * jnp.eye(2)[None]
+
+    return _map_chunks(chunk, a, ("u", "v", "pix_scale", "cov_px", "block_index"))
 
 
-def _residuals_impl(kernel, a, params, theta, white, active):
-    local = params[a["local_index"]]
-    model_xy = kernel.evaluate(local, a["u"], a["v"])
-    r = jnp.einsum("nij,nj->ni", white, model_xy - _predicted(theta, a))
-    return r * active[:, None]
+def _residuals_impl(spec, a, params, theta, white, active):
+    kernel = spec[0]
+
+    def chunk(c):
+        local = params[_local_index(spec, a, c["block_index"])]
+        model_xy = kernel.evaluate(local, c["u"], c["v"])
+        pred = _predicted_at(theta, c["star"], c["visit"], c["dt"], c["plx_factor"], c["extra"],
+                             a["e0"], a["ea"], a["ed"], a["v0"], a["va"], a["vd"])
+        return jnp.einsum("nij,nj->ni", c["_0"], model_xy - pred) * c["_1"][:, None]
+
+    return _map_chunks(chunk, a, ("u", "v", "block_index", "star", "visit", "dt", "plx_factor", "extra"),
+                       white, active)
 
 
 _residuals = jax.jit(_residuals_impl, static_argnums=0)
@@ -266,22 +296,29 @@ def _prior_chi2(a, theta):
 
 
 @partial(jax.jit, static_argnums=0)
-def _chi2(kernel, a, params, theta, white, active):
-    r = _residuals_impl(kernel, a, params, theta, white, active)
+def _chi2(spec, a, params, theta, white, active):
+    r = _residuals_impl(spec, a, params, theta, white, active)
     d = theta - a["prior_value"]
     return jnp.sum(r * r) + jnp.sum(jnp.einsum("si,sij,sj->s", d, a["prior_weight"], d))
 
 
-_PER_MEAS = ("u", "v", "local_index", "star", "visit", "dt", "plx_factor", "extra")
+_PER_MEAS = ("u", "v", "block_index", "star", "visit", "dt", "plx_factor", "extra")
 
 
-def _linearise(kernel, a, params, theta, white, active):
+def _chunked(x):
+    """(n, ...) → (n/_CHUNK, _CHUNK, ...): the layout every per-measurement pass scans over."""
+    return x.reshape((-1, _CHUNK, *x.shape[1:]))
+
+
+def _linearise(spec, a, params, theta, white, active):
     """Whitened residuals and their Jacobians w.r.t. the local model and star parameters.
 
-    Forward-mode differentiation carries one tangent per local parameter through every
+    Returned chunked, (n/_CHUNK, _CHUNK, 2, ·), with each chunk's measurement data (``c``):
+    forward-mode differentiation carries one tangent per local parameter through every
     intermediate, so it runs chunk by chunk (``lax.map``) to keep that working memory
     bounded; only the Jacobians themselves, O(n·L), are kept.
     """
+    kernel = spec[0]
 
     def single(lp, th, u, v, s_e0, s_ea, s_ed, dt, pf, ex, w0, wa, wd, wh):
         model_xy = kernel.evaluate(lp[None], u[None], v[None])[0]
@@ -295,38 +332,49 @@ def _linearise(kernel, a, params, theta, white, active):
 
     def chunk(c):
         s, vi = c["star"], c["visit"]
-        jm, js = jac(params[c["local_index"]], theta[s], c["u"], c["v"], a["e0"][s], a["ea"][s], a["ed"][s],
+        local = _local_index(spec, a, c["block_index"])
+        jm, js = jac(params[local], theta[s], c["u"], c["v"], a["e0"][s], a["ea"][s], a["ed"][s],
                      c["dt"], c["plx_factor"], c["extra"], a["v0"][vi], a["va"][vi], a["vd"][vi], c["white"])
         act = c["active"][:, None, None]
-        jm = jm * act * a["model_free"][c["local_index"]][:, None, :]
+        jm = jm * act * a["model_free"][local][:, None, :]
         js = js * act * a["star_free"][s][:, None, :]
         return jm, js
 
     per = {k: a[k] for k in _PER_MEAS}
     per["white"], per["active"] = white, active
-    chunks = jax.tree_util.tree_map(lambda x: x.reshape((-1, _CHUNK, *x.shape[1:])), per)
+    chunks = jax.tree_util.tree_map(_chunked, per)
     jm, js = jax.lax.map(chunk, chunks)
-    jm = jm.reshape((-1, *jm.shape[2:]))
-    js = js.reshape((-1, *js.shape[2:]))
-    return _residuals_impl(kernel, a, params, theta, white, active), jm, js
+    r = _chunked(_residuals_impl(spec, a, params, theta, white, active))
+    return r, jm, js, chunks
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _step(kernel, bounds, a, params, theta, white, active):
+@partial(jax.jit, static_argnums=0)
+def _step(spec, a, params, theta, white, active):
+    """One Gauss-Newton step with the stars eliminated (see the module docstring).
+
+    Every pass over the measurements is a ``lax.scan`` over chunks, accumulating into
+    model- or star-sized arrays, so the working memory beyond the Jacobians is O(chunk).
+    """
+    bounds = spec[1]
     n_model, n_stars = params.shape[0], theta.shape[0]
     star_free, model_free = a["star_free"], a["model_free"]
-    r, jm, js = _linearise(kernel, a, params, theta, white, active)
-    idx, s = a["local_index"], a["star"]
-    g_m = jnp.zeros(n_model).at[idx].add(jnp.einsum("nki,nk->ni", jm, r))
-    g_s = jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, r), s, n_stars)
+    r, jm, js, c = _linearise(spec, a, params, theta, white, active)
+    blocks, stars = c["block_index"], c["star"]
+
+    def scan(fn, init, *xs):
+        out, _ = jax.lax.scan(lambda acc, x: (fn(acc, *x), None), init, xs)
+        return out
+
+    def scatter_m(acc, jmc, yc, bc):  # acc[idx] += Jmᵀ y
+        return acc.at[_local_index(spec, a, bc)].add(jnp.einsum("nki,nk->ni", jmc, yc))
+
+    g_m = scan(scatter_m, jnp.zeros(n_model), jm, r, blocks)
+    g_s = scan(lambda acc, jsc, rc, sc: acc + jax.ops.segment_sum(jnp.einsum("nki,nk->ni", jsc, rc), sc, n_stars),
+               jnp.zeros((n_stars, 5)), js, r, stars)
     g_s = g_s + jnp.einsum("sij,sj->si", a["prior_weight"], theta - a["prior_value"])
     g_s = g_s * star_free
-    def add_d(acc, c):  # Σ JsᵀJs per star, chunk by chunk (an (n, 5, 5) array would not be small)
-        jsc, sc = c
-        return acc + jax.ops.segment_sum(jnp.einsum("nki,nkj->nij", jsc, jsc), sc, n_stars), None
-
-    d, _ = jax.lax.scan(add_d, a["prior_weight"], (js.reshape((-1, _CHUNK, *js.shape[1:])),
-                                                   s.reshape((-1, _CHUNK))))
+    d = scan(lambda acc, jsc, sc: acc + jax.ops.segment_sum(jnp.einsum("nki,nkj->nij", jsc, jsc), sc, n_stars),
+             a["prior_weight"], js, stars)
     # fixed star parameters: identity rows/columns so D stays invertible; a star with no
     # information left (all its measurements clipped, or padding) gets an identity block,
     # so it neither moves nor makes the system singular
@@ -336,39 +384,40 @@ def _step(kernel, bounds, a, params, theta, white, active):
     d_inv = jnp.linalg.inv(d)
 
     def bt(x):  # Bᵀ x: (N, 5)
-        y = jnp.einsum("nki,ni->nk", jm, x[idx])
-        return jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, y), s, n_stars)
+        def body(acc, jmc, jsc, bc, sc):
+            y = jnp.einsum("nki,ni->nk", jmc, x[_local_index(spec, a, bc)])
+            return acc + jax.ops.segment_sum(jnp.einsum("nki,nk->ni", jsc, y), sc, n_stars)
+        return scan(body, jnp.zeros((n_stars, 5)), jm, js, blocks, stars)
 
     def b(z):  # B z: (M,)
-        y = jnp.einsum("nki,ni->nk", js, z[s])
-        return jnp.zeros(n_model).at[idx].add(jnp.einsum("nki,nk->ni", jm, y))
+        def body(acc, jmc, jsc, bc, sc):
+            return scatter_m(acc, jmc, jnp.einsum("nki,ni->nk", jsc, z[sc]), bc)
+        return scan(body, jnp.zeros(n_model), jm, js, blocks, stars)
 
-    def s_matvec(x):
-        y = jnp.einsum("nki,ni->nk", jm, x[idx])
-        z = jnp.einsum("sij,sj->si", d_inv, jax.ops.segment_sum(jnp.einsum("nki,nk->ni", js, y), s, n_stars))
-        y = y - jnp.einsum("nki,ni->nk", js, z[s])
-        return jnp.zeros(n_model).at[idx].add(jnp.einsum("nki,nk->ni", jm, y)) * model_free
+    def s_matvec(x):  # S x = A x − B D⁻¹ Bᵀ x
+        z = jnp.einsum("sij,sj->si", d_inv, bt(x))
+
+        def body(acc, jmc, jsc, bc, sc):
+            y = jnp.einsum("nki,ni->nk", jmc, x[_local_index(spec, a, bc)])
+            y = y - jnp.einsum("nki,ni->nk", jsc, z[sc])
+            return scatter_m(acc, jmc, y, bc)
+        return scan(body, jnp.zeros(n_model), jm, js, blocks, stars) * model_free
 
     rhs = -(g_m - b(jnp.einsum("sij,sj->si", d_inv, g_s))) * model_free
 
     # Block-Jacobi preconditioner: the diagonal blocks of S, accumulated per measurement
-    # (exact when a star has one measurement per block), in chunks to bound memory.
-    def chunked(x):
-        return x.reshape((-1, _CHUNK, *x.shape[1:]))
-
-    chunks = (chunked(jm), chunked(js), chunked(s), chunked(a["block_index"]))
+    # (exact when a star has one measurement per block).
     precond = []
     for slot, ((lo, hi), where) in enumerate(zip(bounds, a["where"], strict=True)):
         n_blocks = where.shape[0]
 
-        def accumulate(acc, c, lo=lo, hi=hi, slot=slot, n_blocks=n_blocks):
-            jmc, jsc, sc, bc = c
+        def accumulate(acc, jmc, jsc, sc, bc, lo=lo, hi=hi, slot=slot, n_blocks=n_blocks):
             jb = jmc[:, :, lo:hi]
             hc = jnp.einsum("nki,nkj->nij", jb, jsc)
             t = jnp.einsum("nki,nkj->nij", jb, jb) - jnp.einsum("nia,nab,njb->nij", hc, d_inv[sc], hc)
-            return acc + jax.ops.segment_sum(t, bc[:, slot], n_blocks), None
+            return acc + jax.ops.segment_sum(t, bc[:, slot], n_blocks)
 
-        blk, _ = jax.lax.scan(accumulate, jnp.zeros((n_blocks, hi - lo, hi - lo)), chunks)
+        blk = scan(accumulate, jnp.zeros((n_blocks, hi - lo, hi - lo)), jm, js, stars, blocks)
         # padded blocks (no measurements) become the identity
         blank = jnp.einsum("bii->b", blk) <= 0
         blk = blk + jnp.eye(hi - lo)[None] * blank[:, None, None]
