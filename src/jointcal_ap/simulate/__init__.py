@@ -13,9 +13,11 @@ Public surface::
     Camera, Detector                  focal plane, cubic radial distortion, Newton inverse
     SimVisit, make_visits             visit plans (boresight, rotation, scale, epoch)
     Stars, synthetic_stars, stars_from_refcat
-    SurveyConfig (+ .small(), .large(), .preset(name)), simulate -> SimulatedData (no I/O)
+    SurveyConfig (+ .small(), .large(), .preset(name), .photometric()), simulate -> SimulatedData (no I/O)
     simulate_survey -> SimulatedSurvey  (Parquet layout, FITS-LDAC, truth, refcat)
     Truth, load_truth, true_pixel_to_sky, true_sky_to_pixel, true_star_positions
+    true_flat_mag, true_calibration_mag   the true flat (mag) and per-CCD calibration P(x, y)
+    colour_transformation             c0 + c1·colour + c2·colour² (true band − reference band)
     write_ldac                        one SExtractor-style FITS-LDAC catalog
 """
 
@@ -27,7 +29,12 @@ from jointcal_ap.simulate.output import (
     simulate_survey,
     write_ldac,
 )
-from jointcal_ap.simulate.sky import Stars, stars_from_refcat, synthetic_stars
+from jointcal_ap.simulate.sky import (
+    Stars,
+    colour_transformation,
+    stars_from_refcat,
+    synthetic_stars,
+)
 from jointcal_ap.simulate.survey import (
     PRESETS,
     SimSources,
@@ -39,6 +46,8 @@ from jointcal_ap.simulate.survey import (
 from jointcal_ap.simulate.truth import (
     TrueMeasurements,
     Truth,
+    true_calibration_mag,
+    true_flat_mag,
     true_pixel_to_sky,
     true_sky_to_pixel,
     true_star_positions,
@@ -58,6 +67,7 @@ __all__ = [
     "SurveyConfig",
     "TrueMeasurements",
     "Truth",
+    "colour_transformation",
     "initial_header",
     "load_truth",
     "make_visits",
@@ -66,6 +76,8 @@ __all__ = [
     "simulate_survey",
     "stars_from_refcat",
     "synthetic_stars",
+    "true_calibration_mag",
+    "true_flat_mag",
     "true_pixel_to_sky",
     "true_sky_to_pixel",
     "true_star_positions",

@@ -11,10 +11,13 @@ Layout written by :func:`simulate_survey` under ``out_dir``::
     ldac/visit_0000.cat ...   FITS-LDAC, one file per exposure (as SExtractor writes it for SCAMP)
     truth/measurements.parquet  row-aligned with survey/sources.parquet
     truth/stars.parquet         the true stars and their catalog values
-    truth/visits.parquet        true boresight, rotation, scale, epoch, initial-WCS errors
+    truth/visits.parquet        true boresight, rotation, scale, epoch, initial-WCS errors, zero_point (ZP_v)
+    truth/photometry.json       the true flat: gradient, per-detector QE offsets and Chebyshev patterns
     truth/camera.json           the camera
     truth/config.json           the SurveyConfig used (provenance)
-    refcat_input/reference.parquet  the noisy reference catalog, refcat column names
+    refcat_input/reference.parquet  the noisy reference catalog, refcat column names: ``mag`` is the TRUE
+                                simulated-band magnitude, ``ref_mag`` (± ``ref_mag_error``) the noisy
+                                reference-band one and ``colour`` the colour (see SurveyConfig.ref_colour_terms)
     refcat/                     it, converted by jointcal_ap.refcat.convert (HATS layout, fixed order 6,
                                 epoch 2016.0 TDB unless the stars were given at another)
 
@@ -285,14 +288,21 @@ def _write_truth(sim: SimulatedData, directory: Path) -> None:
     _write_parquet(pa.table({
         "visit": pa.array(m.visit, pa.int64()), "detector": pa.array(m.detector, pa.int64()),
         "star_id": pa.array(m.star_id, pa.int64()),
-        "x": m.x, "y": m.y, "ra": m.ra, "dec": m.dec, "is_outlier": m.is_outlier,
+        "x": m.x, "y": m.y, "ra": m.ra, "dec": m.dec, "is_outlier": m.is_outlier, "flux_adu": m.flux_adu,
     }), directory / "measurements.parquet")
     _write_parquet(t.stars.to_arrow(), directory / "stars.parquet")
     visit_cols: dict[str, list] = {name: [getattr(v, name) for v in t.visits] for name in SimVisit.__dataclass_fields__}
     visit_cols["header_offset_east_arcsec"] = t.header_errors[:, 0].tolist()
     visit_cols["header_offset_north_arcsec"] = t.header_errors[:, 1].tolist()
     visit_cols["header_rotation_error_deg"] = t.header_errors[:, 2].tolist()
+    visit_cols["zero_point"] = t.zero_points.tolist()
     _write_parquet(pa.table(visit_cols), directory / "visits.parquet")
+    _write_json({"convention": "flux_ADU = exptime * 10**(-0.4*(m_true - zero_point)) * 10**(-0.4*flat_mag); "
+                               "flat_mag = detector_qe_mag[d] + chebval2d(u, v, flat_pattern_mag[d]) "
+                               "+ flat_gradient_mag_per_px . undistorted focal-plane pixel",
+                 "flat_gradient_mag_per_px": t.flat_gradient.tolist(),
+                 "detector_qe_mag": t.detector_qe.tolist(),
+                 "flat_pattern_mag": t.flat_pattern.tolist()}, directory / "photometry.json")
     _write_json(t.camera.to_dict(), directory / "camera.json")
     _write_json(sim.config.to_dict(), directory / "config.json")
 
@@ -306,7 +316,10 @@ def _reference_config(band: str, epoch: float) -> dict[str, Any]:
         "columns": columns,
         "epoch": {"value": float(epoch), "format": "jyear", "scale": "tdb"},
         "magnitudes": [{"name": "mag", "column": "mag", "error": "mag_error", "band": band,
-                        "system": f"simulated {band} (instrumental zero point)"}],
+                        "system": f"simulated {band} AB, true (noise-free)"},
+                       {"name": "ref_mag", "column": "ref_mag", "error": "ref_mag_error", "band": "ref",
+                        "system": f"simulated reference band ({band} = ref_mag + c0 + c1*colour + c2*colour^2)"}],
+        "extra": {"colour": "colour"},
         "partitioning": {"mode": "fixed", "order": _REFCAT_ORDER},
     }
 
@@ -394,5 +407,12 @@ def load_truth(path: str | os.PathLike) -> Truth:
     stars = Stars.from_arrow(pq.read_table(directory / "stars.parquet"))
     mt = pq.read_table(directory / "measurements.parquet")
     measurements = TrueMeasurements(**{name: mt.column(name).to_numpy(zero_copy_only=False)
-                                       for name in TrueMeasurements.__dataclass_fields__})
-    return Truth(camera=camera, visits=visits, stars=stars, measurements=measurements, header_errors=header_errors)
+                                       for name in TrueMeasurements.__dataclass_fields__
+                                       if name in mt.column_names})
+    photometry: dict[str, Any] = {"zero_points": vt.get("zero_point")}
+    if (directory / "photometry.json").exists():
+        flat = json.loads((directory / "photometry.json").read_text())
+        photometry.update(flat_gradient=flat["flat_gradient_mag_per_px"], detector_qe=flat["detector_qe_mag"],
+                          flat_pattern=flat["flat_pattern_mag"])
+    return Truth(camera=camera, visits=visits, stars=stars, measurements=measurements, header_errors=header_errors,
+                 **photometry)

@@ -1,9 +1,16 @@
-"""Stars with known true astrometry, and the noisy reference catalog made from them.
+"""Stars with known true astrometry and photometry, and the noisy reference catalog made from them.
 
 The *true* parameters of each star (position at ``epoch``, proper motion, parallax,
-zero radial velocity) are what the measurements are simulated from. The reference
-catalog holds, for stars brighter than a cut, ``catalog = truth + N(0, σ)`` with
-the catalog's stated errors σ, so a fit can be checked against both.
+zero radial velocity, magnitude in the simulated band, colour) are what the
+measurements are simulated from. The reference catalog holds, for stars brighter than
+a cut, ``catalog = truth + N(0, σ)`` with the catalog's stated errors σ, so a fit can
+be checked against both.
+
+Photometry: ``mag`` is the true AB magnitude in the simulated (instrument's) band.
+The reference catalog observes another band: ``ref_mag = mag − (c0 + c1·colour +
+c2·colour²) + N(0, ref_mag_error)``, i.e. the true band magnitude is ``ref_mag + c0 +
+c1·colour + c2·colour²`` (as a Gaia G → r transformation with BP − RP); ``colour`` is
+catalogued without noise.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import pyarrow as pa
 
 from jointcal_ap.simulate._geometry import MAS_PER_RAD, tangent_basis, vector_to_radec
 
-__all__ = ["Stars", "stars_from_refcat", "synthetic_stars"]
+__all__ = ["Stars", "colour_transformation", "stars_from_refcat", "synthetic_stars"]
 
 _KM_S_PER_AU_YR = 4.740470463533348  # 1 AU/yr in km/s: v_t [km/s] = 4.74 μ [arcsec/yr] / ϖ [arcsec]
 
@@ -38,7 +45,7 @@ class Stars:
     radial_velocity : float64
         True radial velocity, km/s (0 for synthetic stars).
     mag : float64
-        Magnitude in the simulated band.
+        True AB magnitude in the simulated band (what the measured fluxes follow).
     in_reference : bool
         Whether the star is in the reference catalog.
     ref_ra, ref_dec, ref_pmra, ref_pmdec, ref_parallax : float64
@@ -49,6 +56,13 @@ class Stars:
         the reference catalog.
     epoch : float
         Reference epoch of all positions, TDB Julian year.
+    colour : float64, optional
+        True colour (a BP − RP-like index, mag), catalogued without noise; NaN when unknown.
+    ref_mag, ref_mag_error : float64, optional
+        Catalogued magnitude in the reference band and its stated error (mag); NaN when
+        not in the reference catalog. See the module docstring for the transformation.
+
+    The optional arrays default to NaN (stars made before they existed).
     """
 
     id: np.ndarray
@@ -71,13 +85,17 @@ class Stars:
     pmra_error: np.ndarray
     pmdec_error: np.ndarray
     epoch: float = 2016.0
+    colour: np.ndarray | None = None
+    ref_mag: np.ndarray | None = None
+    ref_mag_error: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.id)
         for f in fields(self):
             if f.name == "epoch":
                 continue
-            value = np.asarray(getattr(self, f.name))
+            value = getattr(self, f.name)
+            value = np.full(n, np.nan) if value is None else np.asarray(value)
             if value.shape != (n,):
                 raise ValueError(f"Stars.{f.name} has shape {value.shape}, expected ({n},)")
             object.__setattr__(self, f.name, value)
@@ -103,11 +121,17 @@ class Stars:
     def from_arrow(cls, table: pa.Table) -> Stars:
         epoch = table.column("epoch").to_numpy()
         data = {f.name: table.column(f.name).to_numpy(zero_copy_only=False)
-                for f in fields(cls) if f.name != "epoch"}
+                for f in fields(cls) if f.name != "epoch" and f.name in table.column_names}
         return cls(**data, epoch=float(epoch[0]) if len(epoch) else 2016.0)
 
     def reference_table(self) -> pa.Table:
-        """The reference catalog (stars with ``in_reference``), with refcat column names and units."""
+        """The reference catalog (stars with ``in_reference``), with refcat column names and units.
+
+        ``mag`` is the TRUE simulated-band magnitude (noise-free, with a nominal
+        ``mag_error`` of 0.01); ``ref_mag`` (± ``ref_mag_error``) is the noisy
+        reference-band magnitude and ``colour`` the star's colour, for fits that
+        calibrate through a colour transformation.
+        """
         sel = self.in_reference
         mag_error = np.full(int(sel.sum()), 0.01)
         return pa.table({
@@ -118,7 +142,18 @@ class Stars:
             "pmra": self.ref_pmra[sel], "pmra_error": self.pmra_error[sel],
             "pmdec": self.ref_pmdec[sel], "pmdec_error": self.pmdec_error[sel],
             "mag": self.mag[sel], "mag_error": mag_error,
+            "ref_mag": self.ref_mag[sel], "ref_mag_error": self.ref_mag_error[sel],
+            "colour": self.colour[sel],
         })
+
+
+def colour_transformation(colour, terms) -> np.ndarray:
+    """``c0 + c1·colour + c2·colour² + ...`` (mag): true band magnitude − reference magnitude."""
+    colour = np.asarray(colour, dtype=np.float64)
+    out = np.zeros_like(colour)
+    for power, term in enumerate(terms):
+        out = out + float(term) * colour**power
+    return out
 
 
 def _uniform_in_cap(rng: np.random.Generator, n: int, ra: float, dec: float, radius_deg: float):
@@ -161,6 +196,9 @@ def synthetic_stars(n: int, *, ra: float, dec: float, radius_deg: float, epoch: 
                     halo_dispersion_kms: float = 150.0, max_pm_mas_yr: float = 600.0,
                     ref_position_error_mas: tuple[float, float] = (0.1, 1.0),
                     ref_pm_error_ratio: float = 0.5, ref_parallax_error_ratio: float = 1.2,
+                    colour_range: tuple[float, float] = (0.5, 2.5),
+                    ref_colour_terms: tuple[float, ...] = (0.0, 0.0, 0.0),
+                    ref_mag_error: tuple[float, float] = (0.002, 0.02),
                     first_id: int = 0) -> Stars:
     """Draw ``n`` stars uniformly in a cone, with realistic motions and a noisy reference catalog.
 
@@ -196,6 +234,14 @@ def synthetic_stars(n: int, *, ra: float, dec: float, radius_deg: float, epoch: 
     ref_pm_error_ratio, ref_parallax_error_ratio : float
         Proper-motion (mas/yr) and parallax (mas) errors as multiples of the
         position error.
+    colour_range : (float, float)
+        Colours (a BP − RP-like index, mag) are uniform in this range.
+    ref_colour_terms : (c0, c1, c2)
+        The true band magnitude is ``ref_mag + c0 + c1·colour + c2·colour²`` (mag).
+    ref_mag_error : (float, float)
+        Reference-band magnitude errors (mag) grow log-linearly from the first value
+        (bright end of ``mag_range``) to the second (at ``ref_mag_limit``);
+        ``ref_mag`` = the transformed true magnitude + N(0, error).
     first_id : int
         Id of the first star; the others follow.
 
@@ -232,15 +278,22 @@ def synthetic_stars(n: int, *, ra: float, dec: float, radius_deg: float, epoch: 
     }
     truth = {"ra": ra_s, "dec": dec_s, "parallax": parallax, "pmra": pmra, "pmdec": pmdec}
     catalog = _catalog_values(rng, dec_s, truth, errors, in_reference)
+    # Photometry is drawn last so that the astrometry stays as it was for a given seed.
+    colour = rng.uniform(colour_range[0], colour_range[1], n)
+    m_lo, m_hi = ref_mag_error
+    mag_err = m_lo * (m_hi / m_lo) ** frac if m_lo > 0 and m_hi > 0 else m_lo + (m_hi - m_lo) * frac
+    ref_mag = mag - colour_transformation(colour, ref_colour_terms) + rng.standard_normal(n) * mag_err
     return Stars(id=np.arange(first_id, first_id + n, dtype=np.int64), ra=ra_s, dec=dec_s, pmra=pmra,
                  pmdec=pmdec, parallax=parallax, radial_velocity=np.zeros(n), mag=mag,
-                 in_reference=in_reference, **catalog, epoch=float(epoch))
+                 in_reference=in_reference, **catalog, epoch=float(epoch), colour=colour,
+                 ref_mag=np.where(in_reference, ref_mag, np.nan),
+                 ref_mag_error=np.where(in_reference, mag_err, np.nan))
 
 
 def stars_from_refcat(refcat: Any, ra: float, dec: float, radius: float, *, epoch: float = 2016.0, seed,
                       mag_column: str | None = None, ref_mag_limit: float | None = None,
                       default_position_error_mas: float = 1.0, default_pm_error_mas_yr: float = 0.5,
-                      default_parallax_error_mas: float = 1.0) -> Stars:
+                      default_parallax_error_mas: float = 1.0, colour_column: str | None = None) -> Stars:
     """Take real stars from a refcat as the truth of a simulation.
 
     The stars of the cone (``open_refcat(...).cone(ra, dec, radius, epoch=epoch)``)
@@ -263,6 +316,11 @@ def stars_from_refcat(refcat: Any, ra: float, dec: float, radius: float, *, epoc
         The magnitude column; default: the first column whose name ends in ``mag``.
     ref_mag_limit : float, optional
         Only stars at least this bright are in the reference catalog (default: all).
+    colour_column : str, optional
+        A colour column (e.g. ``bp_rp``) to use as the stars' colour (default: NaN).
+
+    The reference magnitude ``ref_mag`` is the catalogued ``mag_column`` itself (the
+    identity colour transformation), with its ``*_error`` column as error where present.
     """
     from jointcal_ap.refcat import open_refcat
 
@@ -297,6 +355,11 @@ def stars_from_refcat(refcat: Any, ra: float, dec: float, radius: float, *, epoc
     in_reference = np.ones(n, dtype=bool) if ref_mag_limit is None else (mag <= ref_mag_limit)
     rng = np.random.default_rng(seed)
     catalog = _catalog_values(rng, truth["dec"], truth, errors, in_reference)
+    mag_error = col(f"{mag_column}_error")
+    colour = col(colour_column) if colour_column is not None else np.full(n, np.nan)
+    if colour_column is not None and colour_column not in table.column_names:
+        raise ValueError(f"{refcat.path}: no colour column {colour_column!r}; columns are {table.column_names}")
     return Stars(id=id_values, ra=truth["ra"], dec=truth["dec"], pmra=truth["pmra"], pmdec=truth["pmdec"],
                  parallax=truth["parallax"], radial_velocity=np.zeros(n), mag=np.nan_to_num(mag, nan=99.0),
-                 in_reference=in_reference, **catalog, epoch=float(epoch))
+                 in_reference=in_reference, **catalog, epoch=float(epoch), colour=colour,
+                 ref_mag=np.where(in_reference, mag, np.nan), ref_mag_error=np.where(in_reference, mag_error, np.nan))

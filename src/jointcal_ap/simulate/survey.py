@@ -13,8 +13,17 @@ annual parallax), projected gnomonically about the boresight, mapped through the
 inverse of the visit's linear transform and the camera's distortion to pixels, and
 kept when it falls on a detector.
 
-Noise (``noise=True``): the flux is ``F = exptime · 10^(-0.4 (mag - zero_point))``
-ADU, with variance ``F/gain + n_eff · sky/gain`` (``n_eff = 4π σ_psf²`` pixels,
+Photometry: the expected flux is ``F = exptime · 10^(-0.4 (mag - ZP_v)) ·
+10^(-0.4 flat_mag(det, x, y))`` ADU, where ``ZP_v = zero_point + N(0,
+zero_point_sigma)`` per visit and the flat (:func:`jointcal_ap.simulate.truth.true_flat_mag`)
+is a per-detector QE offset ``N(0, qe_sigma_mag)``, a per-detector smooth pattern (a
+Chebyshev series of total degree 2 in the detector's pixel coordinates, each
+non-constant coefficient ``N(0, flat_pattern_mag)``) and a focal-plane gradient of
+``flat_gradient_mag`` across the field diameter in a random direction. The defaults
+(all 0) give one zero point and a perfect flat; :meth:`SurveyConfig.photometric`
+turns on realistic values.
+
+Noise (``noise=True``): the flux ``F`` has variance ``F/gain + n_eff · sky/gain`` (``n_eff = 4π σ_psf²`` pixels,
 ``sky`` from ``sky_mag_arcsec2``); the centroid error is
 ``σ = sqrt((FWHM / (2.355 · S/N))² + floor²)`` pixels, made slightly elliptical per
 visit (axes ``σ√(1±e)``, e up to ``max_ellipticity``). The error ellipse (a, b, θ)
@@ -45,7 +54,7 @@ from jointcal_ap.simulate._geometry import (
 )
 from jointcal_ap.simulate.camera import Camera
 from jointcal_ap.simulate.sky import Stars, synthetic_stars
-from jointcal_ap.simulate.truth import TrueMeasurements, Truth
+from jointcal_ap.simulate.truth import TrueMeasurements, Truth, flat_response_mag
 from jointcal_ap.simulate.visits import SimVisit, make_visits
 
 __all__ = ["PRESETS", "SimSources", "SimulatedData", "SurveyConfig", "initial_header", "simulate"]
@@ -89,7 +98,27 @@ class SurveyConfig:
     ref_mag_limit : float
         Stars this bright or brighter are in the reference catalog (default 19).
     zero_point : float
-        Magnitude giving 1 ADU/s (default 27).
+        Magnitude giving 1 ADU/s (default 27), the mean over visits.
+    zero_point_sigma : float
+        σ of the per-visit zero-point offset (transparency/extinction), mag (default 0;
+        typical 0.05).
+    flat_gradient_mag : float
+        Change of the flat across the focal-plane diameter, mag, in a random direction
+        (default 0; typical 0.01, a 1 % gradient).
+    flat_pattern_mag : float
+        σ of each non-constant Chebyshev coefficient (total degree ≤ 2) of the
+        per-detector flat pattern, mag (default 0; typical 0.003).
+    qe_sigma_mag : float
+        σ of the per-detector QE offset, mag (default 0; typical 0.02).
+    colour_range : (float, float)
+        Star colours (a BP − RP-like index) are uniform in this range (default 0.5–2.5).
+    ref_colour_terms : tuple of float
+        ``(c0, c1, c2)``: the true band magnitude is ``ref_mag + c0 + c1·colour +
+        c2·colour²`` for the reference-band magnitude ``ref_mag`` of the reference
+        catalog (default 0, 0, 0: the same band).
+    ref_mag_error : (float, float)
+        Reference-band magnitude errors, log-linear from the bright end of
+        ``mag_range`` to ``ref_mag_limit`` (default 0.002–0.02 mag).
     gain : float
         e⁻/ADU (default 1).
     sky_mag_arcsec2 : float
@@ -131,6 +160,13 @@ class SurveyConfig:
     mag_range: tuple[float, float] = (14.0, 22.0)
     ref_mag_limit: float = 19.0
     zero_point: float = 27.0
+    zero_point_sigma: float = 0.0
+    flat_gradient_mag: float = 0.0
+    flat_pattern_mag: float = 0.0
+    qe_sigma_mag: float = 0.0
+    colour_range: tuple[float, float] = (0.5, 2.5)
+    ref_colour_terms: tuple[float, ...] = (0.0, 0.0, 0.0)
+    ref_mag_error: tuple[float, float] = (0.002, 0.02)
     gain: float = 1.0
     sky_mag_arcsec2: float = 21.0
     fwhm_arcsec: float = 0.8
@@ -147,6 +183,13 @@ class SurveyConfig:
         object.__setattr__(self, "epochs", tuple(float(e) for e in self.epochs))
         object.__setattr__(self, "mag_range", tuple(float(m) for m in self.mag_range))
         object.__setattr__(self, "outlier_offset_arcsec", tuple(float(m) for m in self.outlier_offset_arcsec))
+        for name in ("colour_range", "ref_colour_terms", "ref_mag_error"):
+            object.__setattr__(self, name, tuple(float(m) for m in getattr(self, name)))
+        for name in ("zero_point_sigma", "flat_pattern_mag", "qe_sigma_mag"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.ref_mag_error) != 2 or min(self.ref_mag_error) < 0:
+            raise ValueError(f"ref_mag_error must be two errors >= 0, got {self.ref_mag_error}")
         if self.n_visits < 1 or self.n_stars < 0:
             raise ValueError(f"need n_visits >= 1 and n_stars >= 0, got {self.n_visits}, {self.n_stars}")
         if not 0.0 <= self.outlier_fraction <= 1.0:
@@ -170,6 +213,18 @@ class SurveyConfig:
     def large(cls, **overrides: Any) -> SurveyConfig:
         """Benchmark preset ``large``: 24 exposures × 4 CCDs (~190,000 detections)."""
         base = dict(n_visits=24, n_stars=28000, camera=Camera(), dither_arcmin=5.0, rotation_deg=5.0)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def photometric(cls, **overrides: Any) -> SurveyConfig:
+        """The default survey with realistic photometric errors (any field overridden).
+
+        Per-visit zero points σ = 0.05 mag, a 1 % (0.01 mag) focal-plane flat gradient,
+        per-detector QE offsets σ = 0.02 mag and smooth patterns σ = 3 mmag per
+        coefficient, and a reference band with ``true = ref_mag + 0.02 + 0.1·colour``.
+        """
+        base = dict(zero_point_sigma=0.05, flat_gradient_mag=0.01, flat_pattern_mag=0.003, qe_sigma_mag=0.02,
+                    ref_colour_terms=(0.02, 0.1, 0.0))
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -314,6 +369,22 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32).astype(np.float64)
 
 
+def _photometric_truth(config: SurveyConfig, n_visits: int, seed) -> dict[str, np.ndarray]:
+    """Per-visit zero points and the flat (QE offsets, patterns, gradient), drawn from ``seed``."""
+    cam = config.camera
+    n_det = len(cam.detectors)
+    rng = np.random.default_rng(seed)
+    zero_points = config.zero_point + config.zero_point_sigma * rng.standard_normal(n_visits)
+    qe = config.qe_sigma_mag * rng.standard_normal(n_det)
+    pattern = config.flat_pattern_mag * rng.standard_normal((n_det, 3, 3))
+    i, j = np.indices((3, 3))
+    pattern[:, (i + j > 2) | ((i == 0) & (j == 0))] = 0.0  # total degree <= 2, no constant (that is the QE)
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    radius = cam.field_radius_px(distorted=False)
+    gradient = config.flat_gradient_mag / (2.0 * radius) * np.array([np.cos(angle), np.sin(angle)])
+    return {"zero_points": zero_points, "flat_gradient": gradient, "detector_qe": qe, "flat_pattern": pattern}
+
+
 def simulate(config: SurveyConfig | None = None, *, stars: Stars | None = None) -> SimulatedData:
     """Simulate the measurements, initial WCS and truth of a survey (no I/O).
 
@@ -332,11 +403,12 @@ def simulate(config: SurveyConfig | None = None, *, stars: Stars | None = None) 
     """
     config = config or SurveyConfig()
     cam = config.camera
-    seeds = np.random.SeedSequence(config.seed).spawn(5)
+    seeds = np.random.SeedSequence(config.seed).spawn(6)  # spawn keys 0-4 as before; 5: photometry
     if stars is None:
         stars = synthetic_stars(config.n_stars, ra=config.ra, dec=config.dec, radius_deg=config.star_radius(),
                                 epoch=config.ref_epoch, seed=seeds[0], mag_range=config.mag_range,
-                                ref_mag_limit=config.ref_mag_limit)
+                                ref_mag_limit=config.ref_mag_limit, colour_range=config.colour_range,
+                                ref_colour_terms=config.ref_colour_terms, ref_mag_error=config.ref_mag_error)
     visits = make_visits(config.n_visits, ra=config.ra, dec=config.dec, epochs=config.epochs,
                          dither_arcmin=config.dither_arcmin, rotation_deg=config.rotation_deg, seed=seeds[1],
                          filter=config.filter, exptime=config.exptime, scale_jitter=config.scale_jitter,
@@ -369,6 +441,14 @@ def simulate(config: SurveyConfig | None = None, *, stars: Stars | None = None) 
                                                        else np.float64)) for k, v in parts.items()}
     n = len(cat["x"])
 
+    # ---------------------------------------------------------------- photometric truth
+    photometry = _photometric_truth(config, len(visits), seeds[5])
+    flat_mag = np.zeros(n)
+    for d in range(len(cam.detectors)):
+        rows = np.flatnonzero(cat["detector"] == d)
+        flat_mag[rows] = flat_response_mag(cam, photometry["flat_gradient"], photometry["detector_qe"],
+                                           photometry["flat_pattern"], d, cat["x"][rows], cat["y"][rows])
+
     # ---------------------------------------------------------------- noise model
     rng = np.random.default_rng(seeds[2])
     visit_index = {v.visit: i for i, v in enumerate(visits)}
@@ -377,10 +457,12 @@ def simulate(config: SurveyConfig | None = None, *, stars: Stars | None = None) 
     ellipse_angle = rng.uniform(-90.0, 90.0, len(visits))
     exptime = np.array([v.exptime for v in visits])[vi]
     mag = stars.mag[cat["star"]]
-    flux_true = exptime * 10.0 ** (-0.4 * (mag - config.zero_point))
+    zero_point = photometry["zero_points"][vi]
+    flux_true = exptime * 10.0 ** (-0.4 * (mag - zero_point + flat_mag))
     fwhm_px = config.fwhm_arcsec / cam.pixel_scale_arcsec
     n_eff = 4.0 * np.pi * (fwhm_px / _FWHM_PER_SIGMA) ** 2
-    sky_adu = exptime * 10.0 ** (-0.4 * (config.sky_mag_arcsec2 - config.zero_point)) * cam.pixel_scale_arcsec**2
+    sky_adu = (exptime * 10.0 ** (-0.4 * (config.sky_mag_arcsec2 - zero_point + flat_mag))
+               * cam.pixel_scale_arcsec**2)
     flux_sigma = np.sqrt(flux_true / config.gain + n_eff * sky_adu / config.gain)
     snr = flux_true / flux_sigma
     sigma = np.hypot(fwhm_px / (_FWHM_PER_SIGMA * snr), config.centroid_floor_px)
@@ -442,7 +524,8 @@ def simulate(config: SurveyConfig | None = None, *, stars: Stars | None = None) 
     truth = Truth(camera=cam, visits=visits, stars=stars,
                   measurements=TrueMeasurements(visit=cat["visit"], detector=cat["detector"],
                                                 star_id=stars.id[cat["star"]], x=cat["x"], y=cat["y"],
-                                                ra=cat["ra"], dec=cat["dec"], is_outlier=is_outlier),
-                  header_errors=header_errors)
+                                                ra=cat["ra"], dec=cat["dec"], is_outlier=is_outlier,
+                                                flux_adu=flux_true),
+                  header_errors=header_errors, **photometry)
     return SimulatedData(config=config, truth=truth, sources=sources, headers=headers)
 
