@@ -16,8 +16,11 @@ from jointcal_ap.calibration import (
     CalibrationError,
     DetectorCalibration,
     PhotometricCalibration,
+    chebyshev_basis,
     header_from_text,
     header_to_text,
+    pixel_to_chebyshev,
+    zero_point_to_njy_per_adu,
 )
 
 
@@ -68,6 +71,40 @@ def test_grid_matches_per_pixel_chebval2d(gradient):
     c = gradient.coefficients
     assert gradient.zero_point(0.5, 0.5) == pytest.approx(chebval2d(-1.0, -1.0, c), abs=1e-12)
     assert gradient.zero_point(37.5, 23.5) == pytest.approx(chebval2d(1.0, 1.0, c), abs=1e-12)
+
+
+def test_shared_calibration_convention():
+    """The convention with hand-computed numbers: u, v edges, the AB zero point of 1 nJy, m_AB."""
+    c = np.zeros((2, 2))
+    c[0, 0], c[1, 0], c[0, 1] = 25.0, 0.1, -0.2
+    cal = PhotometricCalibration(c, naxis1=2000, naxis2=1000, zero_point_err=0.01)
+    # the pixel grid's edges 0.5 and NAXIS + 0.5 map to -1 and +1
+    u, v = pixel_to_chebyshev([0.5, 2000.5, 1000.5], [500.5, 500.5, 0.5], 2000, 1000)
+    np.testing.assert_allclose(u, [-1.0, 1.0, 0.0], atol=1e-15)
+    np.testing.assert_allclose(v, [0.0, 0.0, -1.0], atol=1e-15)
+    np.testing.assert_allclose(cal.zero_point([0.5, 2000.5, 1000.5], [500.5, 500.5, 0.5]), [24.9, 25.1, 25.2])
+    flux, _ = cal.flux_to_njy([100.0], [1000.5], [500.5])
+    np.testing.assert_allclose(flux, 100.0 * 10 ** (-0.4 * (25.0 - 31.4)))
+    assert cal.magnitude([100.0], [1000.5], [500.5])[0][0] == pytest.approx(-5.0 + 25.0)
+    np.testing.assert_array_equal(cal.zero_point_error([1.0, 5.0], [1.0, 5.0]), [0.01, 0.01])
+    assert zero_point_to_njy_per_adu(31.4) == 1.0
+    np.testing.assert_allclose(zero_point_to_njy_per_adu([31.4 - 2.5, 31.4 + 5.0]), [10.0, 0.01], rtol=1e-14)
+
+
+def test_chebyshev_basis_is_in_ravel_order(gradient):
+    """B @ c.ravel() is chebval2d for rectangular c, and B @ cov @ B.T is the error of P."""
+    rng = np.random.default_rng(2)
+    u, v = rng.uniform(-1, 1, 15), rng.uniform(-1, 1, 15)
+    c = gradient.coefficients  # 3 x 4: a wrong order or transposition cannot pass
+    basis = chebyshev_basis(u, v, gradient.degree)
+    assert basis.shape == (15, 12)
+    np.testing.assert_allclose(basis @ c.ravel(), chebval2d(u, v, c), rtol=0, atol=1e-12)
+    for i in range(3):
+        for j in range(4):
+            one = np.zeros((3, 4))
+            one[i, j] = 1.0
+            np.testing.assert_allclose(basis[:, i * 4 + j], chebval2d(u, v, one), rtol=0, atol=1e-15)
+    assert chebyshev_basis(0.0, 0.0, (1, 1)).tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
 def test_constant_scale_and_ab_definition():

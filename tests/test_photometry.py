@@ -8,15 +8,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jointcal_ap.errors import FitError
-from jointcal_ap.fit.photometry import (
-    AB_NJY_ZERO_POINT,
-    PhotoCalibration,
-    PhotometryData,
-    PhotometryOptions,
-    fit_photometry,
+from jointcal_ap.calibration import (
+    NJY_ZERO_POINT,
+    Calibration,
+    DetectorCalibration,
+    PhotometricCalibration,
+    pixel_to_chebyshev,
 )
-from jointcal_ap.fit.photometry_calibration import chebyshev_uv
+from jointcal_ap.errors import FitError
+from jointcal_ap.fit.photometry import PhotometryData, PhotometryOptions, fit_photometry
 from jointcal_ap.refcat import open_refcat
 from jointcal_ap.simulate import (
     Camera,
@@ -182,7 +182,7 @@ def test_reduced_solve_equals_the_dense_joint_least_squares():
     for v in range(data.n_visits):
         for d in range(data.n_detectors):
             rows = (data.visit == v) & (data.detector == d)
-            u, w = chebyshev_uv(*data.naxis[d], data.x[rows], data.y[rows])
+            u, w = pixel_to_chebyshev(data.x[rows], data.y[rows], *data.naxis[d])
             basis = np.polynomial.chebyshev.chebvander2d(u, w, [1, 1])
             design[rows] = basis @ result.coefficient_maps[v, d]
     ref = np.isfinite(data.ref_mag)
@@ -275,9 +275,9 @@ def test_constrained_fit_recovers_a_one_percent_focal_plane_gradient():
 def test_calibrated_fluxes_match_the_true_nanojansky(sim, data, simple_fit):
     r = simple_fit
     d, k = data
-    truth_njy = 10 ** (-0.4 * (sim.truth.stars.mag[k][d.star] - AB_NJY_ZERO_POINT))
+    truth_njy = 10 ** (-0.4 * (sim.truth.stars.mag[k][d.star] - NJY_ZERO_POINT))
     cal = r.calibrated_flux(d.visit, d.detector, d.x, d.y, d.flux)
-    p_err = np.array([r.calibration(int(v), int(det)).error([x], [y])[0]
+    p_err = np.array([r.calibration(int(v), int(det)).zero_point_error([x], [y])[0]
                       for v, det, x, y in zip(d.visit[:400], d.detector[:400], d.x[:400], d.y[:400], strict=True)])
     rel_err = np.hypot(d.flux_err[:400] / d.flux[:400], 0.921034 * p_err)
     pull = (cal[:400] / truth_njy[:400] - 1) / rel_err
@@ -286,12 +286,30 @@ def test_calibrated_fluxes_match_the_true_nanojansky(sim, data, simple_fit):
     noise_free = r.calibrated_flux(d.visit, d.detector, sim.truth.measurements.x, sim.truth.measurements.y,
                                    sim.truth.measurements.flux_adu)
     assert np.max(np.abs(noise_free[:400] / truth_njy[:400] - 1) / (0.921034 * p_err)) < 5
-    # one CCD through PhotoCalibration: the shared convention end to end
+
+def test_fitted_calibration_is_the_calibration_product(tmp_path, data, simple_fit):
+    """One CCD through PhotometricCalibration, written and read back: the shared convention end to end."""
+    r = simple_fit
+    d, _ = data
     calib = r.calibration(2, 3)
+    assert isinstance(calib, PhotometricCalibration)
+    assert (calib.naxis1, calib.naxis2) == tuple(d.naxis[3])
+    product = Calibration([DetectorCalibration(2, 3, calib.naxis1, calib.naxis2, None, calib)])
+    back = Calibration.read(product.write(tmp_path / "cal"))[(2, 3)].photometry
+    assert back == calib
     rows = (d.visit == 2) & (d.detector == 3)
-    np.testing.assert_allclose(calib.to_nanojansky(d.flux[rows], d.x[rows], d.y[rows]), cal[rows], rtol=1e-12)
-    np.testing.assert_allclose(calib.to_magnitude(d.flux[rows], d.x[rows], d.y[rows]), r.calibrated_mag[rows],
-                               atol=1e-12)
+    x, y, flux = d.x[rows], d.y[rows], d.flux[rows]
+    cal = r.calibrated_flux(d.visit[rows], d.detector[rows], x, y, flux)
+    np.testing.assert_allclose(back.flux_to_njy(flux, x, y)[0], cal, rtol=1e-12)
+    np.testing.assert_allclose(back.magnitude(flux, x, y)[0], r.calibrated_mag[rows], atol=1e-12)
+    # its error at any pixel is the fit's covariance of P there (from θ's covariance, not the coefficients')
+    gx, gy = np.meshgrid([0.5, 700.0, calib.naxis1 + 0.5], [0.5, 1300.0, calib.naxis2 + 0.5])
+    sigma = np.sqrt(np.diag(r.covariance_at(2, 3, gx.ravel(), gy.ravel())))
+    np.testing.assert_allclose(back.zero_point_error(gx.ravel(), gy.ravel()), sigma, rtol=1e-9)
+    assert back.zero_point_error(*back.centre) == pytest.approx(r.zero_point_err[2, 3], rel=1e-12)
+    # a visit × detector without measurements has no calibration
+    with pytest.raises(KeyError, match="no photometric calibration for visit 2, detector 3"):
+        dataclasses.replace(r, coefficients=np.full_like(r.coefficients, np.nan)).calibration(2, 3)
 
 
 def test_gross_outliers_are_clipped(data, simple_fit):
@@ -401,15 +419,3 @@ def test_inputs_are_validated(data):
         fit_photometry(dataclasses.replace(d, focal_x=None, focal_y=None),
                        PhotometryOptions(model="constrained", visit_degree=1))
 
-
-def test_shared_calibration_convention():
-    c = np.zeros((2, 2))
-    c[0, 0], c[1, 0], c[0, 1] = 25.0, 0.1, -0.2
-    cal = PhotoCalibration(c, naxis1=2000, naxis2=1000, zero_point_err=0.01)
-    # the pixel grid's edges 0.5 and NAXIS + 0.5 map to -1 and +1
-    np.testing.assert_allclose(cal.evaluate([0.5, 2000.5, 1000.5], [500.5, 500.5, 0.5]), [24.9, 25.1, 25.2])
-    np.testing.assert_allclose(cal.to_nanojansky([100.0], [1000.5], [500.5]), 100.0 * 10 ** (-0.4 * (25.0 - 31.4)))
-    assert cal.to_magnitude([100.0], [1000.5], [500.5])[0] == pytest.approx(-5.0 + 25.0)
-    np.testing.assert_array_equal(cal.error([1.0, 5.0], [1.0, 5.0]), [0.01, 0.01])
-    with pytest.raises(ValueError, match="square"):
-        PhotoCalibration(np.zeros((2, 3)), 10, 10)

@@ -15,6 +15,11 @@ where ``x, y`` are 1-based FITS pixel coordinates, ``u = (2x − (NAXIS1 + 1)) /
 −1 … 1), and ``P = chebval2d(u, v, c)`` with ``c[i, j]`` multiplying ``T_i(u)·T_j(v)``.
 ``flux_ADU`` is the total instrumental flux of the exposure (not per second).
 
+This module is the one implementation of the convention: :func:`pixel_to_chebyshev`,
+:func:`chebyshev_basis` and :func:`zero_point_to_njy_per_adu` are its building blocks, and
+the joint photometric fit (:mod:`jointcal_ap.fit.photometry`) builds its design from them and
+returns its results as :class:`PhotometricCalibration`.
+
 >>> import numpy as np
 >>> from jointcal_ap.calibration import PhotometricCalibration
 >>> phot = PhotometricCalibration.constant(31.4, naxis1=2048, naxis2=4096, zero_point_err=0.01)
@@ -65,9 +70,12 @@ __all__ = [
     "CalibrationError",
     "DetectorCalibration",
     "PhotometricCalibration",
+    "chebyshev_basis",
     "header_from_text",
     "header_to_text",
     "make_wcs",
+    "pixel_to_chebyshev",
+    "zero_point_to_njy_per_adu",
 ]
 
 #: AB magnitude of a flux of 1 nJy: 8.9 + 2.5·9 = 31.4.
@@ -154,10 +162,52 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def pixel_to_chebyshev(x, y, naxis1: int, naxis2: int) -> tuple[np.ndarray, np.ndarray]:
-    """(u, v) ∈ [−1, 1]² of 1-based pixel positions: the pixel grid's outer edges map to ±1."""
+    """Chebyshev coordinates of 1-based pixel positions on a ``naxis1 × naxis2`` detector.
+
+    ``u = (2x − (naxis1 + 1)) / naxis1``, ``v = (2y − (naxis2 + 1)) / naxis2``: the pixel
+    grid's outer edges 0.5 … naxis + 0.5 map to −1 … 1 and its centre to 0.
+
+    Parameters
+    ----------
+    x, y : array_like, pixels (1-based, FITS)
+    naxis1, naxis2 : int
+        Detector size in pixels.
+
+    Returns
+    -------
+    u, v : ndarray (dimensionless)
+    """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     return (2.0 * x - (naxis1 + 1)) / naxis1, (2.0 * y - (naxis2 + 1)) / naxis2
+
+
+def chebyshev_basis(u, v, degree: tuple[int, int]) -> np.ndarray:
+    """``T_i(u)·T_j(v)`` for every coefficient ``c[i, j]``, in ``c.ravel()`` (C) order.
+
+    So ``chebyshev_basis(u, v, (nx, ny)) @ c.ravel() == chebval2d(u, v, c)`` for
+    coefficients of shape (nx + 1, ny + 1), and a covariance of ``c.ravel()`` propagates as
+    ``B @ cov @ B.T``.
+
+    Parameters
+    ----------
+    u, v : array_like
+        Chebyshev coordinates (:func:`pixel_to_chebyshev`), broadcast together.
+    degree : (int, int)
+        Degrees (in u, in v).
+
+    Returns
+    -------
+    ndarray, shape ``broadcast(u, v).shape + ((nx + 1)·(ny + 1),)``
+    """
+    nx, ny = degree
+    u, v = np.broadcast_arrays(np.asarray(u, dtype=float), np.asarray(v, dtype=float))
+    return chebyshev.chebvander2d(u, v, [nx, ny]).reshape(*u.shape, (nx + 1) * (ny + 1))
+
+
+def zero_point_to_njy_per_adu(zero_point) -> np.ndarray:
+    """nJy per ADU of total flux for a calibration ``P`` (mag): ``10^(−0.4·(P − 31.4))``."""
+    return 10.0 ** (-0.4 * (np.asarray(zero_point, dtype=float) - NJY_ZERO_POINT))
 
 
 def _positive_int(value: Any, name: str, where: str) -> int:
@@ -175,6 +225,9 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class PhotometricCalibration:
     """The photometric model of one visit × detector (the shared Chebyshev convention).
+
+    The joint photometric fit returns these (``PhotometryResult.calibration(visit, detector)``
+    in :mod:`jointcal_ap.fit.photometry`); :class:`DetectorCalibration` carries one.
 
     Attributes
     ----------
@@ -251,16 +304,13 @@ class PhotometricCalibration:
         u, v = np.broadcast_arrays(u, v)
         if self.covariance is None:
             return np.full(u.shape, self.zero_point_err)
-        nx, ny = self.degree
-        vu = chebyshev.chebvander(u.ravel(), nx)
-        vv = chebyshev.chebvander(v.ravel(), ny)
-        basis = (vu[:, :, None] * vv[:, None, :]).reshape(u.size, -1)
+        basis = chebyshev_basis(u.ravel(), v.ravel(), self.degree)
         var = np.einsum("nk,kl,nl->n", basis, self.covariance, basis)
         return np.sqrt(np.maximum(var, 0.0)).reshape(u.shape)
 
     def njy_per_adu(self, x, y) -> np.ndarray:
         """nJy per ADU of total flux at 1-based pixel positions: 10^(−0.4·(P − 31.4))."""
-        return 10.0 ** (-0.4 * (self.zero_point(x, y) - NJY_ZERO_POINT))
+        return zero_point_to_njy_per_adu(self.zero_point(x, y))
 
     def flux_to_njy(self, flux, x, y, flux_err=None, *,
                     include_calibration_error: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +383,7 @@ class PhotometricCalibration:
 
     def njy_per_adu_grid(self, rows: slice | None = None) -> np.ndarray:
         """nJy per ADU on every pixel centre, shape (NAXIS2, NAXIS1) (or the rows asked for)."""
-        return 10.0 ** (-0.4 * (self.zero_point_grid(rows) - NJY_ZERO_POINT))
+        return zero_point_to_njy_per_adu(self.zero_point_grid(rows))
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -2,14 +2,14 @@
 
 Pure functions on arrays (no I/O): describe the measurements with
 :class:`PhotometryData`, choose a model with :class:`PhotometryOptions`, and call
-:func:`fit_photometry`. The result gives every visit × detector a calibration in the
-shared convention (:mod:`jointcal_ap.fit.photometry_calibration`)::
+:func:`fit_photometry`. The result gives every visit × detector a
+:class:`~jointcal_ap.calibration.PhotometricCalibration`, the project's shared convention::
 
     m_AB = −2.5 log10(flux_ADU) + P(x, y),    flux_nJy = flux_ADU · 10^(−0.4 (P(x, y) − 31.4))
 
 >>> from jointcal_ap.fit.photometry import PhotometryData, PhotometryOptions, fit_photometry  # doctest: +SKIP
 >>> result = fit_photometry(PhotometryData(star=..., visit=..., ...), PhotometryOptions())  # doctest: +SKIP
->>> result.visit_zero_point, result.calibration(0, 2).to_nanojansky(flux, x, y)            # doctest: +SKIP
+>>> flux_njy, flux_njy_err = result.calibration(0, 2).flux_to_njy(flux, x, y, flux_err)  # doctest: +SKIP
 
 Model
 -----
@@ -41,27 +41,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from jointcal_ap.errors import FitError
-from jointcal_ap.fit.photometry_calibration import (
-    AB_NJY_ZERO_POINT,
-    PhotoCalibration,
-    adu_to_nanojansky,
-    chebyshev_design,
-    chebyshev_terms,
-    chebyshev_uv,
-    evaluate_calibration,
+from jointcal_ap.calibration import (
+    PhotometricCalibration,
+    chebyshev_basis,
+    pixel_to_chebyshev,
+    zero_point_to_njy_per_adu,
 )
+from jointcal_ap.errors import FitError
 from jointcal_ap.fit.photometry_solve import LinearSolution, solve_reduced
 
 __all__ = [
-    "AB_NJY_ZERO_POINT",
-    "PhotoCalibration",
     "PhotometryData",
     "PhotometryOptions",
     "PhotometryResult",
     "Repeatability",
-    "adu_to_nanojansky",
-    "evaluate_calibration",
     "fit_photometry",
 ]
 
@@ -372,23 +365,35 @@ class PhotometryResult:
         """Measurements clipped at the end of the fit."""
         return int(self.clipped.sum())
 
-    def calibration(self, visit: int, detector: int) -> PhotoCalibration:
-        """The calibration of one visit × detector (KeyError when it had no measurement)."""
+    def calibration(self, visit: int, detector: int) -> PhotometricCalibration:
+        """The calibration of one visit × detector, with its coefficient covariance.
+
+        Ready for a :class:`~jointcal_ap.calibration.DetectorCalibration` (and so for
+        ``Calibration.write`` and ``calibrate_exposure``).
+
+        Raises
+        ------
+        KeyError
+            The visit × detector had no measurement.
+        """
         c = self.coefficients[visit, detector]
         if not np.all(np.isfinite(c)):
             raise KeyError(f"no photometric calibration for visit {visit}, detector {detector} (no measurement)")
         n1, n2 = self.naxis[detector]
-        return PhotoCalibration(c, int(n1), int(n2), float(self.zero_point_err[visit, detector]),
-                                self.coefficient_covariance[visit, detector])
+        return PhotometricCalibration(c, int(n1), int(n2), float(self.zero_point_err[visit, detector]),
+                                      self.coefficient_covariance[visit, detector])
 
     def evaluate(self, visit, detector, x, y) -> np.ndarray:
-        """P (mag) at 1-based pixels; ``visit``/``detector`` are scalars or arrays like ``x``."""
+        """P (mag) at 1-based pixels; ``visit``/``detector`` are scalars or arrays like ``x``.
+
+        NaN for a visit × detector without a calibration.
+        """
         visit, detector, x, y = np.broadcast_arrays(visit, detector, np.asarray(x, float), np.asarray(y, float))
         out = np.full(x.shape, np.nan)
         for v, d in set(zip(visit.ravel().tolist(), detector.ravel().tolist(), strict=True)):
-            sel = (visit == v) & (detector == d)
-            n1, n2 = self.naxis[d]
-            out[sel] = evaluate_calibration(self.coefficients[v, d], n1, n2, x[sel], y[sel])
+            if np.all(np.isfinite(self.coefficients[v, d])):
+                sel = (visit == v) & (detector == d)
+                out[sel] = self.calibration(v, d).zero_point(x[sel], y[sel])
         return out
 
     def covariance_at(self, visit, detector, x, y) -> np.ndarray:
@@ -399,14 +404,14 @@ class PhotometryResult:
         rows = np.zeros((len(x), len(self.theta)))
         for idx in range(len(x)):
             v, d = int(visit[idx]), int(detector[idx])
-            u, w = chebyshev_uv(*self.naxis[d], x[idx], y[idx])
-            basis = np.polynomial.chebyshev.chebvander2d(np.atleast_1d(u), np.atleast_1d(w), [k, k])[0]
-            rows[idx] = basis @ self.coefficient_maps[v, d]
+            u, w = pixel_to_chebyshev(x[idx], y[idx], *self.naxis[d])
+            rows[idx] = chebyshev_basis(u, w, (k, k)) @ self.coefficient_maps[v, d]
         return rows @ self.covariance @ rows.T
 
     def calibrated_flux(self, visit, detector, x, y, flux_adu) -> np.ndarray:
         """Instrumental fluxes (ADU) → nJy with the fitted calibration."""
-        return adu_to_nanojansky(flux_adu, self.evaluate(visit, detector, x, y))
+        scale = zero_point_to_njy_per_adu(self.evaluate(visit, detector, x, y))
+        return np.asarray(flux_adu, dtype=float) * scale
 
 
 # --------------------------------------------------------------------------- the model
@@ -435,10 +440,23 @@ def _focal_design(fx, fy, scale: float, degree: int) -> np.ndarray:
     return np.stack([a**i * b**j for i, j in _focal_exponents(degree)], axis=-1)
 
 
+def _chebyshev_terms(degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (i, j) of the flat's terms ``T_i(u)·T_j(v)``, total degree ``i + j <= degree``, in ``c.ravel()`` order."""
+    i, j = np.indices((degree + 1, degree + 1))
+    keep = (i + j <= degree).ravel()
+    return i.ravel()[keep], j.ravel()[keep]
+
+
+def _chebyshev_design(u, v, degree: int) -> np.ndarray:
+    """The flat's basis, shape ``u.shape + (n_terms,)``: ``chebyshev_basis`` at :func:`_chebyshev_terms`."""
+    i, j = _chebyshev_terms(degree)
+    return chebyshev_basis(u, v, (degree, degree))[..., i * (degree + 1) + j]
+
+
 def _layout(options: PhotometryOptions, visits_present: np.ndarray, units_present: np.ndarray) -> _Layout:
-    n_flat = len(chebyshev_terms(options.flat_degree)[0])
+    n_flat = len(_chebyshev_terms(options.flat_degree)[0])
     n_vp = len(_focal_exponents(options.visit_degree))
-    ti, tj = chebyshev_terms(options.flat_degree)
+    ti, tj = _chebyshev_terms(options.flat_degree)
     names: list[str] = []
     zp = np.full(len(visits_present), -1)
     for v in np.flatnonzero(visits_present):
@@ -470,8 +488,8 @@ def _design(data: PhotometryData, rows: np.ndarray, layout: _Layout, options: Ph
     w = np.empty(n)
     for det in np.unique(d):
         sel = d == det
-        u[sel], w[sel] = chebyshev_uv(*data.naxis[det], data.x[rows][sel], data.y[rows][sel])
-    values = [np.ones((n, 1)), chebyshev_design(u, w, options.flat_degree)]
+        u[sel], w[sel] = pixel_to_chebyshev(data.x[rows][sel], data.y[rows][sel], *data.naxis[det])
+    values = [np.ones((n, 1)), _chebyshev_design(u, w, options.flat_degree)]
     start = layout.flat[v, d] if options.model == "simple" else layout.flat[d]
     columns = [layout.zp[v][:, None], start[:, None] + np.arange(layout.n_flat)]
     if layout.n_visit_poly:
@@ -485,7 +503,7 @@ def _design(data: PhotometryData, rows: np.ndarray, layout: _Layout, options: Ph
 
 def _constraints(options: PhotometryOptions, layout: _Layout, has_reference: bool) -> tuple[np.ndarray, np.ndarray]:
     """The gauge: C θ = d."""
-    centre = chebyshev_design(np.zeros(1), np.zeros(1), options.flat_degree)[0]
+    centre = _chebyshev_design(np.zeros(1), np.zeros(1), options.flat_degree)[0]
     rows, values = [], []
     if options.model == "simple":
         for v in range(layout.flat.shape[0]):
@@ -557,9 +575,9 @@ def _coefficient_maps(data: PhotometryData, valid: np.ndarray, options: Photomet
     k = out_degree + 1
     maps = np.full((n_v, n_d, k * k, layout.n_params), np.nan)
     grids = np.full((n_v, n_d), None, dtype=object)
-    ti, tj = chebyshev_terms(options.flat_degree)
+    ti, tj = _chebyshev_terms(options.flat_degree)
     flat_index = ti * k + tj
-    oi, oj = chebyshev_terms(out_degree)
+    oi, oj = _chebyshev_terms(out_degree)
     out_index = oi * k + oj
     for v in range(n_v):
         if layout.zp[v] < 0:
@@ -579,15 +597,15 @@ def _coefficient_maps(data: PhotometryData, valid: np.ndarray, options: Photomet
             n_grid = max(12, 3 * k)
             nodes = np.cos(np.pi * (np.arange(n_grid) + 0.5) / n_grid)
             gu, gv = (a.ravel() for a in np.meshgrid(nodes, nodes, indexing="ij"))
-            u, w = chebyshev_uv(*data.naxis[d], data.x[on_ccd], data.y[on_ccd])
+            u, w = pixel_to_chebyshev(data.x[on_ccd], data.y[on_ccd], *data.naxis[d])
             fmap = _fit_focal_map(u, w, data.focal_x[on_ccd], data.focal_y[on_ccd])
             fx, fy = fmap(gu, gv)
             composed = np.zeros((len(gu), layout.n_params))
             composed[:, layout.zp[v]] = 1.0
-            composed[:, start:start + layout.n_flat] = chebyshev_design(gu, gv, options.flat_degree)
+            composed[:, start:start + layout.n_flat] = _chebyshev_design(gu, gv, options.flat_degree)
             composed[:, layout.visit_poly[v]:layout.visit_poly[v] + layout.n_visit_poly] = _focal_design(
                 fx, fy, focal_scale, options.visit_degree)
-            basis = chebyshev_design(gu, gv, out_degree)
+            basis = _chebyshev_design(gu, gv, out_degree)
             m[out_index] = np.linalg.lstsq(basis, composed, rcond=None)[0]
             maps[v, d] = m
             grids[v, d] = (composed, basis @ m[out_index])
@@ -816,8 +834,9 @@ def fit_photometry(data: PhotometryData, options: PhotometryOptions | None = Non
         cols = np.flatnonzero(np.any(maps[v, d] != 0, axis=0))  # a CCD touches a few blocks of θ only
         m = maps[v, d][:, cols]
         coefficients[v, d] = m @ solution.theta[cols]
-        cov[v, d] = m @ solution.covariance[np.ix_(cols, cols)] @ m.T
-    centre = np.polynomial.chebyshev.chebvander2d(np.zeros(1), np.zeros(1), [kk - 1, kk - 1])[0]
+        c_vd = m @ solution.covariance[np.ix_(cols, cols)] @ m.T
+        cov[v, d] = 0.5 * (c_vd + c_vd.T)  # symmetric to the last bit, as PhotometricCalibration requires
+    centre = chebyshev_basis(0.0, 0.0, (kk - 1, kk - 1))
     zp_err = np.sqrt(np.maximum(np.einsum("k,vdkl,l->vd", centre, cov, centre), 0.0))
     approx = np.where(absent, np.nan, 0.0)
     for (v, d), grid in np.ndenumerate(grids):
