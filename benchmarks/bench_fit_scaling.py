@@ -8,7 +8,7 @@ Each size is a simulated survey (``SurveyConfig.large()``'s camera, star density
 cached in ``benchmarks/_work/fit_scaling/``) with as many exposures as it takes to reach the
 target number of measurements (~7,900 per exposure) and a dither wide enough that each star is
 seen on ~8 exposures, so the sky area and the number of stars grow with the size too. The fit
-(``read_inputs`` → ``JointFit(FitOptions(star_params=5)).run()``, the Parquet survey layout)
+(``read_inputs`` → ``JointFit(FitOptions(star_params=5, fit="astrometry")).run()``, the Parquet survey layout)
 runs in its own process twice, with an empty JAX compilation cache (cold: the compilation for
 this size's shapes is in the run) and with the cache that run left (warm); the process's wall time and peak RSS (whole tree, 50 ms sampling) are
 recorded, with the fit's own split (read, associate, setup, solve, finish).
@@ -97,7 +97,7 @@ def _fit(survey: str, out_json: str) -> int:
     t1 = time.perf_counter()
     data = read_inputs(str(Path(survey) / "survey"))
     t2 = time.perf_counter()
-    result = JointFit(data, open_refcat(Path(survey) / "refcat"), FitOptions(star_params=5)).run()
+    result = JointFit(data, open_refcat(Path(survey) / "refcat"), FitOptions(star_params=5, fit="astrometry")).run()
     t3 = time.perf_counter()
     seconds = {"import": t1 - t0, "read": t2 - t1, **result.seconds}
     seconds["finish"] = (t3 - t2) - sum(result.seconds.values())
@@ -197,7 +197,7 @@ def report(rows: list[dict], skipped: list[str], args_line: str, total_s: float)
         "Simulated surveys at the star density, camera (4 CCDs of 2048², 0.26\"/px) and noise of "
         "`SurveyConfig.large()`; the number of exposures grows with the size (~7,900 detections each) and "
         "the dither with it, so that each star is seen on ~8 exposures (more sky, more stars). The fit is "
-        "`JointFit(read_inputs(survey/), refcat, FitOptions(star_params=5)).run()` (cubic polynomial per "
+        "`JointFit(read_inputs(survey/), refcat, FitOptions(star_params=5, fit='astrometry')).run()` (cubic polynomial per "
         "CCD and exposure; position, proper motion and parallax per star), each size in its own process, "
         "twice: with an empty JAX compilation cache (*cold*: every function compiled for this size's array shapes "
         "in the run) and with the cache that run left (*warm*). Wall time is the whole process "

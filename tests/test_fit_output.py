@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -159,8 +160,16 @@ def test_scamp_heads(result, tmp_path):
             ra, dec = wcs_of(block).all_pix2world(x, y, 1)
             assert separation_mas(ra, dec, *result.pixel_to_sky(ccd, x, y)).max() < 0.1
     block0 = read_scamp_head(paths[0])[0]
-    assert block0["FLXSCALE"] == 1.25 and block0["MAGZEROP"] == 30.0
-    assert "FLXSCALE" not in read_scamp_head(paths[0])[1]
+    assert block0["FLXSCALE"] == 1.25 and block0["MAGZEROP"] == 30.0  # extra cards win
+    # the photometric fit's cards elsewhere: FLUX * FLXSCALE in nJy, MAGZEROP the AB zero point of nJy
+    block1 = read_scamp_head(paths[0])[1]
+    assert block1["MAGZEROP"] == 31.4
+    assert block1["FLXSCALE"] == pytest.approx(10 ** (-0.4 * (block1["PHOTZP"] - 31.4)), rel=1e-12)
+    c1 = data.ccds[[i for i, c in enumerate(data.ccds) if c.visit == v0.visit][1]]
+    cal = result.photometry.calibration(0, list(data.detectors()).index(c1.detector))
+    assert block1["PHOTZP"] == pytest.approx(float(cal.zero_point((c1.naxis1 + 1) / 2, (c1.naxis2 + 1) / 2)), abs=1e-9)
+    astrometry_only = write_scamp_heads(replace(result, photometry=None), tmp_path / "astrometry_only")
+    assert "FLXSCALE" not in read_scamp_head(astrometry_only[0])[1]
     # astropy's own text reader takes the first block
     assert fits.Header.fromtextfile(paths[0])["CTYPE1"] == "RA---TPV"
     # explicit names, and collisions refused
@@ -199,7 +208,7 @@ def test_model_round_trip(result, constrained_like, which, tmp_path):
         assert separation_mas(ra1, dec1, ra2, dec2).max() < 1e-6
     for epoch in (None, 2020.0):
         assert separation_mas(*loaded.star_positions(epoch), *res.star_positions(epoch)).max() < 1e-6
-    assert loaded.options == dataclasses.asdict(res.options)
+    assert loaded.options == json.loads(json.dumps(dataclasses.asdict(res.options)))  # JSON: tuples -> lists
     with pytest.raises(KeyError, match="no CCD"):
         loaded.pixel_to_sky(999, 0, [1.0], [1.0])
     bad = tmp_path / "bad.json"

@@ -108,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--clip-sigma", type=float, default=5.0, help="outlier clipping threshold (default 5)")
     fit.add_argument("--ref-error-floor", type=float, default=0.0, metavar="MAS",
                      help="added in quadrature to reference position errors (needed if the refcat has none)")
+    fit.add_argument("--fit", choices=["both", "astrometry", "photometry"], default="both", dest="what",
+                     help="what to fit (default both: one calibration product with WCS and flux scale)")
+    phot = fit.add_argument_group("photometry")
+    phot.add_argument("--phot-model", choices=["simple", "constrained"], default="simple",
+                      help="simple: zero point per visit + flat per visit x detector; constrained: zero point "
+                           "per visit + flat per detector shared by all visits")
+    phot.add_argument("--flat-degree", type=int, default=2, help="Chebyshev degree of the flats (default 2)")
+    phot.add_argument("--ref-mag", help="refcat column of the reference magnitude (default: ref_mag or the first *mag)")
+    phot.add_argument("--ref-mag-error", help="refcat column of its error (default: <ref-mag>_error)")
+    phot.add_argument("--ref-colour", help="reference colour: a column or A-B of two columns (e.g. b_v)")
+    phot.add_argument("--colour-transform", default="0", metavar="C0[,C1[,C2]]",
+                      help="exposure band = ref mag + C0 + C1*colour + C2*colour^2 (default 0)")
+    phot.add_argument("--colour-term", action="store_true", help="also fit a colour term")
+    phot.add_argument("--ref-mag-floor", type=float, default=0.0, metavar="MAG",
+                      help="added in quadrature to reference magnitude errors (default 0)")
     fit.add_argument("--plots", action="store_true", help="write PNG plots")
 
     demo = sub.add_parser("demo", help="run the main job on the bundled real catalogs", parents=[common])
@@ -124,18 +139,32 @@ def build_parser() -> argparse.ArgumentParser:
 def _fit(args: argparse.Namespace) -> int:
     import json
     import os
+    from dataclasses import asdict
     from pathlib import Path
+
+    import numpy as np
 
     from jointcal_ap.fit import FitOptions, JointFit
     from jointcal_ap.fit.io import read_inputs
-    from jointcal_ap.fit.output import save_model, tan_sip_header, write_scamp_heads
+    from jointcal_ap.fit.output import (
+        calibration_product,
+        save_model,
+        tan_sip_header,
+        write_scamp_heads,
+    )
+    from jointcal_ap.fit.photometry import PhotometryOptions
     from jointcal_ap.fit.report import write_report
     from jointcal_ap.refcat import open_refcat
 
     try:
+        terms = tuple(float(t) for t in args.colour_transform.split(","))
+        photometry = PhotometryOptions(model=args.phot_model, flat_degree=args.flat_degree,
+                                       colour_term=args.colour_term, ref_colour_terms=terms,
+                                       ref_error_floor=args.ref_mag_floor)
         options = FitOptions(model=args.model, degree=args.degree, visit_degree=args.visit_degree,
                              star_params=args.star_params, clip_sigma=args.clip_sigma,
-                             ref_error_floor_mas=args.ref_error_floor)
+                             ref_error_floor_mas=args.ref_error_floor, fit=args.what, photometry=photometry,
+                             ref_mag=args.ref_mag, ref_mag_error=args.ref_mag_error, ref_colour=args.ref_colour)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     data = read_inputs(args.catalogs)
@@ -144,7 +173,9 @@ def _fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit_options.json").write_text(json.dumps(
-        {"options": options.__dict__, "catalogs": args.catalogs, "refcat": args.refcat}, indent=2))
+        {"options": asdict(options), "catalogs": args.catalogs, "refcat": args.refcat}, indent=2, default=str))
+    calibration_product(result, provenance={"options": asdict(options), "catalogs": list(args.catalogs),
+                                            "refcat": str(args.refcat)}).write(out / "calibration")
     heads = write_scamp_heads(result, out / "heads")
     sip_dir = out / "sip"
     sip_dir.mkdir(exist_ok=True)
@@ -162,11 +193,19 @@ def _fit(args: argparse.Namespace) -> int:
 
         write_plots(result, out / "plots")
     s = result.summary()
-    print(f"chi2/dof = {s['chi2_per_dof']:.3f} ({s['dof']} dof); {s['n_measurements']:,} measurements of "
-          f"{s['n_stars']:,} stars ({s['n_reference_stars']:,} reference), {s['n_clipped']} clipped")
-    print(f"RMS: internal {s['internal_rms_mas']:.2f} mas, against the refcat {s['reference_rms_mas']:.2f} mas")
-    print(f"wrote {len(heads)} .head files, TAN-SIP headers (max approximation error {worst:.3f} mas), "
-          f"model.json and fit_report.json/.txt to {out}")
+    if result.fitted_astrometry:
+        print(f"astrometry: chi2/dof = {s['chi2_per_dof']:.3f} ({s['dof']} dof); {s['n_measurements']:,} "
+              f"measurements of {s['n_stars']:,} stars ({s['n_reference_stars']:,} reference), "
+              f"{s['n_clipped']} clipped")
+        print(f"  RMS: internal {s['internal_rms_mas']:.2f} mas, against the refcat {s['reference_rms_mas']:.2f} mas")
+    ph = result.photometry
+    if ph is not None:
+        print(f"photometry: chi2/dof = {ph.chi2_per_dof:.3f} ({ph.dof} dof); {ph.n_measurements:,} measurements "
+              f"of {ph.n_stars:,} stars ({ph.n_reference_stars:,} reference), {ph.n_clipped} clipped")
+        print(f"  zero points {np.nanmin(ph.visit_zero_point):.3f}..{np.nanmax(ph.visit_zero_point):.3f} mag, "
+              f"median error {1000 * np.nanmedian(ph.zero_point_err):.1f} mmag")
+    print(f"wrote calibration/, {len(heads)} .head files, TAN-SIP headers (max approximation error "
+          f"{worst:.3f} mas), model.json and fit_report.json/.txt to {out}")
     return 0
 
 
@@ -175,18 +214,28 @@ def _demo(args: argparse.Namespace) -> int:
 
     from jointcal_ap.demo import run_demo
 
-    summary = run_demo(args.out, workers=args.workers or os.cpu_count() or 1,
+    summary = run_demo(args.out, workers=args.workers or min(os.cpu_count() or 1, 4),
                        progress=not args.no_progress)
-    xm = summary["crossmatch"]
-    print(f"converted Hipparcos 2 ({summary['hip2']['rows']:,} stars) and Gaia DR3 bright "
-          f"({summary['gaia_bright']['rows']:,} stars) into {args.out}/refcats")
-    print(f"Hipparcos moved to J{xm['epoch_tdb']:.4f} (TDB) vs Gaia: {xm['matched_within_1arcsec']:,} "
-          f"matched within 1\"")
-    print(f"  with proper motion + parallax : median {xm['with_propagation_mas']['median']} mas, "
-          f"p95 {xm['with_propagation_mas']['p95']} mas")
-    print(f"  without (epoch J1991.25 as is): median {xm['without_propagation_mas']['median']} mas, "
-          f"p95 {xm['without_propagation_mas']['p95']} mas")
-    print("  time: " + ", ".join(f"{k} {v} s" for k, v in summary["seconds"].items()))
+    xm, sv, ft, acc = summary["crossmatch"], summary["survey"], summary["fit"], summary["accuracy"]
+    print(f"1. refcats: Hipparcos 2 ({summary['hip2']['rows']:,} stars) and Gaia DR3 bright "
+          f"({summary['gaia_bright']['rows']:,} stars) converted into {args.out}/refcats")
+    print(f"   Hipparcos moved to J{xm['epoch_tdb']:.4f} (TDB) vs Gaia, {xm['matched_within_1arcsec']:,} matched: "
+          f"median {xm['with_propagation_mas']['median']} mas (without the motion: "
+          f"{xm['without_propagation_mas']['median']} mas)")
+    print(f"2. survey: {sv['exposures']} exposures ({sv['visits']} visits x {sv['detectors']} CCDs, "
+          f"{sv['epochs'][0]}-{sv['epochs'][-1]}) of {sv['true_stars']:,} stars around RA {sv['field_radec'][0]}, "
+          f"Dec {sv['field_radec'][1]} ({sv['hipparcos_stars']} real Hipparcos stars), rendered to {args.out}/raw")
+    print(f"3. detect: {sv['exposures']} exposures on {summary['detect']['scheduler']}")
+    print(f"4. joint fit: {ft['measurements']:,} measurements of {ft['stars']:,} stars "
+          f"({ft['reference_stars']} reference); astrometry chi2/dof {ft['astrometry_chi2_per_dof']}, "
+          f"photometry chi2/dof {ft['photometry_chi2_per_dof']}")
+    print(f"5. calibrated exposures (nJy, TAN-SIP WCS) in {args.out}/calexp/units; report, plots and "
+          f".head files in {args.out}/fit")
+    print(f"6. against the truth: astrometry {acc['astrometry_rms_vs_truth_mas']:.1f} mas RMS "
+          f"(max {acc['astrometry_max_vs_truth_mas']:.1f} mas; 1 pixel = 6000 mas); calibration "
+          f"{acc['calibration_rms_vs_truth_mmag']:.1f} mmag RMS (offset {acc['calibration_offset_vs_truth_mmag']:+.1f} "
+          f"mmag; stated zero-point error {acc['photometric_zero_point_err_median_mmag']:.1f} mmag)")
+    print("   time: " + ", ".join(f"{k} {v} s" for k, v in summary["seconds"].items()))
     print(f"summary written to {args.out}/demo_summary.json")
     return 0
 

@@ -113,13 +113,14 @@ def reference_codes(table, codes: dict | None) -> tuple[np.ndarray, dict | None]
 
 
 def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bin_mas: float
-                   ) -> np.ndarray:
-    """Most common (ref − meas) offset among all pairs closer than ``radius_mas``."""
+                   ) -> tuple[np.ndarray, int]:
+    """Most common (ref − meas) offset among all pairs closer than ``radius_mas``, and how
+    many pairs support it (within two bins of the peak)."""
     if len(meas_tp) == 0 or ref_tree.n == 0:
-        return np.zeros(2)
+        return np.zeros(2), 0
     pairs = cKDTree(meas_tp).sparse_distance_matrix(ref_tree, radius_mas, output_type="ndarray")
     if len(pairs) == 0:
-        return np.zeros(2)
+        return np.zeros(2), 0
     d = ref_tree.data[pairs["j"]] - meas_tp[pairs["i"]]
     nb = int(np.ceil(2 * radius_mas / bin_mas))
     edge = 2 * radius_mas / nb
@@ -128,7 +129,12 @@ def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bi
     i, j = divmod(int(np.argmax(hist)), nb)
     peak = np.array([(i + 0.5) * edge - radius_mas, (j + 0.5) * edge - radius_mas])
     near = np.linalg.norm(d - peak, axis=1) < 2 * bin_mas
-    return np.median(d[near], axis=0) if near.sum() >= 3 else peak
+    support = int(near.sum())
+    return (np.median(d[near], axis=0) if support >= 3 else peak), support
+
+
+#: A CCD's own offset search must be supported by this many pairs; otherwise the visit's is used.
+MIN_OFFSET_SUPPORT = 5
 
 
 def _match(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float) -> tuple[np.ndarray, np.ndarray]:
@@ -204,13 +210,21 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
         ref_ids, id_codes = reference_codes(ref, id_codes)
         ref_tree = cKDTree(ref_tp)
         n_matched, offsets, rms = 0, [], []
+        # The pointing error moves the whole mosaic: search the visit first, so that a CCD
+        # with too few reference stars for its own search takes the visit's offset.
+        # histogram bins: half the match radius (at least 250 mas), so that the spread of the
+        # offsets over a CCD (rotation, distortion) stays within a few bins
+        bin_mas = max(250.0, 500.0 * match_radius_arcsec)
+        visit_offset, _ = _offset_search(init_tp, ref_tree, search_radius_arcsec * 1000, bin_mas)
         for c in ccds:
             rows = by_ccd[bounds[c]:bounds[c + 1]]
             if len(rows) == 0:
                 raise AssociationError(f"visit {visit.visit}, detector {data.ccds[c].detector}: no measurements")
             u, v = geometry[c].normalise(meas.x[rows], meas.y[rows])
             tp = gnomonic(meas.ra_init[rows], meas.dec_init[rows], visit.ra, visit.dec)
-            offset = _offset_search(tp, ref_tree, search_radius_arcsec * 1000, 250.0)
+            offset, support = _offset_search(tp, ref_tree, search_radius_arcsec * 1000, bin_mas)
+            if support < MIN_OFFSET_SUPPORT:
+                offset = visit_offset
             offsets.append(offset)
             tp = tp + offset
             coeffs = fit_poly(u, v, tp, 1)

@@ -78,6 +78,7 @@ __all__ = [
     "read_inputs",
     "read_ldac",
     "read_parquet_survey",
+    "write_parquet_survey",
 ]
 
 #: Required columns of the three Parquet files of the survey layout.
@@ -259,6 +260,49 @@ def _survey_directory(directory: Path) -> Path:
         return directory / "survey"
     raise FitInputError(directory, "not a Parquet survey directory: expected visits.parquet, "
                                    "sources.parquet and wcs.parquet in it (or in its survey/)")
+
+
+def write_parquet_survey(directory: str | os.PathLike, *, visits, sources, ccds) -> Path:
+    """Write the Parquet survey layout that :func:`read_parquet_survey` reads.
+
+    Parameters
+    ----------
+    directory : path
+        Created; the three files are written to temporary names and renamed.
+    visits : mapping or pyarrow.Table
+        Columns ``visit``, ``mjd_tai``, ``filter``, ``exptime``, ``ra``, ``dec`` (the
+        boresight as the telescope knows it, degrees).
+    sources : pyarrow.Table or mapping
+        Columns ``visit``, ``detector``, ``x``, ``y``, ``x_err``, ``y_err``, ``xy_cov``,
+        ``flux``, ``flux_err`` (and optionally ``flags``): 1-based pixels, pixel², ADU.
+    ccds : iterable of (visit, detector, fits.Header)
+        The initial WCS of every CCD; ``NAXIS1``/``NAXIS2`` come from the header.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    ccds = list(ccds)
+    tables = {
+        "visits.parquet": visits if isinstance(visits, pa.Table) else pa.table(dict(visits)),
+        "sources.parquet": sources if isinstance(sources, pa.Table) else pa.table(dict(sources)),
+        "wcs.parquet": pa.table({
+            "visit": pa.array([int(v) for v, _, _ in ccds], pa.int64()),
+            "detector": pa.array([int(d) for _, d, _ in ccds], pa.int64()),
+            "naxis1": pa.array([int(h["NAXIS1"]) for _, _, h in ccds], pa.int64()),
+            "naxis2": pa.array([int(h["NAXIS2"]) for _, _, h in ccds], pa.int64()),
+            "header": [h.tostring(padding=False) for _, _, h in ccds],
+        }),
+    }
+    for name, table in tables.items():
+        missing = [c for c in SURVEY_COLUMNS[name] if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{name}: missing column(s) {missing}")
+        tmp = out / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, out / name)
+    return out
 
 
 def read_parquet_survey(directory: str | os.PathLike) -> FitInput:

@@ -25,6 +25,12 @@ from jointcal_ap.fit.associate import (
 )
 from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.models import ConstrainedModel, SimpleModel
+from jointcal_ap.fit.photometry import (
+    PhotometryData,
+    PhotometryOptions,
+    PhotometryResult,
+    fit_photometry,
+)
 from jointcal_ap.fit.solve import (
     MAS_PER_RAD,
     CompiledProblem,
@@ -41,10 +47,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Options of the joint astrometric fit.
+    """Options of the joint fit (astrometry, photometry or both).
 
     Attributes
     ----------
+    fit : "both", "astrometry" or "photometry"
+        What to fit (default both). Photometry alone still associates the measurements
+        (and refines the initial WCS per CCD while matching); its astrometry is that
+        association's per-CCD polynomial, not a joint fit.
     model : "simple" or "constrained"
         One polynomial per visit × detector, or per-detector ∘ per-visit polynomials.
     degree : int
@@ -71,6 +81,17 @@ class FitOptions:
         None (default): reference stars are moved to **each visit's own epoch** (and seen
         from the Earth). A Julian year: every reference star is taken at that one epoch, as
         with a catalog pre-moved to the mean epoch for SCAMP. Only for comparisons.
+    photometry : PhotometryOptions
+        The photometric model (see :mod:`jointcal_ap.fit.photometry`), including the colour
+        transformation from the reference band to the exposures' band.
+    ref_mag, ref_mag_error : str, optional
+        Refcat columns of the reference magnitude and its error. Default: ``ref_mag`` if the
+        refcat has it, else its first ``*mag`` column; the error defaults to ``<ref_mag>_error``
+        (missing errors count as 0, so set ``photometry.ref_error_floor``).
+    ref_colour : str, optional
+        The reference colour for the transformation / colour term: a column (``b_v``) or a
+        difference of two (``phot_bp_mean_mag-phot_rp_mean_mag``). Default: a ``colour``
+        column if there is one.
     """
 
     model: str = "simple"
@@ -87,8 +108,17 @@ class FitOptions:
     link_radius_arcsec: float = 1.0
     reference_visit: int = 0
     ref_epoch: float | None = None
+    fit: str = "both"
+    photometry: PhotometryOptions = field(default_factory=PhotometryOptions)
+    ref_mag: str | None = None
+    ref_mag_error: str | None = None
+    ref_colour: str | None = None
 
     def __post_init__(self) -> None:
+        if self.fit not in ("both", "astrometry", "photometry"):
+            raise ValueError(f"fit must be 'both', 'astrometry' or 'photometry', got {self.fit!r}")
+        if isinstance(self.photometry, dict):  # from JSON / TOML
+            object.__setattr__(self, "photometry", PhotometryOptions(**self.photometry))
         if self.model not in ("simple", "constrained"):
             raise ValueError(f"model must be 'simple' or 'constrained', got {self.model!r}")
         if self.star_params not in (2, 5):
@@ -125,6 +155,13 @@ class FitResult:
     star_ea: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
     star_ed: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the photometric fit (None when only astrometry was fitted); its rows are ``photometry_rows``
+    photometry: PhotometryResult | None = field(default=None, repr=False)
+    photometry_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
+
+    @property
+    def fitted_astrometry(self) -> bool:
+        return self.options.fit in ("both", "astrometry")
 
     @property
     def chi2_per_dof(self) -> float:
@@ -373,6 +410,101 @@ class JointFit:
                                 # star cannot model its own motion and would bias the fit
                                 min_measurements=3 if opt.star_params == 5 else 2)
         seconds = {"associate": time.perf_counter() - t0}
+        if opt.fit == "photometry":
+            result = self._association_result(association, seconds)
+        else:
+            result = self._fit_astrometry(association, seconds)
+        if opt.fit in ("both", "photometry"):
+            t0 = time.perf_counter()
+            result.photometry, result.photometry_rows = self._fit_photometry(association, result)
+            result.seconds["photometry"] = time.perf_counter() - t0
+            ph = result.photometry
+            log.info("photometry: χ²/dof = %.3f over %d measurements of %d stars (%d reference)",
+                     ph.chi2_per_dof, ph.n_measurements, ph.n_stars, ph.n_reference_stars)
+        return result
+
+    def _association_result(self, association: Association, seconds: dict[str, float]) -> FitResult:
+        """A result whose astrometry is the association's per-CCD polynomials (photometry-only fits)."""
+        data = self.data
+        model = SimpleModel(association.degree, len(data.ccds))
+        epochs = np.array([v.epoch for v in data.visits])
+        return FitResult(model=model, params=association.per_ccd_poly.reshape(-1).copy(),
+                         theta=np.zeros((association.n_stars, 5)), options=self.options, data=data,
+                         association=association, fit_epoch=float(np.mean(epochs)), chi2=float("nan"),
+                         seconds=seconds)
+
+    def _reference_photometry(self, association: Association) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Per star: reference magnitude, its error and the reference colour (NaN where none)."""
+        opt, cols = self.options, self.refcat.columns
+        mag = opt.ref_mag or ("ref_mag" if "ref_mag" in cols else next(
+            (c for c in cols if c.endswith("mag") and not c.endswith("error")), None))
+        if mag is None or mag not in cols:
+            raise FitError(f"{self.refcat.path}: no reference magnitude column ({mag!r}); it has {cols}. "
+                           f"Name one with ref_mag (--ref-mag)")
+        err = opt.ref_mag_error or (f"{mag}_error" if f"{mag}_error" in cols else None)
+        colour_cols: list[str] = []
+        colour = opt.ref_colour or ("colour" if "colour" in cols else None)
+        if colour is not None:
+            colour_cols = [colour] if colour in cols else colour.split("-")
+            missing = [c for c in colour_cols if c not in cols]
+            if missing or len(colour_cols) > 2:
+                raise FitError(f"ref_colour {colour!r}: expected a column or 'A-B' of two columns of "
+                               f"{self.refcat.path} (it has {cols})")
+        n = association.n_stars
+        out_mag, out_err = np.full(n, np.nan), np.full(n, np.nan)
+        out_colour = np.full(n, np.nan) if colour_cols else None
+        is_ref = np.flatnonzero(association.star_ref >= 0)
+        if len(is_ref) == 0:
+            return out_mag, out_err, out_colour
+        xyz = unit_vectors(association.star_ra[is_ref], association.star_dec[is_ref])
+        centre = xyz.mean(0)
+        centre /= np.linalg.norm(centre)
+        radius = float(np.degrees(np.arccos(np.clip(xyz @ centre, -1, 1))).max()) + 0.1
+        wanted = [c for c in dict.fromkeys([mag, *( [err] if err else []), *colour_cols])]
+        table = self.refcat.cone(float(np.degrees(np.arctan2(centre[1], centre[0])) % 360),
+                                 float(np.degrees(np.arcsin(centre[2]))), radius, columns=wanted, format="arrow")
+        ids, _ = reference_codes(table, association.ref_id_codes)
+        order = np.argsort(ids)
+        pos = np.clip(np.searchsorted(ids[order], association.star_ref[is_ref]), 0, max(len(ids) - 1, 0))
+        found = (len(ids) > 0) & (ids[order][pos] == association.star_ref[is_ref]) if len(ids) else np.zeros(len(is_ref), bool)
+        where = order[pos[found]]
+        stars = is_ref[found]
+
+        def col(name):
+            return table.column(name).to_numpy(zero_copy_only=False).astype(float)[where]
+
+        out_mag[stars] = col(mag)
+        out_err[stars] = col(err) if err else 0.0
+        if colour_cols:
+            out_colour[stars] = col(colour_cols[0]) - (col(colour_cols[1]) if len(colour_cols) == 2 else 0.0)
+        return out_mag, np.where(np.isfinite(out_err), out_err, 0.0), out_colour
+
+    def _fit_photometry(self, association: Association, result: FitResult) -> tuple[PhotometryResult, np.ndarray]:
+        data, opt = self.data, self.options
+        meas = data.measurements
+        rows = np.flatnonzero((association.meas_star >= 0) & (meas.flags == 0))
+        ccd = meas.ccd_index[rows]
+        visit_of_ccd = data.visit_index_of_ccd()
+        detectors = data.detectors()
+        det_of_ccd = np.searchsorted(detectors, [c.detector for c in data.ccds])
+        naxis = np.zeros((len(detectors), 2), dtype=np.int64)
+        naxis[det_of_ccd] = [(c.naxis1, c.naxis2) for c in data.ccds]
+        ref_mag, ref_err, colour = self._reference_photometry(association)
+        focal_x = focal_y = None
+        if opt.photometry.model == "constrained" and opt.photometry.visit_degree > 0:
+            focal = np.empty((len(rows), 2))
+            for c in np.unique(ccd):
+                sel = ccd == c
+                focal[sel] = result.tangent_plane(int(c), meas.x[rows[sel]], meas.y[rows[sel]])
+            focal_x, focal_y = focal[:, 0], focal[:, 1]
+        pdata = PhotometryData(star=association.meas_star[rows], visit=visit_of_ccd[ccd], detector=det_of_ccd[ccd],
+                               x=meas.x[rows], y=meas.y[rows], flux=meas.flux[rows], flux_err=meas.flux_err[rows],
+                               naxis=naxis, ref_mag=ref_mag, ref_mag_err=ref_err, colour=colour,
+                               focal_x=focal_x, focal_y=focal_y, n_visits=len(data.visits))
+        return fit_photometry(pdata, opt.photometry), rows
+
+    def _fit_astrometry(self, association: Association, seconds: dict[str, float]) -> FitResult:
+        opt = self.options
         model = self._model(association)
         t0 = time.perf_counter()
         problem, aux = self._problem(association, model)

@@ -48,9 +48,11 @@ from jointcal_ap.fit.solve import MAS_PER_RAD
 __all__ = [
     "MODEL_FORMAT",
     "AstrometricSolution",
+    "calibration_product",
     "head_name",
     "load_model",
     "model_degree",
+    "photometric_cards",
     "read_scamp_head",
     "save_model",
     "tan_sip_header",
@@ -371,6 +373,60 @@ def _card_lines(cards: Sequence[fits.Card]) -> list[str]:
     return lines
 
 
+def photometric_cards(result) -> dict[tuple[int, int], dict[str, Any]]:
+    """SCAMP's photometric keywords per (visit, detector), from the photometric fit (empty without one).
+
+    ``FLXSCALE`` = nJy per ADU at the CCD centre and ``MAGZEROP`` = 31.4 (AB magnitude = −2.5
+    log10(flux in nJy) + 31.4), so ``FLUX · FLXSCALE`` is in nJy and ``−2.5 log10(FLUX · FLXSCALE)
+    + MAGZEROP`` is the AB magnitude, as SWarp uses them. ``PHOTZP``/``PHOTZPE`` give the AB
+    magnitude of 1 ADU at the centre and its error. The
+    flat-field correction (the variation of the calibration across the CCD) is in the
+    calibration product, not in these two numbers.
+    """
+    ph = getattr(result, "photometry", None)
+    if ph is None:
+        return {}
+    data = result.data
+    visit_of_ccd = data.visit_index_of_ccd()
+    detectors = list(data.detectors())
+    cards: dict[tuple[int, int], dict[str, Any]] = {}
+    for i, c in enumerate(data.ccds):
+        v, d = int(visit_of_ccd[i]), detectors.index(c.detector)
+        if not np.all(np.isfinite(ph.coefficients[v, d])):
+            continue
+        cal = ph.calibration(v, d)
+        x0, y0 = (c.naxis1 + 1) / 2.0, (c.naxis2 + 1) / 2.0
+        zp = float(np.asarray(cal.zero_point(x0, y0)))
+        cards[(c.visit, c.detector)] = {
+            "FLXSCALE": (float(10.0 ** (-0.4 * (zp - 31.4))), "nJy per ADU at the CCD centre (jointcal_ap)"),
+            "MAGZEROP": (31.4, "AB zero point of FLUX*FLXSCALE (nJy)"),
+            "PHOTZP": (zp, "AB mag of 1 ADU at the CCD centre"),
+            "PHOTZPE": (float(cal.zero_point_err), "1-sigma error of PHOTZP (mag)"),
+        }
+    return cards
+
+
+def calibration_product(result, *, provenance: Mapping[str, Any] | None = None):
+    """The fit as a :class:`jointcal_ap.calibration.Calibration`: per visit × detector the
+    fitted TAN-SIP WCS and, when photometry was fitted, the nJy calibration."""
+    from jointcal_ap.calibration import Calibration, DetectorCalibration
+
+    data = result.data
+    ph = getattr(result, "photometry", None)
+    visit_of_ccd = data.visit_index_of_ccd()
+    detectors = list(data.detectors())
+    items = []
+    for i, c in enumerate(data.ccds):
+        header, _ = tan_sip_header(result, i)
+        phot = None
+        if ph is not None:
+            v, d = int(visit_of_ccd[i]), detectors.index(c.detector)
+            if np.all(np.isfinite(ph.coefficients[v, d])):
+                phot = ph.calibration(v, d)
+        items.append(DetectorCalibration(c.visit, c.detector, c.naxis1, c.naxis2, header, phot))
+    return Calibration(items, provenance=dict(provenance or {}))
+
+
 def write_scamp_heads(result, out_dir: str | os.PathLike, *,
                       names: Mapping[int, str] | Sequence[str] | None = None,
                       extra_cards: Mapping[tuple[int, int], Mapping[str, Any]] | None = None,
@@ -416,7 +472,7 @@ def write_scamp_heads(result, out_dir: str | os.PathLike, *,
     if len(set(files)) != len(files):
         dup = sorted({f for f in files if files.count(f) > 1})
         raise ValueError(f"two visits would write the same .head file(s) {dup}; pass names=")
-    extra_cards = extra_cards or {}
+    extra_cards = {**photometric_cards(result), **(extra_cards or {})}
     written = []
     for visit, fname in zip(visits, files, strict=True):
         lines: list[str] = []

@@ -148,6 +148,48 @@ def _group_stats(result, t: dict[str, np.ndarray], key: str, ids) -> list[dict[s
     return out
 
 
+def photometry_report(result) -> dict[str, Any] | None:
+    """The photometric fit's numbers (None when photometry was not fitted).
+
+    Zero points are the AB magnitude of 1 ADU (for the whole exposure) at each CCD's centre;
+    repeatability is the RMS of a star's calibrated measurements about its mean, per bin of
+    fitted magnitude, in mmag, beside the value the measurement errors alone predict.
+    """
+    ph = getattr(result, "photometry", None)
+    if ph is None:
+        return None
+    data = result.data
+    visit_of_ccd = data.visit_index_of_ccd()
+    detectors = list(np.asarray(data.detectors()).tolist())
+    per_ccd = []
+    for i, c in enumerate(data.ccds):
+        v, d = int(visit_of_ccd[i]), detectors.index(c.detector)
+        if not np.all(np.isfinite(ph.coefficients[v, d])):
+            continue
+        cal = ph.calibration(v, d)
+        zp = float(np.asarray(cal.zero_point((c.naxis1 + 1) / 2.0, (c.naxis2 + 1) / 2.0)))
+        per_ccd.append({"visit": c.visit, "detector": c.detector, "zero_point_centre": zp,
+                        "zero_point_err": float(ph.zero_point_err[v, d]),
+                        "approximation_error_mag": float(ph.approximation_error[v, d])})
+    rep = ph.repeatability
+    bins = [{"mag_min": float(lo), "mag_max": float(hi), "n_stars": int(n), "rms_mmag": float(r),
+             "expected_mmag": float(e)}
+            for lo, hi, n, r, e in zip(rep.bin_edges[:-1], rep.bin_edges[1:], rep.n_stars, rep.rms_mmag,
+                                       rep.expected_mmag, strict=True)]
+    return {
+        "model": result.options.photometry.model,
+        "chi2": {"chi2": ph.chi2, "dof": ph.dof, "chi2_per_dof": ph.chi2_per_dof},
+        "counts": {"n_measurements": ph.n_measurements, "n_stars": ph.n_stars,
+                   "n_reference_stars": ph.n_reference_stars, "n_dropped": ph.n_dropped,
+                   "n_clipped": ph.n_clipped, "clipped_per_round": [int(k) for k in ph.clipped_per_round]},
+        "colour_term": None if ph.colour_term is None else {"value": ph.colour_term, "error": ph.colour_term_err},
+        "per_visit": [{"visit": v.visit, "zero_point": float(ph.visit_zero_point[i]),
+                       "zero_point_err": float(ph.visit_zero_point_err[i])} for i, v in enumerate(data.visits)],
+        "per_ccd": per_ccd,
+        "repeatability_mmag": bins,
+    }
+
+
 def fit_report(result) -> dict[str, Any]:
     """Everything measured about a fit, as plain JSON-able data (NaN written as null).
 
@@ -220,6 +262,8 @@ def fit_report(result) -> dict[str, Any]:
             "seconds": dict(result.seconds),
         },
         "fit_epoch": result.fit_epoch,
+        "fitted": result.options.fit,
+        "photometry": photometry_report(result),
         "model": {"type": result.options.model, "n_params": len(np.asarray(result.params))},
         "options": asdict(result.options),
         "input": data.source,
@@ -256,7 +300,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable form of :func:`fit_report`'s dict (aligned tables)."""
     c, chi = report["counts"], report["chi2"]
-    out = ["jointcal_ap astrometric fit report", "=" * 34, ""]
+    out = ["jointcal_ap joint fit report", "=" * 28, "", f"fitted           {report.get('fitted', 'astrometry')}"]
     out += [f"model            {report['model']['type']} ({report['model']['n_params']} parameters)",
             f"chi2 / dof       {_fmt(chi['chi2'])} / {chi['dof']} = {_fmt(chi['chi2_per_dof'], digits=3)}",
             f"fit epoch        {_fmt(report['fit_epoch'], digits=3)}",
@@ -295,6 +339,24 @@ def format_report(report: dict[str, Any]) -> str:
         out += ["", *_table(["mag_min", "mag_max", "n_stars", "median_rms"],
                             [[b["mag_min"], b["mag_max"], b["n_stars"], b["median_rms_mas"]]
                              for b in rep["by_magnitude"]])]
+    ph = report.get("photometry")
+    if ph:
+        pc, pchi = ph["counts"], ph["chi2"]
+        out += ["", "Photometry", "----------",
+                f"model            {ph['model']}",
+                f"chi2 / dof       {_fmt(pchi['chi2'])} / {pchi['dof']} = {_fmt(pchi['chi2_per_dof'], digits=3)}",
+                f"measurements     {pc['n_measurements']} ({pc['n_clipped']} clipped, {pc['n_dropped']} dropped)",
+                f"stars            {pc['n_stars']} ({pc['n_reference_stars']} reference)"]
+        if ph.get("colour_term"):
+            out.append(f"colour term      {_fmt(ph['colour_term']['value'], digits=4)} ± "
+                       f"{_fmt(ph['colour_term']['error'], digits=4)}")
+        out += ["", *_table(["visit", "zero_point", "error"],
+                            [[v["visit"], _fmt(v["zero_point"], digits=4), _fmt(v["zero_point_err"], digits=4)]
+                             for v in ph["per_visit"]])]
+        out += ["", "Photometric repeatability (mmag)", "-" * 32,
+                *_table(["mag_min", "mag_max", "n_stars", "rms", "expected"],
+                        [[b["mag_min"], b["mag_max"], b["n_stars"], b["rms_mmag"], b["expected_mmag"]]
+                         for b in ph["repeatability_mmag"]])]
     s = report["solver"]
     out += ["", "Solver", "------", f"chi2 history   {[round(x, 3) for x in s['chi2_history']]}",
             f"CG iterations  {s['cg_iterations']}",

@@ -31,7 +31,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from jointcal_ap.fit.io import write_parquet_survey
 from jointcal_ap.simulate.camera import Camera
 from jointcal_ap.simulate.sky import Stars
 from jointcal_ap.simulate.survey import SimulatedData, SurveyConfig, simulate
@@ -92,6 +93,9 @@ class SimulatedSurvey:
         The converted reference catalog (None when no star is bright enough).
     truth : Truth
     config : SurveyConfig
+    data : SimulatedData or None
+        The in-memory simulation (initial headers, catalog-level measurements): what
+        :mod:`jointcal_ap.simulate.exposures` renders images from. None when loaded from disk.
     """
 
     root: Path
@@ -101,6 +105,7 @@ class SimulatedSurvey:
     refcat_dir: Path | None
     truth: Truth
     config: SurveyConfig
+    data: SimulatedData | None = field(default=None, repr=False, compare=False)
 
     def read(self, format: str = "parquet"):
         """The survey as the fitter reads it (:mod:`jointcal_ap.fit.io`): ``"parquet"`` or ``"ldac"``."""
@@ -221,22 +226,14 @@ def _write_parquet_survey(sim: SimulatedData, directory: Path) -> None:
     # The telescope's idea of the boresight: the CRVAL of its headers (with their pointing
     # error), not the true one, so that the input leaks no truth.
     pointing = [sim.header(v.visit, 0) for v in visits]
-    _write_parquet(pa.table({
+    write_parquet_survey(directory, visits={
         "visit": pa.array([v.visit for v in visits], pa.int64()),
         "mjd_tai": [v.mjd_tai for v in visits],
         "filter": [v.filter for v in visits],
         "exptime": [v.exptime for v in visits],
         "ra": [float(h["CRVAL1"]) for h in pointing],
         "dec": [float(h["CRVAL2"]) for h in pointing],
-    }), directory / "visits.parquet")
-    _write_parquet(_sources_table(sim), directory / "sources.parquet")
-    _write_parquet(pa.table({
-        "visit": pa.array([v for v, _, _ in sim.headers], pa.int64()),
-        "detector": pa.array([d for _, d, _ in sim.headers], pa.int64()),
-        "naxis1": pa.array([int(h["NAXIS1"]) for _, _, h in sim.headers], pa.int64()),
-        "naxis2": pa.array([int(h["NAXIS2"]) for _, _, h in sim.headers], pa.int64()),
-        "header": [h.tostring(padding=False) for _, _, h in sim.headers],
-    }), directory / "wcs.parquet")
+    }, sources=_sources_table(sim), ccds=sim.headers)
 
 
 def _ldac_columns(sim: SimulatedData, visit: int, detector: int, header: fits.Header) -> dict[str, np.ndarray]:
@@ -389,6 +386,7 @@ def simulate_survey(config: SurveyConfig | None, out_dir: str | os.PathLike, *,
         refcat_dir=out / "refcat" if has_refcat else None,
         truth=sim.truth,
         config=config,
+        data=sim,
     )
 
 
