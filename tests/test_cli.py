@@ -86,7 +86,29 @@ def test_fit_command_writes_heads_model_report(tmp_path, capsys):
     assert abs(ra[0] - ra2[0]) * 3.6e6 < 0.1 and abs(dec[0] - dec2[0]) * 3.6e6 < 0.1
     report = json.loads((out / "fit_report.json").read_text())
     assert report["counts"]["n_used"] > 0
-    assert len(list((out / "plots").glob("*.png"))) == 3
+    assert report["fitted"] == "both" and report["photometry"]["chi2"]["chi2_per_dof"] > 0
+    assert len(report["photometry"]["per_visit"]) == 3
+    assert len(list((out / "plots").glob("*.png"))) == 5
+    # one calibration product: TAN-SIP WCS + nJy calibration per visit x detector
+    from jointcal_ap.calibration import Calibration
+
+    cal = Calibration.read(out / "calibration")
+    assert len(cal) == 12
+    det = cal[(0, 0)]
+    assert det.wcs_header["CTYPE1"] == "RA---TAN-SIP" and det.photometry is not None
+    assert blocks[0]["MAGZEROP"] == 31.4 and blocks[0]["FLXSCALE"] > 0
+    # photometry alone, then astrometry alone
+    out_p, out_a = tmp_path / "phot", tmp_path / "astro"
+    assert main(["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--out", str(out_p), "--fit", "photometry",
+                 "--phot-model", "constrained", "--flat-degree", "1", "--no-progress"]) == 0
+    assert "photometry: chi2/dof" in capsys.readouterr().out
+    report_p = json.loads((out_p / "fit_report.json").read_text())
+    assert report_p["fitted"] == "photometry" and report_p["photometry"]["model"] == "constrained"
+    assert main(["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--out", str(out_a), "--fit", "astrometry",
+                 "--no-progress"]) == 0
+    assert "photometry" not in capsys.readouterr().out
+    assert "FLXSCALE" not in read_scamp_head(sorted((out_a / "heads").glob("*.head"))[0])[0]
+    assert Calibration.read(out_a / "calibration")[(0, 0)].photometry is None
     # a wrong-format input is a failure on the data (1); a bad option is usage (2)
     bogus = tmp_path / "x.cat"
     bogus.write_text("nope")

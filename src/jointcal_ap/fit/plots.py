@@ -3,7 +3,12 @@
 - :func:`plot_residual_quiver`: mean residual per cell of each detector, all visits stacked.
 - :func:`plot_residuals_vs_magnitude`: residuals against instrumental magnitude.
 - :func:`plot_distortion_map`: the fitted mapping minus its linear part, on the focal plane.
-- :func:`write_plots`: all three into a directory.
+- :func:`plot_photometry_residuals`: photometric residuals (mmag) against magnitude, with
+  the repeatability per magnitude bin beside what the errors predict.
+- :func:`plot_flat_field`: the fitted calibration across the focal plane of one visit, minus
+  its zero point (the flat-field correction, mmag).
+- :func:`write_plots`: all of them into a directory (the photometric ones when photometry
+  was fitted).
 
 Residuals are the fitted mapping minus the fitted star (``FitResult.residual_mas``): their
 ξ (east) and η (north) components are drawn along the pixel x and y axes of the panel,
@@ -21,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_distortion_map", "plot_residual_quiver", "plot_residuals_vs_magnitude", "write_plots"]
+__all__ = ["plot_distortion_map", "plot_flat_field", "plot_photometry_residuals", "plot_residual_quiver",
+           "plot_residuals_vs_magnitude", "write_plots"]
 
 MAS_PER_ARCSEC = 1000.0
 MAS_PER_DEG = 3.6e6
@@ -262,12 +268,87 @@ def plot_distortion_map(result, path: str | os.PathLike, *, visit: int | None = 
     return _save(fig, path)
 
 
+def plot_photometry_residuals(result, path: str | os.PathLike) -> Path:
+    """Photometric residuals (calibrated − fitted star magnitude, mmag) against the star's
+    magnitude, clipped ones in red; and the repeatability per bin vs the errors' prediction."""
+    ph = result.photometry
+    used = ph.used
+    clipped = ph.clipped
+    star = np.asarray(result.association.meas_star)[result.photometry_rows]
+    mag = ph.star_mag[star]
+    fig = _figure(10, 4)
+    ax, ax2 = fig.subplots(1, 2)
+    ax.scatter(mag[used], 1000 * ph.residual[used], s=2, alpha=0.4, color="tab:blue", label="used")
+    if clipped.any():
+        ax.scatter(mag[clipped], 1000 * ph.residual[clipped], s=6, color="tab:red", label="clipped")
+    finite = 1000 * ph.residual[used]
+    lim = float(np.nanpercentile(np.abs(finite), 99.5)) * 1.5 if finite.size else 1.0
+    ax.set_ylim(-lim, lim)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("fitted star magnitude (reference system)")
+    ax.set_ylabel("residual (mmag)")
+    ax.legend(fontsize=8, markerscale=3)
+    ax.set_title(f"{ph.n_measurements:,} measurements, χ²/dof = {ph.chi2_per_dof:.3f}", fontsize=9)
+    rep = ph.repeatability
+    centres = 0.5 * (rep.bin_edges[:-1] + rep.bin_edges[1:])
+    ax2.plot(centres, rep.rms_mmag, "o-", label="measured")
+    ax2.plot(centres, rep.expected_mmag, "s--", label="from the errors")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("fitted star magnitude")
+    ax2.set_ylabel("repeatability (mmag)")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.suptitle("Photometry: residuals and repeatability", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_flat_field(result, path: str | os.PathLike, *, visit: int | None = None, samples: int = 48) -> Path:
+    """The fitted calibration P(x, y) of one visit across its focal plane, minus the visit's
+    zero point: the flat-field correction (mmag), each CCD drawn at its tangent-plane place."""
+    ph = result.photometry
+    data = result.data
+    vi = 0 if visit is None else [v.visit for v in data.visits].index(visit)
+    vobj = data.visits[vi]
+    detectors = list(data.detectors())
+    fig = _figure(6.5, 5.5)
+    ax = fig.subplots()
+    values, meshes = [], []
+    for i, c in enumerate(data.ccds):
+        if c.visit != vobj.visit:
+            continue
+        d = detectors.index(c.detector)
+        if not np.all(np.isfinite(ph.coefficients[vi, d])):
+            continue
+        gx, gy = np.meshgrid(np.linspace(0.5, c.naxis1 + 0.5, samples), np.linspace(0.5, c.naxis2 + 0.5, samples))
+        p = np.asarray(ph.calibration(vi, d).zero_point(gx.ravel(), gy.ravel())).reshape(gx.shape)
+        tp = np.asarray(result.tangent_plane(i, gx.ravel(), gy.ravel()), float) / MAS_PER_DEG
+        meshes.append((tp[:, 0].reshape(gx.shape), tp[:, 1].reshape(gx.shape)))
+        values.append(1000 * (p - ph.visit_zero_point[vi]))
+    if values:
+        lim = max(float(np.max(np.abs(np.concatenate([v.ravel() for v in values])))), 1e-3)
+        for (mx, my), v in zip(meshes, values, strict=True):
+            im = ax.pcolormesh(mx, my, v, cmap="RdBu_r", vmin=-lim, vmax=lim, shading="auto")
+        fig.colorbar(im, ax=ax, label="calibration − visit zero point (mmag)")
+    ax.set_aspect("equal")
+    ax.invert_xaxis()
+    ax.set_xlabel("ξ (deg, east)")
+    ax.set_ylabel("η (deg, north)")
+    ax.set_title(f"Fitted flat field, visit {vobj.visit} ({result.options.photometry.model} model)", fontsize=10)
+    return _save(fig, path)
+
+
 def write_plots(result, out_dir: str | os.PathLike) -> list[Path]:
     """All diagnostic plots into ``out_dir`` (created); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [
-        plot_residual_quiver(result, out / "residual_quiver.png"),
-        plot_residuals_vs_magnitude(result, out / "residuals_vs_magnitude.png"),
-        plot_distortion_map(result, out / "distortion_map.png"),
-    ]
+    paths = []
+    if result.fitted_astrometry:
+        paths += [
+            plot_residual_quiver(result, out / "residual_quiver.png"),
+            plot_residuals_vs_magnitude(result, out / "residuals_vs_magnitude.png"),
+        ]
+    paths.append(plot_distortion_map(result, out / "distortion_map.png"))
+    if getattr(result, "photometry", None) is not None:
+        paths += [plot_photometry_residuals(result, out / "photometry_residuals.png"),
+                  plot_flat_field(result, out / "flat_field.png")]
+    return paths
