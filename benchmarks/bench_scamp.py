@@ -462,7 +462,7 @@ def _ours_cli_cmd(case_dir: Path, out: Path) -> list[str]:
     base = [str(script)] if script.exists() else [sys.executable, "-m", "jointcal_ap.cli"]
     cats = sorted((case_dir / "ldac").glob("visit_*.cat"))
     return [*base, "fit", *map(str, cats), "--refcat", str(case_dir / "refcat"), "--out", str(out),
-            "--star-params", "5", "--no-progress"]
+            "--star-params", "5", "--fit", "astrometry", "--no-progress"]
 
 
 def _library_fit(out: str, refcat: str, *cats: str) -> int:
@@ -476,7 +476,7 @@ def _library_fit(out: str, refcat: str, *cats: str) -> int:
     t1 = time.perf_counter()
     data = read_inputs(list(cats))
     t2 = time.perf_counter()
-    result = JointFit(data, open_refcat(refcat), FitOptions(star_params=5)).run()
+    result = JointFit(data, open_refcat(refcat), FitOptions(star_params=5, fit="astrometry")).run()
     t3 = time.perf_counter()
     Path(out).mkdir(parents=True, exist_ok=True)
     save_model(result, Path(out) / "model.json")
@@ -580,8 +580,9 @@ def report(results: dict, args, versions: dict) -> str:
         "(`open_refcat(...).cone(..., epoch=mean_epoch)`, barycentric) and written as a FITS-LDAC file "
         "(`ASTREF_CATALOG FILE`): what a careful SCAMP user prepares. The wall-time ratios are against this run.",
         "* **SCAMP, ref. at its catalog epoch**: the same catalog as it is (no proper motion applied).",
-        "* **jointcal-ap**: `jointcal-ap fit visit_*.cat --refcat <case>/refcat --star-params 5` "
-        "(reference stars moved to each exposure's epoch and seen from the Earth; proper motion and parallax "
+        "* **jointcal-ap**: `jointcal-ap fit visit_*.cat --refcat <case>/refcat --star-params 5 --fit astrometry` "
+        "(astrometry only, as SCAMP with `SOLVE_PHOTOM N`; "
+        "reference stars moved to each exposure's epoch and seen from the Earth; proper motion and parallax "
         "fitted for every star with ≥ 3 detections over ≥ 1 yr). *cold*: an empty JAX compilation cache "
         "(every function compiled in the run); *warm*: a persistent JAX cache filled beforehand by fitting "
         "a DIFFERENT simulated survey of the same case (seed + 1000: other stars, noise, dithers and WCS "
