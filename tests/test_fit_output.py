@@ -270,7 +270,8 @@ def test_report_numbers(result, tmp_path):
 
 def test_plots_written(result, tmp_path):
     paths = write_plots(result, tmp_path / "plots")
-    assert {p.name for p in paths} == {"residual_quiver.png", "residuals_vs_magnitude.png", "distortion_map.png"}
+    assert {p.name for p in paths} == {"residual_quiver.png", "residuals_vs_magnitude.png", "distortion_map.png",
+                                       "photometry_residuals.png", "flat_field.png"}
     for p in paths:
         blob = p.read_bytes()
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 20_000

@@ -18,6 +18,7 @@ import numpy as np
 from jointcal_ap.fit.associate import (
     Association,
     associate,
+    group_rows,
     inverse_gnomonic,
     reference_codes,
     tangent_frame,
@@ -336,8 +337,8 @@ class JointFit:
         if moving.any():
             mr = rows[moving]
             ra_v, dec_v = np.empty(len(mr)), np.empty(len(mr))
-            for vi, vobj in enumerate(data.visits):
-                sel = visit[moving] == vi
+            for vi, sel in group_rows(visit[moving], len(data.visits)):
+                vobj = data.visits[vi]
                 ra_v[sel], dec_v[sel] = inverse_gnomonic(association.meas_ref_tp[mr[sel]], vobj.ra, vobj.dec)
             w = unit_vectors(ra_v, dec_v)
             s = star[moving]
@@ -375,14 +376,9 @@ class JointFit:
                 linear = theta0[star[in_idx], 2:4] * dt[in_idx, None] + theta0[star[in_idx], 4:5] * plx_factor[in_idx]
                 extra[in_idx] -= linear
 
-        u = np.empty(len(rows))
-        v = np.empty(len(rows))
-        scale = np.empty(len(rows))
-        for c in np.unique(ccd):
-            sel = ccd == c
-            g = association.geometry[c]
-            u[sel], v[sel] = g.normalise(meas.x[rows[sel]], meas.y[rows[sel]])
-            scale[sel] = g.scale
+        geometry = np.array([(g.cx, g.cy, g.scale) for g in association.geometry])
+        cx, cy, scale = (geometry[ccd, k] for k in range(3))
+        u, v = (meas.x[rows] - cx) / scale, (meas.y[rows] - cy) / scale
         cov_px = np.stack([np.stack([meas.cov_xx[rows], meas.cov_xy[rows]], 1),
                            np.stack([meas.cov_xy[rows], meas.cov_yy[rows]], 1)], 1)
         det = det_of_ccd[ccd]
@@ -493,8 +489,7 @@ class JointFit:
         focal_x = focal_y = None
         if opt.photometry.model == "constrained" and opt.photometry.visit_degree > 0:
             focal = np.empty((len(rows), 2))
-            for c in np.unique(ccd):
-                sel = ccd == c
+            for c, sel in group_rows(ccd, len(data.ccds)):
                 focal[sel] = result.tangent_plane(int(c), meas.x[rows[sel]], meas.y[rows[sel]])
             focal_x, focal_y = focal[:, 0], focal[:, 1]
         pdata = PhotometryData(star=association.meas_star[rows], visit=visit_of_ccd[ccd], detector=det_of_ccd[ccd],
@@ -556,8 +551,9 @@ class JointFit:
         has = np.isfinite(ref_tp[:, 0]) & (association.star_ref[problem.star] >= 0)
         if has.any():
             result_tmp = FitResult(model, np.asarray(params), np.asarray(theta), opt, data, association)
-            for c in np.unique(data.measurements.ccd_index[rows[has]]):
-                sel = np.flatnonzero(has & (data.measurements.ccd_index[rows] == c))
+            with_ref = np.flatnonzero(has)
+            for c, part in group_rows(data.measurements.ccd_index[rows[with_ref]], len(data.ccds)):
+                sel = with_ref[part]
                 tp = result_tmp.tangent_plane(int(c), data.measurements.x[rows[sel]], data.measurements.y[rows[sel]])
                 ref_res[sel] = tp - ref_tp[sel]
         result = FitResult(

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from jointcal_ap.fit.associate import group_rows
+
 __all__ = ["fit_report", "format_report", "write_report"]
 
 REPORT_FORMAT = "jointcal_ap.fit_report"
@@ -138,13 +140,18 @@ def repeatability(result, table: dict[str, np.ndarray] | None = None) -> dict[st
 def _group_stats(result, t: dict[str, np.ndarray], key: str, ids) -> list[dict[str, Any]]:
     res = np.asarray(result.residual_mas, float)
     ref = np.asarray(result.ref_residual_mas, float)
+    ids = [int(i) for i in ids]
+    # rows of each id by one sort (a mask per id would be O(measurements × ids))
+    keys = np.searchsorted(np.sort(ids), t[key])
+    rows_of = {np.sort(ids)[k]: rows for k, rows in group_rows(keys, len(ids))}
     out = []
     for ident in ids:
-        sel = t[key] == ident
-        act = sel & t["active"]
-        out.append({key: int(ident), "n_measurements": int(sel.sum()), "n_clipped": int((sel & ~t["active"]).sum()),
+        rows = rows_of.get(ident, np.zeros(0, np.int64))
+        active = t["active"][rows]
+        act = rows[active]
+        out.append({key: ident, "n_measurements": len(rows), "n_clipped": int((~active).sum()),
                     "internal": residual_stats(res[act]),
-                    "reference": residual_stats(ref[act & t["has_ref"]])})
+                    "reference": residual_stats(ref[act[t["has_ref"][act]]])})
     return out
 
 
