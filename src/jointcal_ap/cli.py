@@ -174,14 +174,15 @@ def _fit(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit_options.json").write_text(json.dumps(
         {"options": asdict(options), "catalogs": args.catalogs, "refcat": args.refcat}, indent=2, default=str))
+    sip = [tan_sip_header(result, i) for i in range(len(data.ccds))]
     calibration_product(result, provenance={"options": asdict(options), "catalogs": list(args.catalogs),
-                                            "refcat": str(args.refcat)}).write(out / "calibration")
+                                            "refcat": str(args.refcat)},
+                        sip_headers=[h for h, _ in sip]).write(out / "calibration")
     heads = write_scamp_heads(result, out / "heads")
     sip_dir = out / "sip"
     sip_dir.mkdir(exist_ok=True)
     worst = 0.0
-    for i, ccd in enumerate(data.ccds):
-        header, err = tan_sip_header(result, i)
+    for (header, err), ccd in zip(sip, data.ccds, strict=True):
         worst = max(worst, err)
         tmp = sip_dir / f".visit{ccd.visit}_det{ccd.detector}.hdr.tmp"
         tmp.write_text(header.tostring(sep="\n"))

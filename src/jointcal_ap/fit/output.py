@@ -406,18 +406,25 @@ def photometric_cards(result) -> dict[tuple[int, int], dict[str, Any]]:
     return cards
 
 
-def calibration_product(result, *, provenance: Mapping[str, Any] | None = None):
+def calibration_product(result, *, provenance: Mapping[str, Any] | None = None,
+                        sip_headers: Sequence[fits.Header] | None = None):
     """The fit as a :class:`jointcal_ap.calibration.Calibration`: per visit × detector the
-    fitted TAN-SIP WCS and, when photometry was fitted, the nJy calibration."""
+    fitted TAN-SIP WCS and, when photometry was fitted, the nJy calibration.
+
+    ``sip_headers``: the CCDs' :func:`tan_sip_header` results if already computed (in
+    ``result.data.ccds`` order), to avoid fitting them twice.
+    """
     from jointcal_ap.calibration import Calibration, DetectorCalibration
 
     data = result.data
+    if sip_headers is not None and len(sip_headers) != len(data.ccds):
+        raise ValueError(f"sip_headers has {len(sip_headers)} headers for {len(data.ccds)} CCDs")
     ph = getattr(result, "photometry", None)
     visit_of_ccd = data.visit_index_of_ccd()
     detectors = list(data.detectors())
     items = []
     for i, c in enumerate(data.ccds):
-        header, _ = tan_sip_header(result, i)
+        header = sip_headers[i] if sip_headers is not None else tan_sip_header(result, i)[0]
         phot = None
         if ph is not None:
             v, d = int(visit_of_ccd[i]), detectors.index(c.detector)
