@@ -27,17 +27,18 @@ import argparse
 import datetime as _dt
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+import _measure  # noqa: E402  (benchmarks/_measure.py: the shared process-tree sampler)
+
 REPO = BENCH_DIR.parent
 WORK = BENCH_DIR / "_work"
 CONFIG = BENCH_DIR / "configs" / "synthetic_csv.toml"
@@ -283,102 +284,13 @@ def run_baseline(csv: Path, out: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-def _sample_tree(proc, cpu_seen: dict) -> int:
-    """RSS summed over PROC and its descendants; records each one's CPU time in CPU_SEEN."""
-    import psutil
-
-    total = 0
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in procs:
-        try:
-            with p.oneshot():
-                total += p.memory_info().rss
-                t = p.cpu_times()
-                cpu_seen[(p.pid, p.create_time())] = t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def _busy_cpu() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
-
-
-def _rusage_cpu(who: int) -> float:
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
+def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
+    """Run CMD in the repository; exit code, wall time, peak RSS and CPU of its process tree."""
+    return _measure.measure(cmd, log, cwd=REPO, env=env)
 
 
 def wait_idle(max_wait_s: float, threshold_cores: float = 0.25) -> float:
-    """Wait (up to MAX_WAIT_S) until the machine is idle; return the last busy level seen."""
-    deadline = time.monotonic() + max_wait_s
-    announced = False
-    while True:
-        b0, t0 = _busy_cpu(), time.monotonic()
-        time.sleep(1.0)
-        busy = (_busy_cpu() - b0) / (time.monotonic() - t0)
-        if busy <= threshold_cores or time.monotonic() >= deadline:
-            return busy
-        if not announced:
-            print(
-                f"  machine busy ({busy:.2f} cores in use), waiting up to {max_wait_s:.0f} s",
-                flush=True,
-            )
-            announced = True
-        time.sleep(4.0)
-
-
-def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run CMD; return its exit code, wall time and the peak RSS of its process tree."""
-    import psutil
-
-    cpu0, kids0, self0 = (
-        _busy_cpu(),
-        _rusage_cpu(resource.RUSAGE_CHILDREN),
-        _rusage_cpu(resource.RUSAGE_SELF),
-    )
-    with open(log, "wb") as fh:
-        t0 = time.perf_counter()
-        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        proc = psutil.Process(popen.pid)
-        peak = [0]
-        cpu_seen: dict = {}
-        done = threading.Event()
-
-        def poll():
-            while not done.is_set():
-                peak[0] = max(peak[0], _sample_tree(proc, cpu_seen))
-                done.wait(0.05)
-
-        thread = threading.Thread(target=poll, daemon=True)
-        thread.start()
-        rc = popen.wait()
-        wall = time.perf_counter() - t0
-        done.set()
-        thread.join()
-    # CPU of the tree: the reaped descendants' rusage, or the sum of the per-process
-    # samples where some descendants are never reaped by the tree itself (e.g. a
-    # forkserver's workers); the larger is the better estimate.
-    tree_cpu = max(_rusage_cpu(resource.RUSAGE_CHILDREN) - kids0, sum(cpu_seen.values()))
-    harness_cpu = _rusage_cpu(resource.RUSAGE_SELF) - self0
-    # CPU time spent by everything else on the machine while the tool ran (other
-    # users' jobs): the measurement is only clean if this is ~0.
-    other = max(0.0, _busy_cpu() - cpu0 - tree_cpu - harness_cpu)
-    return {
-        "rc": rc,
-        "wall_s": wall,
-        "peak_rss": peak[0],
-        "cpu_s": tree_cpu,
-        "other_cores": other / wall,
-        "harness_cpu_s": harness_cpu,
-        "log": log,
-    }
+    return _measure.wait_idle(max_wait_s, threshold_cores)
 
 
 def read_back(out: Path) -> dict:

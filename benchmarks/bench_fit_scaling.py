@@ -27,15 +27,17 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+import _measure  # noqa: E402  (benchmarks/_measure.py: the shared process-tree sampler)
+
 WORK = BENCH_DIR / "_work" / "fit_scaling"
 SIM_VERSION = 1
 
@@ -110,55 +112,9 @@ def _fit(survey: str, out_json: str) -> int:
     return 0
 
 
-def _tree_rss(proc) -> int:
-    import psutil
-
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def measure(cmd: list[str], log: Path, *, env: dict, max_rss: int, timeout_s: float) -> dict:
     """Run CMD; wall, peak tree RSS; stopped (killed) above MAX_RSS bytes or after TIMEOUT_S."""
-    import psutil
-
-    with open(log, "wb") as fh:
-        t0 = time.perf_counter()
-        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        proc = psutil.Process(popen.pid)
-        peak, why = [0], [None]
-        done = threading.Event()
-
-        def poll():
-            while not done.is_set():
-                rss = _tree_rss(proc)
-                peak[0] = max(peak[0], rss)
-                over = rss > max_rss
-                late = time.perf_counter() - t0 > timeout_s
-                if (over or late) and why[0] is None:
-                    why[0] = (f"stopped at {rss / 2**30:.1f} GiB RSS (limit {max_rss / 2**30:.0f} GiB)" if over
-                              else f"stopped after {timeout_s:.0f} s")
-                    try:
-                        os.killpg(popen.pid, 9)  # our own child's process group
-                    except OSError:
-                        pass
-                done.wait(0.05)
-
-        thread = threading.Thread(target=poll, daemon=True)
-        thread.start()
-        rc = popen.wait()
-        wall = time.perf_counter() - t0
-        done.set()
-        thread.join()
-    return {"rc": rc, "wall_s": wall, "peak_rss": peak[0], "stopped": why[0], "log": str(log)}
+    return _measure.measure(cmd, log, env=env, max_rss=max_rss, timeout_s=timeout_s)
 
 
 def run_size(target: int, root: Path, cache: Path, *, max_rss: int, timeout_s: float, tag: str = "") -> dict:

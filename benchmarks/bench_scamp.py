@@ -34,11 +34,9 @@ import datetime as _dt
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +44,10 @@ from pathlib import Path
 import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+import _measure  # noqa: E402  (benchmarks/_measure.py: the shared process-tree sampler)
+
 REPO = BENCH_DIR.parent
 WORK = BENCH_DIR / "_work" / "scamp"
 SIM_VERSION = 1  # bump when the simulated inputs must be rebuilt
@@ -248,81 +250,15 @@ def prepare_scamp_refcats(case_dir: Path, truth, config) -> dict[str, Path]:
 # --------------------------------------------------------------------------- measurement
 
 
-def _tree_sample(proc, cpu_seen: dict) -> int:
-    """RSS summed over PROC and its descendants; records each one's CPU time in CPU_SEEN."""
-    import psutil
-
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            with p.oneshot():
-                total += p.memory_info().rss
-                t = p.cpu_times()
-                cpu_seen[(p.pid, p.create_time())] = t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def _busy_cpu() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
-
-
-def _self_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def wait_idle(max_wait_s: float, threshold_cores: float = 0.3) -> float:
     """Wait (up to MAX_WAIT_S) until no other work keeps the CPUs busy; the last load seen (cores)."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        b0, t0 = _busy_cpu(), time.monotonic()
-        time.sleep(1.0)
-        busy = (_busy_cpu() - b0) / (time.monotonic() - t0)
-        if busy <= threshold_cores or time.monotonic() >= deadline:
-            return busy
-        print(f"  machine busy ({busy:.2f} cores), waiting", flush=True)
-        time.sleep(4.0)
+    return _measure.wait_idle(max_wait_s, threshold_cores)
 
 
 def measure(cmd: list[str], log: Path, *, cwd: Path = REPO, env: dict | None = None) -> dict:
     """Run CMD; exit code, wall time, peak RSS of its process tree (50 ms sampling), its CPU time and
     the load of everything else on the machine meanwhile (cores)."""
-    import psutil
-
-    log.parent.mkdir(parents=True, exist_ok=True)
-    busy0, self0 = _busy_cpu(), _self_cpu()
-    with open(log, "wb") as fh:
-        t0 = time.perf_counter()
-        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-        proc = psutil.Process(popen.pid)
-        peak = [0]
-        cpu_seen: dict = {}
-        done = threading.Event()
-
-        def poll():
-            while not done.is_set():
-                peak[0] = max(peak[0], _tree_sample(proc, cpu_seen))
-                done.wait(0.05)
-
-        thread = threading.Thread(target=poll, daemon=True)
-        thread.start()
-        rc = popen.wait()
-        wall = time.perf_counter() - t0
-        done.set()
-        thread.join()
-    tree_cpu = sum(cpu_seen.values())
-    other = max(0.0, _busy_cpu() - busy0 - tree_cpu - (_self_cpu() - self0)) / wall
-    return {"rc": rc, "wall_s": wall, "peak_rss": peak[0], "cpu_s": tree_cpu, "other_cores": other,
-            "log": str(log)}
+    return _measure.measure(cmd, log, cwd=cwd, env=env)
 
 
 def _tail(path: str | Path, n: int = 12) -> str:
