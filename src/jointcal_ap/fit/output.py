@@ -4,10 +4,12 @@ The fitted mapping of every CCD is a polynomial (pixel → visit tangent plane, 
 with the gnomonic projection about the visit boresight. Both FITS conventions written here
 keep that projection (``CRVAL`` = the boresight) and put the polynomial in their own terms:
 
-- **TAN-SIP** (:func:`tan_sip_header`): ``CRPIX`` = the CCD centre, ``CD`` = the linear part;
-  ``A_p_q``/``B_p_q`` hold the rest *in pixels*, including ``A_0_0``/``B_0_0`` (the CCD
-  centre is not at the boresight). ``AP_p_q``/``BP_p_q`` are a fitted inverse.
-- **TPV** (:func:`tpv_header`, SCAMP's): the same ``CRPIX``/``CD``; ``PV1_k``/``PV2_k``
+- **TAN-SIP** (:func:`tan_sip_header`): ``CRPIX`` = the pixel the fitted mapping puts at the
+  boresight (outside an off-axis CCD, as SCAMP does), ``CD`` = the linear part there;
+  ``A_p_q``/``B_p_q`` hold the rest *in pixels* (no constant or linear terms).
+  ``AP_p_q``/``BP_p_q`` are a fitted inverse.
+- **TPV** (:func:`tpv_header`, SCAMP's): ``CRPIX`` = the CCD centre, ``CD`` the linear part
+  there; ``PV1_k``/``PV2_k``
   hold the polynomial in intermediate world coordinates (degrees), with ``PV1_0``/``PV2_0``
   the constant term, the linear terms at the identity and the radial terms at zero.
 
@@ -204,8 +206,10 @@ def tan_sip_header(result, ccd: int, *, sip_degree: int | None = None,
     Returns
     -------
     header : astropy.io.fits.Header
-        ``CRVAL`` = the visit boresight, ``CRPIX`` = the CCD centre, ``CD`` = the linear
-        part; ``A_0_0``/``B_0_0`` carry the CCD's offset from the boresight, in pixels.
+        ``CRVAL`` = the visit boresight (the tangent point), ``CRPIX`` = the pixel that the
+        fitted mapping puts there (outside the CCD for an off-axis detector, as SCAMP
+        writes it), ``CD`` = the linear part at that pixel; so the SIP polynomials have no
+        constant or linear terms, which some SIP readers ignore.
     max_error_mas : float
         Max distance between ``WCS(header).all_pix2world`` and ``result.pixel_to_sky``
         over an independent grid covering the CCD.
@@ -215,17 +219,32 @@ def tan_sip_header(result, ccd: int, *, sip_degree: int | None = None,
         raise ValueError(f"sip_degree must be >= 1, got {degree}")
     inv_degree = min(degree + 2, 9) if inverse_degree is None else int(inverse_degree)
     visit = _visit_of(result, ccd)
-    geometry, poly, cd = _linear_part(result, ccd, degree)
-    cd_inv = np.linalg.inv(cd)
+    geometry, poly, _ = _linear_part(result, ccd, degree)
     terms = monomials(degree)
-    sip = cd_inv @ poly  # (2, K): du + f(du, dv), dv + g(du, dv)
-    sip[:, terms.index((1, 0))] = 0.0  # the identity, exactly, by construction of CD
-    sip[:, terms.index((0, 1))] = 0.0
+    # Move the reference pixel to the tangent point: solve poly(d0) = 0 (Newton) and re-expand
+    # the polynomial about it, so that it has no constant term; the linear part there is CD.
+    i10, i01 = terms.index((1, 0)), terms.index((0, 1))
+    d0 = np.zeros(2)
+    for _ in range(50):
+        shifted = _shift_polynomial(poly, degree, d0)
+        jac = shifted[:, [i10, i01]]
+        step = np.linalg.solve(jac, -shifted[:, 0])
+        d0 = d0 + step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    poly = _shift_polynomial(poly, degree, d0)
+    poly[:, 0] = 0.0  # zero to rounding at the tangent-point pixel
+    crpix = np.array([geometry.cx, geometry.cy]) + d0
+    cd = poly[:, [i10, i01]]
+    cd_inv = np.linalg.inv(cd)
+    sip = cd_inv @ poly  # (2, K): du + f(du, dv), dv + g(du, dv), offsets from CRPIX
+    sip[:, i10] = 0.0  # the identity, exactly, by construction of CD
+    sip[:, i01] = 0.0
 
     # The inverse: pixel offsets as U + AP(U, V), with (U, V) = CD⁻¹ (ξ, η). Fitted about the
     # grid's own centre in (U, V) for conditioning, then re-expanded about (0, 0).
     x, y, tp = _sample(result, ccd, max(degree, inv_degree))
-    du, dv = x - geometry.cx, y - geometry.cy
+    du, dv = x - crpix[0], y - crpix[1]
     big_u = (tp / MAS_PER_DEG) @ cd_inv.T
     centre = big_u.mean(axis=0)
     s = geometry.scale
@@ -235,18 +254,19 @@ def tan_sip_header(result, ccd: int, *, sip_degree: int | None = None,
 
     header = fits.Header()
     _base_cards(header, visit, geometry, cd, "TAN-SIP")
+    header["CRPIX1"], header["CRPIX2"] = float(crpix[0]), float(crpix[1])
     for name, coeffs, order in (("A", sip[0], degree), ("B", sip[1], degree),
                                 ("AP", inv[0], inv_degree), ("BP", inv[1], inv_degree)):
         header[f"{name}_ORDER"] = (order, f"{'Inverse ' if 'P' in name else ''}SIP polynomial order")
         for (p, q), value in zip(monomials(order), coeffs, strict=True):
-            if name in ("A", "B") and p + q == 1:
+            if name in ("A", "B") and p + q <= 1:
                 continue
             header[f"{name}_{p}_{q}"] = float(value)
     error = _measure_error(result, ccd, header)
     # the inverse's own error: pixel → (U, V) through A/B, then back through AP/BP
     c = result.data.ccds[ccd]
     cx_, cy_ = _check_grid(c.naxis1, c.naxis2)
-    du, dv = cx_ - geometry.cx, cy_ - geometry.cy
+    du, dv = cx_ - crpix[0], cy_ - crpix[1]
     fwd = poly_eval(sip, du, dv, degree, np)
     big_u, big_v = du + fwd[:, 0], dv + fwd[:, 1]
     back = poly_eval(inv, big_u, big_v, inv_degree, np)
