@@ -214,6 +214,7 @@ def test_constant_calibration_scales_exactly(exposure):
 
 
 def test_gradient_calibration_matches_brute_force(exposure, calibration):
+    exposure.header["GAIN"], exposure.header["SATURATE"] = 2.0, 60000.0  # ADU cards
     calexp = calibrate_exposure(exposure, calibration, chunk_rows=7)  # several chunks, one partial
     scale = 10 ** (-0.4 * (brute_force_p(gradient_photometry().coefficients, NX, NY) - 31.4))
     assert scale.max() / scale.min() > 1.3  # a real gradient
@@ -230,9 +231,13 @@ def test_gradient_calibration_matches_brute_force(exposure, calibration):
     assert h["OBJECT"] == "field 12"
     cx, cy = (NX + 1) / 2, (NY + 1) / 2
     c = gradient_photometry().coefficients
-    assert h["PHOTZP"] == pytest.approx(chebval2d(0.0, 0.0, c), abs=1e-12)
+    # the nJy pixels' zero point is 31.4; the raw (ADU) zero point at the centre is ADUZP
+    assert h["PHOTZP"] == 31.4 and h["MAGZEROP"] == 31.4 and h["FLXSCALE"] == 1.0
+    assert h["ADUZP"] == pytest.approx(chebval2d(0.0, 0.0, c), abs=1e-12)
     assert h["PHOTZPE"] == 0.011 and h["PHC_2_3"] == pytest.approx(c[2, 3], rel=1e-13)
-    assert calexp.photometry.zero_point(cx, cy) == pytest.approx(h["PHOTZP"], abs=1e-12)
+    assert calexp.photometry.zero_point(cx, cy) == pytest.approx(h["ADUZP"], abs=1e-12)
+    for adu_card in ("GAIN", "SATURATE"):  # describe ADU pixels: gone once they are nJy
+        assert adu_card not in h
 
 
 def test_pixel_sky_round_trip(exposure, calibration):

@@ -34,7 +34,7 @@ File layouts (:func:`read_exposure` tells them apart; :meth:`Exposure.write` wri
   layout keeps only the image and header.
 
 A :class:`CalibratedExposure` is written as the LSST layout with ``BUNIT = 'nJy'``, the fitted
-TAN-SIP WCS and the calibration summary cards (``PHOTZP``, ``PHOTZPE``, ``PHC_i_j``) in the
+TAN-SIP WCS and the calibration summary cards (``PHOTZP`` = 31.4, ``ADUZP``, ``PHOTZPE``, ``PHC_i_j``) in the
 ``IMAGE`` header, plus a one-row ``CALIB`` table that holds the
 :class:`~jointcal_ap.calibration.DetectorCalibration` exactly.
 
@@ -63,6 +63,7 @@ from astropy.io import fits
 
 from jointcal_ap.calibration import (
     GRID_CHUNK_ROWS,
+    NJY_ZERO_POINT,
     Calibration,
     CalibrationError,
     DetectorCalibration,
@@ -101,7 +102,9 @@ _WCS_KEY = re.compile(r"^(WCSAXES|WCSNAME|CTYPE\d|CUNIT\d|CRVAL\d|CRPIX\d|CDELT\
                       r"PC\d_\d|PV\d_\d+|PS\d_\d+|LONPOLE|LATPOLE|RADESYS|RADECSYS|EQUINOX|"
                       r"(A|B|AP|BP)_ORDER|(A|B)_DMAX|(A|B|AP|BP)_\d+_\d+|CRDER\d|CSYER\d)$")
 #: Calibration summary cards calibrate_exposure puts in the image header.
-_CALIB_KEY = re.compile(r"^(PHOTZP|PHOTZPE|PHOTCAL|PHCORD1|PHCORD2|PHC_\d_\d)$")
+_CALIB_KEY = re.compile(r"^(PHOTZP|PHOTZPE|PHOTCAL|PHCORD1|PHCORD2|PHC_\d_\d|ADUZP|ADUZPE|FLXSCALE|MAGZEROP)$")
+#: Cards that describe ADU pixels and are wrong once the pixels are in nJy (removed by calibration).
+_ADU_KEY = re.compile(r"^(GAIN|SATURATE|RDNOISE|READNOIS|EGAIN)$")
 
 
 class ExposureError(ValueError):
@@ -737,11 +740,18 @@ def _calibrated_header(header: fits.Header, cal: DetectorCalibration) -> fits.He
     for card in cal.wcs_header.cards:  # type: ignore[union-attr]
         if card.keyword not in ("HISTORY", "COMMENT", ""):
             out.append(fits.Card.fromstring(card.image), end=True)
+    out = _strip(out, _ADU_KEY)
     out["BUNIT"] = ("nJy", "pixel values: nJy (flux per pixel)")
     cx, cy = phot.centre
+    # the pixels are in nJy: their AB zero point is 31.4 (m_AB = -2.5 log10(sum) + PHOTZP),
+    # and FLXSCALE/MAGZEROP say the same to SWarp; the raw exposure's (ADU) zero point is ADUZP
+    out["PHOTZP"] = (NJY_ZERO_POINT, "[mag] AB zero point of the nJy pixels")
+    out["PHOTZPE"] = (phot.zero_point_err, "[mag] 1 sigma calibration error at the centre")
+    out["FLXSCALE"] = (1.0, "pixels are already in nJy")
+    out["MAGZEROP"] = (NJY_ZERO_POINT, "[mag] AB zero point of FLUX*FLXSCALE (nJy)")
     out["PHOTCAL"] = ("jointcal_ap Chebyshev", "m_AB = -2.5 log10(ADU) + P(x, y)")
-    out["PHOTZP"] = (float(phot.zero_point(cx, cy)), "[mag] P at the detector centre")
-    out["PHOTZPE"] = (phot.zero_point_err, "[mag] 1 sigma error of PHOTZP")
+    out["ADUZP"] = (float(phot.zero_point(cx, cy)), "[mag] P at the centre: AB mag of 1 raw ADU")
+    out["ADUZPE"] = (phot.zero_point_err, "[mag] 1 sigma error of ADUZP")
     nx, ny = phot.degree
     out["PHCORD1"] = (nx, "Chebyshev degree of P in u (x)")
     out["PHCORD2"] = (ny, "Chebyshev degree of P in v (y)")
