@@ -159,6 +159,10 @@ class FitResult:
     #: the photometric fit (None when only astrometry was fitted); its rows are ``photometry_rows``
     photometry: PhotometryResult | None = field(default=None, repr=False)
     photometry_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
+    #: (visit, detector) of CCDs left out of the photometric fit (too few measurements)
+    photometry_skipped: list[tuple[int, int]] = field(default_factory=list)
+    #: where the absolute photometric scale comes from (refcat column, system, transformation)
+    photometry_reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fitted_astrometry(self) -> bool:
@@ -429,6 +433,24 @@ class JointFit:
                          association=association, fit_epoch=float(np.mean(epochs)), chi2=float("nan"),
                          seconds=seconds)
 
+    def _reference_info(self, mag: str, err: str | None, colour: str | None) -> dict[str, Any]:
+        """What the absolute scale comes from: column, error, colour, photometric system, transformation.
+
+        A Vega-based reference band (Gaia G, Hipparcos Hp) with no offset in the colour
+        transformation gives Vega, not AB, magnitudes: warn, since nJy assume AB.
+        """
+        field_ = self.refcat.schema.field(mag)
+        system = (field_.metadata or {}).get(b"system", b"").decode()
+        terms = tuple(self.options.photometry.ref_colour_terms)
+        info = {"column": mag, "error_column": err, "colour": colour, "system": system,
+                "colour_terms": list(terms)}
+        if "vega" in system.lower() and (not terms or terms[0] == 0.0):
+            log.warning("photometry: the reference %r is Vega-based (%s) and the colour transformation has no "
+                        "offset (C0 = 0): the calibration is on that Vega scale, not AB; put the band's "
+                        "AB - Vega offset in C0 (--colour-transform)", mag, system)
+            info["warning"] = "Vega-based reference with no AB offset: calibrated fluxes are not AB nJy"
+        return info
+
     def _reference_photometry(self, association: Association) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Per star: reference magnitude, its error and the reference colour (NaN where none)."""
         opt, cols = self.options, self.refcat.columns
@@ -446,6 +468,7 @@ class JointFit:
             if missing or len(colour_cols) > 2:
                 raise FitError(f"ref_colour {colour!r}: expected a column or 'A-B' of two columns of "
                                f"{self.refcat.path} (it has {cols})")
+        self._photometry_reference = self._reference_info(mag, err, colour)
         n = association.n_stars
         out_mag, out_err = np.full(n, np.nan), np.full(n, np.nan)
         out_colour = np.full(n, np.nan) if colour_cols else None
@@ -480,12 +503,26 @@ class JointFit:
         meas = data.measurements
         rows = np.flatnonzero((association.meas_star >= 0) & (meas.flags == 0))
         ccd = meas.ccd_index[rows]
+        if opt.photometry.model == "simple":
+            # A CCD with too few stars for its own flat is left out (with a warning, and without a
+            # photometric calibration) rather than stopping the whole fit; twice the minimum, so
+            # that outlier clipping cannot take a kept CCD below it.
+            k = (opt.photometry.flat_degree + 1) * (opt.photometry.flat_degree + 2) // 2
+            counts = np.bincount(ccd, minlength=len(data.ccds))
+            thin = np.flatnonzero((counts > 0) & (counts < 2 * (k + 1)))
+            if len(thin):
+                result.photometry_skipped = [(data.ccds[c].visit, data.ccds[c].detector) for c in thin]
+                log.warning("photometry: %d CCD(s) with fewer than %d measurements left out (no flux "
+                            "calibration for them): %s", len(thin), 2 * (k + 1), result.photometry_skipped[:10])
+                keep = ~np.isin(ccd, thin)
+                rows, ccd = rows[keep], ccd[keep]
         visit_of_ccd = data.visit_index_of_ccd()
         detectors = data.detectors()
         det_of_ccd = np.searchsorted(detectors, [c.detector for c in data.ccds])
         naxis = np.zeros((len(detectors), 2), dtype=np.int64)
         naxis[det_of_ccd] = [(c.naxis1, c.naxis2) for c in data.ccds]
         ref_mag, ref_err, colour = self._reference_photometry(association)
+        result.photometry_reference = self._photometry_reference
         focal_x = focal_y = None
         if opt.photometry.model == "constrained" and opt.photometry.visit_degree > 0:
             focal = np.empty((len(rows), 2))

@@ -403,6 +403,8 @@ def photometric_cards(result) -> dict[tuple[int, int], dict[str, Any]]:
     flat-field correction (the variation of the calibration across the CCD) is in the
     calibration product, not in these two numbers.
     """
+    from jointcal_ap.calibration import NJY_ZERO_POINT, zero_point_to_njy_per_adu
+
     ph = getattr(result, "photometry", None)
     if ph is None:
         return {}
@@ -418,8 +420,8 @@ def photometric_cards(result) -> dict[tuple[int, int], dict[str, Any]]:
         x0, y0 = (c.naxis1 + 1) / 2.0, (c.naxis2 + 1) / 2.0
         zp = float(np.asarray(cal.zero_point(x0, y0)))
         cards[(c.visit, c.detector)] = {
-            "FLXSCALE": (float(10.0 ** (-0.4 * (zp - 31.4))), "nJy per ADU at the CCD centre (jointcal_ap)"),
-            "MAGZEROP": (31.4, "AB zero point of FLUX*FLXSCALE (nJy)"),
+            "FLXSCALE": (float(zero_point_to_njy_per_adu(zp)), "nJy per ADU at the CCD centre (jointcal_ap)"),
+            "MAGZEROP": (NJY_ZERO_POINT, "AB zero point of FLUX*FLXSCALE (nJy)"),
             "PHOTZP": (zp, "AB mag of 1 ADU at the CCD centre"),
             "PHOTZPE": (float(cal.zero_point_err), "1-sigma error of PHOTZP (mag)"),
         }

@@ -710,8 +710,10 @@ def fit_photometry(data: PhotometryData, options: PhotometryOptions | None = Non
     if not has_ref.any() and options.reference_zero_point is None:
         raise FitError("no usable reference star (a finite ref_mag with a positive error"
                        + (" and a finite colour" if options.uses_colour else "")
-                       + " among the measured stars): the absolute scale is undetermined; match a reference "
-                       "catalog or set PhotometryOptions.reference_zero_point for a relative calibration",
+                       + " among the measured stars): the absolute scale is undetermined. If the reference "
+                       "catalog has magnitudes but no errors, give them one with ref_error_floor "
+                       "(jointcal-ap fit --ref-mag-floor 0.02); otherwise match a reference catalog or set "
+                       "PhotometryOptions.reference_zero_point for a relative calibration",
                        {"n_reference_rejected": n_ref_rejected})
     if options.colour_term and not has_ref.any():
         raise FitError("colour_term needs reference stars with a colour")

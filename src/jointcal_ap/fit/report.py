@@ -189,7 +189,10 @@ def photometry_report(result) -> dict[str, Any] | None:
         "counts": {"n_measurements": ph.n_measurements, "n_stars": ph.n_stars,
                    "n_reference_stars": ph.n_reference_stars, "n_dropped": ph.n_dropped,
                    "n_clipped": ph.n_clipped, "clipped_per_round": [int(k) for k in ph.clipped_per_round]},
-        "colour_term": None if ph.colour_term is None else {"value": ph.colour_term, "error": ph.colour_term_err},
+        "colour_term": (None if ph.colour_term is None or not np.isfinite(ph.colour_term)
+                        else {"value": ph.colour_term, "error": ph.colour_term_err}),
+        "reference": result.photometry_reference,
+        "skipped_ccds": [{"visit": int(v), "detector": int(d)} for v, d in result.photometry_skipped],
         "per_visit": [{"visit": v.visit, "zero_point": float(ph.visit_zero_point[i]),
                        "zero_point_err": float(ph.visit_zero_point_err[i])} for i, v in enumerate(data.visits)],
         "per_ccd": per_ccd,

@@ -53,7 +53,10 @@ def exposure_plans(sim: SimulatedData, *, seeing_sigma: float = 0.15, seed: int 
     seeds = rng.integers(0, 2**31 - 1, (len(truth.visits), len(cam.detectors)))
     plans = []
     for i, v in enumerate(truth.visits):
-        zp = float(truth.zero_points[i]) if truth.zero_points is not None else config.zero_point
+        zp = float(truth.zero_points[i])
+        if not np.isfinite(zp):
+            raise ValueError(f"visit {v.visit}: the simulation has no true zero point (Truth.zero_points); "
+                             "re-simulate it with this version")
         sky = v.exptime * 10.0 ** (-0.4 * (config.sky_mag_arcsec2 - zp)) * cam.pixel_scale_arcsec**2
         fwhm = config.fwhm_arcsec * factors[i] / cam.pixel_scale_arcsec
         for d in range(len(cam.detectors)):
@@ -74,7 +77,7 @@ def render_exposure(sim: SimulatedData, plan: ExposurePlan, *, read_noise_e: flo
         raise ValueError("the simulation has no true fluxes (TrueMeasurements.flux_adu): re-simulate it")
     rows = np.flatnonzero((tm.visit == plan.visit) & (tm.detector == plan.detector))
     # the flat-field response on the pixel grid: smooth, so evaluate it on a coarse grid and
-    # interpolate bilinearly (exact to < 1e-6 mag for the simulator's low-order patterns)
+    # interpolate bilinearly (~1e-5 mag for the simulator's quadratic patterns: far below the noise)
     step = 32
     gx = np.arange(1, det.naxis1 + step, step, dtype=float)
     gy = np.arange(1, det.naxis2 + step, step, dtype=float)
