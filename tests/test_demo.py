@@ -25,8 +25,9 @@ def test_demo_recovers_the_truth(demo):
     assert acc["astrometry_rms_vs_truth_mas"] < 60.0
     assert acc["astrometry_max_vs_truth_mas"] < 300.0
     # the nJy calibration (zero points and the 1 % flat gradient) within a few times its stated error
-    assert abs(acc["calibration_offset_vs_truth_mmag"]) < 3.0
-    assert acc["calibration_rms_after_offset_mmag"] < 3 * max(acc["photometric_zero_point_err_median_mmag"], 0.3)
+    stated = max(acc["photometric_zero_point_err_median_mmag"], 0.3)
+    assert abs(acc["calibration_offset_vs_truth_mmag"]) < 5 * stated
+    assert acc["calibration_rms_after_offset_mmag"] < 3 * stated
     assert 0.8 < fit["photometry_chi2_per_dof"] < 1.2
     assert 0.8 < fit["astrometry_chi2_per_dof"] < 1.5
     assert summary["crossmatch"]["matched_within_1arcsec"] > 100_000
