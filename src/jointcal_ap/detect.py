@@ -99,6 +99,16 @@ class DetectOptions:
         Aperture radius in units of the FWHM (default 2.0: 99.998 % of a Gaussian).
     aperture_radius_px : float or None
         Aperture radius in pixels; overrides ``aperture_fwhm``.
+    aperture_correction : bool
+        Scale every flux (and error) by this image's aperture correction (default True):
+        the median ratio, over bright isolated unflagged stars, of the flux in a radius of
+        ``aperture_correction_fwhm`` × FWHM to the flux in the aperture. The light a fixed
+        aperture misses depends on the PSF (1.5e-5 for a Gaussian at 2 FWHM, 3.8 % for a
+        Moffat β = 3), and so on the seeing of each exposure: uncorrected, it would end up
+        in the exposure's zero point and bias the calibration of its pixels.
+    aperture_correction_fwhm : float
+        Radius of the "total" flux of the aperture correction, in FWHM (default 5: the
+        Moffat β = 3 profile still misses 0.14 % there).
     background_mesh : int
         Background mesh size, pixels (default 64).
     background_clip_sigma : float
@@ -128,6 +138,8 @@ class DetectOptions:
     fwhm_px: float | None = None
     aperture_fwhm: float = 2.0
     aperture_radius_px: float | None = None
+    aperture_correction: bool = True
+    aperture_correction_fwhm: float = 5.0
     background_mesh: int = 64
     background_clip_sigma: float = 3.0
     background_filter: int = 3
@@ -140,7 +152,7 @@ class DetectOptions:
 
     def __post_init__(self) -> None:
         positive = ("threshold_sigma", "aperture_fwhm", "background_clip_sigma", "centroid_tolerance_px",
-                    "shape_sigma")
+                    "shape_sigma", "aperture_correction_fwhm")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"DetectOptions.{name} must be > 0, got {getattr(self, name)}")
@@ -350,7 +362,7 @@ class Detections:
         The centroid covariance, pixel².
     flux, flux_err : float64
         Aperture flux (radius ``aperture_radius_px``) and its 1σ error, ADU,
-        background subtracted, no aperture correction applied.
+        background subtracted, multiplied by ``aperture_correction``.
     flags : int64
         :data:`FLAG_BITS`.
     peak : float64
@@ -364,6 +376,12 @@ class Detections:
     aperture_radius_px : float
     background : Background
     options : DetectOptions
+    aperture_correction, aperture_correction_err : float
+        The factor applied to the fluxes and its 1σ error; 1 when disabled, when fewer than
+        5 stars could measure it, or when it is within 3σ of 1 (then not applied: it would
+        add only its noise, and the light of faint neighbours in the big apertures).
+    aperture_correction_stars : int
+        How many stars measured it.
     """
 
     x: np.ndarray
@@ -384,6 +402,9 @@ class Detections:
     aperture_radius_px: float
     background: Background
     options: DetectOptions
+    aperture_correction: float = 1.0
+    aperture_correction_err: float = 0.0
+    aperture_correction_stars: int = 0
 
     def __len__(self) -> int:
         return len(self.x)
@@ -404,7 +425,10 @@ class Detections:
         for name, unit in units.items():
             table[name].unit = unit
         table.meta.update(fwhm_px=self.fwhm_px, fwhm_estimated=self.fwhm_estimated,
-                          aperture_radius_px=self.aperture_radius_px)
+                          aperture_radius_px=self.aperture_radius_px,
+                          aperture_correction=self.aperture_correction,
+                          aperture_correction_err=self.aperture_correction_err,
+                          aperture_correction_stars=self.aperture_correction_stars)
         return table
 
     def select(self, keep) -> Detections:
@@ -857,13 +881,63 @@ def detect_sources(image, variance, mask=None, options: DetectOptions | None = N
             flags[i[hit_i]] |= FLAG_BITS["NEIGHBOUR"]
             flags[j[hit_j]] |= FLAG_BITS["NEIGHBOUR"]
 
+    corr, corr_err, n_corr = 1.0, 0.0, 0
+    if opts.aperture_correction and n:
+        corr, corr_err, n_corr = _aperture_correction(sub, usable, out, flags, r_ap,
+                                                      opts.aperture_correction_fwhm * fwhm, sigma_w)
+        out["flux"], out["flux_err"] = out["flux"] * corr, out["flux_err"] * corr
     err_a, err_b, theta = _covariance_to_ellipse(out["cov_xx"], out["cov_yy"], out["cov_xy"])
     return Detections(
         x=out["x"], y=out["y"], err_a=err_a, err_b=err_b, err_theta_deg=theta,
         cov_xx=out["cov_xx"], cov_yy=out["cov_yy"], cov_xy=out["cov_xy"],
         flux=out["flux"], flux_err=out["flux_err"], flags=flags,
         peak=peak, npix=npix.astype(np.int64), fwhm_px=float(fwhm), fwhm_estimated=estimated,
-        aperture_radius_px=r_ap, background=bkg, options=opts)
+        aperture_radius_px=r_ap, background=bkg, options=opts, aperture_correction=corr,
+        aperture_correction_err=corr_err, aperture_correction_stars=n_corr)
+
+
+def _aperture_flux(image: np.ndarray, usable: np.ndarray, x, y, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """Flux within radius ``r`` of 1-based (x, y) (pixel weights: linear overlap), and whether
+    every pixel of the aperture is usable and on the image."""
+    radius = math.ceil(r + 1.0)
+    pad = radius + 1
+    ix, iy = np.rint(x - 1.0).astype(np.int64), np.rint(y - 1.0).astype(np.int64)
+    data = _gather(_pad(image, pad, 0.0), pad, ix, iy, radius)
+    use = _gather(_pad(usable, pad, False), pad, ix, iy, radius)
+    off = np.arange(-radius, radius + 1, dtype=np.float64)
+    dx = (ix + 1.0 - x)[:, None, None] + off[None, None, :]
+    dy = (iy + 1.0 - y)[:, None, None] + off[None, :, None]
+    frac = np.clip(r + 0.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
+    return (frac * data).sum(axis=(1, 2)), ~np.any((frac > 0) & ~use, axis=(1, 2))
+
+
+def _aperture_correction(sub: np.ndarray, usable: np.ndarray, out: dict, flags: np.ndarray, r_ap: float,
+                         r_total: float, sigma_w: float, max_stars: int = 300) -> tuple[float, float, int]:
+    """Median (big aperture / aperture) flux ratio of bright, isolated, unflagged stars."""
+    if r_total <= r_ap:
+        return 1.0, 0.0, 0
+    snr = out["flux"] / np.where(out["flux_err"] > 0, out["flux_err"], np.inf)
+    cand = np.flatnonzero((flags == 0) & (snr > 50) & (out["flux"] > 0))
+    if len(cand) >= 2:  # isolated: no other detection within the big aperture (plus the PSF wings)
+        tree = cKDTree(np.column_stack([out["x"], out["y"]]))
+        dist, _ = tree.query(np.column_stack([out["x"][cand], out["y"][cand]]), k=2)
+        cand = cand[dist[:, 1] > r_total + 4.0 * sigma_w]
+    cand = cand[np.argsort(-out["flux"][cand])][:max_stars]
+    if len(cand) < 5:
+        return 1.0, 0.0, 0
+    big, ok = _aperture_flux(sub, usable, out["x"][cand], out["y"][cand], r_total)
+    ratio = big[ok] / out["flux"][cand][ok]
+    ratio = ratio[np.isfinite(ratio)]
+    if len(ratio) < 5:
+        return 1.0, 0.0, 0
+    centre = float(np.median(ratio))
+    spread = 1.4826 * float(np.median(np.abs(ratio - centre)))
+    error = 1.2533 * spread / math.sqrt(len(ratio))
+    if abs(centre - 1.0) <= 3.0 * error:
+        # not significant (a Gaussian-like PSF, whose correction is ~1e-5): applying it would
+        # only add its noise and the faint neighbours' light in the big apertures
+        return 1.0, error, len(ratio)
+    return centre, error, len(ratio)
 
 
 def catalog_from_image(image, variance, mask=None, *, visit: int, detector: int,
