@@ -521,6 +521,13 @@ class JointFit:
         det_of_ccd = np.searchsorted(detectors, [c.detector for c in data.ccds])
         naxis = np.zeros((len(detectors), 2), dtype=np.int64)
         naxis[det_of_ccd] = [(c.naxis1, c.naxis2) for c in data.ccds]
+        sizes = np.array([(c.naxis1, c.naxis2) for c in data.ccds])
+        differ = np.flatnonzero(np.any(sizes != naxis[det_of_ccd], axis=1))
+        if len(differ):  # the flats live on each detector's pixel grid: it must be one grid
+            c = data.ccds[differ[0]]
+            raise FitError(f"detector {c.detector} is {c.naxis1}x{c.naxis2} pixels in visit {c.visit} but "
+                           f"{naxis[det_of_ccd[differ[0]]][0]}x{naxis[det_of_ccd[differ[0]]][1]} elsewhere: "
+                           "the photometric flats need one size per detector")
         ref_mag, ref_err, colour = self._reference_photometry(association)
         result.photometry_reference = self._photometry_reference
         focal_x = focal_y = None
