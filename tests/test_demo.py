@@ -28,6 +28,10 @@ def test_demo_recovers_the_truth(demo):
     stated = max(acc["photometric_zero_point_err_median_mmag"], 0.3)
     assert abs(acc["calibration_offset_vs_truth_mmag"]) < 5 * stated
     assert acc["calibration_rms_after_offset_mmag"] < 3 * stated
+    # image level: every bright star's calibrated flux (detection → calibration) against its true nJy
+    assert acc["star_flux_n_bright"] > 1000
+    assert abs(acc["star_flux_vs_true_njy_median_mmag"]) < 2.0
+    assert acc["star_flux_vs_true_njy_robust_rms_mmag"] < 10.0
     assert 0.8 < fit["photometry_chi2_per_dof"] < 1.2
     assert 0.8 < fit["astrometry_chi2_per_dof"] < 1.5
     assert summary["crossmatch"]["matched_within_1arcsec"] > 100_000

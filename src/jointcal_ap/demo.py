@@ -189,6 +189,28 @@ def _accuracy(result, truth, calexp_dir: Path, units) -> dict:
         phot.append(np.asarray(cal.zero_point(xs, ys)) - true_calibration_mag(truth, ccd.visit, ccd.detector, xs, ys))
     astro, phot = np.concatenate(astro), np.concatenate(phot)
     ph = result.photometry
+    # every detected star's calibrated flux (nJy) against its true flux in the band
+    from scipy.spatial import cKDTree
+
+    tm, meas = truth.measurements, data.measurements
+    star_index = {int(i): k for k, i in enumerate(truth.stars.id)}
+    dmag, snr = [], []
+    for i, ccd in enumerate(data.ccds):
+        sel = np.flatnonzero((meas.ccd_index == i) & (meas.flags == 0) & (meas.flux > 0))
+        t = np.flatnonzero((tm.visit == ccd.visit) & (tm.detector == ccd.detector))
+        if not len(sel) or not len(t):
+            continue
+        dist, j = cKDTree(np.c_[tm.x[t], tm.y[t]]).query(np.c_[meas.x[sel], meas.y[sel]])
+        ok = dist < 0.5
+        sel, j = sel[ok], t[j[ok]]
+        cal = read_calibrated_exposure(calexp_dir / "units" / f"visit{ccd.visit}_det{ccd.detector}"
+                                       / "calexp.fits").calibration.photometry
+        njy, _ = cal.flux_to_njy(meas.flux[sel], meas.x[sel], meas.y[sel])
+        true_mag = truth.stars.mag[[star_index[int(s)] for s in tm.star_id[j]]]
+        dmag.append(-2.5 * np.log10(njy) + 31.4 - true_mag)
+        snr.append(meas.flux[sel] / meas.flux_err[sel])
+    dmag, snr = np.concatenate(dmag), np.concatenate(snr)
+    bright = snr > 100
     stars = result.association
     # calibrated fluxes of the fitted stars against their true nJy
     ids = truth.stars.id
@@ -199,6 +221,10 @@ def _accuracy(result, truth, calexp_dir: Path, units) -> dict:
         "calibration_rms_vs_truth_mmag": float(1000 * np.sqrt(np.mean(phot**2))),
         "calibration_rms_after_offset_mmag": float(1000 * np.std(phot)),
         "photometric_zero_point_err_median_mmag": float(1000 * np.nanmedian(ph.zero_point_err)),
+        "star_flux_vs_true_njy_median_mmag": float(1000 * np.median(dmag[bright])),
+        "star_flux_vs_true_njy_robust_rms_mmag": float(1000 * 1.4826 * np.median(
+            np.abs(dmag[bright] - np.median(dmag[bright])))),
+        "star_flux_n_bright": int(bright.sum()),
         "n_stars": int(stars.n_stars), "n_true_stars": len(ids),
     }
 
