@@ -6,7 +6,11 @@ The small stages here (on the core ``Array`` and ``Json`` types) are also used b
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -109,12 +113,29 @@ class MissingOutput(Stage):
         return {"a": image}
 
 
+#: Two executions of ``rendezvous`` wait here for each other (see the staging test).
+RENDEZVOUS = threading.Barrier(2, timeout=30)
+
+
+class Rendezvous(Stage):
+    """Waits until a second execution reaches the same point, then copies its input."""
+
+    name = "rendezvous"
+    version = "1"
+    inputs: ClassVar[dict[str, str]] = {"image": "Array"}
+    outputs: ClassVar[dict[str, str]] = {"copy": "Array"}
+
+    def run(self, unit: Unit, image: np.ndarray) -> dict[str, Any]:
+        RENDEZVOUS.wait()
+        return {"copy": image.copy()}
+
+
 class TestPlugin:
     """Registers the test stages (a plugin can be any object with hookimpls)."""
 
     @hookimpl
     def jointcal_ap_register_stages(self, registry) -> None:
-        for stage in (MakeImage, Measure, WrongType, MissingOutput):
+        for stage in (MakeImage, Measure, WrongType, MissingOutput, Rendezvous):
             registry.add_stage(stage)
 
 
@@ -371,7 +392,8 @@ def test_plugin_commands_are_collected_and_builtins_protected():
 def test_cli_stages_list_shows_stage_distribution_and_ports(capsys, monkeypatch):
     assert main(["stages", "list"]) == 0
     out = capsys.readouterr().out
-    assert "detect 1.0.0  [plugin detect, jointcal-ap 0.1.0]" in out
+    version = importlib.metadata.version("jointcal-ap")
+    assert f"detect 1.0.0  [plugin detect, jointcal-ap {version}]" in out
     assert "consumes: exposure (Exposure), calibration (Calibration)" in out
     assert "produces: calexp (CalibratedExposure)" in out
     assert "option threshold_sigma = 5.0: Detection threshold" in out
@@ -514,3 +536,184 @@ def test_the_guide_shows_the_example_plugin_verbatim():
     guide = (root / "docs" / "plugins.md").read_text()
     for name in ("jointcal_ap_example/__init__.py", "pyproject.toml"):
         assert (root / "docs" / "example_plugin" / name).read_text() in guide
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def test_unit_accepts_numpy_integers_and_rejects_others():
+    unit = Unit(np.int64(3), np.uint8(2))
+    assert unit == Unit(3, 2) and hash(unit) == hash(Unit(3, 2))
+    assert type(unit.visit) is int and unit.key == "visit3_det2"
+    for bad in (1.0, True, np.True_, "1"):
+        with pytest.raises(TypeError, match=r"Unit\.visit must be an integer"):
+            Unit(bad, 0)
+
+
+def test_stage_whose_run_does_not_take_its_inputs_is_rejected():
+    def make(run, inputs=None):
+        return type("BadRun", (Stage,), {"name": "bad_run", "version": "1",
+                                         "inputs": inputs or {"image": "Array"},
+                                         "outputs": {"x": "Array"}, "run": run,
+                                         "__module__": "plugmod"})
+
+    with pytest.raises(TypeError, match=r"stage class plugmod\.BadRun: run\(self, unit, img\) does "
+                                        r"not accept \(unit, image=\.\.\.\)"):
+        validate_stage_class(make(lambda self, unit, img: {}))
+    with pytest.raises(TypeError, match=r"plugmod\.BadRun: run\(self, image\)"):
+        validate_stage_class(make(lambda self, image: {}))  # no unit parameter
+    with pytest.raises(TypeError, match=r"plugmod\.BadRun: run.*'mask'"):
+        validate_stage_class(make(lambda self, unit, image: {},
+                                  {"image": "Array", "mask": "Array"}))
+    validate_stage_class(make(lambda self, unit, image: {}))
+    validate_stage_class(make(lambda self, unit, **inputs: {}, {"a": "Array", "b": "Array"}))
+    # the registry refuses it, naming the plugin
+    class Bad:
+        @hookimpl
+        def jointcal_ap_register_stages(self, registry):
+            registry.add_stage(make(lambda self, unit: {}))
+
+    with pytest.raises(PluginError, match=r"plugin 'bad'.*BadRun: run\(self, unit\) does not"):
+        get_plugin_manager(plugins=[("bad", Bad())]).stage_registry()
+
+
+def test_relative_inputs_are_resolved_at_load_and_the_fingerprint_ignores_the_source(
+        tmp_path, monkeypatch):
+    write_seeds(tmp_path / "in", [Unit(1, 0)])
+    toml = tmp_path / "p.toml"
+    toml.write_text('[pipeline]\nname = "rel"\noutput = "out"\n'
+                    '[inputs]\nseed = "in/seed_v{visit}_d{detector}.json"\n'
+                    '[[stages]]\nname = "make_image"\n')
+    monkeypatch.chdir(tmp_path)
+    pipeline = load_pipeline("p.toml")
+    assert pipeline.inputs["seed"] == str(tmp_path.resolve() / "in/seed_v{visit}_d{detector}.json")
+    assert pipeline.output == tmp_path.resolve() / "out"
+    relative = prepare_run(pipeline, plugin_manager=test_manager())
+    absolute = prepare_run(toml, plugin_manager=test_manager())
+    assert relative.pipeline.source != absolute.pipeline.source
+    assert relative.fingerprint == absolute.fingerprint
+    # a worker running elsewhere finds the input
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert execute_unit(relative, Unit(1, 0), str(tmp_path / "out")).status == "done"
+    # the same file content under another directory: another pipeline
+    shutil.copytree(tmp_path / "in", elsewhere / "in")
+    shutil.copy(toml, elsewhere / "p.toml")
+    assert prepare_run("p.toml", plugin_manager=test_manager()).fingerprint != relative.fingerprint
+
+
+def test_changed_input_file_or_directory_redoes_the_unit(tmp_path):
+    from jointcal_ap.stages.pipeline import file_identity
+    from jointcal_ap.stages.runner import is_done
+
+    unit = Unit(1, 0)
+    template = write_seeds(tmp_path / "in", [unit])
+    resolved = prepare_run(array_pipeline(template), plugin_manager=test_manager())
+    out = tmp_path / "out"
+    assert execute_unit(resolved, unit, str(out)).status == "done"
+    fingerprint = resolved.fingerprint
+    assert is_done(out, unit, fingerprint, resolved.input_identities(unit))
+    done = json.loads((out / "units" / unit.key / "_done.json").read_text())
+    seed = Path(unit.format(template))
+    assert done["inputs"] == {"seed": {"size": seed.stat().st_size,
+                                       "mtime_ns": seed.stat().st_mtime_ns}}
+    # same size, new content and time: not done any more
+    seed.write_text(json.dumps({"seed": 8}))
+    stat = seed.stat()
+    os.utime(seed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert not is_done(out, unit, fingerprint, resolved.input_identities(unit))
+    assert is_done(out, unit, fingerprint)  # the fingerprint alone still matches
+    assert execute_unit(resolved, unit, str(out)).status == "done"
+    assert is_done(out, unit, fingerprint, resolved.input_identities(unit))
+    np.testing.assert_array_equal(np.load(out / "units" / unit.key / "image.npy"),
+                                  np.random.default_rng([8, 1, 0]).normal(size=(8, 8)) * 2.0)
+    # a directory input: the newest file inside it counts
+    calib = tmp_path / "calib"
+    (calib / "sub").mkdir(parents=True)
+    (calib / "a.txt").write_text("a")
+    (calib / "sub" / "b.txt").write_text("bb")
+    os.utime(calib / "a.txt", ns=(0, 10**18))
+    os.utime(calib / "sub" / "b.txt", ns=(0, 2 * 10**18))
+    os.utime(calib / "sub", ns=(0, 10**18))
+    os.utime(calib, ns=(0, 10**18))
+    before = file_identity(calib)
+    assert before == {"newest": str(Path("sub") / "b.txt"), "size": 2, "mtime_ns": 2 * 10**18,
+                      "files": 2}
+    (calib / "sub" / "b.txt").write_text("cc")  # rewritten in place: the directories' times stay
+    os.utime(calib / "sub" / "b.txt", ns=(0, 2 * 10**18 + 1))
+    assert file_identity(calib) != before and file_identity(tmp_path / "nothing") is None
+
+
+def test_failed_rerun_removes_the_outputs_of_another_configuration(tmp_path):
+    units = [Unit(1, 0), Unit(2, 0)]
+    template = write_seeds(tmp_path / "in", units)
+    out = tmp_path / "out"
+    first = prepare_run(array_pipeline(template), plugin_manager=test_manager())
+    for unit in units:
+        assert execute_unit(first, unit, str(out)).status == "done"
+    failing = prepare_run(array_pipeline(template, fail_visits=[2]), plugin_manager=test_manager())
+    assert failing.fingerprint != first.fingerprint
+    assert execute_unit(failing, Unit(1, 0), str(out)).status == "done"
+    assert execute_unit(failing, Unit(2, 0), str(out)).status == "failed"
+    units_dir = out / "units"
+    assert sorted(p.name for p in units_dir.iterdir()) == ["visit1_det0"]  # nothing aside left
+    done = json.loads((units_dir / "visit1_det0" / "_done.json").read_text())
+    assert done["fingerprint"] == failing.fingerprint
+    # a failure of the same configuration keeps a unit that is done with it
+    assert execute_unit(failing, Unit(2, 0), str(out)).status == "failed"
+    assert (units_dir / "visit1_det0" / "_done.json").exists()
+
+
+def test_staging_is_unique_per_execution_and_a_concurrent_completion_counts_as_done(tmp_path):
+    unit = Unit(1, 0)
+    template = write_seeds(tmp_path / "in", [unit])
+    out = tmp_path / "out"
+    # the staging directory of another execution in progress is left alone
+    other = out / "units" / f".{unit.key}.partial"
+    other.mkdir(parents=True)
+    (other / "image.npy").write_bytes(b"being written")
+    pipeline = Pipeline.from_dict({"inputs": {"seed": template},
+                                   "stages": [{"name": "make_image"}, {"name": "rendezvous"}]})
+    resolved = prepare_run(pipeline, plugin_manager=test_manager())
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(execute_unit(resolved, unit,
+                                                                           str(out))))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
+    assert (other / "image.npy").read_bytes() == b"being written"
+    assert sorted(p.name for p in (out / "units").iterdir()) == [other.name, unit.key]
+    final = out / "units" / unit.key
+    assert sorted(p.name for p in final.iterdir()) == [
+        "_done.json", "copy.npy", "copy.provenance.json", "image.npy", "image.provenance.json"]
+    np.testing.assert_array_equal(np.load(final / "copy.npy"), np.load(final / "image.npy"))
+
+
+def test_unreadable_input_is_reported_as_an_input_failure(tmp_path):
+    unit = Unit(1, 0)
+    template = write_seeds(tmp_path / "in", [unit])
+    seed = Path(unit.format(template))
+    seed.write_text("{not json")
+    resolved = prepare_run(array_pipeline(template), plugin_manager=test_manager())
+    result = execute_unit(resolved, unit, str(tmp_path / "out"))
+    assert result.status == "failed" and result.stage is None
+    assert result.error.startswith(f"input 'seed': reading input 'seed' from {seed} (for stage "
+                                   f"'make_image') failed: JSONDecodeError: ")
+    assert "plugin" not in result.error
+    seed.unlink()
+    result = execute_unit(resolved, unit, str(tmp_path / "out"))
+    assert result.error.startswith("input 'seed': reading input 'seed' from ")
+    assert "FileNotFoundError" in result.error and "not found" in result.error
+
+
+def test_the_guide_runs_pipelines_from_a_script_under_a_main_guard():
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    example = guide.split("From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    compile(example, "run.py", "exec")
+    guarded = example.split('if __name__ == "__main__":\n', 1)
+    assert len(guarded) == 2 and "run_pipeline(" not in guarded[0]
+    assert all(line.startswith("    ") for line in guarded[1].splitlines() if line)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,14 @@ def test_rerun_skips_done_units_and_redoes_changed_ones(tmp_path, dask_address):
     # another option value: another pipeline fingerprint, so every unit is redone
     changed = run_pipeline(array_pipeline(template, scale=3.0), UNITS, **kwargs)
     assert (changed.done, changed.skipped) == (6, 0)
+    # a changed input file redoes just its unit
+    seed = Path(template.format(visit=3, detector=1))
+    seed.write_text(json.dumps({"seed": 9}))
+    os.utime(seed, ns=(seed.stat().st_atime_ns, seed.stat().st_mtime_ns + 10**9))
+    redo = run_pipeline(array_pipeline(template, scale=3.0), UNITS, **kwargs)
+    assert (redo.done, redo.skipped) == (1, 5)
+    np.testing.assert_allclose(np.load(out / "units" / "visit3_det1" / "image.npy"),
+                               np.random.default_rng([9, 3, 1]).normal(size=(8, 8)) * 3.0)
     image = np.load(out / "units" / "visit1_det0" / "image.npy")
     np.testing.assert_allclose(image, np.random.default_rng([7, 1, 0]).normal(size=(8, 8)) * 3.0)
 
@@ -270,7 +280,8 @@ def test_cli_exit_codes_failed_unit_and_bad_pipeline(tmp_path, exposures, dask_a
     assert main(["run", str(toml), "--dask-address", dask_address, "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "3 done now, 0 already done, 1 failed" in out
-    assert "FAILED visit2_det1: stage 'detect' (plugin 'detect' from jointcal-ap" in out
+    assert (f"FAILED visit2_det1: input 'exposure': reading input 'exposure' from "
+            f"{data}/raw_2_1.fits (for stage 'detect') failed: ") in out
     assert "raw_2_1.fits" in (tmp_path / "out" / "failed" / "visit2_det1.txt").read_text()
     assert (tmp_path / "out" / "units" / "visit2_det0" / "calexp.fits").exists()
 
@@ -280,3 +291,54 @@ def test_cli_exit_codes_failed_unit_and_bad_pipeline(tmp_path, exposures, dask_a
     assert main(["run", str(bad), "--out", str(tmp_path / "never"), "--no-progress"]) == 2
     assert "output 'exposure' is already given by [inputs]" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_unreachable_scheduler_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
+    import socket
+
+    from jointcal_ap.stages import SchedulerError
+
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    template = write_seeds(tmp_path / "in", UNITS[:1])
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    with pytest.raises(SchedulerError, match=f"cannot connect to the Dask scheduler at "
+                                             f"'{address}' within 1 s"):
+        run_pipeline(array_pipeline(template), UNITS[:1], output=out, dask_address=address,
+                     plugin_manager=test_manager(), progress=False, connect_timeout=1)
+    assert time.perf_counter() - start < 8
+    assert not (out / "pipeline.json").exists()
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'[pipeline]\noutput = "out2"\n[inputs]\nexposure = "{tmp_path}/x.fits"\n'
+                    f'[units]\nlist = [[1, 0]]\n[[stages]]\nname = "detect"\n')
+    assert main(["run", str(toml), "--dask-address", address, "--connect-timeout", "1",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"jointcal-ap: error: cannot connect to the Dask scheduler at '{address}'")
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.fixture
+def restore_logging():
+    names = ("distributed", "tornado", "bokeh", "jax")
+    levels = {n: logging.getLogger(n).level for n in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_cli_quiets_dask_logging_unless_vv(restore_logging, capsys):
+    import distributed  # noqa: F401  (its import sets the "distributed" logger to INFO)
+
+    logging.getLogger("distributed").setLevel(logging.INFO)
+    assert main(["stages", "list", "--json"]) == 0
+    assert logging.getLogger("distributed").level == logging.WARNING
+    assert logging.getLogger("tornado").getEffectiveLevel() >= logging.WARNING
+    logging.getLogger("distributed").setLevel(logging.INFO)
+    assert main(["stages", "list", "--json", "-vv"]) == 0
+    assert logging.getLogger("distributed").level == logging.INFO
+    capsys.readouterr()

@@ -246,6 +246,20 @@ def _configure_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # JAX logs its accelerator probing at INFO; that is noise for our users.
     logging.getLogger("jax").setLevel(max(level, logging.WARNING))
+    if verbosity >= 2:  # -vv: everything, Dask's scheduler and worker chatter included
+        return
+    # Dask logs every worker start and stop at INFO. Importing distributed sets its loggers'
+    # levels from the Dask config, so set both: the loggers (if already imported) and the
+    # config (read when it is imported).
+    for name in ("distributed", "tornado", "bokeh"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.level, logging.WARNING))
+    if "distributed.config" not in sys.modules:
+        try:
+            import dask.config
+        except ImportError:  # pragma: no cover - dask is a dependency
+            return
+        dask.config.set({"logging.distributed": "warning"})
 
 
 def _refcat_convert(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from jointcal_ap.stages.contract import (
     option,
     validate_stage_class,
 )
-from jointcal_ap.stages.errors import PipelineError, PluginError, StageError
+from jointcal_ap.stages.errors import PipelineError, PluginError, SchedulerError, StageError
 from jointcal_ap.stages.hookspecs import hookimpl
 from jointcal_ap.stages.manager import (
     BLOCK_ENV,
@@ -46,6 +46,7 @@ __all__ = [
     "PluginError",
     "PluginManager",
     "RunSummary",
+    "SchedulerError",
     "Stage",
     "StageError",
     "StageRegistry",

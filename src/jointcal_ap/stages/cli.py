@@ -26,7 +26,8 @@ EXAMPLES_RUN = textwrap.dedent("""\
          jointcal-ap run pipeline.toml --dask-address tcp://scheduler:8786
       3. Run it again: units already done are skipped, failed ones are retried.
 
-    exit codes: 0 every unit done, 1 some units failed (see OUT/failed/), 2 invalid pipeline.
+    exit codes: 0 every unit done, 1 some units failed (see OUT/failed/) or the scheduler
+    cannot be reached, 2 invalid pipeline.
     """)
 
 EXAMPLES_STAGES = textwrap.dedent("""\
@@ -66,6 +67,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=int, default=None,
                      help="LocalCluster worker processes (default: the number of CPU cores)")
     run.add_argument("--out", default=None, help="output directory (default: [pipeline] output)")
+    run.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                     help="seconds to wait for the scheduler of --dask-address (default 10)")
     run.set_defaults(handler=run_command)
 
     from jointcal_ap.stages.errors import PluginError
@@ -162,7 +165,7 @@ def list_stages(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """``jointcal-ap run PIPELINE.toml``: exit 0 if every unit is done, 1 if some failed."""
-    from jointcal_ap.stages.errors import PipelineError, PluginError
+    from jointcal_ap.stages.errors import PipelineError, PluginError, SchedulerError
     from jointcal_ap.stages.runner import run_pipeline
 
     if args.workers is not None and args.workers < 1:
@@ -170,11 +173,12 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_pipeline(args.pipeline, output=args.out, dask_address=args.dask_address,
-                               workers=args.workers, progress=not getattr(args, "no_progress", False))
+                               workers=args.workers, progress=not getattr(args, "no_progress", False),
+                               connect_timeout=args.connect_timeout)
     except PipelineError as exc:
         print(f"jointcal-ap: pipeline error: {exc}", file=sys.stderr)
         return 2
-    except PluginError as exc:
+    except (PluginError, SchedulerError) as exc:
         print(f"jointcal-ap: error: {exc}", file=sys.stderr)
         return 1
     print(summary.format())

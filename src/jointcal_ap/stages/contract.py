@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import operator
 import re
 import types
 import typing
@@ -77,8 +78,13 @@ class Unit:
     def __post_init__(self) -> None:
         for field in ("visit", "detector"):
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"Unit.{field} must be an int, got {value!r}")
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                number = operator.index(value)  # int, or a NumPy integer
+            except TypeError:
+                raise TypeError(f"Unit.{field} must be an integer, got {value!r}") from None
+            object.__setattr__(self, field, int(number))
 
     @property
     def key(self) -> str:
@@ -289,6 +295,16 @@ def validate_stage_class(cls: Any) -> None:
                              f"the Options docstring's Attributes section")
     if cls.run is Stage.run:
         raise TypeError(f"{where}: does not implement run()")
+    try:
+        signature = inspect.signature(cls.run)
+    except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+        return
+    try:
+        signature.bind(None, None, **dict.fromkeys(cls.inputs))
+    except TypeError as exc:
+        raise TypeError(f"{where}: run{signature} does not accept (unit, "
+                        f"{', '.join(f'{p}=...' for p in cls.inputs) or 'no inputs'}) for its "
+                        f"declared inputs {sorted(cls.inputs)}: {exc}") from None
 
 
 def _coerce(value: Any, annotation: Any) -> Any:

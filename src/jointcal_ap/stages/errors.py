@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PipelineError", "PluginError", "StageError"]
+__all__ = ["PipelineError", "PluginError", "SchedulerError", "StageError"]
 
 
 class PluginError(RuntimeError):
@@ -33,3 +33,17 @@ class PipelineError(ValueError):
 
     Raised before anything runs; the message names the file, the stage and what was expected.
     """
+
+
+class SchedulerError(RuntimeError):
+    """The Dask scheduler given by address could not be reached (nothing was run or written).
+
+    Attributes
+    ----------
+    address : str
+        The scheduler address that was tried.
+    """
+
+    def __init__(self, address: str, message: str):
+        self.address = address
+        super().__init__(message)

@@ -54,6 +54,7 @@ __all__ = [
     "ResolvedPipeline",
     "ResolvedStage",
     "StageSpec",
+    "file_identity",
     "load_pipeline",
     "resolve_pipeline",
 ]
@@ -119,12 +120,15 @@ class Pipeline:
                   source: str = "<pipeline>") -> Pipeline:
         """Build from the parsed TOML; relative paths are taken from ``base_dir``.
 
+        ``base_dir`` is made absolute now, so that the input and output paths mean the same
+        to Dask workers that run in another working directory.
+
         Raises
         ------
         PipelineError
             Naming ``source``, the key and what was expected.
         """
-        base = Path(base_dir)
+        base = Path(base_dir).resolve()
 
         def fail(key: str, message: str) -> PipelineError:
             return PipelineError(f"{source}: {key}: {message}")
@@ -330,14 +334,78 @@ class ResolvedPipeline:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the stages, versions, options and inputs: a unit done under another
-        fingerprint is redone."""
-        text = json.dumps(self.describe(), sort_keys=True, default=str)
+        """A hash of the stages, versions, options and input path templates: a unit done
+        under another fingerprint is redone.
+
+        Where the configuration came from (``source``) is left out, so the same pipeline
+        loaded through another spelling of its path has the same fingerprint; the contents
+        of the input files are checked separately (:meth:`input_identities`).
+        """
+        description = self.describe()
+        description.pop("source")
+        text = json.dumps(description, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def consumed_inputs(self) -> tuple[str, ...]:
+        """The pipeline inputs that some stage reads, sorted."""
+        return tuple(sorted(set(self.pipeline.inputs) & set(self.dataset_types)))
 
     def input_path(self, dataset: str, unit: Unit) -> Path:
         """The file of a pipeline input for ``unit``."""
         return Path(unit.format(self.pipeline.inputs[dataset]))
+
+    def input_identities(self, unit: Unit,
+                         cache: dict[Path, dict[str, Any] | None] | None = None
+                         ) -> dict[str, dict[str, Any] | None]:
+        """The identity (:func:`file_identity`) of every input that ``unit`` reads.
+
+        Parameters
+        ----------
+        unit : Unit
+            The unit.
+        cache : dict, optional
+            Path → identity, shared between calls so that an input common to all units (a
+            calibration directory) is scanned once.
+        """
+        out = {}
+        for dataset in self.consumed_inputs:
+            path = self.input_path(dataset, unit)
+            if cache is None:
+                out[dataset] = file_identity(path)
+            else:
+                if path not in cache:
+                    cache[path] = file_identity(path)
+                out[dataset] = cache[path]
+        return out
+
+
+def file_identity(path: str | Path) -> dict[str, Any] | None:
+    """What tells whether an input changed: its size and modification time (ns).
+
+    For a directory (e.g. a calibration), those of the newest file inside it (recursively),
+    with the number of files. ``None`` if ``path`` does not exist.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_dir():
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    newest: tuple[int, str, int] = (stat.st_mtime_ns, "", 0)
+    count = 0
+    for item in sorted(path.rglob("*")):
+        try:
+            if not item.is_file():
+                continue
+            item_stat = item.stat()
+        except OSError:
+            continue
+        count += 1
+        if item_stat.st_mtime_ns >= newest[0]:
+            newest = (item_stat.st_mtime_ns, str(item.relative_to(path)), item_stat.st_size)
+    return {"newest": newest[1], "size": newest[2], "mtime_ns": newest[0], "files": count}
 
 
 def resolve_pipeline(pipeline: Pipeline, registry: StageRegistry) -> ResolvedPipeline:

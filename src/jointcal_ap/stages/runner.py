@@ -12,9 +12,13 @@ Output layout (``OUT`` is the pipeline's output directory)::
     OUT/units/visit{v}_det{d}/_done.json    written last: the unit is complete
     OUT/failed/visit{v}_det{d}.txt          the traceback of a unit that failed
 
-A unit is built in a hidden staging directory and renamed into place only when all its
-stages succeeded, so a unit directory is always complete. A rerun skips the units already
-done with the same pipeline (same stages, versions, options and inputs).
+A unit is built in a hidden staging directory (unique to each execution) and renamed into
+place only when all its stages succeeded, so a unit directory is always complete. A rerun
+skips the units already done with the same pipeline (same stages, versions, options and
+input paths: the fingerprint) and the same input files (size and modification time, as
+recorded in ``_done.json``); a unit whose rerun fails loses the outputs of the earlier
+configuration. Consumers should trust only unit directories whose ``_done.json`` has the
+fingerprint of ``OUT/pipeline.json``.
 """
 
 from __future__ import annotations
@@ -24,15 +28,16 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jointcal_ap.stages.contract import Unit, check_outputs, options_to_dict
-from jointcal_ap.stages.errors import PipelineError
+from jointcal_ap.stages.errors import PipelineError, SchedulerError
 from jointcal_ap.stages.pipeline import (
     Pipeline,
     ResolvedPipeline,
@@ -55,6 +60,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DONE = "_done.json"
+
+#: Seconds to wait for a Dask scheduler given by address.
+CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -162,13 +170,31 @@ def unit_dir(output: str | os.PathLike[str], unit: Unit) -> Path:
     return Path(output) / "units" / unit.key
 
 
-def is_done(output: str | os.PathLike[str], unit: Unit, fingerprint: str) -> bool:
-    """Whether ``unit`` was completed by a pipeline with this fingerprint."""
+def is_done(output: str | os.PathLike[str], unit: Unit, fingerprint: str,
+            inputs: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``unit`` was completed by a pipeline with this fingerprint.
+
+    Parameters
+    ----------
+    output : path
+        The output directory.
+    unit : Unit
+        The unit.
+    fingerprint : str
+        :attr:`ResolvedPipeline.fingerprint`.
+    inputs : mapping, optional
+        The unit's current input identities (:meth:`ResolvedPipeline.input_identities`);
+        if given, they must equal those recorded when the unit was done, so that a changed
+        input file redoes the unit.
+    """
     marker = unit_dir(output, unit) / DONE
     try:
-        return json.loads(marker.read_text()).get("fingerprint") == fingerprint
+        done = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
+    if not isinstance(done, dict) or done.get("fingerprint") != fingerprint:
+        return False
+    return inputs is None or done.get("inputs") == json.loads(json.dumps(dict(inputs)))
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -177,17 +203,30 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-_SHARED: dict[tuple[str, str, int], Any] = {}
+def _move_aside(final: Path, unit: Unit, suffix: str) -> Path | None:
+    """Rename a unit directory to a unique hidden name beside it (atomic, so ``units/KEY``
+    is never half-removed); returns that name, or ``None`` if ``final`` was already gone."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{unit.key}.", suffix=suffix, dir=final.parent))
+    try:
+        os.replace(final, aside)  # a directory replaces an empty one
+    except FileNotFoundError:
+        aside.rmdir()
+        return None
+    return aside
 
 
-def _read_input(resolved: ResolvedPipeline, dataset: str, path: Path) -> Any:
+_SHARED: dict[tuple[str, str, str], Any] = {}
+
+
+def _read_input(resolved: ResolvedPipeline, dataset: str, path: Path,
+                identity: Mapping[str, Any] | None) -> Any:
     """Read a pipeline input; one shared by all units (no ``{visit}``/``{detector}`` in its
-    template, e.g. a calibration) is read once per worker process and reused while unchanged.
-    Stages must therefore treat their inputs as read-only."""
+    template, e.g. a calibration) is read once per worker process and reused while unchanged
+    (same :func:`file_identity`). Stages must therefore treat their inputs as read-only."""
     dataset_type = resolved.dataset_types[dataset]
     if _template_fields(resolved.pipeline.inputs[dataset], dataset):
         return dataset_type.read(path)
-    key = (dataset_type.name, str(path.resolve()), path.stat().st_mtime_ns)
+    key = (dataset_type.name, str(path.resolve()), json.dumps(identity, sort_keys=True))
     if key not in _SHARED:
         if len(_SHARED) >= 4:
             _SHARED.pop(next(iter(_SHARED)))
@@ -195,12 +234,25 @@ def _read_input(resolved: ResolvedPipeline, dataset: str, path: Path) -> Any:
     return _SHARED[key]
 
 
+class _InputReadError(Exception):
+    """Reading a pipeline input failed (the input, not the consuming stage, is to blame)."""
+
+    def __init__(self, dataset: str, path: Path, stage: str, cause: BaseException):
+        self.dataset, self.path, self.stage, self.cause = dataset, path, stage, cause
+        super().__init__(f"reading input {dataset!r} from {path} (for stage {stage!r}) failed: "
+                         f"{type(cause).__name__}: {cause}")
+
+
 def execute_unit(resolved: ResolvedPipeline, unit: Unit, output: str) -> UnitResult:
     """Run every stage of the pipeline on one unit; never raises for a stage failure.
 
-    The unit's outputs and their provenance are written to a staging directory that is
-    renamed to :func:`unit_dir` only when every stage succeeded; a failure is written to
-    ``OUT/failed/UNIT.txt`` and returned.
+    The unit's outputs and their provenance are written to a staging directory, unique to
+    this execution, that is renamed to :func:`unit_dir` only when every stage succeeded. The
+    identity of every input file (:func:`~jointcal_ap.stages.pipeline.file_identity`) is
+    recorded in ``_done.json``, taken before the input is read. A failure is written to
+    ``OUT/failed/UNIT.txt`` and returned; an existing unit directory that is not done with
+    this pipeline and these inputs is then removed, so that ``units/`` never mixes
+    configurations.
 
     Parameters
     ----------
@@ -212,15 +264,18 @@ def execute_unit(resolved: ResolvedPipeline, unit: Unit, output: str) -> UnitRes
         The output directory.
     """
     final = unit_dir(output, unit)
-    staging = final.with_name(f".{unit.key}.partial")
     failed_path = Path(output) / "failed" / f"{unit.key}.txt"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    fingerprint = resolved.fingerprint
+    staging: Path | None = None
     values: dict[str, Any] = {}
     records: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
     current = None
     try:
+        identities = resolved.input_identities(unit)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{unit.key}.", suffix=".partial",
+                                        dir=final.parent))
         for step in resolved.stages:
             current = step
             start = time.perf_counter()
@@ -228,9 +283,14 @@ def execute_unit(resolved: ResolvedPipeline, unit: Unit, output: str) -> UnitRes
             for port, dataset in step.inputs.items():
                 if dataset not in values:  # a pipeline input
                     path = resolved.input_path(dataset, unit)
-                    if not path.exists():
-                        raise FileNotFoundError(f"{path}: input {dataset!r} of {unit.key} not found")
-                    values[dataset] = _read_input(resolved, dataset, path)
+                    try:
+                        if identities.get(dataset) is None:
+                            raise FileNotFoundError(f"{path}: input {dataset!r} of {unit.key} "
+                                                    f"not found")
+                        values[dataset] = _read_input(resolved, dataset, path,
+                                                      identities[dataset])
+                    except Exception as exc:
+                        raise _InputReadError(dataset, path, step.label, exc) from exc
                     records[dataset] = {"input": str(path)}
                 kwargs[port] = values[dataset]
             stage = step.stage(step.options)
@@ -254,35 +314,74 @@ def execute_unit(resolved: ResolvedPipeline, unit: Unit, output: str) -> UnitRes
                               "distribution": step.distribution},
                     "options": options_to_dict(step.options),
                     "inputs": {p: records[ds] for p, ds in step.inputs.items()},
-                    "pipeline": {"name": resolved.pipeline.name, "fingerprint": resolved.fingerprint},
+                    "pipeline": {"name": resolved.pipeline.name, "fingerprint": fingerprint},
                 }
                 _write_json(staging / f"{dataset}.provenance.json", provenance)
             seconds[step.label] = time.perf_counter() - start
-        _write_json(staging / DONE, {"unit": unit.key, "fingerprint": resolved.fingerprint,
-                                     "seconds": seconds, "datasets": sorted(records)})
-        if final.exists():  # done under another pipeline fingerprint: replace it
-            old = final.with_name(f".{unit.key}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
+        current = None
+        _write_json(staging / DONE, {"unit": unit.key, "fingerprint": fingerprint,
+                                     "inputs": identities, "seconds": seconds,
+                                     "datasets": sorted(records)})
+        _install(staging, final, unit, fingerprint, identities)
+        staging = None
         failed_path.unlink(missing_ok=True)
         return UnitResult(unit, "done", seconds)
     except Exception as exc:
         tb = traceback.format_exc()
-        where = f"stage {current.label!r} {current.origin}" if current else "setup"
-        error = f"{where}: {type(exc).__name__}: {exc}"
-        shutil.rmtree(staging, ignore_errors=True)
+        stage_label = current.label if current else None
+        if isinstance(exc, _InputReadError):
+            error = f"input {exc.dataset!r}: {exc}"
+            stage_label = None
+        else:
+            where = f"stage {current.label!r} {current.origin}" if current else "setup"
+            error = f"{where}: {type(exc).__name__}: {exc}"
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        try:
+            if final.exists() and not is_done(output, unit, fingerprint,
+                                              resolved.input_identities(unit)):
+                # outputs of another configuration (or other inputs): never leave them
+                # looking current beside this run's units
+                aside = _move_aside(final, unit, ".stale")
+                if aside is not None:
+                    shutil.rmtree(aside, ignore_errors=True)
+        except OSError:  # pragma: no cover - reported below; _done.json still tells
+            log.exception("cannot move %s aside", final)
         try:
             failed_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = failed_path.with_name(f".{failed_path.name}.tmp")
+            tmp = failed_path.with_name(f".{failed_path.name}.{os.getpid()}.tmp")
             tmp.write_text(f"{unit.key}: {error}\n\n{tb}")
             os.replace(tmp, failed_path)
         except OSError:  # pragma: no cover - the summary still carries it
             log.exception("cannot write %s", failed_path)
-        return UnitResult(unit, "failed", seconds, current.label if current else None, error, tb)
+        return UnitResult(unit, "failed", seconds, stage_label, error, tb)
+
+
+def _install(staging: Path, final: Path, unit: Unit, fingerprint: str,
+             identities: Mapping[str, Any]) -> None:
+    """Rename a complete staging directory to the unit's directory.
+
+    A unit directory of another configuration is moved aside first. If the unit was
+    completed meanwhile by another execution with this fingerprint and these inputs, that
+    one is kept and the staging directory discarded.
+    """
+    output = final.parent.parent
+    for _attempt in range(3):
+        if final.exists():
+            if is_done(output, unit, fingerprint, identities):  # completed meanwhile
+                shutil.rmtree(staging, ignore_errors=True)
+                return
+            old = _move_aside(final, unit, ".old")
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(staging, final)
+            return
+        except OSError as exc:  # another execution put it in place between the two steps
+            if not final.exists():
+                raise
+            last = exc
+    raise last
 
 
 def prepare_run(pipeline: Pipeline | str | os.PathLike[str], *, plugin_manager: Any = None,
@@ -311,7 +410,8 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],
                  units: Iterable[Unit | tuple[int, int]] | None = None, *,
                  output: str | os.PathLike[str] | None = None, dask_address: str | None = None,
                  workers: int | None = None, processes: bool = True, progress: bool = True,
-                 plugin_manager: Any = None) -> RunSummary:
+                 plugin_manager: Any = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> RunSummary:
     """Run a pipeline over units of work on Dask.
 
     Parameters
@@ -333,6 +433,8 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],
         Show a progress bar on stderr.
     plugin_manager : PluginManager, optional
         Where stages come from (default: :func:`~jointcal_ap.stages.get_plugin_manager`).
+    connect_timeout : float
+        Seconds to wait for the scheduler at ``dask_address`` (default 10).
 
     Returns
     -------
@@ -343,6 +445,9 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],
     ------
     PipelineError
         The pipeline is invalid (checked before anything runs).
+    SchedulerError
+        The scheduler at ``dask_address`` cannot be reached within ``connect_timeout``;
+        nothing was written.
     """
     start = time.perf_counter()
     resolved = prepare_run(pipeline, plugin_manager=plugin_manager)
@@ -351,21 +456,30 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],
     if out is None:
         raise PipelineError(f"{config.source}: no output directory: set [pipeline] output or "
                             f"pass output=")
+    out = out.resolve()
     if workers is not None and workers < 1:
         raise PipelineError(f"workers must be at least 1, got {workers}")
     all_units = units_from(list(units)) if units is not None else config.discover_units()
     if len(set(all_units)) != len(all_units):
         raise PipelineError(f"{config.source}: units are listed twice")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "pipeline.json", {**resolved.describe(), "fingerprint": resolved.fingerprint})
     fingerprint = resolved.fingerprint
-    todo = [u for u in all_units if not is_done(out, u, fingerprint)]
+    cache: dict[Path, Any] = {}
+    todo = [u for u in all_units
+            if not is_done(out, u, fingerprint, resolved.input_identities(u, cache))]
     skipped = len(all_units) - len(todo)
+
+    def start_run() -> None:  # once connected: nothing is written for an unreachable cluster
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "pipeline.json", {**resolved.describe(), "fingerprint": fingerprint})
+
     results: list[UnitResult] = []
     scheduler = "nothing to do"
     if todo:
         results, scheduler = _run_on_dask(resolved, todo, str(out), dask_address, workers,
-                                          processes, progress, skipped, len(all_units))
+                                          processes, progress, skipped, len(all_units),
+                                          connect_timeout, start_run)
+    else:
+        start_run()
     stage_seconds: dict[str, float] = {s.label: 0.0 for s in resolved.stages}
     for result in results:
         for label, sec in result.seconds.items():
@@ -379,21 +493,28 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],
 
 def _run_on_dask(resolved: ResolvedPipeline, todo: Sequence[Unit], output: str,
                  dask_address: str | None, workers: int | None, processes: bool, progress: bool,
-                 skipped: int, total: int) -> tuple[list[UnitResult], str]:
+                 skipped: int, total: int, connect_timeout: float,
+                 on_connected: Callable[[], None]) -> tuple[list[UnitResult], str]:
     from distributed import Client, as_completed
     from tqdm import tqdm
 
-    cluster = None
-    if dask_address:
-        client = Client(dask_address)
-        scheduler = dask_address
-    else:
-        n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-        cluster = _local_cluster(n, processes)
-        client = Client(cluster)
-        scheduler = f"LocalCluster({n} {'processes' if processes else 'threads'})"
+    cluster = client = None
     results: list[UnitResult] = []
     try:
+        if dask_address:
+            try:
+                client = Client(dask_address, timeout=connect_timeout)
+            except Exception as exc:
+                raise SchedulerError(dask_address, f"cannot connect to the Dask scheduler at "
+                                     f"{dask_address!r} within {connect_timeout:g} s: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            scheduler = dask_address
+        else:
+            n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+            cluster = _local_cluster(n, processes)
+            client = Client(cluster)
+            scheduler = f"LocalCluster({n} {'processes' if processes else 'threads'})"
+        on_connected()
         task = functools.partial(execute_unit, resolved, output=output)
         futures = client.map(task, list(todo), key=[f"unit-{resolved.fingerprint}-{u.key}-"
                                                     f"{time.time_ns()}" for u in todo])
@@ -411,7 +532,8 @@ def _run_on_dask(resolved: ResolvedPipeline, todo: Sequence[Unit], output: str,
                 results.append(result)
                 bar.update(1)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
     return results, scheduler
