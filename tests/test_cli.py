@@ -100,10 +100,12 @@ def test_fit_command_writes_heads_model_report(tmp_path, capsys):
     # photometry alone, then astrometry alone
     out_p, out_a = tmp_path / "phot", tmp_path / "astro"
     assert main(["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--out", str(out_p), "--fit", "photometry",
-                 "--phot-model", "constrained", "--flat-degree", "1", "--no-progress"]) == 0
+                 "--phot-model", "constrained", "--flat-degree", "1", "--phot-visit-degree", "1",
+                 "--no-progress"]) == 0
     assert "photometry: chi2/dof" in capsys.readouterr().out
     report_p = json.loads((out_p / "fit_report.json").read_text())
     assert report_p["fitted"] == "photometry" and report_p["photometry"]["model"] == "constrained"
+    assert report_p["options"]["photometry"]["visit_degree"] == 1
     assert main(["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--out", str(out_a), "--fit", "astrometry",
                  "--no-progress"]) == 0
     assert "photometry" not in capsys.readouterr().out

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="simple: zero point per visit + flat per visit x detector; constrained: zero point "
                            "per visit + flat per detector shared by all visits")
     phot.add_argument("--flat-degree", type=int, default=2, help="Chebyshev degree of the flats (default 2)")
+    phot.add_argument("--phot-visit-degree", type=int, default=0,
+                      help="constrained photometry: degree of a per-visit focal-plane term (default 0: none)")
     phot.add_argument("--ref-mag", help="refcat column of the reference magnitude (default: ref_mag or the first *mag)")
     phot.add_argument("--ref-mag-error", help="refcat column of its error (default: <ref-mag>_error)")
     phot.add_argument("--ref-colour", help="reference colour: a column or A-B of two columns (e.g. b_v)")
@@ -159,6 +161,7 @@ def _fit(args: argparse.Namespace) -> int:
     try:
         terms = tuple(float(t) for t in args.colour_transform.split(","))
         photometry = PhotometryOptions(model=args.phot_model, flat_degree=args.flat_degree,
+                                       visit_degree=args.phot_visit_degree,
                                        colour_term=args.colour_term, ref_colour_terms=terms,
                                        ref_error_floor=args.ref_mag_floor)
         options = FitOptions(model=args.model, degree=args.degree, visit_degree=args.visit_degree,
@@ -235,7 +238,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"6. against the truth: astrometry {acc['astrometry_rms_vs_truth_mas']:.1f} mas RMS "
           f"(max {acc['astrometry_max_vs_truth_mas']:.1f} mas; 1 pixel = 6000 mas); calibration "
           f"{acc['calibration_rms_vs_truth_mmag']:.1f} mmag RMS (offset {acc['calibration_offset_vs_truth_mmag']:+.1f} "
-          f"mmag; stated zero-point error {acc['photometric_zero_point_err_median_mmag']:.1f} mmag)")
+          f"mmag; stated zero-point error {acc['photometric_zero_point_err_median_mmag']:.1f} mmag); "
+          f"{acc['star_flux_n_bright']:,} bright detections calibrated to nJy: median "
+          f"{acc['star_flux_vs_true_njy_median_mmag']:+.1f} mmag from their true flux")
     print("   time: " + ", ".join(f"{k} {v} s" for k, v in summary["seconds"].items()))
     print(f"summary written to {args.out}/demo_summary.json")
     return 0
