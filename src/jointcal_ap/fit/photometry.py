@@ -388,13 +388,22 @@ class PhotometryResult:
 
         NaN for a visit × detector without a calibration.
         """
-        visit, detector, x, y = np.broadcast_arrays(visit, detector, np.asarray(x, float), np.asarray(y, float))
+        arrays = np.broadcast_arrays(visit, detector, np.asarray(x, float), np.asarray(y, float))
+        shape = arrays[0].shape
+        visit, detector, x, y = (np.ravel(a) for a in arrays)
         out = np.full(x.shape, np.nan)
-        for v, d in set(zip(visit.ravel().tolist(), detector.ravel().tolist(), strict=True)):
+        if out.size == 0:
+            return out.reshape(shape)
+        # rows of each visit × detector by one sort (a mask per CCD would be O(n × CCDs))
+        key = visit.astype(np.int64) * self.coefficients.shape[1] + detector.astype(np.int64)
+        order = np.argsort(key, kind="stable")
+        starts = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+            rows = order[a:b]
+            v, d = int(visit[rows[0]]), int(detector[rows[0]])
             if np.all(np.isfinite(self.coefficients[v, d])):
-                sel = (visit == v) & (detector == d)
-                out[sel] = self.calibration(v, d).zero_point(x[sel], y[sel])
-        return out
+                out[rows] = self.calibration(v, d).zero_point(x[rows], y[rows])
+        return out.reshape(shape)
 
     def covariance_at(self, visit, detector, x, y) -> np.ndarray:
         """Joint covariance (mag², shape (m, m)) of P at m points (1-D arrays or scalars for visit/detector)."""
