@@ -483,9 +483,12 @@ class JointFit:
         table = self.refcat.cone(float(np.degrees(np.arctan2(centre[1], centre[0])) % 360),
                                  float(np.degrees(np.arcsin(centre[2]))), radius, columns=wanted, format="arrow")
         ids, _ = reference_codes(table, association.ref_id_codes)
+        if len(ids) == 0:
+            return out_mag, out_err, out_colour
         order = np.argsort(ids)
-        pos = np.clip(np.searchsorted(ids[order], association.star_ref[is_ref]), 0, max(len(ids) - 1, 0))
-        found = (len(ids) > 0) & (ids[order][pos] == association.star_ref[is_ref]) if len(ids) else np.zeros(len(is_ref), bool)
+        target = association.star_ref[is_ref]
+        pos = np.clip(np.searchsorted(ids[order], target), 0, len(ids) - 1)
+        found = ids[order][pos] == target
         where = order[pos[found]]
         stars = is_ref[found]
 
