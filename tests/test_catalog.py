@@ -155,3 +155,31 @@ def test_bad_queries(hip_refcat, args, match):
         hip_refcat.cone(*args)
     with pytest.raises(RefcatError, match="observer needs an epoch"):
         hip_refcat.cone(0, 0, 1, observer="earth")
+
+
+@pytest.mark.parametrize("ra, dec, radius, epoch", [(56.75, 24.12, 5.0, None), (266.4, -28.9, 0.7, 2030.0),
+                                                    (10.0, 89.5, 2.0, 2030.0), (359.9, 0.1, 1.0, None)])
+def test_healpix_range_search_returns_the_same_stars(monkeypatch, tmp_path, hip2_path, ra, dec, radius, epoch):
+    """Big partitions are cut to a cone's HEALPix ranges by binary search on ``_healpix_29``: the
+    same stars as reading them whole (Hipparcos in one partition, the search forced on)."""
+    import dataclasses
+    from pathlib import Path
+
+    from jointcal_ap.refcat import catalog as catalog_module
+    from jointcal_ap.refcat import convert, load_config
+    from jointcal_ap.refcat.config import PartitionSpec
+
+    config = load_config(Path(__file__).resolve().parents[1] / "refcats" / "hipparcos2.toml")
+    config = dataclasses.replace(config, partitioning=PartitionSpec(mode="fixed", order=0))
+    convert(config, [hip2_path], tmp_path / "one", overwrite=True)
+    whole = open_refcat(tmp_path / "one")
+    expected = set(whole.cone(ra, dec, radius, epoch=epoch, format="arrow").column("id").to_numpy())
+    monkeypatch.setattr(catalog_module, "_RANGE_SEARCH_MIN_ROWS", 0)
+    cut = open_refcat(tmp_path / "one")
+    got = cut.cone(ra, dec, radius, epoch=epoch, format="arrow")
+    assert set(got.column("id").to_numpy()) == expected and len(expected) > 5
+    # and the cut really happened: far fewer rows than the partitions hold
+    ranges = catalog_module._pixel_ranges(catalog_module._unit_vector(np.array(ra), np.array(dec)), radius)
+    kept = sum(len(catalog_module._rows_in_ranges(cut._read_partition(p, ["id", "ra", "dec"])[2], *ranges))
+               for p in cut.partitions)
+    assert len(expected) <= kept < 0.05 * int(cut.properties["hats_nrows"])

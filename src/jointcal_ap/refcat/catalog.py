@@ -37,7 +37,7 @@ from jointcal_ap.refcat.layout import (
     read_partition_info,
     read_properties,
 )
-from jointcal_ap.refcat.schema import CORRELATION_NAMES, HEALPIX_COLUMN
+from jointcal_ap.refcat.schema import CORRELATION_NAMES, HEALPIX_COLUMN, HEALPIX_ORDER
 
 __all__ = ["Refcat", "RefcatError", "open_refcat"]
 
@@ -45,6 +45,32 @@ _ASTROMETRY = ("ra", "dec", "parallax", "pmra", "pmdec", "radial_velocity", "epo
 _ERRORS = ("ra_error", "dec_error", "parallax_error", "pmra_error", "pmdec_error")
 _MAS_TO_DEG = 1.0 / 3.6e6
 _QUERY_ORDER_CAP = 8
+#: Partitions with more rows than this are cut to a cone's HEALPix ranges before anything else.
+_RANGE_SEARCH_MIN_ROWS = 20_000
+
+
+def _pixel_ranges(center: np.ndarray, radius_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi) ranges of ``_healpix_29`` covering a cone: the NESTED pixels (at an order where a
+    pixel is ~1/8 of the radius) that touch it, each pixel's range at order 29."""
+    import healpy as hp
+
+    k = int(np.clip(math.ceil(math.log2(8 * 58.6 / max(radius_deg, 1e-6))), 0, 16))
+    pix = np.sort(np.asarray(hp.query_disc(1 << k, center, math.radians(radius_deg), inclusive=True,
+                                           nest=True), dtype=np.int64))
+    shift = 2 * (HEALPIX_ORDER - k)
+    return pix << shift, (pix + 1) << shift
+
+
+def _rows_in_ranges(hp29: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Indices of the (sorted) ``hp29`` values inside any [lo, hi) range, in order."""
+    a, b = np.searchsorted(hp29, lo), np.searchsorted(hp29, hi)
+    keep = b > a
+    a, b = a[keep], b[keep]
+    lengths = b - a
+    if not len(lengths):
+        return np.zeros(0, dtype=np.int64)
+    starts = np.repeat(a - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + starts
 
 
 class RefcatError(ValueError):
@@ -277,31 +303,56 @@ class Refcat:
     #: Most bytes of partitions (and their rows' unit vectors) kept in memory between queries.
     cache_bytes: int = 256 * 1024**2
 
-    def _read_partition(self, part: Partition, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+    def _read_partition(self, part: Partition, columns: list[str]) -> tuple[pa.Table, np.ndarray, np.ndarray | None]:
+        """A partition's rows, their unit vectors and their ``_healpix_29`` (None unless sorted)."""
         key = (part.order, part.pixel, tuple(columns))
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        table = pq.read_table(partition_path(self.path, part), columns=columns)
+        with_hp = HEALPIX_COLUMN in self.schema.names
+        table = pq.read_table(partition_path(self.path, part), columns=[*columns, *([HEALPIX_COLUMN] if with_hp else [])])
+        hp29 = None
+        if with_hp:
+            hp29 = table.column(HEALPIX_COLUMN).to_numpy().astype(np.int64)
+            table = table.drop_columns([HEALPIX_COLUMN])
+            if len(hp29) > 1 and np.any(np.diff(hp29) < 0):  # not written by us: no range search
+                hp29 = None
         xyz = _unit_vector(table.column("ra").to_numpy(), table.column("dec").to_numpy())
-        size = table.nbytes + xyz.nbytes
+        value = (table, xyz, hp29)
+        size = table.nbytes + xyz.nbytes + (hp29.nbytes if hp29 is not None else 0)
         if size <= self.cache_bytes:
-            self._cache[key] = (table, xyz)
+            self._cache[key] = value
             self._cache_bytes += size
             while self._cache_bytes > self.cache_bytes:
-                _, (t, v) = self._cache.popitem(last=False)
-                self._cache_bytes -= t.nbytes + v.nbytes
-        return table, xyz
+                _, (t, v, h) = self._cache.popitem(last=False)
+                self._cache_bytes -= t.nbytes + v.nbytes + (h.nbytes if h is not None else 0)
+        return value
 
-    def _read(self, parts: Sequence[Partition], columns: list[str]) -> tuple[pa.Table, np.ndarray]:
-        """The rows of these partitions (``columns``), and their unit vectors (catalog positions)."""
+    def _read(self, parts: Sequence[Partition], columns: list[str], region: _Region | None = None,
+              pad_deg: float = 0.0) -> tuple[pa.Table, np.ndarray]:
+        """The rows of these partitions (``columns``), and their unit vectors (catalog positions).
+
+        With a cone ``region``, large partitions are cut to the rows whose ``_healpix_29`` falls
+        in the HEALPix pixels touching the cone (+ ``pad_deg``), by binary search on the sorted
+        column: a superset of the cone's rows, found without looking at the others.
+        """
         if not parts:
             return self.schema.empty_table().select(columns), np.zeros((0, 3))
-        pieces = [self._read_partition(p, columns) for p in parts]
-        if len(pieces) == 1:
-            return pieces[0]
-        return pa.concat_tables([t for t, _ in pieces]), np.concatenate([v for _, v in pieces])
+        ranges = None
+        if region is not None and region.radius_deg + pad_deg < 30.0:
+            ranges = _pixel_ranges(region.center, region.radius_deg + pad_deg)
+        tables, vectors = [], []
+        for part in parts:
+            table, xyz, hp29 = self._read_partition(part, columns)
+            if ranges is not None and hp29 is not None and len(hp29) > _RANGE_SEARCH_MIN_ROWS:
+                rows = _rows_in_ranges(hp29, *ranges)
+                table, xyz = table.take(pa.array(rows)), xyz[rows]
+            tables.append(table)
+            vectors.append(xyz)
+        if len(tables) == 1:
+            return tables[0], vectors[0]
+        return pa.concat_tables(tables), np.concatenate(vectors)
 
     def query(self, region: _Region, *, epoch: Time | float | None = None,
               observer: str | np.ndarray | None = None, columns: Sequence[str] | None = None,
@@ -364,7 +415,7 @@ class Refcat:
         read_cols = [c for c in self.schema.names if c in needed]
 
         pad = self._padding_deg(t_epoch, obs_position is not None)
-        table, xyz = self._read(self._candidate_partitions(region, pad), read_cols)
+        table, xyz = self._read(self._candidate_partitions(region, pad), read_cols, region, pad)
         keep = np.ones(table.num_rows, dtype=bool)
         for name, (lo, hi) in (mag_limits or {}).items():
             mag = table.column(name).to_numpy(zero_copy_only=False).astype(float)
