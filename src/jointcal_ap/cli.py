@@ -139,8 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    import json
-    import os
     from dataclasses import asdict
     from pathlib import Path
 
@@ -148,14 +146,8 @@ def _fit(args: argparse.Namespace) -> int:
 
     from jointcal_ap.fit import FitOptions, JointFit
     from jointcal_ap.fit.io import read_inputs
-    from jointcal_ap.fit.output import (
-        calibration_product,
-        save_model,
-        tan_sip_header,
-        write_scamp_heads,
-    )
+    from jointcal_ap.fit.output import write_fit_outputs
     from jointcal_ap.fit.photometry import PhotometryOptions
-    from jointcal_ap.fit.report import write_report
     from jointcal_ap.refcat import open_refcat
 
     try:
@@ -174,28 +166,8 @@ def _fit(args: argparse.Namespace) -> int:
     refcat = open_refcat(args.refcat)
     result = JointFit(data, refcat, options).run()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fit_options.json").write_text(json.dumps(
-        {"options": asdict(options), "catalogs": args.catalogs, "refcat": args.refcat}, indent=2, default=str))
-    sip = [tan_sip_header(result, i) for i in range(len(data.ccds))]
-    calibration_product(result, provenance={"options": asdict(options), "catalogs": list(args.catalogs),
-                                            "refcat": str(args.refcat)},
-                        sip_headers=[h for h, _ in sip]).write(out / "calibration")
-    heads = write_scamp_heads(result, out / "heads")
-    sip_dir = out / "sip"
-    sip_dir.mkdir(exist_ok=True)
-    worst = 0.0
-    for (header, err), ccd in zip(sip, data.ccds, strict=True):
-        worst = max(worst, err)
-        tmp = sip_dir / f".visit{ccd.visit}_det{ccd.detector}.hdr.tmp"
-        tmp.write_text(header.tostring(sep="\n"))
-        os.replace(tmp, sip_dir / f"visit{ccd.visit}_det{ccd.detector}.hdr")
-    save_model(result, out / "model.json")
-    write_report(result, out)
-    if args.plots:
-        from jointcal_ap.fit.plots import write_plots
-
-        write_plots(result, out / "plots")
+    written = write_fit_outputs(result, out, plots=args.plots, provenance={
+        "options": asdict(options), "catalogs": list(args.catalogs), "refcat": str(args.refcat)})
     s = result.summary()
     if result.fitted_astrometry:
         print(f"astrometry: chi2/dof = {s['chi2_per_dof']:.3f} ({s['dof']} dof); {s['n_measurements']:,} "
@@ -208,8 +180,8 @@ def _fit(args: argparse.Namespace) -> int:
               f"of {ph.n_stars:,} stars ({ph.n_reference_stars:,} reference), {ph.n_clipped} clipped")
         print(f"  zero points {np.nanmin(ph.visit_zero_point):.3f}..{np.nanmax(ph.visit_zero_point):.3f} mag, "
               f"median error {1000 * np.nanmedian(ph.zero_point_err):.1f} mmag")
-    print(f"wrote calibration/, {len(heads)} .head files, TAN-SIP headers (max approximation error "
-          f"{worst:.3f} mas), model.json and fit_report.json/.txt to {out}")
+    print(f"wrote calibration/, {len(written.heads)} .head files, TAN-SIP headers (max approximation error "
+          f"{written.sip_max_error_mas:.3f} mas), model.json and fit_report.json/.txt to {out}")
     return 0
 
 

@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -146,86 +146,63 @@ def _gather_catalogs(detect_out: Path, survey, units, catalog_dir: Path) -> Path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from jointcal_ap.detect import sources_columns
     from jointcal_ap.fit.io import write_parquet_survey
+    from jointcal_ap.simulate.output import survey_visits_table
 
-    sim = survey.data
     tables = []
     for v, d in units:
         t = pq.read_table(detect_out / "units" / f"visit{v}_det{d}" / "sources.parquet")
-        cov_xx, cov_yy = t.column("cov_xx").to_numpy(), t.column("cov_yy").to_numpy()
-        tables.append(pa.table({
-            "visit": t.column("visit"), "detector": t.column("detector"),
-            "x": t.column("x"), "y": t.column("y"), "x_err": np.sqrt(cov_xx), "y_err": np.sqrt(cov_yy),
-            "xy_cov": t.column("cov_xy"), "flux": t.column("flux"), "flux_err": t.column("flux_err"),
-            "flags": t.column("flags").cast(pa.int64()),
-        }))
-    visits = sim.truth.visits
-    pointing = [sim.header(v.visit, 0) for v in visits]
-    return write_parquet_survey(catalog_dir, visits={
-        "visit": pa.array([v.visit for v in visits], pa.int64()), "mjd_tai": [v.mjd_tai for v in visits],
-        "filter": [v.filter for v in visits], "exptime": [v.exptime for v in visits],
-        "ra": [float(h["CRVAL1"]) for h in pointing], "dec": [float(h["CRVAL2"]) for h in pointing],
-    }, sources=pa.concat_tables(tables), ccds=sim.headers)
+        tables.append(pa.table(sources_columns({c: t.column(c).to_numpy() for c in t.column_names}, v, d)))
+    return write_parquet_survey(catalog_dir, visits=survey_visits_table(survey.data),
+                                sources=pa.concat_tables(tables), ccds=survey.data.headers)
 
 
-def _accuracy(result, truth, calexp_dir: Path, units) -> dict:
-    """Fitted vs true astrometry (pixel grid) and photometry (calibration and star fluxes)."""
+def _accuracy(result, truth, calexp_dir: Path) -> dict:
+    """Fitted vs true: astrometry and calibration on a pixel grid of every CCD, and the calibrated
+    flux of every bright detection against its star's true flux (the calibration read back from
+    the calibrated exposures the ``calibrate`` stage wrote)."""
+    from scipy.spatial import cKDTree
+
     from jointcal_ap.exposure import read_calibrated_exposure
     from jointcal_ap.fit.associate import gnomonic
     from jointcal_ap.simulate import true_pixel_to_sky
     from jointcal_ap.simulate.truth import true_calibration_mag
 
-    data = result.data
-    astro, phot = [], []
+    data, tm, meas = result.data, truth.measurements, result.data.measurements
+    star_index = {int(i): k for k, i in enumerate(truth.stars.id)}
+    astro, phot, dmag, snr = [], [], [], []
     for i, ccd in enumerate(data.ccds):
+        cal = read_calibrated_exposure(calexp_dir / "units" / f"visit{ccd.visit}_det{ccd.detector}"
+                                       / "calexp.fits").calibration.photometry
         xs, ys = (a.ravel() for a in np.meshgrid(np.linspace(1, ccd.naxis1, 16), np.linspace(1, ccd.naxis2, 16)))
         v = next(v for v in data.visits if v.visit == ccd.visit)
         ra, dec = result.pixel_to_sky(i, xs, ys)
         rt, dt = true_pixel_to_sky(truth, ccd.visit, ccd.detector, xs, ys)
         astro.append(gnomonic(ra, dec, v.ra, v.dec) - gnomonic(rt, dt, v.ra, v.dec))
-        cal = read_calibrated_exposure(calexp_dir / "units" / f"visit{ccd.visit}_det{ccd.detector}"
-                                       / "calexp.fits").calibration.photometry
         # true P also holds 2.5 log10(exptime): the calibration is of the exposure's total ADU
         phot.append(np.asarray(cal.zero_point(xs, ys)) - true_calibration_mag(truth, ccd.visit, ccd.detector, xs, ys))
-    astro, phot = np.concatenate(astro), np.concatenate(phot)
-    ph = result.photometry
-    # every detected star's calibrated flux (nJy) against its true flux in the band
-    from scipy.spatial import cKDTree
-
-    tm, meas = truth.measurements, data.measurements
-    star_index = {int(i): k for k, i in enumerate(truth.stars.id)}
-    dmag, snr = [], []
-    for i, ccd in enumerate(data.ccds):
         sel = np.flatnonzero((meas.ccd_index == i) & (meas.flags == 0) & (meas.flux > 0))
         t = np.flatnonzero((tm.visit == ccd.visit) & (tm.detector == ccd.detector))
-        if not len(sel) or not len(t):
-            continue
-        dist, j = cKDTree(np.c_[tm.x[t], tm.y[t]]).query(np.c_[meas.x[sel], meas.y[sel]])
-        ok = dist < 0.5
-        sel, j = sel[ok], t[j[ok]]
-        cal = read_calibrated_exposure(calexp_dir / "units" / f"visit{ccd.visit}_det{ccd.detector}"
-                                       / "calexp.fits").calibration.photometry
-        njy, _ = cal.flux_to_njy(meas.flux[sel], meas.x[sel], meas.y[sel])
-        true_mag = truth.stars.mag[[star_index[int(s)] for s in tm.star_id[j]]]
-        dmag.append(-2.5 * np.log10(njy) + 31.4 - true_mag)
-        snr.append(meas.flux[sel] / meas.flux_err[sel])
-    dmag, snr = np.concatenate(dmag), np.concatenate(snr)
-    bright = snr > 100
-    stars = result.association
-    # calibrated fluxes of the fitted stars against their true nJy
-    ids = truth.stars.id
+        if len(sel) and len(t):
+            dist, j = cKDTree(np.c_[tm.x[t], tm.y[t]]).query(np.c_[meas.x[sel], meas.y[sel]])
+            sel, j = sel[dist < 0.5], t[j[dist < 0.5]]
+            mag, _ = cal.magnitude(meas.flux[sel], meas.x[sel], meas.y[sel])
+            dmag.append(mag - truth.stars.mag[[star_index[int(s)] for s in tm.star_id[j]]])
+            snr.append(meas.flux[sel] / meas.flux_err[sel])
+    astro, phot, dmag, snr = (np.concatenate(a) for a in (astro, phot, dmag, snr))
+    bright = dmag[snr > 100]
     return {
         "astrometry_rms_vs_truth_mas": float(np.sqrt(np.mean(np.sum(astro**2, axis=1)))),
         "astrometry_max_vs_truth_mas": float(np.max(np.hypot(astro[:, 0], astro[:, 1]))),
         "calibration_offset_vs_truth_mmag": float(1000 * np.mean(phot)),
         "calibration_rms_vs_truth_mmag": float(1000 * np.sqrt(np.mean(phot**2))),
         "calibration_rms_after_offset_mmag": float(1000 * np.std(phot)),
-        "photometric_zero_point_err_median_mmag": float(1000 * np.nanmedian(ph.zero_point_err)),
-        "star_flux_vs_true_njy_median_mmag": float(1000 * np.median(dmag[bright])),
-        "star_flux_vs_true_njy_robust_rms_mmag": float(1000 * 1.4826 * np.median(
-            np.abs(dmag[bright] - np.median(dmag[bright])))),
-        "star_flux_n_bright": int(bright.sum()),
-        "n_stars": int(stars.n_stars), "n_true_stars": len(ids),
+        "photometric_zero_point_err_median_mmag": float(1000 * np.nanmedian(result.photometry.zero_point_err)),
+        "star_flux_vs_true_njy_median_mmag": float(1000 * np.median(bright)),
+        "star_flux_vs_true_njy_robust_rms_mmag": float(1000 * 1.4826 * np.median(np.abs(bright - np.median(bright)))),
+        "star_flux_n_bright": len(bright),
+        "n_stars": int(result.association.n_stars), "n_true_stars": len(truth.stars.id),
     }
 
 
@@ -233,9 +210,8 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
     """Run the demo and return (and write to ``OUT/demo_summary.json``) its summary."""
     from jointcal_ap.fit import FitOptions, JointFit
     from jointcal_ap.fit.io import read_parquet_survey
-    from jointcal_ap.fit.output import calibration_product, write_scamp_heads
+    from jointcal_ap.fit.output import write_fit_outputs
     from jointcal_ap.fit.photometry import PhotometryOptions
-    from jointcal_ap.fit.report import write_report
     from jointcal_ap.refcat import open_refcat
     from jointcal_ap.simulate import simulate_survey
     from jointcal_ap.simulate.exposures import render_survey
@@ -290,12 +266,9 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
     refcat = open_refcat(survey.refcat_dir)
     result = JointFit(data, refcat, options).run()
     fit_dir = out / "fit"
-    calibration_product(result, provenance={"source": "jointcal-ap demo"}).write(fit_dir / "calibration")
-    write_scamp_heads(result, fit_dir / "heads")
-    write_report(result, fit_dir)
-    from jointcal_ap.fit.plots import write_plots
-
-    plots = write_plots(result, fit_dir / "plots")
+    written = write_fit_outputs(result, fit_dir, plots=True, provenance={
+        "options": asdict(options), "catalogs": str(catalogs), "refcat": str(survey.refcat_dir),
+        "source": "jointcal-ap demo"})
     lap("joint fit + outputs", t0)
     s = result.summary()
     ph = result.photometry
@@ -305,7 +278,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
         "astrometry_internal_rms_mas": round(s["internal_rms_mas"], 2),
         "photometry_chi2_per_dof": round(ph.chi2_per_dof, 3),
         "photometry_measurements": ph.n_measurements,
-        "plots": len(plots) if plots is not None else 0,
+        "plots": len(written.plots),
     }
 
     # ------------------------------------------------------------ calibrated exposures (runner)
@@ -323,7 +296,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
 
     t0 = time.perf_counter()
     summary["accuracy"] = {k: (round(v, 3) if isinstance(v, float) else v)
-                           for k, v in _accuracy(result, survey.truth, out / "calexp", units).items()}
+                           for k, v in _accuracy(result, survey.truth, out / "calexp").items()}
     lap("compare with truth", t0)
     summary["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
     _atomic_json(summary, out / "demo_summary.json")

@@ -34,6 +34,7 @@ CENTROID      32  the windowed centroid did not converge, or moved more than
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -55,6 +56,7 @@ __all__ = [
     "catalog_from_image",
     "detect_sources",
     "estimate_background",
+    "sources_columns",
 ]
 
 #: Image mask bits (the LSST mask plane numbers).
@@ -441,15 +443,7 @@ class Detections:
         ``visit``, ``detector``, ``x``, ``y``, ``x_err`` = sqrt(cov_xx), ``y_err`` =
         sqrt(cov_yy), ``xy_cov``, ``flux``, ``flux_err`` (ADU), ``flags``.
         """
-        n = len(self)
-        return {
-            "visit": np.full(n, int(visit), dtype=np.int64),
-            "detector": np.full(n, int(detector), dtype=np.int64),
-            "x": self.x, "y": self.y,
-            "x_err": np.sqrt(self.cov_xx), "y_err": np.sqrt(self.cov_yy), "xy_cov": self.cov_xy,
-            "flux": self.flux, "flux_err": self.flux_err,
-            "flags": self.flags.astype(np.int64),
-        }
+        return sources_columns(self.columns(), visit, detector)
 
     def ldac_columns(self) -> dict[str, np.ndarray]:
         """SExtractor ``LDAC_OBJECTS`` columns, for :func:`jointcal_ap.simulate.write_ldac`.
@@ -938,6 +932,24 @@ def _aperture_correction(sub: np.ndarray, usable: np.ndarray, out: dict, flags: 
         # only add its noise and the faint neighbours' light in the big apertures
         return 1.0, error, len(ratio)
     return centre, error, len(ratio)
+
+
+def sources_columns(columns: Mapping[str, Any], visit: int, detector: int) -> dict[str, np.ndarray]:
+    """Detection columns (:data:`COLUMNS`, e.g. a table the ``detect`` stage wrote) → the rows of the
+    fitter's ``sources.parquet``: ``x_err`` = sqrt(cov_xx), ``y_err`` = sqrt(cov_yy), ``xy_cov``."""
+    x = np.asarray(columns["x"], dtype=np.float64)
+    n = len(x)
+    return {
+        "visit": np.full(n, int(visit), dtype=np.int64),
+        "detector": np.full(n, int(detector), dtype=np.int64),
+        "x": x, "y": np.asarray(columns["y"], dtype=np.float64),
+        "x_err": np.sqrt(np.asarray(columns["cov_xx"], dtype=np.float64)),
+        "y_err": np.sqrt(np.asarray(columns["cov_yy"], dtype=np.float64)),
+        "xy_cov": np.asarray(columns["cov_xy"], dtype=np.float64),
+        "flux": np.asarray(columns["flux"], dtype=np.float64),
+        "flux_err": np.asarray(columns["flux_err"], dtype=np.float64),
+        "flags": np.asarray(columns["flags"]).astype(np.int64),
+    }
 
 
 def catalog_from_image(image, variance, mask=None, *, visit: int, detector: int,

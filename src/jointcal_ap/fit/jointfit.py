@@ -164,6 +164,20 @@ class FitResult:
     #: where the absolute photometric scale comes from (refcat column, system, transformation)
     photometry_reference: dict[str, Any] = field(default_factory=dict)
 
+    def ccd_photometry(self) -> list:
+        """Per CCD (``data.ccds`` order): its :class:`~jointcal_ap.calibration.PhotometricCalibration`,
+        or None (photometry not fitted, or the CCD left out of it)."""
+        ph = self.photometry
+        if ph is None:
+            return [None] * len(self.data.ccds)
+        visit_of_ccd = self.data.visit_index_of_ccd()
+        detectors = list(self.data.detectors())
+        out = []
+        for i, c in enumerate(self.data.ccds):
+            v, d = int(visit_of_ccd[i]), detectors.index(c.detector)
+            out.append(ph.calibration(v, d) if np.all(np.isfinite(ph.coefficients[v, d])) else None)
+        return out
+
     @property
     def fitted_astrometry(self) -> bool:
         return self.options.fit in ("both", "astrometry")
@@ -276,16 +290,8 @@ class JointFit:
         is_ref = association.star_ref >= 0
         ref_cov5 = ref_motion = None
         if is_ref.any():
-            centre = unit_vectors(np.array([v.ra for v in data.visits]), np.array([v.dec for v in data.visits])).mean(0)
-            centre /= np.linalg.norm(centre)
-            c_ra = float(np.degrees(np.arctan2(centre[1], centre[0])) % 360)
-            c_dec = float(np.degrees(np.arcsin(centre[2])))
-            sep = np.degrees(np.arccos(np.clip(unit_vectors(star_ra[is_ref], star_dec[is_ref]) @ centre, -1, 1)))
-            ref = self.refcat.cone(c_ra, c_dec, float(sep.max()) + 0.05, epoch=fit_epoch, format="arrow")
-            ids, _ = reference_codes(ref, association.ref_id_codes)
-            order = np.argsort(ids)
-            where = order[np.searchsorted(ids[order], association.star_ref[is_ref])]
-            if not np.all(ids[where] == association.star_ref[is_ref]):
+            ref, where, found = self._reference_rows(association, epoch=fit_epoch)
+            if len(found) != int(is_ref.sum()):
                 raise FitError("reference stars matched at the visit epochs are missing at the fit epoch")
 
             def col(name, default=np.nan):
@@ -308,7 +314,7 @@ class JointFit:
             cov[:, 0, 1] = cov[:, 1, 0] = rho * era * edec
             idx = np.flatnonzero(is_ref)
             prior_weight[idx, :2, :2] = np.linalg.inv(cov)
-            propagated = ref.column("propagated").to_numpy(zero_copy_only=False) if "propagated" in ref.column_names else np.zeros(len(ids), bool)
+            propagated = ref.column("propagated").to_numpy(zero_copy_only=False) if "propagated" in ref.column_names else np.zeros(ref.num_rows, bool)
             has_motion[idx] = propagated[where] & np.isfinite(col("pmra"))
             if opt.star_params == 5 and "pmra_error" in ref.column_names:
                 from jointcal_ap.refcat.epoch import covariance_from_errors
@@ -433,6 +439,29 @@ class JointFit:
                          association=association, fit_epoch=float(np.mean(epochs)), chi2=float("nan"),
                          seconds=seconds)
 
+    def _reference_rows(self, association: Association, **query) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The refcat rows of the association's reference stars: one cone around them (``query``
+        as :meth:`Refcat.cone`, e.g. ``epoch``, ``columns``), and for each star found, its row.
+
+        Returns ``(table, rows, stars)``: the arrow table, the row of each found star, and the
+        indices of those stars (a subset of the reference stars, in index order).
+        """
+        is_ref = np.flatnonzero(association.star_ref >= 0)
+        xyz = unit_vectors(association.star_ra[is_ref], association.star_dec[is_ref])
+        centre = xyz.mean(0)
+        centre /= np.linalg.norm(centre)
+        radius = float(np.degrees(np.arccos(np.clip(xyz @ centre, -1, 1))).max()) + 0.1
+        table = self.refcat.cone(float(np.degrees(np.arctan2(centre[1], centre[0])) % 360),
+                                 float(np.degrees(np.arcsin(centre[2]))), radius, format="arrow", **query)
+        ids, _ = reference_codes(table, association.ref_id_codes)
+        if len(ids) == 0:
+            return table, np.zeros(0, np.int64), np.zeros(0, np.int64)
+        order = np.argsort(ids)
+        target = association.star_ref[is_ref]
+        pos = np.clip(np.searchsorted(ids[order], target), 0, len(ids) - 1)
+        found = ids[order][pos] == target
+        return table, order[pos[found]], is_ref[found]
+
     def _reference_info(self, mag: str, err: str | None, colour: str | None) -> dict[str, Any]:
         """What the absolute scale comes from: column, error, colour, photometric system, transformation.
 
@@ -472,25 +501,10 @@ class JointFit:
         n = association.n_stars
         out_mag, out_err = np.full(n, np.nan), np.full(n, np.nan)
         out_colour = np.full(n, np.nan) if colour_cols else None
-        is_ref = np.flatnonzero(association.star_ref >= 0)
-        if len(is_ref) == 0:
+        if not (association.star_ref >= 0).any():
             return out_mag, out_err, out_colour
-        xyz = unit_vectors(association.star_ra[is_ref], association.star_dec[is_ref])
-        centre = xyz.mean(0)
-        centre /= np.linalg.norm(centre)
-        radius = float(np.degrees(np.arccos(np.clip(xyz @ centre, -1, 1))).max()) + 0.1
-        wanted = [c for c in dict.fromkeys([mag, *( [err] if err else []), *colour_cols])]
-        table = self.refcat.cone(float(np.degrees(np.arctan2(centre[1], centre[0])) % 360),
-                                 float(np.degrees(np.arcsin(centre[2]))), radius, columns=wanted, format="arrow")
-        ids, _ = reference_codes(table, association.ref_id_codes)
-        if len(ids) == 0:
-            return out_mag, out_err, out_colour
-        order = np.argsort(ids)
-        target = association.star_ref[is_ref]
-        pos = np.clip(np.searchsorted(ids[order], target), 0, len(ids) - 1)
-        found = ids[order][pos] == target
-        where = order[pos[found]]
-        stars = is_ref[found]
+        wanted = list(dict.fromkeys([mag, *([err] if err else []), *colour_cols]))
+        table, where, stars = self._reference_rows(association, columns=wanted)
 
         def col(name):
             return table.column(name).to_numpy(zero_copy_only=False).astype(float)[where]

@@ -50,6 +50,7 @@ from jointcal_ap.fit.solve import MAS_PER_RAD
 __all__ = [
     "MODEL_FORMAT",
     "AstrometricSolution",
+    "WrittenOutputs",
     "calibration_product",
     "head_name",
     "load_model",
@@ -59,6 +60,7 @@ __all__ = [
     "save_model",
     "tan_sip_header",
     "tpv_header",
+    "write_fit_outputs",
     "write_scamp_heads",
 ]
 
@@ -405,20 +407,11 @@ def photometric_cards(result) -> dict[tuple[int, int], dict[str, Any]]:
     """
     from jointcal_ap.calibration import NJY_ZERO_POINT, zero_point_to_njy_per_adu
 
-    ph = getattr(result, "photometry", None)
-    if ph is None:
-        return {}
-    data = result.data
-    visit_of_ccd = data.visit_index_of_ccd()
-    detectors = list(data.detectors())
     cards: dict[tuple[int, int], dict[str, Any]] = {}
-    for i, c in enumerate(data.ccds):
-        v, d = int(visit_of_ccd[i]), detectors.index(c.detector)
-        if not np.all(np.isfinite(ph.coefficients[v, d])):
+    for c, cal in zip(result.data.ccds, result.ccd_photometry(), strict=True):
+        if cal is None:
             continue
-        cal = ph.calibration(v, d)
-        x0, y0 = (c.naxis1 + 1) / 2.0, (c.naxis2 + 1) / 2.0
-        zp = float(np.asarray(cal.zero_point(x0, y0)))
+        zp = float(np.asarray(cal.zero_point(*cal.centre)))
         cards[(c.visit, c.detector)] = {
             "FLXSCALE": (float(zero_point_to_njy_per_adu(zp)), "nJy per ADU at the CCD centre (jointcal_ap)"),
             "MAGZEROP": (NJY_ZERO_POINT, "AB zero point of FLUX*FLXSCALE (nJy)"),
@@ -441,19 +434,54 @@ def calibration_product(result, *, provenance: Mapping[str, Any] | None = None,
     data = result.data
     if sip_headers is not None and len(sip_headers) != len(data.ccds):
         raise ValueError(f"sip_headers has {len(sip_headers)} headers for {len(data.ccds)} CCDs")
-    ph = getattr(result, "photometry", None)
-    visit_of_ccd = data.visit_index_of_ccd()
-    detectors = list(data.detectors())
     items = []
-    for i, c in enumerate(data.ccds):
+    for i, (c, phot) in enumerate(zip(data.ccds, result.ccd_photometry(), strict=True)):
         header = sip_headers[i] if sip_headers is not None else tan_sip_header(result, i)[0]
-        phot = None
-        if ph is not None:
-            v, d = int(visit_of_ccd[i]), detectors.index(c.detector)
-            if np.all(np.isfinite(ph.coefficients[v, d])):
-                phot = ph.calibration(v, d)
         items.append(DetectorCalibration(c.visit, c.detector, c.naxis1, c.naxis2, header, phot))
     return Calibration(items, provenance=dict(provenance or {}))
+
+
+@dataclass(frozen=True)
+class WrittenOutputs:
+    """What :func:`write_fit_outputs` wrote."""
+
+    heads: list[Path]
+    sip_max_error_mas: float
+    plots: list[Path]
+
+
+def write_fit_outputs(result, out_dir: str | os.PathLike, *, provenance: Mapping[str, Any] | None = None,
+                      plots: bool = False) -> WrittenOutputs:
+    """Everything ``jointcal-ap fit`` writes, into ``out_dir`` (created).
+
+    ``fit_options.json`` (the ``provenance``: effective options, inputs), ``calibration/`` (the
+    calibration product), ``heads/*.head`` (SCAMP TPV, with the photometric cards),
+    ``sip/visit<V>_det<D>.hdr`` (TAN-SIP), ``model.json``, ``fit_report.json``/``.txt`` and,
+    with ``plots``, ``plots/*.png``. Each CCD's TAN-SIP header is fitted once for both
+    ``sip/`` and the calibration product.
+    """
+    import json
+
+    from jointcal_ap.fit.report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    provenance = dict(provenance or {})
+    _atomic_write_text(out / "fit_options.json", json.dumps(provenance, indent=2, default=str))
+    sip = [tan_sip_header(result, i) for i in range(len(result.data.ccds))]
+    calibration_product(result, provenance=provenance, sip_headers=[h for h, _ in sip]).write(out / "calibration")
+    heads = write_scamp_heads(result, out / "heads")
+    (out / "sip").mkdir(exist_ok=True)
+    for (header, _), ccd in zip(sip, result.data.ccds, strict=True):
+        _atomic_write_text(out / "sip" / f"visit{ccd.visit}_det{ccd.detector}.hdr", header.tostring(sep="\n"))
+    save_model(result, out / "model.json")
+    write_report(result, out)
+    written_plots: list[Path] = []
+    if plots:
+        from jointcal_ap.fit.plots import write_plots
+
+        written_plots = write_plots(result, out / "plots")
+    return WrittenOutputs(heads, max((err for _, err in sip), default=0.0), written_plots)
 
 
 def write_scamp_heads(result, out_dir: str | os.PathLike, *,

@@ -309,18 +309,14 @@ def plot_flat_field(result, path: str | os.PathLike, *, visit: int | None = None
     data = result.data
     vi = 0 if visit is None else [v.visit for v in data.visits].index(visit)
     vobj = data.visits[vi]
-    detectors = list(data.detectors())
     fig = _figure(6.5, 5.5)
     ax = fig.subplots()
     values, meshes = [], []
-    for i, c in enumerate(data.ccds):
-        if c.visit != vobj.visit:
-            continue
-        d = detectors.index(c.detector)
-        if not np.all(np.isfinite(ph.coefficients[vi, d])):
+    for i, (c, cal) in enumerate(zip(data.ccds, result.ccd_photometry(), strict=True)):
+        if c.visit != vobj.visit or cal is None:
             continue
         gx, gy = np.meshgrid(np.linspace(0.5, c.naxis1 + 0.5, samples), np.linspace(0.5, c.naxis2 + 0.5, samples))
-        p = np.asarray(ph.calibration(vi, d).zero_point(gx.ravel(), gy.ravel())).reshape(gx.shape)
+        p = np.asarray(cal.zero_point(gx.ravel(), gy.ravel())).reshape(gx.shape)
         tp = np.asarray(result.tangent_plane(i, gx.ravel(), gy.ravel()), float) / MAS_PER_DEG
         meshes.append((tp[:, 0].reshape(gx.shape), tp[:, 1].reshape(gx.shape)))
         values.append(1000 * (p - ph.visit_zero_point[vi]))

@@ -169,13 +169,12 @@ def photometry_report(result) -> dict[str, Any] | None:
     visit_of_ccd = data.visit_index_of_ccd()
     detectors = list(np.asarray(data.detectors()).tolist())
     per_ccd = []
-    for i, c in enumerate(data.ccds):
-        v, d = int(visit_of_ccd[i]), detectors.index(c.detector)
-        if not np.all(np.isfinite(ph.coefficients[v, d])):
+    for i, (c, cal) in enumerate(zip(data.ccds, result.ccd_photometry(), strict=True)):
+        if cal is None:
             continue
-        cal = ph.calibration(v, d)
-        zp = float(np.asarray(cal.zero_point((c.naxis1 + 1) / 2.0, (c.naxis2 + 1) / 2.0)))
-        per_ccd.append({"visit": c.visit, "detector": c.detector, "zero_point_centre": zp,
+        v, d = int(visit_of_ccd[i]), detectors.index(c.detector)
+        per_ccd.append({"visit": c.visit, "detector": c.detector,
+                        "zero_point_centre": float(np.asarray(cal.zero_point(*cal.centre))),
                         "zero_point_err": float(ph.zero_point_err[v, d]),
                         "approximation_error_mag": float(ph.approximation_error[v, d])})
     rep = ph.repeatability

@@ -20,7 +20,6 @@ pixels rather than drawn per catalog row.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,9 +118,3 @@ def render_survey(sim: SimulatedData, out_dir: str | os.PathLike, *, template: s
         render_exposure(sim, plan, read_noise_e=read_noise_e, psf=psf).write(path)
         paths.append(path)
     return paths
-
-
-def iter_exposures(sim: SimulatedData, **kwargs) -> Iterator:
-    """Render the exposures one at a time, in memory."""
-    for plan in exposure_plans(sim, seeing_sigma=kwargs.pop("seeing_sigma", 0.15), seed=kwargs.pop("seed", 0)):
-        yield render_exposure(sim, plan, **kwargs)

@@ -221,19 +221,26 @@ def _sources_table(sim: SimulatedData) -> pa.Table:
     })
 
 
-def _write_parquet_survey(sim: SimulatedData, directory: Path) -> None:
+def survey_visits_table(sim: SimulatedData) -> dict[str, Any]:
+    """The simulation's ``visits.parquet`` columns (:func:`jointcal_ap.fit.io.write_parquet_survey`).
+
+    The boresight is the telescope's idea of it: the CRVAL of the headers (with their pointing
+    error), not the true one, so that the input leaks no truth.
+    """
     visits = sim.truth.visits
-    # The telescope's idea of the boresight: the CRVAL of its headers (with their pointing
-    # error), not the true one, so that the input leaks no truth.
     pointing = [sim.header(v.visit, 0) for v in visits]
-    write_parquet_survey(directory, visits={
+    return {
         "visit": pa.array([v.visit for v in visits], pa.int64()),
         "mjd_tai": [v.mjd_tai for v in visits],
         "filter": [v.filter for v in visits],
         "exptime": [v.exptime for v in visits],
         "ra": [float(h["CRVAL1"]) for h in pointing],
         "dec": [float(h["CRVAL2"]) for h in pointing],
-    }, sources=_sources_table(sim), ccds=sim.headers)
+    }
+
+
+def _write_parquet_survey(sim: SimulatedData, directory: Path) -> None:
+    write_parquet_survey(directory, visits=survey_visits_table(sim), sources=_sources_table(sim), ccds=sim.headers)
 
 
 def _ldac_columns(sim: SimulatedData, visit: int, detector: int, header: fits.Header) -> dict[str, np.ndarray]:

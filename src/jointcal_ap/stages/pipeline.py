@@ -47,7 +47,7 @@ from jointcal_ap.stages.contract import (
     options_to_dict,
 )
 from jointcal_ap.stages.errors import PipelineError
-from jointcal_ap.stages.registry import StageRegistry
+from jointcal_ap.stages.registry import StageRegistry, plugin_origin
 
 __all__ = [
     "Pipeline",
@@ -297,8 +297,7 @@ class ResolvedStage:
     @property
     def origin(self) -> str:
         """``"(plugin 'x' from dist 1.0)"``, for messages."""
-        dist = f" from {self.distribution}" if self.distribution else ""
-        return f"(plugin {self.plugin!r}{dist})"
+        return plugin_origin(self.plugin, self.distribution)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (for provenance and the fingerprint)."""

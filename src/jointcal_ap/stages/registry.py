@@ -11,7 +11,13 @@ from typing import Any
 from jointcal_ap.stages.contract import DatasetType, Stage, validate_stage_class
 from jointcal_ap.stages.interfaces import check_implements
 
-__all__ = ["Command", "CommandRegistry", "StageEntry", "StageRegistry"]
+__all__ = ["Command", "CommandRegistry", "StageEntry", "StageRegistry", "plugin_origin"]
+
+
+def plugin_origin(plugin: str, distribution: str | None) -> str:
+    """``"(plugin 'x' from dist 1.0)"``: where a stage came from, for messages."""
+    dist = f" from {distribution}" if distribution else ""
+    return f"(plugin {plugin!r}{dist})"
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,7 @@ class StageEntry:
     @property
     def origin(self) -> str:
         """``"(plugin 'x' from dist 1.0)"``, for messages."""
-        dist = f" from {self.distribution}" if self.distribution else ""
-        return f"(plugin {self.plugin!r}{dist})"
+        return plugin_origin(self.plugin, self.distribution)
 
 
 class _Attributed:
