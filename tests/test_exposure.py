@@ -334,3 +334,19 @@ def test_tan_sip_from_the_fit(tmp_path, fit_result):
     assert np.max(separation_arcsec(ra, dec, ra_fit, dec_fit)) < 1e-5  # 0.01 mas
     x2, y2 = calexp.sky_to_pixel(ra_fit, dec_fit)
     assert np.max(np.hypot(x2 - x, y2 - y)) < 1e-6
+
+
+def test_psf_model_travels_with_the_exposure(tmp_path):
+    from jointcal_ap.psf import GaussianPsf
+
+    wcs = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0,
+                       "CRVAL2": 2.0, "CRPIX1": 50.5, "CRPIX2": 40.5, "CD1_1": -5.5e-5,
+                       "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 5.5e-5})
+    meta = ExposureMetadata(visit=1, detector=0, filter="r", mjd_tai=60310.2, exptime=30.0)
+    psf = GaussianPsf(2.0, 3.0, 0.5)
+    exp = Exposure(np.ones((80, 100), np.float32), None, np.ones((80, 100), np.float32), wcs,
+                   meta, psf=psf)
+    back = read_exposure(exp.write(tmp_path / "e.fits"))
+    assert back.psf == psf
+    with pytest.raises(ExposureError, match="psf must be a jointcal_ap.psf.PsfModel"):
+        Exposure(exp.image, None, exp.variance, wcs, meta, psf="gauss")

@@ -13,6 +13,8 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
+from jointcal_ap.cliutil import UsageError
+
 log = logging.getLogger("jointcal_ap")
 
 EXAMPLES_REFCAT = textwrap.dedent("""\
@@ -28,8 +30,11 @@ EXAMPLES_REFCAT = textwrap.dedent("""\
     """)
 
 
-class UsageError(Exception):
-    """Bad command-line usage (exit code 2)."""
+#: Command families: each module's ``add_commands(sub, common)`` adds its subcommands (see
+#: :mod:`jointcal_ap.cliutil`). One line per family.
+COMMAND_FAMILIES: tuple[str, ...] = (
+    "jointcal_ap.stages.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,10 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores)")
 
-    # `stages list`, `run PIPELINE.toml` and the subcommands plugins add (jointcal_ap.stages.cli).
-    from jointcal_ap.stages.cli import add_commands
+    # `stages list`, `run PIPELINE.toml`, the other families and the subcommands plugins add
+    import importlib
 
-    add_commands(sub, common)
+    for module in COMMAND_FAMILIES:
+        importlib.import_module(module).add_commands(sub, common)
     return parser
 
 

@@ -72,6 +72,7 @@ from jointcal_ap.calibration import (
     header_to_text,
     make_wcs,
 )
+from jointcal_ap.psf import PsfError, PsfModel, psf_from_hdus
 
 __all__ = [
     "DEFAULT_MASK_PLANES",
@@ -337,6 +338,10 @@ class Exposure:
     metadata : ExposureMetadata
     mask_planes : mapping str → int
         Plane name → bit (0..30); default :data:`DEFAULT_MASK_PLANES` (LSST's).
+    psf : PsfModel or None
+        The exposure's PSF model (:mod:`jointcal_ap.psf`), 1-based pixel coordinates; written
+        as ``PSF``/``PSF_*`` extensions after ``VARIANCE`` and read back by
+        :func:`read_exposure`.
 
     Raises
     ------
@@ -351,6 +356,7 @@ class Exposure:
     header: fits.Header
     metadata: ExposureMetadata
     mask_planes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MASK_PLANES))
+    psf: PsfModel | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         where = type(self).__name__
@@ -377,6 +383,9 @@ class Exposure:
             object.__setattr__(self, name, value)
         object.__setattr__(self, "mask_planes", planes)
         object.__setattr__(self, "header", _normalised(self.header, where))
+        if self.psf is not None and not isinstance(self.psf, PsfModel):
+            raise ExposureError(f"{where}: psf must be a jointcal_ap.psf.PsfModel, got "
+                                f"{type(self.psf).__name__}")
 
     # ------------------------------------------------------------------ views
     @property
@@ -451,9 +460,16 @@ class Exposure:
         mask_header = fits.Header(wcs)
         for name, bit in sorted(self.mask_planes.items(), key=lambda item: item[1]):
             mask_header[_mask_key(name)] = (bit, "mask plane bit")
-        return fits.HDUList([primary, ext(self.image, "IMAGE", image_header),
+        hdul = fits.HDUList([primary, ext(self.image, "IMAGE", image_header),
                              ext(self.mask, "MASK", mask_header),
                              ext(self.variance, "VARIANCE", fits.Header(wcs))])
+        if self.psf is not None:
+            for hdu in self.psf.to_hdus():
+                if not (hdu.name == "PSF" or hdu.name.startswith("PSF_")):
+                    raise ExposureError(f"{type(self.psf).__name__}.to_hdus() gave an HDU named "
+                                        f"{hdu.name!r}; PSF HDUs must be named PSF or PSF_*")
+                hdul.append(hdu)
+        return hdul
 
     @classmethod
     def read(cls, path: str | os.PathLike, **kwargs: Any) -> Exposure:
@@ -516,6 +532,7 @@ def read_exposure(path: str | os.PathLike, *, variance: np.ndarray | float | Non
     """
     path = Path(path)
     where = str(path)
+    psf = None
     if not path.is_file():
         raise ExposureError(f"{where}: no such file")
     try:
@@ -545,6 +562,12 @@ def read_exposure(path: str | os.PathLike, *, variance: np.ndarray | float | Non
             image = image_hdu.data
             lookup = _merged(primary, image_hdu.header)
             header = image_hdu.header
+            psf_hdus = [h for h in hdul[1:] if h.name == "PSF" or h.name.startswith("PSF_")]
+            if psf_hdus:
+                try:
+                    psf = psf_from_hdus(psf_hdus, f"{where}: PSF extension")
+                except PsfError as exc:
+                    raise ExposureError(str(exc)) from None
         else:
             image_hdu = next((h for h in hdul if isinstance(h, fits.PrimaryHDU | fits.ImageHDU
                                                             | fits.CompImageHDU)
@@ -583,7 +606,7 @@ def read_exposure(path: str | os.PathLike, *, variance: np.ndarray | float | Non
         clean = _strip(header, _STRUCTURAL, _METADATA_KEYS)
         try:
             return Exposure(image_arr, None if mask_data is None else np.asarray(mask_data),
-                            var_arr, clean, meta, planes)
+                            var_arr, clean, meta, planes, psf=psf)
         except ExposureError as exc:
             raise ExposureError(f"{where}: {exc}") from None
 
@@ -724,7 +747,7 @@ def read_calibrated_exposure(path: str | os.PathLike) -> CalibratedExposure:
             raise ExposureError(f"{where}: CALIB table: {exc}") from None
     try:
         return CalibratedExposure(plain.image, plain.mask, plain.variance, plain.header, plain.metadata,
-                                  plain.mask_planes, calibration=cal)
+                                  plain.mask_planes, calibration=cal, psf=plain.psf)
     except ExposureError as exc:
         raise ExposureError(f"{where}: {exc}") from None
 
@@ -814,4 +837,5 @@ def calibrate_exposure(exposure: Exposure, calibration: Calibration | DetectorCa
         image[rows] = exposure.image[rows] * scale
         variance[rows] = exposure.variance[rows] * (scale * scale)
     return CalibratedExposure(image, exposure.mask, variance, _calibrated_header(exposure.header, det),
-                              exposure.metadata, exposure.mask_planes, calibration=det)
+                              exposure.metadata, exposure.mask_planes, calibration=det,
+                              psf=exposure.psf)

@@ -1,0 +1,23 @@
+"""PSF models of exposures: the contract, analytic models, fitted models, FITS I/O.
+
+See :mod:`jointcal_ap.psf.base` for the contract (:class:`PsfModel`) and the conventions
+(1-based pixels; ``kernel_image`` for convolution, ``stamps`` for realised PSFs).
+"""
+
+from jointcal_ap.psf.base import (
+    FWHM_PER_SIGMA,
+    GaussianPsf,
+    PsfError,
+    PsfModel,
+    psf_from_hdus,
+    register_psf_kind,
+)
+
+__all__ = [
+    "FWHM_PER_SIGMA",
+    "GaussianPsf",
+    "PsfError",
+    "PsfModel",
+    "psf_from_hdus",
+    "register_psf_kind",
+]
