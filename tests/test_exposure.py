@@ -348,5 +348,5 @@ def test_psf_model_travels_with_the_exposure(tmp_path):
                    meta, psf=psf)
     back = read_exposure(exp.write(tmp_path / "e.fits"))
     assert back.psf == psf
-    with pytest.raises(ExposureError, match="psf must be a jointcal_ap.psf.PsfModel"):
+    with pytest.raises(ExposureError, match=r"psf must be a jointcal_ap\.psf\.PsfModel"):
         Exposure(exp.image, None, exp.variance, wcs, meta, psf="gauss")

@@ -1,10 +1,11 @@
 """Rubin's schemas come from Rubin's packages, and tables are checked against them."""
 
+from importlib import resources
+
 import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
-from importlib import resources
 
 from jointcal_ap.schemas import SchemaError, alert_schema, apdb_schema
 
