@@ -226,7 +226,7 @@ class TableSchema:
                     TypeError, ValueError) as exc:
                 raise SchemaError(f"{prefix}{self.name}.{col.name}: cannot store as "
                                   f"{col.datatype} ({col.arrow_type}): {exc}") from None
-            if _is_bad_kind(value, col):
+            if not isinstance(value, pa.ChunkedArray | pa.Array) and _is_bad_kind(value, col):
                 raise SchemaError(f"{prefix}{self.name}.{col.name}: expected {col.datatype} "
                                   f"values, got {_kind(value)}")
             if not col.nullable and arr.null_count:

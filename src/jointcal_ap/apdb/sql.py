@@ -413,6 +413,19 @@ class SqlApdb:
         return self._history("DiaForcedSource", region, object_ids, start_mjd_tai, end_mjd_tai,
                              columns)
 
+    def get_unit_dia_sources(self, unit: str, *, columns: Sequence[str] | None = None) -> Any:
+        """The DiaSources stored by ``unit`` (``IdempotencyKey.unit``), sorted by id."""
+        table = self._t("DiaSource")
+        cols = self._columns("DiaSource", columns)
+        read = list(dict.fromkeys([*cols, "diaSourceId"]))
+        with self._connect(False) as conn, conn.begin():
+            rows = self._select_rows(conn, table, read,
+                                     [table.c.apdb_unit == layout.unit_id(unit)])
+        i = read.index("diaSourceId")
+        rows.sort(key=lambda r: r[i])
+        idx = [read.index(c) for c in cols]
+        return self._arrow("DiaSource", cols, [tuple(r[k] for k in idx) for r in rows])
+
     def get_ss_sources(self, dia_source_ids: Any) -> Any:
         """SSSource rows of the given DiaSources."""
         table = self._t("SSSource")
