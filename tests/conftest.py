@@ -36,3 +36,32 @@ def gaia_refcat(tmp_path_factory, gaia_bin_path):
     out = tmp_path_factory.mktemp("refcats") / "gaia_bright"
     convert(REFCATS / "gaia_dr3_bright.toml", [gaia_bin_path], out)
     return open_refcat(out)
+
+
+# --- APDB: the same tests on SQLite and on a real PostgreSQL (jointcal_ap.services.postgres) ---
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 for the session; the URL of its
+    ``jointcal_ap_test`` database (tests make their own databases beside it)."""
+    from jointcal_ap.services.postgres import postgres_server
+
+    with postgres_server(durable=False) as server:
+        yield server.create_database("jointcal_ap_test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def apdb_url(request, tmp_path):
+    """The URL of a fresh, empty database on each backend (not yet an APDB)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/apdb.db"
+    import uuid
+
+    import psycopg
+
+    base = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base.replace("postgresql://", "postgresql://", 1), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return base.rsplit("/", 1)[0] + "/" + name
