@@ -62,6 +62,6 @@ def apdb_url(request, tmp_path):
 
     base = request.getfixturevalue("postgres_url")
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base.replace("postgresql://", "postgresql://", 1), autocommit=True) as conn:
+    with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return base.rsplit("/", 1)[0] + "/" + name

@@ -46,13 +46,14 @@ Rubin's ``ap_association`` does).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,13 +179,24 @@ class SqlApdb:
             return
         cols = ", ".join(f'"{c}"' for c in columns)
         raw = self._raw(conn)
-        if self.dialect == "sqlite":
-            marks = ", ".join("?" * len(columns))
-            raw.executemany(f'INSERT INTO "{table}" ({cols}) VALUES ({marks})', rows)
-        else:
-            with raw.cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as copy:
-                for row in rows:
-                    copy.write_row(row)
+        with self._driver_errors(table):
+            if self.dialect == "sqlite":
+                marks = ", ".join("?" * len(columns))
+                raw.executemany(f'INSERT INTO "{table}" ({cols}) VALUES ({marks})', rows)
+            else:
+                with raw.cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as copy:
+                    for row in rows:
+                        copy.write_row(row)
+
+    @contextlib.contextmanager
+    def _driver_errors(self, what: str) -> Iterator[None]:
+        """Errors of statements run on the driver connection, as SQLAlchemy's exceptions
+        (so that conflicts are retried and integrity errors explained like the others)."""
+        base = self._engine.dialect.loaded_dbapi.Error
+        try:
+            yield
+        except base as exc:
+            raise self._sa.exc.DBAPIError.instance(what, None, exc, base) from exc
 
     def _lock_unit(self, conn: Any, uid: int) -> None:
         if self.dialect == "postgresql":
@@ -693,25 +705,27 @@ class SqlApdb:
                   f'{mark} AND "validityEndMjdTai" = {mark}')
         deletes = [(int(i), float(s)) for i, s, _e in created]
         relinks = [(e, int(i), float(s)) for i, s, e in created]
-        if self.dialect == "sqlite":
-            raw.executemany(delete, deletes)
-            raw.executemany(relink, relinks)
-        else:
-            with raw.cursor() as cur:
-                cur.executemany(delete, deletes)
-                cur.executemany(relink, relinks)
+        with self._driver_errors("DiaObject"):
+            if self.dialect == "sqlite":
+                raw.executemany(delete, deletes)
+                raw.executemany(relink, relinks)
+            else:
+                with raw.cursor() as cur:
+                    cur.executemany(delete, deletes)
+                    cur.executemany(relink, relinks)
 
     def _read_history(self, conn: Any, ids: list[int]) -> tuple[dict, dict]:
         src, frc = self._t("DiaSource"), self._t("DiaForcedSource")
         names = (*SOURCE_COLUMNS, "diaSourceId")
-        hist = _columns_of(names, self._select_rows(conn, src, names, [], "diaObjectId", ids))
+        hist = _columns_of("DiaSource", names,
+                           self._select_rows(conn, src, names, [], "diaObjectId", ids))
         # A fixed row order makes the recomputed sums bit-for-bit reproducible.
         order = np.lexsort((hist["diaSourceId"], hist["midpointMjdTai"], hist["diaObjectId"]))
         hist = {k: v[order] for k, v in hist.items()}
         forced = self._select_rows(conn, frc, (*FORCED_COLUMNS, "diaForcedSourceId"), [],
                                    "diaObjectId", ids)
         forced.sort(key=lambda r: (r[0], r[-1]))
-        return hist, _columns_of(FORCED_COLUMNS, [r[:-1] for r in forced])
+        return hist, _columns_of("DiaForcedSource", FORCED_COLUMNS, [r[:-1] for r in forced])
 
     def _update_objects(self, conn: Any, touched: list[int], current: dict[int, tuple],
                         p: _Prepared, new_objects: set[int]) -> None:
@@ -777,10 +791,17 @@ class SqlApdb:
         obj = self._t("DiaObject")
         stored = self._select_rows(conn, obj, ["diaObjectId", *SUMMARY_COLUMNS],
                                    [obj.c.validityEndMjdTai.is_(None)], "diaObjectId", ids)
+        # Forced photometry alone never makes a version, so only the DiaSource-derived
+        # columns decide whether the object changed.
+        from jointcal_ap.schemas import apdb_schema
+
+        schema = apdb_schema()["DiaObject"]
+        compare = [(k, schema.column(name).datatype == "float")
+                   for k, name in enumerate(SUMMARY_COLUMNS) if "_fpFlux" not in name]
         same = set()
         for row in stored:
             mine = rows[int(row[0])]
-            if all(_equal(a, b) for a, b in zip(row[1:], mine, strict=True)):
+            if all(_equal(row[1 + k], mine[k], real) for k, real in compare):
                 same.add(int(row[0]))
         return same
 
@@ -812,9 +833,12 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def _equal(a: Any, b: Any) -> bool:
+def _equal(a: Any, b: Any, real: bool = False) -> bool:
+    """Equal values (NULL equals NULL); ``real`` compares as float32, as REAL stores them."""
     if a is None or b is None:
         return a is None and b is None
+    if real:
+        return bool(np.float32(a) == np.float32(b))
     return float(a) == float(b)
 
 
@@ -827,7 +851,13 @@ def _plain(values: np.ndarray) -> list:
     return arr.tolist()
 
 
-def _columns_of(names: Sequence[str], rows: list[tuple]) -> dict[str, np.ndarray]:
+def _columns_of(table: str, names: Sequence[str], rows: list[tuple]) -> dict[str, np.ndarray]:
+    """Columns of ``rows`` as arrays: REAL columns rounded to float32 — PostgreSQL sends
+    float4 as text that parses to a slightly different double — so that both backends, and
+    the tables handed out, give the same numbers."""
+    from jointcal_ap.schemas import apdb_schema
+
+    schema = apdb_schema()[table]
     data = list(zip(*rows, strict=True)) if rows else [() for _ in names]
     out = {}
     for name, values in zip(names, data, strict=True):
@@ -835,6 +865,8 @@ def _columns_of(names: Sequence[str], rows: list[tuple]) -> dict[str, np.ndarray
             out[name] = np.array([v.rstrip() if isinstance(v, str) else v for v in values], object)
         elif name in ("diaObjectId", "diaSourceId"):
             out[name] = np.array(values, np.int64)
+        elif schema.column(name).datatype == "float":
+            out[name] = np.array(values, float).astype(np.float32).astype(float)
         else:
             out[name] = np.array(values, float)
     return out

@@ -63,7 +63,7 @@ def check_coordinates(table: Any, id_column: str, where: str, table_name: str) -
         bad = ~np.isfinite(values) | (values < lo) | (values > hi)
         if bad.any():
             raise ApdbInputError(
-                f"{where}: {table_name}.{name} is {values[bad][0]!r} for {id_column} "
+                f"{where}: {table_name}.{name} is {float(values[bad][0])!r} for {id_column} "
                 f"{_ids_text(ids[bad])}; expected a finite value in [{lo:g}, {hi:g}] degrees")
 
 
