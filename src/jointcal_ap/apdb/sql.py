@@ -495,17 +495,20 @@ class SqlApdb:
 
     def checksums(self, tables: Sequence[str] | None = None) -> dict[str, str]:
         """SHA-256 of every row of each table (all columns, rows in primary-key order):
-        equal checksums mean equal contents."""
+        equal checksums mean equal contents, on either backend (REAL values are hashed as
+        float32, CHAR values without padding)."""
         names = tables or ("DiaObject", "DiaSource", "DiaForcedSource", "SSSource",
                            layout.FEATURES_TABLE, "apdb_unit", "apdb_id_reservation")
         out = {}
         with self._connect(False) as conn, conn.begin():
             for name in names:
                 table = self._t(name)
+                real = [isinstance(c.type, self._sa.REAL) for c in table.columns]
                 order = [c for c in table.primary_key.columns] or list(table.columns)
                 h = hashlib.sha256()
                 for row in conn.execute(self._sa.select(table).order_by(*order)):
-                    h.update(repr(tuple(_canonical(v) for v in row)).encode())
+                    h.update(repr(tuple(_canonical(v, r) for v, r in zip(row, real,
+                                                                          strict=True))).encode())
                 out[name] = h.hexdigest()
         return out
 
@@ -825,9 +828,11 @@ def _type_key(text: str) -> str:
             "BOOL": "BOOLEAN", "INT": "INTEGER"}.get(key, key)
 
 
-def _canonical(value: Any) -> Any:
+def _canonical(value: Any, real: bool = False) -> Any:
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else repr(value)
+        if math.isnan(value):
+            return "nan"
+        return repr(float(np.float32(value))) if real else repr(value)
     if isinstance(value, str):
         return value.rstrip()
     return value
