@@ -25,9 +25,9 @@ per object and band). With ``n`` finite fluxes ``f_i`` with errors ``σ_i`` at t
 ``firstMjdTai/lastMjdTai`` first and last time
 =========================  ==================================================================
 
-The periodogram is evaluated on a grid of ``n_frequencies`` frequencies uniform between
-``1/baseline`` (of the longest series in the call) and ``1/min_period_days``, for all series
-at once, and its highest peak is refined on a finer local grid one step either side (a peak
+The periodogram is evaluated on one grid for all the series of a call — uniform in frequency
+from ``1/baseline`` (of the longest series) to ``1/min_period_days``, ``samples_per_peak``
+points per peak width, at most ``max_frequencies`` — and its highest peak is refined on a finer local grid one step either side (a peak
 narrower than the coarse step can still be missed: the feature is a screening value, not a
 period search). On any grid the power equals ``astropy.timeseries.LombScargle(t, f, σ).power(freq)``
 (``fit_mean=True``, ``center_data=True``, ``normalization="standard"``) to rounding, which the
@@ -86,8 +86,12 @@ class FeatureOptions:
     ----------
     min_points_periodogram : int
         Series with fewer finite points get NULL period and power.
-    n_frequencies : int
-        Size of the periodogram's frequency grid.
+    samples_per_peak : float
+        Frequency grid step: ``1 / (samples_per_peak × baseline)``, with the baseline of the
+        longest series in the call (a peak is ``~1/baseline`` wide).
+    max_frequencies : int
+        Cap on the grid size (longer baselines get a coarser grid; the highest peak is
+        refined locally either way).
     min_period_days : float
         Shortest period searched (the grid's highest frequency is its inverse).
     max_elements : int
@@ -96,14 +100,24 @@ class FeatureOptions:
     """
 
     min_points_periodogram: int = 10
-    n_frequencies: int = 1000
-    min_period_days: float = 0.05
+    samples_per_peak: float = 5.0
+    max_frequencies: int = 5000
+    min_period_days: float = 0.1
     max_elements: int = 8_000_000
 
     def __post_init__(self) -> None:
-        if self.min_points_periodogram < 3 or self.n_frequencies < 2 or self.min_period_days <= 0:
-            raise ValueError(f"FeatureOptions: need min_points_periodogram >= 3, n_frequencies "
-                             f">= 2 and min_period_days > 0; got {self}")
+        if self.min_points_periodogram < 3 or self.max_frequencies < 2 \
+                or self.samples_per_peak <= 0 or self.min_period_days <= 0:
+            raise ValueError(f"FeatureOptions: need min_points_periodogram >= 3, "
+                             f"max_frequencies >= 2 and positive samples_per_peak and "
+                             f"min_period_days; got {self}")
+
+    def grid(self, baseline: float) -> np.ndarray:
+        """The coarse frequency grid (cycles/day) for series spanning ``baseline`` days."""
+        f_lo, f_hi = 1.0 / baseline, 1.0 / self.min_period_days
+        n = int(np.clip(np.ceil(self.samples_per_peak * baseline * (f_hi - f_lo)), 16,
+                        self.max_frequencies))
+        return np.linspace(f_lo, max(f_hi, 2 * f_lo), n)
 
 
 def lomb_scargle_power(t: np.ndarray, y: np.ndarray, dy: np.ndarray, frequency: np.ndarray
@@ -165,11 +179,11 @@ def _periodogram(groups: np.ndarray, t: np.ndarray, f: np.ndarray, err: np.ndarr
     baseline = float((t[starts[chosen] + counts[chosen] - 1] - t[starts[chosen]]).max())
     if baseline <= 0:
         return period, power
-    freq = np.linspace(1.0 / baseline, 1.0 / options.min_period_days, options.n_frequencies)
+    freq = options.grid(baseline)
     step = freq[1] - freq[0]
     # Series of similar length share a padded block; blocks are cut to bound memory.
     chosen = chosen[np.argsort(counts[chosen], kind="stable")]
-    budget = max(1, options.max_elements // options.n_frequencies)
+    budget = max(1, options.max_elements // len(freq))
     i = 0
     while i < len(chosen):
         # Counts grow along ``chosen``: extend the block while rows × widest row fits.
