@@ -38,9 +38,9 @@ def dask_client():
 
 @pytest.fixture(scope="module")
 def field():
-    sky = synthetic_sky(1500, centre=CENTRE, size_deg=0.42, seed=31, n_pairs=150,
+    sky = synthetic_sky(1000, centre=CENTRE, size_deg=0.42, seed=31, n_pairs=100,
                         pair_separation_arcsec=0.7, min_separation_arcsec=4)
-    units = synthetic_units(sky, [CENTRE], n_visits=5, seed=32, spurious_per_detector=10)
+    units = synthetic_units(sky, [CENTRE], n_visits=3, seed=32, spurious_per_detector=10)
     sources = pa.concat_tables([u.sources for u in units])
     truth = np.concatenate([u.truth for u in units])
     return units, sources, truth

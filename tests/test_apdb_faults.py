@@ -30,7 +30,7 @@ CENTRE = (150.0, 2.0)
 @pytest.fixture(scope="module")
 def units():
     sky = synthetic_sky(300, centre=CENTRE, size_deg=0.42, seed=21, min_separation_arcsec=6)
-    return synthetic_units(sky, [CENTRE], n_visits=4, seed=22, spurious_per_detector=5)
+    return synthetic_units(sky, [CENTRE], n_visits=2, seed=22, spurious_per_detector=5)
 
 
 def _key(unit, identity="v1"):
@@ -56,7 +56,7 @@ KILLER = textwrap.dedent("""\
 
     SqlApdb._insert_rows = insert_then_hang
     apdb = open_apdb(url)
-    key = IdempotencyKey.make("associate", {"instrument": "synthetic", "visit": 4,
+    key = IdempotencyKey.make("associate", {"instrument": "synthetic", "visit": 2,
                                             "detector": 3}, "v1")
     associate_unit(apdb, pq.read_table(path), key=key, region=SkyPolygon(vertices))
     print("COMMITTED", flush=True)

@@ -281,12 +281,23 @@ def associate_unit(apdb: Any, dia_sources: Any, *, key: Any, region: Any,
                 **fluxes}, where)
     from jointcal_ap.stages.interfaces import ApdbWrite
 
-    stored = apdb.store(ApdbWrite(key, float(visit_time_mjd_tai), dia_sources=src,
-                                  dia_forced_sources=forced, ss_sources=ss_sources))
+    write = ApdbWrite(key, float(visit_time_mjd_tai), dia_sources=src,
+                      dia_forced_sources=forced, ss_sources=ss_sources)
     touched = np.unique(assigned[assigned >= 0])
-    return UnitResult(stored, src, apdb.get_dia_objects(None, object_ids=touched), forced,
-                      n_matched=int(matched.sum()), n_new=int((~matched).sum()),
-                      n_ss=int(ss_mask.sum()))
+    if hasattr(apdb, "store_unit"):
+        outcome = apdb.store_unit(write)
+        stored, objects = outcome.stored, outcome.dia_objects
+        if objects is not None:
+            import pyarrow.compute as pc
+
+            objects = objects.filter(pc.is_in(objects.column("diaObjectId"),
+                                              pa.array(touched, pa.int64())))
+    else:
+        stored, objects = apdb.store(write), None
+    if objects is None:
+        objects = apdb.get_dia_objects(None, object_ids=touched)
+    return UnitResult(stored, src, objects, forced, n_matched=int(matched.sum()),
+                      n_new=int((~matched).sum()), n_ss=int(ss_mask.sum()))
 
 
 def _now_mjd_tai() -> float:

@@ -54,6 +54,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ from jointcal_ap.apdb.summaries import (
 )
 from jointcal_ap.apdb.validate import check_coordinates, check_unique, conform, int_column
 
-__all__ = ["SqlApdb", "open_apdb"]
+__all__ = ["SqlApdb", "StoreResult", "open_apdb"]
 
 log = logging.getLogger("jointcal_ap.apdb")
 
@@ -126,6 +127,23 @@ def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]
         yield values[i:i + size]
 
 
+@dataclass(frozen=True)
+class StoreResult:
+    """What :meth:`SqlApdb.store_unit` did.
+
+    Attributes
+    ----------
+    stored : bool
+        False if exactly this write was stored before (nothing done).
+    dia_objects : pyarrow.Table or None
+        The DiaObject versions written (new and rewritten current versions of the objects
+        whose sources changed), Rubin's columns; None when nothing was stored.
+    """
+
+    stored: bool
+    dia_objects: Any = None
+
+
 class SqlApdb:
     """An APDB in SQLite or PostgreSQL. Make one with :func:`open_apdb`.
 
@@ -166,11 +184,41 @@ class SqlApdb:
     def _t(self, name: str) -> Any:
         return self._md.tables[name]
 
-    def _in(self, column: Any, values: Sequence[int]) -> Any:
-        return column.in_([int(v) for v in values])
-
     def _fetch(self, conn: Any, stmt: Any) -> list[tuple]:
         return [tuple(r) for r in conn.execute(stmt).fetchall()]
+
+    def _query(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run ``sql`` (``?`` placeholders) on the driver connection; the rows as tuples.
+        The hot paths use this rather than SQLAlchemy's compiled statements: large id
+        lists travel as one parameter, and rows are not wrapped (PostgreSQL: binary
+        results, so REAL values arrive as the exact float32)."""
+        raw = self._raw(conn)
+        with self._driver_errors("query"):
+            if self.dialect == "sqlite":
+                return raw.execute(sql, tuple(params)).fetchall()
+            with raw.cursor(binary=True) as cur:
+                cur.execute(sql.replace("?", "%s"), tuple(params))
+                return cur.fetchall() if cur.description is not None else []
+
+    def _execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement on the driver connection; the number of rows it touched."""
+        raw = self._raw(conn)
+        with self._driver_errors("statement"):
+            if self.dialect == "sqlite":
+                return raw.execute(sql, tuple(params)).rowcount
+            with raw.cursor() as cur:
+                cur.execute(sql.replace("?", "%s"), tuple(params))
+                return cur.rowcount
+
+    def _ids_sql(self, column: str) -> str:
+        """A condition ``column`` in a list of ids given as one parameter (:meth:`_ids`)."""
+        if self.dialect == "sqlite":
+            return f'"{column}" IN (SELECT value FROM json_each(?))'
+        return f'"{column}" = ANY(?::bigint[])'
+
+    def _ids(self, ids: Iterable[int]) -> Any:
+        values = sorted({int(i) for i in ids})
+        return json.dumps(values) if self.dialect == "sqlite" else values
 
     def _insert_rows(self, conn: Any, table: str, columns: Sequence[str], rows: list[tuple]
                      ) -> None:
@@ -317,23 +365,35 @@ class SqlApdb:
             arrays.append(pa.array(values, type=field.type))
         return pa.Table.from_arrays(arrays, schema=schema)
 
-    def _region_clause(self, table: Any, region: Any) -> Any:
-        ranges = region_ranges(region)
-        col = table.c._healpix_29
-        return self._sa.or_(*[self._sa.and_(col >= int(lo), col < int(hi)) for lo, hi in ranges])
+    def _select_region(self, conn: Any, table: str, columns: Sequence[str], where: str,
+                       params: Sequence[Any], region: Any) -> list[tuple]:
+        """Rows of ``table`` in the ``_healpix_29`` ranges covering ``region`` (and
+        ``where``): one index range scan per range, joined with UNION ALL (an OR of ranges
+        makes SQLite scan the whole partial index)."""
+        cols = ", ".join(f'"{c}"' for c in columns)
+        parts, args = [], []
+        for lo, hi in region_ranges(region):
+            parts.append(f'SELECT {cols} FROM "{table}" WHERE ({where}) AND '
+                         '"_healpix_29" >= ? AND "_healpix_29" < ?')
+            args += [*params, int(lo), int(hi)]
+        return self._query(conn, " UNION ALL ".join(parts), args) if parts else []
 
-    def _select_rows(self, conn: Any, table: Any, columns: Sequence[str], where: Sequence[Any],
-                     ids_column: str | None = None, ids: Sequence[int] | None = None
-                     ) -> list[tuple]:
-        sa = self._sa
-        cols = [table.c[c] for c in columns]
-        if ids is None:
-            return self._fetch(conn, sa.select(*cols).where(*where))
-        rows: list[tuple] = []
-        for part in _chunks(sorted({int(i) for i in ids})):
-            rows += self._fetch(conn, sa.select(*cols).where(
-                *where, self._in(table.c[ids_column], part)))
-        return rows
+    def _select_rows(self, conn: Any, table: str, columns: Sequence[str], where: str = "",
+                     params: Sequence[Any] = (), ids_column: str | None = None,
+                     ids: Iterable[int] | None = None, suffix: str = "") -> list[tuple]:
+        """``SELECT columns FROM table WHERE where [AND ids_column IN ids] suffix``."""
+        clauses, args = ([f"({where})"] if where else []), list(params)
+        if ids is not None:
+            value = self._ids(ids)
+            if not len(value) or value == "[]":
+                return []
+            clauses.append(self._ids_sql(ids_column or "diaObjectId"))
+            args.append(value)
+        cols = ", ".join(f'"{c}"' for c in columns)
+        sql = f'SELECT {cols} FROM "{table}"'
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        return self._query(conn, sql + suffix, args)
 
     def get_dia_objects(self, region: Any, *, columns: Sequence[str] | None = None,
                         object_ids: Any = None, exclude_unit: str | None = None) -> Any:
@@ -357,52 +417,53 @@ class SqlApdb:
         pyarrow.Table
             Rubin's DiaObject columns.
         """
-        sa = self._sa
-        obj = self._t("DiaObject")
         cols = self._columns("DiaObject", columns)
         read = list(dict.fromkeys([*cols, "diaObjectId", "ra", "dec", "validityStartMjdTai",
                                    "apdb_unit"]))
-        where = [obj.c.validityEndMjdTai.is_(None)]
-        if region is not None:
-            where.append(self._region_clause(obj, region))
-        elif object_ids is None:
+        where = '"validityEndMjdTai" IS NULL'
+        if region is None and object_ids is None:
             raise ApdbInputError("get_dia_objects needs a region or object_ids")
+        i_unit, i_start, i_id = (read.index("apdb_unit"), read.index("validityStartMjdTai"),
+                                 read.index("diaObjectId"))
         with self._connect(False) as conn, conn.begin():
-            rows = self._select_rows(conn, obj, read, where, "diaObjectId",
-                                     None if object_ids is None else list(object_ids))
+            if object_ids is None:
+                rows = self._select_region(conn, "DiaObject", read, where, (), region)
+            else:
+                rows = self._select_rows(conn, "DiaObject", read, where, (), "diaObjectId",
+                                         np.asarray(object_ids))
             if exclude_unit is not None:
                 uid = layout.unit_id(exclude_unit)
-                i_unit, i_start, i_id = (read.index("apdb_unit"), read.index("validityStartMjdTai"),
-                                         read.index("diaObjectId"))
                 mine = [r for r in rows if r[i_unit] == uid]
                 rows = [r for r in rows if r[i_unit] != uid]
-                for part in _chunks(mine):
-                    keys = [(r[i_id], r[i_start]) for r in part]
-                    rows += self._fetch(conn, sa.select(*[obj.c[c] for c in read]).where(
-                        sa.tuple_(obj.c.diaObjectId, obj.c.validityEndMjdTai).in_(keys)))
+                for part in _chunks(mine, 2000):
+                    values = ", ".join("(?, ?)" for _ in part)
+                    keys = [v for r in part for v in (r[i_id], r[i_start])]
+                    rows += self._select_rows(
+                        conn, "DiaObject", read,
+                        f'("diaObjectId", "validityEndMjdTai") IN (VALUES {values})', keys)
         if region is not None and rows:
-            i_ra, i_dec = read.index("ra"), read.index("dec")
-            ra = np.array([r[i_ra] for r in rows], float)
-            dec = np.array([r[i_dec] for r in rows], float)
-            keep = in_region(region, ra, dec)
-            rows = [r for r, k in zip(rows, keep, strict=True) if k]
-        rows.sort(key=lambda r: r[read.index("diaObjectId")])
+            ra = np.fromiter((r[read.index("ra")] for r in rows), float, len(rows))
+            dec = np.fromiter((r[read.index("dec")] for r in rows), float, len(rows))
+            keep = np.flatnonzero(in_region(region, ra, dec))
+            rows = [rows[k] for k in keep]
+        rows.sort(key=lambda r: r[i_id])
         idx = [read.index(c) for c in cols]
         return self._arrow("DiaObject", cols, [tuple(r[i] for i in idx) for r in rows])
 
     def _history(self, table_name: str, region: Any, object_ids: Any, start: float, end: float,
                  columns: Sequence[str] | None) -> Any:
-        table = self._t(table_name)
         cols = self._columns(table_name, columns)
         read = list(dict.fromkeys([*cols, "ra", "dec", "midpointMjdTai", "diaObjectId"]))
-        where = [table.c.midpointMjdTai >= float(start), table.c.midpointMjdTai < float(end)]
-        if object_ids is None:
-            if region is None:
-                raise ApdbInputError(f"reading {table_name}: give a region or object_ids")
-            where.append(self._region_clause(table, region))
+        where = '"midpointMjdTai" >= ? AND "midpointMjdTai" < ?'
+        params = [float(start), float(end)]
+        if object_ids is None and region is None:
+            raise ApdbInputError(f"reading {table_name}: give a region or object_ids")
         with self._connect(False) as conn, conn.begin():
-            rows = self._select_rows(conn, table, read, where, "diaObjectId",
-                                     None if object_ids is None else list(object_ids))
+            if object_ids is None:
+                rows = self._select_region(conn, table_name, read, where, params, region)
+            else:
+                rows = self._select_rows(conn, table_name, read, where, params, "diaObjectId",
+                                         np.asarray(object_ids))
         if object_ids is None and rows:
             ra = np.array([r[read.index("ra")] for r in rows], float)
             dec = np.array([r[read.index("dec")] for r in rows], float)
@@ -427,12 +488,11 @@ class SqlApdb:
 
     def get_unit_dia_sources(self, unit: str, *, columns: Sequence[str] | None = None) -> Any:
         """The DiaSources stored by ``unit`` (``IdempotencyKey.unit``), sorted by id."""
-        table = self._t("DiaSource")
         cols = self._columns("DiaSource", columns)
         read = list(dict.fromkeys([*cols, "diaSourceId"]))
         with self._connect(False) as conn, conn.begin():
-            rows = self._select_rows(conn, table, read,
-                                     [table.c.apdb_unit == layout.unit_id(unit)])
+            rows = self._select_rows(conn, "DiaSource", read, '"apdb_unit" = ?',
+                                     [layout.unit_id(unit)])
         i = read.index("diaSourceId")
         rows.sort(key=lambda r: r[i])
         idx = [read.index(c) for c in cols]
@@ -440,10 +500,10 @@ class SqlApdb:
 
     def get_ss_sources(self, dia_source_ids: Any) -> Any:
         """SSSource rows of the given DiaSources."""
-        table = self._t("SSSource")
         cols = self._columns("SSSource", None)
         with self._connect(False) as conn, conn.begin():
-            rows = self._select_rows(conn, table, cols, [], "diaSourceId", list(dia_source_ids))
+            rows = self._select_rows(conn, "SSSource", cols, ids_column="diaSourceId",
+                                     ids=np.asarray(dia_source_ids))
         rows.sort()
         return self._arrow("SSSource", cols, rows)
 
@@ -454,7 +514,8 @@ class SqlApdb:
         table = self._t(layout.FEATURES_TABLE)
         names = [c.name for c in table.columns]
         with self._connect(False) as conn, conn.begin():
-            rows = self._select_rows(conn, table, names, [], "diaObjectId", list(object_ids))
+            rows = self._select_rows(conn, layout.FEATURES_TABLE, names, ids_column="diaObjectId",
+                                     ids=np.asarray(object_ids))
         rows.sort(key=lambda r: (r[0], r[1]))
         data = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
         types = {"diaObjectId": pa.int64(), "band": pa.string()}
@@ -606,51 +667,55 @@ class SqlApdb:
             Invalid rows (names the table, column and id), or DiaSource / DiaForcedSource
             ids already stored by another unit.
         """
+        return self.store_unit(write).stored
+
+    def store_unit(self, write: Any) -> StoreResult:
+        """:meth:`store`, also returning the DiaObject versions the store wrote (what a
+        stage hands on as its ``dia_objects`` output, without reading them back)."""
         prepared = _Prepared(write)
         try:
-            return self._run_write(lambda conn: self._store(conn, prepared))
+            stored, rows = self._run_write(lambda conn: self._store(conn, prepared))
         except self._sa.exc.IntegrityError as exc:
             raise self._explain_integrity(prepared, exc) from None
+        columns = ["diaObjectId", "validityStartMjdTai", "validityEndMjdTai", *SUMMARY_COLUMNS]
+        objects = None
+        if stored:
+            objects = self._arrow("DiaObject", columns, rows)
+            from jointcal_ap.schemas import apdb_schema
+
+            objects = apdb_schema()["DiaObject"].conform(objects)
+        return StoreResult(stored, objects)
 
     def _explain_integrity(self, prepared: _Prepared, exc: Exception) -> Exception:
-        sa = self._sa
         with self._connect(False) as conn, conn.begin():
             for name, column, ids in (
                     ("DiaSource", "diaSourceId", prepared.source_ids),
                     ("DiaForcedSource", "diaForcedSourceId", prepared.forced_ids)):
-                table = self._t(name)
-                for part in _chunks(list(ids)):
-                    hit = self._fetch(conn, sa.select(table.c[column], table.c.apdb_unit).where(
-                        self._in(table.c[column], part),
-                        sa.or_(table.c.apdb_unit.is_(None),
-                               table.c.apdb_unit != prepared.uid)))
-                    if hit:
-                        return ApdbInputError(
-                            f"{prepared.where}: {name}.{column} {hit[0][0]} is already stored "
-                            f"by another unit (apdb_unit {hit[0][1]})")
+                hit = self._select_rows(
+                    conn, name, [column, "apdb_unit"],
+                    '"apdb_unit" IS NULL OR "apdb_unit" <> ?', [prepared.uid], column, ids,
+                    suffix=f' ORDER BY "{column}"')
+                if hit:
+                    return ApdbInputError(
+                        f"{prepared.where}: {name}.{column} {hit[0][0]} is already stored "
+                        f"by another unit (apdb_unit {hit[0][1]})")
         return ApdbError(f"{prepared.where}: the database refused the rows: {exc.orig}")
 
     def _lock_current(self, conn: Any, ids: list[int]) -> dict[int, tuple[float, Any]]:
         """Current versions of ``ids``: id → (validityStart, creator unit); on PostgreSQL the
         rows are locked, in id order, until the versions seen are stable."""
-        sa = self._sa
-        obj = self._t("DiaObject")
-        cols = [obj.c.diaObjectId, obj.c.validityStartMjdTai, obj.c.apdb_unit]
+        cols = ["diaObjectId", "validityStartMjdTai", "apdb_unit"]
+        lock = ' ORDER BY "diaObjectId" FOR UPDATE' if self.dialect == "postgresql" else ""
         previous: dict[int, tuple[float, Any]] | None = None
         while True:
-            found: dict[int, tuple[float, Any]] = {}
-            for part in _chunks(ids):
-                stmt = sa.select(*cols).where(obj.c.validityEndMjdTai.is_(None),
-                                              self._in(obj.c.diaObjectId, part))
-                if self.dialect == "postgresql":
-                    stmt = stmt.order_by(obj.c.diaObjectId).with_for_update()
-                for oid, start, unit in self._fetch(conn, stmt):
-                    found[int(oid)] = (float(start), unit)
+            found = {int(oid): (float(start), unit) for oid, start, unit in self._select_rows(
+                conn, "DiaObject", cols, '"validityEndMjdTai" IS NULL', (), "diaObjectId", ids,
+                suffix=lock)}
             if self.dialect == "sqlite" or found == previous:
                 return found
             previous = found
 
-    def _store(self, conn: Any, p: _Prepared) -> bool:
+    def _store(self, conn: Any, p: _Prepared) -> tuple[bool, list[tuple]]:
         sa = self._sa
         units = self._t("apdb_unit")
         self._lock_unit(conn, p.uid)
@@ -660,26 +725,24 @@ class SqlApdb:
             raise ApdbError(f"unit {p.key.unit!r} hashes to the id of stored unit "
                             f"{row[0][0]!r}; rename one of them")
         if row and row[0][1] == p.key.token:
-            return False
+            return False, []
         replacing = bool(row)
-        src, frc, sss, obj = (self._t(n) for n in ("DiaSource", "DiaForcedSource", "SSSource",
-                                                   "DiaObject"))
         old_objects: set[int] = set()
         if replacing:
-            old_objects = {int(r[0]) for r in self._fetch(conn, sa.select(
-                src.c.diaObjectId).distinct().where(src.c.apdb_unit == p.uid,
-                                                    src.c.diaObjectId.is_not(None)))}
+            old_objects = {int(r[0]) for r in self._query(
+                conn, 'SELECT DISTINCT "diaObjectId" FROM "DiaSource" WHERE "apdb_unit" = ? '
+                'AND "diaObjectId" IS NOT NULL', [p.uid])}
         touched = sorted(old_objects | p.new_objects)
         current = self._lock_current(conn, touched)
         if replacing:
-            for table in (src, frc, sss):
-                conn.execute(table.delete().where(table.c.apdb_unit == p.uid))
+            for table in ("DiaSource", "DiaForcedSource", "SSSource"):
+                self._execute(conn, f'DELETE FROM "{table}" WHERE "apdb_unit" = ?', [p.uid])
             self._undo_versions(conn, sorted(old_objects), p.uid)
             current = self._lock_current(conn, touched)
         self._insert_rows(conn, "DiaSource", p.source_columns, p.source_rows)
         self._insert_rows(conn, "DiaForcedSource", p.forced_columns, p.forced_rows)
         self._insert_rows(conn, "SSSource", p.ss_columns, p.ss_rows)
-        self._update_objects(conn, touched, current, p, set(p.new_objects))
+        written = self._update_objects(conn, touched, current, p, set(p.new_objects))
         conn.execute(units.delete().where(units.c.unit_id == p.uid))
         conn.execute(units.insert().values(
             unit_id=p.uid, unit=p.key.unit, token=p.key.token, stage=p.key.stage,
@@ -687,17 +750,13 @@ class SqlApdb:
             input_identity=p.key.input_identity, visit_time_mjd_tai=p.time,
             n_dia_sources=len(p.source_rows), n_dia_forced_sources=len(p.forced_rows),
             n_ss_sources=len(p.ss_rows)))
-        return True
+        return True, written
 
     def _undo_versions(self, conn: Any, ids: list[int], uid: int) -> None:
         """Remove the DiaObject versions unit ``uid`` created and reopen the ones before."""
-        sa = self._sa
-        obj = self._t("DiaObject")
-        created: list[tuple] = []
-        for part in _chunks(ids):
-            created += self._fetch(conn, sa.select(
-                obj.c.diaObjectId, obj.c.validityStartMjdTai, obj.c.validityEndMjdTai).where(
-                self._in(obj.c.diaObjectId, part), obj.c.apdb_unit == uid))
+        created = self._select_rows(
+            conn, "DiaObject", ["diaObjectId", "validityStartMjdTai", "validityEndMjdTai"],
+            '"apdb_unit" = ?', [uid], "diaObjectId", ids)
         if not created:
             return
         raw = self._raw(conn)
@@ -718,31 +777,31 @@ class SqlApdb:
                     cur.executemany(relink, relinks)
 
     def _read_history(self, conn: Any, ids: list[int]) -> tuple[dict, dict]:
-        src, frc = self._t("DiaSource"), self._t("DiaForcedSource")
         names = (*SOURCE_COLUMNS, "diaSourceId")
         hist = _columns_of("DiaSource", names,
-                           self._select_rows(conn, src, names, [], "diaObjectId", ids))
+                           self._select_rows(conn, "DiaSource", names, ids=ids))
         # A fixed row order makes the recomputed sums bit-for-bit reproducible.
         order = np.lexsort((hist["diaSourceId"], hist["midpointMjdTai"], hist["diaObjectId"]))
         hist = {k: v[order] for k, v in hist.items()}
-        forced = self._select_rows(conn, frc, (*FORCED_COLUMNS, "diaForcedSourceId"), [],
-                                   "diaObjectId", ids)
+        forced = self._select_rows(conn, "DiaForcedSource",
+                                   (*FORCED_COLUMNS, "diaForcedSourceId"), ids=ids)
         forced.sort(key=lambda r: (r[0], r[-1]))
         return hist, _columns_of("DiaForcedSource", FORCED_COLUMNS, [r[:-1] for r in forced])
 
     def _update_objects(self, conn: Any, touched: list[int], current: dict[int, tuple],
-                        p: _Prepared, new_objects: set[int]) -> None:
-        obj = self._t("DiaObject")
-        feats = self._t(layout.FEATURES_TABLE)
+                        p: _Prepared, new_objects: set[int]) -> list[tuple]:
+        """Recompute the touched objects from their stored history and write their versions;
+        return the DiaObject rows written (id, start, end, *summary)."""
         if not touched:
-            return
+            return []
         hist, forced = self._read_history(conn, touched)
         with_sources = np.unique(hist["diaObjectId"])
         vanished = sorted(set(touched) - {int(i) for i in with_sources})
-        for part in _chunks(vanished):
-            conn.execute(obj.delete().where(self._in(obj.c.diaObjectId, part)))
+        if vanished:
+            self._execute(conn, f'DELETE FROM "DiaObject" WHERE {self._ids_sql("diaObjectId")}',
+                          [self._ids(vanished)])
         summary = dia_object_summaries(with_sources, hist, forced)
-        rows = _summary_rows(summary)
+        rows = _summary_rows(summary, nan_to_none=self.dialect != "sqlite")
         # Objects the unit no longer touches (replacement) whose summary came back to what
         # their current version holds need no new version.
         ids = [int(i) for i in with_sources]
@@ -761,13 +820,15 @@ class SqlApdb:
             else:
                 in_place.append(oid)
                 inserts.append((oid, cur[0], cur[1], values))
-        for part in _chunks(to_close):
-            conn.execute(obj.update().where(obj.c.validityEndMjdTai.is_(None),
-                                            self._in(obj.c.diaObjectId, part))
-                         .values(validityEndMjdTai=p.time))
-        for part in _chunks(in_place):
-            conn.execute(obj.delete().where(obj.c.validityEndMjdTai.is_(None),
-                                            self._in(obj.c.diaObjectId, part)))
+        ids_sql = self._ids_sql("diaObjectId")
+        if to_close:
+            self._execute(conn, f'UPDATE "DiaObject" SET "validityEndMjdTai" = ? WHERE '
+                                f'"validityEndMjdTai" IS NULL AND {ids_sql}',
+                          [p.time, self._ids(to_close)])
+        if in_place:
+            self._execute(conn, f'DELETE FROM "DiaObject" WHERE "validityEndMjdTai" IS NULL '
+                                f'AND {ids_sql}', [self._ids(in_place)])
+        written = [(oid, start, None, *values) for oid, start, _unit, values in inserts]
         if inserts:
             ra = np.array([v[0] for _o, _s, _u, v in inserts])
             dec = np.array([v[2] for _o, _s, _u, v in inserts])
@@ -775,29 +836,29 @@ class SqlApdb:
             columns = ["diaObjectId", "validityStartMjdTai", "validityEndMjdTai",
                        *SUMMARY_COLUMNS, "pixelId", "_healpix_29", "apdb_unit"]
             self._insert_rows(conn, "DiaObject", columns, [
-                (oid, start, None, *values, int(pi), int(hi), unit)
-                for (oid, start, unit, values), pi, hi in zip(inserts, pix.tolist(),
-                                                              hpx.tolist(), strict=True)])
+                (*row, pi, hi, unit) for row, pi, hi, (_o, _s, unit, _v) in zip(
+                    written, pix.tolist(), hpx.tolist(), inserts, strict=True)])
         dropped = sorted(set(vanished) | set(ids))
-        for part in _chunks(dropped):
-            conn.execute(feats.delete().where(self._in(feats.c.diaObjectId, part)))
+        if dropped:
+            self._execute(conn, f'DELETE FROM "{layout.FEATURES_TABLE}" WHERE {ids_sql}',
+                          [self._ids(dropped)])
         if self.feature_options is not None and len(ids):
             table = lightcurve_features(hist, self.feature_options)
             names = ["diaObjectId", "band", *[c[0] for c in FEATURE_COLUMNS]]
-            cols = [_plain(table[n]) for n in names]
+            cols = [_plain(table[n], self.dialect != "sqlite") for n in names]
             self._insert_rows(conn, layout.FEATURES_TABLE, names,
                               list(zip(*cols, strict=True)))
+        return written
 
     def _unchanged(self, conn: Any, ids: list[int], rows: dict[int, tuple]) -> set[int]:
         if not ids:
             return set()
-        obj = self._t("DiaObject")
-        stored = self._select_rows(conn, obj, ["diaObjectId", *SUMMARY_COLUMNS],
-                                   [obj.c.validityEndMjdTai.is_(None)], "diaObjectId", ids)
-        # Forced photometry alone never makes a version, so only the DiaSource-derived
-        # columns decide whether the object changed.
         from jointcal_ap.schemas import apdb_schema
 
+        stored = self._select_rows(conn, "DiaObject", ["diaObjectId", *SUMMARY_COLUMNS],
+                                   '"validityEndMjdTai" IS NULL', (), "diaObjectId", ids)
+        # Forced photometry alone never makes a version, so only the DiaSource-derived
+        # columns decide whether the object changed.
         schema = apdb_schema()["DiaObject"]
         compare = [(k, schema.column(name).datatype == "float")
                    for k, name in enumerate(SUMMARY_COLUMNS) if "_fpFlux" not in name]
@@ -839,20 +900,27 @@ def _canonical(value: Any, real: bool = False) -> Any:
 
 
 def _equal(a: Any, b: Any, real: bool = False) -> bool:
-    """Equal values (NULL equals NULL); ``real`` compares as float32, as REAL stores them."""
-    if a is None or b is None:
-        return a is None and b is None
+    """Equal values (NULL, None and NaN are one "missing"); ``real`` compares as float32,
+    as REAL stores them."""
+    a_missing = a is None or (isinstance(a, float) and a != a)
+    b_missing = b is None or (isinstance(b, float) and b != b)
+    if a_missing or b_missing:
+        return a_missing and b_missing
     if real:
         return bool(np.float32(a) == np.float32(b))
     return float(a) == float(b)
 
 
-def _plain(values: np.ndarray) -> list:
-    """Python values for the driver: NaN → None, NumPy scalars → Python ones."""
+def _plain(values: np.ndarray, nan_to_none: bool = True) -> list:
+    """Python values for the driver: NaN → None (SQLite stores a NaN as NULL by itself, so
+    it may be skipped there), NumPy scalars → Python ones."""
     arr = np.asarray(values)
-    if arr.dtype.kind == "f":
-        out = arr.tolist()
-        return [None if v != v else v for v in out]
+    if nan_to_none and arr.dtype.kind == "f":
+        nan = np.isnan(arr)
+        if nan.any():
+            out = arr.astype(object)
+            out[nan] = None
+            return out.tolist()
     return arr.tolist()
 
 
@@ -877,7 +945,7 @@ def _columns_of(table: str, names: Sequence[str], rows: list[tuple]) -> dict[str
     return out
 
 
-def _summary_rows(summary: dict[str, np.ndarray]) -> list[tuple]:
+def _summary_rows(summary: dict[str, np.ndarray], nan_to_none: bool = True) -> list[tuple]:
     """Rows of summary values in :data:`SUMMARY_COLUMNS` order: REAL columns rounded to
     float32 (what PostgreSQL keeps), NaN as None."""
     from jointcal_ap.schemas import apdb_schema
@@ -889,7 +957,7 @@ def _summary_rows(summary: dict[str, np.ndarray]) -> list[tuple]:
         kind = schema.column(name).datatype
         if kind == "float":
             values = values.astype(np.float32).astype(np.float64)
-        cols.append(_plain(values))
+        cols.append(_plain(values, nan_to_none))
     return list(zip(*cols, strict=True)) if cols and cols[0] else []
 
 
@@ -1049,6 +1117,9 @@ def _sqlite_events(engine: Any, busy_timeout: float) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
+        # A page cache of 256 MiB: index maintenance on large tables stays in memory.
+        cur.execute("PRAGMA cache_size=-262144")
+        cur.execute("PRAGMA temp_store=MEMORY")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cur.close()
 
