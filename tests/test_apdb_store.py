@@ -49,7 +49,7 @@ def survey():
 
 
 def test_objects_are_recovered_without_merges_or_splits(apdb_url, survey):
-    sky, units = survey
+    _sky, units = survey
     apdb = open_apdb(apdb_url, create=True)
     results = _run(apdb, units)
     assigned = np.concatenate([r.dia_sources.column("diaObjectId").to_numpy() for r in results])
@@ -150,7 +150,7 @@ def test_replacing_a_unit_equals_running_its_new_inputs_alone(apdb_url, survey, 
     if other_url.startswith("postgresql"):
         import psycopg
 
-        base, name = apdb_url.rsplit("/", 1)
+        _base, name = apdb_url.rsplit("/", 1)
         with psycopg.connect(apdb_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}_b"')
     second = open_apdb(other_url, create=True)

@@ -38,7 +38,13 @@ from typing import Any
 import numpy as np
 
 from jointcal_ap.apdb.pixels import unit_vectors
-from jointcal_ap.apdb.validate import check_coordinates, check_unique, conform, float_column, int_column
+from jointcal_ap.apdb.validate import (
+    check_coordinates,
+    check_unique,
+    conform,
+    float_column,
+    int_column,
+)
 
 __all__ = ["DrpOptions", "cluster_sources", "compare_associations", "drp_associate", "drp_store"]
 
@@ -70,7 +76,7 @@ class DrpOptions:
     def fine_order(self) -> int:
         """Finest order whose pixels are at least four linking radii wide."""
         width_deg = 4.0 * self.radius_arcsec / 3600.0
-        order = int(math.floor(math.log2(58.6 / width_deg))) - 1
+        order = math.floor(math.log2(58.6 / width_deg)) - 1
         return max(self.partition_order + 1, min(order, 29))
 
 
@@ -361,6 +367,6 @@ def compare_associations(a: np.ndarray, b: np.ndarray) -> dict[str, int]:
     one_a = set(per_a[0][per_a[1] == 1].tolist())
     one_b = set(per_b[0][per_b[1] == 1].tolist())
     identical = sum(1 for x, y in pairs.tolist() if x in one_a and y in one_b)
-    return {"objects_a": int(len(np.unique(a[a >= 0]))), "objects_b": int(len(np.unique(b[b >= 0]))),
+    return {"objects_a": len(np.unique(a[a >= 0])), "objects_b": len(np.unique(b[b >= 0])),
             "identical": int(identical), "split": int((per_a[1] > 1).sum()),
             "merged": int((per_b[1] > 1).sum())}

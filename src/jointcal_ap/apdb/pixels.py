@@ -62,7 +62,7 @@ def _region_order(region) -> int:
         centre /= np.linalg.norm(centre)
         radius = float(np.degrees(np.arccos(np.clip(unit_vectors(ra, dec) @ centre, -1, 1))).max())
     # HEALPix pixel size at order k is about 58.6 / 2**k degrees.
-    order = int(math.floor(math.log2(58.6 / max(radius / 3.0, 1e-9))))
+    order = math.floor(math.log2(58.6 / max(radius / 3.0, 1e-9)))
     return int(min(max(order, 3), 16)) if radius > 0 else 16
 
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -91,7 +92,7 @@ def _mask_url(url: str) -> str:
 
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is shown as given
+    except Exception:
         return url
 
 
@@ -214,27 +215,37 @@ class SqlApdb:
         """A condition ``column`` in a list of ids given as one parameter (:meth:`_ids`)."""
         if self.dialect == "sqlite":
             return f'"{column}" IN (SELECT value FROM json_each(?))'
-        return f'"{column}" = ANY(?::bigint[])'
+        return f'"{column}" = ANY(CAST(? AS bigint[]))'
 
-    def _ids(self, ids: Iterable[int]) -> Any:
-        values = sorted({int(i) for i in ids})
-        return json.dumps(values) if self.dialect == "sqlite" else values
+    def _ids(self, ids: Iterable[int]) -> str:
+        """Ids as one parameter: a JSON array (SQLite) or an array literal (PostgreSQL)."""
+        values = np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids,
+                                      np.int64))
+        text = ",".join(map(str, values.tolist()))
+        return f"[{text}]" if self.dialect == "sqlite" else f"{{{text}}}"
 
-    def _insert_rows(self, conn: Any, table: str, columns: Sequence[str], rows: list[tuple]
-                     ) -> None:
-        """Bulk insert through the driver: ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
-        if not rows:
+    def _insert_rows(self, conn: Any, table: str, data: Any) -> None:
+        """Bulk insert a ``pyarrow.Table`` (its column names are the table's) through the
+        driver: ``executemany`` on SQLite; on PostgreSQL ``COPY ... FROM STDIN`` of CSV that
+        Arrow writes (NULL as an empty field, floats in shortest round-trip form)."""
+        if data.num_rows == 0:
             return
-        cols = ", ".join(f'"{c}"' for c in columns)
+        import pyarrow.csv as pacsv
+
+        cols = ", ".join(f'"{c}"' for c in data.column_names)
         raw = self._raw(conn)
         with self._driver_errors(table):
             if self.dialect == "sqlite":
-                marks = ", ".join("?" * len(columns))
-                raw.executemany(f'INSERT INTO "{table}" ({cols}) VALUES ({marks})', rows)
+                marks = ", ".join("?" * data.num_columns)
+                raw.executemany(f'INSERT INTO "{table}" ({cols}) VALUES ({marks})',
+                                _driver_rows(data))
             else:
-                with raw.cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as copy:
-                    for row in rows:
-                        copy.write_row(row)
+                sink = io.BytesIO()
+                pacsv.write_csv(data, sink, pacsv.WriteOptions(include_header=False,
+                                                               quoting_style="needed"))
+                with raw.cursor() as cur, cur.copy(
+                        f'COPY "{table}" ({cols}) FROM STDIN WITH (FORMAT csv)') as copy:
+                    copy.write(sink.getvalue())
 
     @contextlib.contextmanager
     def _driver_errors(self, what: str) -> Iterator[None]:
@@ -385,7 +396,7 @@ class SqlApdb:
         clauses, args = ([f"({where})"] if where else []), list(params)
         if ids is not None:
             value = self._ids(ids)
-            if not len(value) or value == "[]":
+            if len(value) == 2:  # "[]" or "{}": no id
                 return []
             clauses.append(self._ids_sql(ids_column or "diaObjectId"))
             args.append(value)
@@ -677,14 +688,7 @@ class SqlApdb:
             stored, rows = self._run_write(lambda conn: self._store(conn, prepared))
         except self._sa.exc.IntegrityError as exc:
             raise self._explain_integrity(prepared, exc) from None
-        columns = ["diaObjectId", "validityStartMjdTai", "validityEndMjdTai", *SUMMARY_COLUMNS]
-        objects = None
-        if stored:
-            objects = self._arrow("DiaObject", columns, rows)
-            from jointcal_ap.schemas import apdb_schema
-
-            objects = apdb_schema()["DiaObject"].conform(objects)
-        return StoreResult(stored, objects)
+        return StoreResult(stored, rows if stored else None)
 
     def _explain_integrity(self, prepared: _Prepared, exc: Exception) -> Exception:
         with self._connect(False) as conn, conn.begin():
@@ -715,7 +719,7 @@ class SqlApdb:
                 return found
             previous = found
 
-    def _store(self, conn: Any, p: _Prepared) -> tuple[bool, list[tuple]]:
+    def _store(self, conn: Any, p: _Prepared) -> tuple[bool, Any]:
         sa = self._sa
         units = self._t("apdb_unit")
         self._lock_unit(conn, p.uid)
@@ -725,7 +729,7 @@ class SqlApdb:
             raise ApdbError(f"unit {p.key.unit!r} hashes to the id of stored unit "
                             f"{row[0][0]!r}; rename one of them")
         if row and row[0][1] == p.key.token:
-            return False, []
+            return False, None
         replacing = bool(row)
         old_objects: set[int] = set()
         if replacing:
@@ -739,17 +743,17 @@ class SqlApdb:
                 self._execute(conn, f'DELETE FROM "{table}" WHERE "apdb_unit" = ?', [p.uid])
             self._undo_versions(conn, sorted(old_objects), p.uid)
             current = self._lock_current(conn, touched)
-        self._insert_rows(conn, "DiaSource", p.source_columns, p.source_rows)
-        self._insert_rows(conn, "DiaForcedSource", p.forced_columns, p.forced_rows)
-        self._insert_rows(conn, "SSSource", p.ss_columns, p.ss_rows)
+        self._insert_rows(conn, "DiaSource", p.sources)
+        self._insert_rows(conn, "DiaForcedSource", p.forced)
+        self._insert_rows(conn, "SSSource", p.ss)
         written = self._update_objects(conn, touched, current, p, set(p.new_objects))
         conn.execute(units.delete().where(units.c.unit_id == p.uid))
         conn.execute(units.insert().values(
             unit_id=p.uid, unit=p.key.unit, token=p.key.token, stage=p.key.stage,
             data_id=json.dumps([[k, v] for k, v in p.key.data_id], default=str),
             input_identity=p.key.input_identity, visit_time_mjd_tai=p.time,
-            n_dia_sources=len(p.source_rows), n_dia_forced_sources=len(p.forced_rows),
-            n_ss_sources=len(p.ss_rows)))
+            n_dia_sources=p.sources.num_rows, n_dia_forced_sources=p.forced.num_rows,
+            n_ss_sources=p.ss.num_rows))
         return True, written
 
     def _undo_versions(self, conn: Any, ids: list[int], uid: int) -> None:
@@ -789,70 +793,72 @@ class SqlApdb:
         return hist, _columns_of("DiaForcedSource", FORCED_COLUMNS, [r[:-1] for r in forced])
 
     def _update_objects(self, conn: Any, touched: list[int], current: dict[int, tuple],
-                        p: _Prepared, new_objects: set[int]) -> list[tuple]:
+                        p: _Prepared, new_objects: set[int]) -> Any:
         """Recompute the touched objects from their stored history and write their versions;
-        return the DiaObject rows written (id, start, end, *summary)."""
+        return the DiaObject versions written (``pyarrow.Table``, Rubin's columns)."""
+        import pyarrow as pa
+
         if not touched:
-            return []
+            return _versions(np.zeros(0, np.int64), np.zeros(0),
+                             {c: np.zeros(0) for c in SUMMARY_COLUMNS})
         hist, forced = self._read_history(conn, touched)
         with_sources = np.unique(hist["diaObjectId"])
         vanished = sorted(set(touched) - {int(i) for i in with_sources})
         if vanished:
             self._execute(conn, f'DELETE FROM "DiaObject" WHERE {self._ids_sql("diaObjectId")}',
                           [self._ids(vanished)])
-        summary = dia_object_summaries(with_sources, hist, forced)
-        rows = _summary_rows(summary, nan_to_none=self.dialect != "sqlite")
+        summary = _rounded(dia_object_summaries(with_sources, hist, forced))
+        ids = with_sources.astype(np.int64)
         # Objects the unit no longer touches (replacement) whose summary came back to what
         # their current version holds need no new version.
-        ids = [int(i) for i in with_sources]
-        untouched = [i for i in ids if i not in new_objects and i in current]
-        same = self._unchanged(conn, untouched, dict(zip(ids, rows, strict=True)))
-        to_close, in_place, inserts = [], [], []
-        for oid, values in zip(ids, rows, strict=True):
-            if oid in same:
-                continue
-            cur = current.get(oid)
-            if cur is None:
-                inserts.append((oid, p.time, p.uid, values))
-            elif cur[0] < p.time:
-                to_close.append(oid)
-                inserts.append((oid, p.time, p.uid, values))
-            else:
-                in_place.append(oid)
-                inserts.append((oid, cur[0], cur[1], values))
+        untouched = np.flatnonzero([int(i) not in new_objects and int(i) in current
+                                    for i in ids])
+        same = self._unchanged(conn, ids[untouched],
+                               [tuple(summary[c][k] for c in SUMMARY_COLUMNS) for k in untouched])
+        keep = ~np.isin(ids, np.fromiter(same, np.int64, len(same)))
+        has = np.array([int(i) in current for i in ids], bool)
+        cur_start = np.array([current[int(i)][0] if h else np.nan for i, h in zip(ids, has,
+                                                                                 strict=True)])
+        cur_unit = np.array([current[int(i)][1] if h and current[int(i)][1] is not None else -1
+                             for i, h in zip(ids, has, strict=True)], np.int64)
+        later = has & (cur_start >= p.time)            # same visit, or stored out of order
+        to_close = ids[keep & has & ~later]
+        in_place = ids[keep & later]
         ids_sql = self._ids_sql("diaObjectId")
-        if to_close:
+        if len(to_close):
             self._execute(conn, f'UPDATE "DiaObject" SET "validityEndMjdTai" = ? WHERE '
                                 f'"validityEndMjdTai" IS NULL AND {ids_sql}',
                           [p.time, self._ids(to_close)])
-        if in_place:
+        if len(in_place):
             self._execute(conn, f'DELETE FROM "DiaObject" WHERE "validityEndMjdTai" IS NULL '
                                 f'AND {ids_sql}', [self._ids(in_place)])
-        written = [(oid, start, None, *values) for oid, start, _unit, values in inserts]
-        if inserts:
-            ra = np.array([v[0] for _o, _s, _u, v in inserts])
-            dec = np.array([v[2] for _o, _s, _u, v in inserts])
-            pix, hpx = htm_index(ra, dec), healpix29(ra, dec)
-            columns = ["diaObjectId", "validityStartMjdTai", "validityEndMjdTai",
-                       *SUMMARY_COLUMNS, "pixelId", "_healpix_29", "apdb_unit"]
-            self._insert_rows(conn, "DiaObject", columns, [
-                (*row, pi, hi, unit) for row, pi, hi, (_o, _s, unit, _v) in zip(
-                    written, pix.tolist(), hpx.tolist(), inserts, strict=True)])
-        dropped = sorted(set(vanished) | set(ids))
+        written = _versions(ids[keep], np.where(later, cur_start, p.time)[keep],
+                            {c: v[keep] for c, v in summary.items()})
+        ra, dec = summary["ra"][keep], summary["dec"][keep]
+        unit = np.where(later, cur_unit, p.uid)[keep]
+        stored = written.append_column("pixelId", pa.array(htm_index(ra, dec))) \
+            .append_column("_healpix_29", pa.array(healpix29(ra, dec))) \
+            .append_column("apdb_unit", pa.array(unit, mask=unit < 0, type=pa.int64()))
+        self._insert_rows(conn, "DiaObject", stored.select(
+            [name for name, col in zip(stored.column_names, stored.columns, strict=True)
+             if col.null_count < stored.num_rows or not stored.num_rows]))
+        dropped = sorted(set(vanished) | {int(i) for i in ids})
         if dropped:
             self._execute(conn, f'DELETE FROM "{layout.FEATURES_TABLE}" WHERE {ids_sql}',
                           [self._ids(dropped)])
         if self.feature_options is not None and len(ids):
             table = lightcurve_features(hist, self.feature_options)
-            names = ["diaObjectId", "band", *[c[0] for c in FEATURE_COLUMNS]]
-            cols = [_plain(table[n], self.dialect != "sqlite") for n in names]
-            self._insert_rows(conn, layout.FEATURES_TABLE, names,
-                              list(zip(*cols, strict=True)))
+            self._insert_rows(conn, layout.FEATURES_TABLE, pa.table(
+                {name: pa.array(table[name], from_pandas=True) for name in
+                 ["diaObjectId", "band", *[c[0] for c in FEATURE_COLUMNS]]}))
         return written
 
-    def _unchanged(self, conn: Any, ids: list[int], rows: dict[int, tuple]) -> set[int]:
-        if not ids:
+    def _unchanged(self, conn: Any, ids: np.ndarray, values: list[tuple]) -> set[int]:
+        """Which of ``ids`` have a current version whose DiaSource-derived summary columns
+        equal ``values`` (rows in :data:`SUMMARY_COLUMNS` order)."""
+        if not len(ids):
             return set()
+        rows = dict(zip(ids.tolist(), values, strict=True))
         from jointcal_ap.schemas import apdb_schema
 
         stored = self._select_rows(conn, "DiaObject", ["diaObjectId", *SUMMARY_COLUMNS],
@@ -911,19 +917,6 @@ def _equal(a: Any, b: Any, real: bool = False) -> bool:
     return float(a) == float(b)
 
 
-def _plain(values: np.ndarray, nan_to_none: bool = True) -> list:
-    """Python values for the driver: NaN → None (SQLite stores a NaN as NULL by itself, so
-    it may be skipped there), NumPy scalars → Python ones."""
-    arr = np.asarray(values)
-    if nan_to_none and arr.dtype.kind == "f":
-        nan = np.isnan(arr)
-        if nan.any():
-            out = arr.astype(object)
-            out[nan] = None
-            return out.tolist()
-    return arr.tolist()
-
-
 def _columns_of(table: str, names: Sequence[str], rows: list[tuple]) -> dict[str, np.ndarray]:
     """Columns of ``rows`` as arrays: REAL columns rounded to float32 — PostgreSQL sends
     float4 as text that parses to a slightly different double — so that both backends, and
@@ -945,20 +938,43 @@ def _columns_of(table: str, names: Sequence[str], rows: list[tuple]) -> dict[str
     return out
 
 
-def _summary_rows(summary: dict[str, np.ndarray], nan_to_none: bool = True) -> list[tuple]:
-    """Rows of summary values in :data:`SUMMARY_COLUMNS` order: REAL columns rounded to
-    float32 (what PostgreSQL keeps), NaN as None."""
+def _rounded(summary: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Summary columns with the REAL ones rounded to float32 (what the database keeps)."""
     from jointcal_ap.schemas import apdb_schema
 
     schema = apdb_schema()["DiaObject"]
+    return {name: values.astype(np.float32).astype(np.float64)
+            if schema.column(name).datatype == "float" else values
+            for name, values in summary.items()}
+
+
+def _versions(ids: np.ndarray, start: np.ndarray, summary: dict[str, np.ndarray]) -> Any:
+    """DiaObject versions (current: no ``validityEndMjdTai``) as a table with Rubin's
+    types; NaN summaries are NULL."""
+    import pyarrow as pa
+
+    from jointcal_ap.schemas import apdb_schema
+
+    schema = apdb_schema()["DiaObject"]
+    names = ["diaObjectId", "validityStartMjdTai", "validityEndMjdTai", *SUMMARY_COLUMNS]
+    values = {"diaObjectId": ids, "validityStartMjdTai": start,
+              "validityEndMjdTai": np.full(len(ids), np.nan), **summary}
+    return pa.Table.from_arrays(
+        [pa.array(values[n], type=schema.column(n).arrow_type, from_pandas=True) for n in names],
+        schema=schema.arrow_schema(names))
+
+
+def _driver_rows(table: Any) -> list[tuple]:
+    """The rows of a ``pyarrow.Table`` as Python tuples for ``executemany``."""
+    import pyarrow as pa
+
     cols = []
-    for name in SUMMARY_COLUMNS:
-        values = summary[name]
-        kind = schema.column(name).datatype
-        if kind == "float":
-            values = values.astype(np.float32).astype(np.float64)
-        cols.append(_plain(values, nan_to_none))
-    return list(zip(*cols, strict=True)) if cols and cols[0] else []
+    for col in table.columns:
+        if col.null_count == 0 and not pa.types.is_string(col.type):
+            cols.append(col.to_numpy().tolist())
+        else:
+            cols.append(col.to_pylist())
+    return list(zip(*cols, strict=True))
 
 
 class _Prepared:
@@ -1018,32 +1034,24 @@ class _Prepared:
         sources = sources.append_column("_healpix_29", pa.array(healpix29(ra, dec)))
         fra, fdec = (np.asarray(forced.column(c).to_numpy(), float) for c in ("ra", "dec"))
         forced = forced.append_column("_healpix_29", pa.array(healpix29(fra, fdec)))
-        self.source_columns, self.source_rows = _rows(sources, self.uid)
-        self.forced_columns, self.forced_rows = _rows(forced, self.uid)
-        self.ss_columns, self.ss_rows = _rows(ss, self.uid)
+        self.sources = _trim(sources, self.uid)
+        self.forced = _trim(forced, self.uid)
+        self.ss = _trim(ss, self.uid)
 
 
-def _rows(table: Any, uid: int) -> tuple[list[str], list[tuple]]:
-    """Columns holding any value (plus ``apdb_unit``) and the rows as driver tuples."""
+def _trim(table: Any, uid: int) -> Any:
+    """The columns holding any value, plus ``apdb_unit``: what is inserted (the others
+    default to NULL)."""
     import pyarrow as pa
 
     n = table.num_rows
-    names, cols = [], []
-    for name, col in zip(table.column_names, table.columns, strict=True):
-        if col.null_count == n and n:
-            continue
-        names.append(name)
-        if col.null_count == 0 and not pa.types.is_string(col.type):
-            cols.append(col.to_numpy().tolist())
-        else:
-            cols.append(col.to_pylist())
-    names.append("apdb_unit")
-    cols.append([uid] * n)
-    return names, list(zip(*cols, strict=True)) if n else []
+    keep = [name for name, col in zip(table.column_names, table.columns, strict=True)
+            if not (n and col.null_count == n)]
+    return table.select(keep).append_column("apdb_unit", pa.array(np.full(n, uid, np.int64)))
 
 
 def open_apdb(url: str, *, create: bool = False, busy_timeout: float = 60.0,
-              features: FeatureOptions | None | bool = True, connect_timeout: float = 10.0
+              features: FeatureOptions | bool | None = True, connect_timeout: float = 10.0
               ) -> SqlApdb:
     """Open the APDB at ``url`` (creating it if ``create``).
 

@@ -55,8 +55,13 @@ from jointcal_ap.apdb._grouping import (
     weighted_mean,
 )
 
-__all__ = ["FALLBACK_SIGMA_DEG", "SOURCE_COLUMNS", "FORCED_COLUMNS", "SUMMARY_COLUMNS",
-           "dia_object_summaries"]
+__all__ = [
+    "FALLBACK_SIGMA_DEG",
+    "FORCED_COLUMNS",
+    "SOURCE_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "dia_object_summaries",
+]
 
 #: Per-axis position error (degrees, 0.2 arcsec) assumed for a source without one.
 FALLBACK_SIGMA_DEG = 0.2 / 3600.0
