@@ -48,8 +48,8 @@ KILLER = textwrap.dedent("""\
     url, path, vertices = sys.argv[1], sys.argv[2], eval(sys.argv[3])
     insert = SqlApdb._insert_rows
 
-    def insert_then_hang(self, conn, table, columns, rows):
-        insert(self, conn, table, columns, rows)
+    def insert_then_hang(self, conn, table, data):
+        insert(self, conn, table, data)
         if table == "DiaSource":
             print("INSERTED", flush=True)   # the rows are in, the transaction is open
             time.sleep(120)
@@ -83,6 +83,7 @@ def test_a_process_killed_mid_store_leaves_nothing(apdb_url, units, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(timeout=30)
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     # Reopen (a fresh process's view): exactly as before the unit, and writable again.

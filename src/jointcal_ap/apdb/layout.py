@@ -27,6 +27,10 @@ Bookkeeping tables (prefix ``apdb_``):
 ``apdb_unit``
     One row per stored unit: ``unit_id`` (a 63-bit hash of the unit name), the unit name
     (``stage/dim=value/...``), the idempotency token, the visit time and row counts.
+``apdb_object``
+    One row per DiaObject id ever stored, never updated: the row a store locks (PostgreSQL
+    ``SELECT ... FOR UPDATE``) before it recomputes the object, so that two writers touching
+    the same object — even one that neither has committed yet — take turns.
 ``apdb_id_sequence`` / ``apdb_id_reservation``
     :meth:`SqlApdb.allocate_ids`: the next free id per id space, and the blocks reserved by
     each unit (a re-run gets its block again).
@@ -148,6 +152,10 @@ def build_metadata() -> Any:
         sa.Column("n_dia_sources", sa.Integer, nullable=False),
         sa.Column("n_dia_forced_sources", sa.Integer, nullable=False),
         sa.Column("n_ss_sources", sa.Integer, nullable=False),
+    )
+    sa.Table(
+        "apdb_object", md,
+        sa.Column("diaObjectId", sa.BigInteger, primary_key=True, autoincrement=False),
     )
     sa.Table(
         "apdb_id_sequence", md,

@@ -32,9 +32,10 @@ time order), it is rewritten in place. Forced photometry alone does not create v
 (``fpFluxMean`` is refreshed with the object's next DiaSource), as in Rubin's pipelines.
 
 **Parallel writers.** PostgreSQL: each store runs in READ COMMITTED with a transaction-level
-advisory lock on its unit and row locks (``SELECT ... FOR UPDATE``, in id order) on the
-current versions of the objects it touches; deadlocks and serialisation failures are retried
-with back-off. SQLite: one writer at a time (``BEGIN IMMEDIATE``, WAL journal so readers do
+advisory lock on its unit and row locks (``SELECT ... FOR UPDATE``, in id order) on one
+never-updated ``apdb_object`` row per object it touches — inserted first if the object is
+new, so that two writers creating or updating the same object take turns even before
+either has committed; deadlocks and serialisation failures are retried with back-off. SQLite: one writer at a time (``BEGIN IMMEDIATE``, WAL journal so readers do
 not block), waiting up to ``busy_timeout`` seconds for the lock and retrying.
 
 **Ids.** :meth:`SqlApdb.allocate_ids` hands out ids from a sequence row updated in its own
@@ -325,29 +326,51 @@ class SqlApdb:
                 raise ApdbSchemaError(f"{self.url}: metadata {key!r} is {have!r}, this code "
                                       f"writes {want!r}; the database was made with another "
                                       "schema or layout")
+        columns = self._database_columns(conn)
         for name, table in self._md.tables.items():
             if name not in tables:
                 raise ApdbSchemaError(f"{self.url}: table {name!r} is missing")
-            have = {c["name"]: c for c in inspector.get_columns(name)}
+            have = columns.get(name, {})
             for col in table.columns:
                 if col.name not in have:
                     raise ApdbSchemaError(f"{self.url}: column {name}.{col.name} is missing "
                                           "from the database")
-                got = have[col.name]
+                got_type, got_nullable = have[col.name]
                 want_type = _type_key(col.type.compile(dialect=conn.dialect))
-                got_type = _type_key(got["type"].compile(dialect=conn.dialect))
                 if want_type != got_type:
                     raise ApdbSchemaError(f"{self.url}: column {name}.{col.name} is {got_type} "
                                           f"in the database, the schema says {want_type}")
-                if bool(got["nullable"]) != bool(col.nullable) and not col.primary_key:
+                if got_nullable != bool(col.nullable) and not col.primary_key:
                     raise ApdbSchemaError(
                         f"{self.url}: column {name}.{col.name} is "
-                        f"{'NULL' if got['nullable'] else 'NOT NULL'} in the database, the "
+                        f"{'NULL' if got_nullable else 'NOT NULL'} in the database, the "
                         f"schema says {'NULL' if col.nullable else 'NOT NULL'}")
             extra = sorted(set(have) - {c.name for c in table.columns})
             if extra:
                 raise ApdbSchemaError(f"{self.url}: column {name}.{extra[0]} is in the "
                                       "database but not in the schema")
+
+    def _database_columns(self, conn: Any) -> dict[str, dict[str, tuple[str, bool]]]:
+        """table → column → (type as CREATE TABLE spells it, nullable), in one query."""
+        out: dict[str, dict[str, tuple[str, bool]]] = {}
+        if self.dialect == "sqlite":
+            rows = self._query(conn, 'SELECT m.name, p.name, p.type, p."notnull" FROM '
+                                     "sqlite_master AS m JOIN pragma_table_info(m.name) AS p "
+                                     "WHERE m.type = 'table'")
+            for table, column, kind, notnull in rows:
+                out.setdefault(table, {})[column] = (_type_key(kind), not notnull)
+            return out
+        rows = self._query(conn, "SELECT table_name, column_name, data_type, "
+                                 "character_maximum_length, is_nullable FROM "
+                                 "information_schema.columns WHERE table_schema = "
+                                 "current_schema()")
+        names = {"character": "CHAR", "character varying": "VARCHAR"}
+        for table, column, kind, length, nullable in rows:
+            kind = names.get(kind, kind.upper())
+            if length is not None:
+                kind = f"{kind}({length})"
+            out.setdefault(table, {})[column] = (_type_key(kind), nullable == "YES")
+        return out
 
     # ------------------------------------------------------------------ reads
 
@@ -705,19 +728,30 @@ class SqlApdb:
                         f"by another unit (apdb_unit {hit[0][1]})")
         return ApdbError(f"{prepared.where}: the database refused the rows: {exc.orig}")
 
-    def _lock_current(self, conn: Any, ids: list[int]) -> dict[int, tuple[float, Any]]:
-        """Current versions of ``ids``: id → (validityStart, creator unit); on PostgreSQL the
-        rows are locked, in id order, until the versions seen are stable."""
+    def _lock_objects(self, conn: Any, ids: list[int]) -> None:
+        """Make sure each object has its ``apdb_object`` row and, on PostgreSQL, lock those
+        rows in id order until the transaction ends. A writer that creates an object another
+        writer is creating waits for the other's commit on the primary key, then locks the
+        row: no two transactions recompute the same object at once."""
+        if not ids:
+            return
+        ids_param = self._ids(ids)
+        if self.dialect == "sqlite":  # one writer at a time: the row is enough
+            self._execute(conn, 'INSERT OR IGNORE INTO "apdb_object" ("diaObjectId") '
+                                'SELECT value FROM json_each(?)', [ids_param])
+            return
+        self._execute(conn, 'INSERT INTO "apdb_object" ("diaObjectId") SELECT x FROM '
+                            'unnest(CAST(? AS bigint[])) AS x ORDER BY x ON CONFLICT DO NOTHING',
+                      [ids_param])
+        self._query(conn, f'SELECT "diaObjectId" FROM "apdb_object" WHERE '
+                          f'{self._ids_sql("diaObjectId")} ORDER BY "diaObjectId" FOR UPDATE',
+                    [ids_param])
+
+    def _current(self, conn: Any, ids: list[int]) -> dict[int, tuple[float, Any]]:
+        """Current versions of ``ids``: id → (validityStart, creator unit)."""
         cols = ["diaObjectId", "validityStartMjdTai", "apdb_unit"]
-        lock = ' ORDER BY "diaObjectId" FOR UPDATE' if self.dialect == "postgresql" else ""
-        previous: dict[int, tuple[float, Any]] | None = None
-        while True:
-            found = {int(oid): (float(start), unit) for oid, start, unit in self._select_rows(
-                conn, "DiaObject", cols, '"validityEndMjdTai" IS NULL', (), "diaObjectId", ids,
-                suffix=lock)}
-            if self.dialect == "sqlite" or found == previous:
-                return found
-            previous = found
+        return {int(oid): (float(start), unit) for oid, start, unit in self._select_rows(
+            conn, "DiaObject", cols, '"validityEndMjdTai" IS NULL', (), "diaObjectId", ids)}
 
     def _store(self, conn: Any, p: _Prepared) -> tuple[bool, Any]:
         sa = self._sa
@@ -737,12 +771,13 @@ class SqlApdb:
                 conn, 'SELECT DISTINCT "diaObjectId" FROM "DiaSource" WHERE "apdb_unit" = ? '
                 'AND "diaObjectId" IS NOT NULL', [p.uid])}
         touched = sorted(old_objects | p.new_objects)
-        current = self._lock_current(conn, touched)
+        self._lock_objects(conn, touched)
+        current = self._current(conn, touched)
         if replacing:
             for table in ("DiaSource", "DiaForcedSource", "SSSource"):
                 self._execute(conn, f'DELETE FROM "{table}" WHERE "apdb_unit" = ?', [p.uid])
             self._undo_versions(conn, sorted(old_objects), p.uid)
-            current = self._lock_current(conn, touched)
+            current = self._current(conn, touched)
         self._insert_rows(conn, "DiaSource", p.sources)
         self._insert_rows(conn, "DiaForcedSource", p.forced)
         self._insert_rows(conn, "SSSource", p.ss)
@@ -890,9 +925,11 @@ class SqlApdb:
 
 
 def _type_key(text: str) -> str:
+    """A column type as one spelling for both backends (``DOUBLE`` = ``DOUBLE PRECISION``,
+    ``TIMESTAMP`` = ``TIMESTAMP WITHOUT TIME ZONE`` ...)."""
     key = " ".join(str(text).upper().split())
-    return {"DOUBLE": "DOUBLE PRECISION", "FLOAT": "DOUBLE PRECISION",
-            "BOOL": "BOOLEAN", "INT": "INTEGER"}.get(key, key)
+    return {"DOUBLE": "DOUBLE PRECISION", "FLOAT": "DOUBLE PRECISION", "BOOL": "BOOLEAN",
+            "INT": "INTEGER", "TIMESTAMP WITHOUT TIME ZONE": "TIMESTAMP"}.get(key, key)
 
 
 def _canonical(value: Any, real: bool = False) -> Any:
