@@ -25,18 +25,6 @@ CENTRE = (150.0, 2.0)
 
 
 @pytest.fixture(scope="module")
-def dask_client():
-    from dask.distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, host="127.0.0.1")
-    client = Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
-@pytest.fixture(scope="module")
 def field():
     sky = synthetic_sky(1000, centre=CENTRE, size_deg=0.42, seed=31, n_pairs=100,
                         pair_separation_arcsec=0.7, min_separation_arcsec=4)
@@ -50,13 +38,13 @@ def _labels(table):
     return table.column("diaObjectId").to_numpy()
 
 
-def test_partitions_give_exactly_the_global_clustering(field, dask_client):
+def test_partitions_give_exactly_the_global_clustering(field, local_dask_client):
     _units, sources, truth = field
     options = DrpOptions(partition_order=10)      # pixels of ~3.4 arcmin: many borders
     part, border = _border(sources.column("ra").to_numpy(), sources.column("dec").to_numpy(),
                            options)
     assert len(np.unique(part)) > 20 and 0.01 < border.mean() < 0.5
-    out = drp_associate(sources, options=options, client=dask_client)
+    out = drp_associate(sources, options=options, client=local_dask_client)
     glob = cluster_sources(*(sources.column(c).to_numpy() for c in
                              ("ra", "dec", "visit", "diaSourceId", "midpointMjdTai")))
     assert np.array_equal(_labels(out), glob)
@@ -66,14 +54,14 @@ def test_partitions_give_exactly_the_global_clustering(field, dask_client):
     assert stats["identical"] == len(np.unique(truth[real]))
 
 
-def test_drp_writes_the_tables_ap_writes(apdb_url, field, dask_client, tmp_path):
+def test_drp_writes_the_tables_ap_writes(apdb_url, field, local_dask_client, tmp_path):
     units, sources, _truth = field
     drp_url = apdb_url
     open_apdb(drp_url, create=True).close()
-    assigned = drp_associate(sources, client=dask_client)
-    done = drp_store(drp_url, assigned, input_identity="v1", client=dask_client)
+    assigned = drp_associate(sources, client=local_dask_client)
+    done = drp_store(drp_url, assigned, input_identity="v1", client=local_dask_client)
     assert done and all(done.values())
-    again = drp_store(drp_url, assigned, input_identity="v1", client=dask_client)
+    again = drp_store(drp_url, assigned, input_identity="v1", client=local_dask_client)
     assert not any(again.values())
     drp = open_apdb(drp_url)
     ap = open_apdb(f"sqlite:///{tmp_path}/ap.db", create=True)

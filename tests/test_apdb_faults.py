@@ -98,18 +98,6 @@ def test_a_process_killed_mid_store_leaves_nothing(apdb_url, units, tmp_path):
     apdb.close()
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    from dask.distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, host="127.0.0.1")
-    client = Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 def _store(url, key, time, sources, forced):
     apdb = open_apdb(url)
     try:
@@ -133,7 +121,7 @@ def _current(apdb):
     return table.select(keep).to_pylist()
 
 
-def test_parallel_writers_lose_nothing(apdb_url, units, tmp_path, dask_client):
+def test_parallel_writers_lose_nothing(apdb_url, units, tmp_path, local_dask_client):
     """The same writes stored sequentially and by two processes at once, in shuffled order,
     with every unit submitted twice: same sources, same current objects, no duplicates."""
 
@@ -150,9 +138,9 @@ def test_parallel_writers_lose_nothing(apdb_url, units, tmp_path, dask_client):
     apdb = open_apdb(apdb_url, create=True)
     rng = np.random.default_rng(3)
     order = rng.permutation(len(writes) * 2) % len(writes)
-    futures = [dask_client.submit(_store, apdb_url, *writes[i], pure=False) for i in order]
-    futures += [dask_client.submit(_allocate, apdb_url, 500, pure=False) for _ in range(6)]
-    results = dask_client.gather(futures)
+    futures = [local_dask_client.submit(_store, apdb_url, *writes[i], pure=False) for i in order]
+    futures += [local_dask_client.submit(_allocate, apdb_url, 500, pure=False) for _ in range(6)]
+    results = local_dask_client.gather(futures)
     stored = np.array(results[:len(order)])
     # Each unit was stored exactly once; its twin saw it done.
     assert sorted(np.asarray(order)[stored].tolist()) == list(range(len(writes)))

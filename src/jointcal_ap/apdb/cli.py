@@ -195,38 +195,33 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     apdb.set_defaults(handler=usage)
 
-    create = asub.add_parser("create", help="create the APDB tables (SQLite file or PostgreSQL)",
-                             parents=[common], formatter_class=raw, epilog=EXAMPLES)
-    create.add_argument("url", help="sqlite:///path.db or postgresql://user@host:port/db")
-    create.set_defaults(handler=create_command)
+    def command_parser(name: str, help_text: str, handler: Any, url: str | None = "the APDB URL",
+                       json_output: bool = True) -> argparse.ArgumentParser:
+        parser = asub.add_parser(name, help=help_text, parents=[common], formatter_class=raw,
+                                 epilog=EXAMPLES)
+        if url is not None:
+            parser.add_argument("url", help=url)
+        if json_output:
+            parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.set_defaults(handler=handler)
+        return parser
 
-    info = asub.add_parser("info", help="schema version, row counts, stored units",
-                           parents=[common], formatter_class=raw, epilog=EXAMPLES)
-    info.add_argument("url", help="the APDB URL")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
-    info.set_defaults(handler=info_command)
-
-    obj = asub.add_parser("object", help="one DiaObject, its history and its features",
-                          parents=[common], formatter_class=raw, epilog=EXAMPLES)
+    command_parser("create", "create the APDB tables (SQLite file or PostgreSQL)",
+                   create_command, "sqlite:///path.db or postgresql://user@host:port/db",
+                   json_output=False)
+    command_parser("info", "schema version, row counts, stored units", info_command)
+    obj = command_parser("object", "one DiaObject, its history and its features", object_command,
+                         url=None)
     obj.add_argument("first", metavar="URL", help="the APDB URL (URL and ID in either order)")
     obj.add_argument("second", metavar="ID", help="the diaObjectId")
     obj.add_argument("--time", type=float, default=None, metavar="MJD",
                      help="history before this MJD TAI (default: all)")
     obj.add_argument("--months", type=float, default=12.0,
                      help="months of history (30 days each; default 12, ignored without --time)")
-    obj.add_argument("--json", action="store_true", help="machine-readable output")
-    obj.set_defaults(handler=object_command)
-
-    checksum = asub.add_parser("checksum", help="SHA-256 of each table's rows",
-                               parents=[common], formatter_class=raw, epilog=EXAMPLES)
-    checksum.add_argument("url", help="the APDB URL")
-    checksum.add_argument("--json", action="store_true", help="machine-readable output")
-    checksum.set_defaults(handler=checksum_command)
-
-    pg = asub.add_parser("postgres", help="run a throwaway PostgreSQL server until Ctrl-C",
-                         parents=[common], formatter_class=raw, epilog=EXAMPLES)
+    command_parser("checksum", "SHA-256 of each table's rows", checksum_command)
+    pg = command_parser("postgres", "run a throwaway PostgreSQL server until Ctrl-C",
+                        postgres_command, url=None, json_output=False)
     pg.add_argument("--database", default="apdb", help="database to create (default apdb)")
     pg.add_argument("--create", action="store_true", help="also create the APDB tables in it")
     pg.add_argument("--fast", action="store_true",
                     help="fsync and synchronous commit off (faster, not power-cut safe)")
-    pg.set_defaults(handler=postgres_command)

@@ -10,8 +10,10 @@ the edge are read and then cut exactly by distance (circles) or by the polygon's
 
 >>> import numpy as np
 >>> from jointcal_ap.stages.interfaces import SkyCircle
->>> int(healpix29(np.array([45.0]), np.array([0.0]))[0]) >> 2 * (29 - 0)   # base pixel 4
-4
+>>> import healpy as hp
+>>> pix = int(healpix29(np.array([10.0]), np.array([-30.0]))[0])
+>>> pix >> 2 * (29 - 6) == int(hp.ang2pix(1 << 6, 10.0, -30.0, nest=True, lonlat=True))  # parent
+True
 >>> ranges = region_ranges(SkyCircle(10.0, -30.0, 0.1))
 >>> bool(np.all(ranges[:, 0] < ranges[:, 1]))
 True

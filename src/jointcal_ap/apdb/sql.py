@@ -770,7 +770,7 @@ class SqlApdb:
             old_objects = {int(r[0]) for r in self._query(
                 conn, 'SELECT DISTINCT "diaObjectId" FROM "DiaSource" WHERE "apdb_unit" = ? '
                 'AND "diaObjectId" IS NOT NULL', [p.uid])}
-        touched = sorted(old_objects | p.new_objects)
+        touched = sorted(old_objects | p.source_objects)
         self._lock_objects(conn, touched)
         current = self._current(conn, touched)
         if replacing:
@@ -781,7 +781,7 @@ class SqlApdb:
         self._insert_rows(conn, "DiaSource", p.sources)
         self._insert_rows(conn, "DiaForcedSource", p.forced)
         self._insert_rows(conn, "SSSource", p.ss)
-        written = self._update_objects(conn, touched, current, p, set(p.new_objects))
+        written = self._update_objects(conn, touched, current, p, set(p.source_objects))
         conn.execute(units.delete().where(units.c.unit_id == p.uid))
         conn.execute(units.insert().values(
             unit_id=p.uid, unit=p.key.unit, token=p.key.token, stage=p.key.stage,
@@ -828,7 +828,7 @@ class SqlApdb:
         return hist, _columns_of("DiaForcedSource", FORCED_COLUMNS, [r[:-1] for r in forced])
 
     def _update_objects(self, conn: Any, touched: list[int], current: dict[int, tuple],
-                        p: _Prepared, new_objects: set[int]) -> Any:
+                        p: _Prepared, source_objects: set[int]) -> Any:
         """Recompute the touched objects from their stored history and write their versions;
         return the DiaObject versions written (``pyarrow.Table``, Rubin's columns)."""
         import pyarrow as pa
@@ -846,7 +846,7 @@ class SqlApdb:
         ids = with_sources.astype(np.int64)
         # Objects the unit no longer touches (replacement) whose summary came back to what
         # their current version holds need no new version.
-        untouched = np.flatnonzero([int(i) not in new_objects and int(i) in current
+        untouched = np.flatnonzero([int(i) not in source_objects and int(i) in current
                                     for i in ids])
         same = self._unchanged(conn, ids[untouched],
                                [tuple(summary[c][k] for c in SUMMARY_COLUMNS) for k in untouched])
@@ -1041,10 +1041,10 @@ class _Prepared:
             raise ApdbInputError(f"{self.where}: DiaSource {int(bad[0])} has neither a "
                                  "diaObjectId nor an ssObjectId (associate it first)")
         self.source_ids = int_column(sources, "diaSourceId")
-        self.new_objects = {int(i) for i in np.unique(obj_ids[obj_ids >= 0])}
+        self.source_objects = {int(i) for i in np.unique(obj_ids[obj_ids >= 0])}
         if write.dia_objects is not None:
             given = conform("DiaObject", write.dia_objects, self.where, strict=False)
-            extra = sorted({int(i) for i in int_column(given, "diaObjectId")} - self.new_objects)
+            extra = sorted({int(i) for i in int_column(given, "diaObjectId")} - self.source_objects)
             if extra:
                 raise ApdbInputError(f"{self.where}: DiaObject {extra[0]} is in dia_objects but "
                                      "no DiaSource of the unit refers to it")
