@@ -13,6 +13,7 @@ from jointcal_ap.apdb import ApdbInputError, dia_object_summaries, open_apdb
 from jointcal_ap.apdb.ap import associate_unit, detector_polygon
 from jointcal_ap.apdb.association import AssociationOptions, associate
 from jointcal_ap.apdb.drp import compare_associations
+from jointcal_ap.apdb.features import FEATURE_COLUMNS, lightcurve_features
 from jointcal_ap.apdb.history import alert_history
 from jointcal_ap.apdb.summaries import SOURCE_COLUMNS, SUMMARY_COLUMNS
 from jointcal_ap.apdb.synthetic import synthetic_sky, synthetic_units
@@ -109,11 +110,18 @@ def test_summaries_and_features_match_the_stored_history(apdb_url, survey):
             expect = expect.astype(np.float32).astype(float)
         np.testing.assert_array_equal(have, expect, err_msg=name)
     assert (objects.column("nDiaSources").to_numpy() >= 1).all()
-    # Lightcurve features exist for every object and band that has sources.
+    # Lightcurve features were recomputed with every new source: they are those of the
+    # whole stored history, for every object and band.
     feats = apdb.get_features(ids)
-    bands = {(int(o), b) for o, b in zip(history.column("diaObjectId").to_pylist(),
-                                         history.column("band").to_pylist(), strict=True)}
-    assert {(r["diaObjectId"], r["band"]) for r in feats.to_pylist()} == bands
+    want = lightcurve_features(columns(history, ("band", "midpointMjdTai", "psfFlux",
+                                                 "psfFluxErr")), apdb.feature_options)
+    assert feats.column("diaObjectId").to_pylist() == want["diaObjectId"].tolist()
+    assert feats.column("band").to_pylist() == want["band"].tolist()
+    for name, *_ in FEATURE_COLUMNS:
+        np.testing.assert_array_equal(
+            np.asarray(pc.fill_null(feats.column(name).cast(pa.float64()), np.nan)),
+            want[name].astype(float), err_msg=name)
+    assert (feats.column("nData").to_numpy() >= 1).all()
     apdb.close()
 
 

@@ -542,7 +542,8 @@ class SqlApdb:
         return self._arrow("SSSource", cols, rows)
 
     def get_features(self, object_ids: Any) -> Any:
-        """Rows of ``DiaObjectFeatures`` for the given objects (a ``pyarrow.Table``)."""
+        """Rows of ``DiaObjectFeatures`` for the given objects (a ``pyarrow.Table``), by object
+        and then band in ``ugrizy`` order."""
         import pyarrow as pa
 
         table = self._t(layout.FEATURES_TABLE)
@@ -550,7 +551,7 @@ class SqlApdb:
         with self._connect(False) as conn, conn.begin():
             rows = self._select_rows(conn, layout.FEATURES_TABLE, names, ids_column="diaObjectId",
                                      ids=np.asarray(object_ids))
-        rows.sort(key=lambda r: (r[0], r[1]))
+        rows.sort(key=lambda r: (r[0], "ugrizy".find(str(r[1]).rstrip()), r[1]))
         data = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
         types = {"diaObjectId": pa.int64(), "band": pa.string()}
         types.update({name: pa.int32() if kind == "int" else pa.float64()
