@@ -102,6 +102,10 @@ class MeasureOptions:
         Run the trailed-source fit (default True).
     dipole : bool
         Run the dipole fit on footprints that hold both signs (default True).
+    dipole_lobe_nsigma : float
+        A footprint is a dipole candidate when its smoothed significance reaches
+        ``+dipole_lobe_nsigma`` and ``-dipole_lobe_nsigma`` (default 5, a detection's
+        threshold: both lobes would be detected).
     dipole_min_lobe_snr : float
         ``isDipole`` when both lobes' fitted fluxes have at least this SNR (default 5).
     extendedness_margin : float
@@ -121,6 +125,7 @@ class MeasureOptions:
     fit_background: bool = True
     trail: bool = True
     dipole: bool = True
+    dipole_lobe_nsigma: float = 5.0
     dipole_min_lobe_snr: float = 5.0
     extendedness_margin: float = 0.1
     max_iter: int = 20
@@ -428,23 +433,28 @@ def _footprints(diff: DiaImage, x: np.ndarray, y: np.ndarray, rows: np.ndarray, 
             region = ndimage.binary_dilation(fp[done], structure=np.ones((1, 3, 3), bool))
             _check_broken(planes.broken[done], region, _source_label(rows[k], x[k], y[k]),
                           "difference", opts.bad_mask_planes)
-            _record_footprints(info, k, cut, planes, done, fp[done], sig[done], bbox[done],
-                               opts.footprint_nsigma)
+            _record_footprints(info, k, cut, planes, done, fp[done], region, sig[done],
+                               bbox[done], opts.dipole_lobe_nsigma)
         pending = pending[~done]
     return info
 
 
 def _record_footprints(info: _FootprintInfo, k: np.ndarray, cut: Cutouts, planes: _Planes,
-                       done: np.ndarray, fp: np.ndarray, sig: np.ndarray, bbox: np.ndarray,
-                       nsigma: float) -> None:
-    """Store what the footprints ``fp`` of sources ``k`` (cutouts ``done`` of ``cut``) give."""
+                       done: np.ndarray, fp: np.ndarray, grown: np.ndarray, sig: np.ndarray,
+                       bbox: np.ndarray, nsigma: float) -> None:
+    """Store what the footprints ``fp`` of sources ``k`` (cutouts ``done`` of ``cut``) give.
+
+    The mask flags look at the footprint grown by one pixel: the footprint holds only
+    usable pixels, so masked ones (saturated cores, NO_DATA) border it or are holes in it.
+    """
     size = cut.size
     x0, y0 = (o[done] for o in cut.origin())
     m = len(k)
     info.bbox[k] = np.stack([bbox[:, 0] + y0, bbox[:, 1] + y0, bbox[:, 2] + x0, bbox[:, 3] + x0],
                             axis=1)
     info.bbox_size[k] = np.maximum(bbox[:, 1] - bbox[:, 0], bbox[:, 3] - bbox[:, 2]) + 1
-    info.mask_any[k] = np.bitwise_or.reduce(np.where(fp, planes.mask[done], 0), axis=(1, 2))
+    info.mask_any[k] = np.bitwise_or.reduce(np.where(grown & cut.inside[done], planes.mask[done], 0),
+                                            axis=(1, 2))
     info.off_image[k] = np.any(fp & ~cut.inside[done], axis=(1, 2))
     h = size // 2
     sign = np.where(sig[:, h, h] < 0, -1.0, 1.0)
