@@ -91,8 +91,9 @@ def levenberg_marquardt(model: ModelFn, p0: np.ndarray, data: np.ndarray, weight
     max_iter : int
         Model evaluations per problem after the first.
     tol : float
-        A problem has converged when a step changes χ² by less than ``tol`` (default 1e-3,
-        a few hundredths of a σ in any parameter).
+        A problem has converged when the next step is predicted to lower χ² by less than
+        ``tol``, or a step changed it by less (default 1e-3: a few hundredths of a σ in any
+        parameter).
     max_step : (k,), optional
         The largest change of each parameter in one step.
     normalise : callable, optional
@@ -106,6 +107,7 @@ def levenberg_marquardt(model: ModelFn, p0: np.ndarray, data: np.ndarray, weight
     chi2 = np.sum(weight * resid * resid, axis=1)
     h, g = _normal_equations(jac, weight, resid)
     lam = np.full(n, 1e-3)
+    nu = np.full(n, 10.0)
     n_iter = np.zeros(n, np.int64)
     converged = np.zeros(n, bool)
     active = np.isfinite(chi2)
@@ -124,6 +126,17 @@ def levenberg_marquardt(model: ModelFn, p0: np.ndarray, data: np.ndarray, weight
         if max_step is not None:
             scale = np.max(np.abs(step) / max_step, axis=1)
             step = step / np.maximum(scale, 1.0)[:, None]
+        # The quadratic model's predicted χ² decrease: below tol (with little damping) the
+        # problem is solved — in flat or degenerate directions too, where χ² creeps.
+        predicted = 2.0 * np.einsum("nk,nk->n", step, g[idx]) \
+            - np.einsum("nk,nkl,nl->n", step, ha, step)
+        settled = (predicted < tol) & (lam[idx] <= 1e-2)
+        if np.any(settled):
+            converged[idx[settled]] = True
+            active[idx[settled]] = False
+            idx, step, predicted = idx[~settled], step[~settled], predicted[~settled]
+            if len(idx) == 0:
+                break
         trial = p[idx] + step
         if normalise is not None:
             trial = normalise(trial)
@@ -138,9 +151,14 @@ def levenberg_marquardt(model: ModelFn, p0: np.ndarray, data: np.ndarray, weight
             p[ib] = trial[better]
             chi2[ib] = chi2_t[better]
             h[ib], g[ib] = _normal_equations(jac_t[better], weight[ib], resid_t[better])
-            lam[ib] = np.maximum(lam[ib] / 10.0, 1e-9)
+            # Damping follows how well the quadratic model predicted the gain (Nielsen 1999):
+            # an overshooting step (zig-zag in a curved valley) gains less and is damped more.
+            rho = gain[better] / np.maximum(predicted[better], 1e-300)
+            lam[ib] = np.maximum(lam[ib] * np.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 1e-9)
+            nu[ib] = 10.0
         iw = idx[~better]
-        lam[iw] *= 10.0
+        lam[iw] *= nu[iw]
+        nu[iw] *= 2.0
         # Converged: χ² changes by less than tol (either way: rounding makes a step at the
         # minimum look slightly worse), or no damped step lowers it any more.
         done = (np.isfinite(chi2_t) & (np.abs(gain) < tol)) | (lam[idx] > 1e6)

@@ -329,8 +329,10 @@ def inject_sources(target: Any, sources: Any, *, seed: int, template: bool = Fal
 
     flat, values = _render(model_psf, x[draw], y[draw], flux[draw], length[draw],
                                   angle[draw], is_trail[draw], (ny, nx))
-    pix, inverse = np.unique(flat, return_inverse=True)
-    model = np.bincount(inverse, weights=values, minlength=len(pix))
+    model_image = np.bincount(flat, weights=values, minlength=ny * nx)
+    pix = np.flatnonzero(model_image)
+    model = model_image[pix]
+    del model_image
 
     image = np.array(img.image, dtype=np.float64 if img.image.dtype == np.float64 else np.float32)
     variance = np.array(img.variance, dtype=image.dtype)

@@ -676,7 +676,7 @@ def _trail_fit(cols, rows, spectra, data, weight, cut, u0, v0, mom, psf_mom, bbo
 
     res: LmResult = levenberg_marquardt(lambda p, idx: _fourier.trail_model(spectra, idx, p), p0,
                                         data, weight, max_iter=opts.max_iter, max_step=max_step,
-                                        normalise=normalise)
+                                        normalise=normalise, tol=1e-2)
     f, u, v, q, theta = res.params.T
     cov = res.cov.copy()
     # At q = 0 the angle is undefined (its column of the Jacobian vanishes): the covariance
