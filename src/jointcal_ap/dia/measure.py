@@ -325,16 +325,28 @@ def _measure(x: np.ndarray, y: np.ndarray, diff: DiaImage, sci: DiaImage | None,
     geom = _Geometry(fwhm, _odd(psf.default_size(*centre)), opts)
     bad_bits = diff.bits(*opts.bad_mask_planes)
 
-    fp = _footprints(diff, x[rows], y[rows], rows, sigma, geom, bad_bits, opts)
+    # Injected pixels flagged in the inputs' masks count too (the difference's may not carry them).
+    injected = {}
+    if sci is not None and sci.bits("INJECTED"):
+        injected["injected"] = (sci.mask, sci.bits("INJECTED"))
+    if tmpl is not None and tmpl.bits("INJECTED", "INJECTED_TEMPLATE"):
+        injected["injected_template"] = (tmpl.mask, tmpl.bits("INJECTED", "INJECTED_TEMPLATE"))
+    fp = _footprints(diff, x[rows], y[rows], rows, sigma, geom, bad_bits, opts, injected)
     cols["bboxSize"][rows] = fp.bbox_size
     for flag, planes in PIXEL_FLAG_PLANES.items():
         cols[f"pixelFlags_{flag}"][rows] |= (fp.mask_any & diff.bits(*planes)) != 0
     cols["pixelFlags_edge"][rows] |= fp.off_image
+    for flag, hit in fp.extra.items():
+        cols[f"pixelFlags_{flag}"][rows] |= hit
 
     psf_fit = _psf_fit(diff, x[rows], y[rows], rows, geom, bad_bits, opts)
     cols.update(_scatter(cols, rows, psf_fit))
     xs, ys = cols["x"][rows], cols["y"][rows]
     _centre_flags(cols, rows, diff, xs, ys)
+    for flag, (mask, bits) in injected.items():
+        centre = Cutouts(np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64), 3, diff.shape)
+        cols[f"pixelFlags_{flag}Center"][rows] |= np.any((centre.take(mask, 0) & bits) != 0,
+                                                         axis=(1, 2))
     for role, img in (("science", sci), ("template", tmpl)):
         if img is None:
             continue
@@ -346,14 +358,6 @@ def _measure(x: np.ndarray, y: np.ndarray, diff: DiaImage, sci: DiaImage | None,
             cols["forced_PsfFlux_flag"][rows] = ~np.isfinite(forced.flux) | forced.edge
             cols["forced_PsfFlux_flag_edge"][rows] = forced.edge
             cols["forced_PsfFlux_flag_noGoodPixels"][rows] = forced.ndata == 0
-        # Injected pixels in the inputs (the difference's mask may not carry them).
-        if role == "science":
-            flag, bits = "injected", img.bits("INJECTED")
-        else:
-            flag, bits = "injected_template", img.bits("INJECTED", "INJECTED_TEMPLATE")
-        inj = _centre_and_footprint_bits(img, fp, xs, ys, bits)
-        cols[f"pixelFlags_{flag}"][rows] |= inj[0]
-        cols[f"pixelFlags_{flag}Center"][rows] |= inj[1]
     _aperture(cols, rows, diff, xs, ys, bad_bits, opts)
     _shapes_and_fits(cols, rows, diff, fp, geom, bad_bits, opts, sigma)
     return cols
@@ -407,17 +411,20 @@ class _FootprintInfo:
     neg_peak: np.ndarray
     moments: np.ndarray     # (n, 3) unweighted moments of the footprint's signal (px²)
     sign: np.ndarray        # +1 / -1: the sign of the central peak
+    extra: dict             # flag → (n,) bool: bits of another image's mask in the footprint
 
 
 def _footprints(diff: DiaImage, x: np.ndarray, y: np.ndarray, rows: np.ndarray, sigma: float,
-                geom: _Geometry, bad_bits: int, opts: MeasureOptions) -> _FootprintInfo:
-    """Each peak's footprint, in cutouts that grow until the footprint fits."""
+                geom: _Geometry, bad_bits: int, opts: MeasureOptions,
+                extra_masks: dict[str, tuple[np.ndarray, int]]) -> _FootprintInfo:
+    """Each peak's footprint, in cutouts that grow until the footprint fits; ``extra_masks``
+    (flag → (mask, bits)) are looked up in the footprint too."""
     n = len(x)
     ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
     info = _FootprintInfo(ix, iy, np.zeros((n, 4), np.int64), np.zeros(n, np.int32),
                           np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool),
                           np.zeros((n, 2)), np.zeros((n, 2)), np.full((n, 3), np.nan),
-                          np.ones(n))
+                          np.ones(n), {flag: np.zeros(n, bool) for flag in extra_masks})
     pending = np.arange(n)
     sizes = geom.search_sizes()
     for level, size in enumerate(sizes):
@@ -435,6 +442,9 @@ def _footprints(diff: DiaImage, x: np.ndarray, y: np.ndarray, rows: np.ndarray, 
                           "difference", opts.bad_mask_planes)
             _record_footprints(info, k, cut, planes, done, fp[done], region, sig[done],
                                bbox[done], opts.dipole_lobe_nsigma)
+            for flag, (mask, bits) in extra_masks.items():
+                other = cut.take(mask, 0)[done]
+                info.extra[flag][k] = np.any(((other & bits) != 0) & region, axis=(1, 2))
         pending = pending[~done]
     return info
 
@@ -555,21 +565,6 @@ def _centre_flags(cols: dict[str, np.ndarray], rows: np.ndarray, diff: DiaImage,
     bits = np.bitwise_or.reduce(np.where(cut.inside, cut.take(diff.mask, 0), 0), axis=(1, 2))
     for flag in _CENTRE_FLAGS:
         cols[f"pixelFlags_{flag}Center"][rows] |= (bits & diff.bits(*PIXEL_FLAG_PLANES[flag])) != 0
-
-
-def _centre_and_footprint_bits(img: DiaImage, fp: _FootprintInfo, x: np.ndarray, y: np.ndarray,
-                               bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Whether ``bits`` are set in the footprint's bounding box / the 3 × 3 centre of ``img``."""
-    if bits == 0:
-        return np.zeros(len(x), bool), np.zeros(len(x), bool)
-    centre = Cutouts(np.rint(x).astype(np.int64), np.rint(y).astype(np.int64), 3, img.shape)
-    in_centre = np.any((centre.take(img.mask, 0) & bits) != 0, axis=(1, 2))
-    marked = (img.mask & bits) != 0
-    cum = np.pad(np.cumsum(np.cumsum(marked, axis=0), axis=1), ((1, 0), (1, 0)))
-    r0, r1 = np.clip(fp.bbox[:, 0], 0, img.shape[0] - 1), np.clip(fp.bbox[:, 1], 0, img.shape[0] - 1)
-    c0, c1 = np.clip(fp.bbox[:, 2], 0, img.shape[1] - 1), np.clip(fp.bbox[:, 3], 0, img.shape[1] - 1)
-    count = cum[r1 + 1, c1 + 1] - cum[r0, c1 + 1] - cum[r1 + 1, c0] + cum[r0, c0]
-    return count > 0, in_centre
 
 
 def _aperture(cols: dict[str, np.ndarray], rows: np.ndarray, diff: DiaImage, x: np.ndarray,
