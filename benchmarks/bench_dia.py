@@ -155,7 +155,7 @@ def run(n: int, repeats: int, workers: int) -> dict:
     forced = _time(lambda: forced_photometry(positions, diff, sci, visit=visit, wcs=wcs,
                                              options=opts, processed_mjd_tai=60500.5), repeats)
     load_end = os.getloadavg()
-    return {"n": int(len(peaks["x"])), "kinds": {k: int(np.sum(kind == k)) for k in np.unique(kind)},
+    return {"n": len(peaks["x"]), "kinds": {k: int(np.sum(kind == k)) for k in np.unique(kind)},
             "scene_s": scene_s, "first": first, "results": results, "forced": forced,
             "attempted_dipoles": int(np.sum(table["dipoleFitAttempted"].to_numpy())),
             "is_dipole": int(np.sum(table["isDipole"].to_numpy())),
