@@ -31,7 +31,13 @@ from jointcal_ap.stages.errors import PluginError
 from jointcal_ap.stages.interfaces import AlertSink, Apdb, IdempotencyKey
 from jointcal_ap.store.dimensions import DataId
 
-__all__ = ["DatasetHandle", "StageContext", "close_resources", "open_resource"]
+__all__ = [
+    "DatasetHandle",
+    "StageContext",
+    "close_resources",
+    "open_resource",
+    "use_plugins",
+]
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +154,25 @@ class _Attributed:
         return f"<{self._resource!r} from plugin {self._origin[0]!r}>"
 
 
-@functools.lru_cache(maxsize=1)
-def _plugin_manager() -> Any:
-    from jointcal_ap.stages.manager import get_plugin_manager
+#: The extra (non-entry-point) plugins of the run, set by the runner in each worker.
+_EXTRA_PLUGINS: list[tuple[tuple[str, str], ...]] = [()]
 
-    return get_plugin_manager()
+
+def use_plugins(refs: tuple[tuple[str, str], ...]) -> None:
+    """Make resources come from a plugin manager that also has these plugins (references
+    from :func:`~jointcal_ap.stages.manager.plugin_ref`); the runner calls this in workers."""
+    _EXTRA_PLUGINS[0] = tuple(refs)
+
+
+@functools.lru_cache(maxsize=4)
+def _manager_with(refs: tuple[tuple[str, str], ...]) -> Any:
+    from jointcal_ap.stages.manager import get_plugin_manager, plugin_from_ref
+
+    return get_plugin_manager(plugins=[(name, plugin_from_ref(ref)) for name, ref in refs])
+
+
+def _plugin_manager() -> Any:
+    return _manager_with(_EXTRA_PLUGINS[0])
 
 
 def open_resource(kind: str, url: str) -> Any:

@@ -409,6 +409,7 @@ class ResolvedPipeline:
     dataset_types: Mapping[str, DatasetType]
     dataset_dimensions: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
     segments: tuple[Segment, ...] = ()
+    plugin_refs: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """The effective pipeline, JSON-able."""

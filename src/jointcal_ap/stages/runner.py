@@ -32,6 +32,7 @@ that ordered stages, ``overlapping`` lookups and ``context.visit()`` work.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,7 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from jointcal_ap.atomic import write_json, write_text
-from jointcal_ap.stages.context import DatasetHandle, StageContext, close_resources
+from jointcal_ap.stages.context import (
+    DatasetHandle,
+    StageContext,
+    close_resources,
+    use_plugins,
+)
 from jointcal_ap.stages.contract import check_outputs, options_to_dict
 from jointcal_ap.stages.errors import PipelineError, SchedulerError
 from jointcal_ap.stages.interfaces import IdempotencyKey
@@ -333,6 +339,7 @@ def _run_steps(resolved: ResolvedPipeline, task: _Task, data_id: DataId, root: P
 def _run_task(resolved: ResolvedPipeline, task: _Task, root: str) -> list[UnitResult]:
     """A Dask task: run one segment on one unit, on all units (gather), or on a region's units
     in time order (ordered; the first failure stops the region)."""
+    use_plugins(resolved.plugin_refs)
     results: list[UnitResult] = []
     for data_id in task.data_ids:
         result = _run_steps(resolved, task, data_id, Path(root))
@@ -581,10 +588,17 @@ class _Executor:
 
     def close(self) -> None:
         if self.client is not None:
-            try:
-                self.client.run(close_resources)
-            except Exception:  # pragma: no cover - workers already gone
-                pass
+            try:  # a task pinned to each worker: it runs where the stages ran (their thread)
+                workers = list(self.client.scheduler_info()["workers"])
+                futures = [self.client.submit(close_resources, pure=False, workers=[w],
+                                              allow_other_workers=False,
+                                              key=f"close-resources-{i}-{time.time_ns()}")
+                           for i, w in enumerate(workers)]
+                for errors in self.client.gather(futures, errors="skip"):
+                    for error in errors:
+                        log.error("%s", error)
+            except Exception as exc:  # pragma: no cover - workers already gone
+                log.warning("closing the workers' resources: %s", exc)
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
@@ -604,7 +618,9 @@ def prepare_run(pipeline: Pipeline | str | os.PathLike[str], *, plugin_manager: 
 
             plugin_manager = get_plugin_manager()
         registry = plugin_manager.stage_registry()
-    return resolve_pipeline(pipeline, registry)
+    resolved = resolve_pipeline(pipeline, registry)
+    refs = getattr(plugin_manager, "extra_plugin_refs", ())
+    return dataclasses.replace(resolved, plugin_refs=tuple(refs)) if refs else resolved
 
 
 def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],

@@ -192,20 +192,16 @@ class Repository:
         """Registered datasets by name and dimension values (``visit=[1, 2]``, ``detector=0``)."""
         return self.registry.datasets(name, **where)
 
-    def get(self, name: str, data_id: Mapping[str, Any], dataset_type: Any = None) -> Any:
-        """Read a registered dataset (LookupError naming it if absent).
-
-        ``dataset_type`` defaults to the registered type, looked up among the dataset types
-        the installed plugins register.
-        """
+    def get(self, name: str, data_id: Mapping[str, Any], dataset_type: Any) -> Any:
+        """Read a registered dataset with its :class:`~jointcal_ap.stages.DatasetType`
+        (LookupError naming it if absent, TypeError if it was stored as another type)."""
         ref = self.find(name, data_id)
         if ref is None:
             raise LookupError(f"{self.root}: no dataset {name!r} with data ID "
                               f"{DataId(data_id).key or '{}'}")
-        if dataset_type is None:
-            from jointcal_ap.stages.manager import get_plugin_manager
-
-            dataset_type = get_plugin_manager().stage_registry().dataset_types[ref.type]
+        if ref.type != dataset_type.name:
+            raise TypeError(f"{self.root}: dataset {name!r} ({DataId(data_id).key or '{}'}) is "
+                            f"a {ref.type}, not a {dataset_type.name}")
         return dataset_type.read(self.resolve(ref))
 
 
