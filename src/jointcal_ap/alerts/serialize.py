@@ -36,6 +36,7 @@ __all__ = [
     "MAGIC",
     "AlertSerializer",
     "SerializationError",
+    "decode_long",
     "encode_long",
     "encode_records",
     "frame",
@@ -78,6 +79,24 @@ def encode_long(value: int) -> bytes:
         v >>= 7
     out.append(v)
     return bytes(out)
+
+
+def decode_long(data: bytes, pos: int = 0) -> tuple[int, int]:
+    """Read a zig-zag varint at ``data[pos:]``; return (value, position after it).
+
+    >>> decode_long(encode_long(-300))
+    (-300, 2)
+    """
+    shift = result = 0
+    while True:
+        if pos >= len(data):
+            raise SerializationError("truncated Avro long")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
 
 
 # --------------------------------------------------------------------------- column-wise
