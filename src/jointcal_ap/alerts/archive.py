@@ -60,6 +60,10 @@ CREATE INDEX IF NOT EXISTS alerts_object ON alerts (diaObjectId);
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts (midpointMjdTai);
 CREATE INDEX IF NOT EXISTS alerts_unit ON alerts (visit, detector);
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, diaSourceId);
+CREATE TABLE IF NOT EXISTS deliveries (
+    unit TEXT PRIMARY KEY,
+    input_identity TEXT NOT NULL
+);
 """
 
 
@@ -291,6 +295,18 @@ class AlertArchive:
             chunk = ids[start:start + 500].tolist()
             out += self._query(f"diaSourceId IN ({','.join('?' * len(chunk))})", chunk)
         return out
+
+    def delivered(self, unit: str, input_identity: str) -> bool:
+        """Whether a sink already delivered this unit with these inputs (idempotency)."""
+        row = self._db.execute("SELECT input_identity FROM deliveries WHERE unit = ?",
+                               (unit,)).fetchone()
+        return row is not None and row[0] == input_identity
+
+    def record_delivery(self, unit: str, input_identity: str) -> None:
+        """Remember that a unit was delivered in full with these inputs."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO deliveries (unit, input_identity) "
+                             "VALUES (?, ?)", (unit, input_identity))
 
     def close(self) -> None:
         """Close the index."""
