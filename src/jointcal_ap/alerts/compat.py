@@ -31,7 +31,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["LEVELS", "check_compatibility", "is_compatible", "resolution_errors"]
+__all__ = ["LEVELS", "check_compatibility", "is_compatible", "resolution_errors",
+           "validate_schema"]
 
 #: The compatibility levels a registry accepts.
 LEVELS = ("BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL",
@@ -67,6 +68,12 @@ class _Schema:
         if not isinstance(node, Mapping):
             raise ValueError(f"not an Avro schema: {node!r}")
         kind = node.get("type")
+        required = {"record": "fields", "error": "fields", "enum": "symbols", "fixed": "size",
+                    "array": "items", "map": "values"}
+        if kind in required and required[kind] not in node:
+            raise ValueError(f"{kind} {node.get('name', '')!r} has no {required[kind]!r}")
+        if kind in _NAMED and not isinstance(node.get("name"), str):
+            raise ValueError(f"a {kind} needs a name: {node!r}")
         if kind in _NAMED:
             space = node.get("namespace", namespace)
             full = _fullname(str(node["name"]), space)
@@ -171,6 +178,30 @@ def _describe(node: Any) -> str:
     if isinstance(node, str):
         return node
     return str(node.get("name", node.get("type")))
+
+
+def validate_schema(schema: Any) -> None:
+    """Raise ValueError if ``schema`` lacks what the Avro specification requires (a record's
+    ``fields``, an enum's ``symbols`` ...) or refers to a type it does not define."""
+    parsed = _Schema(schema)
+
+    def check(node: Any, seen: set[str]) -> None:
+        if isinstance(node, str):
+            if node not in _PRIMITIVES and node not in parsed.named:
+                raise ValueError(f"unknown type {node!r}")
+            if node in parsed.named and node not in seen:
+                check(parsed.named[node], seen | {node})
+        elif isinstance(node, list):
+            for branch in node:
+                check(branch, seen)
+        elif isinstance(node, Mapping):
+            for f in node.get("fields", []):
+                check(f["type"], seen)
+            for key in ("items", "values"):
+                if key in node:
+                    check(node[key], seen)
+
+    check(parsed.root, set())
 
 
 def resolution_errors(reader: Any, writer: Any) -> list[str]:

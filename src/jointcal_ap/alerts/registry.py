@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jointcal_ap.alerts.compat import LEVELS, check_compatibility
+from jointcal_ap.alerts.compat import LEVELS, check_compatibility, validate_schema
 
 __all__ = [
     "DEFAULT_LEVEL",
@@ -103,6 +103,7 @@ def _parse_avro(text: Any) -> tuple[Any, str]:
                                         "the schema as JSON")
     try:
         data = json.loads(text)
+        validate_schema(data)
         fastavro.parse_schema(data, _write_hint=False)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise RegistryError(422, 42201, f"Invalid schema {text[:200]!r}: {exc}") from None
