@@ -253,6 +253,10 @@ class AlertArchive:
         return self._query("midpointMjdTai >= ? AND midpointMjdTai < ?",
                            (float(start_mjd_tai), float(end_mjd_tai)))
 
+    def entries_with_status(self, status: str) -> list[ArchivedAlert]:
+        """Index rows with this delivery status."""
+        return self._query("status = ?", (status,))
+
     def unsent(self, limit: int | None = None) -> list[ArchivedAlert]:
         """Alerts not (yet) acknowledged by a broker: ``unsent`` or ``failed``."""
         return self._query("status != 'sent'", (), limit)

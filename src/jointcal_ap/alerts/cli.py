@@ -73,6 +73,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     send.add_argument("--subject", default=None, help="registry subject (default TOPIC-value)")
     send.add_argument("--resend-unsent", action="store_true",
                       help="send only the alerts the broker has not acknowledged")
+    send.add_argument("--verify", action="store_true",
+                      help="first check that the broker still holds every alert recorded as "
+                           "sent (e.g. after a broker restart); lost ones count as unsent")
     send.add_argument("--timeout", type=float, default=30.0,
                       help="seconds to wait for each alert's acknowledgement (default 30)")
     send.add_argument("--max-message-bytes", type=int, default=None,
@@ -135,7 +138,8 @@ def _send(args: argparse.Namespace) -> int:
 
     with _open_archive(args.archive) as archive:
         report = send_archive(archive, args.bootstrap, args.topic, args.registry,
-                              resend_unsent=args.resend_unsent, subject=args.subject,
+                              resend_unsent=args.resend_unsent, verify=args.verify,
+                              subject=args.subject,
                               delivery_timeout=args.timeout,
                               max_message_bytes=args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
                               progress=not getattr(args, "no_progress", False)

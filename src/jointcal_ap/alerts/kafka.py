@@ -41,6 +41,8 @@ __all__ = [
     "open_alert_sink",
     "register_alert_schema",
     "send_archive",
+    "topic_keys",
+    "verify_archive",
 ]
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,8 @@ def _chunks(entries: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def send_archive(archive: Any, bootstrap: str, topic: str, registry_url: str, *,
-                 resend_unsent: bool = False, subject: str | None = None,
+                 resend_unsent: bool = False, verify: bool = False,
+                 subject: str | None = None,
                  delivery_timeout: float = 30.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  chunk: int = 2000, progress: bool = False) -> DeliveryReport:
@@ -183,6 +186,9 @@ def send_archive(archive: Any, bootstrap: str, topic: str, registry_url: str, *,
     archive : AlertArchive or path
     resend_unsent : bool
         Send only the alerts not acknowledged yet (``unsent`` or ``failed``); default: all.
+    verify : bool
+        First check that the broker still holds every alert recorded as sent
+        (:func:`verify_archive`); those it lost are sent again with ``resend_unsent``.
     subject : str, optional
         The registry subject (default ``<topic>-value``).
 
@@ -199,6 +205,11 @@ def send_archive(archive: Any, bootstrap: str, topic: str, registry_url: str, *,
     try:
         schema_id = register_alert_schema(registry_url, subject or f"{topic}-value",
                                           archive.schema)
+        if verify:
+            lost = verify_archive(archive, bootstrap, topic)
+            if lost:
+                log.warning("%d acknowledged alert(s) are no longer on %s/%s: sending them again",
+                            lost, bootstrap, topic)
         entries = archive.unsent() if resend_unsent else archive.between(float("-inf"),
                                                                          float("inf"))
         producer = AlertProducer(bootstrap, topic, delivery_timeout=delivery_timeout,
@@ -221,6 +232,56 @@ def send_archive(archive: Any, bootstrap: str, topic: str, registry_url: str, *,
     finally:
         if own:
             archive.close()
+
+
+def topic_keys(bootstrap: str, topic: str, *, timeout: float = 30.0) -> set[int]:
+    """The ``diaSourceId`` keys of every record the broker holds on ``topic`` (read from the
+    low to the high watermark of each partition, without a consumer group)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "jointcal-ap-verify",
+                         "enable.auto.commit": False, "log_level": 3})
+    keys: set[int] = set()
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return keys
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=timeout)
+            if high > low:
+                ends[partition] = (low, high)
+        consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in ends.items()])
+        deadline = time.monotonic() + timeout
+        done: set[int] = set()
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if msg.key() is not None:
+                keys.add(int(msg.key()))
+            if msg.offset() >= ends[msg.partition()][1] - 1:
+                done.add(msg.partition())
+    finally:
+        consumer.close()
+    return keys
+
+
+def verify_archive(archive: Any, bootstrap: str, topic: str) -> int:
+    """Mark ``unsent`` every archived alert recorded as ``sent`` whose record the broker no
+    longer holds (a broker restart on memory storage loses every record; tansu 0.6's s3
+    storage can lose the last acknowledged ones on a crash); returns how many.
+
+    Run it after a broker restart, then send with ``resend_unsent``: from the archive's
+    point of view nothing acknowledged is lost (``alerts send --verify``).
+    """
+    held = topic_keys(bootstrap, topic)
+    sent = archive.entries_with_status("sent")
+    lost = [e.dia_source_id for e in sent if e.dia_source_id not in held]
+    archive.mark_failed([(i, f"acknowledged, but no longer held by the broker on {topic!r}")
+                         for i in lost])
+    return len(lost)
 
 
 def _progress(total: int, enabled: bool) -> Any:
