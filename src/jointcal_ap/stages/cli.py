@@ -110,7 +110,7 @@ def _plugin_handler(command: Any) -> Any:
 
 
 def _describe(registry: Any, pm: Any) -> list[dict[str, Any]]:
-    from jointcal_ap.stages.contract import option_docs
+    from jointcal_ap.stages.contract import input_ports, option_docs, output_ports
 
     rows = []
     for name, entry in sorted(registry.stages.items()):
@@ -123,10 +123,14 @@ def _describe(registry: Any, pm: Any) -> list[dict[str, Any]]:
                        f.default_factory())
             options.append({"name": f.name, "type": str(f.type), "default": default,
                             "doc": docs[f.name]})
+        consumes = {p: i.type if i.lookup == "same" else f"{i.type}, {i.lookup}"
+                    for p, i in input_ports(cls).items()}
+        produces = {p: o.type if not o.per_unit else f"{o.type}, per unit"
+                    for p, o in output_ports(cls).items()}
         rows.append({"name": name, "version": cls.version, "description": cls.description(),
                      "plugin": entry.plugin, "distribution": entry.distribution,
-                     "implements": cls.implements, "consumes": dict(cls.inputs),
-                     "produces": dict(cls.outputs), "options": options})
+                     "kind": cls.kind, "implements": cls.implements, "consumes": consumes,
+                     "produces": produces, "options": options})
     return rows
 
 
@@ -154,6 +158,8 @@ def list_stages(args: argparse.Namespace) -> int:
         print(f"{row['name']} {row['version']}  [{origin}]")
         if row["description"]:
             print(f"    {row['description']}")
+        if row["kind"] != "unit":
+            print(f"    kind: {row['kind']}")
         if row["implements"]:
             print(f"    implements: {row['implements']}")
         ports = ", ".join(f"{p} ({t})" for p, t in row["consumes"].items()) or "-"
