@@ -35,6 +35,7 @@ EXAMPLES_REFCAT = textwrap.dedent("""\
 COMMAND_FAMILIES: tuple[str, ...] = (
     "jointcal_ap.stages.cli",
     "jointcal_ap.store.cli",
+    "jointcal_ap.alerts.cli",
 )
 
 
