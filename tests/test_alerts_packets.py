@@ -239,3 +239,21 @@ def test_archive_round_trip_and_standard_reader(unit, tmp_path):
         assert archive.count() == 40
         with open(path, "rb") as f:
             assert next(iter(fastavro.reader(io.BytesIO(f.read())))) == first
+
+
+def test_alert_packet_dataset_type_round_trips(tmp_path):
+    from lsst.alert.packet.schema import Schema
+
+    from jointcal_ap.alerts.packets import build_alerts
+    from jointcal_ap.alerts.simulate import simulate_unit
+    from jointcal_ap.stages.datasets import ALERT_PACKET
+
+    unit = simulate_unit(5, n_history=2, seed=3)
+    alerts = build_alerts(unit["dia_sources"], unit["dia_objects"], unit["prv_dia_sources"],
+                          unit["prv_dia_forced_sources"], None, None)
+    ALERT_PACKET.write(alerts, tmp_path / "alerts.avro")
+    back = ALERT_PACKET.read(tmp_path / "alerts.avro")
+    assert [a["diaSourceId"] for a in back] == [a["diaSourceId"] for a in alerts]
+    schema = Schema.from_uri()
+    for alert in back:
+        schema.validate(alert)

@@ -38,7 +38,13 @@ from jointcal_ap.alerts.serialize import AlertSerializer, decode_long, encode_lo
 from jointcal_ap.atomic import atomic_path
 from jointcal_ap.schemas import AlertSchema, alert_schema
 
-__all__ = ["AlertArchive", "ArchiveError", "ArchivedAlert"]
+__all__ = [
+    "AlertArchive",
+    "ArchiveError",
+    "ArchivedAlert",
+    "read_alert_file",
+    "write_alert_file",
+]
 
 _MAGIC = b"Obj\x01"
 _SCHEMA_SQL = """
@@ -338,3 +344,21 @@ def _json_default(value: Any) -> Any:
 def alert_json(alert: Mapping[str, Any], *, indent: int | None = 2) -> str:
     """An alert as JSON (cutouts summarised as ``"<N bytes>"``)."""
     return json.dumps(alert, default=_json_default, indent=indent, allow_nan=True)
+
+
+def write_alert_file(alerts: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Write alert records (``lsst-alert-packet``'s latest schema) as one Avro Object
+    Container File: the ``AlertPacket`` dataset type's file form."""
+    import fastavro
+
+    schema = alert_schema()
+    with open(path, "wb") as fh:
+        fastavro.writer(fh, schema.parsed, list(alerts), codec="deflate")
+
+
+def read_alert_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read what :func:`write_alert_file` wrote (any Avro container file of alerts)."""
+    import fastavro
+
+    with open(path, "rb") as fh:
+        return list(fastavro.reader(fh))
