@@ -731,3 +731,53 @@ def test_the_guide_runs_pipelines_from_a_script_under_a_main_guard():
     guarded = example.split('if __name__ == "__main__":\n', 1)
     assert len(guarded) == 2 and "run_pipeline(" not in guarded[0]
     assert all(line.startswith("    ") for line in guarded[1].splitlines() if line)
+
+
+@pytest.mark.parametrize("group", ["refcat", "stages", "repo", "alerts"])
+def test_a_command_group_without_its_subcommand_shows_its_own_help(group, capsys):
+    assert main([group]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: jointcal-ap {group} ") and "SUBCOMMAND" in err
+
+
+def test_a_plugin_command_that_cannot_be_configured_says_so(monkeypatch, capsys):
+    import jointcal_ap.stages.manager as manager
+
+    class Broken:
+        @hookimpl
+        def jointcal_ap_add_commands(self, commands):
+            def configure(parser):
+                raise RuntimeError("missing dependency foo")
+            commands.add("broken", help="never works", configure=configure, run=lambda a: 0)
+
+    real = manager.get_plugin_manager
+    monkeypatch.setattr(manager, "get_plugin_manager",
+                        lambda **kw: real(plugins=[("brokenplug", Broken())]))
+    assert main(["broken"]) == 1
+    assert ("plugin 'brokenplug': configuring command 'broken' failed: RuntimeError: missing "
+            "dependency foo") in capsys.readouterr().err
+
+
+def test_a_third_party_stage_reads_core_types_with_every_builtin_blocked(tmp_path):
+    class Shape(Stage):
+        """Reads an Exposure, which only the core defines."""
+
+        name = "shape"
+        version = "1"
+        inputs: ClassVar[dict[str, str]] = {"exposure": "Exposure"}
+        outputs: ClassVar[dict[str, str]] = {"shape": "Json"}
+
+        def run(self, unit, exposure):
+            return {"shape": {"ny": exposure.naxis2, "nx": exposure.naxis1}}
+
+    class Plugin:
+        @hookimpl
+        def jointcal_ap_register_stages(self, registry):
+            registry.add_stage(Shape)
+
+    blocked = ["detect", "calibrate", "jointfit", "alerts", "refcat_readers"]
+    pm = get_plugin_manager(plugins=[("shapes", Plugin())], blocked=blocked)
+    assert not {"detect", "calibrate", "jointfit"} & set(pm.stage_registry().stages)
+    resolved = prepare_run(Pipeline.from_dict({"inputs": {"exposure": "e_{visit}_{detector}.fits"},
+                                               "stages": [{"name": "shape"}]}), plugin_manager=pm)
+    assert resolved.dataset_types["exposure"].name == "Exposure"

@@ -345,8 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is not None:
         return handler(args)
     key = (args.command, getattr(args, "refcat_command", None))
-    if key not in handlers:
-        parser.print_help(sys.stderr)
+    if key not in handlers:  # no command, or a command group without its subcommand
+        group = parser._subparsers._group_actions[0].choices.get(args.command)  # type: ignore[union-attr]
+        (group or parser).print_help(sys.stderr)
         return 2
 
     from jointcal_ap.errors import AssociationError, FitError

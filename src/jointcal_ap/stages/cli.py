@@ -56,6 +56,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     stages = sub.add_parser("stages", help="list the installed stage plugins",
                             formatter_class=raw, epilog=EXAMPLES_STAGES)
     ssub = stages.add_subparsers(dest="stages_command", metavar="SUBCOMMAND")
+    stages.set_defaults(handler=_print_help(stages))
     listing = ssub.add_parser("list", help="every stage: plugin, distribution, inputs, outputs",
                               parents=[common], formatter_class=raw, epilog=EXAMPLES_STAGES)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
@@ -87,10 +88,32 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         try:
             command.configure(parser)
         except Exception as exc:
-            log.error("plugin %r: configuring command %r failed: %s", command.plugin,
-                      command.name, exc)
+            message = (f"plugin {command.plugin!r}: configuring command {command.name!r} failed: "
+                       f"{type(exc).__name__}: {exc}")
+            log.error("%s", message)
+            parser.set_defaults(handler=_broken_command(message))
             continue
         parser.set_defaults(handler=_plugin_handler(command))
+
+
+def _broken_command(message: str) -> Any:
+    """The handler of a plugin command whose parser could not be configured: says why."""
+
+    def handler(args: argparse.Namespace) -> int:
+        print(f"jointcal-ap: error: {message}", file=sys.stderr)
+        return 1
+
+    return handler
+
+
+def _print_help(parser: argparse.ArgumentParser) -> Any:
+    """A handler for a command group called without its subcommand: its help, exit 2."""
+
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return handler
 
 
 def _plugin_handler(command: Any) -> Any:

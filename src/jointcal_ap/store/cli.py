@@ -75,7 +75,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _help(parser: argparse.ArgumentParser) -> Any:
     def handler(args: argparse.Namespace) -> int:
-        parser.print_help()
+        import sys
+
+        parser.print_help(sys.stderr)
         return 2
 
     return handler
