@@ -452,3 +452,30 @@ def test_repo_command_ingests_exposures_and_answers_queries(tmp_path, capsys):
     (tmp_path / "bad.fits").write_bytes(b"not fits")
     assert main(["repo", "ingest", repo, str(tmp_path / "bad.fits")]) == 1
     assert "bad.fits" in capsys.readouterr().err
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(tmp_path):
+    import io
+
+    from jointcal_ap.progress import PlainProgress, progress
+
+    log = io.StringIO()
+    with progress(total=3, desc="render", unit="exposure", stream=log, interval=0.0) as bar:
+        for _ in range(3):
+            bar.update(1)
+    lines = log.getvalue().splitlines()
+    assert isinstance(bar, PlainProgress) and "\r" not in log.getvalue()
+    assert [line.split(" (")[0] for line in lines] == ["render: 1/3", "render: 2/3", "render: 3/3"]
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    with progress(total=3, desc="render", stream=term) as bar:
+        bar.update(3)
+    assert "\r" in term.getvalue()  # tqdm redraws in place
+    quiet = io.StringIO()
+    with progress(total=3, desc="render", stream=quiet, enabled=False) as bar:
+        bar.update(3)
+    assert quiet.getvalue() == ""

@@ -285,9 +285,9 @@ def verify_archive(archive: Any, bootstrap: str, topic: str) -> int:
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    from tqdm import tqdm
+    from jointcal_ap.progress import progress
 
-    return tqdm(total=total, unit="alert", disable=not enabled, ascii=True, mininterval=1.0)
+    return progress(total=total, desc="send alerts", unit="alert", enabled=enabled)
 
 
 # --------------------------------------------------------------------------- sinks

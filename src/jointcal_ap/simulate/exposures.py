@@ -124,7 +124,7 @@ def render_survey(sim: SimulatedData, out_dir: str | os.PathLike, *, template: s
         extension (see :func:`write_camera_visit`), and its weight map
         ``visit{visit}.weight.fits`` (inverse variance, same layout).
     """
-    from tqdm.auto import tqdm
+    from jointcal_ap.progress import progress as progress_bar
 
     if layout not in ("lsst", "camera"):
         raise ValueError(f"layout must be 'lsst' or 'camera', got {layout!r}")
@@ -133,8 +133,11 @@ def render_survey(sim: SimulatedData, out_dir: str | os.PathLike, *, template: s
     plans = exposure_plans(sim, seeing_sigma=seeing_sigma, seed=seed)
     paths: list[Path] = []
     by_visit: dict[int, list] = {}
-    for plan in tqdm(plans, desc="render exposures", unit="exposure", disable=not progress, leave=False):
+    bar = progress_bar(total=len(plans), desc="render exposures", unit="exposure",
+                       enabled=progress)
+    for plan in plans:
         exposure = render_exposure(sim, plan, read_noise_e=read_noise_e, psf=psf)
+        bar.update(1)
         if layout == "lsst":
             path = out / template.format(visit=plan.visit, detector=plan.detector)
             exposure.write(path)
@@ -144,6 +147,7 @@ def render_survey(sim: SimulatedData, out_dir: str | os.PathLike, *, template: s
         if len(by_visit[plan.visit]) == len(sim.truth.camera.detectors):
             paths.extend(write_camera_visit(by_visit.pop(plan.visit), out,
                                             read_noise_e=read_noise_e))
+    bar.close()
     return paths
 
 

@@ -553,12 +553,11 @@ class _Executor:
 
     def run(self, resolved: ResolvedPipeline, tasks: Sequence[_Task], root: str,
             label: str, progress: bool, on_result: Callable[[list[UnitResult]], None]) -> None:
-        from tqdm import tqdm
+        from jointcal_ap.progress import progress as progress_bar
 
         self.used = True
         total = sum(len(t.data_ids) for t in tasks)
-        with tqdm(total=total, desc=label, unit="unit", disable=not progress,
-                  leave=False) as bar:
+        with progress_bar(total=total, desc=label, unit="unit", enabled=progress) as bar:
             if self.inline:
                 for task in tasks:
                     results = _run_task(resolved, task, root)
