@@ -416,3 +416,39 @@ def test_resource_errors_name_the_plugin(tmp_path):
     finally:
         assert close_resources() == []
         use_plugins(())
+
+
+def test_repo_command_ingests_exposures_and_answers_queries(tmp_path, capsys):
+    from astropy.io import fits
+
+    from jointcal_ap.cli import main
+    from jointcal_ap.exposure import Exposure, ExposureMetadata
+
+    for visit, (mjd, ra, band) in {1: (60010.0, 10.0, "r"), 2: (60005.0, 10.002, "r"),
+                                   3: (60020.0, 40.0, "g")}.items():
+        for detector in (0, 1):
+            header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": ra,
+                                  "CRVAL2": 0.0, "CRPIX1": 50.5 - 300 * detector, "CRPIX2": 50.5,
+                                  "CD1_1": -1e-4, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 1e-4})
+            meta = ExposureMetadata(visit, detector, band, mjd, 30.0)
+            Exposure(np.zeros((100, 100), np.float32), None, np.ones((100, 100), np.float32),
+                     header, meta).write(tmp_path / f"raw_{visit}_{detector}.fits")
+    repo = str(tmp_path / "repo")
+    files = sorted(str(p) for p in tmp_path.glob("raw_*.fits"))
+    assert main(["repo", "ingest", repo, *files]) == 0
+    assert "ingested 6 exposure(s) of 3 visit(s)" in capsys.readouterr().out
+    assert main(["repo", "visits", repo, "--band", "r", "--json"]) == 0
+    visits = json.loads(capsys.readouterr().out)
+    assert [v["visit"] for v in visits] == [2, 1] and visits[0]["exposure_time"] == 30.0
+    assert visits[0]["ra"] == pytest.approx(10.002 - 0.015, abs=1e-6)  # between its 2 detectors
+    assert main(["repo", "overlapping", repo, "--visit", "1", "--detector", "0", "--before",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"visit": 2, "detector": 0}]
+    assert main(["repo", "datasets", repo, "raw", "--visit", "3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["data_id"] for r in rows] == [{"visit": 3, "detector": 0}, {"visit": 3, "detector": 1}]
+    assert rows[0]["path"] == files[4]
+    assert main(["repo", "visits", str(tmp_path / "nope")]) == 2
+    (tmp_path / "bad.fits").write_bytes(b"not fits")
+    assert main(["repo", "ingest", repo, str(tmp_path / "bad.fits")]) == 1
+    assert "bad.fits" in capsys.readouterr().err

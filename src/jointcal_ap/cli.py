@@ -34,6 +34,8 @@ EXAMPLES_REFCAT = textwrap.dedent("""\
 #: :mod:`jointcal_ap.cliutil`). One line per family.
 COMMAND_FAMILIES: tuple[str, ...] = (
     "jointcal_ap.stages.cli",
+    "jointcal_ap.store.cli",
+    "jointcal_ap.alerts.cli",
 )
 
 

@@ -46,6 +46,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from jointcal_ap.errors import PicklableError
+
 __all__ = [
     "Batch",
     "Chunk",
@@ -65,7 +67,7 @@ __all__ = [
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
-class InputError(ValueError):
+class InputError(PicklableError, ValueError):
     """Bad input data. The message names the file, and the row and column where known."""
 
     def __init__(self, path: str | os.PathLike, message: str, *, row: str | None = None,

@@ -42,7 +42,8 @@ EXAMPLES_STAGES = textwrap.dedent("""\
 
 #: Built-in subcommands, which plugins cannot take.
 RESERVED = frozenset({"refcat", "fit", "demo", "stages", "run", "help", "diff", "template",
-                      "metrics", "inject", "apdb", "associate", "alerts", "registry", "sso"})
+                      "metrics", "inject", "apdb", "associate", "alerts", "registry", "sso",
+                      "repo"})
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from jointcal_ap.atomic import write_json, write_text
+from jointcal_ap.errors import PicklableError
 from jointcal_ap.stages.context import (
     DatasetHandle,
     StageContext,
@@ -238,7 +239,7 @@ def _read(resolved: ResolvedPipeline, source: _Input) -> Any:
     return _SHARED[key]
 
 
-class _InputReadError(Exception):
+class _InputReadError(PicklableError, Exception):
     """Reading an input failed (the input, not the consuming stage, is to blame)."""
 
     def __init__(self, dataset: str, path: str, stage: str, cause: BaseException):

@@ -210,8 +210,14 @@ def _exposure_headers(path: Path) -> list[tuple[Any, Any, str]]:
     the LSST layout (one IMAGE), or every image HDU of a multi-extension file."""
     from astropy.io import fits
 
+    from jointcal_ap.exposure import ExposureError
+
     out = []
-    with fits.open(path, memmap=False) as hdul:
+    try:
+        hdul = fits.open(path, memmap=False)
+    except (OSError, ValueError) as exc:
+        raise ExposureError(f"{path}: not a readable FITS file ({exc})") from None
+    with hdul:
         primary = hdul[0].header
         images = [h for h in hdul if isinstance(h, fits.PrimaryHDU | fits.ImageHDU
                                                 | fits.CompImageHDU)
