@@ -181,18 +181,7 @@ def read_exposure_parts(path: str | os.PathLike, *, variance: np.ndarray | float
     The planes come back as read (not yet validated: :class:`~jointcal_ap.exposure.Exposure`
     does that), the header without its structural and metadata cards.
 
-    Parameters
-    ----------
-    path : path
-    variance : array (NAXIS2, NAXIS1) or float, ADU², optional
-        The variance when the file has no VARIANCE plane. For a single image HDU without it
-        the variance is estimated from ``GAIN`` (e⁻/ADU) and ``RDNOISE`` (e⁻, optional) as
-        ``max(image, 0)/GAIN + (RDNOISE/GAIN)²``: right for an image that still holds its sky.
-    mask : array (NAXIS2, NAXIS1), optional
-        A mask for a single image HDU (default all zero; pixels at or above a ``SATURATE``
-        card are flagged SAT).
-    metadata : ExposureMetadata, optional
-        Instead of the header cards (``VISIT``, ``DETECTOR``, ``FILTER``, ``EXPTIME``, time).
+    The parameters are :func:`jointcal_ap.exposure.read_exposure`'s.
 
     Raises
     ------
