@@ -300,10 +300,9 @@ def _refcat_info(args: argparse.Namespace) -> int:
 
 
 def _refcat_query(args: argparse.Namespace) -> int:
-    import os
-
     import pyarrow.parquet as pq
 
+    from jointcal_ap.atomic import atomic_path
     from jointcal_ap.refcat import open_refcat
 
     cat = open_refcat(args.refcat)
@@ -319,9 +318,8 @@ def _refcat_query(args: argparse.Namespace) -> int:
         raise UsageError("--observer earth needs --epoch")
     table = cat.cone(args.ra, args.dec, args.radius, epoch=args.epoch, observer=observer,
                      columns=columns, mag_limits=mag_limits or None, format="arrow")
-    tmp = f"{args.out}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, args.out)
+    with atomic_path(args.out) as tmp:
+        pq.write_table(table, tmp)
     print(f"wrote {table.num_rows:,} stars to {args.out}")
     return 0
 
