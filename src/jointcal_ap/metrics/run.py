@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from jointcal_ap.atomic import atomic_path, write_json
 from jointcal_ap.metrics.ap import ApMetrics, ap_metrics
 from jointcal_ap.metrics.layout import METRICS_DIR, detector_inputs
 from jointcal_ap.metrics.match import match_to_truth
+from jointcal_ap.progress import progress as progress_bar
 
 __all__ = ["RunMetrics", "compute_run_metrics", "format_summary"]
 
@@ -76,20 +76,6 @@ def _write_parquet(table: Any, path: Path) -> Path:
     return path
 
 
-def _progress(items: list, enabled: bool):
-    """tqdm on a terminal; plain log lines otherwise (no carriage returns in logs)."""
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        yield from tqdm(items, desc="metrics", unit="detector", leave=False)
-        return
-    for k, item in enumerate(items):
-        if enabled:
-            print(f"metrics: {k + 1}/{len(items)} visit {item.visit} detector {item.detector}",
-                  file=sys.stderr)
-        yield item
-
-
 def compute_run_metrics(run_dir: str | os.PathLike[str], *, out_dir: str | os.PathLike[str] | None = None,
                         radius_px: float = 2.0, threshold: float = 5.0, plots: bool = True,
                         progress: bool = False) -> RunMetrics:
@@ -126,7 +112,9 @@ def compute_run_metrics(run_dir: str | os.PathLike[str], *, out_dir: str | os.Pa
     out.mkdir(parents=True, exist_ok=True)
     per_detector, curve_rows, matched_tables = [], [], []
     n_dia_total = 0
-    for item in _progress(inputs, progress):
+    bar = progress_bar(total=len(inputs), desc="metrics", unit="detector", enabled=progress)
+    for item in inputs:
+        bar.update(1)
         truth = pq.read_table(item.truth)
         dia = pq.read_table(item.dia_sources) if item.dia_sources is not None else None
         matches = match_to_truth(truth, dia, radius_px=radius_px)
@@ -142,6 +130,7 @@ def compute_run_metrics(run_dir: str | os.PathLike[str], *, out_dir: str | os.Pa
             table = table.append_column(name, pa.array(np.full(table.num_rows, value, np.int64)))
         matched_tables.append(table)
         n_dia_total += matches.n_dia_sources
+    bar.close()
     everything = pa.concat_tables(matched_tables, promote_options="permissive")
     run = ap_metrics(everything, n_dia_total, threshold=threshold)
     for curve in run.curves:
