@@ -44,7 +44,8 @@ def test_demo_writes_every_product(demo):
     units = sorted((demo / "run" / "units").iterdir())
     assert len(units) == 24
     calexp = read_calibrated_exposure(units[0] / "calexp.fits")
-    raw = read_exposure(demo / "raw" / (units[0].name.replace("_det", "_det0") + ".fits"))
+    visit, detector = (int(x) for x in units[0].name.removeprefix("visit").split("_det"))
+    raw = read_exposure(f"{demo / 'raw' / f'visit{visit}.fits'}[CCD{detector:02d}]")
     # pixels in nJy: the raw ADU times the calibration at each pixel
     scale = calexp.photometry.njy_per_adu_grid()
     assert np.allclose(calexp.image, raw.image * scale, rtol=1e-5, atol=1e-3)
@@ -58,6 +59,9 @@ def test_demo_writes_every_product(demo):
         assert repo.find("calibration", {}) is not None
         visits = repo.registry.visits()
         assert len(visits) == 6 and all(v.band and v.exposure_time > 0 for v in visits)
+        assert len(repo.query("raw")) == 24  # ingested from the camera files
+    assert sorted(p.name for p in (demo / "raw").iterdir())[:2] == ["visit0.fits",
+                                                                     "visit0.weight.fits"]
 
 
 def test_demo_is_a_pipeline_file_that_reruns_as_done(demo, capsys):

@@ -209,7 +209,8 @@ def _demo(args: argparse.Namespace) -> int:
           f"{xm['without_propagation_mas']['median']} mas)")
     print(f"2. survey: {sv['exposures']} exposures ({sv['visits']} visits x {sv['detectors']} CCDs, "
           f"{sv['epochs'][0]}-{sv['epochs'][-1]}) of {sv['true_stars']:,} stars around RA {sv['field_radec'][0]}, "
-          f"Dec {sv['field_radec'][1]} ({sv['hipparcos_stars']} real Hipparcos stars), rendered to {args.out}/raw")
+          f"Dec {sv['field_radec'][1]} ({sv['hipparcos_stars']} real Hipparcos stars), rendered to {args.out}/raw "
+          f"as a camera writes them ({sv['raw_files']} files, a CCD per extension, with weight maps)")
     pl = summary["pipeline"]
     print(f"3-5. pipeline {pl['file']} ({pl['units']} units on {pl['scheduler']}): detect, joint fit, "
           f"calibrate; rerun it with: jointcal-ap run {pl['file']}")

@@ -206,6 +206,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
     from jointcal_ap.simulate import simulate_survey
     from jointcal_ap.simulate.exposures import render_survey
     from jointcal_ap.stages import run_pipeline
+    from jointcal_ap.store.repository import Repository, ingest_exposures
 
     t_start = time.perf_counter()
     out = Path(out).resolve()
@@ -225,11 +226,12 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
     units = [(v.visit, d) for v in survey.truth.visits for d in range(len(config.camera.detectors))]
     raw = out / "raw"
     shutil.rmtree(raw, ignore_errors=True)
-    render_survey(survey.data, raw, template="visit{visit}_det{detector:02d}.fits", seed=11, progress=progress)
+    rendered = render_survey(survey.data, raw, seed=11, progress=progress, layout="camera")
     lap("simulate + render exposures", t0)
     summary["survey"] = {"field_radec": list(DEMO_FIELD), "visits": len(survey.truth.visits),
                          "detectors": len(config.camera.detectors), "exposures": len(units),
                          "true_stars": len(stars), "hipparcos_stars": int(np.sum(stars.in_reference)),
+                         "raw_files": len(rendered) // 2,
                          "epochs": [round(v.epoch, 2) for v in survey.truth.visits]}
 
     # ------------------------------------------------------------ the pipeline file
@@ -237,6 +239,8 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
     pipeline_file = out / "pipeline.toml"
     write_text(pipeline_file, demo_pipeline_text())
     shutil.rmtree(out / "run", ignore_errors=True)
+    with Repository(out / "run") as repo:  # what `jointcal-ap repo ingest` does
+        ingest_exposures(repo, [p for p in rendered if not p.name.endswith(".weight.fits")])
     run = run_pipeline(pipeline_file, workers=workers, progress=progress)
     if not run.ok:
         raise RuntimeError(run.format())

@@ -59,6 +59,7 @@ imports only those above it in this list:
 from __future__ import annotations
 
 from jointcal_ap.exposure.calibrate import calibrate_exposure
+from jointcal_ap.exposure.fits_io import split_fits_selector
 from jointcal_ap.exposure.metadata import DEFAULT_MASK_PLANES, ExposureError, ExposureMetadata
 from jointcal_ap.exposure.model import (
     CalibratedExposure,
@@ -76,4 +77,5 @@ __all__ = [
     "calibrate_exposure",
     "read_calibrated_exposure",
     "read_exposure",
+    "split_fits_selector",
 ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,6 +55,7 @@ __all__ = [
     "image_hdus",
     "read_calib_table",
     "read_exposure_parts",
+    "split_fits_selector",
     "write_fits",
 ]
 
@@ -111,9 +113,13 @@ def exposure_hdus(image: np.ndarray, mask: np.ndarray, variance: np.ndarray, hea
     mask_header = fits.Header(wcs)
     for name, bit in sorted(mask_planes.items(), key=lambda item: item[1]):
         mask_header[_mask_key(name)] = (bit, "mask plane bit")
+    variance_header = fits.Header(wcs)
+    # astropy's CCDData.read(path, hdu_uncertainty="VARIANCE") reads this as a
+    # VarianceUncertainty (without UTYPE it would take the variance for a standard deviation)
+    variance_header["UTYPE"] = ("VarianceUncertainty", "astropy.nddata uncertainty class")
     hdul = fits.HDUList([primary, ext(image, "IMAGE", image_header),
                          ext(mask, "MASK", mask_header),
-                         ext(variance, "VARIANCE", fits.Header(wcs))])
+                         ext(variance, "VARIANCE", variance_header)])
     if psf is not None:
         for hdu in psf.to_hdus():
             if not (hdu.name == "PSF" or hdu.name.startswith("PSF_")):
@@ -173,6 +179,31 @@ def _mask_planes_from(header: fits.Header) -> dict[str, int]:
     return planes or dict(DEFAULT_MASK_PLANES)
 
 
+_SELECTOR = re.compile(r"^(?P<path>.+)\[(?P<hdu>[^\[\]]+)\]$")
+
+
+def split_fits_selector(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``"visit3.fits[CCD02]"`` → (``visit3.fits``, ``"CCD02"``); a path that exists as
+    written, or has no ``[...]`` suffix, has no selector. The selector is an extension name
+    (``EXTNAME``) or an HDU number, as in CFITSIO: ``visit3.fits[2]``."""
+    text = os.fspath(path)
+    match = _SELECTOR.match(text)
+    if match is None or Path(text).exists():
+        return Path(text), None
+    return Path(match["path"]), match["hdu"]
+
+
+def _select_hdu(hdul: fits.HDUList, selector: str, where: str) -> Any:
+    try:
+        hdu = hdul[int(selector)] if selector.isdigit() else hdul[selector]
+    except (KeyError, IndexError):
+        names = [h.name for h in hdul]
+        raise ExposureError(f"{where}: no extension {selector!r} (the file has {names})") from None
+    if hdu.data is None or hdu.data.ndim != 2:
+        raise ExposureError(f"{where}: extension {selector!r} holds no 2-D image")
+    return hdu
+
+
 def read_exposure_parts(path: str | os.PathLike, *, variance: np.ndarray | float | None = None,
                         mask: np.ndarray | None = None,
                         metadata: ExposureMetadata | None = None) -> ExposureParts:
@@ -189,18 +220,20 @@ def read_exposure_parts(path: str | os.PathLike, *, variance: np.ndarray | float
         No image, a missing variance plane, or missing metadata cards; the message names
         the file.
     """
-    path = Path(path)
     where = str(path)
+    path, selector = split_fits_selector(path)
     psf = None
     if not path.is_file():
         raise ExposureError(f"{where}: no such file")
     try:
         hdul = fits.open(path, memmap=False)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ExposureError(f"{where}: not a FITS file ({exc})") from exc
     with hdul:
         primary = hdul[0].header
-        if "IMAGE" in hdul:
+        if selector is not None:
+            chosen = _select_hdu(hdul, selector, where)
+        if selector is None and "IMAGE" in hdul:
             image_hdu = hdul["IMAGE"]
             if "VARIANCE" in hdul:
                 if variance is not None:
@@ -228,9 +261,10 @@ def read_exposure_parts(path: str | os.PathLike, *, variance: np.ndarray | float
                 except PsfError as exc:
                     raise ExposureError(str(exc)) from None
         else:
-            image_hdu = next((h for h in hdul if isinstance(h, fits.PrimaryHDU | fits.ImageHDU
-                                                            | fits.CompImageHDU)
-                              and h.data is not None and h.data.ndim == 2), None)
+            image_hdu = chosen if selector is not None else next(
+                (h for h in hdul if isinstance(h, fits.PrimaryHDU | fits.ImageHDU
+                                               | fits.CompImageHDU)
+                 and h.data is not None and h.data.ndim == 2), None)
             if image_hdu is None:
                 raise ExposureError(f"{where}: no 2-D image (expected a single image HDU or IMAGE, "
                                     "MASK, VARIANCE extensions)")

@@ -174,7 +174,13 @@ class Exposure:
             value.setflags(write=False)
             object.__setattr__(self, name, value)
         object.__setattr__(self, "mask_planes", planes)
-        object.__setattr__(self, "header", _normalised(self.header, where))
+        header = _normalised(self.header, where)
+        for axis, size in (("NAXIS1", image.shape[1]), ("NAXIS2", image.shape[0])):
+            if axis in header and header[axis] != size:
+                raise ExposureError(f"{where}: the header says {axis} = {header[axis]!r} but the "
+                                    f"image is {image.shape[1]} x {image.shape[0]} (NAXIS1 x "
+                                    f"NAXIS2); the header does not describe this image")
+        object.__setattr__(self, "header", header)
         if self.psf is not None and not isinstance(self.psf, PsfModel):
             raise ExposureError(f"{where}: psf must be a jointcal_ap.psf.PsfModel, got "
                                 f"{type(self.psf).__name__}")

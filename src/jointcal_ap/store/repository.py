@@ -54,6 +54,8 @@ def file_identity(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     files. ``None`` if ``path`` does not exist.
     """
     path = Path(path)
+    if not path.exists() and path.name.endswith("]") and "[" in path.name:
+        path = path.with_name(path.name[:path.name.rindex("[")])  # file.fits[CCD02]: the file
     try:
         stat = path.stat()
     except OSError:
@@ -206,29 +208,44 @@ class Repository:
 
 
 def _exposure_headers(path: Path) -> list[tuple[Any, Any, str]]:
-    """(merged header for metadata, image header with the WCS, where) of each CCD in a file:
-    the LSST layout (one IMAGE), or every image HDU of a multi-extension file."""
+    """(merged header for metadata, image header with the WCS, path) of each CCD in a file:
+    the LSST layout (one IMAGE: the file's path), or every image HDU of a multi-extension
+    camera file (``file.fits[EXTNAME]``, as :func:`jointcal_ap.exposure.read_exposure` reads
+    it); a path with a ``[selector]`` names one HDU."""
     from astropy.io import fits
 
-    from jointcal_ap.exposure import ExposureError
+    from jointcal_ap.exposure import ExposureError, split_fits_selector
 
+    real, selector = split_fits_selector(path)
     out = []
     try:
-        hdul = fits.open(path, memmap=False)
+        hdul = fits.open(real, memmap=False)
     except (OSError, ValueError) as exc:
         raise ExposureError(f"{path}: not a readable FITS file ({exc})") from None
     with hdul:
         primary = hdul[0].header
-        images = [h for h in hdul if isinstance(h, fits.PrimaryHDU | fits.ImageHDU
-                                                | fits.CompImageHDU)
-                  and h.header.get("NAXIS", 0) == 2]
-        if "IMAGE" in hdul:
+        if selector is not None:
+            try:
+                images = [hdul[int(selector)] if selector.isdigit() else hdul[selector]]
+            except (KeyError, IndexError):
+                raise ExposureError(f"{path}: no extension {selector!r}") from None
+        elif "IMAGE" in hdul:
             images = [hdul["IMAGE"]]
-        for hdu in images:
+        else:
+            images = [h for h in hdul if isinstance(h, fits.PrimaryHDU | fits.ImageHDU
+                                                    | fits.CompImageHDU)
+                      and h.header.get("NAXIS", 0) == 2]
+        for index, hdu in enumerate(hdul):
+            if not any(hdu is image for image in images):
+                continue
             merged = fits.Header(primary)
             if hdu is not hdul[0]:
                 merged.update(hdu.header)
-            out.append((merged, hdu.header.copy(), f"{path}[{hdu.name or 0}]"))
+            if selector is not None or (len(images) == 1 and "IMAGE" in hdul) or hdu is hdul[0]:
+                where = str(path)
+            else:
+                where = f"{real}[{hdu.name if hdu.name and hdu.name != 'PRIMARY' else index}]"
+            out.append((merged, hdu.header.copy(), where))
     return out
 
 
@@ -255,7 +272,7 @@ def ingest_exposures(repo: Repository, paths: Iterable[str | os.PathLike[str]], 
 
     refs, detectors, visits = [], [], {}
     for raw in paths:
-        path = Path(raw).resolve()
+        path = Path(os.path.abspath(raw))
         for merged, header, where in _exposure_headers(path):
             meta = ExposureMetadata.from_header(merged, where)
             record = DetectorRecord.from_wcs(meta.visit, meta.detector, header,
@@ -266,8 +283,8 @@ def ingest_exposures(repo: Repository, paths: Iterable[str | os.PathLike[str]], 
             entry["centres"].append((record.ra, record.dec))
             data_id = DataId(visit=meta.visit, detector=meta.detector,
                              **({"instrument": instrument} if instrument else {}))
-            refs.append(DatasetRef(name or "", dataset_type, data_id, str(path),
-                                   file_identity(path) or {}, {"ingested": str(path)}))
+            refs.append(DatasetRef(name or "", dataset_type, data_id, where,
+                                   file_identity(where) or {}, {"ingested": where}))
     records = []
     for visit, entry in visits.items():
         meta, header = entry["meta"], entry["header"]
