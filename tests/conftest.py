@@ -38,6 +38,26 @@ def gaia_refcat(tmp_path_factory, gaia_bin_path):
     return open_refcat(out)
 
 
+# --- alerts: the tansu broker and our schema registry, on loopback, always stopped ----------
+
+@pytest.fixture(scope="session")
+def tansu_broker():
+    """A tansu broker (memory storage) for the session."""
+    from jointcal_ap.services.kafka import TansuBroker
+
+    with TansuBroker() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory):
+    """Our schema registry (in a thread, SQLite store) for the session."""
+    from jointcal_ap.alerts.registry import RegistryServer
+
+    with RegistryServer(tmp_path_factory.mktemp("registry") / "registry.db") as server:
+        yield server
+
+
 # --- APDB: the same tests on SQLite and on a real PostgreSQL (jointcal_ap.services.postgres) ---
 
 

@@ -1,8 +1,5 @@
-"""Services the project starts for its tests, CI, benchmarks and demos (on loopback only).
+"""Real services on loopback, started and stopped by tests, benchmarks and the demo:
 
-- :func:`jointcal_ap.services.postgres.postgres_server`: a throwaway PostgreSQL server.
+- :mod:`jointcal_ap.services.kafka`: the tansu Kafka broker;
+- :mod:`jointcal_ap.services.postgres`: a throwaway PostgreSQL server (``postgres_server``).
 """
-
-from __future__ import annotations
-
-__all__: list[str] = []
