@@ -89,9 +89,10 @@ def apdb_url(request, tmp_path):
 
 @pytest.fixture(scope="session")
 def local_dask_client():
-    """A two-process Dask LocalCluster on 127.0.0.1 for the session."""
+    """A two-process Dask LocalCluster on 127.0.0.1 for the session (its HTTP server on a free
+    loopback port: with ``dashboard_address=None`` it would hold 8787)."""
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1") as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         yield client

@@ -266,7 +266,8 @@ class _dask_client:
             import os
 
             cluster = LocalCluster(n_workers=self.n_workers or os.cpu_count() or 1,
-                                   threads_per_worker=1, processes=True, dashboard_address=None,
+                                   threads_per_worker=1, processes=True,
+                                   dashboard_address="127.0.0.1:0",
                                    host="127.0.0.1")
             self._owned.append(cluster)
             client = Client(cluster)
