@@ -178,8 +178,9 @@ def associate_unit(apdb: Any, dia_sources: Any, *, key: Any, region: Any,
     Parameters
     ----------
     apdb : SqlApdb
-        The database (any :class:`~jointcal_ap.stages.interfaces.Apdb` with
-        ``get_dia_objects(..., exclude_unit=...)`` and ``unit_token``).
+        The database: any :class:`~jointcal_ap.stages.interfaces.Apdb` whose
+        ``get_dia_objects`` takes ``columns``, ``object_ids`` and ``exclude_unit``; with
+        :meth:`SqlApdb.unit_token` a re-run with the same key skips the association.
     dia_sources : pyarrow.Table or mapping of columns
         The unit's DiaSources, Rubin's columns (``diaObjectId`` is filled here).
     key : IdempotencyKey
@@ -216,12 +217,15 @@ def associate_unit(apdb: Any, dia_sources: Any, *, key: Any, region: Any,
     src = conform("DiaSource", dia_sources, where)
     check_coordinates(src, "diaSourceId", where, "DiaSource")
     check_unique(src, ("diaSourceId",), where, "DiaSource")
-    if apdb.unit_token(key.unit) == key.token:
+    # SqlApdb tells whether the unit is stored, so that a re-run skips the association;
+    # any other Apdb is left to make store() idempotent by itself.
+    token = apdb.unit_token(key.unit) if hasattr(apdb, "unit_token") else None
+    if token == key.token:
         stored = apdb.get_unit_dia_sources(key.unit)
         ids = np.unique(int_column(stored, "diaObjectId"))
         objects = apdb.get_dia_objects(None, object_ids=ids[ids >= 0])
         return UnitResult(False, stored, objects)
-    replacing = apdb.unit_token(key.unit) is not None
+    replacing = token is not None
     data_id = dict(key.data_id)
     visit, detector, band = (
         given if given is not None else _first(_single(src, name, where), data_id.get(name))

@@ -284,11 +284,6 @@ class Apdb(Protocol):
         ``unit``, a re-run of that unit gets the same block again."""
         ...
 
-    def unit_token(self, unit: str) -> str | None:
-        """The ``IdempotencyKey.token`` stored for ``unit`` (``IdempotencyKey.unit``), or
-        None if the unit was never stored."""
-        ...
-
     def store(self, write: ApdbWrite) -> bool:
         """Store one unit in one transaction; idempotent by ``write.key``.
 
