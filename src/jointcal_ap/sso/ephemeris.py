@@ -56,7 +56,7 @@ power-of-two length so that few array sizes are ever compiled.
 ...     "node": [80.0], "argperi": [30.0], "peri_time": [60200.0], "h": [15.0], "g": [0.15]})
 >>> eph = predict(orbits, 60300.0, "rubin")
 >>> sorted(eph.columns)[:4], round(float(eph["helioRange"][0]), 4)
-(['elongation', 'ephDec', 'ephRa', 'ephRate'], 2.0757)
+(['elongation', 'ephDec', 'ephRa', 'ephRate'], 2.0356)
 """
 
 from __future__ import annotations
@@ -238,6 +238,12 @@ class Ephemerides:
 
     def __len__(self) -> int:
         return int(self.mjd_tai.shape[0])
+
+    @classmethod
+    def empty(cls) -> Ephemerides:
+        """No objects."""
+        return cls(np.empty(0, object), np.empty(0, np.int64), np.empty(0),
+                   {name: np.empty(0) for name in EPHEMERIS_COLUMNS})
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
