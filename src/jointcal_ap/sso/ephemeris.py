@@ -205,8 +205,9 @@ def _elements_kernel(q, e, p_hat, q_hat, tp, h, g, t_tt, obs_p, obs_v, sun_p, su
     return out, ok
 
 
-@functools.partial(jax.jit, static_argnames=("reduce_periods",))
-def _states_kernel(r0, v0, dt, h, g, obs_p, obs_v, sun_p, sun_v, reduce_periods=True):
+@functools.partial(jax.jit, static_argnames=("reduce_periods", "columns"))
+def _states_kernel(r0, v0, dt, h, g, obs_p, obs_v, sun_p, sun_v, reduce_periods=True,
+                   columns=EPHEMERIS_COLUMNS):
     r0, v0 = _cols(r0), _cols(v0)
     rmag = _norm(r0)
     alpha = 2.0 / rmag - _dot(v0, v0) / GM_SUN
@@ -214,7 +215,8 @@ def _states_kernel(r0, v0, dt, h, g, obs_p, obs_v, sun_p, sun_v, reduce_periods=
                                                   dt, reduce_periods=reduce_periods)
     r = _comb((f, r0), (gg, v0))
     v = _comb((fdot, r0), (gdot, v0))
-    return _observe(r, v, h, g, _cols(obs_p), _cols(obs_v), _cols(sun_p), _cols(sun_v)), ok
+    out = _observe(r, v, h, g, _cols(obs_p), _cols(obs_v), _cols(sun_p), _cols(sun_v))
+    return {k: out[k] for k in columns}, ok  # XLA drops what is not returned
 
 
 @dataclass(frozen=True)
