@@ -29,6 +29,7 @@ Regions are :class:`~jointcal_ap.stages.interfaces.SkyCircle` and
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ class SkyIndex:
         parallax = np.degrees(np.arcsin(np.clip(_EARTH_RADIUS_AU / eph["topoRange"], 0.0, 1.0)))
         vec = _unit(ra, dec)
         bands = []
-        for lo, hi in zip(_RATE_BANDS[:-1], _RATE_BANDS[1:], strict=True):
+        for lo, hi in itertools.pairwise(_RATE_BANDS):
             idx = np.flatnonzero((rate >= lo) & (rate < hi))
             if idx.size:
                 bands.append((idx, cKDTree(vec[idx]), float(rate[idx].max()),

@@ -426,5 +426,5 @@ def _time_since_pericentre(q, e, nu, mu):
     t = np.where(e < 1.0, np.where(series, x * (1.0 - u2 / 3.0 + u2 * u2 / 5.0), t_ell),
                  np.where(series, x * (1.0 + u2 / 3.0 + u2 * u2 / 5.0), t_hyp))
     chi = 2.0 * np.sqrt(q / (1.0 + e)) * t
-    c, s = (np.asarray(a) for a in stumpff(jnp.asarray((1.0 - e) / q * chi * chi)))
+    _, s = (np.asarray(a) for a in stumpff(jnp.asarray((1.0 - e) / q * chi * chi)))
     return (e * chi**3 * s + q * chi) / np.sqrt(mu)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from jointcal_ap.sso._progress import progress as progress_over
 from jointcal_ap.sso.constants import C_AU_PER_DAY, DAY_S, ICRS_TO_ECLIPTIC, TT_MINUS_TAI_S
 from jointcal_ap.sso.errors import SsoError
 from jointcal_ap.sso.kepler import propagate, state_to_cometary
@@ -45,9 +46,9 @@ __all__ = [
     "Linkages",
     "LinkingOptions",
     "Tracklets",
+    "dbscan",
     "evaluate_linkages",
     "link",
-    "dbscan",
     "make_tracklets",
     "night_of",
 ]
@@ -338,7 +339,8 @@ def link(sources: Any, options: LinkingOptions | None = None, *,
     options : LinkingOptions
     ephemeris : PlanetaryEphemeris, optional
     progress : bool
-        A tqdm bar over the hypotheses.
+        Show progress over the hypotheses (a tqdm bar on a terminal, plain lines
+        otherwise).
 
     Returns
     -------
@@ -383,12 +385,8 @@ def link(sources: Any, options: LinkingOptions | None = None, *,
     i1, i2 = tracklets.first, tracklets.second
     candidates: dict[frozenset[int], tuple[float, float, np.ndarray]] = {}
     hypotheses = [(r, rd) for r in opts.r_grid for rd in opts.rdot_grid]
-    iterator: Any = hypotheses
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(hypotheses, desc="hypotheses", unit="hyp")
-    for r_hyp, rdot_hyp in iterator:
+    for r_hyp, rdot_hyp in progress_over(hypotheses, desc="link: hypotheses", enabled=progress,
+                                         unit="hypotheses"):
         r1 = r_hyp + rdot_hyp * (t[i1] - t_ref)
         r2 = r_hyp + rdot_hyp * (t[i2] - t_ref)
         rho1 = _positions_at_distance(obs_helio[i1], u[i1], r1)

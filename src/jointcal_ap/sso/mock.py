@@ -161,7 +161,7 @@ def mock_orbits(n: int, *, seed: int, epoch_mjd: float = 60600.0,
     if unknown:
         raise ValueError(f"unknown population(s) {sorted(unknown)}; expected {list(KINDS)}")
     total = sum(fractions.values())
-    counts = {k: int(round(n * fractions.get(k, 0.0) / total)) for k in KINDS}
+    counts = {k: round(n * fractions.get(k, 0.0) / total) for k in KINDS}
     largest = max(KINDS, key=lambda k: fractions.get(k, 0.0))
     counts[largest] += n - sum(counts.values())
     rng = np.random.default_rng(seed)

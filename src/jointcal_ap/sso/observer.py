@@ -47,7 +47,7 @@ import weakref
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -167,7 +167,7 @@ class PlanetaryEphemeris:
     """
 
     #: NAIF ids of the bodies :meth:`barycentric` knows (planets: system barycentres).
-    BODIES = {"sun": 10, "mercury": 1, "venus": 2, "earth": 399, "moon": 301, "emb": 3,
+    BODIES: ClassVar[dict[str, int]] = {"sun": 10, "mercury": 1, "venus": 2, "earth": 399, "moon": 301, "emb": 3,
               "mars": 4, "jupiter": 5, "saturn": 6, "uranus": 7, "neptune": 8, "pluto": 9}
 
     def __init__(self, path: str | os.PathLike[str] | None = None):

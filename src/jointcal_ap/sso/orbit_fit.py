@@ -14,6 +14,7 @@ are dropped and the fit repeated (``n_clip`` times).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from jointcal_ap._jax import jnp

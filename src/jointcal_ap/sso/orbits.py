@@ -211,10 +211,9 @@ class Orbits:
         if missing_names:
             raise OrbitError(f"{where}: row {missing_names[0]}: empty designation; expected a "
                              f"non-empty string")
-        uniq, first, counts = np.unique(designation.astype(str), return_index=True,
-                                        return_counts=True)
+        uniq, counts = np.unique(designation.astype(str), return_counts=True)
         if (counts > 1).any():
-            dup = uniq[counts > 1][0]
+            dup = str(uniq[counts > 1][0])
             rows = np.flatnonzero(designation.astype(str) == dup)[:3].tolist()
             raise OrbitError(f"{where}: designation {dup!r} appears in rows {rows}; expected "
                              f"one row per object")

@@ -85,7 +85,7 @@ def orbits_in_field(n: int, *, ra: float, dec: float, radius_deg: float, mjd_tai
     (r_lo, r_hi), (e_lo, e_hi), i_sigma, (h_lo, h_hi) = _POPULATIONS[kind]
     rng = np.random.default_rng(seed)
     obs = observer_states(parse_site(site), np.array([float(mjd_tai)]), ephemeris)
-    o_p, o_v = obs.position[0], obs.velocity[0]
+    o_p = obs.position[0]
     s_p = obs.sun_position[0]
     # directions uniform in the cone
     cosr = math.cos(math.radians(radius_deg))
