@@ -287,19 +287,31 @@ def fit_hg12(group: Any, phase_angle_deg: Any, reduced_mag: Any, mag_err: Any, *
         best[better], g12[better] = chi2[better], value
     h, _ = h_given(g12)
     converged = np.zeros(ng, bool)
+    h, chi2_now = h_given(g12)
     for _ in range(max_iter):
-        # a Gauss-Newton step of (H, G12), then H re-solved exactly for the new G12
+        # a Gauss-Newton step of (H, G12), then H re-solved exactly for the new G12; steps
+        # that raise χ² are halved (the Muinonen map has a kink at G12 = 0.2)
         term, dterm = model(g12[g])
         resid = y - h[g] - term
         a11, a12, a22 = sw, sums(w * dterm), sums(w * dterm * dterm)
         b1, b2 = sums(w * resid), sums(w * resid * dterm)
         det = a11 * a22 - a12 * a12
         ok = det > 1e-12 * np.maximum(a11 * a22, 1e-300)
-        dg = np.where(ok, (a11 * b2 - a12 * b1) / np.where(ok, det, 1.0), 0.0)
-        new_g12 = np.clip(g12 + np.clip(dg, -0.3, 0.3), lo, hi)
-        converged = np.abs(new_g12 - g12) < 1e-10
+        step = np.clip(np.where(ok, (a11 * b2 - a12 * b1) / np.where(ok, det, 1.0), 0.0), -0.3, 0.3)
+        trial = np.clip(g12 + step, lo, hi)
+        h_t, chi2_t = h_given(trial)
+        for _halving in range(8):
+            worse = chi2_t > chi2_now * (1.0 + 1e-12)
+            if not worse.any():
+                break
+            trial = np.where(worse, 0.5 * (g12 + trial), trial)
+            h_t, chi2_t = h_given(trial)
+        better = chi2_t <= chi2_now * (1.0 + 1e-12)
+        new_g12 = np.where(better, trial, g12)
+        converged = np.abs(new_g12 - g12) < 1e-9
         g12 = new_g12
-        h, _ = h_given(g12)
+        h = np.where(better, h_t, h)
+        chi2_now = np.where(better, chi2_t, chi2_now)
         if converged.all():
             break
     term, dterm = model(g12[g])
