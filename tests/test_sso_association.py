@@ -259,3 +259,15 @@ def test_detector_polygon_from_a_wcs():
     ra = np.array([0.0, 359.95, 0.07, 0.0, 0.0])
     dec = np.array([10.0, 10.0, 10.0, 10.1, 10.12])
     assert in_region(ra, dec, poly).tolist() == [True, True, False, True, False]
+
+
+def test_user_guide_example_runs():
+    """The example at the top of docs/sso.md runs as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "sso.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/sso.md", "exec"), namespace)
+    assert namespace["result"].matched.sum() > 20

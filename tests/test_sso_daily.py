@@ -149,5 +149,20 @@ def test_daily_products_bad_input():
         daily_products(ss, dia)
     with pytest.raises(SsoError, match=r"missing column\(s\) \['band'\]"):
         daily_products(ss, {k: v for k, v in dia.items() if k != "band"})
-    reduced, err = reduced_magnitudes([-5.0, 3631e9 / 1e9], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0])
+    reduced, _ = reduced_magnitudes([-5.0, 3631e9 / 1e9], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0])
     assert np.isnan(reduced[0]) and reduced[1] == pytest.approx(31.4 - 2.5 * np.log10(3631.0))
+
+
+def test_single_points_and_empty_bands_need_no_fit():
+    ss = {"diaSourceId": [1, 2, 3], "ssObjectId": [5, 6, 6], "helioRange": [2.0] * 3,
+          "topoRange": [1.0] * 3, "phaseAngle": [5.0, 6.0, 7.0]}
+    dia = {"diaSourceId": [1, 2, 3], "midpointMjdTai": [60000.0, 60001.0, 60003.5],
+           "band": ["r", "g", "g"], "psfFlux": [1e3, 2e3, -5.0], "psfFluxErr": [10.0] * 3,
+           "extendedness": [0.1, 0.2, 0.4]}
+    rows = {r["ssObjectId"]: r for r in daily_products(ss, dia).to_pylist()}
+    assert rows[5]["r_nObs"] == 1 and rows[5]["r_slope_fit_failed"] is True
+    assert rows[5]["r_H"] == pytest.approx(31.4 - 2.5 * np.log10(1e3) - 5 * np.log10(2.0) + 2.5
+                                           * np.log10(hg12_phase_function(np.radians(5.0), 0.62)))
+    assert rows[6]["g_nObs"] == 2 and rows[6]["g_nObsUsed"] == 1  # a negative flux
+    assert rows[6]["arc"] == pytest.approx(2.5) and rows[6]["extendednessMedian"] == pytest.approx(0.3)
+    assert rows[6]["r_nObs"] == 0 and rows[6]["r_slope_fit_failed"] is None

@@ -242,7 +242,7 @@ def test_bad_catalogs(tmp_path):
 def test_bad_sites_and_times():
     with pytest.raises(SiteError, match="unknown site 'lasilla'"):
         parse_site("lasilla")
-    with pytest.raises(SiteError, match="latitude 95.0"):
+    with pytest.raises(SiteError, match=r"latitude 95\.0"):
         parse_site("10,95,0")
     assert pickle.loads(pickle.dumps(SiteError("x"))).args == ("x",)
     with pytest.raises(SiteError):

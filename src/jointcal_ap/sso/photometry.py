@@ -323,23 +323,23 @@ def fit_hg12(group: Any, phase_angle_deg: Any, reduced_mag: Any, mag_err: Any, *
     span = amax - amin
     failed = ((n_used < min_points) | ~(span >= min_phase_span_deg) | ~(det > 0) | at_bound
               | ~converged)
+    # (failed groups may have det ≤ 0 or no points: their values are replaced below)
     with np.errstate(divide="ignore", invalid="ignore"):
-        var_h = a22 / det
-        var_g = a11 / det
+        sd_h = np.sqrt(np.where(failed, np.nan, a22 / det))
+        sd_g = np.sqrt(np.where(failed, np.nan, a11 / det))
         cov = -a12 / det
+        err_fix = 1.0 / np.sqrt(sw)
     # the fallback: G12 fixed, H the weighted mean
     h_fix, chi2_fix = h_given(np.full(ng, g12_fiducial))
-    with np.errstate(divide="ignore"):
-        err_fix = 1.0 / np.sqrt(sw)
     h_out = np.where(failed, h_fix, h)
-    h_err = np.where(failed, err_fix, np.sqrt(var_h))
+    h_err = np.where(failed, err_fix, sd_h)
     g12_out = np.where(failed, g12_fiducial, g12)
     nan = np.full(ng, np.nan)
     empty = n_used == 0
     return HG12Fit(
         h=np.where(empty, np.nan, h_out), h_err=np.where(empty, np.nan, h_err),
         g12=np.where(empty, np.nan, g12_out),
-        g12_err=np.where(failed, nan, np.sqrt(var_g)), cov=np.where(failed, nan, cov),
+        g12_err=np.where(failed, nan, sd_g), cov=np.where(failed, nan, cov),
         chi2=np.where(empty, np.nan, np.where(failed, chi2_fix, chi2)),
         n_obs=n_obs.astype(np.int64), n_used=n_used.astype(np.int64),
         phase_min_deg=amin, phase_max_deg=amax, slope_fit_failed=failed | empty)
