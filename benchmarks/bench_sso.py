@@ -6,6 +6,7 @@ One command regenerates the ``sso`` section of ``docs/benchmarks.md``::
 
     flock /work/bench.lock python benchmarks/bench_sso.py [--n 1000000] [--repeats 5]
                                                          [--accuracy 40] [--no-write]
+                                                         [--wait-idle 300]
 
 Timed sections record the CPU load of everything else on the machine meanwhile (cores, from
 /proc/stat) and ``os.getloadavg()`` at the start and the end.
@@ -25,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import busy_cpu
+from _measure import busy_cpu, wait_idle
 from _report import machine_line, write_section
 
 SEED = 20260101
@@ -239,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--accuracy", type=int, default=40)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--wait-idle", type=float, default=300.0, metavar="SECONDS",
+                        help="wait up to this long for other work to stop before timing")
     args = parser.parse_args(argv)
     cmd = "flock /work/bench.lock python benchmarks/bench_sso.py" + (
         f" --n {args.n}" if args.n != 1_000_000 else "")
+    wait_idle(args.wait_idle)
     load0 = os.getloadavg()
     pred = prediction_benchmark(args.n, args.repeats)
     print(f"predict {args.n:,}: cold {pred['cold_s']:.2f} s, warm {pred['warm_s']:.3f} s "
