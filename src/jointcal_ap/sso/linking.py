@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from jointcal_ap.sso._progress import progress as progress_over
+from jointcal_ap.progress import progress as progress_bar
 from jointcal_ap.sso.constants import C_AU_PER_DAY, DAY_S, ICRS_TO_ECLIPTIC, TT_MINUS_TAI_S
 from jointcal_ap.sso.errors import SsoError
 from jointcal_ap.sso.kepler import propagate, state_to_cometary
@@ -327,6 +327,52 @@ def _column(table: Any, name: str, default: float | None = None) -> np.ndarray:
                       .to_numpy(zero_copy_only=False), float)
 
 
+def _states_at_reference(r_hyp: float, rdot_hyp: float, t: np.ndarray, u: np.ndarray,
+                         obs_helio: np.ndarray, i1: np.ndarray, i2: np.ndarray,
+                         t_ref: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The heliocentric states at t_ref of the tracklets (i1, i2) under one hypothesis.
+
+    Returns the indices of the tracklets that have a state (their lines of sight reach the
+    hypothesised distance) and the states' positions and velocities (au, au/day), or None.
+    """
+    r1 = r_hyp + rdot_hyp * (t[i1] - t_ref)
+    r2 = r_hyp + rdot_hyp * (t[i2] - t_ref)
+    rho1 = _positions_at_distance(obs_helio[i1], u[i1], r1)
+    rho2 = _positions_at_distance(obs_helio[i2], u[i2], r2)
+    k = np.flatnonzero(np.isfinite(rho1) & np.isfinite(rho2))
+    if k.size == 0:
+        return None
+    p1 = obs_helio[i1[k]] + rho1[k, None] * u[i1[k]]
+    p2 = obs_helio[i2[k]] + rho2[k, None] * u[i2[k]]
+    # emission times (light time), then the state at the tracklet's mean time
+    te1 = t[i1[k]] - rho1[k] / C_AU_PER_DAY
+    te2 = t[i2[k]] - rho2[k] / C_AU_PER_DAY
+    vel = (p2 - p1) / (te2 - te1)[:, None]
+    t_mid = 0.5 * (te1 + te2)
+    try:
+        pos_ref, vel_ref = propagate(0.5 * (p1 + p2), vel, t_ref - t_mid)
+    except ArithmeticError:
+        return None
+    good = np.all(np.isfinite(pos_ref), axis=1) & np.all(np.isfinite(vel_ref), axis=1)
+    return k[good], pos_ref[good], vel_ref[good]
+
+
+def _clusters_on_enough_nights(labels: np.ndarray, night: np.ndarray, min_nights: int
+                               ) -> list[np.ndarray]:
+    """The clusters of ``labels`` (indices into it) whose members span ≥ ``min_nights``."""
+    clustered = np.flatnonzero(labels >= 0)
+    if clustered.size == 0:
+        return []
+    lab = labels[clustered]
+    pairs = np.unique(np.stack([lab, night[clustered]], axis=1), axis=0)
+    n_nights = np.bincount(pairs[:, 0], minlength=lab.max() + 1)
+    keep = np.isin(lab, np.flatnonzero(n_nights >= min_nights))
+    clustered, lab = clustered[keep], lab[keep]
+    order = np.argsort(lab, kind="stable")
+    clustered, lab = clustered[order], lab[order]
+    return np.split(clustered, np.flatnonzero(np.diff(lab)) + 1) if clustered.size else []
+
+
 def link(sources: Any, options: LinkingOptions | None = None, *,
          ephemeris: PlanetaryEphemeris | None = None, progress: bool = False) -> Linkages:
     """Link detections (unassociated DiaSources) into candidate objects with orbits.
@@ -385,57 +431,22 @@ def link(sources: Any, options: LinkingOptions | None = None, *,
     i1, i2 = tracklets.first, tracklets.second
     candidates: dict[frozenset[int], tuple[float, float, np.ndarray]] = {}
     hypotheses = [(r, rd) for r in opts.r_grid for rd in opts.rdot_grid]
-    for r_hyp, rdot_hyp in progress_over(hypotheses, desc="link: hypotheses", enabled=progress,
-                                         unit="hypotheses"):
-        r1 = r_hyp + rdot_hyp * (t[i1] - t_ref)
-        r2 = r_hyp + rdot_hyp * (t[i2] - t_ref)
-        rho1 = _positions_at_distance(obs_helio[i1], u[i1], r1)
-        rho2 = _positions_at_distance(obs_helio[i2], u[i2], r2)
-        ok = np.isfinite(rho1) & np.isfinite(rho2)
-        if ok.sum() < opts.min_tracklets:
-            continue
-        k = np.flatnonzero(ok)
-        p1 = obs_helio[i1[k]] + rho1[k, None] * u[i1[k]]
-        p2 = obs_helio[i2[k]] + rho2[k, None] * u[i2[k]]
-        te1 = t[i1[k]] - rho1[k] / C_AU_PER_DAY
-        te2 = t[i2[k]] - rho2[k] / C_AU_PER_DAY
-        vel = (p2 - p1) / (te2 - te1)[:, None]
-        mid = 0.5 * (p1 + p2)
-        t_mid = 0.5 * (te1 + te2) + TT_MINUS_TAI_S / DAY_S
-        try:
-            pos_ref, vel_ref = propagate(mid, vel, t_ref_tt - t_mid)
-        except ArithmeticError:
-            continue
-        good = np.all(np.isfinite(pos_ref), axis=1) & np.all(np.isfinite(vel_ref), axis=1)
-        k, pos_ref, vel_ref = k[good], pos_ref[good], vel_ref[good]
-        if k.size < opts.min_tracklets:
-            continue
-        scale = float(np.median(np.linalg.norm(pos_ref - ref_obs_helio, axis=1)))
-        eps = opts.cluster_radius_au * max(scale, 0.1)
-        feats = np.concatenate([pos_ref, vel_ref * opts.velocity_scale_days], axis=1)
-        labels = dbscan(feats, eps, opts.min_tracklets)
-        clustered = np.flatnonzero(labels >= 0)
-        if clustered.size == 0:
-            continue
-        lab = labels[clustered]
-        # distinct nights per cluster, vectorised: unique (label, night) pairs
-        pairs = np.unique(np.stack([lab, tracklets.night[k[clustered]]], axis=1), axis=0)
-        n_nights = np.bincount(pairs[:, 0], minlength=lab.max() + 1)
-        good_labels = np.flatnonzero(n_nights >= opts.min_nights)
-        if good_labels.size == 0:
-            continue
-        keep = np.isin(lab, good_labels)
-        clustered, lab = clustered[keep], lab[keep]
-        order = np.argsort(lab, kind="stable")
-        clustered, lab = clustered[order], lab[order]
-        bounds = np.flatnonzero(np.diff(lab)) + 1
-        for sel in np.split(clustered, bounds):
-            members = k[sel]
-            key = frozenset(np.concatenate([i1[members], i2[members]]).tolist())
-            if key in candidates:
+    with progress_bar(total=len(hypotheses), desc="link: hypotheses", unit="hypotheses",
+                      enabled=progress) as bar:
+        for r_hyp, rdot_hyp in hypotheses:
+            bar.update(1)
+            states = _states_at_reference(r_hyp, rdot_hyp, t, u, obs_helio, i1, i2, t_ref)
+            if states is None or states[0].size < opts.min_tracklets:
                 continue
-            state = np.concatenate([pos_ref[sel].mean(axis=0), vel_ref[sel].mean(axis=0)])
-            candidates[key] = (r_hyp, rdot_hyp, state)
+            k, pos_ref, vel_ref = states
+            scale = float(np.median(np.linalg.norm(pos_ref - ref_obs_helio, axis=1)))
+            feats = np.concatenate([pos_ref, vel_ref * opts.velocity_scale_days], axis=1)
+            labels = dbscan(feats, opts.cluster_radius_au * max(scale, 0.1), opts.min_tracklets)
+            for sel in _clusters_on_enough_nights(labels, tracklets.night[k], opts.min_nights):
+                key = frozenset(np.concatenate([i1[k[sel]], i2[k[sel]]]).tolist())
+                if key not in candidates:
+                    state = np.concatenate([pos_ref[sel].mean(axis=0), vel_ref[sel].mean(axis=0)])
+                    candidates[key] = (r_hyp, rdot_hyp, state)
     n_candidates = len(candidates)
     if not candidates:
         return Linkages(empty.members, empty.source_ids, empty.orbits, empty.stats,
