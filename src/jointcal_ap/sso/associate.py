@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from jointcal_ap.simulate._geometry import unit_vector
+from jointcal_ap.sso._tables import as_table, float_column, require_columns
 from jointcal_ap.sso.constants import ICRS_TO_ECLIPTIC
 from jointcal_ap.sso.ephemeris import EPHEMERIS_COLUMNS, Ephemerides
 from jointcal_ap.sso.errors import SsoError
@@ -151,48 +153,18 @@ def ecliptic_galactic(ra_deg: Any, dec_deg: Any) -> dict[str, np.ndarray]:
     return {"eclLambda": ecl_lon, "eclBeta": ecl_lat, "galLon": gal_lon, "galLat": gal_lat}
 
 
-def _column(table: Any, name: str, n: int, default: float = np.nan) -> np.ndarray:
-    if name not in table.column_names:
-        return np.full(n, default)
-    col = table.column(name)
-    import pyarrow as pa
-
-    if pa.types.is_boolean(col.type):
-        return np.asarray(col.fill_null(False).to_numpy(zero_copy_only=False), bool)
-    return np.asarray(col.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False),
-                      float)
-
-
-def _as_table(data: Any, what: str) -> Any:
-    import pyarrow as pa
-
-    if isinstance(data, pa.Table):
-        return data
-    if hasattr(data, "colnames"):  # astropy
-        return pa.table({name: np.asarray(data[name]) for name in data.colnames})
-    if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # pandas
-        return pa.Table.from_pandas(data, preserve_index=False)
-    if isinstance(data, dict):
-        return pa.table(data)
-    raise SsoError(f"{what}: expected a table or a mapping of columns, got {type(data).__name__}")
-
-
 def _predictions(pred: Ephemerides | Any) -> Ephemerides:
     if isinstance(pred, Ephemerides):
         return pred
-    table = _as_table(pred, "predictions")
-    missing = [c for c in ("designation", "ssObjectId", "mjdTai", "ephRa", "ephDec")
-               if c not in table.column_names]
-    if missing:
-        raise SsoError(f"predictions: missing column(s) {missing}; expected the table of "
-                       f"`jointcal-ap sso predict` (Ephemerides.to_table())")
-    n = table.num_rows
-    cols = {name: _column(table, name, n) for name in EPHEMERIS_COLUMNS}
+    table = as_table(pred, "predictions")
+    require_columns(table, "predictions", ("designation", "ssObjectId", "mjdTai", "ephRa", "ephDec"),
+                    "the table of `jointcal-ap sso predict` (Ephemerides.to_table())")
+    cols = {name: float_column(table, name, np.nan) for name in EPHEMERIS_COLUMNS}
     if "ephUncertainty" in table.column_names:
-        cols["ephUncertainty"] = _column(table, "ephUncertainty", n)
+        cols["ephUncertainty"] = float_column(table, "ephUncertainty", np.nan)
     return Ephemerides(np.asarray(table.column("designation").to_pylist(), dtype=object),
                        np.asarray(table.column("ssObjectId").to_numpy(), np.int64),
-                       _column(table, "mjdTai", n), cols)
+                       float_column(table, "mjdTai", np.nan), cols)
 
 
 def associate_sso(dia_sources: Any, predictions: Ephemerides | Any, *,
@@ -229,40 +201,38 @@ def associate_sso(dia_sources: Any, predictions: Ephemerides | Any, *,
     from jointcal_ap.schemas import apdb_schema
 
     opts = options or AssociationOptions()
-    table = _as_table(dia_sources, "dia_sources")
-    missing = [c for c in _DIA_REQUIRED if c not in table.column_names]
-    if missing:
-        raise SsoError(f"dia_sources: missing column(s) {missing}; expected Rubin's DiaSource "
-                       f"columns")
+    table = as_table(dia_sources, "dia_sources")
+    require_columns(table, "dia_sources", _DIA_REQUIRED, "Rubin's DiaSource columns")
     pred = _predictions(predictions)
     n_src, n_obj = table.num_rows, len(pred)
     ids = np.asarray(table.column("diaSourceId").to_numpy(zero_copy_only=False), np.int64)
-    ra = _column(table, "ra", n_src)
-    dec = _column(table, "dec", n_src)
+    ra = float_column(table, "ra", np.nan)
+    dec = float_column(table, "dec", np.nan)
     bad = ~(np.isfinite(ra) & np.isfinite(dec))
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise SsoError(f"dia_sources: diaSourceId {ids[k]} (row {k}): ra/dec = "
                        f"({ra[k]}, {dec[k]}); expected finite degrees")
-    t_src = _column(table, "midpointMjdTai", n_src)
-    ra_err = _column(table, "raErr", n_src) * _ARCSEC
-    dec_err = _column(table, "decErr", n_src) * _ARCSEC
-    cov_rd = _column(table, "ra_dec_Cov", n_src, 0.0) * _ARCSEC**2
+    t_src = float_column(table, "midpointMjdTai", np.nan)
+    ra_err = float_column(table, "raErr", np.nan) * _ARCSEC
+    dec_err = float_column(table, "decErr", np.nan) * _ARCSEC
+    cov_rd = float_column(table, "ra_dec_Cov", 0.0) * _ARCSEC**2
     # a successful trailed fit: its centroid (the trail midpoint) and errors
-    trail_ra, trail_dec = _column(table, "trailRa", n_src), _column(table, "trailDec", n_src)
-    trail_flag = _column(table, "trail_flag", n_src, 0.0).astype(bool)
+    trail_ra = float_column(table, "trailRa", np.nan)
+    trail_dec = float_column(table, "trailDec", np.nan)
+    trail_flag = float_column(table, "trail_flag", 0.0).astype(bool)
     trail_ok = np.isfinite(trail_ra) & np.isfinite(trail_dec) & ~trail_flag
     ra = np.where(trail_ok, trail_ra, ra)
     dec = np.where(trail_ok, trail_dec, dec)
-    t_ra_err = _column(table, "trailRaErr", n_src) * _ARCSEC
-    t_dec_err = _column(table, "trailDecErr", n_src) * _ARCSEC
+    t_ra_err = float_column(table, "trailRaErr", np.nan) * _ARCSEC
+    t_dec_err = float_column(table, "trailDecErr", np.nan) * _ARCSEC
     ra_err = np.where(trail_ok & np.isfinite(t_ra_err), t_ra_err, ra_err)
     dec_err = np.where(trail_ok & np.isfinite(t_dec_err), t_dec_err, dec_err)
     cov_rd = np.where(trail_ok, 0.0, np.where(np.isfinite(cov_rd), cov_rd, 0.0))
     default = opts.default_source_sigma_arcsec
     ra_err = np.where(np.isfinite(ra_err) & (ra_err > 0), ra_err, default)
     dec_err = np.where(np.isfinite(dec_err) & (dec_err > 0), dec_err, default)
-    exptime = _column(table, "exposureTime", n_src, opts.exposure_time_s)
+    exptime = float_column(table, "exposureTime", opts.exposure_time_s)
     exptime = np.where(np.isfinite(exptime), exptime, opts.exposure_time_s)
 
     src_obj = np.full(n_src, -1, np.int64)
@@ -277,8 +247,8 @@ def associate_sso(dia_sources: Any, predictions: Ephemerides | Any, *,
             if eph_unc is not None else np.full(n_obj, opts.ephemeris_sigma_arcsec)
         rate_ra = np.nan_to_num(pred["ephRateRa"])  # deg/day, × cos δ
         rate_dec = np.nan_to_num(pred["ephRateDec"])
-        obj_vec = _unit(eph_ra, eph_dec)
-        src_vec = _unit(ra, dec)
+        obj_vec = unit_vector(eph_ra, eph_dec)
+        src_vec = unit_vector(ra, dec)
         # candidate pairs: separations below the cap plus the motion over the time offsets
         dt_max = np.nanmax(np.abs(t_src[:, None] - pred.mjd_tai[None, :1])) if n_obj else 0.0
         reach_deg = opts.max_distance_arcsec / _ARCSEC + np.nanmax(np.hypot(rate_ra, rate_dec)) \
@@ -346,12 +316,6 @@ def associate_sso(dia_sources: Any, predictions: Ephemerides | Any, *,
     return SsoAssociation(ss_sources=ss_sources, dia_sources=out,
                           unassociated=out.filter(pa.array(~matched)), matched=matched,
                           object_index=src_obj)
-
-
-def _unit(ra_deg: Any, dec_deg: Any) -> np.ndarray:
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    cd = np.cos(dec)
-    return np.stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)], axis=-1)
 
 
 def _tangent_offsets(ra, dec, ra0, dec0) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from jointcal_ap.sso._tables import as_table, float_column, require_columns
 from jointcal_ap.sso.errors import SsoError
 from jointcal_ap.sso.orbits import Orbits
 from jointcal_ap.sso.photometry import fit_hg12
@@ -66,31 +67,6 @@ def reduced_magnitudes(psf_flux: Any, psf_flux_err: Any, helio_range: Any, topo_
         mag_err = np.where(good, 2.5 / np.log(10.0) * err / np.where(good, flux, 1.0), np.nan)
         reduced = mag - 5.0 * np.log10(np.asarray(helio_range, float) * np.asarray(topo_range, float))
     return reduced, mag_err
-
-
-def _table(data: Any, name: str) -> Any:
-    import pyarrow as pa
-
-    if isinstance(data, pa.Table):
-        return data
-    if hasattr(data, "columns") and hasattr(data, "to_numpy"):
-        return pa.Table.from_pandas(data, preserve_index=False)
-    if isinstance(data, dict):
-        return pa.table(data)
-    raise SsoError(f"{name}: expected a table, got {type(data).__name__}")
-
-
-def _require(table: Any, name: str, columns: tuple[str, ...]) -> None:
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise SsoError(f"{name}: missing column(s) {missing}")
-
-
-def _floats(table: Any, name: str) -> np.ndarray:
-    import pyarrow as pa
-
-    return np.asarray(table.column(name).cast(pa.float64()).fill_null(np.nan)
-                      .to_numpy(zero_copy_only=False), float)
 
 
 def daily_products(ss_sources: Any, dia_sources: Any, *, orbits: Orbits | None = None,
@@ -140,11 +116,11 @@ def daily_products(ss_sources: Any, dia_sources: Any, *, orbits: Orbits | None =
 
     from jointcal_ap.schemas import apdb_schema
 
-    ss = _table(ss_sources, "ss_sources")
-    dia = _table(dia_sources, "dia_sources")
-    _require(ss, "ss_sources", ("diaSourceId", "ssObjectId", "helioRange", "topoRange",
+    ss = as_table(ss_sources, "ss_sources")
+    dia = as_table(dia_sources, "dia_sources")
+    require_columns(ss, "ss_sources", ("diaSourceId", "ssObjectId", "helioRange", "topoRange",
                                 "phaseAngle"))
-    _require(dia, "dia_sources", ("diaSourceId", "midpointMjdTai", "band", "psfFlux",
+    require_columns(dia, "dia_sources", ("diaSourceId", "midpointMjdTai", "band", "psfFlux",
                                   "psfFluxErr"))
     ss_dia = np.asarray(ss.column("diaSourceId").to_numpy(zero_copy_only=False), np.int64)
     dia_ids = np.asarray(dia.column("diaSourceId").to_numpy(zero_copy_only=False), np.int64)
@@ -160,12 +136,12 @@ def daily_products(ss_sources: Any, dia_sources: Any, *, orbits: Orbits | None =
     obj_ids = np.asarray(ss.column("ssObjectId").to_numpy(zero_copy_only=False), np.int64)
     uniq, obj = np.unique(obj_ids, return_inverse=True)
     n_obj = uniq.size
-    t = _floats(dia, "midpointMjdTai")[row]
+    t = float_column(dia, "midpointMjdTai", np.nan)[row]
     band = np.asarray(dia.column("band").cast(pa.string()).fill_null("").to_pylist(), dtype=object)[row]
-    reduced, mag_err = reduced_magnitudes(_floats(dia, "psfFlux")[row],
-                                          _floats(dia, "psfFluxErr")[row],
-                                          _floats(ss, "helioRange"), _floats(ss, "topoRange"))
-    alpha = _floats(ss, "phaseAngle")
+    reduced, mag_err = reduced_magnitudes(float_column(dia, "psfFlux", np.nan)[row],
+                                          float_column(dia, "psfFluxErr", np.nan)[row],
+                                          float_column(ss, "helioRange", np.nan), float_column(ss, "topoRange", np.nan))
+    alpha = float_column(ss, "phaseAngle", np.nan)
     out: dict[str, Any] = {"ssObjectId": uniq}
     n_obs = np.bincount(obj, minlength=n_obj)
     first = np.full(n_obj, np.inf)
@@ -181,7 +157,7 @@ def daily_products(ss_sources: Any, dia_sources: Any, *, orbits: Orbits | None =
         designation[obj] = names
         out["designation"] = pa.array(list(designation), pa.string())
     if "extendedness" in dia.column_names:
-        ext = _floats(dia, "extendedness")[row]
+        ext = float_column(dia, "extendedness", np.nan)[row]
         out.update(_group_stats(obj, ext, n_obj))
     for b in BANDS:
         sel = band == b

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from jointcal_ap.simulate._geometry import unit_vector
 from jointcal_ap.sso.ephemeris import Ephemerides, predict, predict_at
 from jointcal_ap.sso.observer import PlanetaryEphemeris, Site, observer_states, parse_site
 from jointcal_ap.sso.orbits import Orbits
@@ -56,18 +57,12 @@ _RATE_SAFETY = 1.5
 _SLACK_DEG = 0.05
 
 
-def _unit(ra_deg: Any, dec_deg: Any) -> np.ndarray:
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    cd = np.cos(dec)
-    return np.stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)], axis=-1)
-
-
 def region_cone(region: SkyRegion) -> tuple[float, float, float]:
     """A cone (ra, dec, radius in degrees) that contains the region."""
     if isinstance(region, SkyCircle):
         return region.ra, region.dec, region.radius
     if isinstance(region, SkyPolygon):
-        verts = _unit(*np.asarray(region.vertices, float).T)
+        verts = unit_vector(*np.asarray(region.vertices, float).T)
         centre = verts.sum(axis=0)
         centre /= np.linalg.norm(centre)
         radius = np.degrees(np.arccos(np.clip(verts @ centre, -1.0, 1.0)).max())
@@ -84,13 +79,13 @@ def in_region(ra_deg: Any, dec_deg: Any, region: SkyRegion, *, margin_deg: float
     circle, or less than ``margin_deg`` outside it (near corners this grows the polygon
     slightly more than a true buffer: a conservative superset).
     """
-    p = _unit(np.asarray(ra_deg, float), np.asarray(dec_deg, float))
+    p = unit_vector(np.asarray(ra_deg, float), np.asarray(dec_deg, float))
     if isinstance(region, SkyCircle):
-        c = _unit(region.ra, region.dec)
+        c = unit_vector(region.ra, region.dec)
         return p @ c >= math.cos(math.radians(min(region.radius + margin_deg, 180.0)))
     if not isinstance(region, SkyPolygon):
         raise TypeError(f"expected a SkyCircle or SkyPolygon, got {type(region).__name__}")
-    verts = _unit(*np.asarray(region.vertices, float).T)
+    verts = unit_vector(*np.asarray(region.vertices, float).T)
     centre = verts.sum(axis=0)
     normals = np.cross(verts, np.roll(verts, -1, axis=0))
     normals /= np.linalg.norm(normals, axis=1)[:, None]
@@ -146,7 +141,7 @@ class SkyIndex:
         eph = predict(orbits, mjd_tai, "geocenter", ephemeris=ephemeris)
         ra, dec, rate = eph["ephRa"], eph["ephDec"], eph["ephRate"]
         parallax = np.degrees(np.arcsin(np.clip(_EARTH_RADIUS_AU / eph["topoRange"], 0.0, 1.0)))
-        vec = _unit(ra, dec)
+        vec = unit_vector(ra, dec)
         bands = []
         for lo, hi in itertools.pairwise(_RATE_BANDS):
             idx = np.flatnonzero((rate >= lo) & (rate < hi))
@@ -162,7 +157,7 @@ class SkyIndex:
         """Indices (sorted) of the objects that can be inside ``region`` (grown by
         ``margin_deg``) at ``mjd_tai``; a superset, to be predicted exactly."""
         ra0, dec0, radius = region_cone(region)
-        centre = _unit(ra0, dec0)
+        centre = unit_vector(ra0, dec0)
         dt = abs(float(mjd_tai) - self.mjd_tai)
         found = []
         for idx, tree, max_rate, max_parallax in self.bands:
@@ -178,7 +173,7 @@ class SkyIndex:
             # each object's own bound
             own = radius + margin_deg + _RATE_SAFETY * self.rate[obj] * dt + self.parallax[obj] \
                 + _SLACK_DEG
-            cosd = _unit(self.ra[obj], self.dec[obj]) @ centre
+            cosd = unit_vector(self.ra[obj], self.dec[obj]) @ centre
             found.append(obj[cosd >= np.cos(np.radians(np.minimum(own, 180.0)))])
         return np.sort(np.concatenate(found)) if found else np.empty(0, np.int64)
 

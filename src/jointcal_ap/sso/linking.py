@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from jointcal_ap.progress import progress as progress_bar
+from jointcal_ap.simulate._geometry import unit_vector
+from jointcal_ap.sso._tables import as_table, float_column, require_columns
 from jointcal_ap.sso.constants import C_AU_PER_DAY, DAY_S, ICRS_TO_ECLIPTIC, TT_MINUS_TAI_S
 from jointcal_ap.sso.errors import SsoError
 from jointcal_ap.sso.kepler import propagate, state_to_cometary
@@ -160,19 +162,13 @@ class Tracklets:
         return int(self.first.shape[0])
 
 
-def _unit(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    cd = np.cos(dec)
-    return np.stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)], axis=-1)
-
-
 def make_tracklets(ra: np.ndarray, dec: np.ndarray, mjd_tai: np.ndarray, night: np.ndarray,
                    options: LinkingOptions) -> Tracklets:
     """All pairs of detections of one night that could be one moving object (see the
     module docstring)."""
     from scipy.spatial import cKDTree
 
-    vec = _unit(ra, dec)
+    vec = unit_vector(ra, dec)
     firsts, seconds = [], []
     max_dt = options.max_dt_h / 24.0
     min_dt = options.min_dt_min / 1440.0
@@ -315,18 +311,6 @@ class Linkages:
         return pa.table(data)
 
 
-def _column(table: Any, name: str, default: float | None = None) -> np.ndarray:
-    import pyarrow as pa
-
-    if name not in table.column_names:
-        if default is None:
-            raise SsoError(f"sources: missing column {name!r}; expected Rubin's DiaSource "
-                           f"columns (diaSourceId, ra, dec, midpointMjdTai)")
-        return np.full(table.num_rows, default)
-    return np.asarray(table.column(name).cast(pa.float64()).fill_null(np.nan)
-                      .to_numpy(zero_copy_only=False), float)
-
-
 def _states_at_reference(r_hyp: float, rdot_hyp: float, t: np.ndarray, u: np.ndarray,
                          obs_helio: np.ndarray, i1: np.ndarray, i2: np.ndarray,
                          t_ref: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -392,21 +376,19 @@ def link(sources: Any, options: LinkingOptions | None = None, *,
     -------
     Linkages
     """
-    import pyarrow as pa
-
     opts = options or LinkingOptions()
-    if not isinstance(sources, pa.Table):
-        sources = pa.table(sources) if isinstance(sources, dict) else pa.Table.from_pandas(sources)
-    if "diaSourceId" not in sources.column_names:
-        raise SsoError("sources: missing column 'diaSourceId'")
+    sources = as_table(sources, "sources")
+    require_columns(sources, "sources", ("diaSourceId", "ra", "dec", "midpointMjdTai"),
+                    "Rubin's DiaSource columns")
     ids = np.asarray(sources.column("diaSourceId").to_numpy(zero_copy_only=False), np.int64)
-    ra, dec, t = _column(sources, "ra"), _column(sources, "dec"), _column(sources, "midpointMjdTai")
+    ra, dec = float_column(sources, "ra"), float_column(sources, "dec")
+    t = float_column(sources, "midpointMjdTai")
     bad = ~(np.isfinite(ra) & np.isfinite(dec) & np.isfinite(t))
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise SsoError(f"sources: diaSourceId {ids[k]} (row {k}): ra, dec, midpointMjdTai = "
                        f"({ra[k]}, {dec[k]}, {t[k]}); expected finite values")
-    sigma = np.hypot(_column(sources, "raErr", np.nan), _column(sources, "decErr", np.nan)) \
+    sigma = np.hypot(float_column(sources, "raErr", np.nan), float_column(sources, "decErr", np.nan)) \
         / math.sqrt(2.0) * 3600.0
     sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, opts.default_sigma_arcsec)
     site = parse_site(opts.site)
@@ -425,7 +407,7 @@ def link(sources: Any, options: LinkingOptions | None = None, *,
     times, inverse = np.unique(t, return_inverse=True)
     obs_all = observer_states(site, times, ephemeris)
     obs_helio = (obs_all.position - obs_all.sun_position)[inverse]
-    u = _unit(ra, dec)
+    u = unit_vector(ra, dec)
     ref_obs = observer_states(site, np.array([t_ref]), ephemeris)
     ref_obs_helio = (ref_obs.position - ref_obs.sun_position)[0]
     i1, i2 = tracklets.first, tracklets.second

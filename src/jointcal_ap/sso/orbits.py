@@ -219,12 +219,7 @@ class Orbits:
                              f"one row per object")
 
         def bad(mask: np.ndarray, problem: str, expected: str) -> None:
-            if mask.any():
-                rows = np.flatnonzero(mask)
-                row = int(rows[0])
-                more = f" ({rows.size - 1} more row(s) like it)" if rows.size > 1 else ""
-                raise OrbitError(f"{where}: object {designation[row]!r} (row {row}): "
-                                 f"{problem}; expected {expected}{more}")
+            _check_each(mask, None, designation, where, problem, expected)
 
         def number(name: str, required: bool = True) -> np.ndarray:
             if name not in cols:
@@ -296,14 +291,16 @@ _ARRAY_FIELDS = ("designation", "ss_object_id", "q", "e", "inc", "node", "argper
                  "epoch", "h", "g")
 
 
-def _check_each(mask: np.ndarray, values: np.ndarray, designation: np.ndarray, where: str,
-                problem: str, expected: str) -> None:
+def _check_each(mask: np.ndarray, values: np.ndarray | None, designation: np.ndarray,
+                where: str, problem: str, expected: str) -> None:
+    """OrbitError naming the first masked row (``{v}`` in ``problem``: its value)."""
     if mask.any():
         rows = np.flatnonzero(mask)
         row = int(rows[0])
         more = f" ({rows.size - 1} more row(s) like it)" if rows.size > 1 else ""
         raise OrbitError(f"{where}: object {designation[row]!r} (row {row}): "
-                         f"{problem.format(v=_fmt(values[row]))}; expected {expected}{more}")
+                         f"{problem if values is None else problem.format(v=_fmt(values[row]))}; "
+                         f"expected {expected}{more}")
 
 
 def _fmt(v: float) -> str:

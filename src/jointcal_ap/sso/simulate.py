@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from jointcal_ap.simulate._geometry import angular_separation_deg, unit_vector
+from jointcal_ap.simulate.sky import _uniform_in_cap
 from jointcal_ap.sso.constants import C_AU_PER_DAY, ECLIPTIC_TO_ICRS, GM_SUN, ICRS_TO_ECLIPTIC
 from jointcal_ap.sso.ephemeris import predict_at
 from jointcal_ap.sso.kepler import state_to_cometary
@@ -88,15 +90,7 @@ def orbits_in_field(n: int, *, ra: float, dec: float, radius_deg: float, mjd_tai
     o_p = obs.position[0]
     s_p = obs.sun_position[0]
     # directions uniform in the cone
-    cosr = math.cos(math.radians(radius_deg))
-    mu_ = rng.uniform(cosr, 1.0, n)
-    phi = rng.uniform(0.0, 2.0 * math.pi, n)
-    local = np.stack([np.sqrt(1 - mu_**2) * np.cos(phi), np.sqrt(1 - mu_**2) * np.sin(phi), mu_], 1)
-    ra0, dec0 = math.radians(ra), math.radians(dec)
-    ez = np.array([math.cos(dec0) * math.cos(ra0), math.cos(dec0) * math.sin(ra0), math.sin(dec0)])
-    ex = np.array([-math.sin(ra0), math.cos(ra0), 0.0])
-    ey = np.cross(ez, ex)
-    u = local[:, :1] * ex + local[:, 1:2] * ey + local[:, 2:] * ez
+    u = unit_vector(*_uniform_in_cap(rng, n, ra, dec, radius_deg))
     # distance from the Sun → distance along the line of sight (far root)
     r = rng.uniform(r_lo, r_hi, n)
     rel = o_p - s_p  # observer relative to the Sun
@@ -266,7 +260,7 @@ def simulate_detections(orbits: Orbits | Any, visits: Sequence[SimVisit], *, see
         cos_dec = np.cos(np.radians(eph["ephDec"]))
         true_ra = eph["ephRa"] + offsets[:, 0] / np.maximum(cos_dec, 1e-9)
         true_dec = eph["ephDec"] + offsets[:, 1]
-        inside = _separation_deg(true_ra, true_dec, visit.ra, visit.dec) <= visit.radius_deg
+        inside = angular_separation_deg(true_ra, true_dec, visit.ra, visit.dec) <= visit.radius_deg
         idx = np.flatnonzero(inside)
         f5 = _flux_njy(np.array(visit.m5))
         sigma_f = f5 / 5.0
@@ -308,7 +302,7 @@ def simulate_detections(orbits: Orbits | Any, visits: Sequence[SimVisit], *, see
         area = 2.0 * math.pi * (1.0 - math.cos(math.radians(visit.radius_deg))) * (180 / math.pi) ** 2
         n_noise = int(rng.poisson(noise_per_deg2 * area)) if noise_per_deg2 > 0 else 0
         if n_noise:
-            nra, ndec = _uniform_in_cone(rng, visit.ra, visit.dec, visit.radius_deg, n_noise)
+            nra, ndec = _uniform_in_cap(rng, n_noise, visit.ra, visit.dec, visit.radius_deg)
             snr = snr_min + rng.exponential(1.0, n_noise)
             sig = np.hypot(visit.fwhm_arcsec / (2.35 * snr), 0.010) / 3600.0
             rows["ra"] += list(nra)
@@ -346,28 +340,3 @@ def simulate_detections(orbits: Orbits | Any, visits: Sequence[SimVisit], *, see
                  "truth_phaseAngle"):
         out[name] = np.asarray(rows[name], float)
     return pa.table(out)
-
-
-def _separation_deg(ra, dec, ra0, dec0) -> np.ndarray:
-    ra, dec = np.radians(ra), np.radians(dec)
-    ra0, dec0 = math.radians(ra0), math.radians(dec0)
-    c = np.sin(dec) * math.sin(dec0) + np.cos(dec) * math.cos(dec0) * np.cos(ra - ra0)
-    return np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
-
-
-def _uniform_in_cone(rng: np.random.Generator, ra: float, dec: float, radius: float,
-                     n: int) -> tuple[np.ndarray, np.ndarray]:
-    cosr = math.cos(math.radians(radius))
-    mu_ = rng.uniform(cosr, 1.0, n)
-    phi = rng.uniform(0.0, 2.0 * math.pi, n)
-    x = np.sqrt(1 - mu_**2) * np.cos(phi)
-    y = np.sqrt(1 - mu_**2) * np.sin(phi)
-    ra0, dec0 = math.radians(ra), math.radians(dec)
-    ez = np.array([math.cos(dec0) * math.cos(ra0), math.cos(dec0) * math.sin(ra0), math.sin(dec0)])
-    ex = np.array([-math.sin(ra0), math.cos(ra0), 0.0])
-    ey = np.cross(ez, ex)
-    v = x[:, None] * ex + y[:, None] * ey + mu_[:, None] * ez
-    return (np.degrees(np.arctan2(v[:, 1], v[:, 0])) % 360.0,
-            np.degrees(np.arcsin(np.clip(v[:, 2], -1, 1))))
-
-
