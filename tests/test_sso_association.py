@@ -95,19 +95,32 @@ def test_sssource_columns_agree_with_the_truth(field_survey):
     assert 0.2 < np.median(offsets) < 1.5  # the 0.5″ orbit errors
 
 
-def test_sssource_rows_fit_the_alert_schema(field_survey):
-    """The owner's alert wiring puts SSSource rows in ``ssSource``: they must validate."""
+def test_alerts_of_associated_sources_carry_their_sssource(field_survey):
+    """SSSource rows go into the alert packets' ``ssSource`` (jointcal_ap.alerts), and the
+    packets validate against Rubin's alert schema."""
     import fastavro
+
+    from jointcal_ap.alerts.packets import build_alert_batch
+    from jointcal_ap.alerts.simulate import random_record_table
 
     orbits, det = field_survey
     result = associate_sso(det, predict(orbits, T_VISIT, "rubin"))
-    schema = alert_schema()
-    record = next(f for f in schema.definition["fields"] if f["name"] == "ssSource")["type"]
-    record = record[1] if isinstance(record, list) else record
-    parsed = fastavro.parse_schema(record)
-    for row in result.ss_sources.to_pylist()[:20]:
-        values = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
-        assert fastavro.validation.validate(values, parsed, raise_errors=True)
+    rows = (np.flatnonzero(result.matched)[:15].tolist()
+            + np.flatnonzero(~result.matched)[:5].tolist())
+    chosen = result.dia_sources.take(pa.array(rows))
+    # our columns where we have them, random values for the rest of the diaSource record
+    ours = {name: chosen.column(name).combine_chunks()
+            for name in ("diaSourceId", "ra", "dec", "midpointMjdTai", "ssObjectId")}
+    dia = random_record_table("diaSource", len(rows), np.random.default_rng(1), **ours,
+                              diaObjectId=pa.nulls(len(rows), pa.int64()))
+    batch = build_alert_batch(dia, ss_sources=result.ss_sources)
+    for k, alert in enumerate(batch.records()):
+        assert fastavro.validation.validate(alert, alert_schema().parsed, raise_errors=True)
+        if k < 15:
+            assert alert["ssSource"]["ssObjectId"] == alert["diaSource"]["ssObjectId"]
+            assert alert["ssSource"]["diaSourceId"] == alert["diaSourceId"]
+        else:
+            assert alert["ssSource"] is None and alert["diaSource"]["ssObjectId"] is None
 
 
 def test_one_to_one_and_trails():
