@@ -109,6 +109,7 @@ def footprint_benchmark(n: int) -> dict:
     from jointcal_ap.sso.footprint import SkyIndex, in_region, objects_in_region
     from jointcal_ap.sso.mock import mock_orbits
     from jointcal_ap.sso.orbits import Orbits
+    from jointcal_ap.sso.simulate import opposition
     from jointcal_ap.stages.interfaces import SkyPolygon
 
     orbits = Orbits.from_table(mock_orbits(n, seed=SEED, epoch_mjd=EPOCH))
@@ -116,11 +117,9 @@ def footprint_benchmark(n: int) -> dict:
     with _Other() as other:
         res["build_s"], index = _timed(lambda: SkyIndex.build(orbits, T_VISIT - 0.2))
     res["build_other_cores"] = other.cores
-    # the field: the densest place near the ecliptic at the visit time
+    # the field: on the ecliptic at opposition at the visit time (where asteroids are dense)
     full = predict(orbits, T_VISIT, "rubin")
-    lon = np.floor(full["ephRa"][np.abs(full["ephDec"]) < 5] / 3.5)
-    centre_ra = (np.bincount(lon.astype(int)).argmax() + 0.5) * 3.5
-    centre_dec = float(np.median(full["ephDec"][np.abs(full["ephRa"] - centre_ra) < 2]))
+    centre_ra, centre_dec = opposition(T_VISIT)
     # 189 detectors of 0.2276° (4096 px × 0.2″): a 15 × 15 grid without 3 × 3 corners
     side = 4096 * 0.2 / 3600
     regions = []
@@ -208,8 +207,8 @@ def render(pred: dict, acc: dict, foot: dict, pert: dict, load: tuple, cmd: str)
         "",
         f"**Footprint index**: `SkyIndex.build` of the {foot['n']:,}-object catalog (geocentric, "
         f"0.2 d before the visit) {foot['build_s']:.2f} s; then, for a focal plane of "
-        f"{foot['detectors']} detectors of 0.228° around (RA, Dec) = ({foot['centre'][0]:.1f}, "
-        f"{foot['centre'][1]:.1f}), `objects_in_region` for every detector (candidates from the "
+        f"{foot['detectors']} detectors of 0.228° around the opposition point (RA, Dec) = "
+        f"({foot['centre'][0]:.1f}, {foot['centre'][1]:.1f}), `objects_in_region` for every detector (candidates from the "
         f"index, exact prediction, polygon test with a 0.01° margin) {foot['query_s']:.2f} s in "
         f"total; {foot['found']:,} object–detector matches, the same as testing every object "
         f"({foot['truth']:,}).",

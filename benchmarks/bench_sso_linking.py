@@ -35,31 +35,19 @@ EPOCH = 60600.0  # MJD TT of the mock elements
 START = 60593.15  # MJD TAI of the first visit (evening twilight in Chile, 2024 Oct)
 
 
-def _opposition(mjd_tai: float) -> tuple[float, float]:
-    """RA, Dec of the point on the ecliptic opposite the Sun (geocentric) at ``mjd_tai``."""
-    from jointcal_ap.sso.constants import ECLIPTIC_TO_ICRS, ICRS_TO_ECLIPTIC
-    from jointcal_ap.sso.observer import observer_states
-
-    obs = observer_states("geocenter", [mjd_tai])
-    anti = (obs.position - obs.sun_position)[0] @ ICRS_TO_ECLIPTIC.T
-    anti[2] = 0.0
-    vec = ECLIPTIC_TO_ICRS @ (anti / np.linalg.norm(anti))
-    return float(np.degrees(np.arctan2(vec[1], vec[0])) % 360.0), float(np.degrees(np.arcsin(vec[2])))
-
-
 def run(catalog: int, noise: float, nights: int) -> dict:
     from jointcal_ap.sso.ephemeris import predict
     from jointcal_ap.sso.footprint import in_region
     from jointcal_ap.sso.linking import LinkingOptions, evaluate_linkages, link, night_of
     from jointcal_ap.sso.mock import mock_orbits
     from jointcal_ap.sso.orbits import Orbits
-    from jointcal_ap.sso.simulate import simulate_detections, survey_visits
+    from jointcal_ap.sso.simulate import opposition, simulate_detections, survey_visits
     from jointcal_ap.stages.interfaces import SkyCircle
 
     res: dict = {"catalog": catalog, "noise": noise, "nights": nights}
     t0 = time.perf_counter()
     mid = START + nights / 2
-    field = _opposition(mid)
+    field = opposition(mid)
     res["field"] = field
     table = mock_orbits(catalog, seed=SEED, epoch_mjd=EPOCH)
     orbits = Orbits.from_table(table)

@@ -37,6 +37,7 @@ from jointcal_ap.sso.photometry import hg12_magnitude
 __all__ = [
     "BAND_COLOURS",
     "SimVisit",
+    "opposition",
     "orbits_in_field",
     "simulate_detections",
     "survey_visits",
@@ -53,6 +54,22 @@ _POPULATIONS = {
     "neo": ((0.8, 1.6), (0.1, 0.6), 12.0, (18.0, 23.0)),
     "tno": ((38.0, 46.0), (0.0, 0.15), 8.0, (5.0, 8.0)),
 }
+
+
+def opposition(mjd_tai: float, *, ephemeris: PlanetaryEphemeris | None = None
+               ) -> tuple[float, float]:
+    """RA, Dec (degrees) of the point of the ecliptic opposite the Sun, seen from the
+    geocentre at ``mjd_tai``: where asteroids are densest and brightest.
+
+    >>> ra, dec = opposition(60310.0)   # 2024 Jan 1: opposition in Gemini
+    >>> round(ra), round(dec)
+    (101, 23)
+    """
+    obs = observer_states("geocenter", np.array([float(mjd_tai)]), ephemeris)
+    anti = (obs.position - obs.sun_position)[0] @ ICRS_TO_ECLIPTIC.T
+    anti[2] = 0.0
+    vec = ECLIPTIC_TO_ICRS @ (anti / np.linalg.norm(anti))
+    return float(np.degrees(np.arctan2(vec[1], vec[0])) % 360.0), float(np.degrees(np.arcsin(vec[2])))
 
 
 def orbits_in_field(n: int, *, ra: float, dec: float, radius_deg: float, mjd_tai: float,
