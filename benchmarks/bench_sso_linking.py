@@ -113,7 +113,7 @@ def render(r: dict, load: tuple, cmd: str) -> str:
         "",
         f"Linker (default options): tracklets of {o.min_dt_min:g} min – {o.max_dt_h:g} h at "
         f"{o.min_rate}–{o.max_rate} deg/day; {len(o.r_grid)} × {len(o.rdot_grid)} (r, ṙ) "
-        f"hypotheses (r = {min(o.r_grid)}–{max(o.r_grid)} au); DBSCAN radius "
+        f"hypotheses (r = {', '.join(f'{r:g}' for r in o.r_grid)} au); DBSCAN radius "
         f"{o.cluster_radius_au} au per au from the observer, τ = {o.velocity_scale_days} d; "
         f"≥ {o.min_tracklets} tracklets on ≥ {o.min_nights} nights; orbit RMS ≤ "
         f"{o.max_rms_arcsec}″.",
@@ -131,9 +131,9 @@ def render(r: dict, load: tuple, cmd: str) -> str:
         f"| median RMS of the fitted orbits | {r['median_rms']:.3f}″ |",
         f"| linking time | {r['link_s']:.1f} s |",
         "",
-        "The default hypotheses cover r = 1.6–4 au and rates 0.05–2 °/day: main-belt objects. "
-        "NEOs closer than 1.6 au, or faster, need a wider grid (`--r-range`, `--max-rate`); TNOs "
-        "move slower than the minimum rate and are not linked by these defaults.",
+        "The default hypotheses cover the main belt (r = 1.6–4 au by 0.1) and the Kuiper belt "
+        "(30–50 au by 5) at rates of 0.005–2 °/day; NEOs closer than 1.6 au, or faster, need "
+        "a wider grid (`LinkingOptions.r_grid`, `--r-range`, `--max-rate`).",
     ])
 
 

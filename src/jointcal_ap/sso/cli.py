@@ -91,8 +91,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                      help="detections: diaSourceId, ra, dec, midpointMjdTai (raErr, decErr)")
     lnk.add_argument("--out", required=True, metavar="LINKS.parquet", help="output file")
     lnk.add_argument("--site", default="rubin", help="observatory (default rubin)")
-    lnk.add_argument("--r-range", default="1.6,4.0,0.1", metavar="MIN,MAX,STEP",
-                     help="heliocentric distance hypotheses, au (default 1.6,4.0,0.1)")
+    lnk.add_argument("--r-range", default=None, metavar="MIN,MAX,STEP",
+                     help="heliocentric distance hypotheses, au (default: 1.6 to 4.0 by "
+                          "0.1 and 30 to 50 by 5)")
     lnk.add_argument("--rdot", default="-0.003,-0.0015,0,0.0015,0.003", metavar="V,...",
                      help="radial-rate hypotheses, au/day")
     lnk.add_argument("--cluster-radius", type=float, default=0.0005, metavar="AU",
@@ -239,15 +240,18 @@ def _link(args: argparse.Namespace) -> int:
     from jointcal_ap.sso.linking import LinkingOptions, link
     from jointcal_ap.sso.observer import parse_site
 
-    r_min, r_max, r_step = _floats(args.r_range, "--r-range", 3)
-    if not 0 < r_min <= r_max or r_step <= 0:
-        raise UsageError(f"--r-range {args.r_range}: expected 0 < MIN <= MAX and STEP > 0")
+    grid: dict[str, Any] = {}
+    if args.r_range is not None:
+        r_min, r_max, r_step = _floats(args.r_range, "--r-range", 3)
+        if not 0 < r_min <= r_max or r_step <= 0:
+            raise UsageError(f"--r-range {args.r_range}: expected 0 < MIN <= MAX and STEP > 0")
+        grid["r_grid"] = tuple(np.round(np.arange(r_min, r_max + r_step / 2, r_step), 6))
     try:
         parse_site(args.site)
         options = LinkingOptions(
-            site=args.site, r_grid=tuple(np.round(np.arange(r_min, r_max + r_step / 2, r_step), 6)),
-            rdot_grid=tuple(_floats(args.rdot, "--rdot")), cluster_radius_au=args.cluster_radius,
-            max_rate=args.max_rate, min_nights=args.min_nights, max_rms_arcsec=args.max_rms)
+            site=args.site, rdot_grid=tuple(_floats(args.rdot, "--rdot")),
+            cluster_radius_au=args.cluster_radius, max_rate=args.max_rate,
+            min_nights=args.min_nights, max_rms_arcsec=args.max_rms, **grid)
     except (ValueError, SiteError) as exc:
         raise UsageError(str(exc)) from None
     sources = pq.read_table(args.sources)

@@ -65,7 +65,9 @@ LINK_COLUMNS = ("linkageId", "designation", "diaSourceIds", "nObs", "nTracklets"
 
 
 def _default_r() -> tuple[float, ...]:
-    return tuple(np.round(np.arange(1.6, 4.01, 0.1), 3))
+    # the main belt by 0.1 au, and the Kuiper belt by 5 au (TNOs barely move in two weeks:
+    # a coarse grid suffices there)
+    return (*np.round(np.arange(1.6, 4.01, 0.1), 3).tolist(), 30.0, 35.0, 40.0, 45.0, 50.0)
 
 
 def _default_rdot() -> tuple[float, ...]:
@@ -83,10 +85,10 @@ class LinkingOptions:
     min_dt_min, max_dt_h : float
         Time between a tracklet's detections: at least minutes, at most hours.
     min_rate, max_rate : float
-        Apparent rate of a tracklet, deg/day (default 0.05–2.0: main-belt objects and
-        slow NEOs; TNOs move slower).
+        Apparent rate of a tracklet, deg/day (default 0.005–2.0: from TNOs to slow NEOs).
     r_grid : tuple of float
-        Heliocentric distances of the hypotheses, au (default 1.6–4.0 by 0.1).
+        Heliocentric distances of the hypotheses, au (default 1.6–4.0 by 0.1, and 30–50
+        by 5).
     rdot_grid : tuple of float
         Heliocentric radial rates of the hypotheses, au/day (default ±0.003, ±0.0015, 0).
     reference_mjd : float or None
@@ -106,7 +108,7 @@ class LinkingOptions:
     site: str = "rubin"
     min_dt_min: float = 5.0
     max_dt_h: float = 2.0
-    min_rate: float = 0.05
+    min_rate: float = 0.005
     max_rate: float = 2.0
     r_grid: tuple[float, ...] = field(default_factory=_default_r)
     rdot_grid: tuple[float, ...] = field(default_factory=_default_rdot)
