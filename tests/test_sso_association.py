@@ -161,6 +161,10 @@ def test_bad_association_input():
     empty = associate_sso({"diaSourceId": np.array([], np.int64), "ra": np.array([]),
                            "dec": np.array([]), "midpointMjdTai": np.array([])}, pred)
     assert empty.ss_sources.num_rows == 0 and empty.unassociated.num_rows == 0
+    # no object predicted on the detector: every source goes on to DiaObject association
+    nothing = associate_sso({"diaSourceId": [1, 2], "ra": [1.0, 2.0], "dec": [0.0, 0.0],
+                             "midpointMjdTai": [T_VISIT] * 2}, pred.take(np.array([], int)))
+    assert nothing.unassociated.num_rows == 2 and nothing.ss_sources.num_rows == 0
 
 
 def test_footprint_index_finds_every_object_in_a_detector():

@@ -307,8 +307,9 @@ def associate_sso(dia_sources: Any, predictions: Ephemerides | Any, *,
     ss_rows = _ss_source_rows(table, pred, ids, ra, dec, t_src, src_obj, rank, matched)
     ss_schema = apdb_schema()["SSSource"]
     ss_sources = ss_schema.conform(ss_rows, where="associate_sso")
-    ss_col = pa.array(np.where(matched, pred.ss_object_id[np.maximum(src_obj, 0)], 0),
-                      pa.int64(), mask=~matched)
+    obj_ids = np.zeros(n_src, np.int64)
+    obj_ids[matched] = pred.ss_object_id[src_obj[matched]]
+    ss_col = pa.array(obj_ids, pa.int64(), mask=~matched)
     if "ssObjectId" in table.column_names:
         out = table.set_column(table.column_names.index("ssObjectId"), "ssObjectId", ss_col)
     else:
