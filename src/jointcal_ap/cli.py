@@ -34,6 +34,7 @@ EXAMPLES_REFCAT = textwrap.dedent("""\
 #: :mod:`jointcal_ap.cliutil`). One line per family.
 COMMAND_FAMILIES: tuple[str, ...] = (
     "jointcal_ap.stages.cli",
+    "jointcal_ap.diffim.cli",
 )
 
 

@@ -65,7 +65,8 @@ def mesh_background(image: np.ndarray, usable: np.ndarray | None = None, *, mesh
             sig = 1.4826 * np.nanmedian(np.abs(data - med[:, None]), axis=1)
             clipped = np.where(np.abs(data - med[:, None]) <= 3.0 * sig[:, None], data, np.nan)
             med = np.nanmedian(clipped, axis=1)
-            sig = 1.4826 * np.nanmedian(np.abs(clipped - med[:, None]), axis=1) / 0.9  # 3σ-clip bias
+            # the MAD of a 3σ-clipped normal is 0.9966 of the unclipped one
+            sig = 1.4826 / 0.9966 * np.nanmedian(np.abs(clipped - med[:, None]), axis=1)
     n_good = np.sum(np.isfinite(clipped), axis=1)
     bad = (n_good < 0.1 * data.shape[1]) | ~np.isfinite(med) | ~np.isfinite(sig)
     if np.all(bad):
@@ -128,7 +129,8 @@ class Stars:
     @property
     def fwhm(self) -> np.ndarray:
         """Gaussian-equivalent FWHM from the windowed moments, corrected for the window."""
-        return np.sqrt(0.5 * (self.ixx + self.iyy)) * 2.3548200450309493
+        m = 0.5 * (self.ixx + self.iyy)
+        return np.sqrt(np.where(m > 0, m, np.nan)) * 2.3548200450309493
 
 
 def _box3(a: np.ndarray) -> np.ndarray:

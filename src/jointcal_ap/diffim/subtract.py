@@ -128,6 +128,7 @@ class _Prepared:
     stars: Stars                    # all peaks ≥ 5σ
     psf: PsfModel
     fwhm: float
+    background: GridField           # mesh background
 
 
 def _check(p: ImagePlanes, role: str) -> None:
@@ -172,7 +173,7 @@ def _prepare(p: ImagePlanes, role: str, saturation: float | None, star_snr: floa
             raise DiffimError(f"{where}: no PSF model and none could be fitted: {exc}") from None
     ny, nx = p.shape
     fwhm = float(psf.fwhm(0.5 * (nx + 1), 0.5 * (ny + 1)))
-    return _Prepared(p, bad, filled, var_filled, stars, psf, fwhm)
+    return _Prepared(p, bad, filled, var_filled, stars, psf, fwhm, bkg)
 
 
 def _kernel_stars(template: _Prepared, science: _Prepared, snr: float, max_stamps: int, cell_px: int
