@@ -15,9 +15,11 @@ Kernels known on a grid of cells (decorrelation, ZOGY) are brought to it by
 :meth:`VaryingKernel.from_grid`: the mean kernel plus the few principal components that
 reproduce every cell's kernel to a relative tolerance, with bilinearly interpolated weights.
 
-Border: the FFTs are circular over the next fast length ≥ the image size, so the outer
-``half_size`` pixels of the result are not a valid convolution; callers mask them ``EDGE``.
-Non-finite input pixels are treated as 0 (callers mask them and grow the mask).
+The FFTs are done in overlapping blocks (overlap-save, :func:`block_spectrum`): small
+transforms, cache-friendly, and the kernels' spectra are only block-sized. Outside the image
+the input counts as 0, so the outer ``half_size`` pixels of the result are not a full
+convolution; callers mask them ``EDGE``. Non-finite input pixels count as 0 (callers mask
+them and grow the mask).
 
 >>> import numpy as np
 >>> from jointcal_ap.diffim.convolve import VaryingKernel, convolve
@@ -38,7 +40,7 @@ import scipy.fft as sfft
 
 from jointcal_ap.diffim.fields import Field, GridField
 
-__all__ = ["VaryingKernel", "convolve", "fft_workers", "kernel_fft", "padded_shape"]
+__all__ = ["BlockSpectrum", "VaryingKernel", "block_spectrum", "convolve", "fft_workers", "kernel_fft"]
 
 
 def fft_workers() -> int:
@@ -49,11 +51,6 @@ def fft_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def padded_shape(shape: tuple[int, int]) -> tuple[int, int]:
-    """The FFT shape used for an image: the next fast (real) length of each axis."""
-    return (sfft.next_fast_len(int(shape[0]), real=True), sfft.next_fast_len(int(shape[1]), real=True))
 
 
 def kernel_fft(kernel: np.ndarray, fshape: tuple[int, int], *, workers: int | None = None) -> np.ndarray:
@@ -177,32 +174,79 @@ class VaryingKernel:
                                        rtol=rtol)
 
 
-def convolve(image: np.ndarray, kernel: VaryingKernel, *, workers: int | None = None,
-             image_fft: np.ndarray | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class BlockSpectrum:
+    """The image cut into overlapping blocks and Fourier transformed (overlap-save).
+
+    Blocks of ``step`` pixels are read with a margin of ``half`` pixels on each side
+    (``size = step + 2·half``, a fast FFT length); each block's valid convolution by a
+    kernel of half-size ≤ ``half`` is its central ``step × step`` part. Outside the image the
+    blocks hold zeros. One forward FFT of all blocks serves every kernel component.
+    """
+
+    spectrum: np.ndarray          # (n_blocks, size, size // 2 + 1) complex64
+    shape: tuple[int, int]
+    half: int
+    size: int
+    step: int
+    grid: tuple[int, int]         # blocks along y and x
+
+
+def block_spectrum(image: np.ndarray, half: int, *, block: int = 512, workers: int | None = None
+                   ) -> BlockSpectrum:
+    """:class:`BlockSpectrum` of an image (non-finite pixels count as 0)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    workers = workers or fft_workers()
+    img = np.asarray(image, np.float32)
+    ny, nx = img.shape
+    size = sfft.next_fast_len(min(block, max(ny, nx)) + 2 * half, real=True)
+    step = size - 2 * half
+    gy, gx = -(-ny // step), -(-nx // step)
+    padded = np.zeros((gy * step + 2 * half, gx * step + 2 * half), np.float32)
+    padded[half:half + ny, half:half + nx] = img
+    if not np.all(np.isfinite(img)):
+        np.nan_to_num(padded, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    blocks = sliding_window_view(padded, (size, size))[::step, ::step].reshape(gy * gx, size, size)
+    spec = sfft.rfft2(blocks, workers=workers)
+    return BlockSpectrum(spec, (ny, nx), half, size, step, (gy, gx))
+
+
+def convolve(image: np.ndarray | None, kernel: VaryingKernel, *, workers: int | None = None,
+             spectrum: BlockSpectrum | None = None, block: int = 512) -> np.ndarray:
     """``image ⊗ kernel`` (float32, same shape), the kernel taken at each output pixel.
 
     Parameters
     ----------
-    image : ndarray (ny, nx)
-        Non-finite pixels count as 0.
+    image : ndarray (ny, nx) or None
+        Non-finite pixels count as 0. May be None when ``spectrum`` is given.
     kernel : VaryingKernel
     workers : int, optional
         scipy.fft threads (default: the CPUs available).
-    image_fft : ndarray, optional
-        ``rfft2`` of the image over :func:`padded_shape` (to share one forward FFT between
-        several convolutions of the same image).
+    spectrum : BlockSpectrum, optional
+        :func:`block_spectrum` of the image (to share one forward FFT between several
+        kernels); its ``half`` must be at least the kernel's.
+    block : int
+        Block size of the overlap-save FFTs (default 512).
 
-    The outer ``kernel.half_size`` pixels are not a valid convolution (see the module notes).
+    Outside the image the input counts as 0; the outer ``kernel.half_size`` pixels are
+    therefore not a full convolution (callers mask them).
     """
     workers = workers or fft_workers()
-    ny, nx = image.shape
-    fshape = padded_shape((ny, nx))
-    if image_fft is None:
-        image_fft = image_rfft(image, workers=workers)
+    if spectrum is None:
+        spectrum = block_spectrum(image, kernel.half_size, block=block, workers=workers)
+    if spectrum.half < kernel.half_size:
+        raise ValueError(f"the spectrum's margin ({spectrum.half}) is smaller than the kernel's half-size "
+                         f"({kernel.half_size})")
+    ny, nx = spectrum.shape
+    gy, gx = spectrum.grid
+    size, step, half = spectrum.size, spectrum.step, spectrum.half
     out = np.zeros((ny, nx), np.float32)
     for comp, field in zip(kernel.components, kernel.fields, strict=True):
-        khat = kernel_fft(comp.astype(np.float32), fshape, workers=workers)
-        conv = sfft.irfft2(image_fft * khat, s=fshape, workers=workers)[:ny, :nx]
+        khat = kernel_fft(comp.astype(np.float32), (size, size), workers=workers)
+        conv = sfft.irfft2(spectrum.spectrum * khat, s=(size, size), workers=workers)
+        conv = conv[:, half:half + step, half:half + step].reshape(gy, gx, step, step)
+        conv = conv.transpose(0, 2, 1, 3).reshape(gy * step, gx * step)[:ny, :nx]
         if field is None:
             out += conv
         elif field.is_constant:
@@ -210,12 +254,3 @@ def convolve(image: np.ndarray, kernel: VaryingKernel, *, workers: int | None = 
         else:
             out += field.image() * conv
     return out
-
-
-def image_rfft(image: np.ndarray, *, workers: int | None = None) -> np.ndarray:
-    """rfft2 of an image (float32, non-finite → 0) over :func:`padded_shape`."""
-    workers = workers or fft_workers()
-    img = np.asarray(image, np.float32)
-    if not np.all(np.isfinite(img)):
-        img = np.where(np.isfinite(img), img, np.float32(0.0))
-    return sfft.rfft2(img, s=padded_shape(img.shape), workers=workers)

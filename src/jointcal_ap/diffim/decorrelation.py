@@ -106,9 +106,8 @@ def noise_weights(*kernels: np.ndarray) -> list[float]:
 
 def convolve_small(a: np.ndarray, b: np.ndarray, size: int | None = None) -> np.ndarray:
     """Full linear convolution of two centred odd images, cropped (centred) to ``size``."""
-    from scipy.signal import fftconvolve
-
-    out = fftconvolve(a, b, mode="full")
+    shape = (a.shape[0] + b.shape[0] - 1, a.shape[1] + b.shape[1] - 1)
+    out = np.fft.irfft2(np.fft.rfft2(a, shape) * np.fft.rfft2(b, shape), shape)
     if size is None:
         return out
     n = out.shape[0]

@@ -5,8 +5,8 @@ with Rubin's ``DiaSource`` column names, types and units (:func:`jointcal_ap.sch
 
 1. **Detection image** Z, in units of its noise:
 
-   - a ``difference`` image is correlated with its PSF (the matched filter):
-     ``Z = (D ⋆ P) / √(V ⊗ P²)``;
+   - a ``difference`` image is correlated with its PSF (the matched filter; the PSF at the
+     detector centre): ``Z = (D ⋆ P) / √(V ⊗ P²)``;
    - a ``score`` image (preconvolution) is already filtered: ``Z = S / √V``;
    - ZOGY: ``Z = S_corr``.
 
@@ -38,7 +38,6 @@ import numpy as np
 from scipy import ndimage
 
 from jointcal_ap.diffim.convolve import VaryingKernel, convolve, fft_workers
-from jointcal_ap.diffim.fields import cell_grid
 from jointcal_ap.diffim.image import MASK_BITS, DifferenceImage
 from jointcal_ap.diffim.masks import bits
 
@@ -92,18 +91,10 @@ class DetectionOptions:
         return asdict(self)
 
 
-def _psf_kernel(diff: DifferenceImage, shape, cell_px: int, square: bool = False, flip: bool = True
-                ) -> VaryingKernel:
-    ny, nx = shape
-    psf = diff.psf
-    size = min(psf.default_size(0.5 * (nx + 1), 0.5 * (ny + 1)), 41) | 1
-    xc, yc, _, _ = cell_grid(shape, cell_px)
-    imgs = np.stack([[psf.kernel_image(float(x), float(y), size) for x in xc] for y in yc])
-    if flip:
-        imgs = imgs[..., ::-1, ::-1]
-    if square:
-        imgs = imgs * imgs
-    return VaryingKernel.from_grid(imgs, xc, yc, shape, rtol=1e-3 if not square else 1e-2)
+def _centre_psf(diff: DifferenceImage) -> np.ndarray:
+    ny, nx = diff.shape
+    size = min(diff.psf.default_size(0.5 * (nx + 1), 0.5 * (ny + 1)), 41) | 1
+    return diff.psf.kernel_image(0.5 * (nx + 1), 0.5 * (ny + 1), size)
 
 
 def detection_image(diff: DifferenceImage, *, cell_px: int = 512, workers: int | None = None) -> np.ndarray:
@@ -119,8 +110,12 @@ def detection_image(diff: DifferenceImage, *, cell_px: int = 512, workers: int |
     else:
         img = np.where(bad, np.float32(0.0), diff.image)
         var = np.where(bad, np.float32(0.0), diff.variance)
-        num = convolve(img, _psf_kernel(diff, img.shape, cell_px), workers=workers)
-        den = convolve(var, _psf_kernel(diff, img.shape, cell_px, square=True), workers=workers)
+        # the matched filter is the PSF at the detector centre: Z is normalised by the noise of
+        # the filter actually applied, so a slightly different PSF elsewhere costs a little
+        # optimality, never the calibration of Z
+        p = _centre_psf(diff)
+        num = convolve(img, VaryingKernel.constant(p[::-1, ::-1]), workers=workers)
+        den = convolve(var, VaryingKernel.constant(p * p), workers=workers)
         with np.errstate(invalid="ignore", divide="ignore"):
             z = num / np.sqrt(den)
     z[bad | ~np.isfinite(z)] = 0.0
@@ -170,9 +165,9 @@ def psf_photometry(diff: DifferenceImage, x, y, *, size: int | None = None) -> d
         flux = np.sum(Pg * Dg, axis=(1, 2)) / a
         if diff.kind == "score":
             ks = psf.stamps(np.rint(x), np.rint(y), size)[0]
-            from scipy.signal import fftconvolve
-
-            pp = fftconvolve(ks, ks[:, ::-1, ::-1], mode="same", axes=(1, 2))
+            full = (2 * size - 1, 2 * size - 1)
+            pp = np.fft.irfft2(np.fft.rfft2(ks, full) * np.fft.rfft2(ks[:, ::-1, ::-1], full), full)
+            pp = pp[:, size // 2:size // 2 + size, size // 2:size // 2 + size]
             b = np.sum(ks * pp, axis=(1, 2))
             centre = ks[:, size // 2, size // 2]
             vc = np.sum(Vg * Pg * Pg, axis=(1, 2)) / a       # V near the source, PSF-weighted

@@ -72,8 +72,8 @@ class Field:
         """The field on every pixel (or on the rows ``rows``): shape (ny, nx)."""
         ny, nx = self.shape
         r = np.arange(ny, dtype=float)[rows if rows is not None else slice(None)] + 1.0
-        left = self.rows(r).T @ self.matrix                         # (ny, n_b)
-        return (left @ self.cols(np.arange(nx, dtype=float) + 1.0)).astype(dtype, copy=False)
+        left = (self.rows(r).T @ self.matrix).astype(dtype)         # (ny, n_b)
+        return left @ self.cols(np.arange(nx, dtype=float) + 1.0).astype(dtype)
 
     @property
     def is_constant(self) -> bool:

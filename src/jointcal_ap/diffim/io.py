@@ -51,8 +51,8 @@ def estimate_variance(image: np.ndarray, header: fits.Header | None = None, mask
     fwhm = float(np.nanmedian(stars.fwhm[stars.isolated])) if stars.isolated.any() else 3.0
     radius = max(4.0, 2.0 * (fwhm if np.isfinite(fwhm) else 3.0))
     free = usable & source_free(np.zeros(img.shape, np.int32), [stars], radius)
-    if free.mean() > 0.2:
-        bkg, rms = mesh_background(img, free)
+    if free.mean() > 0.2:       # larger meshes, denser sampling: the noise estimate itself
+        bkg, rms = mesh_background(img, free, mesh_px=256, step=2)
     var = rms.image() ** 2
     gain = None if header is None else header.get("GAIN")
     if isinstance(gain, int | float) and not isinstance(gain, bool) and gain > 0:

@@ -160,20 +160,18 @@ def _cutouts(arr: np.ndarray, iy: np.ndarray, ix: np.ndarray, r: int) -> np.ndar
     return arr[(iy[:, None] + off)[:, :, None], (ix[:, None] + off)[:, None, :]]
 
 
-def stamp_products(reference: np.ndarray, target: np.ndarray, weight: np.ndarray, basis: KernelBasis,
-                   iy: np.ndarray, ix: np.ndarray, half: int, *, chunk: int = 64,
-                   workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def stamp_products(reference: np.ndarray, target: np.ndarray, weight: np.ndarray, basis: KernelBasis, *,
+                   chunk: int = 64, workers: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each stamp's normal equations for ``target ≈ Σ_i a_i (B_i ⊗ reference) + c``.
 
     Parameters
     ----------
-    reference, target, weight : ndarray (ny, nx)
-        ``weight`` is 0 on unusable pixels; non-finite image values must already be 0 there.
+    reference : ndarray (n, S + 2h, S + 2h)
+        Reference stamps, ``h`` = ``basis.half_size`` larger on each side than the targets.
+    target, weight : ndarray (n, S, S)
+        Target stamps and pixel weights (0 on unusable pixels, where the stamps must be finite).
     basis : KernelBasis
-    iy, ix : ndarray of int
-        0-based stamp centres; the reference stamp (``half + basis.half_size``) must be inside.
-    half : int
-        Target stamp half-size.
 
     Returns
     -------
@@ -188,7 +186,7 @@ def stamp_products(reference: np.ndarray, target: np.ndarray, weight: np.ndarray
     """
     workers = workers or fft_workers()
     h = basis.half_size
-    side = 2 * half + 1
+    side = target.shape[-1]
     big = side + 2 * h
     nb = len(basis)
     fshape = (sfft.next_fast_len(big, real=True),) * 2
@@ -196,16 +194,16 @@ def stamp_products(reference: np.ndarray, target: np.ndarray, weight: np.ndarray
     bpad[:, :basis.size, :basis.size] = basis.images
     bpad = np.roll(bpad, (-h, -h), axis=(1, 2))
     bhat = sfft.rfft2(bpad, workers=workers)
-    n = len(iy)
+    n = len(target)
     M = np.empty((n, nb + 1, nb + 1))
     r = np.empty((n, nb + 1))
     tt = np.empty(n)
     npix = np.empty(n)
     for start in range(0, n, chunk):
         sl = slice(start, start + chunk)
-        ref = _cutouts(reference, iy[sl], ix[sl], half + h).astype(np.float32)
-        tgt = _cutouts(target, iy[sl], ix[sl], half).astype(float).reshape(len(ref), -1)
-        w = _cutouts(weight, iy[sl], ix[sl], half).astype(float).reshape(len(ref), -1)
+        ref = np.asarray(reference[sl], np.float32)
+        tgt = np.asarray(target[sl], float).reshape(len(ref), -1)
+        w = np.asarray(weight[sl], float).reshape(len(ref), -1)
         rhat = sfft.rfft2(ref, s=fshape, workers=workers)
         conv = sfft.irfft2(rhat[:, None] * bhat[None], s=fshape, workers=workers)
         design = np.empty((len(ref), nb + 1, side * side))                        # (m, N+1, P)
@@ -286,27 +284,33 @@ def solve_kernel(reference: np.ndarray, target: np.ndarray, reference_variance: 
     n = len(ix)
     status = np.zeros(n, np.int8)
     q = float(np.sum(basis.images[0] ** 2))
-    ok_pix = np.isfinite(target) & np.isfinite(reference) & np.isfinite(target_variance) \
-        & np.isfinite(reference_variance)
-    if usable is not None:
-        ok_pix &= usable
-    var = np.where(ok_pix, target_variance + q * reference_variance, np.inf)
-    with np.errstate(divide="ignore"):
-        weight = np.where(ok_pix & (var > 0), 1.0 / var, 0.0).astype(np.float32)
-    ref0 = np.where(ok_pix, reference, 0.0).astype(np.float32)
-    tgt0 = np.where(ok_pix, target, 0.0).astype(np.float32)
-    # stamps with masked pixels in the target stamp or in the reference's reach are dropped
+    alive = np.arange(n)
     if n:
-        bad_t = 1.0 - _cutouts(ok_pix, iy, ix, half).mean(axis=(1, 2))
-        bad_r = 1.0 - _cutouts(ok_pix, iy, ix, reach).mean(axis=(1, 2))
+        # everything on stamps only: no pass over the whole image
+        ref_s = _cutouts(reference, iy, ix, reach).astype(np.float32)
+        rvar_s = _cutouts(reference_variance, iy, ix, reach)
+        tgt_s = _cutouts(target, iy, ix, half).astype(np.float32)
+        tvar_s = _cutouts(target_variance, iy, ix, half)
+        ok_r = np.isfinite(ref_s) & np.isfinite(rvar_s)
+        if usable is not None:
+            ok_r &= _cutouts(usable, iy, ix, reach)
+        inner = slice(h, h + 2 * half + 1)
+        ok_t = ok_r[:, inner, inner] & np.isfinite(tgt_s) & np.isfinite(tvar_s)
+        var = tvar_s + q * rvar_s[:, inner, inner]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w_s = np.where(ok_t & (var > 0), 1.0 / var, 0.0).astype(np.float32)
+        ref_s = np.where(ok_r, ref_s, np.float32(0.0))
+        tgt_s = np.where(ok_t, tgt_s, np.float32(0.0))
+        bad_t = 1.0 - ok_t.mean(axis=(1, 2))
+        bad_r = 1.0 - ok_r.mean(axis=(1, 2))
         status[(bad_t > opts.max_bad_fraction) | (bad_r > 2 * opts.max_bad_fraction)] = STAMP_STATUS["bad_pixels"]
-    alive = np.flatnonzero(status == 0)[:opts.max_stamps]
-    status[np.flatnonzero(status == 0)[opts.max_stamps:]] = STAMP_STATUS["bad_pixels"]
+        alive = np.flatnonzero(status == 0)[:opts.max_stamps]
+        status[np.flatnonzero(status == 0)[opts.max_stamps:]] = STAMP_STATUS["bad_pixels"]
     if len(alive) < opts.min_stamps:
         raise DiffimError(f"{prefix}no usable stamps for PSF matching: {len(alive)} clean isolated "
                           f"stars inside the image (of {len(np.asarray(x))} candidates), at least "
                           f"{opts.min_stamps} needed")
-    M, r, tt, npix = stamp_products(ref0, tgt0, weight, basis, iy[alive], ix[alive], half)
+    M, r, tt, npix = stamp_products(ref_s[alive], tgt_s[alive], w_s[alive], basis)
     nb = len(basis)
     npar_local = nb + 1
     # --- each stamp's own fit: reject χ² and kernel-sum outliers

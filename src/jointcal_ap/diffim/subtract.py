@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from jointcal_ap.diffim.basis import basis_for_widths
-from jointcal_ap.diffim.convolve import VaryingKernel, convolve, fft_workers, image_rfft
+from jointcal_ap.diffim.convolve import VaryingKernel, convolve, fft_workers
 from jointcal_ap.diffim.decorrelation import (
     convolve_small,
     decorrelation_kernel,
@@ -168,7 +168,7 @@ def _prepare(p: ImagePlanes, role: str, saturation: float | None, star_snr: floa
         order = np.argsort(-stars.snr[good])[:400]
         try:
             psf = fit_psf(p.image, p.variance, p.mask, x=stars.x[good][order], y=stars.y[good][order],
-                          size=None, where=where)
+                          background=bkg, where=where)
         except PsfError as exc:
             raise DiffimError(f"{where}: no PSF model and none could be fitted: {exc}") from None
     ny, nx = p.shape
@@ -307,11 +307,12 @@ def _alard_lupton(S: _Prepared, T: _Prepared, opts: SubtractOptions, mode: str) 
     sol = solve_kernel(ref, tgt, ref_var, tgt_var, xstar, ystar, basis, usable=usable, options=mopts,
                        where=where)
     kh = basis.half_size
-    matched = convolve(ref, sol.kernel, workers=workers, image_fft=image_rfft(ref, workers=workers))
+    matched = convolve(ref, sol.kernel, workers=workers)
     bkg = sol.background.image() if sol.background is not None else np.float32(0.0)
     ksum_field = sol.kernel.sums_at
     kappa_c = float(ksum_field([0.5 * (nx + 1)], [0.5 * (ny + 1)])[0])
-    k2 = sol.kernel.squared(shape)
+    # the variance propagated pixel by pixel (replaced by the decorrelated estimate below)
+    k2 = sol.kernel.squared(shape) if not opts.decorrelate else None
     if mode == "convolve-science":
         if mopts.constant_kernel_sum:
             kappa = np.float32(kappa_c)
@@ -322,10 +323,10 @@ def _alard_lupton(S: _Prepared, T: _Prepared, opts: SubtractOptions, mode: str) 
             kappa = PolynomialField.from_terms(shape, mopts.spatial_degree
                                                if len(terms) > 1 else 0, terms).image()
         diff = (matched + bkg - tgt) / kappa
-        var = (convolve(ref_var, k2, workers=workers) + tgt_var) / (kappa * kappa)
+        var = None if k2 is None else (convolve(ref_var, k2, workers=workers) + tgt_var) / (kappa * kappa)
     else:
         diff = tgt - matched - bkg
-        var = tgt_var + convolve(ref_var, k2, workers=workers)
+        var = None if k2 is None or mode == "preconvolve" else tgt_var + convolve(ref_var, k2, workers=workers)
     del matched
     # ---- mask: science + template, the convolved one grown by the kernel, borders invalid
     if mode == "convolve-science":

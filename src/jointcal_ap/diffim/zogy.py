@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jointcal_ap.diffim.convolve import VaryingKernel, convolve, fft_workers, image_rfft
+from jointcal_ap.diffim.convolve import VaryingKernel, block_spectrum, convolve, fft_workers
 from jointcal_ap.diffim.fields import GridField, cell_grid
 from jointcal_ap.diffim.image import MASK_BITS, DifferenceImage
 from jointcal_ap.diffim.masks import border, grow
@@ -120,10 +120,11 @@ def zogy_difference(S, T, opts) -> DifferenceImage:
 
     new = S.filled - S.background.image()
     ref = T.filled - T.background.image()
-    fn, fr = image_rfft(new, workers=workers), image_rfft(ref, workers=workers)
-    d = convolve(new, vk("d_n"), image_fft=fn, workers=workers) - convolve(ref, vk("d_r"), image_fft=fr,
+    fn = block_spectrum(new, half, workers=workers)
+    fr = block_spectrum(ref, half, workers=workers)
+    d = convolve(None, vk("d_n"), spectrum=fn, workers=workers) - convolve(None, vk("d_r"), spectrum=fr,
                                                                           workers=workers)
-    s = convolve(new, vk("s_n"), image_fft=fn, workers=workers) - convolve(ref, vk("s_r"), image_fft=fr,
+    s = convolve(None, vk("s_n"), spectrum=fn, workers=workers) - convolve(None, vk("s_r"), spectrum=fr,
                                                                           workers=workers)
     del fn, fr
     # the differential background left by the two mesh backgrounds: a smooth field in D/F_D

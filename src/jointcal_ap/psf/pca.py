@@ -145,7 +145,7 @@ register_psf_kind(PcaPsf.kind, PcaPsf.from_hdus)
 def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndarray | None = None, *,
             x=None, y=None, size: int | None = None, n_components: int = 3, degree: int = 2,
             min_snr: float = 50.0, max_stars: int = 400, saturation: float | None = None,
-            where: str = "") -> PcaPsf:
+            background=None, where: str = "") -> PcaPsf:
     """Fit a :class:`PcaPsf` to the bright isolated unsaturated stars of an image.
 
     Parameters
@@ -162,6 +162,8 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
         Principal components kept (fewer when there are few stars) and the degree of their
         spatial polynomials (lowered when there are few stars).
     min_snr, max_stars, saturation : see above.
+    background : GridField, optional
+        The image's background (default: :func:`jointcal_ap.diffim.stars.mesh_background`).
     where : str
         Names the image in error messages.
 
@@ -182,21 +184,24 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
     usable = np.isfinite(img) & ((msk & ((1 << 0) | (1 << 8))) == 0)
     if not usable.any():
         raise PsfError(f"{prefix}no finite unmasked pixel to fit a PSF on")
-    bkg, rms = mesh_background(img, usable)
-    stars = find_stars(img, variance, msk, threshold=min_snr, saturation=saturation, background=bkg)
+    if background is None:
+        background, _ = mesh_background(img, usable)
+    bkg = background
     if x is not None:
         xs, ys = np.asarray(x, float), np.asarray(y, float)
         snr = np.full(len(xs), min_snr)
+        fwhm = float("nan")
     else:
+        stars = find_stars(img, variance, msk, threshold=min_snr, saturation=saturation, background=bkg)
         good = stars.isolated & stars.clean
         order = np.argsort(-stars.snr[good])[:max_stars]
         xs, ys, snr = stars.x[good][order], stars.y[good][order], stars.snr[good][order]
+        fwhm = float(np.nanmedian(stars.fwhm[good])) if good.any() else float("nan")
     if len(xs) < 3:
         raise PsfError(f"{prefix}only {len(xs)} bright isolated unsaturated stars (S/N >= {min_snr}); "
                        "at least 3 are needed to fit a PSF")
-    fwhm = float(np.nanmedian(stars.fwhm[stars.isolated & stars.clean])) if len(stars) else 3.0
     if not (math.isfinite(fwhm) and fwhm > 0):
-        fwhm = 3.0
+        fwhm = _stamp_fwhm(img, bkg, xs, ys)
     if size is None:
         size = int(np.clip(2 * math.ceil(2.25 * fwhm) + 1, 11, 51))
     size = _odd(size)
@@ -209,8 +214,10 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
         raise PsfError(f"{prefix}only {len(xs)} usable stars away from the image border; at least 3 needed")
     off = np.arange(-half, half + 1)
     rows, cols = (iy[:, None] + off)[:, :, None], (ix[:, None] + off)[:, None, :]
-    sub = np.where(usable, img - bkg.image(), 0.0)
-    cut = sub[rows, cols].astype(float)
+    full = (len(xs), work, work)
+    cut = (img[rows, cols] - bkg.at(np.broadcast_to(cols + 1.0, full), np.broadcast_to(rows + 1.0, full)))
+    cut = cut.astype(float)
+    cut = np.where(usable[rows, cols], cut, 0.0)
     ok = usable[rows, cols].all(axis=(1, 2))
     cut, xs, ys, snr = cut[ok], xs[ok], ys[ok], snr[ok]
     if len(xs) < 3:
@@ -236,8 +243,11 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
         coef = np.zeros((0, (deg + 1) * (deg + 2) // 2))
         model = np.broadcast_to(mean, flat.shape).copy()
         if nc:
-            _, _, vt = np.linalg.svd(resid[use] * np.sqrt(w[use])[:, None], full_matrices=False)
-            comps = vt[:nc]
+            # principal components from the (stars × stars) Gram matrix: cheaper than an SVD
+            a = resid[use] * np.sqrt(w[use])[:, None]
+            evals, evecs = np.linalg.eigh(a @ a.T)
+            top = np.argsort(evals)[::-1][:nc]
+            comps = (evecs[:, top].T @ a) / np.sqrt(np.maximum(evals[top], 1e-300))[:, None]
             proj = resid @ comps.T                                        # (n, nc)
             u = 2 * (xs - 1) / max(nx - 1, 1) - 1
             v = 2 * (ys - 1) / max(ny - 1, 1) - 1
@@ -254,3 +264,20 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
         use = new
     return PcaPsf(mean.reshape(size, size), comps.reshape(-1, size, size), coef, deg, (ny, nx),
                   n_stars=int(use.sum()))
+
+
+def _stamp_fwhm(img: np.ndarray, bkg, xs: np.ndarray, ys: np.ndarray) -> float:
+    """Median FWHM of the brightest given stars from their adaptive moments."""
+    half = 12
+    ny, nx = img.shape
+    ix, iy = np.rint(xs[:50] - 1).astype(int), np.rint(ys[:50] - 1).astype(int)
+    ok = (ix >= half) & (ix < nx - half) & (iy >= half) & (iy < ny - half)
+    if not ok.any():
+        return 3.0
+    off = np.arange(-half, half + 1)
+    rows, cols = (iy[ok][:, None] + off)[:, :, None], (ix[ok][:, None] + off)[:, None, :]
+    full = (int(ok.sum()), 2 * half + 1, 2 * half + 1)
+    cut = np.nan_to_num(img[rows, cols] - bkg.at(np.broadcast_to(cols + 1.0, full),
+                                                 np.broadcast_to(rows + 1.0, full)))
+    fw = [2.3548200450309493 * math.sqrt(0.5 * sum(image_moments(c)[:2])) for c in cut]
+    return float(np.median(fw))
