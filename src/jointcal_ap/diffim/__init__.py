@@ -28,7 +28,7 @@ _WHERE = {
     "detection_counts": "detection", "psf_photometry": "detection", "write_dia_sources": "detection",
     "DiffimError": "errors", "DifferenceImage": "image", "ImagePlanes": "image", "read_planes": "io",
     "MatchOptions": "matching", "align_pair": "pair", "prepare_pair": "pair", "metrics_table": "qa",
-    "SubtractOptions": "subtract", "subtract": "subtract", "Template": "template",
+    "SubtractOptions": "subtraction", "subtract": "subtraction", "Template": "template",
     "build_template": "template", "read_template": "template", "warp_to": "warp",
 }
 

@@ -83,7 +83,7 @@ def diff_command(args: argparse.Namespace) -> int:
     from jointcal_ap.diffim.matching import MatchOptions
     from jointcal_ap.diffim.pair import prepare_pair
     from jointcal_ap.diffim.qa import metrics_table
-    from jointcal_ap.diffim.subtract import SubtractOptions, subtract
+    from jointcal_ap.diffim.subtraction import SubtractOptions, subtract
 
     t0 = time.perf_counter()
     try:

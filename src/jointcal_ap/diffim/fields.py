@@ -192,6 +192,19 @@ class GridField(Field):
         v = np.asarray(self.values)
         return bool(np.all(v == v.flat[0]))
 
+    def image(self, dtype=np.float32, rows: slice | None = None) -> np.ndarray:
+        """The field on every pixel: each row a blend of two node rows (bilinear)."""
+        ny, nx = self.shape
+        r = np.arange(ny, dtype=float)[rows if rows is not None else slice(None)] + 1.0
+        g = (self.matrix @ self.cols(np.arange(nx, dtype=float) + 1.0)).astype(dtype)   # (n_y, nx)
+        yn = np.asarray(self.y_nodes, float)
+        if len(yn) == 1:
+            return np.broadcast_to(g[0], (len(r), nx)).copy()
+        q = np.clip(r, yn[0], yn[-1])
+        k = np.clip(np.searchsorted(yn, q, side="right") - 1, 0, len(yn) - 2)
+        t = ((q - yn[k]) / (yn[k + 1] - yn[k])).astype(dtype)[:, None]
+        return g[k] * (1 - t) + g[k + 1] * t
+
 
 def cell_grid(shape: tuple[int, int], cell_px: int) -> tuple[np.ndarray, np.ndarray, list, list]:
     """A regular grid of cells of about ``cell_px`` pixels covering ``shape``.

@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from jointcal_ap.diffim.image import MASK_BITS
 
-__all__ = ["GROWN_PLANES", "UNUSABLE_PLANES", "bits", "grow", "unusable"]
+__all__ = ["GROWN_PLANES", "UNUSABLE_PLANES", "bits", "border", "dilate", "grow", "unusable"]
 
 #: Planes that make a pixel unusable for fitting and statistics.
 UNUSABLE_PLANES = ("BAD", "SAT", "NO_DATA", "EDGE", "CR", "SUSPECT")
@@ -34,19 +34,26 @@ def unusable(mask: np.ndarray, image: np.ndarray | None = None, variance: np.nda
     return bad
 
 
+def dilate(plane: np.ndarray, half: int) -> np.ndarray:
+    """Boolean dilation by a (2·half+1)² square (two 1-D maximum filters along rows, the
+    second on the transpose: a filter along axis 0 is several times slower)."""
+    size = 2 * int(half) + 1
+    u = np.ascontiguousarray(plane, dtype=bool).view(np.uint8)
+    a = ndimage.maximum_filter1d(u, size, axis=1)
+    a = ndimage.maximum_filter1d(np.ascontiguousarray(a.T), size, axis=1)
+    return np.ascontiguousarray(a.T).view(bool)
+
+
 def grow(mask: np.ndarray, half: int, planes=GROWN_PLANES) -> np.ndarray:
     """A copy of ``mask`` whose ``planes`` are dilated by a (2·half+1)² square."""
     out = np.array(mask, np.int32, copy=True)
     if half <= 0:
         return out
     present = int(np.bitwise_or.reduce(out, axis=None)) if out.size else 0
-    size = 2 * int(half) + 1
     for p in planes:
         b = MASK_BITS[p]
         if present & b:
-            plane = ((out & b) != 0).view(np.uint8)
-            grown = ndimage.maximum_filter1d(ndimage.maximum_filter1d(plane, size, axis=0), size, axis=1)
-            out |= np.where(grown != 0, np.int32(b), np.int32(0))
+            out[dilate((out & b) != 0, half)] |= np.int32(b)
     return out
 
 

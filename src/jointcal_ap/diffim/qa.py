@@ -31,24 +31,16 @@ _UNUSABLE = bits(("BAD", "SAT", "EDGE", "NO_DATA", "CR", "SUSPECT"))
 
 def source_free(mask: np.ndarray, star_lists, radius: float) -> np.ndarray:
     """True on usable pixels farther than ``radius`` (a box) from every listed peak."""
+    from jointcal_ap.diffim.masks import dilate
+
     ok = (mask & _UNUSABLE) == 0
-    r = int(np.ceil(radius))
+    peaks = np.zeros(mask.shape, bool)
     for s in star_lists:
         if len(s):
-            ok &= ~_box_any(np.asarray(s.iy, int), np.asarray(s.ix, int), r, mask.shape)
+            peaks[np.asarray(s.iy, int), np.asarray(s.ix, int)] = True
+    if peaks.any():
+        ok &= ~dilate(peaks, int(np.ceil(radius)))
     return ok
-
-
-def _box_any(iy: np.ndarray, ix: np.ndarray, r: int, shape) -> np.ndarray:
-    """Union of (2r+1)² boxes centred on (iy, ix), via a 2-D difference array."""
-    d = np.zeros((shape[0] + 1, shape[1] + 1), np.int32)
-    y0, y1 = np.clip(iy - r, 0, shape[0]), np.clip(iy + r + 1, 0, shape[0])
-    x0, x1 = np.clip(ix - r, 0, shape[1]), np.clip(ix + r + 1, 0, shape[1])
-    np.add.at(d, (y0, x0), 1)
-    np.add.at(d, (y0, x1), -1)
-    np.add.at(d, (y1, x0), -1)
-    np.add.at(d, (y1, x1), 1)
-    return np.cumsum(np.cumsum(d, axis=0), axis=1)[:shape[0], :shape[1]] > 0
 
 
 def residual_qa(diff, star_lists, *, fwhm: float, clip: float = 5.0) -> dict:

@@ -57,16 +57,19 @@ def transient_flux(snr, fwhm: float, sky_variance: float) -> np.ndarray:
 def simulate_pair(shape=(1024, 1024), *, n_stars: int = 600, n_sources: int = 200,
                   science_fwhm: float = 4.7, template_fwhm: float = 3.1, depth: float = 4.0,
                   sky: float = 400.0, gain: float = 1.0, snr_range=(5.0, 40.0), star_flux_range=(3e2, 3e5),
-                  saturation: float | None = None, psf: str = "gaussian", isolate: float = 0.0,
-                  edge: int = 0, seed: int = 0) -> SimulatedPair:
+                  star_flux_slope: float | None = None, saturation: float | None = None,
+                  psf: str = "gaussian", isolate: float = 0.0, edge: int = 0, seed: int = 0) -> SimulatedPair:
     """Render a pair (module notes).
 
     Parameters
     ----------
     shape : (ny, nx)
     n_stars, n_sources : int
-        Static stars (log-uniform fluxes in ``star_flux_range``, science units) and injected
-        sources (S/N uniform in ``snr_range``).
+        Static stars (fluxes in ``star_flux_range``, science units) and injected sources (S/N
+        uniform in ``snr_range``).
+    star_flux_slope : float, optional
+        Star fluxes follow N(>F) ∝ F^-slope (0.75 for counts rising 0.3 dex per magnitude,
+        like a field at moderate latitude); default: log-uniform.
     science_fwhm, template_fwhm : float
         PSF FWHM, pixels.
     depth : float
@@ -89,7 +92,11 @@ def simulate_pair(shape=(1024, 1024), *, n_stars: int = 600, n_sources: int = 20
     ny, nx = (int(shape[0]), int(shape[1]))
     sx = rng.uniform(0.5, nx + 0.5, n_stars)
     sy = rng.uniform(0.5, ny + 0.5, n_stars)
-    sf = np.exp(rng.uniform(np.log(star_flux_range[0]), np.log(star_flux_range[1]), n_stars))
+    if star_flux_slope is None:
+        sf = np.exp(rng.uniform(np.log(star_flux_range[0]), np.log(star_flux_range[1]), n_stars))
+    else:
+        lo, hi = (float(v) ** -star_flux_slope for v in star_flux_range)
+        sf = rng.uniform(hi, lo, n_stars) ** (-1.0 / star_flux_slope)
     tx = np.empty(0)
     ty = np.empty(0)
     margin = max(edge, 1)

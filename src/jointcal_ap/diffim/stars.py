@@ -175,7 +175,7 @@ def find_stars(image: np.ndarray, variance: np.ndarray | None = None, mask: np.n
                threshold: float = 30.0, low_threshold: float = 5.0, radius: int = 6,
                isolation_px: float = 12.0, clean_px: int = 8, saturation: float | None = None,
                background: GridField | None = None, max_candidates: int = 200_000) -> Stars:
-    """Local maxima of the 3 × 3-box S/N image above ``threshold``.
+    """Local maxima of the S/N image (3 × 3 boxes of 2 × 2 binned pixels) above ``threshold``.
 
     Parameters
     ----------
@@ -195,22 +195,34 @@ def find_stars(image: np.ndarray, variance: np.ndarray | None = None, mask: np.n
     ny, nx = img.shape
     m = np.zeros(img.shape, np.int32) if mask is None else np.asarray(mask)
     finite = np.isfinite(img)
-    usable = finite & ((m & UNUSABLE_BITS) == 0)
+    usable = finite & ((m & UNUSABLE_BITS) == 0) if m.any() else finite
+    all_usable = bool(usable.all())
     if background is None:
         background, rms = mesh_background(img, usable)
     else:
         rms = None
-    sub = np.where(usable, img - background.image(), np.float32(0.0))
+    sub = img - background.image()
+    if not all_usable:
+        sub[~usable] = 0.0
     if variance is None:
         if rms is None:
             _, rms = mesh_background(img, usable)
         var = rms.image() ** 2
     else:
-        var = np.where(np.isfinite(variance), np.asarray(variance, np.float32), np.float32(np.inf))
-    box = _box3(sub)
+        var = np.asarray(variance, np.float32)
+        bad_var = ~np.isfinite(var) if all_usable else ~(usable & np.isfinite(var))
+        if bad_var.any():
+            var = np.where(bad_var, np.float32(np.inf), var)
+    # S/N of 2 × 2 binned pixels (3 × 3 boxes of them): 4 times fewer pixels to search
+    by, bx = ny // 2, nx // 2
+    sb = sub[0:2 * by:2, 0:2 * bx:2] + sub[1:2 * by:2, 0:2 * bx:2] + sub[0:2 * by:2, 1:2 * bx:2] \
+        + sub[1:2 * by:2, 1:2 * bx:2]
+    vb = var[0:2 * by:2, 0:2 * bx:2] + var[1:2 * by:2, 0:2 * bx:2] + var[0:2 * by:2, 1:2 * bx:2] \
+        + var[1:2 * by:2, 1:2 * bx:2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        snr_img = box / np.sqrt(_box3(var))
+        snr_img = _box3(sb) / np.sqrt(_box3(vb))
     snr_img[~np.isfinite(snr_img)] = 0.0
+    ny, nx = snr_img.shape
     cand = np.flatnonzero(snr_img > low_threshold)
     if cand.size > max_candidates:      # keep the strongest (a crowded or very deep image)
         cand = cand[np.argpartition(snr_img.ravel()[cand], -max_candidates)[-max_candidates:]]
@@ -225,6 +237,11 @@ def find_stars(image: np.ndarray, variance: np.ndarray | None = None, mask: np.n
                 nb = snr_img[cy + dy, cx + dx]
                 is_max &= (v > nb) | ((v == nb) & ((dy > 0) | ((dy == 0) & (dx > 0))))
     py, px, pv = cy[is_max], cx[is_max], v[is_max]
+    # to full-resolution pixels: the brightest of each 2 × 2 block
+    quad = np.stack([sub[2 * py + dy, 2 * px + dx] for dy in (0, 1) for dx in (0, 1)])
+    k = np.argmax(quad, axis=0)
+    py, px = 2 * py + k // 2, 2 * px + k % 2
+    ny, nx = sub.shape
     strong = pv >= threshold
     sy, sx = py[strong], px[strong]
     empty = np.zeros(0)
@@ -268,5 +285,5 @@ def find_stars(image: np.ndarray, variance: np.ndarray | None = None, mask: np.n
     near = _gather(flagged, sy, sx, clean_px, fill=True).any(axis=(1, 2))
     clean = ~near & ~bad_shift & np.isfinite(ixx) & (ixx > 0) & np.isfinite(iyy) & (iyy > 0)
     return Stars(x=sx + 1.0 + mx, y=sy + 1.0 + my, ix=sx.astype(np.int64), iy=sy.astype(np.int64),
-                 snr=snr_img[sy, sx].astype(float), flux=flux, peak=sub[sy, sx].astype(float),
+                 snr=pv[strong].astype(float), flux=flux, peak=sub[sy, sx].astype(float),
                  ixx=ixx, iyy=iyy, ixy=ixy, isolated=isolated, clean=clean)

@@ -82,7 +82,7 @@ def zogy_kernels(psf_new: np.ndarray, psf_ref: np.ndarray, var_new: float, var_r
 
 
 def zogy_difference(S, T, opts) -> DifferenceImage:
-    """ZOGY on two prepared inputs of :func:`jointcal_ap.diffim.subtract.subtract`."""
+    """ZOGY on two prepared inputs of :func:`jointcal_ap.diffim.subtraction.subtract`."""
     workers = opts.workers or fft_workers()
     ny, nx = S.planes.shape
     shape = (ny, nx)

@@ -214,9 +214,7 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
         raise PsfError(f"{prefix}only {len(xs)} usable stars away from the image border; at least 3 needed")
     off = np.arange(-half, half + 1)
     rows, cols = (iy[:, None] + off)[:, :, None], (ix[:, None] + off)[:, None, :]
-    full = (len(xs), work, work)
-    cut = (img[rows, cols] - bkg.at(np.broadcast_to(cols + 1.0, full), np.broadcast_to(rows + 1.0, full)))
-    cut = cut.astype(float)
+    cut = (img[rows, cols] - bkg.at(xs, ys)[:, None, None]).astype(float)   # smooth: one value per stamp
     cut = np.where(usable[rows, cols], cut, 0.0)
     ok = usable[rows, cols].all(axis=(1, 2))
     cut, xs, ys, snr = cut[ok], xs[ok], ys[ok], snr[ok]
@@ -276,8 +274,6 @@ def _stamp_fwhm(img: np.ndarray, bkg, xs: np.ndarray, ys: np.ndarray) -> float:
         return 3.0
     off = np.arange(-half, half + 1)
     rows, cols = (iy[ok][:, None] + off)[:, :, None], (ix[ok][:, None] + off)[:, None, :]
-    full = (int(ok.sum()), 2 * half + 1, 2 * half + 1)
-    cut = np.nan_to_num(img[rows, cols] - bkg.at(np.broadcast_to(cols + 1.0, full),
-                                                 np.broadcast_to(rows + 1.0, full)))
+    cut = np.nan_to_num(img[rows, cols] - bkg.at(xs[:50][ok], ys[:50][ok])[:, None, None])
     fw = [2.3548200450309493 * math.sqrt(0.5 * sum(image_moments(c)[:2])) for c in cut]
     return float(np.median(fw))

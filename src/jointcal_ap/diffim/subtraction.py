@@ -247,6 +247,15 @@ def subtract(science: Any, template: Any, options: SubtractOptions | None = None
         Shapes that differ, an image with no finite pixel, no usable kernel stamps; the
         message names the input (its file).
     """
+    # the BLAS work here is on small matrices (stamps, PCA, kernels): one thread is fastest, and
+    # OpenBLAS' spinning threads cost seconds on a busy machine
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _subtract(science, template, options, science_psf, template_psf)
+
+
+def _subtract(science, template, options, science_psf, template_psf) -> DifferenceImage:
     opts = options or SubtractOptions()
     sci = as_planes(science, "science")
     tmp = as_planes(template, "template")
