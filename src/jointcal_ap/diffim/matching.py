@@ -190,7 +190,7 @@ def stamp_products(reference: np.ndarray, target: np.ndarray, weight: np.ndarray
     big = side + 2 * h
     nb = len(basis)
     fshape = (sfft.next_fast_len(big, real=True),) * 2
-    bpad = np.zeros((nb, *fshape), np.float32)
+    bpad = np.zeros((nb, *fshape))
     bpad[:, :basis.size, :basis.size] = basis.images
     bpad = np.roll(bpad, (-h, -h), axis=(1, 2))
     bhat = sfft.rfft2(bpad, workers=workers)
@@ -201,7 +201,7 @@ def stamp_products(reference: np.ndarray, target: np.ndarray, weight: np.ndarray
     npix = np.empty(n)
     for start in range(0, n, chunk):
         sl = slice(start, start + chunk)
-        ref = np.asarray(reference[sl], np.float32)
+        ref = np.asarray(reference[sl], float)
         tgt = np.asarray(target[sl], float).reshape(len(ref), -1)
         w = np.asarray(weight[sl], float).reshape(len(ref), -1)
         rhat = sfft.rfft2(ref, s=fshape, workers=workers)
