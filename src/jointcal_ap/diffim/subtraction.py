@@ -405,7 +405,7 @@ def _alard_lupton(S: _Prepared, T: _Prepared, opts: SubtractOptions, mode: str) 
                     rw.append(float(np.sum(b * b)))          # multiplies the science variance
                     rc.append(float(np.sum(phi * phi)) / kap ** 2)  # multiplies the template's
                 rp.append(phi)
-                rs.append(np.clip(p, 0.0, None) if mode != "preconvolve" else p)
+                rs.append(p)      # not clipped: φ's negative lobes are part of the PSF
             phis.append(rp)
             w_u.append(rw)
             w_c.append(rc)
@@ -429,7 +429,7 @@ def _alard_lupton(S: _Prepared, T: _Prepared, opts: SubtractOptions, mode: str) 
                 row = []
                 for i in range(len(xc)):
                     base = pre[::-1, ::-1] if mode == "preconvolve" else kern[j, i] / ksum[j, i]
-                    row.append(np.clip(convolve_small(base, psf_s[j, i], out_size), 0.0, None))
+                    row.append(convolve_small(base, psf_s[j, i], out_size))
                 cells.append(row)
             psf = GridPsf(np.asarray(cells), xc, yc)
         if mode == "preconvolve":
