@@ -368,6 +368,10 @@ def solve_kernel(reference: np.ndarray, target: np.ndarray, reference_variance: 
     status[alive[good & ~use]] = STAMP_STATUS["spatial_fit"]
     stamp_chi2 = np.full(n, np.nan)
     stamp_chi2[alive] = chi_sp
+    kappa = float(alpha[0])
+    if not 0.01 < kappa < 100.0:
+        raise DiffimError(f"{prefix}no usable stamps for PSF matching: the fitted kernel sum {kappa:.3g} "
+                          "(flux ratio) is not plausible: the stars of one image are not in the other")
     # --- the kernel as a VaryingKernel: one component per spatial term
     comps = np.zeros((nk, basis.size, basis.size))
     for i in range(nb):

@@ -256,13 +256,18 @@ def find_stars(image: np.ndarray, variance: np.ndarray | None = None, mask: np.n
     stamp = _gather(sub, sy, sx, radius)
     off = np.arange(-radius, radius + 1, dtype=float)
     sw = radius / 2.0
-    w1 = np.exp(-0.5 * (off / sw) ** 2)
-    w = w1[:, None] * w1[None, :]
-    sw_stamp = stamp * w
-    tot = sw_stamp.sum(axis=(1, 2))
+    mx = np.zeros(len(sy))
+    my = np.zeros(len(sy))
     with np.errstate(invalid="ignore", divide="ignore"):
-        mx = (sw_stamp * off[None, None, :]).sum(axis=(1, 2)) / tot
-        my = (sw_stamp * off[None, :, None]).sum(axis=(1, 2)) / tot
+        for _ in range(6):          # windowed centroid: the window follows the estimate
+            wx = np.exp(-0.5 * ((off[None, :] - mx[:, None]) / sw) ** 2)
+            wy = np.exp(-0.5 * ((off[None, :] - my[:, None]) / sw) ** 2)
+            sw_stamp = stamp * wy[:, :, None] * wx[:, None, :]
+            tot = sw_stamp.sum(axis=(1, 2))
+            nx_ = (sw_stamp * off[None, None, :]).sum(axis=(1, 2)) / tot
+            ny_ = (sw_stamp * off[None, :, None]).sum(axis=(1, 2)) / tot
+            mx = np.clip(np.nan_to_num(nx_), -1.5, 1.5)
+            my = np.clip(np.nan_to_num(ny_), -1.5, 1.5)
         dxg = off[None, None, :] - mx[:, None, None]
         dyg = off[None, :, None] - my[:, None, None]
         mxx = (sw_stamp * dxg ** 2).sum(axis=(1, 2)) / tot
@@ -272,6 +277,7 @@ def find_stars(image: np.ndarray, variance: np.ndarray | None = None, mask: np.n
         ixx = 1.0 / (1.0 / mxx - 1.0 / sw ** 2)
         iyy = 1.0 / (1.0 / myy - 1.0 / sw ** 2)
         ixy = mxy * np.sqrt(np.abs(ixx * iyy / (mxx * myy)))
+        mx, my = nx_, ny_
     bad_shift = ~(np.abs(mx) < 1.5) | ~(np.abs(my) < 1.5)
     mx = np.where(bad_shift, 0.0, mx)
     my = np.where(bad_shift, 0.0, my)

@@ -220,6 +220,11 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
     cut, xs, ys, snr = cut[ok], xs[ok], ys[ok], snr[ok]
     if len(xs) < 3:
         raise PsfError(f"{prefix}only {len(xs)} stars with unmasked stamps; at least 3 needed")
+    # taper the margin (against the periodic shift's ringing), shift to centre, keep the middle
+    ramp = np.ones(work)
+    m = (work - size) // 2
+    ramp[:m] = ramp[-m:][::-1] = 0.5 - 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
+    cut = cut * (ramp[:, None] * ramp[None, :])
     centred = resize(fourier_shift(cut, -(xs - 1 - np.rint(xs - 1)), -(ys - 1 - np.rint(ys - 1))), size)
     flux = centred.sum(axis=(1, 2))
     keep = flux > 0
@@ -246,6 +251,7 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
             evals, evecs = np.linalg.eigh(a @ a.T)
             top = np.argsort(evals)[::-1][:nc]
             comps = (evecs[:, top].T @ a) / np.sqrt(np.maximum(evals[top], 1e-300))[:, None]
+            comps = _without_shifts(comps, mean.reshape(size, size))
             proj = resid @ comps.T                                        # (n, nc)
             u = 2 * (xs - 1) / max(nx - 1, 1) - 1
             v = 2 * (ys - 1) / max(ny - 1, 1) - 1
@@ -260,8 +266,14 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
         if new.sum() < 3 or np.array_equal(new, use):
             break
         use = new
-    return PcaPsf(mean.reshape(size, size), comps.reshape(-1, size, size), coef, deg, (ny, nx),
-                  n_stars=int(use.sum()))
+    # the mean's centroid on the middle pixel (star centroids are noisy and may share a bias)
+    mean_img = mean.reshape(size, size)
+    g = np.arange(size) - size // 2
+    tot = mean_img.sum()
+    cx, cy = float((mean_img.sum(axis=0) * g).sum() / tot), float((mean_img.sum(axis=1) * g).sum() / tot)
+    stack = fourier_shift(np.concatenate([mean_img[None], comps.reshape(-1, size, size)]),
+                          np.full(1 + len(comps), -cx), np.full(1 + len(comps), -cy))
+    return PcaPsf(stack[0], stack[1:], coef, deg, (ny, nx), n_stars=int(use.sum()))
 
 
 def _stamp_fwhm(img: np.ndarray, bkg, xs: np.ndarray, ys: np.ndarray) -> float:
@@ -277,3 +289,26 @@ def _stamp_fwhm(img: np.ndarray, bkg, xs: np.ndarray, ys: np.ndarray) -> float:
     cut = np.nan_to_num(img[rows, cols] - bkg.at(xs[:50][ok], ys[:50][ok])[:, None, None])
     fw = [2.3548200450309493 * math.sqrt(0.5 * sum(image_moments(c)[:2])) for c in cut]
     return float(np.median(fw))
+
+
+def _without_shifts(comps: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Components with zero first moments, re-orthonormalised.
+
+    Noisy star centroids leave a "shift" pattern (the PSF's derivative) among the principal
+    components; with spatially fitted coefficients it would move the model's centroid from
+    place to place. Adding the right multiple of ∂mean/∂x, ∂mean/∂y (whose first moments are
+    −1) to each component zeroes its first moments; the span stays free of shifts after QR.
+    """
+    size = mean.shape[0]
+    g = np.arange(size) - size // 2
+    one = np.ones(1)
+    dx = (fourier_shift(mean[None], -0.5 * one, 0 * one) - fourier_shift(mean[None], 0.5 * one, 0 * one))[0]
+    dy = (fourier_shift(mean[None], 0 * one, -0.5 * one) - fourier_shift(mean[None], 0 * one, 0.5 * one))[0]
+    dx /= -float((dx.sum(axis=0) * g).sum())
+    dy /= -float((dy.sum(axis=1) * g).sum())
+    c = comps.reshape(-1, size, size)
+    mx = (c.sum(axis=1) * g).sum(axis=1)
+    my = (c.sum(axis=2) * g).sum(axis=1)
+    c = c + mx[:, None, None] * dx + my[:, None, None] * dy
+    q, _ = np.linalg.qr(c.reshape(len(c), -1).T)
+    return q.T
