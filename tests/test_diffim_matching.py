@@ -145,7 +145,7 @@ def test_variable_star_stamp_is_rejected(template):
     science = convolve(template.image, VaryingKernel.constant(kern)).astype(np.float64)
     x, y = _stars(template.image, template.variance)
     bad = 3
-    ix, iy = int(round(x[bad])) - 1, int(round(y[bad])) - 1
+    ix, iy = round(x[bad]) - 1, round(y[bad]) - 1
     science[iy - 2:iy + 3, ix - 2:ix + 3] *= 1.5                          # it brightened
     sol = solve_kernel(template.image, science, template.variance, np.ones(SHAPE, np.float32), x, y,
                        basis_for_widths(3.0, 4.2), options=MatchOptions(spatial_degree=0, background_degree=0))

@@ -1,6 +1,8 @@
 """Subtraction end to end on simulated pairs: residual noise, decorrelation, flux pulls,
 ZOGY's S_corr, auto mode, masks and saturated stars."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -66,7 +68,7 @@ def _radial_power(img: np.ndarray, nbins: int = 8) -> np.ndarray:
     fy, fx = np.meshgrid(np.fft.fftfreq(img.shape[0]), np.fft.fftfreq(img.shape[1]), indexing="ij")
     k = np.hypot(fx, fy)
     edges = np.linspace(0.02, 0.5, nbins + 1)
-    return np.array([spec[(k >= a) & (k < b)].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    return np.array([spec[(k >= a) & (k < b)].mean() for a, b in pairwise(edges)])
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,14 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from jointcal_ap.diffim import DiffimError, ImagePlanes, Template, build_template, read_template, warp_to
+from jointcal_ap.diffim import (
+    DiffimError,
+    ImagePlanes,
+    Template,
+    build_template,
+    read_template,
+    warp_to,
+)
 from jointcal_ap.diffim.image import MASK_BITS
 from jointcal_ap.diffim.stars import find_stars
 from jointcal_ap.simulate.images import render_image
@@ -76,7 +83,7 @@ def test_warp_propagates_variance_and_same_grid_is_a_copy(sky):
 def test_warp_errors_name_the_input(sky):
     far = ImagePlanes(np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32), np.zeros(SHAPE, np.int32), None,
                       _header(crval1=160.0), "far.fits")
-    with pytest.raises(DiffimError, match="far.fits: does not overlap"):
+    with pytest.raises(DiffimError, match=r"far\.fits: does not overlap"):
         warp_to(far, _header(), SHAPE)
     nowcs = ImagePlanes(np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32), np.zeros(SHAPE, np.int32))
     with pytest.raises(DiffimError, match="no celestial WCS"):

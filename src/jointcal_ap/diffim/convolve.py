@@ -241,16 +241,20 @@ def convolve(image: np.ndarray | None, kernel: VaryingKernel, *, workers: int | 
     ny, nx = spectrum.shape
     gy, gx = spectrum.grid
     size, step, half = spectrum.size, spectrum.step, spectrum.half
-    out = np.zeros((ny, nx), np.float32)
+    acc = np.zeros((gy * step, gx * step), np.float32)
+    acc4 = acc.reshape(gy, step, gx, step)                 # block view: no copies when adding
     for comp, field in zip(kernel.components, kernel.fields, strict=True):
         khat = kernel_fft(comp.astype(np.float32), (size, size), workers=workers)
         conv = sfft.irfft2(spectrum.spectrum * khat, s=(size, size), workers=workers)
-        conv = conv[:, half:half + step, half:half + step].reshape(gy, gx, step, step)
-        conv = conv.transpose(0, 2, 1, 3).reshape(gy * step, gx * step)[:ny, :nx]
+        c4 = conv.reshape(gy, gx, size, size)[:, :, half:half + step, half:half + step].transpose(0, 2, 1, 3)
         if field is None:
-            out += conv
+            acc4 += c4
         elif field.is_constant:
-            out += np.float32(field.at([1.0], [1.0])[0]) * conv
+            acc4 += np.float32(field.at([1.0], [1.0])[0]) * c4
         else:
-            out += field.image() * conv
+            f = np.zeros((gy * step, gx * step), np.float32)
+            f[:ny, :nx] = field.image()
+            acc4 += c4 * f.reshape(gy, step, gx, step)
+    out = acc[:ny, :nx]
+    out = out if (ny, nx) == acc.shape else np.ascontiguousarray(out)
     return out

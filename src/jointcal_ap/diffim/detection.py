@@ -146,7 +146,6 @@ def psf_photometry(diff: DifferenceImage, x, y, *, size: int | None = None) -> d
     """
     x = np.atleast_1d(np.asarray(x, float))
     y = np.atleast_1d(np.asarray(y, float))
-    n = len(x)
     psf = diff.psf
     ny, nx = diff.shape
     if size is None:
@@ -229,7 +228,7 @@ def _windowed_m2(img: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float) ->
     r = int(max(3, math.ceil(3 * sigma)))
     size = 2 * r + 1
     x0, y0 = np.rint(x).astype(np.int64) - r, np.rint(y).astype(np.int64) - r
-    st, inside = _stamps(img, x0, y0, size, 0.0)
+    st, _ = _stamps(img, x0, y0, size, 0.0)
     st = np.where(np.isfinite(st), st, 0.0)
     off = np.arange(size) - r
     dx = off[None, None, :] - (x - np.rint(x))[:, None, None]

@@ -25,6 +25,7 @@ Pixel coordinates are **1-based** (the centre of ``image[0, 0]`` is (1, 1)).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from numpy.polynomial import legendre
@@ -215,10 +216,10 @@ def cell_grid(shape: tuple[int, int], cell_px: int) -> tuple[np.ndarray, np.ndar
     ny, nx = shape
 
     def axis(n: int) -> tuple[np.ndarray, list]:
-        k = max(1, int(round(n / max(cell_px, 1))))
+        k = max(1, round(n / max(cell_px, 1)))
         edges = np.linspace(0, n, k + 1).round().astype(int)
         centres = 0.5 * (edges[:-1] + edges[1:]) + 0.5
-        return centres, [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        return centres, [slice(int(a), int(b)) for a, b in pairwise(edges)]
 
     xc, xs = axis(nx)
     yc, ys = axis(ny)

@@ -101,7 +101,7 @@ def celestial_wcs(header: fits.Header | None):
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             w = WCS(header, naxis=2)
-        except Exception:  # noqa: BLE001 - a malformed WCS is "no WCS" here; callers say so
+        except Exception:
             return None
     return w if w.has_celestial else None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from jointcal_ap.diffim.image import MASK_BITS
 
@@ -35,13 +34,48 @@ def unusable(mask: np.ndarray, image: np.ndarray | None = None, variance: np.nda
 
 
 def dilate(plane: np.ndarray, half: int) -> np.ndarray:
-    """Boolean dilation by a (2·half+1)² square (two 1-D maximum filters along rows, the
-    second on the transpose: a filter along axis 0 is several times slower)."""
-    size = 2 * int(half) + 1
-    u = np.ascontiguousarray(plane, dtype=bool).view(np.uint8)
-    a = ndimage.maximum_filter1d(u, size, axis=1)
-    a = ndimage.maximum_filter1d(np.ascontiguousarray(a.T), size, axis=1)
-    return np.ascontiguousarray(a.T).view(bool)
+    """Boolean dilation by a (2·half+1)² square.
+
+    Separable, and along each axis by doubling shifts (a window of 1, 2, 4 … pixels ORed
+    with itself shifted): a few whole-array ORs on contiguous slices, much faster than a
+    maximum filter along axis 0 or a transpose.
+    """
+    out = np.array(plane, dtype=bool, copy=True)
+    for axis in (0, 1):
+        out = _dilate_axis(out, int(half), axis)
+    return out
+
+
+def _dilate_axis(a: np.ndarray, half: int, axis: int) -> np.ndarray:
+    """OR over a centred window of 2·half + 1 along ``axis``."""
+    if half <= 0:
+        return a
+    n = a.shape[axis]
+    win = 2 * half + 1
+
+    def sl(start, stop):
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(start, stop)
+        return tuple(idx)
+
+    # w[i] = OR of a[i : i + width] (width grows by doubling up to win)
+    w = a.copy()
+    width = 1
+    while width * 2 <= win:
+        w[sl(0, n - width)] |= w[sl(width, n)]
+        width *= 2
+    if width < win:                      # top up to exactly win with a shifted copy
+        rest = win - width
+        w2 = w.copy()
+        w2[sl(0, n - rest)] |= w[sl(rest, n)]
+        w = w2
+    # centre the window: out[i] = OR a[i - half : i + half + 1] = w[i - half]
+    out = np.zeros_like(a)
+    out[sl(half, n)] = w[sl(0, n - half)]
+    # the first `half` outputs see a window truncated at 0: OR of a[0 : i + half + 1]
+    head = np.logical_or.accumulate(a[sl(0, min(n, 2 * half + 1))], axis=axis)
+    out[sl(0, min(half, n))] = head[sl(half, min(n, 2 * half))] if n > half else head[sl(n - 1, n)]
+    return out
 
 
 def grow(mask: np.ndarray, half: int, planes=GROWN_PLANES) -> np.ndarray:

@@ -208,7 +208,7 @@ def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int
         fb_vnum += np.where(fb, w * w * var, 0.0)
         fb_den += np.where(fb, w, 0.0)
         fb_mask |= np.where(fb, warped.mask, 0)
-    if not names or not (den > 0).any() and not (fb_den > 0).any():
+    if not names or (not (den > 0).any() and not (fb_den > 0).any()):
         raise DiffimError("build_template: none of the inputs overlaps the target grid")
     use_fb = (den == 0) & (fb_den > 0)
     num = np.where(use_fb, fb_num, num)

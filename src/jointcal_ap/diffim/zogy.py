@@ -32,7 +32,7 @@ from jointcal_ap.diffim.image import MASK_BITS, DifferenceImage
 from jointcal_ap.diffim.masks import border, grow
 from jointcal_ap.psf import GridPsf
 
-__all__ = ["zogy_kernels", "zogy_difference"]
+__all__ = ["zogy_difference", "zogy_kernels"]
 
 
 def _spec(img: np.ndarray, n: int) -> np.ndarray:
