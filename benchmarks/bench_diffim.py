@@ -302,14 +302,17 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
     results: dict = {"load_start": load0, "hotpants": hotpants, "peers_python": args.peers_python, "runs": {}}
     rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    sizes = sorted((int(s) for s in args.sizes.split(",")), reverse=True)
+    for size in sizes:
         work = Path(args.work) / str(size)
         work.mkdir(parents=True, exist_ok=True)
-        print(f"pair {size} × {size}: simulating", flush=True)
-        pair = make_pair(work, 4096, seed=42) if size == 4096 else None
-        if size != 4096:                                   # the 4096 pair's quadrant
-            pair = _quadrant(Path(args.work) / "4096", work, size)
+        if size == sizes[0]:
+            print(f"pair {size} × {size}: simulating", flush=True)
+            pair = make_pair(work, size, seed=42)
+        else:                                              # a corner of the first pair
+            pair = _quadrant(Path(args.work) / str(sizes[0]), work, size)
         runs = tools(work, args.peers_python, hotpants, 10, sfft=size <= 2048 or args.sfft_4096)
+        results[f"pair_{size}"] = {"injected": len(pair["truth"]["x"]), "stars": len(pair["stars"]["x"])}
         for name, entry in runs.items():
             s, note = None, None
             if entry["rc"] == 0 and Path(entry["out"]).exists():
