@@ -30,6 +30,8 @@ from itertools import pairwise
 import numpy as np
 from numpy.polynomial import legendre
 
+from jointcal_ap.psf._sampling import hat_weights
+
 __all__ = ["Field", "GridField", "PolynomialField", "n_poly_terms", "poly_exponents"]
 
 
@@ -145,22 +147,6 @@ def design_matrix(shape: tuple[int, int], degree: int, x, y) -> np.ndarray:
     return np.stack([vx[i] * vy[j] for i, j in poly_exponents(degree)], axis=1)
 
 
-def _hat_weights(nodes: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """(n_nodes, len(p)): bilinear (hat) weights of each node at positions p, flat outside."""
-    n = len(nodes)
-    w = np.zeros((n, len(p)))
-    if n == 1:
-        w[0] = 1.0
-        return w
-    q = np.clip(p, nodes[0], nodes[-1])
-    k = np.clip(np.searchsorted(nodes, q, side="right") - 1, 0, n - 2)
-    t = (q - nodes[k]) / (nodes[k + 1] - nodes[k])
-    cols = np.arange(len(p))
-    w[k, cols] = 1.0 - t
-    w[k + 1, cols] += t
-    return w
-
-
 @dataclass(frozen=True)
 class GridField(Field):
     """Values at grid nodes, bilinearly interpolated (flat beyond the outermost nodes).
@@ -179,10 +165,10 @@ class GridField(Field):
     values: np.ndarray
 
     def rows(self, y):
-        return _hat_weights(np.asarray(self.y_nodes, float), np.asarray(y, float))
+        return hat_weights(np.asarray(self.y_nodes, float), np.asarray(y, float)).T
 
     def cols(self, x):
-        return _hat_weights(np.asarray(self.x_nodes, float), np.asarray(x, float))
+        return hat_weights(np.asarray(self.x_nodes, float), np.asarray(x, float)).T
 
     @property
     def matrix(self):

@@ -106,8 +106,24 @@ def celestial_wcs(header: fits.Header | None):
     return w if w.has_celestial else None
 
 
+class OnPixelGrid:
+    """``shape`` and ``wcs`` of the products and inputs that have an ``image`` and a ``header``."""
+
+    image: np.ndarray
+    header: fits.Header
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape  # type: ignore[return-value]
+
+    @property
+    def wcs(self):
+        """The celestial WCS (astropy) of ``header``, or None."""
+        return celestial_wcs(self.header)
+
+
 @dataclass(frozen=True, eq=False)
-class ImagePlanes:
+class ImagePlanes(OnPixelGrid):
     """One image of a differencing pair (science or template).
 
     Attributes
@@ -146,14 +162,6 @@ class ImagePlanes:
         object.__setattr__(self, "variance", np.asarray(self.variance, np.float32))
         object.__setattr__(self, "mask", np.asarray(self.mask, np.int32))
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.image.shape  # type: ignore[return-value]
-
-    @property
-    def wcs(self):
-        """The celestial WCS (astropy) or None."""
-        return celestial_wcs(self.header)
 
 
 def as_planes(obj: Any, role: str = "image") -> ImagePlanes:
@@ -175,7 +183,7 @@ def as_planes(obj: Any, role: str = "image") -> ImagePlanes:
 
 
 @dataclass(frozen=True, eq=False)
-class DifferenceImage:
+class DifferenceImage(OnPixelGrid):
     """A PSF-matched difference (or score) image on the science grid, with its QA.
 
     Attributes
@@ -241,13 +249,6 @@ class DifferenceImage:
                 raise DiffimError(f"DifferenceImage: {name} shape {np.shape(getattr(self, name))} "
                                   f"differs from the image's {shape}")
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.image.shape  # type: ignore[return-value]
-
-    @property
-    def wcs(self):
-        return celestial_wcs(self.header)
 
     @property
     def mask_planes(self) -> dict[str, int]:

@@ -419,8 +419,11 @@ def _alard_lupton(S: _Prepared, T: _Prepared, opts: SubtractOptions, mode: str) 
         # variance: the smooth-variance estimate, Σ(kernel²) × each input's variance plane
         var = S.var_filled * _weight_map(shape, xc, yc, np.asarray(w_u)) \
             + T.var_filled * _weight_map(shape, xc, yc, np.asarray(w_c))
-        ph_half = phis.shape[-1] // 2
-        mask = grow(mask, ph_half, planes=("NO_DATA",))
+        # NO_DATA grows by φ's effective reach (where |φ| ≥ 1e-3 of its peak), not its full box
+        amp = np.abs(phis).max(axis=(0, 1))
+        g = np.arange(amp.shape[0]) - amp.shape[0] // 2
+        reach = np.maximum(np.abs(g)[:, None], np.abs(g)[None, :])[amp >= 1e-3 * amp.max()]
+        mask = grow(mask, int(reach.max()), planes=("NO_DATA",))
         psf: PsfModel = GridPsf(np.asarray(psfs), xc, yc)
     else:
         if mode == "convolve-template":

@@ -29,7 +29,7 @@ import numpy as np
 from astropy.io import fits
 
 from jointcal_ap.diffim.errors import DiffimError
-from jointcal_ap.diffim.image import MASK_BITS, as_planes, celestial_wcs
+from jointcal_ap.diffim.image import MASK_BITS, OnPixelGrid, as_planes, celestial_wcs
 from jointcal_ap.diffim.masks import bits
 from jointcal_ap.diffim.warp import warp_to
 from jointcal_ap.psf import PsfError, PsfModel, fit_psf
@@ -42,7 +42,7 @@ _EXCLUDE = ("NO_DATA", "BAD", "SAT", "CR", "EDGE")
 
 
 @dataclass(frozen=True, eq=False)
-class Template:
+class Template(OnPixelGrid):
     """A template on a science detector's pixel grid.
 
     Attributes
@@ -71,13 +71,6 @@ class Template:
     n_inputs: np.ndarray | None = None
     source: str = "template"
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.image.shape  # type: ignore[return-value]
-
-    @property
-    def wcs(self):
-        return celestial_wcs(self.header)
 
     def write(self, path: str | os.PathLike) -> Path:
         """FITS: primary = image (+ WCS), then VARIANCE, MASK, PSF…, NINPUTS, INPUTS (atomic)."""

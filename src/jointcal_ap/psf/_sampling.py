@@ -7,6 +7,23 @@ import math
 import numpy as np
 
 
+def hat_weights(nodes: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """(len(p), n_nodes): bilinear (hat) weights of each node at positions ``p`` (flat beyond
+    the outermost nodes)."""
+    n = len(nodes)
+    w = np.zeros((len(p), n))
+    if n == 1:
+        w[:, 0] = 1.0
+        return w
+    q = np.clip(p, nodes[0], nodes[-1])
+    k = np.clip(np.searchsorted(nodes, q, side="right") - 1, 0, n - 2)
+    t = (q - nodes[k]) / (nodes[k + 1] - nodes[k])
+    rows = np.arange(len(p))
+    w[rows, k] = 1.0 - t
+    w[rows, k + 1] += t
+    return w
+
+
 def resize(images: np.ndarray, size: int) -> np.ndarray:
     """Crop or zero-pad (..., k, k) centred images to (..., size, size) (both odd)."""
     k = images.shape[-1]
@@ -76,3 +93,26 @@ def image_moments(image: np.ndarray) -> tuple[float, float, float]:
     ixx, iyy = max(ixx - 1.0 / 12.0, 1e-3), max(iyy - 1.0 / 12.0, 1e-3)
     lim = 0.99 * math.sqrt(ixx * iyy)
     return float(ixx), float(iyy), float(np.clip(ixy, -lim, lim))
+
+
+class PixelizedPsf:
+    """Mixin of the pixelized PSF models: everything from ``_images(x, y)`` (centred, unit-sum
+    kernel images at 1-based positions) and ``default_size``."""
+
+    def _images(self, x, y) -> np.ndarray:  # pragma: no cover - implemented by the models
+        raise NotImplementedError
+
+    def kernel_image(self, x: float, y: float, size: int | None = None) -> np.ndarray:
+        img = resize(self._images([x], [y])[0], _odd(size or self.default_size()))
+        return img / img.sum()
+
+    def moments(self, x: float, y: float) -> tuple[float, float, float]:
+        return image_moments(self._images([x], [y])[0])
+
+    def stamps(self, x, y, size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return realise(self._images(x, y), x, y, _odd(size or self.default_size()))
+
+
+def _odd(size: int) -> int:
+    size = int(size)
+    return size if size % 2 else size + 1

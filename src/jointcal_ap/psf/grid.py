@@ -22,28 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from jointcal_ap.psf._sampling import image_moments, realise, resize
-from jointcal_ap.psf.base import PsfError, PsfModel, _odd, register_psf_kind
+from jointcal_ap.psf._sampling import PixelizedPsf, hat_weights
+from jointcal_ap.psf.base import PsfError, PsfModel, register_psf_kind
 
 __all__ = ["GridPsf"]
 
 
-def _hat(nodes: np.ndarray, p: np.ndarray) -> np.ndarray:
-    n = len(nodes)
-    w = np.zeros((len(p), n))
-    if n == 1:
-        w[:, 0] = 1.0
-        return w
-    q = np.clip(p, nodes[0], nodes[-1])
-    k = np.clip(np.searchsorted(nodes, q, side="right") - 1, 0, n - 2)
-    t = (q - nodes[k]) / (nodes[k + 1] - nodes[k])
-    rows = np.arange(len(p))
-    w[rows, k] = 1.0 - t
-    w[rows, k + 1] += t
-    return w
-
-
-class GridPsf(PsfModel):
+class GridPsf(PixelizedPsf, PsfModel):
     """Kernel images at grid nodes (1-based positions), bilinearly interpolated.
 
     Parameters
@@ -77,23 +62,12 @@ class GridPsf(PsfModel):
     def _images(self, x, y) -> np.ndarray:
         x = np.atleast_1d(np.asarray(x, float))
         y = np.atleast_1d(np.asarray(y, float))
-        wx, wy = _hat(self.x_nodes, x), _hat(self.y_nodes, y)
+        wx, wy = hat_weights(self.x_nodes, x), hat_weights(self.y_nodes, y)
         out = np.einsum("nj,ni,jiab->nab", wy, wx, self.images)
         return out / out.sum(axis=(1, 2), keepdims=True)
 
     def default_size(self, x: float | None = None, y: float | None = None) -> int:
         return int(self.images.shape[-1])
-
-    def kernel_image(self, x: float, y: float, size: int | None = None) -> np.ndarray:
-        img = resize(self._images([x], [y])[0], _odd(size or self.default_size()))
-        return img / img.sum()
-
-    def moments(self, x: float, y: float) -> tuple[float, float, float]:
-        return image_moments(self._images([x], [y])[0])
-
-    def stamps(self, x: Any, y: Any, size: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return realise(self._images(x, y), x, y, _odd(size or self.default_size()))
 
     def to_hdus(self) -> list[Any]:
         from astropy.io import fits

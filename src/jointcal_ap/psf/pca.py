@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from jointcal_ap.psf._sampling import fourier_shift, image_moments, realise, resize
+from jointcal_ap.psf._sampling import PixelizedPsf, fourier_shift, image_moments, resize
 from jointcal_ap.psf.base import PsfError, PsfModel, _odd, register_psf_kind
 
 __all__ = ["PcaPsf", "fit_psf"]
@@ -46,7 +46,7 @@ def _legendre_terms(u: np.ndarray, v: np.ndarray, degree: int) -> np.ndarray:
     return np.stack([lu[:, n - j] * lv[:, j] for n in range(degree + 1) for j in range(n + 1)], axis=1)
 
 
-class PcaPsf(PsfModel):
+class PcaPsf(PixelizedPsf, PsfModel):
     """``P(x, y) = mean + Σ_i c_i(x, y) · components[i]`` (renormalised to sum 1).
 
     Parameters
@@ -105,17 +105,6 @@ class PcaPsf(PsfModel):
 
     def default_size(self, x: float | None = None, y: float | None = None) -> int:
         return int(self.mean.shape[0])
-
-    def kernel_image(self, x: float, y: float, size: int | None = None) -> np.ndarray:
-        img = resize(self._images([x], [y])[0], _odd(size or self.default_size()))
-        return img / img.sum()
-
-    def moments(self, x: float, y: float) -> tuple[float, float, float]:
-        return image_moments(self._images([x], [y])[0])
-
-    def stamps(self, x: Any, y: Any, size: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return realise(self._images(x, y), x, y, _odd(size or self.default_size()))
 
     def to_hdus(self) -> list[Any]:
         from astropy.io import fits
