@@ -120,3 +120,21 @@ def test_external_template_fits(tmp_path):
         tmp_path / "bad.fits")
     with pytest.raises(DiffimError, match=r"bad.fits: the VARIANCE extension has shape \(5, 5\)"):
         read_template(tmp_path / "bad.fits")
+
+
+def test_exposures_in_and_a_difference_out(sky):
+    """The stage path: Exposures (with their WCS) → template on the science grid → difference."""
+    from jointcal_ap.diffim import SubtractOptions, subtract
+    from jointcal_ap.exposure import Exposure, ExposureMetadata
+
+    def exposure(visit, header, seed):
+        p = _exposure(sky, header, seed)
+        return Exposure(p.image, p.mask, p.variance, header, ExposureMetadata(visit, 1, "r", 60300.0 + visit, 30.0))
+
+    science = exposure(1, _header(), 41)
+    others = [exposure(2 + k, _header(crval1=150.0 + 0.0002 * k, rot_deg=3 * k), 42 + k) for k in range(2)]
+    template = build_template(others, science)
+    assert template.inputs == ("template input visit 2 detector 1", "template input visit 3 detector 1")
+    diff = subtract(science, template, SubtractOptions())
+    assert diff.source == "science visit 1 detector 1" and diff.template_inputs == template.inputs
+    assert diff.wcs is not None and diff.qa["residual_std"] == pytest.approx(1.0, abs=0.1)
