@@ -105,7 +105,10 @@ def diff_command(args: argparse.Namespace) -> int:
     diff = subtract(sci, tmp, opts)
     table = None
     if args.sources:
-        table = detect_dia_sources(diff, det_opts)
+        from jointcal_ap.diffim.stars import find_stars
+
+        bright = find_stars(tmp.image, tmp.variance, tmp.mask, threshold=200.0)   # bright-star residuals
+        table = detect_dia_sources(diff, det_opts, template_stars=bright)
         diff = diff.with_qa(**detection_counts(table))
     with contextlib.ExitStack() as stack:        # every output renamed into place only at the end
         tmp_out = stack.enter_context(atomic_path(args.out))
