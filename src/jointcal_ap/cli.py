@@ -38,6 +38,7 @@ COMMAND_FAMILIES: tuple[str, ...] = (
     "jointcal_ap.alerts.cli",
     "jointcal_ap.metrics.cli",
     "jointcal_ap.sso.cli",
+    "jointcal_ap.diffim.cli",
 )
 
 
