@@ -287,7 +287,7 @@ def _run_steps(resolved: ResolvedPipeline, task: _Task, data_id: DataId, root: P
                 if dataset in values:
                     kwargs[port] = values[dataset]
                     continue
-                source = sources[dataset]
+                source = sources[_source_key(dataset, step.in_ports[port])]
                 if source.items is not None:
                     dataset_type = resolved.dataset_types[dataset]
                     kwargs[port] = {d: DatasetHandle(dataset, dataset_type, d, p)
@@ -355,6 +355,14 @@ def _run_task(resolved: ResolvedPipeline, task: _Task, root: str) -> list[UnitRe
 
 
 # --------------------------------------------------------------------------- planning
+
+
+def _source_key(dataset: str, spec: Any) -> str:
+    """How a task names one of its inputs: the dataset, plus the lookup for a lookup port (a
+    stage may read a dataset both as its own unit's and across units)."""
+    if not spec.multiple:
+        return dataset
+    return f"{dataset}#{spec.lookup}#{int(spec.before)}{int(spec.same_band)}"
 
 
 def _identity(parts: Mapping[str, Any]) -> str:
@@ -436,15 +444,16 @@ class _Planner:
         parts: dict[str, Any] = {"fingerprint": segment.fingerprint}
         for step in segment.stages:
             for port, dataset in step.inputs.items():
-                if dataset in produced_here or dataset in inputs:
-                    continue
                 spec = step.in_ports[port]
+                key = _source_key(dataset, spec)
+                if dataset in produced_here or key in inputs:
+                    continue
                 try:
                     if spec.multiple:
-                        inputs[dataset], parts[dataset] = self._lookup(dataset, spec, unit, units)
+                        inputs[key], parts[key] = self._lookup(dataset, spec, unit, units)
                     else:
-                        inputs[dataset], parts[dataset] = self._single(dataset, unit,
-                                                                       step.stage.dimensions)
+                        inputs[key], parts[key] = self._single(dataset, unit,
+                                                               step.stage.dimensions)
                 except Exception as exc:
                     where = (str(self.resolved.input_path(dataset, unit))
                              if self.resolved.is_input(dataset) else "the repository")
@@ -800,9 +809,14 @@ def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Reposi
         if planned is not None:
             plans[unit] = planned
     if segment.kind == "unit":
-        return [_Task(index, (u,), {u: p[0]}, {u: p[1]},
-                      {u.visit: visits[u.visit]} if u.get("visit") in visits else {},
-                      {k: v for k, v in detectors.items() if k[0] == u.get("visit")})
+        def records(unit: DataId, inputs: Mapping[str, _Input]) -> dict:
+            wanted = {unit.get("visit")}
+            for source in inputs.values():
+                wanted.update(d.get("visit") for d, _ in source.items or ())
+            return {k: v for k, v in detectors.items() if k[0] in wanted}
+
+        # every visit's record (small); detectors of the unit's visit and of what it looks up
+        return [_Task(index, (u,), {u: p[0]}, {u: p[1]}, visits, records(u, p[0]))
                 for u, p in plans.items() if not is_done(u, p[1])]
     # ordered: regions in parallel, time order inside
     groups: dict[int, list[DataId]] = {}
