@@ -70,8 +70,10 @@ class TemplateStage(Stage):
                 visits.append(data_id.visit)
         chosen = [d for d in by_time if d.visit in visits[:self.options.max_visits]]
         if len({d.visit for d in chosen}) < self.options.min_visits:
-            raise ValueError(f"{unit.key}: {len(visits)} earlier overlapping visit(s) in the "
-                             f"band, the template needs at least {self.options.min_visits}")
+            from jointcal_ap.stages import NoWorkFound
+
+            raise NoWorkFound(f"{len(visits)} earlier overlapping visit(s) in the band; the "
+                              f"template needs at least {self.options.min_visits}")
         return {"template": build_template([calexps[d].get() for d in chosen], calexp)}
 
 
