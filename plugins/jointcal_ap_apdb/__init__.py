@@ -1,4 +1,5 @@
-"""Built-in plugin ``apdb``: opens the Alert Production DataBase for stages.
+"""Built-in plugin ``apdb``: opens the Alert Production DataBase for stages, and the
+``associate`` stage (Solar System, then DiaObject association into the APDB).
 
 Registered through the ``jointcal_ap.plugins`` entry point (``apdb = "jointcal_ap_apdb"`` in
 the project's ``pyproject.toml``), exactly as a third-party plugin. It answers the
@@ -13,7 +14,7 @@ from typing import Any
 
 from jointcal_ap.stages import hookimpl
 
-__all__ = ["jointcal_ap_get_apdb"]
+__all__ = ["jointcal_ap_get_apdb", "jointcal_ap_register_stages"]
 
 __version__ = "1.0.0"
 
@@ -29,3 +30,11 @@ def jointcal_ap_get_apdb(url: str) -> Any:
     from jointcal_ap.apdb import open_apdb
 
     return open_apdb(url)
+
+
+@hookimpl
+def jointcal_ap_register_stages(registry) -> None:
+    """Register the ``associate`` stage (imported lazily)."""
+    from jointcal_ap_apdb.stage import register
+
+    register(registry)

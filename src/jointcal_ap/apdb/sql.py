@@ -396,6 +396,8 @@ class SqlApdb:
         for field, values in zip(schema, data, strict=True):
             if pa.types.is_string(field.type):
                 values = [v.rstrip() if isinstance(v, str) else v for v in values]
+            elif pa.types.is_boolean(field.type):  # SQLite stores booleans as 0/1
+                values = [None if v is None else bool(v) for v in values]
             arrays.append(pa.array(values, type=field.type))
         return pa.Table.from_arrays(arrays, schema=schema)
 
