@@ -152,9 +152,11 @@ class InjectOptions:
 
 
 class InjectStage(Stage):
-    """Add synthetic point sources (and trails) to a calibrated exposure, drawn with its PSF
-    model, with Poisson noise and the variance updated, flagged ``INJECTED``; records the
-    truth."""
+    """Add synthetic sources to a calibrated exposure and record the truth.
+
+    New point sources (transients: absent from the template) and trails, drawn with the
+    exposure's PSF model, with Poisson noise and the variance updated, flagged ``INJECTED``.
+    """
 
     name = "inject"
     version = __version__
@@ -170,15 +172,25 @@ class InjectStage(Stage):
 
         opts = self.options
         seed = unit_seed(opts.seed, unit)
-        kinds = {"static": 1.0 - opts.trail_fraction, "trail": opts.trail_fraction}
+        # only the science exposure gets them: in the difference every one is new
+        kinds = {"transient": 1.0 - opts.trail_fraction, "trail": opts.trail_fraction}
         catalog = make_injection_catalog(calexp.shape, opts.n_sources, seed=seed,
                                          mag_range=(opts.mag_min, opts.mag_max),
                                          kinds={k: v for k, v in kinds.items() if v > 0},
                                          wcs=calexp, first_id=unit_seed(opts.seed, unit) << 10)
         result = inject_sources(calexp, catalog, seed=seed + 1)
-        truth = Table({name: result.truth.column(name).to_numpy(zero_copy_only=False)
+        truth = Table({name: _column(result.truth.column(name))
                        for name in result.truth.column_names})
         return {"injected": result.image, "injection_truth": truth}
+
+
+def _column(column: Any) -> np.ndarray:
+    """An Arrow column as NumPy (strings as a fixed-width str array, as astropy writes them)."""
+    import pyarrow as pa
+
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return np.asarray(column.to_pylist(), dtype=str)
+    return column.to_numpy(zero_copy_only=False)
 
 
 def _plain(value: Any) -> Any:
