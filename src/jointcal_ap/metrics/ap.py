@@ -6,7 +6,10 @@ one detector or many concatenated) and returns:
 - **completeness** of point sources (``variable`` and ``transient``) against the magnitude
   of their difference flux and against their true SNR (with the predicted detection
   probability, :func:`~jointcal_ap.metrics.truth.detection_probability`), and of trails
-  against their length;
+  against their length; a source injected where the difference image has no usable pixels
+  (its true SNR is not finite: the template does not cover it, or the pixels are bad or
+  saturated) cannot be detected and is counted apart (``n_not_on_difference``), not as
+  missed;
 - the **50 % completeness magnitude** ``m50``: a maximum-likelihood fit of
   ``c(m) = c_max · Φ((m50 - m) / w)`` to the detected/missed point sources;
 - **purity**: the fraction of DiaSources matched to an injected source whose flux changed
@@ -203,6 +206,12 @@ def ap_metrics(matched: Any, n_dia_sources: int, *, threshold: float = 5.0,
         else np.full(matched.num_rows, "transient", object)
     injected = _col(matched, "injected", bool)
     found = _col(matched, "matched", bool)
+    true_snr = _col(matched, "snr_true")
+    # a source on pixels the difference image has no data for (the template does not
+    # cover them, or they are bad or saturated) cannot be detected: it is not scored
+    off = injected & ~np.isfinite(true_snr) if true_snr is not None \
+        else np.zeros(len(injected), bool)
+    injected = injected & ~off
     diff_flux = _col(matched, "diff_flux")
     diff_mag = _col(matched, "diff_mag")
     point = injected & np.isin(kind, POINT_KINDS) & (diff_flux != 0)
@@ -215,6 +224,7 @@ def ap_metrics(matched: Any, n_dia_sources: int, *, threshold: float = 5.0,
         "n_trail": int(trail.sum()), "n_trail_detected": int((trail & found).sum()),
         "n_static": int(static.sum()), "n_static_detected": int((static & found).sum()),
         "n_dia_sources": int(n_dia_sources),
+        "n_not_on_difference": int(off.sum()),
     }
     with np.errstate(invalid="ignore", divide="ignore"):
         summary["completeness_point"] = summary["n_point_detected"] / summary["n_point"] \

@@ -118,7 +118,7 @@ def compute_run_metrics(run_dir: str | os.PathLike[str], *, out_dir: str | os.Pa
         truth = pq.read_table(item.truth)
         if "snr_true" not in truth.column_names and item.difference is not None:
             from jointcal_ap.diffim import DifferenceImage
-            from jointcal_ap.metrics import add_true_snr
+            from jointcal_ap.metrics.truth import add_true_snr
 
             truth = add_true_snr(truth, DifferenceImage.read(item.difference))
         dia = pq.read_table(item.dia_sources) if item.dia_sources is not None else None
