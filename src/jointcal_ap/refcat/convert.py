@@ -236,11 +236,15 @@ def _map_task(config: ConversionConfig, chunk: Chunk, file_index: int, staging: 
     starts = np.flatnonzero(np.diff(pixel_of_row, prepend=-1)) if len(pixel_of_row) else np.zeros(0, int)
     histogram = np.stack([pixel_of_row[starts], np.diff(np.append(starts, len(pixel_of_row)))])
     np.save(stem.with_suffix(".hist.npy"), histogram.astype(np.int64))
+    ids_path = None
+    if pa.types.is_int64(table.schema.field("id").type):  # sorted here, in parallel, for the
+        ids_path = str(stem.with_suffix(".ids.npy"))     # driver's duplicate check (a merge)
+        np.save(ids_path, np.sort(table.column("id").to_numpy()))
     stats = {
         "file": chunk.path, "chunk": chunk.index, "arrow": str(stem.with_suffix(".arrow")),
         "rows_in": rows_in, "rows_out": table.num_rows, "dropped": dict(dropped),
         "ra_wrapped": wrapped,
-        "histogram": str(stem.with_suffix(".hist.npy")),
+        "histogram": str(stem.with_suffix(".hist.npy")), "ids": ids_path,
         "max_abs_pm": _max_abs(table, ("pmra", "pmdec")),
         "max_parallax": _max_abs(table, ("parallax",)),
         "epoch_min": _extreme(table, "epoch", np.nanmin),
@@ -363,16 +367,22 @@ def _executor(workers: int, dask_address: str | None) -> tuple[Executor | None, 
     return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run(executor: Executor | None, fn: Callable, calls: Sequence[tuple], progress: Any) -> list[Any]:
-    """Run ``fn(*args)`` for every call, serially or on the executor, updating ``progress``."""
+def _run(executor: Executor | None, fn: Callable, calls: Sequence[tuple], progress: Any,
+         while_waiting: Callable[[], Any] | None = None) -> list[Any]:
+    """Run ``fn(*args)`` for every call, serially or on the executor, updating ``progress``;
+    ``while_waiting()`` runs here meanwhile (once the tasks are submitted)."""
     results: list[Any] = [None] * len(calls)
     if executor is None:
+        if while_waiting is not None:
+            while_waiting()
         for i, args in enumerate(calls):
             results[i] = fn(*args)
             progress.update(1)
         return results
     futures: dict[Future, int] = {executor.submit(fn, *args): i for i, args in enumerate(calls)}
     try:
+        if while_waiting is not None:
+            while_waiting()
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
             progress.update(1)
@@ -424,29 +434,42 @@ def _catalog_schema(stats: Sequence[dict[str, Any]], cfg: ConversionConfig) -> p
 
 def _duplicate_ids(stats: Sequence[dict[str, Any]]) -> tuple[int, str]:
     """How many ids appear more than once over all map outputs, and a sentence naming the
-    first few with the files that hold them ("" when there are none)."""
-    arrays, owners = [], []
-    for s in stats:
-        if s["rows_out"] > 0:
-            table = pa.ipc.open_file(pa.memory_map(s["arrow"])).read_all()
-            arrays.append(table.column("id").combine_chunks())
-            owners.append(s["file"])
-    if not arrays:
+    first few with the files that hold them ("" when there are none).
+
+    Integer ids: each map task saved its ids sorted, so this is a merge of sorted runs (a
+    stable sort finds the runs) and a comparison of neighbours. Text ids: Arrow's hash count.
+    """
+    used = [s for s in stats if s["rows_out"] > 0]
+    if not used:
         return 0, ""
-    if len({a.type for a in arrays}) > 1:
-        arrays = [a.cast(pa.string()) for a in arrays]
-    ids = pa.chunked_array(arrays)
-    if pc.count_distinct(ids).as_py() == len(ids):
-        return 0, ""
-    counts = pc.value_counts(ids)
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-    examples = []
-    for item in repeated.slice(0, 3).to_pylist():
-        value = pa.scalar(item["values"], type=ids.type)
-        files = sorted({f for a, f in zip(arrays, owners, strict=True)
-                        if pc.any(pc.equal(a, value)).as_py()})
-        examples.append(f"id {item['values']!r} ×{item['counts']} (in {', '.join(files)})")
-    return len(repeated), "; ".join(examples)
+    if all(s.get("ids") for s in used):
+        merged = np.concatenate([np.load(s["ids"]) for s in used])
+        merged.sort(kind="stable")
+        repeated = merged[1:][merged[1:] == merged[:-1]]
+        if not len(repeated):
+            return 0, ""
+        values, counts = np.unique(repeated, return_counts=True)
+        examples = [(int(v), int(c) + 1) for v, c in zip(values[:3], counts[:3], strict=True)]
+        n_repeated = len(values)
+    else:
+        arrays = [pa.ipc.open_file(pa.memory_map(s["arrow"])).read_all().column("id").combine_chunks()
+                  for s in used]
+        ids = pa.chunked_array([a.cast(pa.string()) for a in arrays])
+        if pc.count_distinct(ids).as_py() == len(ids):
+            return 0, ""
+        counts = pc.value_counts(ids)
+        repeated_counts = counts.filter(pc.greater(counts.field("counts"), 1))
+        examples = [(item["values"], item["counts"]) for item in repeated_counts.slice(0, 3).to_pylist()]
+        n_repeated = len(repeated_counts)
+    sentences = []
+    for value, count in examples:
+        files = set()
+        for s in used:
+            column = pa.ipc.open_file(pa.memory_map(s["arrow"])).read_all().column("id")
+            if pc.any(pc.equal(column.cast(pa.string()), str(value))).as_py():
+                files.add(s["file"])
+        sentences.append(f"id {value!r} ×{count} (in {', '.join(sorted(files))})")
+    return n_repeated, "; ".join(sentences)
 
 
 def _partition_rows(uniq: np.ndarray, totals: np.ndarray, hist_order: int, spec: Any
@@ -607,15 +630,6 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
         if epochs:
             report.epoch_range = (min(e[0] for e in epochs), max(e[1] for e in epochs))
         schema = _catalog_schema(stats, cfg)
-        n_dup, examples = _duplicate_ids(stats)
-        if n_dup and cfg.duplicate_ids != "warn":
-            raise InputError(", ".join(sorted({s["file"] for s in stats})),
-                             f"{n_dup:,} ids appear more than once: {examples}; set duplicate_ids = "
-                             f"'warn' in [catalog] to keep them", column=cfg.columns["id"].column)
-        if n_dup:
-            log.warning("%s: %d ids appear more than once (kept, as duplicate_ids = 'warn'): %s",
-                        cfg.name, n_dup, examples)
-        report.duplicate_ids = n_dup
         if report.ra_wrapped:
             log.warning("%s: %d ra values outside [0, 360] deg were wrapped (ra_out_of_range = 'wrap')",
                         cfg.name, report.ra_wrapped)
@@ -637,11 +651,23 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
         report.seconds["plan"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        duplicates: list[tuple[int, str]] = []
         with progress_bar(total=len(groups), desc="reduce (write partitions)", unit="task",
                           enabled=progress) as bar:
+            # The duplicate-id check runs here while the workers write the partitions.
             written = _run(executor, _reduce_task,
-                           [(g, arrow_files, str(root), compression, schema) for g in groups], bar)
+                           [(g, arrow_files, str(root), compression, schema) for g in groups], bar,
+                           while_waiting=lambda: duplicates.append(_duplicate_ids(stats)))
         report.seconds["reduce"] = time.perf_counter() - t0
+        n_dup, examples = duplicates[0]
+        if n_dup and cfg.duplicate_ids != "warn":
+            raise InputError(", ".join(sorted({s["file"] for s in stats})),
+                             f"{n_dup:,} ids appear more than once: {examples}; set duplicate_ids = "
+                             f"'warn' in [catalog] to keep them", column=cfg.columns["id"].column)
+        if n_dup:
+            log.warning("%s: %d ids appear more than once (kept, as duplicate_ids = 'warn'): %s",
+                        cfg.name, n_dup, examples)
+        report.duplicate_ids = n_dup
         done = sorted(((p, n) for group in written for p, n in group), key=lambda x: x[0])
 
         if margin_arcsec is not None:
