@@ -339,8 +339,10 @@ def test_dask_cluster_by_address_gives_the_same_catalog(tmp_path, csv_file):
     path, _ = csv_file
     cfg = load_config(dict(CONFIG, partitioning={"mode": "fixed", "order": 2}))
     serial = convert(cfg, [path], tmp_path / "serial", chunk_bytes=60_000)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    # Loopback only, on free ports (the scheduler's HTTP server would otherwise try :8787,
+    # which another cluster on the machine may hold).
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0") as cluster:
         on_dask = convert(cfg, [path], tmp_path / "dask", chunk_bytes=60_000,
                           dask_address=cluster.scheduler_address)
     assert on_dask.rows_written == serial.rows_written

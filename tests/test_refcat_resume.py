@@ -149,7 +149,7 @@ def test_workers_die_with_a_sigkilled_parent(tmp_path, big_csv):
             workers[:] = _descendants(proc.pid)
             return len(workers) >= 3 and len(list((staging / "map").glob("*.arrow"))) >= 2
 
-        _wait_for(running, what="the worker pool to be at work")  # fork server + 2 workers
+        _wait_for(running, what="the worker pool to be at work")  # resource tracker, fork server, worker
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -301,9 +301,18 @@ def _reduce_task(parts: Sequence[Partition], arrow_files: Sequence[str], root: s
         if len(pieces) > 1:
             table = table.take(pc.sort_indices(table, [(HEALPIX_COLUMN, "ascending")]))
         with atomic_path(final) as tmp:
-            pq.write_table(table, tmp, compression=compression, row_group_size=500_000)
+            pq.write_table(table, tmp, compression=compression, row_group_size=500_000,
+                           use_dictionary=_dictionary_columns(schema))
         written.append((part, table.num_rows))
     return written
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary-encoding in Parquet: ``epoch`` (often one value) and the
+    non-float extra columns (flags, names). Trying it on ids, indices and measured floats
+    only costs time (half the write time): their values hardly ever repeat."""
+    return [f.name for f in schema if f.name == "epoch" or (
+        f.name not in ("id", HEALPIX_COLUMN) and not pa.types.is_floating(f.type))]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -348,7 +357,28 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="jointcal_ap-parent-watch", daemon=True).start()
 
 
-def _executor(workers: int, dask_address: str | None) -> tuple[Executor | None, Callable[[], None]]:
+class _LocalPool:
+    """``workers - 1`` worker processes, and this process as one more worker: tasks are handed
+    out one at a time to whoever is free (this process runs them inline), so the work starts
+    at once while the pool's processes are still starting (a fork server has to import
+    pyarrow, astropy and healpy first, about a second)."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(["jointcal_ap.refcat.convert", "healpy"])
+        self.processes = workers - 1
+        self.pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=ctx,
+                                        initializer=_die_with_parent, initargs=(os.getpid(),))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _executor(workers: int, dask_address: str | None) -> tuple[Executor | _LocalPool | None, Callable[[], None]]:
     if dask_address:
         from distributed import Client
 
@@ -356,21 +386,15 @@ def _executor(workers: int, dask_address: str | None) -> tuple[Executor | None, 
         return client.get_executor(), client.close
     if workers <= 1:
         return None, lambda: None
-    import multiprocessing
-
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(["jointcal_ap.refcat.convert", "healpy"])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
-                               initargs=(os.getpid(),))
-    return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+    pool = _LocalPool(workers)
+    return pool, pool.close
 
 
-def _run(executor: Executor | None, fn: Callable, calls: Sequence[tuple], progress: Any,
+def _run(executor: Executor | _LocalPool | None, fn: Callable, calls: Sequence[tuple], progress: Any,
          while_waiting: Callable[[], Any] | None = None) -> list[Any]:
-    """Run ``fn(*args)`` for every call, serially or on the executor, updating ``progress``;
-    ``while_waiting()`` runs here meanwhile (once the tasks are submitted)."""
+    """Run ``fn(*args)`` for every call, serially, on a local pool (this process included) or on
+    a Dask executor, updating ``progress``; ``while_waiting()`` runs here once this process has
+    no more tasks to take. The first error stops the handing out of tasks and is raised here."""
     results: list[Any] = [None] * len(calls)
     if executor is None:
         if while_waiting is not None:
@@ -379,6 +403,8 @@ def _run(executor: Executor | None, fn: Callable, calls: Sequence[tuple], progre
             results[i] = fn(*args)
             progress.update(1)
         return results
+    if isinstance(executor, _LocalPool):
+        return _run_local(executor, fn, calls, progress, while_waiting, results)
     futures: dict[Future, int] = {executor.submit(fn, *args): i for i, args in enumerate(calls)}
     try:
         if while_waiting is not None:
@@ -390,6 +416,54 @@ def _run(executor: Executor | None, fn: Callable, calls: Sequence[tuple], progre
         for fut in futures:
             fut.cancel()
         raise
+    return results
+
+
+def _run_local(pool: _LocalPool, fn: Callable, calls: Sequence[tuple], progress: Any,
+               while_waiting: Callable[[], Any] | None, results: list[Any]) -> list[Any]:
+    """Tasks pulled one at a time by this process and by one feeder thread per pool process
+    (each keeps its process busy with one task)."""
+    todo = iter(enumerate(calls))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def take() -> tuple[int, tuple] | None:
+        with lock:
+            return None if errors else next(todo, None)
+
+    def done(i: int, value: Any) -> None:
+        with lock:
+            results[i] = value
+            progress.update(1)
+
+    def feed() -> None:
+        while (item := take()) is not None:
+            try:
+                value = pool.pool.submit(fn, *item[1]).result()
+            except BaseException as exc:  # raised in this process by _run_local
+                with lock:
+                    errors.append(exc)
+                return
+            done(item[0], value)
+
+    feeders = [threading.Thread(target=feed, name=f"jointcal_ap-feed-{k}", daemon=True)
+               for k in range(min(pool.processes, max(len(calls) - 1, 0)))]
+    for thread in feeders:
+        thread.start()
+    try:
+        while (item := take()) is not None:
+            done(item[0], fn(*item[1]))
+        if while_waiting is not None:
+            while_waiting()
+    except BaseException as exc:
+        with lock:
+            errors.insert(0, exc)  # stop the feeders from taking more tasks
+        raise
+    finally:
+        for thread in feeders:
+            thread.join()
+    if errors:
+        raise errors[0]
     return results
 
 
@@ -405,6 +479,19 @@ def _group(parts: list[Partition], counts: dict[Partition, int], target_rows: in
     if current:
         groups.append(current)
     return groups
+
+
+def _balanced_chunk_bytes(total_bytes: int, chunk_bytes: int, workers: int) -> int:
+    """A chunk size of at most ``chunk_bytes`` that shares ``total_bytes`` out in a whole number
+    of rounds of ``workers`` chunks (7 chunks on 2 workers leave one worker idle for the last).
+
+    >>> _balanced_chunk_bytes(468 * 10**6, 64 * 2**20, 2)   # 8 chunks of 58.5 MB, not 7 of 64 MiB
+    58500000
+    """
+    if workers <= 1 or total_bytes <= chunk_bytes:
+        return chunk_bytes
+    rounds = -(-total_bytes // (workers * chunk_bytes))
+    return max(-(-total_bytes // (rounds * workers)), 1)
 
 
 def _catalog_schema(stats: Sequence[dict[str, Any]], cfg: ConversionConfig) -> pa.Schema:
@@ -472,6 +559,26 @@ def _duplicate_ids(stats: Sequence[dict[str, Any]]) -> tuple[int, str]:
     return n_repeated, "; ".join(sentences)
 
 
+#: Histograms of at most this many pixels (order ≤ 10) are summed in a dense array.
+_DENSE_HISTOGRAM_PIXELS = 12 * 4**10
+
+
+def _sum_histograms(pixels: Sequence[np.ndarray], counts: Sequence[np.ndarray], order: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of sparse histograms: (occupied pixels, sorted; their counts)."""
+    if not pixels:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if 12 * 4**order <= _DENSE_HISTOGRAM_PIXELS:  # linear, no sort (each histogram's pixels are unique)
+        dense = np.zeros(12 * 4**order, dtype=np.int64)
+        for pix, cnt in zip(pixels, counts, strict=True):
+            dense[pix] += cnt
+        uniq = np.flatnonzero(dense)
+        return uniq.astype(np.int64), dense[uniq]
+    all_pix, all_cnt = np.concatenate(pixels), np.concatenate(counts)
+    uniq, inverse = np.unique(all_pix, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=all_cnt).astype(np.int64)
+
+
 def _partition_rows(uniq: np.ndarray, totals: np.ndarray, hist_order: int, spec: Any
                     ) -> tuple[list[Partition], dict[Partition, int]]:
     """The partitions planned from the summed histogram, with their row counts."""
@@ -479,13 +586,12 @@ def _partition_rows(uniq: np.ndarray, totals: np.ndarray, hist_order: int, spec:
         parts = [Partition(spec.order, int(p)) for p in uniq]
         return parts, {p: int(c) for p, c in zip(parts, totals, strict=True)}
     parts = adaptive_partitions(uniq, totals, hist_order, spec.max_rows, spec.lowest_order)
-    part_rows = {}
-    for part in parts:
-        shift = 2 * (hist_order - part.order)
-        lo = np.searchsorted(uniq, part.pixel << shift)
-        hi = np.searchsorted(uniq, (part.pixel + 1) << shift)
-        part_rows[part] = int(totals[lo:hi].sum())
-    return parts, part_rows
+    shifts = np.array([2 * (hist_order - p.order) for p in parts], dtype=np.int64)
+    pix = np.array([p.pixel for p in parts], dtype=np.int64)
+    cumulative = np.concatenate([[0], np.cumsum(totals)])
+    lo = np.searchsorted(uniq, pix << shifts)
+    hi = np.searchsorted(uniq, (pix + 1) << shifts)
+    return parts, {p: int(n) for p, n in zip(parts, cumulative[hi] - cumulative[lo], strict=True)}
 
 
 def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str | os.PathLike],
@@ -520,7 +626,8 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
         Report progress on stderr (:func:`jointcal_ap.progress.progress`: a bar on a
         terminal, plain lines in a log).
     chunk_bytes : int
-        Target size of one input chunk; bounds each worker's memory in the map phase.
+        Largest size of one input chunk; bounds each worker's memory in the map phase. The
+        chunks are made a little smaller where that shares them out evenly among the workers.
     compression : str
         Parquet compression of the partitions (default snappy).
     margin_arcsec : float, optional
@@ -565,13 +672,14 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
     # is written: a file without them is refused even when it has no rows.
     plan: list[tuple[int, Chunk]] = []
     wanted = cfg.input_columns()
+    target = _balanced_chunk_bytes(sum(os.path.getsize(p) for p in inputs), chunk_bytes, workers)
     for i, path in enumerate(inputs):
         have = reader.columns(Path(path))
         if have is not None:
             missing = [c for c in wanted if c not in have]
             if missing:
                 raise InputError(path, f"has no column(s) {missing}; it has {list(have)}", column=missing[0])
-        plan.extend((i, chunk) for chunk in reader.plan(Path(path), chunk_bytes))
+        plan.extend((i, chunk) for chunk in reader.plan(Path(path), target))
 
     effective_path = staging / "conversion_config.json"
     effective = {"config": cfg.to_dict(), "inputs": inputs, "margin_arcsec": margin_arcsec,
@@ -633,10 +741,7 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
         if report.ra_wrapped:
             log.warning("%s: %d ra values outside [0, 360] deg were wrapped (ra_out_of_range = 'wrap')",
                         cfg.name, report.ra_wrapped)
-        all_pix = np.concatenate(pixels) if pixels else np.zeros(0, np.int64)
-        all_cnt = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-        uniq, inverse = np.unique(all_pix, return_inverse=True)
-        totals = np.bincount(inverse, weights=all_cnt).astype(np.int64) if len(uniq) else all_cnt
+        uniq, totals = _sum_histograms(pixels, counts, hist_order)
         parts, part_rows = _partition_rows(uniq, totals, hist_order, spec)
         if margin_arcsec is not None:  # refuse a margin too wide for the partitions before the work
             from jointcal_ap.refcat.margin import margin_order

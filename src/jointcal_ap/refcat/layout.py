@@ -95,24 +95,32 @@ def adaptive_partitions(pixels: np.ndarray, counts: np.ndarray, histogram_order:
     ----------
     pixels, counts : ndarray
         Occupied pixels at ``histogram_order`` (NESTED) and their row counts.
+
+    The pixels are sorted once; the ancestors at every order are then sorted too (NESTED
+    indices keep their order when shifted), so each order's group totals are a run-length
+    sum: linear time, no sort per order.
     """
     pixels = np.asarray(pixels, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
     keep = counts > 0
     pixels, counts = pixels[keep], counts[keep]
-    assigned = np.full(pixels.shape, -1, dtype=np.int64)
-    result: set[Partition] = set()
+    if len(pixels) > 1 and not np.all(np.diff(pixels) > 0):
+        pixels, inverse = np.unique(pixels, return_inverse=True)
+        counts = np.bincount(inverse, weights=counts).astype(np.int64)
+    assigned = np.zeros(pixels.shape, dtype=bool)
+    result: list[Partition] = []
     for order in range(lowest_order, histogram_order + 1):
-        todo = assigned < 0
-        if not todo.any():
+        if assigned.all():
             break
         ancestors = pixels >> (2 * (histogram_order - order))
-        _, inverse = np.unique(ancestors, return_inverse=True)
-        totals = np.bincount(inverse, weights=counts).astype(np.int64)
-        small = (totals[inverse] <= max_rows) | (order == histogram_order)
-        take = todo & small
-        assigned[take] = order
-        result.update(Partition(order, int(p)) for p in np.unique(ancestors[take]))
+        starts = np.flatnonzero(np.diff(ancestors, prepend=-1))
+        totals = np.add.reduceat(counts, starts) if len(starts) else counts
+        group_total = np.repeat(totals, np.diff(np.append(starts, len(ancestors))))
+        take = ~assigned & ((group_total <= max_rows) | (order == histogram_order))
+        assigned |= take
+        chosen = ancestors[take]
+        chosen = chosen[np.flatnonzero(np.diff(chosen, prepend=-1))]
+        result.extend(Partition(order, int(p)) for p in chosen)
     return sorted(result)
 
 
