@@ -14,21 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jointcal_ap.cli import main
+from test_refcat_errors import CONFIG_OK
 
-CONFIG = """[catalog]
-name = "t"
-format = "csv"
-[columns]
-id = "id"
-ra = "ra"
-dec = "dec"
-[epoch]
-value = 2016.0
-scale = "tcb"
-[partitioning]
-mode = "fixed"
-order = 1
-"""
+CONFIG = CONFIG_OK.replace("max_rows = 400", 'mode = "fixed"\norder = 1')
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +36,20 @@ def _start(config: Path, csv: Path, out: Path, workers: int) -> subprocess.Popen
     cmd = [sys.executable, "-m", "jointcal_ap.cli", "refcat", "convert", str(config), str(csv),
            "--out", str(out), "--workers", str(workers), "--chunk-mb", "0.1", "--no-progress"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_after_chunks(config: Path, csv: Path, out: Path, chunks: int) -> int:
+    """Start a conversion, SIGKILL it once ``chunks`` map chunks are written; the chunks done."""
+    staging = out.parent / f".{out.name}.partial"
+    proc = _start(config, csv, out, workers=1)
+    try:
+        _wait_for(lambda: len(list((staging / "map").glob("*.arrow"))) >= chunks,
+                  what=f"{chunks} map chunks")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists(), "the conversion was killed before it finished"
+    return len(list((staging / "map").glob("*.arrow")))
 
 
 def _wait_for(condition, timeout: float = 60.0, what: str = "") -> None:
@@ -96,14 +98,7 @@ def test_resume_after_sigkill_refuses_an_input_that_changed(tmp_path, big_csv, c
     csv.write_bytes(source.read_bytes())
     out = tmp_path / "cat"
     staging = tmp_path / ".cat.partial"
-    proc = _start(config, csv, out, workers=1)
-    try:
-        _wait_for(lambda: len(list((staging / "map").glob("*.arrow"))) >= 5, what="5 map chunks")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert not out.exists(), "the conversion was killed before it finished"
-    done = len(list((staging / "map").glob("*.arrow")))
+    done = _kill_after_chunks(config, csv, out, 5)
     lines = csv.read_text().splitlines(keepends=True)
     csv.write_text("".join(lines[:1] + lines[1001:]))  # sed -i '2,1001d'
 
@@ -124,13 +119,7 @@ def test_resume_after_sigkill_refuses_an_input_that_changed(tmp_path, big_csv, c
 def test_resume_after_sigkill_with_unchanged_input_completes_exactly(tmp_path, big_csv):
     source, config = big_csv
     out = tmp_path / "cat"
-    staging = tmp_path / ".cat.partial"
-    proc = _start(config, source, out, workers=1)
-    try:
-        _wait_for(lambda: len(list((staging / "map").glob("*.arrow"))) >= 3, what="3 map chunks")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    _kill_after_chunks(config, source, out, 3)
     assert main(["refcat", "convert", str(config), str(source), "--out", str(out), "--resume",
                  "--workers", "1", "--chunk-mb", "0.1", "--no-progress"]) == 0
     ids = np.sort(pq.read_table(out / "dataset", columns=["id"]).column("id").to_numpy())

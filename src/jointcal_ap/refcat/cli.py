@@ -43,7 +43,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     refcat = sub.add_parser("refcat", help="convert, describe, query and export reference catalogs",
                             formatter_class=raw, epilog=EXAMPLES)
     rsub = refcat.add_subparsers(dest="refcat_command", metavar="SUBCOMMAND")
-    refcat.set_defaults(handler=_help(refcat))
+    # Without a subcommand there is no handler: jointcal_ap.cli.main prints this group's help (exit 2).
 
     conv = rsub.add_parser("convert", help="convert external catalog files into a HATS-layout refcat",
                            parents=[common], formatter_class=raw, epilog=EXAMPLES)
@@ -102,18 +102,6 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("--out", required=True, help="output file (e.g. reference.cat)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     export.set_defaults(handler=_guarded(_export))
-
-
-def _help(parser: argparse.ArgumentParser) -> Any:
-    """``jointcal-ap refcat`` without a subcommand: its own help on stderr, exit 2."""
-
-    def handler(args: argparse.Namespace) -> int:
-        import sys
-
-        parser.print_help(sys.stderr)
-        return 2
-
-    return handler
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
