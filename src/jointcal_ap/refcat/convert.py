@@ -361,7 +361,7 @@ class _LocalPool:
     """``workers - 1`` worker processes, and this process as one more worker: tasks are handed
     out one at a time to whoever is free (this process runs them inline), so the work starts
     at once while the pool's processes are still starting (a fork server has to import
-    pyarrow, astropy and healpy first, about a second)."""
+    pyarrow and astropy first, most of a second)."""
 
     def __init__(self, workers: int):
         import multiprocessing
@@ -369,7 +369,7 @@ class _LocalPool:
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         ctx = multiprocessing.get_context(method)
         if method == "forkserver":
-            ctx.set_forkserver_preload(["jointcal_ap.refcat.convert", "healpy"])
+            ctx.set_forkserver_preload(["jointcal_ap.refcat.convert"])
         self.processes = workers - 1
         self.pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=ctx,
                                         initializer=_die_with_parent, initargs=(os.getpid(),))

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from astropy.time import Time
 
 from jointcal_ap.refcat.config import ConversionConfig, FilterSpec, WeightMatrixSpec
+from jointcal_ap.refcat.healpix import lonlat_to_nest
 from jointcal_ap.refcat.readers import Batch, InputError
 from jointcal_ap.refcat.schema import (
     ASTROMETRIC_PARAMETERS,
@@ -289,10 +290,8 @@ def transform_batch(batch: Batch, config: ConversionConfig, path: str) -> BatchR
     out["id"] = _ids(batch, config.columns["id"].column, config.columns["id"].type, path, keep)
 
     out[HEALPIX_COLUMN] = np.zeros(n, dtype=np.int64)
-    if keep.any():
-        import healpy as hp  # imported here: it pulls in matplotlib, 0.8 s a process
-        out[HEALPIX_COLUMN][keep] = hp.ang2pix(1 << HEALPIX_ORDER, out["ra"][keep], dec[keep],
-                                               nest=True, lonlat=True)
+    if keep.any():  # healpy's index, computed without importing healpy (and matplotlib)
+        out[HEALPIX_COLUMN][keep] = lonlat_to_nest(out["ra"][keep], dec[keep], HEALPIX_ORDER)
     extra_types = {name: table.column(src).type for name, src in config.extra.items()}
     schema = output_schema(config, out["id"].type, extra_types)
     arrays = [out[f.name].cast(f.type) if isinstance(out[f.name], (pa.Array, pa.ChunkedArray))
