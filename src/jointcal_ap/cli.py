@@ -28,6 +28,7 @@ COMMAND_FAMILIES: tuple[str, ...] = (
     "jointcal_ap.stages.cli",
     "jointcal_ap.store.cli",
     "jointcal_ap.alerts.cli",
+    "jointcal_ap.metrics.cli",
 )
 
 
