@@ -52,7 +52,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     conv.add_argument("inputs", nargs="+", metavar="INPUT", help="input catalog file(s)")
     conv.add_argument("--out", required=True, help="output refcat directory (created when complete)")
     conv.add_argument("--workers", type=int, default=None,
-                      help="local worker processes (default: the number of CPU cores)")
+                      help="processes converting, this one included (default: the number of CPU cores)")
     conv.add_argument("--dask-address", default=None,
                       help="run on this Dask scheduler (e.g. tcp://host:8786) instead of local processes")
     conv.add_argument("--resume", action="store_true",

@@ -611,8 +611,8 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
     out : path
         The catalog directory to create. It appears only when complete.
     workers : int
-        Local worker processes (1 = run in this process). They exit with this process, even
-        when it is killed.
+        Processes converting, this one included (1 = this process alone; N = this process and
+        N − 1 worker processes, which exit with this process, even when it is killed).
     resume : bool
         Continue an interrupted conversion from its staging directory ``.<out>.partial``;
         refused if the config, the inputs or the margin differ, or if any input file changed
