@@ -103,6 +103,9 @@ def test_query_on_a_damaged_refcat_is_an_error_not_a_traceback(tmp_path, capsys)
         assert main(["refcat", "query", str(out), "--ra", "0", "--dec", "0", "--radius", "180",
                      "--out", str(tmp_path / "q.parquet")]) == 1
     assert main(["refcat", "info", str(out)]) == 1
+    (out / "partition_info.csv").write_text("Norder,Npix\nzero,one\n")
+    assert main(["refcat", "info", str(out)]) == 1
+    assert "a damaged refcat (ValueError" in capsys.readouterr().err
 
 
 def test_duplicate_ids_are_an_error_unless_the_config_says_warn(tmp_path, caplog):
