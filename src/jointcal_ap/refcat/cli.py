@@ -62,7 +62,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     conv.add_argument("--margin", type=float, default=None, metavar="ARCSEC",
                       help="also write a HATS margin catalog of this width (the output becomes a "
                            "HATS collection that LSDB crossmatches use)")
-    conv.set_defaults(handler=_guarded(_convert))
+    conv.set_defaults(handler=_guarded(_convert, catalog=False))
 
     info = rsub.add_parser("info", help="describe a refcat", parents=[common])
     info.add_argument("refcat", help="refcat directory")
@@ -104,28 +104,37 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     export.set_defaults(handler=_guarded(_export))
 
 
-def _data_errors() -> tuple[type[BaseException], ...]:
+def _data_errors(catalog: bool) -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "failed on the data" (exit 1). Imported when a command runs;
+    ``convert`` does not open refcats, so it does not import their module (astropy.table)."""
     import pyarrow as pa
 
-    from jointcal_ap.refcat import ConversionError, InputError, RefcatError
+    from jointcal_ap.refcat.convert import ConversionError
+    from jointcal_ap.refcat.readers import InputError
     from jointcal_ap.stages.errors import PluginError
 
-    return (InputError, ConversionError, RefcatError, PluginError, OSError, pa.ArrowException)
+    errors: tuple[type[BaseException], ...] = (InputError, ConversionError, PluginError, OSError,
+                                                pa.ArrowException)
+    if catalog:
+        from jointcal_ap.refcat.catalog import RefcatError
+
+        errors += (RefcatError,)
+    return errors
 
 
-def _guarded(func: Any) -> Any:
+def _guarded(func: Any, *, catalog: bool = True) -> Any:
     """Exit codes: a config error is a usage error (2), data errors are 1 (imported lazily)."""
 
     def handler(args: argparse.Namespace) -> int:
         def run(args: argparse.Namespace) -> int:
-            from jointcal_ap.refcat import ConfigError
+            from jointcal_ap.refcat.config import ConfigError
 
             try:
                 return func(args)
             except ConfigError as exc:
                 raise UsageError(f"config error: {exc}") from None
 
-        return command(data_errors=_data_errors())(run)(args)
+        return command(data_errors=_data_errors(catalog))(run)(args)
 
     return handler
 
@@ -138,7 +147,8 @@ def _finite(name: str, value: float | None, low: float = -math.inf, high: float 
 def _convert(args: argparse.Namespace) -> int:
     import os
 
-    from jointcal_ap.refcat import convert, load_config
+    from jointcal_ap.refcat.config import load_config
+    from jointcal_ap.refcat.convert import convert
 
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     if workers < 1:
