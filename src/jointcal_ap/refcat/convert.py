@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -440,6 +441,12 @@ def _run_local(pool: _LocalPool, fn: Callable, calls: Sequence[tuple], progress:
         while (item := take()) is not None:
             try:
                 value = pool.pool.submit(fn, *item[1]).result()
+            except BrokenProcessPool:
+                with lock:
+                    errors.append(ConversionError(
+                        "a worker process died (killed, or out of memory?); the finished tasks are "
+                        "kept: rerun with --resume (resume=True), with fewer workers or smaller chunks"))
+                return
             except BaseException as exc:  # raised in this process by _run_local
                 with lock:
                     errors.append(exc)
