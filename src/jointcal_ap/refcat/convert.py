@@ -566,20 +566,24 @@ def _duplicate_ids(stats: Sequence[dict[str, Any]]) -> tuple[int, str]:
     return n_repeated, "; ".join(sentences)
 
 
-def _sum_histograms(pixels: Sequence[np.ndarray], counts: Sequence[np.ndarray]
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The sum of sparse histograms: (occupied pixels, sorted; their counts).
+#: Histograms of at most this many pixels (order ≤ 10) are summed in a dense array.
+_DENSE_HISTOGRAM_PIXELS = 12 * 4**10
 
-    Each histogram is sorted, so a stable sort of their concatenation is a merge of sorted
-    runs (NumPy's timsort finds them), and equal pixels end up next to each other.
-    """
+
+def _sum_histograms(pixels: Sequence[np.ndarray], counts: Sequence[np.ndarray], order: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of sparse histograms: (occupied pixels, sorted; their counts)."""
     if not pixels:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if 12 * 4**order <= _DENSE_HISTOGRAM_PIXELS:  # linear, no sort (each histogram's pixels are unique)
+        dense = np.zeros(12 * 4**order, dtype=np.int64)
+        for pix, cnt in zip(pixels, counts, strict=True):
+            dense[pix] += cnt
+        uniq = np.flatnonzero(dense)
+        return uniq.astype(np.int64), dense[uniq]
     all_pix, all_cnt = np.concatenate(pixels), np.concatenate(counts)
-    by_pixel = np.argsort(all_pix, kind="stable")
-    merged = all_pix[by_pixel]
-    starts = np.flatnonzero(np.diff(merged, prepend=-1))
-    return merged[starts], np.add.reduceat(all_cnt[by_pixel], starts) if len(starts) else all_cnt
+    uniq, inverse = np.unique(all_pix, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=all_cnt).astype(np.int64)
 
 
 def _partition_rows(uniq: np.ndarray, totals: np.ndarray, hist_order: int, spec: Any
@@ -744,7 +748,7 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
         if report.ra_wrapped:
             log.warning("%s: %d ra values outside [0, 360] deg were wrapped (ra_out_of_range = 'wrap')",
                         cfg.name, report.ra_wrapped)
-        uniq, totals = _sum_histograms(pixels, counts)
+        uniq, totals = _sum_histograms(pixels, counts, hist_order)
         parts, part_rows = _partition_rows(uniq, totals, hist_order, spec)
         if margin_arcsec is not None:  # refuse a margin too wide for the partitions before the work
             from jointcal_ap.refcat.margin import margin_order
