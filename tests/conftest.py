@@ -56,3 +56,43 @@ def schema_registry(tmp_path_factory):
 
     with RegistryServer(tmp_path_factory.mktemp("registry") / "registry.db") as server:
         yield server
+
+
+# --- APDB: the same tests on SQLite and on a real PostgreSQL (jointcal_ap.services.postgres) ---
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 for the session; the URL of its
+    ``jointcal_ap_test`` database (tests make their own databases beside it)."""
+    from jointcal_ap.services.postgres import postgres_server
+
+    with postgres_server(durable=False) as server:
+        yield server.create_database("jointcal_ap_test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def apdb_url(request, tmp_path):
+    """The URL of a fresh, empty database on each backend (not yet an APDB)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/apdb.db"
+    import uuid
+
+    import psycopg
+
+    base = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def local_dask_client():
+    """A two-process Dask LocalCluster on 127.0.0.1 for the session (its HTTP server on a free
+    loopback port: with ``dashboard_address=None`` it would hold 8787)."""
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        yield client

@@ -257,3 +257,39 @@ def test_alert_packet_dataset_type_round_trips(tmp_path):
     schema = Schema.from_uri()
     for alert in back:
         schema.validate(alert)
+
+
+def test_fast_cutouts_are_valid_fits_whose_wcs_follows_the_parent(tmp_path):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from jointcal_ap.alerts.cutouts import make_cutouts, read_cutout
+
+    header = fits.Header({"CTYPE1": "RA---TAN-SIP", "CTYPE2": "DEC--TAN-SIP", "CRVAL1": 30.0,
+                          "CRVAL2": -10.0, "CRPIX1": 120.5, "CRPIX2": 80.5, "CD1_1": -5e-5,
+                          "CD1_2": 1e-6, "CD2_1": 1e-6, "CD2_2": 5e-5, "A_ORDER": 2,
+                          "B_ORDER": 2, "A_2_0": 2e-6, "B_0_2": -3e-6})
+    wcs = WCS(header)
+
+    class Image:
+        image = np.random.default_rng(2).normal(size=(200, 250)).astype(np.float32)
+        variance = np.ones((200, 250), np.float32)
+        mask = np.zeros((200, 250), np.int32)
+
+    Image.wcs = wcs
+    xs, ys = np.array([10.3, 125.0, 248.2]), np.array([5.6, 100.0, 190.4])
+    ra, dec = wcs.all_pix2world(xs, ys, 1)
+    cuts = make_cutouts([1, 2, 3], ra, dec, difference=Image, science=Image)
+    for k, ident in enumerate((1, 2, 3)):
+        hdul = read_cutout(cuts[ident]["cutoutDifference"])
+        hdul.verify("exception")
+        sub = WCS(hdul["IMAGE"].header)
+        sx, sy = sub.all_world2pix(ra[k], dec[k], 1)
+        assert (float(sx), float(sy)) == pytest.approx((hdul[0].header["SRC_X"],
+                                                        hdul[0].header["SRC_Y"]), abs=1e-6)
+        col0, row0 = -hdul[0].header["LTV1"], -hdul[0].header["LTV2"]
+        inside = (slice(max(row0, 0), min(row0 + 30, 200)), slice(max(col0, 0), min(col0 + 30, 250)))
+        parent = Image.image[inside]
+        cut = hdul["IMAGE"].data[max(-row0, 0):, max(-col0, 0):][:parent.shape[0], :parent.shape[1]]
+        np.testing.assert_array_equal(cut, parent)
+        assert hdul[0].header["DIASRCID"] == ident and "MP_NO_DATA" in hdul["MASK"].header

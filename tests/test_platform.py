@@ -479,3 +479,45 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(tmp_path):
     with progress(total=3, desc="render", stream=quiet, enabled=False) as bar:
         bar.update(3)
     assert quiet.getvalue() == ""
+
+
+class NothingForOdd(Stage):
+    """Finds nothing to do for odd visits."""
+
+    name = "nothing_for_odd"
+    version = "1"
+    inputs: ClassVar[dict[str, str]] = {"image": "Array"}
+    outputs: ClassVar[dict[str, str]] = {"half": "Array"}
+
+    def run(self, unit: Any, image: np.ndarray) -> dict[str, Any]:
+        from jointcal_ap.stages import NoWorkFound
+
+        if unit.visit % 2:
+            raise NoWorkFound(f"visit {unit.visit} is odd")
+        return {"half": image / 2}
+
+
+def test_a_unit_with_nothing_to_do_is_not_a_failure_and_stays_out_downstream(tmp_path):
+    class Plugin:
+        @hookimpl
+        def jointcal_ap_register_stages(self, registry) -> None:
+            for stage in (MakeImage, NothingForOdd, UseTotal, SumAll):
+                registry.add_stage(stage)
+
+    pm = get_plugin_manager(plugins=[("nothing", Plugin())])
+    units = [Unit(v, 0) for v in (1, 2, 3, 4)]
+    template = write_seeds(tmp_path / "in", units)
+    pipeline = _pipeline(template, [{"name": "make_image"}, {"name": "nothing_for_odd"},
+                                    {"name": "sum_all", "inputs": {"image": "half"}}])
+    out = tmp_path / "out"
+    summary = run_pipeline(pipeline, units, output=out, inline=True, plugin_manager=pm,
+                           progress=False)
+    assert summary.ok and summary.exit_code == 0
+    assert [r.unit for r in summary.no_work] == [Unit(1, 0), Unit(3, 0)]
+    assert "nothing_for_odd" in summary.no_work[0].error and "visit 1 is odd" in summary.format()
+    assert json.loads((out / "total.json").read_text())["units"] == ["visit2_det0",
+                                                                     "visit4_det0"]
+    assert not (out / "units" / "visit1_det0" / "half.npy").exists()
+    again = run_pipeline(pipeline, units, output=out, inline=True, plugin_manager=pm,
+                         progress=False)
+    assert (again.done, again.skipped, len(again.no_work)) == (0, 2, 2)

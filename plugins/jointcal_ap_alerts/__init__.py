@@ -1,4 +1,4 @@
-"""Built-in plugin ``alerts``: the alert sinks of ``export_alerts`` stages.
+"""Built-in plugin ``alerts``: the ``export_alerts`` stage and the alert sinks it sends to.
 
 Registered through the ``jointcal_ap.plugins`` entry point (``alerts = "jointcal_ap_alerts"``
 in the project's ``pyproject.toml``), exactly as a third-party plugin. It answers
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from jointcal_ap.stages import hookimpl
 
-__all__ = ["jointcal_ap_get_alert_sink"]
+__all__ = ["jointcal_ap_get_alert_sink", "jointcal_ap_register_stages"]
 
 __version__ = "1.0.0"
 
@@ -27,3 +27,11 @@ def jointcal_ap_get_alert_sink(url: str):
     from jointcal_ap.alerts.kafka import open_alert_sink
 
     return open_alert_sink(url)
+
+
+@hookimpl
+def jointcal_ap_register_stages(registry) -> None:
+    """Register the ``export_alerts`` stage (imported lazily)."""
+    from jointcal_ap_alerts.stage import register
+
+    register(registry)

@@ -29,6 +29,9 @@ COMMAND_FAMILIES: tuple[str, ...] = (
     "jointcal_ap.store.cli",
     "jointcal_ap.alerts.cli",
     "jointcal_ap.metrics.cli",
+    "jointcal_ap.sso.cli",
+    "jointcal_ap.diffim.cli",
+    "jointcal_ap.apdb.cli",
 )
 
 

@@ -230,7 +230,7 @@ class TableSchema:
                     TypeError, ValueError) as exc:
                 raise SchemaError(f"{prefix}{self.name}.{col.name}: cannot store as "
                                   f"{col.datatype} ({col.arrow_type}): {exc}") from None
-            if _is_bad_kind(value, col):
+            if not isinstance(value, pa.ChunkedArray | pa.Array) and _is_bad_kind(value, col):
                 raise SchemaError(f"{prefix}{self.name}.{col.name}: expected {col.datatype} "
                                   f"values, got {_kind(value)}")
             if not col.nullable and arr.null_count:
@@ -263,7 +263,17 @@ def _kind(value: Any) -> str:
 def _is_bad_kind(value: Any, col: ColumnSchema) -> bool:
     """Numbers where the schema wants numbers: booleans are not floats and floats are not ids."""
     import numpy as np
+    import pyarrow as pa
 
+    if isinstance(value, pa.Array | pa.ChunkedArray):  # judge by the Arrow type (nulls allowed)
+        kind = value.type
+        if col.datatype in ("float", "double"):
+            return not (pa.types.is_floating(kind) or pa.types.is_integer(kind))
+        if col.datatype in ("byte", "short", "int", "long"):
+            return not pa.types.is_integer(kind)
+        if col.datatype == "boolean":
+            return not pa.types.is_boolean(kind)
+        return False
     dtype = getattr(value, "dtype", None)
     if dtype is None:
         try:
@@ -326,7 +336,7 @@ def apdb_schema() -> ApdbSchema:
     import yaml
 
     text = resources.files("lsst.sdm.schemas").joinpath("apdb.yaml").read_text()
-    raw = yaml.safe_load(text)
+    raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 7x faster
     tables = {}
     for table in raw["tables"]:
         columns = tuple(

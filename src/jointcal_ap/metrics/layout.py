@@ -1,7 +1,12 @@
 """Where a run's injection truth and DiaSources live, and where its metrics go.
 
-This is the one place that knows the layout of a run directory (the stage platform's
-dataset store will replace it)::
+This is the one place that knows the layout of a run directory. Two layouts are read:
+
+- a pipeline repository (``jointcal-ap run`` with the ``inject`` and ``difference``
+  stages): ``RUN_DIR/units/visit{v}_det{d}/`` holding ``injection_truth.parquet``,
+  ``dia_sources.parquet`` and ``difference.fits`` (the true S/N of each injected source is
+  then measured on the difference image, :func:`jointcal_ap.metrics.add_true_snr`);
+- a plain run directory::
 
     RUN_DIR/
       visit=<visit>/detector=<detector>/
@@ -39,6 +44,10 @@ DIA_SOURCE_NAME = "dia_source.parquet"
 METRICS_DIR = "metrics"
 
 _VISIT = re.compile(r"^visit=(\d+)$")
+_UNIT = re.compile(r"^visit(\d+)_det(\d+)$")
+#: In a pipeline repository: the ``difference`` stage's outputs.
+REPO_DIA_SOURCE_NAME = "dia_sources.parquet"
+REPO_DIFFERENCE_NAME = "difference.fits"
 _DETECTOR = re.compile(r"^detector=(\d+)$")
 
 
@@ -50,6 +59,7 @@ class DetectorInputs:
     detector: int
     truth: Path
     dia_sources: Path | None
+    difference: Path | None = None
 
 
 def detector_dir(run_dir: str | os.PathLike[str], visit: int, detector: int) -> Path:
@@ -79,4 +89,15 @@ def detector_inputs(run_dir: str | os.PathLike[str]) -> list[DetectorInputs]:
             dia = ddir / DIA_SOURCE_NAME
             found.append(DetectorInputs(int(vm.group(1)), int(dm.group(1)), ddir / TRUTH_NAME,
                                         dia if dia.is_file() else None))
+    units = root / "units"
+    if units.is_dir():  # a pipeline repository
+        for udir in units.iterdir():
+            um = _UNIT.match(udir.name)
+            if not (um and (udir / TRUTH_NAME).is_file()
+                    and (udir / REPO_DIFFERENCE_NAME).is_file()):
+                continue  # not differenced (no template yet, or failed): nothing to score
+            dia, diff = udir / REPO_DIA_SOURCE_NAME, udir / REPO_DIFFERENCE_NAME
+            found.append(DetectorInputs(int(um.group(1)), int(um.group(2)), udir / TRUTH_NAME,
+                                        dia if dia.is_file() else None,
+                                        diff if diff.is_file() else None))
     return sorted(found, key=lambda d: (d.visit, d.detector))

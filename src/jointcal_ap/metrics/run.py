@@ -106,8 +106,8 @@ def compute_run_metrics(run_dir: str | os.PathLike[str], *, out_dir: str | os.Pa
 
     inputs = detector_inputs(run_dir)
     if not inputs:
-        raise FileNotFoundError(f"{run_dir}: no visit=*/detector=*/injection_truth.parquet "
-                                f"(not an injection run?)")
+        raise FileNotFoundError(f"{run_dir}: no visit=*/detector=*/injection_truth.parquet nor "
+                                f"units/*/injection_truth.parquet (not an injection run?)")
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / METRICS_DIR
     out.mkdir(parents=True, exist_ok=True)
     per_detector, curve_rows, matched_tables = [], [], []
@@ -116,6 +116,11 @@ def compute_run_metrics(run_dir: str | os.PathLike[str], *, out_dir: str | os.Pa
     for item in inputs:
         bar.update(1)
         truth = pq.read_table(item.truth)
+        if "snr_true" not in truth.column_names and item.difference is not None:
+            from jointcal_ap.diffim import DifferenceImage
+            from jointcal_ap.metrics import add_true_snr
+
+            truth = add_true_snr(truth, DifferenceImage.read(item.difference))
         dia = pq.read_table(item.dia_sources) if item.dia_sources is not None else None
         matches = match_to_truth(truth, dia, radius_px=radius_px)
         result = ap_metrics(matches.truth, matches.n_dia_sources, threshold=threshold)

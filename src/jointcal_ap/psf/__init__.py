@@ -12,12 +12,17 @@ from jointcal_ap.psf.base import (
     psf_from_hdus,
     register_psf_kind,
 )
+from jointcal_ap.psf.grid import GridPsf
+from jointcal_ap.psf.pca import PcaPsf, fit_psf
 
 __all__ = [
     "FWHM_PER_SIGMA",
     "GaussianPsf",
+    "GridPsf",
+    "PcaPsf",
     "PsfError",
     "PsfModel",
+    "fit_psf",
     "psf_from_hdus",
     "register_psf_kind",
 ]

@@ -1,2 +1,5 @@
-"""Real services on loopback, started and stopped by tests, benchmarks and the demo
-(:mod:`jointcal_ap.services.kafka`: the tansu Kafka broker)."""
+"""Real services on loopback, started and stopped by tests, benchmarks and the demo:
+
+- :mod:`jointcal_ap.services.kafka`: the tansu Kafka broker;
+- :mod:`jointcal_ap.services.postgres`: a throwaway PostgreSQL server (``postgres_server``).
+"""

@@ -28,7 +28,13 @@ from jointcal_ap.stages.contract import (
     option,
     validate_stage_class,
 )
-from jointcal_ap.stages.errors import PipelineError, PluginError, SchedulerError, StageError
+from jointcal_ap.stages.errors import (
+    NoWorkFound,
+    PipelineError,
+    PluginError,
+    SchedulerError,
+    StageError,
+)
 from jointcal_ap.stages.hookspecs import hookimpl
 from jointcal_ap.stages.manager import (
     BLOCK_ENV,
@@ -51,6 +57,7 @@ __all__ = [
     "GatherStage",
     "In",
     "NoOptions",
+    "NoWorkFound",
     "OrderedStage",
     "Out",
     "Pipeline",

@@ -121,6 +121,9 @@ class In:
         ``"overlapping"`` only: visits in the unit's band.
     doc : str
         What the stage does with it.
+    dataset : str
+        The dataset the port reads when the pipeline does not say (default: the port's own
+        name), e.g. a ``calexps`` lookup port reading the ``calexp`` dataset.
     """
 
     type: str
@@ -128,6 +131,7 @@ class In:
     before: bool = False
     same_band: bool = False
     doc: str = ""
+    dataset: str = ""
 
     def __post_init__(self) -> None:
         if self.lookup not in LOOKUPS:

@@ -193,8 +193,7 @@ TEMPLATE = DatasetType("Template", "jointcal_ap.diffim:Template", ".fits", ".wri
                        "a template on a science detector's pixel grid: coadded image (nJy), "
                        "variance, mask, PSF model, the list of inputs")
 DIFFERENCE_IMAGE = DatasetType(
-    "DifferenceImage", "jointcal_ap.diffim:DifferenceImage", ".fits", ".write",
-    "jointcal_ap.diffim:read_difference_image",
+    "DifferenceImage", "jointcal_ap.diffim:DifferenceImage", ".fits", ".write", ".read",
     "a difference image: image (nJy), variance, mask, PSF, PSF-matching kernel, template "
     "provenance, QA figures")
 DIA_SOURCE_CATALOG = _rubin("DiaSource", "DiaSourceCatalog",

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from jointcal_ap.errors import PicklableError
 
-__all__ = ["PipelineError", "PluginError", "SchedulerError", "StageError"]
+__all__ = [
+    "NoWorkFound",
+    "PipelineError",
+    "PluginError",
+    "SchedulerError",
+    "StageError",
+]
 
 
 class PluginError(PicklableError, RuntimeError):
@@ -24,6 +30,12 @@ class PluginError(PicklableError, RuntimeError):
         self.plugin, self.distribution = plugin, distribution
         origin = f" (from {distribution})" if distribution else ""
         super().__init__(f"plugin {plugin!r}{origin}: {message}")
+
+
+class NoWorkFound(Exception):
+    """Raised by a stage when a unit has nothing to process (no template for the first visits
+    of a field, no sources): not a failure. The unit is left out of the later stages, counted
+    apart in the summary, and not retried until its inputs change."""
 
 
 class StageError(RuntimeError):

@@ -228,7 +228,10 @@ class ApdbWrite:
     visit_time_mjd_tai : float
         The visit's mid-exposure time (MJD, TAI): the new DiaObject versions' validity start.
     dia_objects : pyarrow.Table or None
-        New and updated DiaObjects (whole rows).
+        Optional, and only checked: every id must belong to a DiaSource of the write. The
+        store creates the objects its DiaSources refer to and recomputes every summary column
+        from the stored history inside the transaction (a value computed before it could
+        miss a concurrent writer's source).
     dia_sources : pyarrow.Table or None
         The unit's DiaSources.
     dia_forced_sources : pyarrow.Table or None
@@ -257,8 +260,11 @@ class Apdb(Protocol):
     #: The APDB schema version (``apdb.yaml``'s) the database was created with.
     schema_version: str
 
-    def get_dia_objects(self, region: SkyRegion) -> Any:
-        """The current version of every DiaObject in ``region``."""
+    def get_dia_objects(self, region: SkyRegion | None, *, columns: Any = None,
+                        object_ids: Any = None, exclude_unit: str | None = None) -> Any:
+        """The current version of every DiaObject in ``region`` (or with ``object_ids``);
+        ``columns`` limits the columns; ``exclude_unit`` reads as if that unit (an
+        ``IdempotencyKey.unit``) had not been stored, for a re-run with new inputs."""
         ...
 
     def get_dia_sources(self, region: SkyRegion | None, object_ids: Any, start_mjd_tai: float,
@@ -272,9 +278,10 @@ class Apdb(Protocol):
         """DiaForcedSources of the given objects (or of the region) in the time window."""
         ...
 
-    def allocate_ids(self, table: str, count: int) -> Any:
+    def allocate_ids(self, table: str, count: int, *, unit: str | None = None) -> Any:
         """``count`` new unique int64 ids for ``table`` (``"DiaObject"``, ``"DiaSource"``,
-        ``"DiaForcedSource"``), never handed out before, also across processes."""
+        ``"DiaForcedSource"``), never handed out before, also across processes; with
+        ``unit``, a re-run of that unit gets the same block again."""
         ...
 
     def store(self, write: ApdbWrite) -> bool:

@@ -484,7 +484,7 @@ def resolve_pipeline(pipeline: Pipeline, registry: StageRegistry) -> ResolvedPip
                 raise PipelineError(f"{where}: {kind} {bad} are not ports of stage {cls.name!r}, "
                                     f"which has {sorted(getattr(cls, kind))}")
         options = make_options(cls, spec.options, where=src)
-        inputs = {port: spec.inputs.get(port, port) for port in cls.inputs}
+        inputs = {port: spec.inputs.get(port, ins[port].dataset or port) for port in cls.inputs}
         outputs = {port: spec.outputs.get(port, port) for port in cls.outputs}
 
         def dataset_type(type_name: str, port: str, kind: str, where: str = where,

@@ -53,7 +53,7 @@ from jointcal_ap.stages.context import (
     use_plugins,
 )
 from jointcal_ap.stages.contract import check_outputs, options_to_dict
-from jointcal_ap.stages.errors import PipelineError, SchedulerError
+from jointcal_ap.stages.errors import NoWorkFound, PipelineError, SchedulerError
 from jointcal_ap.stages.interfaces import IdempotencyKey
 from jointcal_ap.stages.pipeline import (
     Pipeline,
@@ -141,6 +141,9 @@ class RunSummary:
         Duration of the run.
     scheduler : str
         Where it ran (``"LocalCluster(2 processes)"``, the scheduler address, ``"inline"``).
+    no_work : tuple of UnitResult
+        Units a stage found nothing to do for (:class:`~jointcal_ap.stages.NoWorkFound`):
+        left out of the later stages; not failures.
     """
 
     pipeline: str
@@ -152,6 +155,7 @@ class RunSummary:
     stage_seconds: Mapping[str, float]
     wall_seconds: float
     scheduler: str
+    no_work: tuple[UnitResult, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -169,19 +173,25 @@ class RunSummary:
                 "done": self.done, "skipped": self.skipped, "failed": len(self.failures),
                 "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
                 "wall_seconds": round(self.wall_seconds, 3), "scheduler": self.scheduler,
+                "no_work": [{"unit": r.unit.key, "reason": r.error} for r in self.no_work],
                 "failures": [{"unit": f.unit.key, "stage": f.stage, "error": f.error,
                               "traceback": f.traceback} for f in self.failures]}
 
     def format(self) -> str:
         """A short human-readable report."""
+        nothing = f", {len(self.no_work)} with nothing to do" if self.no_work else ""
         lines = [f"pipeline {self.pipeline!r}: {self.units} units: {self.done} done now, "
-                 f"{self.skipped} already done, {len(self.failures)} failed "
+                 f"{self.skipped} already done, {len(self.failures)} failed{nothing} "
                  f"({self.wall_seconds:.1f} s on {self.scheduler})"]
         if any(self.stage_seconds.values()):
             lines.append("  time per stage: " + ", ".join(
                 f"{k} {v:.2f} s" for k, v in self.stage_seconds.items()))
         for failure in self.failures:
             lines.append(f"  FAILED {failure.unit.key or 'run'}: {failure.error}")
+        for result in self.no_work[:10]:
+            lines.append(f"  no work {result.unit.key or 'run'}: {result.error}")
+        if len(self.no_work) > 10:
+            lines.append(f"  ... and {len(self.no_work) - 10} more with nothing to do")
         if any(f.traceback for f in self.failures):
             lines.append(f"  tracebacks in {self.output / 'failed'}")
         lines.append(f"  outputs in {self.output}")
@@ -287,7 +297,7 @@ def _run_steps(resolved: ResolvedPipeline, task: _Task, data_id: DataId, root: P
                 if dataset in values:
                     kwargs[port] = values[dataset]
                     continue
-                source = sources[dataset]
+                source = sources[_source_key(dataset, step.in_ports[port])]
                 if source.items is not None:
                     dataset_type = resolved.dataset_types[dataset]
                     kwargs[port] = {d: DatasetHandle(dataset, dataset_type, d, p)
@@ -323,6 +333,11 @@ def _run_steps(resolved: ResolvedPipeline, task: _Task, data_id: DataId, root: P
                 values[dataset] = value
             seconds[step.label] = time.perf_counter() - start
         return UnitResult(data_id, "done", seconds, refs=tuple(refs))
+    except NoWorkFound as exc:
+        repo.delete_files(refs)
+        where = f"stage {current.label!r}" if current else "setup"
+        return UnitResult(data_id, "no_work", seconds, current.label if current else None,
+                          f"{where}: nothing to do: {exc}")
     except Exception as exc:
         tb = traceback.format_exc()
         stage_label = current.label if current else None
@@ -345,7 +360,7 @@ def _run_task(resolved: ResolvedPipeline, task: _Task, root: str) -> list[UnitRe
     for data_id in task.data_ids:
         result = _run_steps(resolved, task, data_id, Path(root))
         results.append(result)
-        if result.status == "failed" and task.region:
+        if result.status != "done" and task.region:
             for later in task.data_ids[len(results):]:
                 error = (f"not run: unit {data_id.key} of region {task.region} failed before it "
                          f"(units of a region run in time order)")
@@ -355,6 +370,14 @@ def _run_task(resolved: ResolvedPipeline, task: _Task, root: str) -> list[UnitRe
 
 
 # --------------------------------------------------------------------------- planning
+
+
+def _source_key(dataset: str, spec: Any) -> str:
+    """How a task names one of its inputs: the dataset, plus the lookup for a lookup port (a
+    stage may read a dataset both as its own unit's and across units)."""
+    if not spec.multiple:
+        return dataset
+    return f"{dataset}#{spec.lookup}#{int(spec.before)}{int(spec.same_band)}"
 
 
 def _identity(parts: Mapping[str, Any]) -> str:
@@ -436,15 +459,16 @@ class _Planner:
         parts: dict[str, Any] = {"fingerprint": segment.fingerprint}
         for step in segment.stages:
             for port, dataset in step.inputs.items():
-                if dataset in produced_here or dataset in inputs:
-                    continue
                 spec = step.in_ports[port]
+                key = _source_key(dataset, spec)
+                if dataset in produced_here or key in inputs:
+                    continue
                 try:
                     if spec.multiple:
-                        inputs[dataset], parts[dataset] = self._lookup(dataset, spec, unit, units)
+                        inputs[key], parts[key] = self._lookup(dataset, spec, unit, units)
                     else:
-                        inputs[dataset], parts[dataset] = self._single(dataset, unit,
-                                                                       step.stage.dimensions)
+                        inputs[key], parts[key] = self._single(dataset, unit,
+                                                               step.stage.dimensions)
                 except Exception as exc:
                     where = (str(self.resolved.input_path(dataset, unit))
                              if self.resolved.is_input(dataset) else "the repository")
@@ -704,6 +728,7 @@ def run_resolved(resolved: ResolvedPipeline,
 
     executor = _Executor(dask_address, workers, processes, inline, connect_timeout)
     failures: dict[DataId, UnitResult] = {}
+    no_work: dict[DataId, UnitResult] = {}
     ran: set[DataId] = set()
     stage_seconds: dict[str, float] = {s.label: 0.0 for s in resolved.stages}
     try:
@@ -713,17 +738,18 @@ def run_resolved(resolved: ResolvedPipeline,
         write_json(out / "pipeline.json", resolved.describe())
         with Repository(out) as repo:
             for index, segment in enumerate(resolved.segments):
-                active = [u for u in all_units if u not in failures]
+                active = [u for u in all_units if u not in failures and u not in no_work]
                 if not active:
                     break
-                tasks = _plan(resolved, index, segment, repo, active, failures)
+                tasks = _plan(resolved, index, segment, repo, active, failures, no_work)
                 if not tasks:
                     continue
                 identities = {d: t.identities[d] for t in tasks for d in t.data_ids}
                 done: list[tuple[DataId, str, str, float]] = []
+                nothing: list[tuple[DataId, str, str, float]] = []
 
                 def on_result(results: list[UnitResult], segment: Segment = segment,
-                              done: list = done, active: list = active,
+                              done: list = done, nothing: list = nothing, active: list = active,
                               identities: dict = identities) -> None:
                     for result in results:
                         for label, sec in result.seconds.items():
@@ -734,6 +760,12 @@ def run_resolved(resolved: ResolvedPipeline,
                             done.append((result.unit, segment.fingerprint,
                                          identities[result.unit], sum(result.seconds.values())))
                             ran.update(hit)
+                        elif result.status == "no_work":
+                            _forget(repo, segment, result.unit, active)
+                            nothing.append((result.unit, segment.fingerprint,
+                                            identities[result.unit], sum(result.seconds.values())))
+                            for u in hit:
+                                no_work.setdefault(u, result)
                         else:
                             _forget(repo, segment, result.unit, active)
                             for u in hit:
@@ -742,23 +774,26 @@ def run_resolved(resolved: ResolvedPipeline,
 
                 executor.run(resolved, tasks, str(out), segment.label, progress, on_result)
                 repo.registry.record_tasks(segment.label, done)
+                repo.registry.record_tasks(segment.label, nothing, status="no_work")
         for unit in all_units:
             if unit not in failures:
                 (out / "failed" / f"{unit.key}.txt").unlink(missing_ok=True)
     finally:
         executor.close()
     failed = tuple(sorted(failures.values(), key=lambda r: r.unit))
-    done_now = sum(1 for u in all_units if u in ran and u not in failures)
-    skipped = len(all_units) - done_now - len(failed)
+    done_now = sum(1 for u in all_units if u in ran and u not in failures and u not in no_work)
+    skipped = len(all_units) - done_now - len(failed) - len(no_work)
     summary = RunSummary(config.name, out, len(all_units), done_now, skipped, failed,
                          stage_seconds, time.perf_counter() - start,
-                         executor.scheduler if executor.used else "nothing to do")
+                         executor.scheduler if executor.used else "nothing to do",
+                         tuple(sorted(no_work.values(), key=lambda r: r.unit)))
     write_json(out / "run_summary.json", summary.to_dict())
     return summary
 
 
 def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Repository,
-          active: list[DataId], failures: dict[DataId, UnitResult]) -> list[_Task]:
+          active: list[DataId], failures: dict[DataId, UnitResult],
+          no_work: dict[DataId, UnitResult] | None = None) -> list[_Task]:
     """The tasks of one segment that are not done yet (a unit whose inputs cannot be resolved
     fails here, named)."""
     _ingest_missing(resolved, repo, active)
@@ -776,8 +811,15 @@ def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Reposi
             return None
 
     def is_done(data_id: DataId, identity: str) -> bool:
-        return done.get(data_id.key) == (segment.fingerprint, identity) \
-            and planner.outputs_present(segment, data_id)
+        found = done.get(data_id.key)
+        if found is None or found[:2] != (segment.fingerprint, identity):
+            return False
+        if found[2] == "no_work":  # nothing to do with these inputs: still nothing
+            if no_work is not None:
+                no_work.setdefault(data_id, UnitResult(
+                    data_id, "no_work", {}, None, f"{segment.label}: nothing to do (recorded)"))
+            return True
+        return planner.outputs_present(segment, data_id)
 
     if segment.kind == "gather":
         run_id = DataId()
@@ -800,9 +842,14 @@ def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Reposi
         if planned is not None:
             plans[unit] = planned
     if segment.kind == "unit":
-        return [_Task(index, (u,), {u: p[0]}, {u: p[1]},
-                      {u.visit: visits[u.visit]} if u.get("visit") in visits else {},
-                      {k: v for k, v in detectors.items() if k[0] == u.get("visit")})
+        def records(unit: DataId, inputs: Mapping[str, _Input]) -> dict:
+            wanted = {unit.get("visit")}
+            for source in inputs.values():
+                wanted.update(d.get("visit") for d, _ in source.items or ())
+            return {k: v for k, v in detectors.items() if k[0] in wanted}
+
+        # every visit's record (small); detectors of the unit's visit and of what it looks up
+        return [_Task(index, (u,), {u: p[0]}, {u: p[1]}, visits, records(u, p[0]))
                 for u, p in plans.items() if not is_done(u, p[1])]
     # ordered: regions in parallel, time order inside
     groups: dict[int, list[DataId]] = {}

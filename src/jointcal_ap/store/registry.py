@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Bumped when the registry's tables change; a registry of another version is refused.
-REGISTRY_VERSION = "1"
+REGISTRY_VERSION = "2"
 
 
 class RegistryError(ValueError):
@@ -302,7 +302,8 @@ class Registry:
             sa.Column("fingerprint", sa.Text, nullable=False),
             sa.Column("identity", sa.Text, nullable=False),
             sa.Column("seconds", sa.Float, nullable=False),
-            sa.Column("finished", sa.Float, nullable=False))
+            sa.Column("finished", sa.Float, nullable=False),
+            sa.Column("status", sa.Text, nullable=False, server_default="done"))
         for attempt in range(5):  # two processes creating one registry: the loser retries
             try:
                 with self._engine.begin() as conn:
@@ -540,28 +541,26 @@ class Registry:
     # ------------------------------------------------------------------ tasks
     def task(self, step: str, data_id: Mapping[str, Any]) -> tuple[str, str] | None:
         """``(fingerprint, input identity)`` of a completed step on a data ID, or None."""
+        found = self.tasks(step).get(DataId(data_id).key)
+        return None if found is None else found[:2]
+
+    def tasks(self, step: str) -> dict[str, tuple[str, str, str]]:
+        """Every completed data ID of a step: data-ID key → (fingerprint, identity, status);
+        status ``"done"``, or ``"no_work"`` when the stage found nothing to do."""
         import sqlalchemy as sa
 
         t = self._task
         with self._engine.connect() as conn:
-            row = conn.execute(sa.select(t.c.fingerprint, t.c.identity).where(
-                (t.c.step == step) & (t.c.data_id == DataId(data_id).key))).first()
-        return None if row is None else (row.fingerprint, row.identity)
+            return {r.data_id: (r.fingerprint, r.identity, r.status) for r in conn.execute(
+                sa.select(t.c.data_id, t.c.fingerprint, t.c.identity, t.c.status)
+                .where(t.c.step == step))}
 
-    def tasks(self, step: str) -> dict[str, tuple[str, str]]:
-        """Every completed data ID of a step: data-ID key → (fingerprint, identity)."""
-        import sqlalchemy as sa
-
-        t = self._task
-        with self._engine.connect() as conn:
-            return {r.data_id: (r.fingerprint, r.identity) for r in conn.execute(
-                sa.select(t.c.data_id, t.c.fingerprint, t.c.identity).where(t.c.step == step))}
-
-    def record_tasks(self, step: str, done: Iterable[tuple[DataId, str, str, float]]) -> None:
+    def record_tasks(self, step: str, done: Iterable[tuple[DataId, str, str, float]],
+                     status: str = "done") -> None:
         """Record steps done: ``(data_id, fingerprint, identity, seconds)`` each."""
         now = time.time()
         rows = [dict(step=step, data_id=DataId(d).key, fingerprint=f, identity=i, seconds=s,
-                     finished=now) for d, f, i, s in done]
+                     finished=now, status=status) for d, f, i, s in done]
         with self._engine.begin() as conn:
             self._upsert(conn, self._task, rows)
 

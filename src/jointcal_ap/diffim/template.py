@@ -1,0 +1,225 @@
+"""Templates: inverse-variance coadds of warped calibrated exposures, or an external FITS.
+
+:func:`build_template` warps each input onto the target (science) detector's pixel grid
+(:func:`~jointcal_ap.diffim.warp.warp_to`) and coadds them::
+
+    T = Σ_i w_i I_i / Σ_i w_i,     V = Σ_i w_i² V_i / (Σ_i w_i)²,     w_i = 1 / median(V_i)
+
+pixel by pixel over the inputs that have a usable value there (not ``NO_DATA``, ``BAD``,
+``SAT``, ``CR``, ``EDGE``; where none has, over those with a finite value, keeping their
+bits). One weight per input (its median variance), not per pixel: per-pixel inverse
+variances would weight each star's pixels by its own brightness and bias the coadd's PSF and
+fluxes. ``NO_DATA`` marks pixels no input covers. The coadd's PSF is fitted on it
+(:func:`jointcal_ap.psf.fit_psf`); the inputs' names are kept as provenance.
+
+An external template (a FITS image with a WCS, and ``VARIANCE``/``MASK`` extensions or a
+``GAIN`` card) is read by :func:`read_template`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from jointcal_ap.diffim.errors import DiffimError
+from jointcal_ap.diffim.image import MASK_BITS, OnPixelGrid, as_planes, celestial_wcs
+from jointcal_ap.diffim.masks import bits
+from jointcal_ap.diffim.warp import warp_to
+from jointcal_ap.psf import PsfError, PsfModel, fit_psf
+
+__all__ = ["Template", "build_template", "read_template"]
+
+log = logging.getLogger(__name__)
+
+_EXCLUDE = ("NO_DATA", "BAD", "SAT", "CR", "EDGE")
+
+
+@dataclass(frozen=True, eq=False)
+class Template(OnPixelGrid):
+    """A template on a science detector's pixel grid.
+
+    Attributes
+    ----------
+    image, variance : ndarray float32 (ny, nx)
+        In the inputs' units (nJy for calibrated exposures); NaN where ``NO_DATA``.
+    mask : ndarray int32
+        LSST bits.
+    psf : PsfModel or None
+    header : astropy.io.fits.Header
+        The target grid's WCS.
+    inputs : tuple of str
+        The exposures (or the file) it was made from.
+    n_inputs : ndarray int16 or None
+        How many inputs contributed to each pixel.
+    source : str
+        Its name in messages ("template" or the file).
+    """
+
+    image: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    psf: PsfModel | None
+    header: fits.Header = field(default_factory=fits.Header)
+    inputs: tuple[str, ...] = ()
+    n_inputs: np.ndarray | None = None
+    source: str = "template"
+
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """FITS: primary = image (+ WCS), then VARIANCE, MASK, PSF…, NINPUTS, INPUTS (atomic)."""
+        from jointcal_ap.atomic import atomic_path
+        from jointcal_ap.diffim.image import _mask_key
+        from jointcal_ap.exposure import DEFAULT_MASK_PLANES
+
+        h = fits.Header()
+        for card in self.header.cards:
+            if card.keyword not in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND"):
+                h.append(card, end=True)
+        h["EXTTYPE"] = ("TEMPLATE", "jointcal_ap product")
+        hdus: list[Any] = [fits.PrimaryHDU(np.asarray(self.image, np.float32), header=h),
+                           fits.ImageHDU(np.asarray(self.variance, np.float32), name="VARIANCE")]
+        m = fits.ImageHDU(np.asarray(self.mask, np.int32), name="MASK")
+        for name, bit in DEFAULT_MASK_PLANES.items():
+            m.header[_mask_key(name)] = bit
+        hdus.append(m)
+        if self.psf is not None:
+            hdus.extend(self.psf.to_hdus())
+        if self.n_inputs is not None:
+            hdus.append(fits.ImageHDU(np.asarray(self.n_inputs, np.int16), name="NINPUTS"))
+        names = np.array(list(self.inputs) or [""])
+        hdus.append(fits.BinTableHDU.from_columns(
+            [fits.Column("INPUT", f"{max(1, max(len(s) for s in names))}A", array=names)], name="INPUTS"))
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fits.HDUList(hdus).writeto(tmp, overwrite=True)
+        return path
+
+
+def read_template(path: str | os.PathLike, *, variance=None, mask=None) -> Template:
+    """Read a template FITS: ours (:meth:`Template.write`) or an external one.
+
+    The image is the first image HDU; the variance is the ``VARIANCE`` extension, or
+    ``variance`` (an array or a FITS file), or estimated as for the CLI
+    (:func:`jointcal_ap.diffim.io.estimate_variance`); the mask is ``MASK`` or ``mask``;
+    the PSF is read when there are ``PSF`` extensions.
+
+    Raises
+    ------
+    DiffimError
+        No 2-D image, or planes of another shape; the message names the file.
+    """
+    from jointcal_ap.diffim.io import read_planes
+
+    p = read_planes(path, variance=variance, mask=mask, role="template")
+    inputs: tuple[str, ...] = (str(path),)
+    n_inputs = None
+    with fits.open(path, memmap=False) as hdul:
+        if "INPUTS" in hdul:
+            inputs = tuple(str(s).strip() for s in hdul["INPUTS"].data["INPUT"] if str(s).strip()) or inputs
+        if "NINPUTS" in hdul:
+            n_inputs = np.asarray(hdul["NINPUTS"].data, np.int16)
+    return Template(p.image, p.variance, p.mask, p.psf, p.header, inputs, n_inputs, source=str(path))
+
+
+def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int] | None = None,
+                   fit_template_psf: bool = True, grid_step: int = 32, progress: bool = False) -> Template:
+    """Coadd calibrated exposures of other visits on the target detector's pixel grid.
+
+    Parameters
+    ----------
+    calexps : sequence of CalibratedExposure (or anything with image, variance, mask and a WCS)
+    target : CalibratedExposure, astropy.wcs.WCS or astropy.io.fits.Header
+        The science exposure (its WCS and shape) or a WCS (then ``shape`` is required).
+    shape : (ny, nx), optional
+    fit_template_psf : bool
+        Fit a PSF to the coadd (default True; skipped with a warning if it has too few stars).
+    progress : bool
+        A tqdm bar over the inputs.
+
+    Raises
+    ------
+    DiffimError
+        No input, no target shape, or no input overlapping the target.
+    """
+    if not calexps:
+        raise DiffimError("build_template: no input exposure")
+    if hasattr(target, "image") and shape is None:
+        shape = np.shape(target.image)
+    if hasattr(target, "wcs") and not isinstance(target, fits.Header) and hasattr(target, "image"):
+        twcs, theader = target.wcs, getattr(target, "header", None)
+    elif isinstance(target, fits.Header):
+        twcs, theader = celestial_wcs(target), target
+    else:
+        twcs, theader = target, None
+    if twcs is None or shape is None:
+        raise DiffimError("build_template: the target needs a celestial WCS and a shape")
+    ny, nx = int(shape[0]), int(shape[1])
+    num = np.zeros((ny, nx))
+    vnum = np.zeros((ny, nx))
+    den = np.zeros((ny, nx))
+    count = np.zeros((ny, nx), np.int16)
+    fb_num, fb_den, fb_vnum = np.zeros((ny, nx)), np.zeros((ny, nx)), np.zeros((ny, nx))
+    fb_mask = np.zeros((ny, nx), np.int32)
+    mask_or = np.zeros((ny, nx), np.int32)
+    names: list[str] = []
+    header = None
+    iterator = calexps
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(calexps, desc="warp", unit="exposure")
+    for exp in iterator:
+        p = as_planes(exp, "template input")
+        try:
+            warped = warp_to(exp, twcs, (ny, nx), target_header=theader, grid_step=grid_step)
+        except DiffimError as exc:
+            log.warning("%s", exc)
+            continue
+        header = warped.header
+        names.append(p.source)
+        finite = np.isfinite(warped.image) & np.isfinite(warped.variance)
+        good = finite & ((warped.mask & bits(_EXCLUDE)) == 0)
+        if not good.any():
+            continue
+        w = 1.0 / float(np.median(warped.variance[good]))
+        img = np.where(finite, warped.image, 0.0)
+        var = np.where(finite, warped.variance, 0.0)
+        num += np.where(good, w * img, 0.0)
+        vnum += np.where(good, w * w * var, 0.0)
+        den += np.where(good, w, 0.0)
+        count += good
+        mask_or |= np.where(good, warped.mask, 0)
+        fb = finite & ~good & ((warped.mask & MASK_BITS["NO_DATA"]) == 0)
+        fb_num += np.where(fb, w * img, 0.0)
+        fb_vnum += np.where(fb, w * w * var, 0.0)
+        fb_den += np.where(fb, w, 0.0)
+        fb_mask |= np.where(fb, warped.mask, 0)
+    if not names or (not (den > 0).any() and not (fb_den > 0).any()):
+        raise DiffimError("build_template: none of the inputs overlaps the target grid")
+    use_fb = (den == 0) & (fb_den > 0)
+    num = np.where(use_fb, fb_num, num)
+    vnum = np.where(use_fb, fb_vnum, vnum)
+    den = np.where(use_fb, fb_den, den)
+    mask = np.where(use_fb, fb_mask, mask_or & ~bits(("NO_DATA",)))
+    empty = den == 0
+    mask = (mask | np.where(empty, MASK_BITS["NO_DATA"], 0)).astype(np.int32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        image = np.where(empty, np.nan, num / den).astype(np.float32)
+        variance = np.where(empty, np.nan, vnum / (den * den)).astype(np.float32)
+    psf = None
+    if fit_template_psf:
+        try:
+            psf = fit_psf(image, variance, mask, where="template coadd")
+        except PsfError as exc:
+            log.warning("template coadd: no PSF fitted (%s); subtract() will try again", exc)
+    return Template(image, variance, mask, psf, header if header is not None else fits.Header(),
+                    tuple(names), count, source="template")
+
+

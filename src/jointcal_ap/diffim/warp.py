@@ -1,0 +1,208 @@
+"""Warping an image onto another pixel grid: Lanczos-3, flux-conserving, variance and mask kept.
+
+For every output pixel (x, y) of the target grid (1-based), its position (x', y') in the
+input is found through the sky: ``target WCS → (ra, dec) → input WCS``, evaluated exactly on
+a coarse grid of nodes (every ``grid_step`` pixels, and the borders) and interpolated by
+bicubic splines in between (the mapping is smooth; the error is ≪ 1e-3 pixel).
+
+The value is the Lanczos-3 interpolant of the input at (x', y') (separable,
+``L(t) = sinc(t)·sinc(t/3)`` over 6 × 6 pixels, each axis' weights normalised to sum 1),
+multiplied by the Jacobian determinant |∂(x', y')/∂(x, y)| so that **flux is conserved**
+(images are flux per pixel, e.g. nJy). The variance is ``Σ w² V`` times the Jacobian
+squared (the correlation the interpolation introduces between neighbouring output pixels is
+not tracked, as in SWarp and LSST's warping). The mask: ``NO_DATA`` where any of the 36
+input pixels is off the input, not finite or ``NO_DATA``/``BAD``; the other bits are the OR
+over the input pixels whose weight exceeds 5 % of the largest.
+
+Rows are processed in chunks (``chunk_rows``) to bound the memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jointcal_ap.diffim.errors import DiffimError
+from jointcal_ap.diffim.image import MASK_BITS, ImagePlanes, as_planes, celestial_wcs
+
+__all__ = ["lanczos_weights", "pixel_mapping", "warp_to"]
+
+_A = 3
+
+
+def _lanczos_exact(frac: np.ndarray) -> np.ndarray:
+    t = frac[..., None] - np.arange(-_A + 1, _A + 1)                 # distance to each tap
+    w = np.sinc(t) * np.sinc(t / _A)
+    w = np.where(np.abs(t) < _A, w, 0.0)
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+#: Lanczos-3 weights tabulated at 1/4096 pixel (linear interpolation between entries is
+#: exact to ~1e-8 of the weights: far below float32 images' precision).
+_TABLE_STEPS = 4096
+_TABLE = _lanczos_exact(np.linspace(0.0, 1.0, _TABLE_STEPS + 1))
+
+
+def lanczos_weights(frac: np.ndarray) -> np.ndarray:
+    """(…, 6) normalised Lanczos-3 weights of the pixels ``floor(x) - 2 … floor(x) + 3`` for a
+    position whose fractional part is ``frac`` (in [0, 1]), from a fine table."""
+    pos = np.clip(np.asarray(frac, float), 0.0, 1.0) * _TABLE_STEPS
+    i = np.minimum(pos.astype(np.int64), _TABLE_STEPS - 1)
+    t = (pos - i)[..., None]
+    return _TABLE[i] * (1.0 - t) + _TABLE[i + 1] * t
+
+
+def pixel_mapping(target_wcs, source_wcs, shape: tuple[int, int], *, grid_step: int = 32):
+    """Bicubic splines giving the 1-based input position (x', y') of each target pixel.
+
+    Returns (sx, sy): ``scipy.interpolate.RectBivariateSpline`` over (row y, column x) of the
+    target grid (1-based).
+    """
+    from scipy.interpolate import RectBivariateSpline
+
+    ny, nx = shape
+
+    def nodes(n: int) -> np.ndarray:
+        k = max(4, int(np.ceil((n - 1) / grid_step)) + 1)
+        return np.linspace(1.0, float(n), k)
+
+    gx, gy = nodes(nx), nodes(ny)
+    xx, yy = np.meshgrid(gx, gy)
+    ra, dec = target_wcs.all_pix2world(xx.ravel(), yy.ravel(), 1)
+    sx, sy = source_wcs.all_world2pix(ra, dec, 1, tolerance=1e-8, maxiter=50, quiet=True)
+    sx = np.asarray(sx).reshape(xx.shape)
+    sy = np.asarray(sy).reshape(xx.shape)
+    if not (np.all(np.isfinite(sx)) and np.all(np.isfinite(sy))):
+        raise DiffimError("the WCS mapping between the grids is not finite everywhere (grids too far apart?)")
+    return RectBivariateSpline(gy, gx, sx, kx=3, ky=3), RectBivariateSpline(gy, gx, sy, kx=3, ky=3)
+
+
+def warp_to(source, target_wcs, shape: tuple[int, int], *, target_header=None, grid_step: int = 32,
+            chunk_rows: int = 256, where: str = "") -> ImagePlanes:
+    """Warp an image (with variance and mask) onto the pixel grid of ``target_wcs``.
+
+    Parameters
+    ----------
+    source : Exposure, CalibratedExposure, Template or ImagePlanes
+        With a celestial WCS (``.wcs`` or its header).
+    target_wcs : astropy.wcs.WCS or astropy.io.fits.Header
+        The target grid's WCS (1-based pixels).
+    shape : (ny, nx)
+        The target grid's size.
+    target_header : astropy.io.fits.Header, optional
+        Becomes the result's header (default: the target WCS's header).
+    grid_step, chunk_rows : int
+        Node spacing of the exact mapping, and rows per chunk.
+    where : str
+        Names the source in error messages (default: its ``source``).
+
+    Raises
+    ------
+    DiffimError
+        No celestial WCS, or no overlap with the target grid.
+    """
+    from astropy.io import fits
+
+    src = as_planes(source, "input")
+    name = where or src.source or "input"
+    swcs = getattr(source, "wcs", None) or celestial_wcs(src.header)
+    if swcs is None:
+        raise DiffimError(f"{name}: no celestial WCS to warp with")
+    if isinstance(target_wcs, fits.Header):
+        if target_header is None:
+            target_header = target_wcs
+        twcs = celestial_wcs(target_wcs)
+        if twcs is None:
+            raise DiffimError(f"{name}: the target header has no celestial WCS")
+    else:
+        twcs = target_wcs
+    ny, nx = (int(shape[0]), int(shape[1]))
+    sny, snx = src.shape
+    mx, my = pixel_mapping(twcs, swcs, (ny, nx), grid_step=grid_step)
+    header = target_header.copy() if target_header is not None else twcs.to_header(relax=True)
+    cols = np.arange(1.0, nx + 1.0)
+    # identical grids: a copy (no interpolation)
+    probe_r = np.linspace(1.0, ny, 9)
+    px = mx(probe_r, cols[:: max(1, nx // 64)])
+    py = my(probe_r, cols[:: max(1, nx // 64)])
+    if (sny, snx) == (ny, nx) and np.max(np.abs(px - cols[:: max(1, nx // 64)][None, :])) < 1e-4 \
+            and np.max(np.abs(py - probe_r[:, None])) < 1e-4:
+        return ImagePlanes(src.image.copy(), src.variance.copy(), src.mask.copy(), src.psf, header, src.source,
+                           src.inputs)
+    img_out = np.full((ny, nx), np.nan, np.float32)
+    var_out = np.full((ny, nx), np.nan, np.float32)
+    mask_out = np.full((ny, nx), MASK_BITS["NO_DATA"], np.int32)
+    # only the output pixels that map into the input (with the kernel's margin) need work:
+    # a dithered input overlaps part of the grid, a far one none of it
+    rows_in, cols_in = _covered_box(mx, my, ny, nx, sny, snx)
+    if rows_in is None:
+        raise DiffimError(f"{name}: does not overlap the target grid (no output pixel has data)")
+    c0, c1 = cols_in
+    cols = cols[c0:c1]
+    s_img = src.image.ravel()
+    s_var = src.variance.ravel()
+    bad_bits = MASK_BITS["NO_DATA"] | MASK_BITS["BAD"]
+    s_mask = src.mask.ravel()
+    s_bad = ((src.mask & bad_bits) != 0) | ~np.isfinite(src.image) | ~np.isfinite(src.variance)
+    s_bad = s_bad.ravel()
+    covered = False
+    r0, r1 = rows_in
+    for start in range(r0, r1, chunk_rows):
+        rows = np.arange(start, min(start + chunk_rows, r1)) + 1.0
+        xs = mx(rows, cols)
+        ys = my(rows, cols)
+        jac = np.abs(mx(rows, cols, dx=0, dy=1) * my(rows, cols, dx=1, dy=0)
+                     - mx(rows, cols, dx=1, dy=0) * my(rows, cols, dx=0, dy=1))
+        fx, fy = np.floor(xs - 1.0), np.floor(ys - 1.0)                 # 0-based floor
+        wx = lanczos_weights(xs - 1.0 - fx)
+        wy = lanczos_weights(ys - 1.0 - fy)
+        ix0, iy0 = fx.astype(np.int64) - (_A - 1), fy.astype(np.int64) - (_A - 1)
+        acc = np.zeros(xs.shape)
+        vacc = np.zeros(xs.shape)
+        macc = np.zeros(xs.shape, np.int32)
+        nodata = np.zeros(xs.shape, bool)
+        wmax = wx.max(axis=-1) * wy.max(axis=-1)
+        for j in range(2 * _A):
+            iy = iy0 + j
+            oky = (iy >= 0) & (iy < sny)
+            for i in range(2 * _A):
+                ix = ix0 + i
+                ok = oky & (ix >= 0) & (ix < snx)
+                flat = np.where(ok, iy * snx + ix, 0)
+                w = wy[..., j] * wx[..., i]
+                bad = ~ok | s_bad[flat]
+                nodata |= bad & (np.abs(w) > 1e-12)
+                acc += w * np.where(bad, 0.0, s_img[flat])
+                vacc += w * w * np.where(bad, 0.0, s_var[flat])
+                big = ok & (np.abs(w) >= 0.05 * wmax)
+                macc |= np.where(big, s_mask[flat], 0)
+        covered |= bool((~nodata).any())
+        sl = (slice(start, start + len(rows)), slice(c0, c1))
+        img_out[sl] = np.where(nodata, np.nan, acc * jac)
+        var_out[sl] = np.where(nodata, np.nan, vacc * jac * jac)
+        mask_out[sl] = (macc & ~MASK_BITS["NO_DATA"]) | np.where(nodata, MASK_BITS["NO_DATA"], 0)
+    if not covered:
+        raise DiffimError(f"{name}: does not overlap the target grid (no output pixel has data)")
+    return ImagePlanes(img_out, var_out, mask_out, None, header, src.source, src.inputs)
+
+
+def _covered_box(mx, my, ny: int, nx: int, sny: int, snx: int
+                 ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """The 0-based [start, stop) rows and columns of the target grid whose pixels may map
+    into the input (with a margin of the kernel and one node step), from the mapping on a
+    coarse grid; (None, None) when none do."""
+    gy = np.linspace(1.0, float(ny), min(ny, 65))
+    gx = np.linspace(1.0, float(nx), min(nx, 65))
+    xs, ys = mx(gy, gx), my(gy, gx)
+    margin = _A + 1.0
+    inside = (xs > 1 - margin) & (xs < snx + margin) & (ys > 1 - margin) & (ys < sny + margin)
+    if not inside.any():
+        return None, None
+    rows = np.flatnonzero(inside.any(axis=1))
+    cols = np.flatnonzero(inside.any(axis=0))
+    step_y = (ny - 1) / max(len(gy) - 1, 1)
+    step_x = (nx - 1) / max(len(gx) - 1, 1)
+    r0 = max(0, int(np.floor(gy[rows[0]] - 1 - step_y)))
+    r1 = min(ny, int(np.ceil(gy[rows[-1]] + step_y)))
+    c0 = max(0, int(np.floor(gx[cols[0]] - 1 - step_x)))
+    c1 = min(nx, int(np.ceil(gx[cols[-1]] + step_x)))
+    return (r0, r1), (c0, c1)

@@ -1,0 +1,140 @@
+"""Warping (Lanczos-3, flux-conserving) and template coadds."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from jointcal_ap.diffim import (
+    DiffimError,
+    ImagePlanes,
+    Template,
+    build_template,
+    read_template,
+    warp_to,
+)
+from jointcal_ap.diffim.image import MASK_BITS
+from jointcal_ap.diffim.stars import find_stars
+from jointcal_ap.simulate.images import render_image
+
+SHAPE = (300, 320)
+
+
+def _header(crval1=150.0, crval2=2.0, rot_deg=0.0, scale=5.5e-5, crpix=(160.5, 150.5)):
+    c, s = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
+    return fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": crval1, "CRVAL2": crval2,
+                        "CRPIX1": crpix[0], "CRPIX2": crpix[1], "CD1_1": -scale * c, "CD1_2": scale * s,
+                        "CD2_1": scale * s, "CD2_2": scale * c})
+
+
+@pytest.fixture(scope="module")
+def sky():
+    rng = np.random.default_rng(4)
+    n = 120
+    return rng.uniform(150.0 - 0.007, 150.0 + 0.007, n), rng.uniform(2.0 - 0.007, 2.0 + 0.007, n), \
+        10 ** rng.uniform(3.5, 4.5, n)
+
+
+def _exposure(sky, header, seed, noise=True, sky_level=100.0):
+    ra, dec, flux = sky
+    x, y = WCS(header).all_world2pix(ra, dec, 1)
+    on = (x > 0.5) & (x < SHAPE[1] + 0.5) & (y > 0.5) & (y < SHAPE[0] + 0.5)   # render_image wants these
+    x, y, flux = x[on], y[on], flux[on]
+    im = render_image(SHAPE, x, y, flux, fwhm_px=3.0, sky_adu=sky_level, gain=1.0, read_noise_e=0.0,
+                      noise=noise, seed=seed)
+    return ImagePlanes(im.image - np.float32(sky_level), im.variance, im.mask, None, header, f"exp{seed}")
+
+
+def test_warp_conserves_flux_and_positions(sky):
+    target = _header()
+    src = _exposure(sky, _header(crval1=150.001, rot_deg=20.0, scale=5.0e-5, crpix=(150.0, 160.0)), 1,
+                    noise=False)
+    warped = warp_to(src, target, SHAPE)
+    truth = _exposure(sky, target, 2, noise=False)
+    # bright stars well inside both grids: same positions (< 0.02 px) and fluxes (< 0.5 %)
+    ws = find_stars(np.nan_to_num(warped.image), truth.variance, threshold=50)
+    ts = find_stars(truth.image, truth.variance, threshold=50)
+    from scipy.spatial import cKDTree
+
+    d, k = cKDTree(np.column_stack([ts.x, ts.y])).query(np.column_stack([ws.x, ws.y]))
+    ok = (d < 1.0) & ws.clean & ws.isolated
+    assert ok.sum() > 20
+    assert np.median(d[ok]) < 0.05
+    ratio = ws.flux[ok] / ts.flux[k[ok]]
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.005)   # flux kept though the pixel scale differs
+    # outside the input's footprint: NO_DATA and NaN
+    assert np.isnan(warped.image).any() and (warped.mask[np.isnan(warped.image)] & MASK_BITS["NO_DATA"]).all()
+
+
+def test_warp_propagates_variance_and_same_grid_is_a_copy(sky):
+    target = _header()
+    rng = np.random.default_rng(0)
+    noise = ImagePlanes(rng.normal(0, 1, SHAPE).astype(np.float32), np.ones(SHAPE, np.float32),
+                        np.zeros(SHAPE, np.int32), None, _header(crval1=150.0000137, crval2=2.0000091), "noise")
+    w = warp_to(noise, target, SHAPE)
+    inner = (slice(10, -10), slice(10, -10))
+    v = w.variance[inner]
+    assert np.all(v > 0.3) and np.all(v <= 1.0 + 1e-6)                # Σ w² ≤ 1 for a sub-pixel shift
+    assert np.var(w.image[inner]) == pytest.approx(np.mean(v), rel=0.05)    # per-pixel variance right
+    same = warp_to(_exposure(sky, target, 3), target, SHAPE)
+    assert same.psf is None and np.array_equal(same.image, _exposure(sky, target, 3).image)
+
+
+def test_warp_errors_name_the_input(sky):
+    far = ImagePlanes(np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32), np.zeros(SHAPE, np.int32), None,
+                      _header(crval1=160.0), "far.fits")
+    with pytest.raises(DiffimError, match=r"far\.fits: does not overlap"):
+        warp_to(far, _header(), SHAPE)
+    nowcs = ImagePlanes(np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32), np.zeros(SHAPE, np.int32))
+    with pytest.raises(DiffimError, match="no celestial WCS"):
+        warp_to(nowcs, _header(), SHAPE)
+
+
+def test_build_template_coadds_with_inverse_variance_weights(sky, tmp_path):
+    target = _header()
+    inputs = [_exposure(sky, _header(crval1=150.0 + 0.0003 * k, crval2=2.0 - 0.0002 * k, rot_deg=5 * k), 10 + k)
+              for k in range(3)]
+    t = build_template(inputs, target, shape=SHAPE)
+    assert t.inputs == ("exp10", "exp11", "exp12") and t.psf is not None
+    assert t.psf.fwhm(160, 150) == pytest.approx(3.0, abs=0.3)
+    inner = (slice(20, -20), slice(20, -20))
+    assert (t.n_inputs[inner] == 3).mean() > 0.9
+    # sky-dominated pixels: about a third of one exposure's variance (interpolation lowers it)
+    ratio = np.median(t.variance[inner]) / np.median(inputs[0].variance[inner])
+    assert 0.2 < ratio < 0.34
+    path = t.write(tmp_path / "t.fits")
+    back = read_template(path)
+    assert isinstance(back, Template) and back.inputs == t.inputs
+    assert np.array_equal(back.image, t.image, equal_nan=True) and back.psf is not None
+    with pytest.raises(DiffimError, match="no input"):
+        build_template([], target, shape=SHAPE)
+
+
+def test_external_template_fits(tmp_path):
+    img = np.ones((50, 60), np.float32)
+    fits.HDUList([fits.PrimaryHDU(img, header=_header()), fits.ImageHDU(img * 2, name="VARIANCE")]).writeto(
+        tmp_path / "ext.fits")
+    t = read_template(tmp_path / "ext.fits")
+    assert t.inputs == (str(tmp_path / "ext.fits"),) and t.wcs is not None and float(t.variance[0, 0]) == 2.0
+    fits.HDUList([fits.PrimaryHDU(img), fits.ImageHDU(np.ones((5, 5), np.float32), name="VARIANCE")]).writeto(
+        tmp_path / "bad.fits")
+    with pytest.raises(DiffimError, match=r"bad.fits: the VARIANCE extension has shape \(5, 5\)"):
+        read_template(tmp_path / "bad.fits")
+
+
+def test_exposures_in_and_a_difference_out(sky):
+    """The stage path: Exposures (with their WCS) → template on the science grid → difference."""
+    from jointcal_ap.diffim import SubtractOptions, subtract
+    from jointcal_ap.exposure import Exposure, ExposureMetadata
+
+    def exposure(visit, header, seed):
+        p = _exposure(sky, header, seed)
+        return Exposure(p.image, p.mask, p.variance, header, ExposureMetadata(visit, 1, "r", 60300.0 + visit, 30.0))
+
+    science = exposure(1, _header(), 41)
+    others = [exposure(2 + k, _header(crval1=150.0 + 0.0002 * k, rot_deg=3 * k), 42 + k) for k in range(2)]
+    template = build_template(others, science)
+    assert template.inputs == ("template input visit 2 detector 1", "template input visit 3 detector 1")
+    diff = subtract(science, template, SubtractOptions())
+    assert diff.source == "science visit 1 detector 1" and diff.template_inputs == template.inputs
+    assert diff.wcs is not None and diff.qa["residual_std"] == pytest.approx(1.0, abs=0.1)

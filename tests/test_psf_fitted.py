@@ -1,0 +1,91 @@
+"""The fitted PCA PSF and the grid PSF: accuracy, spatial variation, stamps, FITS round trip."""
+
+from itertools import pairwise
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from jointcal_ap.psf import GaussianPsf, GridPsf, PcaPsf, PsfError, fit_psf, psf_from_hdus
+from jointcal_ap.simulate.images import render_image
+
+SHAPE = (600, 600)
+
+
+def _fwhm_at(x, y):
+    """The simulated seeing: 3.0 px at the left edge to 3.6 px at the right."""
+    return 3.0 + 0.6 * (x - 1) / (SHAPE[1] - 1)
+
+
+@pytest.fixture(scope="module")
+def varying():
+    """Stars whose FWHM varies across the detector (rendered in bands of constant FWHM)."""
+    rng = np.random.default_rng(7)
+    n = 700
+    x, y = rng.uniform(15, SHAPE[1] - 15, n), rng.uniform(15, SHAPE[0] - 15, n)
+    flux = 10 ** rng.uniform(4.0, 5.3, n)
+    edges = np.linspace(1, SHAPE[1] + 1, 13)
+    image = np.zeros(SHAPE)
+    for a, b in pairwise(edges):
+        sel = (x >= a) & (x < b)
+        image += render_image(SHAPE, x[sel], y[sel], flux[sel], fwhm_px=_fwhm_at(0.5 * (a + b), 0.0),
+                              psf="moffat", noise=False, read_noise_e=0.0).image
+    var = image + 100.0
+    noisy = image + np.random.default_rng(8).normal(0, np.sqrt(var))
+    return noisy.astype(np.float32), var.astype(np.float32)
+
+
+def test_pca_psf_follows_the_spatial_variation(varying):
+    image, var = varying
+    psf = fit_psf(image, var, None, n_components=3, degree=2)
+    assert isinstance(psf, PcaPsf) and psf.n_stars > 100
+    for x in (50.0, 300.0, 550.0):
+        # a Moffat β=3's Gaussian-equivalent FWHM (from its second moments) is ≈ 1.17 × its FWHM
+        assert psf.fwhm(x, 300.0) / _fwhm_at(x, 0) == pytest.approx(psf.fwhm(300.0, 300.0) / _fwhm_at(300.0, 0),
+                                                                     rel=0.03)
+    assert psf.fwhm(550.0, 300.0) > psf.fwhm(50.0, 300.0) * 1.12
+
+
+def test_pca_psf_stamps_centroid_and_round_trip(varying):
+    image, var = varying
+    psf = fit_psf(image, var, None)
+    x, y = np.array([100.3, 400.8]), np.array([250.6, 77.1])
+    stamps, x0, y0 = psf.stamps(x, y, 31)
+    yy, xx = np.mgrid[0:31, 0:31]
+    for k in range(2):
+        s = stamps[k]
+        assert s.sum() == pytest.approx(1.0, abs=2e-3)
+        assert (s * (xx + x0[k])).sum() / s.sum() == pytest.approx(x[k], abs=0.03)
+        assert (s * (yy + y0[k])).sum() / s.sum() == pytest.approx(y[k], abs=0.03)
+    hdus = psf.to_hdus()
+    back = psf_from_hdus(fits.HDUList([fits.PrimaryHDU(), *hdus])[1:])
+    assert isinstance(back, PcaPsf)
+    assert np.allclose(back.kernel_image(123.0, 456.0), psf.kernel_image(123.0, 456.0), atol=1e-12)
+
+
+def test_fit_psf_on_gaussian_stars_and_errors():
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(20, 280, 80), rng.uniform(20, 280, 80)
+    im = render_image((300, 300), x, y, np.full(80, 1e5), fwhm_px=2.8, sky_adu=50.0, seed=5)
+    psf = fit_psf(im.image, im.variance, im.mask)
+    assert psf.fwhm(150, 150) == pytest.approx(2.8, rel=0.02)
+    truth = GaussianPsf.from_fwhm(2.8).kernel_image(0, 0, psf.default_size())
+    assert np.max(np.abs(psf.kernel_image(150, 150) - truth)) < 0.01 * truth.max()
+    with pytest.raises(PsfError, match=r"sky\.fits: only 0 bright isolated"):
+        fit_psf(np.random.default_rng(0).normal(size=(100, 100)), None, None, where="sky.fits")
+
+
+def test_grid_psf_interpolates_and_round_trips():
+    a, b = GaussianPsf.from_fwhm(3.0).kernel_image(0, 0, 21), GaussianPsf.from_fwhm(4.0).kernel_image(0, 0, 21)
+    psf = GridPsf(np.stack([[a, b]]), x_nodes=[100.0, 300.0], y_nodes=[50.0])
+    assert psf.fwhm(50.0, 0.0) == pytest.approx(3.0, abs=0.02)        # flat beyond the nodes
+    assert psf.fwhm(400.0, 0.0) == pytest.approx(4.0, abs=0.02)
+    mid = psf.kernel_image(200.0, 50.0)
+    assert np.allclose(mid, 0.5 * (a + b) / (0.5 * (a + b)).sum())
+    stamps, x0, _ = psf.stamps([200.25], [50.5], 21)
+    xx = np.arange(21)[None, :]
+    assert (stamps[0] * (xx + x0[0])).sum() / stamps[0].sum() == pytest.approx(200.25, abs=1e-3)
+    back = psf_from_hdus(psf.to_hdus())
+    assert np.allclose(back.kernel_image(123.0, 4.0), psf.kernel_image(123.0, 4.0))
+    with pytest.raises(PsfError, match="odd"):
+        GridPsf(np.zeros((1, 1, 4, 4)), [1.0], [1.0])
