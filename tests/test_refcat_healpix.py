@@ -46,5 +46,5 @@ def test_pixel_corners_and_edges_match_healpy(order):
 
 
 def test_bad_order_is_refused():
-    with pytest.raises(ValueError, match="order must be in 0..29"):
+    with pytest.raises(ValueError, match=r"order must be in 0\.\.29"):
         lonlat_to_nest(np.zeros(1), np.zeros(1), 30)
