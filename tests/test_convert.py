@@ -1,4 +1,6 @@
+import importlib
 import json
+import shutil
 
 import hats
 import healpy as hp
@@ -132,11 +134,41 @@ def test_missing_column_and_non_numeric_values_are_named(tmp_path):
     with pytest.raises(InputError, match=r"m\.csv: column 'pmdec'"):
         convert(load_config(CONFIG), [path], tmp_path / "o")
     path.write_text("source_id,ra,dec,pmra,pmdec,mag\n1,1,2,3,fast,4\n")
-    with pytest.raises(InputError, match=r"m\.csv: column 'pmdec'.*not numeric"):
+    with pytest.raises(InputError, match=r"m\.csv: line 2, column 'pmdec': 'fast' is not a number"):
         convert(load_config(CONFIG), [path], tmp_path / "o2", resume=True)
 
 
-def test_interrupted_run_resumes(tmp_path, csv_file):
+def test_interrupted_run_resumes(tmp_path, csv_file, monkeypatch):
+    convert_module = importlib.import_module("jointcal_ap.refcat.convert")
+    path, _ = csv_file
+    cfg = load_config(dict(CONFIG, filters=[]))
+    out = tmp_path / "cat"
+    real_map_task, calls = convert_module._map_task, []
+
+    def interrupted(*args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed after 3 chunks")
+        calls.append(args)
+        return real_map_task(*args)
+
+    monkeypatch.setattr(convert_module, "_map_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert(cfg, [path], out, chunk_bytes=40_000)
+    monkeypatch.undo()
+    staging = tmp_path / ".cat.partial"
+    assert staging.exists() and not out.exists()
+    assert len(list((staging / "map").glob("*.arrow"))) == 3
+    with pytest.raises(ConversionError, match="interrupted conversion"):
+        convert(cfg, [path], out, chunk_bytes=40_000)
+    report = convert(cfg, [path], out, chunk_bytes=40_000, resume=True)
+    assert report.resumed_chunks == 3 < report.chunks
+    assert report.rows_in == report.rows_written == 5000
+    assert out.exists() and not staging.exists()
+    with pytest.raises(ConversionError, match="already exists"):
+        convert(cfg, [path], out)
+
+
+def test_resume_after_a_data_error_is_refused_once_the_file_changed(tmp_path, csv_file):
     path, _ = csv_file
     bad = tmp_path / "bad.csv"
     write_csv(bad, 100, seed=2, nan_row=5)
@@ -145,18 +177,17 @@ def test_interrupted_run_resumes(tmp_path, csv_file):
     with pytest.raises(InputError):
         convert(cfg, [path, bad], out, chunk_bytes=40_000)
     staging = tmp_path / ".cat.partial"
-    assert staging.exists() and not out.exists()
-    finished = len(list((staging / "map").glob("*.arrow")))
-    assert finished > 0
-    with pytest.raises(ConversionError, match="interrupted conversion"):
-        convert(cfg, [path, bad], out, chunk_bytes=40_000)
-    write_csv(bad, 100, seed=2)  # the user fixes the bad file
-    report = convert(cfg, [path, bad], out, chunk_bytes=40_000, resume=True)
-    assert report.resumed_chunks == finished
-    assert report.rows_in == 5100
-    assert out.exists() and not staging.exists()
-    with pytest.raises(ConversionError, match="already exists"):
-        convert(cfg, [path], out)
+    assert len(list((staging / "map").glob("*.arrow"))) > 0 and not out.exists()
+    # the same inputs resume from the finished chunks (and fail again on the bad row)
+    with pytest.raises(InputError, match=r"bad\.csv: line 7, column 'dec'"):
+        convert(cfg, [path, bad], out, chunk_bytes=40_000, resume=True)
+    # the user fixes the bad file: its fingerprint differs, and the resume is refused
+    write_csv(bad, 100, seed=2)
+    with pytest.raises(ConversionError, match=r"bad\.csv changed since the interrupted conversion started"):
+        convert(cfg, [path, bad], out, chunk_bytes=40_000, resume=True)
+    assert not out.exists()
+    shutil.rmtree(staging)  # as the message says: start afresh
+    assert convert(cfg, [path, bad], out, chunk_bytes=40_000).rows_written == 5100
 
 
 def test_interrupted_overwrite_never_leaves_a_half_deleted_refcat(tmp_path, csv_file, monkeypatch):
@@ -308,8 +339,10 @@ def test_dask_cluster_by_address_gives_the_same_catalog(tmp_path, csv_file):
     path, _ = csv_file
     cfg = load_config(dict(CONFIG, partitioning={"mode": "fixed", "order": 2}))
     serial = convert(cfg, [path], tmp_path / "serial", chunk_bytes=60_000)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    # Loopback only, on free ports (the scheduler's HTTP server would otherwise try :8787,
+    # which another cluster on the machine may hold).
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0") as cluster:
         on_dask = convert(cfg, [path], tmp_path / "dask", chunk_bytes=60_000,
                           dask_address=cluster.scheduler_address)
     assert on_dask.rows_written == serial.rows_written

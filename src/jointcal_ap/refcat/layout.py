@@ -11,6 +11,12 @@ A catalog directory holds::
 plus our own ``conversion_config.json`` and ``conversion_report.json``. A NESTED
 HEALPix pixel ``p`` of order ``k`` covers exactly the ``_healpix_29`` range
 ``[p·4^(29-k), (p+1)·4^(29-k))``, which is what makes streaming partitioning cheap.
+
+A refcat converted with a margin is a HATS *collection*, as hats-import writes one::
+
+    collection.properties           the main catalog and its margin(s)
+    catalog/                        the catalog, laid out as above
+    margin_<N>arcs/                 the margin catalog (same layout, dataproduct_type=margin)
 """
 
 from __future__ import annotations
@@ -28,14 +34,21 @@ import pyarrow.parquet as pq
 from jointcal_ap.refcat.schema import HEALPIX_ORDER
 
 __all__ = [
+    "COLLECTION_CATALOG",
     "Partition",
     "adaptive_partitions",
+    "catalog_root",
     "fixed_partitions",
+    "margin_directory_name",
     "partition_path",
     "read_partition_info",
     "read_properties",
     "write_catalog_files",
+    "write_collection_properties",
 ]
+
+#: The main catalog's directory inside a collection.
+COLLECTION_CATALOG = "catalog"
 
 
 @dataclass(frozen=True, order=True)
@@ -82,24 +95,32 @@ def adaptive_partitions(pixels: np.ndarray, counts: np.ndarray, histogram_order:
     ----------
     pixels, counts : ndarray
         Occupied pixels at ``histogram_order`` (NESTED) and their row counts.
+
+    The pixels are sorted once; the ancestors at every order are then sorted too (NESTED
+    indices keep their order when shifted), so each order's group totals are a run-length
+    sum: linear time, no sort per order.
     """
     pixels = np.asarray(pixels, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
     keep = counts > 0
     pixels, counts = pixels[keep], counts[keep]
-    assigned = np.full(pixels.shape, -1, dtype=np.int64)
-    result: set[Partition] = set()
+    if len(pixels) > 1 and not np.all(np.diff(pixels) > 0):
+        pixels, inverse = np.unique(pixels, return_inverse=True)
+        counts = np.bincount(inverse, weights=counts).astype(np.int64)
+    assigned = np.zeros(pixels.shape, dtype=bool)
+    result: list[Partition] = []
     for order in range(lowest_order, histogram_order + 1):
-        todo = assigned < 0
-        if not todo.any():
+        if assigned.all():
             break
         ancestors = pixels >> (2 * (histogram_order - order))
-        _, inverse = np.unique(ancestors, return_inverse=True)
-        totals = np.bincount(inverse, weights=counts).astype(np.int64)
-        small = (totals[inverse] <= max_rows) | (order == histogram_order)
-        take = todo & small
-        assigned[take] = order
-        result.update(Partition(order, int(p)) for p in np.unique(ancestors[take]))
+        starts = np.flatnonzero(np.diff(ancestors, prepend=-1))
+        totals = np.add.reduceat(counts, starts) if len(starts) else counts
+        group_total = np.repeat(totals, np.diff(np.append(starts, len(ancestors))))
+        take = ~assigned & ((group_total <= max_rows) | (order == histogram_order))
+        assigned |= take
+        chosen = ancestors[take]
+        chosen = chosen[np.flatnonzero(np.diff(chosen, prepend=-1))]
+        result.extend(Partition(order, int(p)) for p in chosen)
     return sorted(result)
 
 
@@ -111,10 +132,15 @@ def _properties_text(values: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_properties(root: str | os.PathLike) -> dict[str, str]:
-    """Read a HATS ``properties`` file into a dict of strings."""
+def margin_directory_name(threshold_arcsec: float) -> str:
+    """``margin_10arcs``: the margin catalog's directory inside a collection."""
+    return f"margin_{threshold_arcsec:g}arcs"
+
+
+def read_properties(root: str | os.PathLike, name: str = "properties") -> dict[str, str]:
+    """Read a HATS ``properties`` file (or ``collection.properties``) into a dict of strings."""
     values: dict[str, str] = {}
-    path = Path(root) / "properties"
+    path = Path(root) / name
     for line in path.read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#") or "=" not in line:
             continue
@@ -168,3 +194,25 @@ def write_catalog_files(root: str | os.PathLike, partitions: Sequence[Partition]
     text = "#HATS catalog\n" + _properties_text(base)
     (root / "properties").write_text(text)
     (root / "hats.properties").write_text(text)  # the newer name; hats-import writes both
+
+
+def write_collection_properties(root: str | os.PathLike, name: str, margin_arcsec: float) -> None:
+    """Write ``collection.properties``: the main catalog in ``catalog/`` and its default margin."""
+    margin = margin_directory_name(margin_arcsec)
+    (Path(root) / "collection.properties").write_text("#HATS collection\n" + _properties_text({
+        "obs_collection": name,
+        "hats_primary_table_url": COLLECTION_CATALOG,
+        "all_margins": margin,
+        "default_margin": margin,
+    }))
+
+
+def catalog_root(path: str | os.PathLike) -> Path:
+    """The directory of the main catalog: ``path`` itself, or the primary table of the HATS
+    collection at ``path`` (``hats_primary_table_url`` of its ``collection.properties``)."""
+    path = Path(path)
+    if not (path / "properties").exists() and (path / "collection.properties").exists():
+        primary = read_properties(path, "collection.properties").get("hats_primary_table_url")
+        if primary:
+            return path / primary
+    return path

@@ -28,12 +28,13 @@ registers a small plugin answering the hook for one reader class::
 
 from __future__ import annotations
 
+import difflib
 import functools
 import gzip
-import io
 import itertools
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,14 +127,31 @@ class Reader:
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.options = dict(options or {})
-        unknown = set(self.options) - self.option_keys
+        unknown = sorted(set(self.options) - self.option_keys)
         if unknown:
-            raise ValueError(f"reader {self.name!r}: unknown options {sorted(unknown)}; "
+            hints = [f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+                     for key in unknown
+                     for close in [difflib.get_close_matches(key, sorted(self.option_keys), n=1)]]
+            raise ValueError(f"reader {self.name!r}: unknown option(s) {', '.join(hints)}; "
                              f"it takes {sorted(self.option_keys)}")
+
+    def _option(self, key: str, default: Any, check: Callable[[Any], bool], expected: str) -> Any:
+        """The option ``key`` (or ``default``), refused with the key named unless ``check(value)``."""
+        value = self.options.get(key, default)
+        if key in self.options and not check(value):
+            raise ValueError(f"reader {self.name!r}: option {key!r} must be {expected}, got {value!r}")
+        return value
 
     def plan(self, path: Path, target_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Chunk]:
         """Split ``path`` into chunks of roughly ``target_bytes``."""
         raise NotImplementedError
+
+    def columns(self, path: Path) -> list[str] | None:
+        """The names of the columns ``path`` holds, read from its header alone (no data), or
+        None where the format cannot tell without reading data. The converter checks them
+        before any work, so that a file without the configured columns is refused even when it
+        has no rows."""
+        return None
 
     def read(self, chunk: Chunk, columns: Sequence[str]) -> Iterator[Batch]:
         """Yield batches of the requested ``columns`` of ``chunk``.
@@ -234,6 +252,22 @@ def _check_columns(path: str, have: Sequence[str], want: Sequence[str]) -> None:
         raise InputError(path, f"has no column(s) {missing}; it has {list(have)}", column=missing[0])
 
 
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_char(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 1 and value not in "\r\n"
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _newline_aligned_ranges(path: str, begin: int, size: int, target: int) -> list[tuple[int, int]]:
     """Byte ranges [start, stop) covering [begin, size) that each end just after a newline."""
     cuts = [begin]
@@ -255,6 +289,20 @@ def _read_range(path: str, start: int, stop: int) -> bytes:
     with open(path, "rb") as fh:
         fh.seek(start)
         return fh.read(stop - start)
+
+
+def _read_arrow_range(path: str, start: int, stop: int) -> pa.BufferReader:
+    """Bytes [start, stop) of ``path`` in an Arrow-owned buffer.
+
+    Arrow's CSV reader must not be handed a Python file object (``io.BytesIO``): its
+    read-ahead callback can keep that object alive after ``read_csv`` has returned, and
+    when the interpreter exits right after (an error path), releasing it from an Arrow
+    thread needs the GIL during finalization, which aborts the process (exit 134,
+    "terminate called without an active exception").
+    """
+    with pa.OSFile(path, "rb") as fh:
+        fh.seek(start)
+        return pa.BufferReader(fh.read_buffer(stop - start))
 
 
 def _line_locator(path: str, start: int, first_line_in_chunk: int = 0) -> Callable[[int], str]:
@@ -292,6 +340,16 @@ class CsvReader(Reader):
     name = "csv"
     option_keys = frozenset({"delimiter", "comment", "header", "column_names", "null_values"})
 
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        super().__init__(options)
+        self._option("delimiter", ",", _is_char, "a single character (e.g. ',' or ';')")
+        self._option("comment", "#", lambda v: _is_str(v) and v != "", "a non-empty string")
+        self._option("header", True, lambda v: isinstance(v, bool), "true or false")
+        self._option("column_names", [], _is_str_list, "a list of strings")
+        self._option("null_values", [], _is_str_list, "a list of strings")
+        if self.options.get("header") is False and not self.options.get("column_names"):
+            raise ValueError(f"reader {self.name!r}: option 'header' = false needs 'column_names'")
+
     def _preamble(self, path: str) -> tuple[int, int, list[str], str]:
         """(byte offset of the first data line, number of lines before it, names, delimiter)."""
         comment = self.options.get("comment", "#").encode()
@@ -326,6 +384,9 @@ class CsvReader(Reader):
         if not names:
             raise InputError(path, "no header line and no column_names option")
         return offset, lines, names, delimiter or ","
+
+    def columns(self, path: Path) -> list[str]:
+        return self._preamble(str(path))[2]
 
     def plan(self, path: Path, target_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Chunk]:
         path_s = str(path)
@@ -363,8 +424,8 @@ class CsvReader(Reader):
                     yield Batch(table, first, lambda i, f=first: f"line {header_lines + f + i + 1}")
                     row += table.num_rows
             else:
-                data = _read_range(chunk.path, chunk.start, chunk.stop)
-                table = pacsv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse,
+                data = _read_arrow_range(chunk.path, chunk.start, chunk.stop)
+                table = pacsv.read_csv(data, read_options=read, parse_options=parse,
                                        convert_options=convert)
                 yield Batch(table, 0 if chunk.start == begin else None,
                             _line_locator(chunk.path, chunk.start))
@@ -395,6 +456,12 @@ class ParquetReader(Reader):
                 start, size, index = rg + 1, 0, index + 1
         return chunks
 
+    def columns(self, path: Path) -> list[str]:
+        try:
+            return list(pq.read_schema(path).names)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise InputError(path, f"not a readable Parquet file ({exc})") from None
+
     def read(self, chunk: Chunk, columns: Sequence[str]) -> Iterator[Batch]:
         pf = pq.ParquetFile(chunk.path)
         _check_columns(chunk.path, pf.schema_arrow.names, columns)
@@ -413,11 +480,18 @@ class FitsReader(Reader):
     -------
     hdu : int or str, default 1
         The HDU holding the table, by index or EXTNAME (e.g. ``"LDAC_OBJECTS"``).
+
+    A file shorter than its headers say (a truncated copy) is refused, naming the file.
     """
 
     name = "fits"
     option_keys = frozenset({"hdu"})
     rows_per_chunk = 2_000_000
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        super().__init__(options)
+        self._option("hdu", 1, lambda v: _is_count(v) or (_is_str(v) and v != ""),
+                     "an HDU index (0, 1, ...) or an EXTNAME")
 
     def _hdu(self, hdul, path: str):
         key = self.options.get("hdu", 1)
@@ -425,26 +499,56 @@ class FitsReader(Reader):
             hdu = hdul[key]
         except (KeyError, IndexError):
             raise InputError(path, f"has no HDU {key!r}") from None
-        if hdu.data is None or not hasattr(hdu, "columns"):
+        if not hasattr(hdu, "columns"):
             raise InputError(path, f"HDU {key!r} is not a binary table")
         return hdu
 
-    def plan(self, path: Path, target_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Chunk]:
+    def _open(self, path: str):
+        """The table HDU of ``path`` (opened memory-mapped), refusing a truncated file."""
         from astropy.io import fits
 
+        hdul = None
         try:
-            with fits.open(path, memmap=True) as hdul:
-                n = len(self._hdu(hdul, str(path)).data)
-        except OSError as exc:
-            raise InputError(path, f"not a readable FITS file ({exc})") from None
+            with warnings.catch_warnings():
+                # astropy only warns "File may have been truncated"; here that is an error.
+                warnings.filterwarnings("error", message=".*truncated.*")
+                hdul = fits.open(path, memmap=True)
+                hdu = self._hdu(hdul, path)
+                end = hdu.fileinfo()["datLoc"] + hdu.size
+            actual = os.path.getsize(path)
+            if end > actual:
+                raise InputError(path, f"truncated: HDU {self.options.get('hdu', 1)!r} needs "
+                                       f"{end} bytes, the file has {actual}")
+            return hdul, hdu
+        except InputError as exc:
+            if hdul is not None:
+                hdul.close()
+            size = os.path.getsize(path)
+            if size % 2880 and "truncated" not in str(exc):
+                raise InputError(path, f"{exc.args[0].removeprefix(f'{path}: ')} (the file has "
+                                       f"{size} bytes, not a whole number of 2880-byte FITS "
+                                       f"blocks: truncated?)") from None
+            raise
+        except (OSError, ValueError, TypeError, Warning) as exc:
+            if hdul is not None:
+                hdul.close()
+            raise InputError(path, f"truncated or corrupt FITS file ({exc})") from None
+
+    def columns(self, path: Path) -> list[str]:
+        hdul, hdu = self._open(str(path))
+        with hdul:
+            return list(hdu.columns.names)
+
+    def plan(self, path: Path, target_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Chunk]:
+        hdul, hdu = self._open(str(path))
+        with hdul:
+            n = hdu.header.get("NAXIS2", 0)
         step = self.rows_per_chunk
         return [Chunk(str(path), a, min(a + step, n), i) for i, a in enumerate(range(0, max(n, 1), step))]
 
     def read(self, chunk: Chunk, columns: Sequence[str]) -> Iterator[Batch]:
-        from astropy.io import fits
-
-        with fits.open(chunk.path, memmap=True) as hdul:
-            hdu = self._hdu(hdul, chunk.path)
+        hdul, hdu = self._open(chunk.path)
+        with hdul:
             _check_columns(chunk.path, hdu.columns.names, columns)
             arrays = {}
             for name in columns:
@@ -479,16 +583,23 @@ class FixedWidthReader(Reader):
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
         cols = self.options.get("columns")
-        if not cols:
-            raise ValueError("reader 'fixed_width' needs a columns table of name = [first, last]")
+        if not cols or not isinstance(cols, Mapping):
+            raise ValueError("reader 'fixed_width': option 'columns' must be a table of "
+                             "name = [first, last]")
         for name, rng in cols.items():
-            if not (isinstance(rng, Sequence) and len(rng) == 2 and 1 <= rng[0] <= rng[1]):
-                raise ValueError(f"reader 'fixed_width': column {name!r} needs [first, last] "
-                                 f"1-based byte positions, got {rng!r}")
-        for name, kind in self.options.get("types", {}).items():
+            if not (isinstance(rng, Sequence) and len(rng) == 2 and all(_is_count(v) for v in rng)
+                    and 1 <= rng[0] <= rng[1]):
+                raise ValueError(f"reader 'fixed_width': option 'columns': column {name!r} needs "
+                                 f"[first, last] 1-based byte positions, got {rng!r}")
+        types = self._option("types", {}, lambda v: isinstance(v, Mapping), "a table of name = type")
+        for name, kind in types.items():
             if kind not in ("float64", "int64", "string"):
-                raise ValueError(f"reader 'fixed_width': type of {name!r} must be float64, int64 "
-                                 f"or string, got {kind!r}")
+                raise ValueError(f"reader 'fixed_width': option 'types': type of {name!r} must be "
+                                 f"float64, int64 or string, got {kind!r}")
+        self._option("skip_lines", 0, _is_count, "a number of lines (0, 1, ...)")
+
+    def columns(self, path: Path) -> list[str]:
+        return list(self.options["columns"])
 
     def plan(self, path: Path, target_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Chunk]:
         path_s = str(path)
@@ -592,6 +703,9 @@ class GaiaBinReader(Reader):
             raise InputError(path, f"corrupt: header says {count} stars ({expected} bytes) "
                                    f"but the file has {actual} bytes")
         return count
+
+    def columns(self, path: Path) -> list[str]:
+        return list(self.layout.dtype.names)
 
     def plan(self, path: Path, target_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Chunk]:
         n = self._count(str(path))

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from astropy.time import Time
 
 from jointcal_ap.refcat.config import ConversionConfig, FilterSpec, WeightMatrixSpec
+from jointcal_ap.refcat.healpix import lonlat_to_nest
 from jointcal_ap.refcat.readers import Batch, InputError
 from jointcal_ap.refcat.schema import (
     ASTROMETRIC_PARAMETERS,
@@ -40,6 +41,7 @@ class BatchResult:
     table: pa.Table
     rows_in: int
     dropped: Counter = field(default_factory=Counter)
+    ra_wrapped: int = 0
 
 
 def epoch_to_tdb_jyear(values: np.ndarray | float, fmt: str, scale: str) -> np.ndarray:
@@ -87,14 +89,90 @@ def correlations_from_weight_matrix(values: np.ndarray, spec: WeightMatrixSpec) 
     return {name: cov[:, i, j] / (diag[:, i] * diag[:, j]) for name, i, j in CORRELATIONS}
 
 
-def _float(table: pa.Table, column: str) -> np.ndarray:
-    arr = table.column(column)
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+def _first_failing_cast(values: pa.Array, target: pa.DataType) -> int:
+    """Index of the first value of ``values`` that does not cast to ``target`` (bisection:
+    O(log n) casts; only called once a cast has failed)."""
+    lo, hi = 0, len(values)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
         try:
-            arr = pc.cast(arr, pa.float64())
-        except pa.ArrowInvalid as exc:
-            raise ValueError(f"column {column!r} is not numeric ({exc})") from None
-    return arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            pc.cast(values.slice(lo, mid - lo), target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def _numeric_array(batch: Batch, column: str, path: str) -> pa.Array:
+    """The input column as a float64 Arrow array, refusing non-numeric types (bool, timestamps,
+    binary, ...) and text that does not parse as a number, naming the file, row and column."""
+    arr = batch.table.column(column)
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    kind = arr.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        try:
+            return pc.cast(arr, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            i = _first_failing_cast(arr, pa.float64())
+            raise InputError(path, f"{arr[i].as_py()!r} is not a number", row=batch.locate(i),
+                             column=column) from None
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+            or pa.types.is_null(kind)):
+        raise InputError(path, f"has type {kind}, expected a numeric column (integer or float)",
+                         column=column)
+    return pc.cast(arr, pa.float64())
+
+
+def _numeric(batch: Batch, column: str, path: str) -> np.ndarray:
+    """The input column as float64 NumPy values (null → NaN); see :func:`_numeric_array`."""
+    return _numeric_array(batch, column, path).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+#: Largest integer a float64 holds exactly: a float id beyond it may already be rounded.
+_EXACT_FLOAT_INT = 2**53
+
+
+def _ids(batch: Batch, column: str, kind: str | None, path: str, keep: np.ndarray) -> pa.Array:
+    """The id column as int64 or string (see :class:`~jointcal_ap.refcat.config.ColumnSpec`);
+    only the rows in ``keep`` (those that survive the filters) are checked."""
+    arr = batch.table.column(column)
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if arr.null_count:
+        missing = keep & arr.is_null().to_numpy(zero_copy_only=False)
+        if missing.any():
+            raise InputError(path, "missing id (every star needs one)",
+                             row=batch.locate(int(np.flatnonzero(missing)[0])), column=column)
+    t = arr.type
+    is_text = pa.types.is_string(t) or pa.types.is_large_string(t)
+    if kind == "string" or (kind is None and is_text):
+        if not (is_text or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+            raise InputError(path, f"has type {t}; ids must be integers or strings", column=column)
+        return pc.cast(arr, pa.string())
+    if pa.types.is_integer(t) or is_text:
+        try:
+            return pc.cast(arr, pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            i = _first_failing_cast(arr, pa.int64())
+            raise InputError(path, f"id {arr[i].as_py()!r} is not a 64-bit integer",
+                             row=batch.locate(i), column=column) from None
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        values = arr.to_numpy(zero_copy_only=False).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = keep & ~(np.isfinite(values) & (values == np.round(values))
+                           & (np.abs(values) <= _EXACT_FLOAT_INT))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(path, f"id {float(values[i])!r} is stored as a float and is not a whole number "
+                                   f"≤ 2**53 (an id a float cannot hold exactly); store ids as integers, "
+                                   f"or set id = {{ column = {column!r}, type = \"string\" }} in "
+                                   f"[columns] to keep them as text", row=batch.locate(i), column=column)
+        return pa.array(np.where(keep, values, 0).astype(np.int64))
+    raise InputError(path, f"has type {t}; ids must be integers or strings", column=column)
 
 
 def _factor(unit: str | None, target: str) -> float:
@@ -164,11 +242,7 @@ def transform_batch(batch: Batch, config: ConversionConfig, path: str) -> BatchR
     for name, spec in config.columns.items():
         if name == "id":
             continue
-        try:
-            values = _float(table, spec.column)
-        except ValueError as exc:
-            raise InputError(path, str(exc), column=spec.column) from None
-        out[name] = values * _factor(spec.unit, CORE_COLUMNS[name][1])
+        out[name] = _numeric(batch, spec.column, path) * _factor(spec.unit, CORE_COLUMNS[name][1])
 
     ra, dec = out["ra"], out["dec"]
     bad = keep & ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0))
@@ -179,50 +253,50 @@ def transform_batch(batch: Batch, config: ConversionConfig, path: str) -> BatchR
         else:
             i = int(np.flatnonzero(bad)[0])
             column = config.columns["ra"].column if not np.isfinite(ra[i]) else config.columns["dec"].column
-            value = ra[i] if column == config.columns["ra"].column else dec[i]
+            value = float(ra[i] if column == config.columns["ra"].column else dec[i])
             raise InputError(path, f"invalid position {value!r} (NaN, missing or |dec| > 90); set "
                                    f"invalid_positions = 'drop' in [catalog] to drop such rows",
                              row=batch.locate(i), column=column)
-    out["ra"] = np.mod(ra, 360.0)
+    outside = keep & ((ra < 0.0) | (ra > 360.0))  # NaN rows are not kept by now
+    wrapped = int(outside.sum())
+    if wrapped and config.ra_out_of_range != "wrap":
+        i = int(np.flatnonzero(outside)[0])
+        raise InputError(path, f"ra {float(ra[i])!r} deg is outside [0, 360]; set ra_out_of_range = "
+                               f"'wrap' in [catalog] to take such values modulo 360",
+                         row=batch.locate(i), column=config.columns["ra"].column)
+    out["ra"] = np.mod(ra, 360.0)  # also stores ra = 360 as 0
 
     if config.epoch.column:
-        raw_epoch = _float(table, config.epoch.column)
+        raw_epoch = _numeric(batch, config.epoch.column, path)
         out["epoch"] = epoch_to_tdb_jyear(raw_epoch, config.epoch.format, config.epoch.scale)
     else:
         value = epoch_to_tdb_jyear(config.epoch.value, config.epoch.format, config.epoch.scale)
         out["epoch"] = np.full(n, float(value))
 
     for name, source in config.correlations.items():
-        out[name] = _float(table, source).astype(np.float32)
+        out[name] = _numeric(batch, source, path).astype(np.float32)
     if config.weight_matrix is not None:
-        values = np.column_stack([_float(table, c) for c in config.weight_matrix.columns])
+        values = np.column_stack([_numeric(batch, c, path) for c in config.weight_matrix.columns])
         for name, corr in correlations_from_weight_matrix(values, config.weight_matrix).items():
             out[name] = corr.astype(np.float32)
 
     for mag in config.magnitudes:
-        out[mag.name] = _float(table, mag.column)
+        out[mag.name] = _numeric(batch, mag.column, path)
         if mag.error:
-            out[f"{mag.name}_error"] = _float(table, mag.error)
+            out[f"{mag.name}_error"] = _numeric(batch, mag.error, path)
     for name, source in config.extra.items():
         out[name] = table.column(source)
 
-    ids = table.column(config.columns["id"].column)
-    if pa.types.is_integer(ids.type):
-        ids = pc.cast(ids, pa.int64())
-    elif not pa.types.is_string(ids.type):
-        ids = pc.cast(ids, pa.string())
-    out["id"] = ids
+    out["id"] = _ids(batch, config.columns["id"].column, config.columns["id"].type, path, keep)
 
     out[HEALPIX_COLUMN] = np.zeros(n, dtype=np.int64)
-    if keep.any():
-        import healpy as hp  # imported here: it pulls in matplotlib, 0.8 s a process
-        out[HEALPIX_COLUMN][keep] = hp.ang2pix(1 << HEALPIX_ORDER, out["ra"][keep], dec[keep],
-                                               nest=True, lonlat=True)
+    if keep.any():  # healpy's index, computed without importing healpy (and matplotlib)
+        out[HEALPIX_COLUMN][keep] = lonlat_to_nest(out["ra"][keep], dec[keep], HEALPIX_ORDER)
     extra_types = {name: table.column(src).type for name, src in config.extra.items()}
     schema = output_schema(config, out["id"].type, extra_types)
-    arrays = [pa.array(out[f.name], type=f.type) if not isinstance(out[f.name], pa.ChunkedArray)
-              else out[f.name].cast(f.type) for f in schema]
+    arrays = [out[f.name].cast(f.type) if isinstance(out[f.name], (pa.Array, pa.ChunkedArray))
+              else pa.array(out[f.name], type=f.type) for f in schema]
     result = pa.Table.from_arrays(arrays, schema=schema)
     index = np.flatnonzero(keep)
     index = index[np.argsort(out[HEALPIX_COLUMN][index], kind="stable")]
-    return BatchResult(result.take(index), rows_in=n, dropped=dropped)
+    return BatchResult(result.take(index), rows_in=n, dropped=dropped, ra_wrapped=wrapped)
