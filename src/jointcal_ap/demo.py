@@ -165,7 +165,7 @@ def _accuracy(result, truth, calexp_dir: Path) -> dict:
     from scipy.spatial import cKDTree
 
     from jointcal_ap.exposure import read_calibrated_exposure
-    from jointcal_ap.fit.associate import gnomonic
+    from jointcal_ap.fit.projection import gnomonic
     from jointcal_ap.simulate import true_pixel_to_sky
     from jointcal_ap.simulate.truth import true_calibration_mag
 

@@ -65,6 +65,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS, FITSFixedWarning
 from erfa import ErfaWarning
 
+from jointcal_ap import atomic
 from jointcal_ap.fit.data import Ccd, FitInput, Measurements, Visit
 from jointcal_ap.refcat.readers import InputError
 
@@ -299,9 +300,8 @@ def write_parquet_survey(directory: str | os.PathLike, *, visits, sources, ccds)
         missing = [c for c in SURVEY_COLUMNS[name] if c not in table.column_names]
         if missing:
             raise ValueError(f"{name}: missing column(s) {missing}")
-        tmp = out / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, out / name)
+        with atomic.atomic_path(out / name) as tmp:
+            pq.write_table(table, tmp)
     return out
 
 

@@ -15,15 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jointcal_ap.fit.associate import (
-    Association,
-    associate,
-    group_rows,
-    inverse_gnomonic,
-    reference_codes,
-    tangent_frame,
-    unit_vectors,
-)
+from jointcal_ap.fit.crossmatch import Association, group_rows, match_references
 from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.models import ConstrainedModel, SimpleModel
 from jointcal_ap.fit.photometry import (
@@ -32,10 +24,12 @@ from jointcal_ap.fit.photometry import (
     PhotometryResult,
     fit_photometry,
 )
+from jointcal_ap.fit.projection import inverse_gnomonic, tangent_frame, unit_vectors
+from jointcal_ap.fit.references import reference_rows, visit_references
 from jointcal_ap.fit.solve import (
     MAS_PER_RAD,
-    CompiledProblem,
     FitError,
+    FitProblem,
     Problem,
     SolveStats,
     gauss_newton,
@@ -75,7 +69,7 @@ class FitOptions:
     systematic_mas : float
         Added in quadrature to every measurement's error.
     match_radius_arcsec, search_radius_arcsec, link_radius_arcsec : float
-        See :func:`jointcal_ap.fit.associate.associate`.
+        See :func:`jointcal_ap.fit.crossmatch.match_references`.
     reference_visit : int
         Index of the visit whose mapping is fixed in the constrained model.
     ref_epoch : float, optional
@@ -245,6 +239,7 @@ class JointFit:
         self.data = data
         self.refcat = refcat
         self.options = options or FitOptions()
+        self._ref_codes: dict | None = None
         if len(data.measurements) == 0:
             raise FitError("no measurements in the input")
 
@@ -391,11 +386,9 @@ class JointFit:
         u, v = (meas.x[rows] - cx) / scale, (meas.y[rows] - cy) / scale
         cov_px = np.stack([np.stack([meas.cov_xx[rows], meas.cov_xy[rows]], 1),
                            np.stack([meas.cov_xy[rows], meas.cov_yy[rows]], 1)], 1)
-        det = det_of_ccd[ccd]
-        block_index, slots = model.slots(ccd, visit, det)
+        slots = model.slot_starts(visit_of_ccd, det_of_ccd)
         params, fixed = model.initial(association.per_ccd_poly, visit_of_ccd, det_of_ccd, opt.reference_visit)
-        problem = Problem(u=u, v=v, pix_scale=scale, cov_px=cov_px,
-                          block_index=block_index, slots=slots, star=star, visit=visit, dt=dt,
+        problem = Problem(ccd=ccd, u=u, v=v, pix_scale=scale, cov_px=cov_px, slots=slots, star=star, visit=visit, dt=dt,
                           plx_factor=plx_factor, extra=extra, e0=e0, ea=ea, ed=ed, v0=v0, va=va, vd=vd,
                           prior_value=prior_value, prior_weight=prior_weight, star_free=star_free,
                           model_fixed=fixed, systematic_mas=opt.systematic_mas)
@@ -408,13 +401,16 @@ class JointFit:
         """Associate, fit with outlier clipping, and return a :class:`FitResult`."""
         opt = self.options
         t0 = time.perf_counter()
-        association = associate(self.data, self.refcat, degree=opt.degree,
-                                search_radius_arcsec=opt.search_radius_arcsec,
-                                match_radius_arcsec=opt.match_radius_arcsec,
-                                link_radius_arcsec=opt.link_radius_arcsec, ref_epoch=opt.ref_epoch,
-                                # with 5 parameters a star needs 3 measurements; a 2-measurement
-                                # star cannot model its own motion and would bias the fit
-                                min_measurements=3 if opt.star_params == 5 else 2)
+        references, self._ref_codes = visit_references(self.refcat, self.data,
+                                                       search_radius_arcsec=opt.search_radius_arcsec,
+                                                       ref_epoch=opt.ref_epoch)
+        association = match_references(self.data, references, degree=opt.degree,
+                                       search_radius_arcsec=opt.search_radius_arcsec,
+                                       match_radius_arcsec=opt.match_radius_arcsec,
+                                       link_radius_arcsec=opt.link_radius_arcsec,
+                                       # with 5 parameters a star needs 3 measurements; a 2-measurement
+                                       # star cannot model its own motion and would bias the fit
+                                       min_measurements=3 if opt.star_params == 5 else 2)
         seconds = {"associate": time.perf_counter() - t0}
         if opt.fit == "photometry":
             result = self._association_result(association, seconds)
@@ -440,27 +436,8 @@ class JointFit:
                          seconds=seconds)
 
     def _reference_rows(self, association: Association, **query) -> tuple[Any, np.ndarray, np.ndarray]:
-        """The refcat rows of the association's reference stars: one cone around them (``query``
-        as :meth:`Refcat.cone`, e.g. ``epoch``, ``columns``), and for each star found, its row.
-
-        Returns ``(table, rows, stars)``: the arrow table, the row of each found star, and the
-        indices of those stars (a subset of the reference stars, in index order).
-        """
-        is_ref = np.flatnonzero(association.star_ref >= 0)
-        xyz = unit_vectors(association.star_ra[is_ref], association.star_dec[is_ref])
-        centre = xyz.mean(0)
-        centre /= np.linalg.norm(centre)
-        radius = float(np.degrees(np.arccos(np.clip(xyz @ centre, -1, 1))).max()) + 0.1
-        table = self.refcat.cone(float(np.degrees(np.arctan2(centre[1], centre[0])) % 360),
-                                 float(np.degrees(np.arcsin(centre[2]))), radius, format="arrow", **query)
-        ids, _ = reference_codes(table, association.ref_id_codes)
-        if len(ids) == 0:
-            return table, np.zeros(0, np.int64), np.zeros(0, np.int64)
-        order = np.argsort(ids)
-        target = association.star_ref[is_ref]
-        pos = np.clip(np.searchsorted(ids[order], target), 0, len(ids) - 1)
-        found = ids[order][pos] == target
-        return table, order[pos[found]], is_ref[found]
+        """:func:`jointcal_ap.fit.references.reference_rows` on this fit's refcat."""
+        return reference_rows(self.refcat, association, self._ref_codes, **query)
 
     def _reference_info(self, mag: str, err: str | None, colour: str | None) -> dict[str, Any]:
         """What the absolute scale comes from: column, error, colour, photometric system, transformation.
@@ -565,7 +542,7 @@ class JointFit:
         t0 = time.perf_counter()
         problem, aux = self._problem(association, model)
         self._check_degenerate(problem, association)
-        fns = CompiledProblem(model, problem)
+        fns = FitProblem(model, problem)
         problem.release_measurement_arrays()
         seconds["setup"] = time.perf_counter() - t0
 
@@ -603,8 +580,7 @@ class JointFit:
                            f"or use --model constrained", {"dof": dof, "n_clipped": int((~act).sum())})
         # residuals in mas (model − star prediction), and against the reference at each visit epoch
         cov = fns.meas_cov(params)
-        white_np = np.asarray(white)[: len(r_white)]
-        raw = np.linalg.solve(white_np, r_white[..., None])[..., 0]
+        raw = fns.raw_residuals(params, theta)
         rows = aux["rows"]
         data = self.data
         ref_res = np.full((len(rows), 2), np.nan)
