@@ -260,8 +260,6 @@ class JointFit:
         return ConstrainedModel(opt.degree, opt.visit_degree, len(data.detectors()), len(data.visits), scale)
 
     def _problem(self, association: Association, model) -> tuple[Problem, dict[str, np.ndarray]]:
-        from astropy.time import Time
-
         from jointcal_ap.refcat.epoch import earth_barycentric_position
 
         data, opt = self.data, self.options
@@ -332,7 +330,7 @@ class JointFit:
         vd = np.array([f[2] for f in frames])
 
         dt = epochs[visit] - fit_epoch
-        earth = np.atleast_2d(earth_barycentric_position(Time(epochs, format="jyear", scale="tdb")))
+        earth = np.atleast_2d(earth_barycentric_position(epochs))
         b = earth[visit]
         plx_factor = -np.stack([np.sum(b * ea[star], 1), np.sum(b * ed[star], 1)], 1)
 

@@ -39,8 +39,20 @@ def monomials(degree: int) -> list[tuple[int, int]]:
 
 
 def poly_design(u, v, degree: int, xp=np):
-    """The monomials evaluated at (u, v): shape (..., n_terms)."""
-    return xp.stack([u**i * v**j for i, j in monomials(degree)], axis=-1)
+    """The monomials evaluated at (u, v): shape (..., n_terms) (running products, no ``**``)."""
+    u, v = xp.asarray(u), xp.asarray(v)
+    up, vp = [None, u], [None, v]
+    for _ in range(degree - 1):
+        up.append(up[-1] * u)
+        vp.append(vp[-1] * v)
+    ones = xp.ones(xp.broadcast_shapes(u.shape, v.shape))
+
+    def term(i, j):
+        if i == 0:
+            return vp[j] * ones if j else ones
+        return up[i] * vp[j] if j else up[i] * ones
+
+    return xp.stack([term(i, j) for i, j in monomials(degree)], axis=-1)
 
 
 def poly_basis(u: np.ndarray, v: np.ndarray, degree: int, derivatives: bool = False):

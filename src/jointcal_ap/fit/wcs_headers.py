@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from math import comb
 
 import numpy as np
@@ -105,9 +106,11 @@ def _fit_grid(naxis1: int, naxis2: int, n: int) -> tuple[np.ndarray, np.ndarray]
     return x.ravel(), y.ravel()
 
 
+@lru_cache(maxsize=16)
 def _check_grid(naxis1: int, naxis2: int, n: int = 41, seed: int = 12345
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Points independent of the fit grid: n×n interleaved cells, random within each, + corners."""
+    """Points independent of the fit grid: n×n interleaved cells, random within each, + corners
+    (cached per CCD size: read-only arrays)."""
     rng = np.random.default_rng(seed)
     edges_x = np.linspace(0.5, naxis1 + 0.5, n + 1)
     edges_y = np.linspace(0.5, naxis2 + 0.5, n + 1)
@@ -116,7 +119,9 @@ def _check_grid(naxis1: int, naxis2: int, n: int = 41, seed: int = 12345
     y = edges_y[iy] + rng.uniform(0, 1, iy.size) * np.diff(edges_y)[iy]
     cx = np.array([0.5, naxis1 + 0.5, 0.5, naxis1 + 0.5])
     cy = np.array([0.5, 0.5, naxis2 + 0.5, naxis2 + 0.5])
-    return np.concatenate([x, cx]), np.concatenate([y, cy])
+    x, y = np.concatenate([x, cx]), np.concatenate([y, cy])
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
 
 
 def _separation_mas(ra1, dec1, ra2, dec2) -> np.ndarray:

@@ -21,16 +21,13 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from astropy import units as u
-from astropy.table import Table
-from astropy.time import Time
-from erfa import ErfaWarning
 
+from jointcal_ap.refcat._healpix import query_disc
 from jointcal_ap.refcat.layout import (
     Partition,
     partition_path,
@@ -38,6 +35,10 @@ from jointcal_ap.refcat.layout import (
     read_properties,
 )
 from jointcal_ap.refcat.schema import CORRELATION_NAMES, HEALPIX_COLUMN, HEALPIX_ORDER
+
+if TYPE_CHECKING:  # astropy is imported only when a caller passes or asks for its types
+    from astropy.table import Table
+    from astropy.time import Time
 
 __all__ = ["Refcat", "RefcatError", "open_refcat"]
 
@@ -52,11 +53,8 @@ _RANGE_SEARCH_MIN_ROWS = 20_000
 def _pixel_ranges(center: np.ndarray, radius_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """[lo, hi) ranges of ``_healpix_29`` covering a cone: the NESTED pixels (at an order where a
     pixel is ~1/8 of the radius) that touch it, each pixel's range at order 29."""
-    import healpy as hp
-
     k = int(np.clip(math.ceil(math.log2(8 * 58.6 / max(radius_deg, 1e-6))), 0, 16))
-    pix = np.sort(np.asarray(hp.query_disc(1 << k, center, math.radians(radius_deg), inclusive=True,
-                                           nest=True), dtype=np.int64))
+    pix = query_disc(k, center, math.radians(radius_deg))
     shift = 2 * (HEALPIX_ORDER - k)
     return pix << shift, (pix + 1) << shift
 
@@ -83,7 +81,9 @@ def _unit_vector(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
 
 
 def _degrees(value: Any, name: str) -> float:
-    if isinstance(value, u.Quantity):
+    if hasattr(value, "unit") and hasattr(value, "to_value"):  # an astropy Quantity
+        from astropy import units as u
+
         return float(value.to_value(u.deg))
     try:
         return float(value)
@@ -95,7 +95,9 @@ def _julian_year(epoch: Time | float | None) -> float | None:
     """A Time (any scale) or a float Julian year (taken as TDB) → TDB Julian year."""
     if epoch is None:
         return None
-    if isinstance(epoch, Time):
+    if type(epoch).__module__.startswith("astropy.time"):  # an astropy Time
+        from erfa import ErfaWarning
+
         if not epoch.isscalar:
             raise RefcatError("epoch must be a single time")
         # TT→TDB for a future date makes ERFA warn "dubious year" because it looks up
@@ -285,11 +287,8 @@ class Refcat:
         radius = region.radius_deg + pad_deg
         if radius >= 180.0 or not self.partitions:
             return list(self.partitions)
-        import healpy as hp
-
         k = int(min(self._orders.max(), _QUERY_ORDER_CAP))
-        hits = hp.query_disc(1 << k, region.center, math.radians(radius), inclusive=True, nest=True)
-        hits = np.unique(np.asarray(hits, dtype=np.int64))
+        hits = query_disc(k, region.center, math.radians(radius))
         chosen = np.zeros(len(self.partitions), dtype=bool)
         for order in np.unique(self._orders):
             sel = self._orders == order
@@ -395,7 +394,7 @@ class Refcat:
                     raise RefcatError(f"observer must be None, 'earth' or a position in AU, got {observer!r}")
                 from jointcal_ap.refcat.epoch import earth_barycentric_position
 
-                obs_position = earth_barycentric_position(Time(t_epoch, format="jyear", scale="tdb"))
+                obs_position = earth_barycentric_position(t_epoch)
             else:
                 obs_position = np.asarray(observer, dtype=float)
         wanted = list(self.columns if columns is None else columns)
@@ -481,6 +480,9 @@ class Refcat:
 
 
 def _to_astropy(table: pa.Table) -> Table:
+    from astropy import units as u
+    from astropy.table import Table
+
     out = Table()
     for f in table.schema:
         values = table.column(f.name).to_numpy(zero_copy_only=False)
