@@ -33,12 +33,14 @@ from math import comb
 import numpy as np
 
 from jointcal_ap.fit.cards import card, header_text, parse_values
-from jointcal_ap.fit.crossmatch import inverse_gnomonic, unit_vectors
 from jointcal_ap.fit.models import CcdGeometry, fit_poly, monomials, poly_eval
+from jointcal_ap.fit.projection import inverse_gnomonic, unit_vectors
 
 __all__ = [
     "TPV_MAX_DEGREE",
+    "UnsupportedWcs",
     "WcsApproximation",
+    "header_pixel_to_sky",
     "model_degree",
     "sip_approximation",
     "sip_pixel_to_sky",
@@ -211,6 +213,52 @@ def _error_mas(result, ccd: int, cards: list[str], to_sky) -> float:
     ra, dec = to_sky(values, x, y)
     ra_m, dec_m = result.pixel_to_sky(ccd, x, y)
     return float(np.max(_separation_mas(ra, dec, ra_m, dec_m)))
+
+
+class UnsupportedWcs(ValueError):
+    """A header this module does not evaluate (another projection, ``LONPOLE`` ≠ 180, …):
+    the caller falls back to ``astropy.wcs``."""
+
+
+def _cd_matrix(values: Mapping) -> np.ndarray:
+    """The CD matrix of a header: ``CDi_j``, or ``CDELTi`` × ``PCi_j`` (degrees per pixel)."""
+    if any(f"CD{i}_{j}" in values for i in (1, 2) for j in (1, 2)):
+        return np.array([[values.get("CD1_1", 0.0), values.get("CD1_2", 0.0)],
+                         [values.get("CD2_1", 0.0), values.get("CD2_2", 0.0)]], float)
+    if "CROTA2" in values or "CROTA1" in values:
+        raise UnsupportedWcs("CROTA")
+    pc = np.array([[values.get("PC1_1", 1.0), values.get("PC1_2", 0.0)],
+                   [values.get("PC2_1", 0.0), values.get("PC2_2", 1.0)]], float)
+    return np.array([[values.get("CDELT1", 1.0)], [values.get("CDELT2", 1.0)]], float) * pc
+
+
+def header_pixel_to_sky(values: Mapping, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """(ra, dec) in degrees of 1-based pixels through a TAN, TAN-SIP or TPV header's values.
+
+    Raises :class:`UnsupportedWcs` for anything else (other projections, SCAMP's TAN with
+    PV terms, ``LONPOLE`` other than 180°, axes other than RA/Dec in degrees), which the
+    caller evaluates with ``astropy.wcs`` instead.
+    """
+    ctype = (str(values.get("CTYPE1", "")).strip(), str(values.get("CTYPE2", "")).strip())
+    kind = {("RA---TAN", "DEC--TAN"): "TAN", ("RA---TAN-SIP", "DEC--TAN-SIP"): "SIP",
+            ("RA---TPV", "DEC--TPV"): "TPV"}.get(ctype)
+    if kind is None:
+        raise UnsupportedWcs(f"CTYPE {ctype}")
+    has_pv = any(k.startswith(("PV1_", "PV2_")) for k in values)
+    has_sip = any(k in values for k in ("A_ORDER", "B_ORDER"))
+    if (kind != "TPV" and has_pv) or (kind != "SIP" and has_sip) or values.get("WCSAXES", 2) != 2:
+        raise UnsupportedWcs("distortion keywords of another convention")
+    if float(values.get("LONPOLE", 180.0)) != 180.0:
+        raise UnsupportedWcs("LONPOLE")
+    if any(str(values.get(f"CUNIT{i}", "deg")).strip().lower() not in ("deg", "") for i in (1, 2)):
+        raise UnsupportedWcs("CUNIT")
+    if any(k not in values for k in ("CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2")):
+        raise UnsupportedWcs("CRPIX/CRVAL missing")
+    cd = _cd_matrix(values)
+    values = {**values, "CD1_1": cd[0, 0], "CD1_2": cd[0, 1], "CD2_1": cd[1, 0], "CD2_2": cd[1, 1]}
+    if kind == "TPV":
+        return tpv_pixel_to_sky(values, x, y)
+    return sip_pixel_to_sky(values, x, y)
 
 
 def _cd_and_tan(values: Mapping, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
