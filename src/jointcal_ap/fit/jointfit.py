@@ -40,6 +40,17 @@ __all__ = ["FitOptions", "FitResult", "JointFit"]
 log = logging.getLogger(__name__)
 
 
+class _Counter:
+    """Counts calls and reports them to a progress callable as ``(stage, count, total)``."""
+
+    def __init__(self, progress, stage: str, total: int):
+        self.progress, self.stage, self.total, self.done = progress, stage, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        self.progress(self.stage, self.done, self.total, "")
+
+
 @dataclass(frozen=True)
 class FitOptions:
     """Options of the joint fit (astrometry, photometry or both).
@@ -240,6 +251,7 @@ class JointFit:
         self.refcat = refcat
         self.options = options or FitOptions()
         self._ref_codes: dict | None = None
+        self._progress = lambda *args: None
         if len(data.measurements) == 0:
             raise FitError("no measurements in the input")
 
@@ -395,20 +407,30 @@ class JointFit:
         return problem, aux
 
     # ------------------------------------------------------------------ run
-    def run(self) -> FitResult:
-        """Associate, fit with outlier clipping, and return a :class:`FitResult`."""
+    def run(self, progress=None) -> FitResult:
+        """Associate, fit with outlier clipping, and return a :class:`FitResult`.
+
+        ``progress``: optional callable ``(stage, done, total, info)`` told about every
+        visit loaded and matched, every solver iteration and the photometry (e.g. a
+        :class:`jointcal_ap.fit.progress.ProgressReporter`).
+        """
         opt = self.options
+        self._progress = progress or (lambda *args: None)
+        n_visits = len(self.data.visits)
         t0 = time.perf_counter()
+        loaded = _Counter(self._progress, "load references", n_visits)
         references, self._ref_codes = visit_references(self.refcat, self.data,
                                                        search_radius_arcsec=opt.search_radius_arcsec,
-                                                       ref_epoch=opt.ref_epoch)
+                                                       ref_epoch=opt.ref_epoch, progress=loaded)
+        matched = _Counter(self._progress, "associate", n_visits)
         association = match_references(self.data, references, degree=opt.degree,
                                        search_radius_arcsec=opt.search_radius_arcsec,
                                        match_radius_arcsec=opt.match_radius_arcsec,
                                        link_radius_arcsec=opt.link_radius_arcsec,
                                        # with 5 parameters a star needs 3 measurements; a 2-measurement
                                        # star cannot model its own motion and would bias the fit
-                                       min_measurements=3 if opt.star_params == 5 else 2)
+                                       min_measurements=3 if opt.star_params == 5 else 2,
+                                       progress=matched)
         seconds = {"associate": time.perf_counter() - t0}
         if opt.fit == "photometry":
             result = self._association_result(association, seconds)
@@ -416,7 +438,9 @@ class JointFit:
             result = self._fit_astrometry(association, seconds)
         if opt.fit in ("both", "photometry"):
             t0 = time.perf_counter()
+            self._progress("photometry", 0, 1, "")
             result.photometry, result.photometry_rows = self._fit_photometry(association, result)
+            self._progress("photometry", 1, 1, f"chi2/dof {result.photometry.chi2_per_dof:.3f}")
             result.seconds["photometry"] = time.perf_counter() - t0
             ph = result.photometry
             log.info("photometry: χ²/dof = %.3f over %d measurements of %d stars (%d reference)",
@@ -551,10 +575,17 @@ class JointFit:
         active = fns.active()
         stats = SolveStats()
         clip_rounds: list[int] = []
+        n_steps = [0]
+
+        def step_done(iteration, chi2):
+            n_steps[0] += 1
+            self._progress("astrometry", n_steps[0], None, f"chi2/measurement {chi2 / max(1, int(act.sum())):.4g}"
+                           f"{f', clip round {len(clip_rounds)}' if clip_rounds else ''}")
+
         for _round in range(opt.max_clip_rounds + 1):
             white = fns.whitener(params)
             params, theta, stats = gauss_newton(fns, params, theta, white, active,
-                                                max_iter=opt.max_iterations, stats=stats)
+                                                max_iter=opt.max_iterations, stats=stats, progress=step_done)
             r = fns.residuals(params, theta, white, active)
             dist = np.sqrt(np.sum(r * r, axis=1))
             bad = (dist > opt.clip_sigma) & act

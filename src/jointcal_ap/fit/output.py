@@ -147,14 +147,18 @@ def write_fit_outputs(result, out_dir: str | os.PathLike, *, provenance: Mapping
     calibration product), ``heads/*.head`` (SCAMP TPV, with the photometric cards),
     ``sip/visit<V>_det<D>.hdr`` (TAN-SIP), ``model.json``, ``fit_report.json``/``.txt`` and,
     with ``plots``, ``plots/*.png``. Each CCD's TAN-SIP header is fitted once for both
-    ``sip/`` and the calibration product. ``progress``: called with the name of each part
-    when it is written.
+    ``sip/`` and the calibration product. ``progress``: optional callable
+    ``(stage, done, total, info)`` told about each part written.
     """
     from jointcal_ap.fit.report import write_report
 
+    parts = 5 if plots else 4
+    done = [0]
+
     def step(name):
+        done[0] += 1
         if progress is not None:
-            progress(name)
+            progress("outputs", done[0], parts, name)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
