@@ -248,7 +248,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_logging(verbosity: int) -> None:
+def _configure_logging(verbosity: int, *, dask: bool = True) -> None:
     level = logging.WARNING - 10 * min(verbosity, 2) if verbosity else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # JAX logs its accelerator probing at INFO; that is noise for our users.
@@ -261,7 +261,7 @@ def _configure_logging(verbosity: int) -> None:
     for name in ("distributed", "tornado", "bokeh"):
         logger = logging.getLogger(name)
         logger.setLevel(max(logger.level, logging.WARNING))
-    if "distributed.config" not in sys.modules:
+    if dask and "distributed.config" not in sys.modules:
         try:
             import dask.config
         except ImportError:  # pragma: no cover - dask is a dependency
@@ -358,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
         return int(exc.code or 0)
-    _configure_logging(args.verbose)
+    # the fit never starts Dask: do not import it (a third of a second) to quiet its loggers
+    _configure_logging(args.verbose, dask=args.command != "fit")
     handlers = {
         ("refcat", "convert"): _refcat_convert,
         ("refcat", "info"): _refcat_info,

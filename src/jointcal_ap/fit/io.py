@@ -79,6 +79,7 @@ from jointcal_ap.fit.fits_tables import (
     table_column,
 )
 from jointcal_ap.fit.wcs_headers import UnsupportedWcs, header_pixel_to_sky
+from jointcal_ap.refcat._arrow import to_numpy
 from jointcal_ap.refcat.readers import InputError
 
 __all__ = [
@@ -312,7 +313,8 @@ def _read_parquet(path: Path, required: Sequence[str]) -> pa.Table:
         raise FitInputError(path, "file not found (the Parquet survey layout needs visits.parquet, "
                                   "sources.parquet and wcs.parquet)")
     try:
-        table = pq.read_table(path)
+        with pq.ParquetFile(path) as pf:  # (read_table imports pyarrow.dataset and pandas)
+            table = pf.read()
     except (OSError, pa.ArrowException) as exc:
         raise FitInputError(path, f"not a readable Parquet file ({exc})") from None
     missing = [c for c in required if c not in table.column_names]
@@ -325,10 +327,10 @@ def _read_parquet(path: Path, required: Sequence[str]) -> pa.Table:
 def _column(table: pa.Table, name: str, path: Path, dtype) -> np.ndarray:
     col = table.column(name)
     if col.null_count:
-        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        row = int(np.flatnonzero(to_numpy(col.is_null()))[0])
         raise FitInputError(path, "null value", row=f"row {row}", column=name)
     try:
-        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
+        return np.asarray(to_numpy(col), dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise FitInputError(path, f"expected {np.dtype(dtype).name} values ({exc})", column=name) from None
 

@@ -34,6 +34,7 @@ from jointcal_ap.fit.solve import (
     SolveStats,
     gauss_newton,
 )
+from jointcal_ap.refcat._arrow import to_numpy
 
 __all__ = ["FitOptions", "FitResult", "JointFit"]
 
@@ -301,7 +302,7 @@ class JointFit:
 
             def col(name, default=np.nan):
                 if name in ref.column_names:
-                    return ref.column(name).to_numpy(zero_copy_only=False).astype(float)[where]
+                    return to_numpy(ref.column(name)).astype(float)[where]
                 return np.full(len(where), default)
 
             star_ra[is_ref], star_dec[is_ref] = col("ra"), col("dec")
@@ -319,7 +320,7 @@ class JointFit:
             cov[:, 0, 1] = cov[:, 1, 0] = rho * era * edec
             idx = np.flatnonzero(is_ref)
             prior_weight[idx, :2, :2] = np.linalg.inv(cov)
-            propagated = ref.column("propagated").to_numpy(zero_copy_only=False) if "propagated" in ref.column_names else np.zeros(ref.num_rows, bool)
+            propagated = to_numpy(ref.column("propagated")) if "propagated" in ref.column_names else np.zeros(ref.num_rows, bool)
             has_motion[idx] = propagated[where] & np.isfinite(col("pmra"))
             if opt.star_params == 5 and "pmra_error" in ref.column_names:
                 from jointcal_ap.refcat.epoch import covariance_from_errors
@@ -506,7 +507,7 @@ class JointFit:
         table, where, stars = self._reference_rows(association, columns=wanted)
 
         def col(name):
-            return table.column(name).to_numpy(zero_copy_only=False).astype(float)[where]
+            return to_numpy(table.column(name)).astype(float)[where]
 
         out_mag[stars] = col(mag)
         out_err[stars] = col(err) if err else 0.0

@@ -15,6 +15,7 @@ from jointcal_ap.errors import AssociationError
 from jointcal_ap.fit.crossmatch import Association, VisitReferences
 from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.projection import MAS_PER_DEG, gnomonic, unit_vectors
+from jointcal_ap.refcat._arrow import to_numpy
 
 __all__ = ["reference_codes", "reference_rows", "visit_references"]
 
@@ -27,7 +28,7 @@ def reference_codes(table, codes: dict | None) -> tuple[np.ndarray, dict | None]
     created on first need and returned, so that the same id gets the same code in every
     visit's table and at the fit epoch.
     """
-    ids = table.column("id").to_numpy(zero_copy_only=False)
+    ids = to_numpy(table.column("id"))
     if np.issubdtype(ids.dtype, np.integer) and codes is None:
         if len(ids) and ids.min() < 0:
             raise AssociationError(f"reference ids must be ≥ 0 (found {int(ids.min())}); -1 means "
@@ -82,7 +83,7 @@ def visit_references(refcat, data: FitInput, *, search_radius_arcsec: float = 20
             table = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=ref_epoch, mag_limits=mag_limits,
                                 columns=[], format="arrow")
         ids, codes = reference_codes(table, codes)
-        out.append(VisitReferences(ids, table.column("ra").to_numpy(), table.column("dec").to_numpy()))
+        out.append(VisitReferences(ids, to_numpy(table.column("ra")), to_numpy(table.column("dec"))))
         if progress is not None:
             progress()
     return out, codes

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jointcal_ap.refcat._arrow import from_numpy, to_numpy
 from jointcal_ap.refcat._healpix import query_disc
 from jointcal_ap.refcat.layout import (
     Partition,
@@ -310,14 +311,17 @@ class Refcat:
             self._cache.move_to_end(key)
             return hit
         with_hp = HEALPIX_COLUMN in self.schema.names
-        table = pq.read_table(partition_path(self.path, part), columns=[*columns, *([HEALPIX_COLUMN] if with_hp else [])])
+        # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose import
+        # (pandas included) costs a fresh process a third of a second
+        with pq.ParquetFile(partition_path(self.path, part)) as pf:
+            table = pf.read(columns=[*columns, *([HEALPIX_COLUMN] if with_hp else [])])
         hp29 = None
         if with_hp:
-            hp29 = table.column(HEALPIX_COLUMN).to_numpy().astype(np.int64)
+            hp29 = to_numpy(table.column(HEALPIX_COLUMN)).astype(np.int64)
             table = table.drop_columns([HEALPIX_COLUMN])
             if len(hp29) > 1 and np.any(np.diff(hp29) < 0):  # not written by us: no range search
                 hp29 = None
-        xyz = _unit_vector(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+        xyz = _unit_vector(to_numpy(table.column("ra")), to_numpy(table.column("dec")))
         value = (table, xyz, hp29)
         size = table.nbytes + xyz.nbytes + (hp29.nbytes if hp29 is not None else 0)
         if size <= self.cache_bytes:
@@ -346,7 +350,7 @@ class Refcat:
             table, xyz, hp29 = self._read_partition(part, columns)
             if ranges is not None and hp29 is not None and len(hp29) > _RANGE_SEARCH_MIN_ROWS:
                 rows = _rows_in_ranges(hp29, *ranges)
-                table, xyz = table.take(pa.array(rows)), xyz[rows]
+                table, xyz = table.take(from_numpy(rows)), xyz[rows]
             tables.append(table)
             vectors.append(xyz)
         if len(tables) == 1:
@@ -417,7 +421,7 @@ class Refcat:
         table, xyz = self._read(self._candidate_partitions(region, pad), read_cols, region, pad)
         keep = np.ones(table.num_rows, dtype=bool)
         for name, (lo, hi) in (mag_limits or {}).items():
-            mag = table.column(name).to_numpy(zero_copy_only=False).astype(float)
+            mag = to_numpy(table.column(name)).astype(float)
             with np.errstate(invalid="ignore"):
                 if lo is not None:
                     keep &= mag >= lo
@@ -428,11 +432,11 @@ class Refcat:
             limit = math.cos(math.radians(min(region.radius_deg + pad, 180.0)))
             keep &= xyz @ region.center >= limit - 1e-12
         if not keep.all():
-            table = table.filter(pa.array(keep))
+            table = table.filter(from_numpy(keep))
         if moving:
             table = self._propagate(table, t_epoch, obs_position)
-        keep = region.contains(table.column("ra").to_numpy(), table.column("dec").to_numpy())
-        table = table.filter(pa.array(keep))
+        keep = region.contains(to_numpy(table.column("ra")), to_numpy(table.column("dec")))
+        table = table.filter(from_numpy(keep))
         out_cols = list(dict.fromkeys(["id", "ra", "dec", *wanted, "epoch"]))
         if moving:
             out_cols.append("propagated")
@@ -450,7 +454,7 @@ class Refcat:
 
         def col(name: str, default: float = np.nan) -> np.ndarray:
             if name in table.column_names:
-                return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                return to_numpy(table.column(name)).astype(np.float64)
             return np.full(n, default)
 
         has_cov = any(c in table.column_names for c in _ERRORS)
@@ -474,9 +478,9 @@ class Refcat:
                     updates[name] = values
         for name, values in updates.items():
             index = table.column_names.index(name)
-            table = table.set_column(index, table.schema.field(name), pa.array(
-                np.asarray(values), type=table.schema.field(name).type))
-        return table.append_column("propagated", pa.array(moved))
+            table = table.set_column(index, table.schema.field(name),
+                                     from_numpy(np.asarray(values), table.schema.field(name).type))
+        return table.append_column("propagated", from_numpy(moved))
 
 
 def _to_astropy(table: pa.Table) -> Table:
