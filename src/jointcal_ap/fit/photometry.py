@@ -42,7 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from jointcal_ap.errors import FitError
-from jointcal_ap.fit.photometry_solve import LinearSolution, solve_reduced
+from jointcal_ap.fit.photometry_solve import LinearSolution, ReducedSystem, solve_reduced
 
 __all__ = [
     "PhotometryData",
@@ -756,14 +756,36 @@ def fit_photometry(data: PhotometryData, options: PhotometryOptions | None = Non
     readmitted_per_round: list[int] = []
     weight_all = 1.0 / mag_err[rows_all] ** 2
     ref_weight_full = np.where(has_ref, 1.0 / np.where(has_ref, ref_sigma, 1.0) ** 2, 0.0)
+    target0 = np.nan_to_num(target)
+    star_all = data.star[rows_all]
+    mag_all = inst_mag[rows_all]
+
+    def reduced(rows, ref_w, *, normal=True):
+        return ReducedSystem.build(design_all[rows], weight_all[rows], mag_all[rows], star_all[rows], data.n_stars,
+                                   ref_w, target0, ref_design, normal=normal)
+
+    system = previous = None
     for round_ in range(options.max_clip_rounds + 1):
         sel = np.flatnonzero(active)
-        star = data.star[rows_all[sel]]
+        star = star_all[sel]
         present = np.bincount(star, minlength=data.n_stars) > 0
         ref_weight = np.where(ref_active & present, ref_weight_full, 0.0)
-        solution = solve_reduced(design_all[sel], weight_all[sel], inst_mag[rows_all[sel]], star, data.n_stars,
-                                 ref_weight, np.nan_to_num(target), ref_design, constraints, constraint_values,
-                                 layout.names)
+        if previous is None:
+            system = reduced(sel, ref_weight)
+        else:
+            # the clipped and re-admitted measurements change their stars' terms only
+            was_active, was_ref_weight = previous
+            stars = np.zeros(data.n_stars, dtype=bool)
+            stars[star_all[active != was_active]] = True
+            stars |= ref_weight != was_ref_weight
+            mine = stars[star_all]
+            system = system.updated(reduced(np.flatnonzero(was_active & mine), np.where(stars, was_ref_weight, 0.0)),
+                                    reduced(np.flatnonzero(active & mine), np.where(stars, ref_weight, 0.0)),
+                                    reduced(sel, ref_weight, normal=False))
+        previous = (active.copy(), ref_weight)
+        solution = solve_reduced(design_all[sel], weight_all[sel], mag_all[sel], star, data.n_stars,
+                                 ref_weight, target0, ref_design, constraints, constraint_values,
+                                 layout.names, system=system)
         resid, pull, ref_resid, ref_pull = _residuals(solution, design_all[sel], inst_mag[rows_all[sel]],
                                                       mag_err[rows_all[sel]], star, ref_weight, target, ref_design,
                                                       ref_sigma)
