@@ -17,7 +17,9 @@ reference stars (at that visit's epoch, as seen from the Earth; see
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +95,20 @@ def group_rows(keys: np.ndarray, n_groups: int):
             yield k, order[bounds[k]:bounds[k + 1]]
 
 
+#: The offset search uses at most this many measurements (the brightest) per CCD, and
+#: ``MAX_OFFSET_VISIT`` per visit: the reference stars are the bright ones, and the number of
+#: chance pairs grows with every faint source added.
+MAX_OFFSET_CCD = 500
+MAX_OFFSET_VISIT = 2000
+
+
+def _brightest(flux: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest fluxes (all when there are fewer), in index order."""
+    if len(flux) <= n:
+        return np.arange(len(flux))
+    return np.sort(np.argpartition(-np.nan_to_num(flux, nan=-np.inf), n - 1)[:n])
+
+
 def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bin_mas: float
                    ) -> tuple[np.ndarray, int]:
     """Most common (ref − meas) offset among all pairs closer than ``radius_mas``, and how
@@ -112,6 +128,15 @@ def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bi
     near = np.linalg.norm(d - peak, axis=1) < 2 * bin_mas
     support = int(near.sum())
     return (np.median(d[near], axis=0) if support >= 3 else peak), support
+
+
+def default_workers() -> int:
+    """Threads for per-exposure work: the cores this process may use (at most 8)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 #: A CCD's own offset search must be supported by this many pairs; otherwise the visit's is used.
@@ -134,7 +159,7 @@ def _match(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float) -> tuple[n
 def match_references(data: FitInput, references: Sequence[VisitReferences], *, degree: int = 3,
                      search_radius_arcsec: float = 20.0, match_radius_arcsec: float = 1.0,
                      link_radius_arcsec: float = 1.0, min_measurements: int = 2,
-                     progress=None) -> Association:
+                     progress=None, workers: int | None = None) -> Association:
     """Associate measurements into stars and match them to the reference stars.
 
     Parameters
@@ -153,6 +178,8 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
         Stars without a reference match need at least this many measurements.
     progress : callable, optional
         Called with no argument after each visit.
+    workers : int, optional
+        Threads matching visits (default: one per core). The result does not depend on it.
     """
     if len(references) != len(data.visits):
         raise ValueError(f"{len(references)} reference sets for {len(data.visits)} visits")
@@ -169,7 +196,8 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
     by_ccd = np.argsort(meas.ccd_index, kind="stable")
     bounds = np.searchsorted(meas.ccd_index[by_ccd], np.arange(len(data.ccds) + 1))
 
-    for vi, (visit, ref) in enumerate(zip(data.visits, references, strict=True)):
+    def match_visit(vi: int) -> VisitMatch:
+        visit, ref = data.visits[vi], references[vi]
         ccds = np.flatnonzero(visit_of_ccd == vi)
         in_visit = np.concatenate([by_ccd[bounds[c]:bounds[c + 1]] for c in ccds])
         if len(in_visit) == 0:
@@ -184,14 +212,16 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
         # histogram bins: half the match radius (at least 250 mas), so that the spread of the
         # offsets over a CCD (rotation, distortion) stays within a few bins
         bin_mas = max(250.0, 500.0 * match_radius_arcsec)
-        visit_offset, _ = _offset_search(init_tp, ref_tree, search_radius_arcsec * 1000, bin_mas)
+        bright = _brightest(meas.flux[in_visit], MAX_OFFSET_VISIT)
+        visit_offset, _ = _offset_search(init_tp[bright], ref_tree, search_radius_arcsec * 1000, bin_mas)
         for c in ccds:
             rows = by_ccd[bounds[c]:bounds[c + 1]]
             if len(rows) == 0:
                 raise AssociationError(f"visit {visit.visit}, detector {data.ccds[c].detector}: no measurements")
             u, v = geometry[c].normalise(meas.x[rows], meas.y[rows])
             tp = gnomonic(meas.ra_init[rows], meas.dec_init[rows], visit.ra, visit.dec)
-            offset, support = _offset_search(tp, ref_tree, search_radius_arcsec * 1000, bin_mas)
+            bright = _brightest(meas.flux[rows], MAX_OFFSET_CCD)
+            offset, support = _offset_search(tp[bright], ref_tree, search_radius_arcsec * 1000, bin_mas)
             if support < MIN_OFFSET_SUPPORT:
                 offset = visit_offset
             offsets.append(offset)
@@ -221,10 +251,16 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
             if len(mi):
                 rms.append(np.sqrt(np.mean(np.sum((meas_tp[rows[mi]] - ref_tp[ri]) ** 2, axis=1))))
         off = np.mean(offsets, axis=0) / 1000
-        stats.append(VisitMatch(visit.visit, len(in_visit), len(ref_ids), n_matched,
-                                (float(off[0]), float(off[1])), float(np.mean(rms)) if rms else float("nan")))
-        if progress is not None:
-            progress()
+        return VisitMatch(visit.visit, len(in_visit), len(ref_ids), n_matched,
+                          (float(off[0]), float(off[1])), float(np.mean(rms)) if rms else float("nan"))
+
+    # visits in threads: each writes only its own measurements' rows and CCDs; KD-trees and
+    # NumPy release the GIL
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        for match in pool.map(match_visit, range(len(data.visits))):
+            stats.append(match)
+            if progress is not None:
+                progress()
 
     if sum(s.n_matched for s in stats) == 0:
         raise AssociationError("no measurement matched a reference star: is the refcat covering "

@@ -7,12 +7,13 @@ arrays; this module is where the fit reads the refcat.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from jointcal_ap.errors import AssociationError
-from jointcal_ap.fit.crossmatch import Association, VisitReferences
+from jointcal_ap.fit.crossmatch import Association, VisitReferences, default_workers
 from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.projection import MAS_PER_DEG, gnomonic, unit_vectors
 from jointcal_ap.refcat._arrow import to_numpy
@@ -39,8 +40,8 @@ def reference_codes(table, codes: dict | None) -> tuple[np.ndarray, dict | None]
 
 
 def visit_references(refcat, data: FitInput, *, search_radius_arcsec: float = 20.0,
-                     ref_epoch: float | None = None, mag_limits=None, progress=None
-                     ) -> tuple[list[VisitReferences], dict | None]:
+                     ref_epoch: float | None = None, mag_limits=None, progress=None,
+                     workers: int | None = None) -> tuple[list[VisitReferences], dict | None]:
     """Each visit's reference stars: a cone covering its measurements (through the initial WCS)
     widened by twice ``search_radius_arcsec``.
 
@@ -54,6 +55,8 @@ def visit_references(refcat, data: FitInput, *, search_radius_arcsec: float = 20
         epoch (SCAMP's way; kept for comparisons).
     progress : callable, optional
         Called with no argument after each visit.
+    workers : int, optional
+        Threads loading the cones (default: one per core, see :func:`jointcal_ap.fit.crossmatch.default_workers`).
 
     Returns
     -------
@@ -66,8 +69,9 @@ def visit_references(refcat, data: FitInput, *, search_radius_arcsec: float = 20
     visit_of_meas = data.visit_index_of_ccd()[meas.ccd_index]
     order = np.argsort(visit_of_meas, kind="stable")
     bounds = np.searchsorted(visit_of_meas[order], np.arange(len(data.visits) + 1))
-    out, codes = [], None
-    for vi, visit in enumerate(data.visits):
+
+    def load(vi: int):
+        visit = data.visits[vi]
         rows = order[bounds[vi]:bounds[vi + 1]]
         if len(rows) == 0:
             raise AssociationError(f"visit {visit.visit} ({visit.name}) has no measurements")
@@ -77,15 +81,19 @@ def visit_references(refcat, data: FitInput, *, search_radius_arcsec: float = 20
         # positions only: the covariance is propagated later, once, for the reference stars
         # that matched
         if ref_epoch is None:
-            table = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=visit.epoch, observer="earth",
-                                mag_limits=mag_limits, columns=[], format="arrow")
-        else:
-            table = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=ref_epoch, mag_limits=mag_limits,
-                                columns=[], format="arrow")
-        ids, codes = reference_codes(table, codes)
-        out.append(VisitReferences(ids, to_numpy(table.column("ra")), to_numpy(table.column("dec"))))
-        if progress is not None:
-            progress()
+            return refcat.cone(visit.ra, visit.dec, radius_deg, epoch=visit.epoch, observer="earth",
+                               mag_limits=mag_limits, columns=[], format="arrow")
+        return refcat.cone(visit.ra, visit.dec, radius_deg, epoch=ref_epoch, mag_limits=mag_limits,
+                           columns=[], format="arrow")
+
+    out, codes = [], None
+    # one thread per core: the cones are independent, and NumPy, Arrow and Parquet release the GIL
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        for table in pool.map(load, range(len(data.visits))):
+            ids, codes = reference_codes(table, codes)  # in visit order: codes stay deterministic
+            out.append(VisitReferences(ids, to_numpy(table.column("ra")), to_numpy(table.column("dec"))))
+            if progress is not None:
+                progress()
     return out, codes
 
 

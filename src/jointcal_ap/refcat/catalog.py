@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -190,6 +191,7 @@ class Refcat:
         # catalog on disk is immutable, so the cache can never be stale.
         self._cache: OrderedDict[tuple, tuple[pa.Table, np.ndarray]] = OrderedDict()
         self._cache_bytes = 0
+        self._cache_lock = threading.Lock()  # queries may run in threads (one per exposure)
 
     def __repr__(self) -> str:
         return (f"Refcat({self.name!r}, {self.properties.get('hats_nrows', '?')} rows, "
@@ -306,10 +308,11 @@ class Refcat:
     def _read_partition(self, part: Partition, columns: list[str]) -> tuple[pa.Table, np.ndarray, np.ndarray | None]:
         """A partition's rows, their unit vectors and their ``_healpix_29`` (None unless sorted)."""
         key = (part.order, part.pixel, tuple(columns))
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         with_hp = HEALPIX_COLUMN in self.schema.names
         # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose import
         # (pandas included) costs a fresh process a third of a second
@@ -325,11 +328,13 @@ class Refcat:
         value = (table, xyz, hp29)
         size = table.nbytes + xyz.nbytes + (hp29.nbytes if hp29 is not None else 0)
         if size <= self.cache_bytes:
-            self._cache[key] = value
-            self._cache_bytes += size
-            while self._cache_bytes > self.cache_bytes:
-                _, (t, v, h) = self._cache.popitem(last=False)
-                self._cache_bytes -= t.nbytes + v.nbytes + (h.nbytes if h is not None else 0)
+            with self._cache_lock:
+                if key not in self._cache:
+                    self._cache[key] = value
+                    self._cache_bytes += size
+                while self._cache_bytes > self.cache_bytes:
+                    _, (t, v, h) = self._cache.popitem(last=False)
+                    self._cache_bytes -= t.nbytes + v.nbytes + (h.nbytes if h is not None else 0)
         return value
 
     def _read(self, parts: Sequence[Partition], columns: list[str], region: _Region | None = None,
