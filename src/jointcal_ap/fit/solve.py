@@ -38,7 +38,7 @@ import scipy.sparse as sp
 
 from jointcal_ap.errors import FitError
 
-__all__ = ["FitError", "FitProblem", "Problem", "SolveStats", "gauss_newton"]
+__all__ = ["CG_TOLERANCE", "FitError", "FitProblem", "Problem", "SolveStats", "gauss_newton"]
 
 MAS_PER_RAD = 206264806.24709636
 
@@ -137,9 +137,15 @@ def _whitener(cov: np.ndarray) -> np.ndarray:
     return w
 
 
+#: Measurements per chunk of the passes over the measurements: the temporaries of a chunk stay
+#: in the CPU caches, and no array of measurements × (anything more than a few numbers) exists.
+CHUNK = 1 << 16
+
+
 class FitProblem:
-    """A :class:`Problem` prepared for the solver: measurements sorted by CCD, star sums as
-    a sparse incidence matrix, the per-CCD parameter blocks of every slot.
+    """A :class:`Problem` prepared for the solver: measurements sorted by CCD and grouped in
+    chunks of whole CCDs, star sums as sparse incidence matrices (one per chunk), the per-CCD
+    parameter blocks of every slot.
 
     Every method takes and returns arrays in the :class:`Problem`'s measurement order,
     except the whitening matrices and ``active`` weights, which are opaque to callers
@@ -151,7 +157,16 @@ class FitProblem:
         self.n_meas = n = problem.n_measurements
         self.n_stars = problem.n_stars
         self.n_model = len(problem.model_fixed)
-        order = np.argsort(problem.ccd, kind="stable")
+        # Stars are renumbered along the sky (strips of 0.1° in declination, then right ascension)
+        # and each CCD's measurements sorted by that number: a CCD then reads its stars' numbers
+        # from a few short runs of memory instead of at random (the gathers are 3x faster).
+        n_stars = problem.n_stars
+        dec_strip = np.floor(np.degrees(np.arcsin(np.clip(problem.e0[:, 2], -1, 1))) * 10.0)
+        ra = np.arctan2(problem.e0[:, 1], problem.e0[:, 0])
+        self.star_order = np.lexsort((ra, dec_strip)) if n_stars else np.zeros(0, np.int64)
+        rank = np.empty(n_stars, dtype=np.int64)
+        rank[self.star_order] = np.arange(n_stars)
+        order = np.lexsort((rank[problem.star], problem.ccd))
         self.order = order
         self.inverse = np.empty(n, dtype=np.int64)
         self.inverse[order] = np.arange(n)
@@ -160,31 +175,42 @@ class FitProblem:
         bounds = np.searchsorted(ccd, np.arange(n_ccds + 1))
         self.segments = [(c, int(bounds[c]), int(bounds[c + 1])) for c in range(n_ccds) if bounds[c + 1] > bounds[c]]
         self.slots = [(np.asarray(starts, np.int64), int(k)) for starts, k in problem.slots]
+        # chunks: runs of whole CCD segments of about CHUNK measurements; (lo, hi, first, stop)
+        # with first/stop indexing self.segments
+        self.chunks, first = [], 0
+        for i, (_, _, hi) in enumerate(self.segments):
+            if hi - self.segments[first][1] >= CHUNK or i == len(self.segments) - 1:
+                self.chunks.append((self.segments[first][1], hi, first, i + 1))
+                first = i + 1
 
         def take(a):
             return np.ascontiguousarray(np.asarray(a)[order])
 
         self.u, self.v = take(problem.u), take(problem.v)
         self.pix_scale, self.cov_px = take(problem.pix_scale), take(problem.cov_px)
-        self.star, self.visit = take(problem.star), take(problem.visit)
+        self.star = rank[take(problem.star)]
+        visit = take(problem.visit)
         self.dt, self.plx = take(problem.dt), take(problem.plx_factor)
         self.extra = take(problem.extra)
-        self.e0, self.ea, self.ed = problem.e0, problem.ea, problem.ed
+        so = self.star_order
+        self.e0, self.ea, self.ed = problem.e0[so], problem.ea[so], problem.ed[so]
         self.v0, self.va, self.vd = problem.v0, problem.va, problem.vd
         # The projection of a star onto its visit's tangent plane only needs the dot products of
         # the star's frame (e0, east, north) with the visit's (v0, va, vd): nine numbers per
         # measurement, computed once (vec·w = e0·w + (Δa·ea·w + Δd·ed·w)/MAS)
         self.dots = np.empty((9, n))
-        for i, sv in enumerate((self.e0, self.ea, self.ed)):
-            vec = np.take(sv, self.star, axis=0)
-            for j, vv in enumerate((self.v0, self.va, self.vd)):
-                self.dots[3 * i + j] = np.einsum("ij,ij->i", vec, np.take(vv, self.visit, axis=0))
-        self.prior_value, self.prior_weight = problem.prior_value, problem.prior_weight
-        self.star_free = problem.star_free.astype(np.float64)
+        for lo, hi, _, _ in self.chunks:
+            for i, sv in enumerate((self.e0, self.ea, self.ed)):
+                vec = np.take(sv, self.star[lo:hi], axis=0)
+                for j, vv in enumerate((self.v0, self.va, self.vd)):
+                    self.dots[3 * i + j, lo:hi] = np.einsum("ij,ij->i", vec, np.take(vv, visit[lo:hi], axis=0))
+        self.prior_value, self.prior_weight = problem.prior_value[so], problem.prior_weight[so]
+        self.star_free = problem.star_free[so].astype(np.float64)
         self.model_free = (~problem.model_fixed).astype(np.float64)
         self.sys2 = float(problem.systematic_mas) ** 2
-        # star sums: (N × n) incidence matrix
-        self.incidence = sp.csr_matrix((np.ones(n), (self.star, np.arange(n))), shape=(self.n_stars, n))
+        # star sums, chunk by chunk: (N × chunk) incidence matrices
+        self.incidence = [sp.csr_matrix((np.ones(hi - lo), (self.star[lo:hi], np.arange(hi - lo))),
+                                        shape=(self.n_stars, hi - lo)) for lo, hi, _, _ in self.chunks]
 
     # ------------------------------------------------------------------ helpers
     def _blocks(self, params: np.ndarray, c: int) -> list[np.ndarray]:
@@ -207,7 +233,9 @@ class FitProblem:
         """Each measurement's star at its visit on the visit tangent plane (mas), and P = ∂/∂offset."""
         th = np.take(theta, self.star, axis=0)
         off = th[:, 0:2] + th[:, 2:4] * self.dt[:, None] + th[:, 4:5] * self.plx + self.extra
+        del th
         oa, od = off[:, 0] / MAS_PER_RAD, off[:, 1] / MAS_PER_RAD
+        del off
         e0w0, e0wa, e0wd, eaw0, eawa, eawd, edw0, edwa, edwd = self.dots
         den = e0w0 + oa * eaw0 + od * edw0
         t_xi = (e0wa + oa * eawa + od * edwa) / den
@@ -222,27 +250,26 @@ class FitProblem:
         p[:, 1, 1] = (edwd - t_eta * edw0) / den
         return pred, p
 
-    def _star_sum(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(self.incidence @ values)
-
-    def _model_apply(self, terms, cores, x: np.ndarray) -> np.ndarray:
-        """J_m x: (M,) → (n, 2), whitened (``cores`` already hold W·G)."""
-        y = np.zeros((self.n_meas, 2))
-        t = np.empty((self.n_meas, 2))
+    def _model_apply(self, terms, cores, x: np.ndarray, chunk) -> np.ndarray:
+        """J_m x on one chunk: (M,) → (m, 2), whitened (``cores`` hold W·G)."""
+        lo, hi, first, stop = chunk
+        y = np.zeros((hi - lo, 2))
+        t = np.empty((hi - lo, 2))
         for slot, (starts, k) in enumerate(self.slots):
-            for (c, lo, hi), ccd_terms in zip(self.segments, terms, strict=True):
-                t[lo:hi] = ccd_terms[slot][0] @ x[starts[c]:starts[c] + 2 * k].reshape(2, k).T
-            y += _mul(cores[slot], t)
+            for i in range(first, stop):
+                c, a, b = self.segments[i]
+                t[a - lo:b - lo] = terms[i][slot][0] @ x[starts[c]:starts[c] + 2 * k].reshape(2, k).T
+            y += _mul(cores[slot][lo:hi], t)
         return y
 
-    def _model_transpose(self, terms, cores, y: np.ndarray) -> np.ndarray:
-        """J_mᵀ y: (n, 2) → (M,)."""
-        out = np.zeros(self.n_model)
+    def _model_transpose(self, terms, cores, y: np.ndarray, chunk, out: np.ndarray) -> None:
+        """out += J_mᵀ y for one chunk's y (m, 2)."""
+        lo, hi, first, stop = chunk
         for slot, (starts, k) in enumerate(self.slots):
-            z = _mul_t(cores[slot], y)
-            for (c, lo, hi), ccd_terms in zip(self.segments, terms, strict=True):
-                out[starts[c]:starts[c] + 2 * k] += (ccd_terms[slot][0].T @ z[lo:hi]).T.ravel()
-        return out
+            z = _mul_t(cores[slot][lo:hi], y)
+            for i in range(first, stop):
+                c, a, b = self.segments[i]
+                out[starts[c]:starts[c] + 2 * k] += (terms[i][slot][0].T @ z[a - lo:b - lo]).T.ravel()
 
     def _cores(self, terms, white):
         """Per slot, W·G for every measurement (n, 2, 2)."""
@@ -258,13 +285,24 @@ class FitProblem:
             cores.append(core)
         return cores
 
-    def _t_matrix(self) -> np.ndarray:
-        """T = [I, Δt·I, parallax factor] per measurement (n, 2, 5): ∂(offset)/∂θ."""
-        t = np.zeros((self.n_meas, 2, 5))
-        t[:, 0, 0] = t[:, 1, 1] = 1.0
-        t[:, 0, 2] = t[:, 1, 3] = self.dt
-        t[:, :, 4] = self.plx
-        return t
+    def _star_sums(self, q: np.ndarray, i: int, lo: int, hi: int) -> np.ndarray:
+        """Σ per star of Tᵀ a over one chunk, a = Qᵀ y (m, 2): (N, 5). T = [I, Δt·I, parallax factor]."""
+        dt, plx = self.dt[lo:hi], self.plx[lo:hi]
+        z = np.empty((hi - lo, 5))
+        z[:, 0:2] = q
+        z[:, 2] = q[:, 0] * dt
+        z[:, 3] = q[:, 1] * dt
+        z[:, 4] = q[:, 0] * plx[:, 0] + q[:, 1] * plx[:, 1]
+        return np.asarray(self.incidence[i] @ z)
+
+    def _t_gather(self, zt: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """T z[star] over one chunk, from z transposed (5, N): → (m, 2)."""
+        g = np.take(zt, self.star[lo:hi], axis=1)
+        dt, plx = self.dt[lo:hi], self.plx[lo:hi]
+        out = np.empty((hi - lo, 2))
+        out[:, 0] = g[0] + g[2] * dt + g[4] * plx[:, 0]
+        out[:, 1] = g[1] + g[3] * dt + g[4] * plx[:, 1]
+        return out
 
     # ------------------------------------------------------------------ public
     def active(self, mask=None) -> np.ndarray:
@@ -279,8 +317,8 @@ class FitProblem:
 
     def _meas_cov(self, params) -> np.ndarray:
         _, _, duv = self._linearise(params, uv_jacobian=True)
-        jac = duv / self.pix_scale[:, None, None]
-        cov = jac @ self.cov_px @ np.swapaxes(jac, 1, 2)
+        duv /= self.pix_scale[:, None, None]
+        cov = duv @ self.cov_px @ np.swapaxes(duv, 1, 2)
         cov[:, 0, 0] += self.sys2
         cov[:, 1, 1] += self.sys2
         return cov
@@ -289,10 +327,20 @@ class FitProblem:
         """Per-measurement whitening matrices (internal order)."""
         return _whitener(self._meas_cov(params))
 
+    def _stars_in(self, theta: np.ndarray) -> np.ndarray:
+        """Per-star array in the problem's star order → internal order."""
+        return np.asarray(theta)[self.star_order]
+
+    def _stars_out(self, values: np.ndarray) -> np.ndarray:
+        out = np.empty_like(values)
+        out[self.star_order] = values
+        return out
+
     def _residuals(self, params, theta, white, active) -> np.ndarray:
+        theta = self._stars_in(theta)
         xy, _, _ = self._linearise(params)
-        pred, _ = self._predict(theta)
-        return _mul(white, xy - pred) * active[:, None]
+        xy -= self._predict(theta)[0]
+        return _mul(white, xy) * active[:, None]
 
     def residuals(self, params, theta, white, active) -> np.ndarray:
         """Whitened residuals (n, 2), zero where inactive, problem order."""
@@ -300,61 +348,94 @@ class FitProblem:
 
     def raw_residuals(self, params, theta) -> np.ndarray:
         """Model − star prediction (n, 2) in mas, problem order."""
+        theta = self._stars_in(theta)
         xy, _, _ = self._linearise(params)
         return (xy - self._predict(theta)[0])[self.inverse]
 
     def prior_chi2(self, theta) -> np.ndarray:
-        d = theta - self.prior_value
-        return np.einsum("si,sij,sj->s", d, self.prior_weight, d)
+        """Each star's prior χ² (problem order)."""
+        d = self._stars_in(theta) - self.prior_value
+        return self._stars_out(np.einsum("si,sij,sj->s", d, self.prior_weight, d))
 
     def chi2(self, params, theta, white, active) -> float:
         r = self._residuals(params, theta, white, active)
         return float(np.sum(r * r) + np.sum(self.prior_chi2(theta)))
 
     def step(self, params, theta, white, active):
-        """One Gauss-Newton step: (δm, δθ, CG iterations, predicted χ² decrease)."""
+        """One Gauss-Newton step: (δm, δθ, CG iterations, predicted χ² decrease).
+
+        The star Jacobian of a measurement is Jθ = −Q·T with Q = W·P (whitening times the
+        projection's derivative, 2×2) and T = [I, Δt·I, parallax factor] (2×5).
+        """
         free_s, free_m = self.star_free, self.model_free
+        theta = self._stars_in(theta)
         xy, terms, _ = self._linearise(params)
         pred, p = self._predict(theta, jacobian=True)
         white = white * active[:, None, None]
-        r = _mul(white, xy - pred)
+        xy -= pred
+        del pred
+        r = _mul(white, xy)
+        del xy
         cores = self._cores(terms, white)
-        t = self._t_matrix()
-        jt = -(white @ p) @ t  # the star Jacobian Jθ (n, 2, 5)
+        q = white @ p
+        del p
 
-        def star_t(y):  # Jθᵀ y, summed per star: (n, 2) → (N, 5)
-            return self._star_sum(np.einsum("nij,ni->nj", jt, y)) * free_s
+        def star_t(y_of_chunk):  # Jθᵀ y summed per star, (N, 5); y given chunk by chunk
+            out = np.zeros((self.n_stars, 5))
+            for i, (lo, hi, _, _) in enumerate(self.chunks):
+                out -= self._star_sums(_mul_t(q[lo:hi], y_of_chunk(i)), i, lo, hi)
+            return out * free_s
 
-        def star_apply(z):  # Jθ z: (N, 5) → (n, 2)
-            return np.einsum("nij,nj->ni", jt, np.take(z * free_s, self.star, axis=0))
-
-        g_m = self._model_transpose(terms, cores, r) * free_m
-        g_s = star_t(r) + np.einsum("sij,sj->si", self.prior_weight, theta - self.prior_value) * free_s
-        # D = Σ Jθᵀ Jθ + prior: Jθᵀ Jθ = Tᵀ (Kᵀ K) T per measurement
-        jtj = np.swapaxes(jt, 1, 2) @ jt
-        d = self.prior_weight + self._star_sum(jtj.reshape(self.n_meas, 25)).reshape(-1, 5, 5)
+        g_m = np.zeros(self.n_model)
+        for chunk in self.chunks:
+            self._model_transpose(terms, cores, r[chunk[0]:chunk[1]], chunk, g_m)
+        g_m *= free_m
+        g_s = star_t(lambda i: r[self.chunks[i][0]:self.chunks[i][1]]) \
+            + np.einsum("sij,sj->si", self.prior_weight, theta - self.prior_value) * free_s
+        # D = Σ Jθᵀ Jθ + prior, with Jθᵀ Jθ = Tᵀ (QᵀQ) T per measurement, chunk by chunk
+        d = self.prior_weight.copy()
+        for i, (lo, hi, _, _) in enumerate(self.chunks):
+            qq = np.swapaxes(q[lo:hi], 1, 2) @ q[lo:hi]
+            t = np.zeros((hi - lo, 2, 5))
+            t[:, 0, 0] = t[:, 1, 1] = 1.0
+            t[:, 0, 2] = t[:, 1, 3] = self.dt[lo:hi]
+            t[:, :, 4] = self.plx[lo:hi]
+            d += np.asarray(self.incidence[i] @ (np.swapaxes(t, 1, 2) @ qq @ t).reshape(hi - lo, 25)).reshape(-1, 5, 5)
         # fixed star parameters: identity rows/columns so D stays invertible; a star with no
         # information left (all its measurements clipped) gets an identity block
         mask = free_s[:, :, None] * free_s[:, None, :]
         empty = (np.einsum("sii->si", d) <= 0) | (free_s == 0)
         d = d * mask + np.eye(5)[None] * empty[:, :, None]
         d_inv = np.linalg.inv(d)
+        del d
 
-        def s_matvec(x):  # S x = A x − B D⁻¹ Bᵀ x
-            y = self._model_apply(terms, cores, x * free_m)
-            z = np.einsum("sij,sj->si", d_inv, star_t(y))
-            return self._model_transpose(terms, cores, y - star_apply(z)) * free_m
+        def back(z, ys=None):  # J_mᵀ (y − Jθ z), (M,): Jθ z = −Q T z[star]
+            out = np.zeros(self.n_model)
+            zf = np.ascontiguousarray((z * free_s).T)
+            for i, chunk in enumerate(self.chunks):
+                lo, hi = chunk[0], chunk[1]
+                w = -_mul(q[lo:hi], self._t_gather(zf, lo, hi))
+                self._model_transpose(terms, cores, (ys[i] - w) if ys is not None else -w, chunk, out)
+            return out * free_m
 
-        rhs = -(g_m - self._model_transpose(terms, cores, star_apply(np.einsum("sij,sj->si", d_inv, g_s)))) * free_m
-        precond = self._preconditioner(terms, cores, jt, d_inv)
+        def s_matvec(x):  # S x = A x − B D⁻¹ Bᵀ x = J_mᵀ (y − Jθ D⁻¹ Jθᵀ y), y = J_m x
+            xf = x * free_m
+            ys = [self._model_apply(terms, cores, xf, chunk) for chunk in self.chunks]
+            z = np.einsum("sij,sj->si", d_inv, star_t(lambda i: ys[i]))
+            return back(z, ys)
+
+        # rhs = −(g_m − B D⁻¹ g_s), with B z = J_mᵀ Jθ z
+        rhs = -(g_m + back(np.einsum("sij,sj->si", d_inv, g_s)))
+        precond = self._preconditioner(terms, cores, q, d_inv)
         x, iters = _pcg(s_matvec, rhs, precond)
         x = x * free_m
-        dtheta = -np.einsum("sij,sj->si", d_inv, g_s + star_t(self._model_apply(terms, cores, x))) * free_s
+        bt_x = star_t(lambda i: self._model_apply(terms, cores, x, self.chunks[i]))
+        dtheta = -np.einsum("sij,sj->si", d_inv, g_s + bt_x) * free_s
         # χ² ≈ χ²₀ + 2gᵀδ + δᵀHδ with Hδ = −g: the step is predicted to lower χ² by −gᵀδ
         predicted = -(g_m @ x + np.sum(g_s * dtheta))
-        return x, dtheta, iters, float(predicted)
+        return x, self._stars_out(dtheta), iters, float(predicted)
 
-    def _preconditioner(self, terms, cores, jt, d_inv):
+    def _preconditioner(self, terms, cores, q, d_inv):
         """Block-Jacobi: the diagonal blocks of S per slot block, accumulated per measurement
         (exact when a star has one measurement per block); returns x ↦ P⁻¹ x."""
         free_m = self.model_free
@@ -367,7 +448,11 @@ class FitProblem:
             for (c, lo, hi), ccd_terms in zip(self.segments, terms, strict=True):
                 basis = ccd_terms[slot][0]
                 core = cores[slot][lo:hi]
-                j = jt[lo:hi]
+                t = np.zeros((hi - lo, 2, 5))
+                t[:, 0, 0] = t[:, 1, 1] = 1.0
+                t[:, 0, 2] = t[:, 1, 3] = self.dt[lo:hi]
+                t[:, :, 4] = self.plx[lo:hi]
+                j = -(q[lo:hi] @ t)  # Jθ
                 dj = np.take(d_masked, self.star[lo:hi], axis=0)
                 # M = Cᵀ (I − Jθ D⁻¹ Jθᵀ) C
                 inner = np.eye(2)[None] - j @ dj @ np.swapaxes(j, 1, 2)
@@ -386,9 +471,9 @@ class FitProblem:
             mat = mat * fm[:, :, None] * fm[:, None, :]
             blank = np.einsum("bii->bi", mat) <= 0
             mat = mat + np.eye(size)[None] * blank[:, :, None]
-            w, q = np.linalg.eigh(mat)
+            w, vecs = np.linalg.eigh(mat)
             w = np.maximum(w, 1e-9 * np.max(w, axis=1, keepdims=True) + 1e-300)
-            blocks.append((np.einsum("bij,bj,bkj->bik", q, 1 / w, q), where))
+            blocks.append((np.einsum("bij,bj,bkj->bik", vecs, 1 / w, vecs), where))
 
         def apply(x):
             out = np.zeros_like(x)
@@ -399,8 +484,17 @@ class FitProblem:
         return apply
 
 
-def _pcg(matvec, rhs, precond, tol=1e-10, max_iter=1000):
+#: Relative residual at which conjugate gradients stop. An inexact Gauss-Newton step leaves an
+#: error in the quadratic model of the order of the squared residual (CG minimises the error in
+#: the energy norm), so 1e-6 is far below the 1e-9 (relative χ²) at which the iteration stops:
+#: on the benchmark surveys χ² and the accuracy against the truth agree with 1e-10 to the digits
+#: shown (6 and more), at ~40 % fewer matrix products.
+CG_TOLERANCE = 1e-6
+
+
+def _pcg(matvec, rhs, precond, tol=None, max_iter=1000):
     """Preconditioned conjugate gradients; returns (x, iterations)."""
+    tol = CG_TOLERANCE if tol is None else tol
     x = np.zeros_like(rhs)
     r = rhs.copy()
     z = precond(r)
