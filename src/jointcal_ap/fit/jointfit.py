@@ -566,7 +566,6 @@ class JointFit:
         problem, aux = self._problem(association, model)
         self._check_degenerate(problem, association)
         fns = FitProblem(model, problem)
-        problem.release_measurement_arrays()
         seconds["setup"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -145,7 +145,8 @@ CHUNK = 1 << 16
 class FitProblem:
     """A :class:`Problem` prepared for the solver: measurements sorted by CCD and grouped in
     chunks of whole CCDs, star sums as sparse incidence matrices (one per chunk), the per-CCD
-    parameter blocks of every slot.
+    parameter blocks of every slot. It takes the problem's per-measurement arrays (they are
+    emptied as they are copied, as :meth:`Problem.release_measurement_arrays` does).
 
     Every method takes and returns arrays in the :class:`Problem`'s measurement order,
     except the whitening matrices and ``active`` weights, which are opaque to callers
@@ -183,15 +184,19 @@ class FitProblem:
                 self.chunks.append((self.segments[first][1], hi, first, i + 1))
                 first = i + 1
 
-        def take(a):
-            return np.ascontiguousarray(np.asarray(a)[order])
+        def take(name):  # a sorted copy; the problem's own array is released (gigabytes at 10⁷)
+            out = np.ascontiguousarray(np.asarray(getattr(problem, name))[order])
+            if name != "star":
+                setattr(problem, name, np.zeros(0))
+            return out
 
-        self.u, self.v = take(problem.u), take(problem.v)
-        self.pix_scale, self.cov_px = take(problem.pix_scale), take(problem.cov_px)
-        self.star = rank[take(problem.star)]
-        visit = take(problem.visit)
-        self.dt, self.plx = take(problem.dt), take(problem.plx_factor)
-        self.extra = take(problem.extra)
+        self.u, self.v = take("u"), take("v")
+        self.pix_scale, self.cov_px = take("pix_scale"), take("cov_px")
+        self.star = rank[take("star")]
+        visit = take("visit")
+        self.dt, self.plx = take("dt"), take("plx_factor")
+        self.extra = take("extra")
+        problem.ccd = np.zeros(0, dtype=np.int64)
         so = self.star_order
         self.e0, self.ea, self.ed = problem.e0[so], problem.ea[so], problem.ed[so]
         self.v0, self.va, self.vd = problem.v0, problem.va, problem.vd

@@ -569,8 +569,32 @@ def _covariance_product(j, cov, moved):
     return np.where(moved[:, None, None], new, cov)
 
 
+#: Rows per chunk of the NumPy backend: the dual numbers of a chunk (6 × 8 bytes per star per
+#: intermediate) stay in the CPU caches, and memory stays bounded whatever the size.
+_NUMPY_CHUNK = 1 << 14
+
+
 def _propagate_numpy(arrays, observer, cov):
-    """Values (and the propagated covariance) on the NumPy backend; as :func:`propagate`."""
+    """Values (and the propagated covariance) on the NumPy backend, chunk by chunk; as :func:`propagate`."""
+    n = len(arrays[0])
+    if n <= _NUMPY_CHUNK:
+        return _propagate_numpy_chunk(arrays, observer, cov)
+    moved = np.empty(n, dtype=bool)
+    values = [np.empty(n) for _ in range(6)]
+    cov_out = None if cov is None else np.empty((n, 5, 5))
+    for start in range(0, n, _NUMPY_CHUNK):
+        rows = slice(start, min(n, start + _NUMPY_CHUNK))
+        obs = None if observer is None else (observer if observer.ndim == 1 else observer[rows])
+        m, v, c = _propagate_numpy_chunk([a[rows] for a in arrays], obs, None if cov is None else cov[rows])
+        moved[rows] = m
+        for dst, src in zip(values, v, strict=True):
+            dst[rows] = src
+        if c is not None:
+            cov_out[rows] = c
+    return moved, values, cov_out
+
+
+def _propagate_numpy_chunk(arrays, observer, cov):
     obs = None if observer is None else _observer_tuple(observer)
     with np.errstate(all="ignore"):  # padded poles, zero parallaxes: handled by the model's wheres
         moved, params, rv, dt_days = _prepare(*arrays, _NP)
