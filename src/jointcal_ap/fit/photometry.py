@@ -691,7 +691,13 @@ def fit_photometry(data: PhotometryData, options: PhotometryOptions | None = Non
         for a colour term, a CCD / detector with fewer measurements than flat terms, or a
         degenerate system (e.g. a visit sharing no star with the others).
     """
-    options = options or PhotometryOptions()
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # small dense matrices (see JointFit.run)
+        return _fit_photometry(data, options or PhotometryOptions())
+
+
+def _fit_photometry(data: PhotometryData, options: PhotometryOptions) -> PhotometryResult:
     n = len(data)
     with np.errstate(divide="ignore", invalid="ignore"):
         valid = (np.isfinite(data.flux) & np.isfinite(data.flux_err) & (data.flux > 0) & (data.flux_err > 0)

@@ -159,12 +159,7 @@ def solve_reduced(design: sp.csr_matrix, weight: np.ndarray, mag: np.ndarray, st
     gradient, d, q, e = system.gradient, system.d, system.q, system.e
     d_inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
 
-    if len(constraints):
-        basis = scipy.linalg.null_space(constraints)
-        theta0 = np.linalg.lstsq(constraints, constraint_values, rcond=None)[0]
-    else:
-        basis = np.eye(p)
-        theta0 = np.zeros(p)
+    basis, theta0 = _constrained_basis(constraints, constraint_values, p)
     m = basis.T @ normal @ basis
     h = -basis.T @ (gradient + normal @ theta0)
     diag = np.diag(m).copy()
@@ -185,6 +180,26 @@ def solve_reduced(design: sp.csr_matrix, weight: np.ndarray, mag: np.ndarray, st
     star_mag = np.where(d > 0, np.asarray(e @ theta).ravel() + d_inv * q, np.nan)
     return LinearSolution(theta=theta, covariance=0.5 * (covariance + covariance.T), star_mag=star_mag,
                           star_var_stat=np.where(d > 0, d_inv, np.nan), star_design=e, n_free=basis.shape[1])
+
+
+_BASIS_CACHE: dict = {}
+
+
+def _constrained_basis(constraints: np.ndarray, values: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """θ = θ₀ + T φ: a basis T of the null space of C and a particular solution θ₀ of C θ = d.
+
+    The last one is kept: the clipping rounds of a fit solve with the same constraints, and the
+    SVD behind the null space is the costliest dense step of a round.
+    """
+    if not len(constraints):
+        return np.eye(p), np.zeros(p)
+    key = (constraints.shape, constraints.tobytes(), np.asarray(values).tobytes())
+    hit = _BASIS_CACHE.get("last")
+    if hit is None or hit[0] != key:
+        basis = scipy.linalg.null_space(constraints)
+        theta0 = np.linalg.lstsq(constraints, values, rcond=None)[0]
+        _BASIS_CACHE["last"] = hit = (key, basis, theta0)
+    return hit[1], hit[2]
 
 
 #: Reciprocal condition number (LAPACK's 1-norm estimate) below which the Cholesky path hands

@@ -91,7 +91,7 @@ _PMSAFE_PM_FACTOR = 326.0
 _STARPV_BETA_MAX = 0.5
 
 # backend="auto": NumPy up to this many rows (values only), and with a covariance.
-_NUMPY_MAX_ROWS = 1 << 17
+_NUMPY_MAX_ROWS = 1 << 62  # positions: NumPy at every size (as fast as JAX on a CPU, no compilation)
 _NUMPY_MAX_ROWS_COV = 1 << 15
 
 
