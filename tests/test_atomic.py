@@ -5,7 +5,13 @@ import stat
 
 import pytest
 
-from jointcal_ap.atomic import atomic_directory, atomic_path, write_json, write_text
+from jointcal_ap.atomic import (
+    atomic_directory,
+    atomic_path,
+    replace_directory,
+    write_json,
+    write_text,
+)
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -41,5 +47,30 @@ def test_directory_swap_replaces_only_when_complete(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["v1"]
     with atomic_directory(target, overwrite=True) as staging:
         (staging / "v2").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["v2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_replace_directory_puts_the_old_one_back_when_the_rename_in_fails(tmp_path, monkeypatch):
+    target, new = tmp_path / "out", tmp_path / ".out.staging"
+    with atomic_directory(target) as staging:
+        (staging / "v1").write_text("1")
+    new.mkdir()
+    (new / "v2").write_text("2")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if os.fspath(src) == os.fspath(new):
+            raise KeyboardInterrupt("interrupted")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        replace_directory(new, target, overwrite=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert sorted(p.name for p in target.iterdir()) == ["v1"]
+    with pytest.raises(FileExistsError, match="already exists"):
+        replace_directory(new, target)
+    replace_directory(new, target, overwrite=True)
     assert sorted(p.name for p in target.iterdir()) == ["v2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

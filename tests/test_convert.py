@@ -159,6 +159,55 @@ def test_interrupted_run_resumes(tmp_path, csv_file):
         convert(cfg, [path], out)
 
 
+def test_interrupted_overwrite_never_leaves_a_half_deleted_refcat(tmp_path, csv_file, monkeypatch):
+    """--overwrite swaps by rename (old aside, new in, old deleted): interrupt it at the
+    rename-in or while the old one is deleted, and ``out`` is always a whole catalog."""
+    import os
+    import shutil
+
+    path, _ = csv_file
+    cfg = load_config(dict(CONFIG, filters=[]))
+    out = tmp_path / "cat"
+    convert(cfg, [path], out)
+    new_csv = tmp_path / "new.csv"
+    write_csv(new_csv, 300, seed=3)
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+
+    def complete_rows():
+        open_refcat(out)  # refuses an unfinished or damaged catalog
+        return len(read_back(out))
+
+    # 1. interrupted just after the old catalog was moved aside: it is moved back, whole
+    def replace(src, dst):
+        if os.path.basename(src) == ".cat.partial":
+            raise KeyboardInterrupt("interrupted at the rename")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        convert(cfg, [new_csv], out, overwrite=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert complete_rows() == 5000
+    assert (tmp_path / ".cat.partial").exists()  # the finished conversion is kept
+    real_rmtree(tmp_path / ".cat.partial")
+
+    # 2. interrupted while the old catalog is deleted (the old code deleted it at ``out``)
+    def rmtree(target, *args, **kwargs):
+        if str(target) == str(out) or str(target).endswith(".old"):
+            files = sorted(os.path.join(d, f) for d, _, names in os.walk(target) for f in names)
+            for name in files[: len(files) // 2]:
+                os.remove(name)
+            raise KeyboardInterrupt("interrupted while deleting the old catalog")
+        return real_rmtree(target, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        convert(cfg, [new_csv], out, overwrite=True)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert complete_rows() == 300
+    assert not (tmp_path / ".cat.partial").exists()
+
+
 def test_resume_refuses_a_different_config(tmp_path, csv_file):
     path, _ = csv_file
     cfg = load_config(CONFIG)

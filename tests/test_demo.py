@@ -39,15 +39,31 @@ def test_demo_recovers_the_truth(demo):
 
 def test_demo_writes_every_product(demo):
     from jointcal_ap.exposure import read_calibrated_exposure, read_exposure
+    from jointcal_ap.store.repository import Repository
 
-    units = sorted((demo / "calexp" / "units").iterdir())
+    units = sorted((demo / "run" / "units").iterdir())
     assert len(units) == 24
     calexp = read_calibrated_exposure(units[0] / "calexp.fits")
-    raw = read_exposure(demo / "raw" / (units[0].name.replace("_det", "_det0") + ".fits"))
+    visit, detector = (int(x) for x in units[0].name.removeprefix("visit").split("_det"))
+    raw = read_exposure(f"{demo / 'raw' / f'visit{visit}.fits'}[CCD{detector:02d}]")
     # pixels in nJy: the raw ADU times the calibration at each pixel
     scale = calexp.photometry.njy_per_adu_grid()
     assert np.allclose(calexp.image, raw.image * scale, rtol=1e-5, atol=1e-3)
     assert calexp.header["BUNIT"] == "nJy"
-    assert (demo / "fit" / "fit_report.json").exists() and len(list((demo / "fit" / "plots").glob("*.png"))) == 5
-    assert len(list((demo / "fit" / "heads").glob("*.head"))) == 6
-    assert (demo / "detect" / "run_summary.json").exists()
+    fit = demo / "run" / "fit"
+    assert (fit / "fit_report.json").exists() and len(list((fit / "plots").glob("*.png"))) == 5
+    assert len(list((fit / "heads").glob("*.head"))) == 6
+    # the repository knows every product, and the visits came from the exposures' headers
+    with Repository(demo / "run") as repo:
+        assert len(repo.query("calexp")) == 24 and len(repo.query("sources")) == 24
+        assert repo.find("calibration", {}) is not None
+        visits = repo.registry.visits()
+        assert len(visits) == 6 and all(v.band and v.exposure_time > 0 for v in visits)
+        assert len(repo.query("raw")) == 24  # ingested from the camera files
+    assert sorted(p.name for p in (demo / "raw").iterdir())[:2] == ["visit0.fits",
+                                                                     "visit0.weight.fits"]
+
+
+def test_demo_is_a_pipeline_file_that_reruns_as_done(demo, capsys):
+    assert main(["run", str(demo / "pipeline.toml"), "--no-progress"]) == 0
+    assert "24 units: 0 done now, 24 already done, 0 failed" in capsys.readouterr().out

@@ -350,3 +350,64 @@ def test_psf_model_travels_with_the_exposure(tmp_path):
     assert back.psf == psf
     with pytest.raises(ExposureError, match=r"psf must be a jointcal_ap\.psf\.PsfModel"):
         Exposure(exp.image, None, exp.variance, wcs, meta, psf="gauss")
+
+
+def _calexp_for_astropy(tmp_path):
+    wcs = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0,
+                       "CRVAL2": 2.0, "CRPIX1": 50.5, "CRPIX2": 40.5, "CD1_1": -5.5e-5,
+                       "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 5.5e-5})
+    meta = ExposureMetadata(visit=1, detector=0, filter="r", mjd_tai=60310.2, exptime=30.0)
+    rng = np.random.default_rng(1)
+    image = rng.normal(100.0, 3.0, (80, 100)).astype(np.float32)
+    variance = np.full((80, 100), 9.0, np.float32)
+    mask = np.zeros((80, 100), np.int32)
+    mask[10, 20] = 1 << DEFAULT_MASK_PLANES["SAT"]
+    phot = PhotometricCalibration.constant(31.4 + 2.5, 100, 80, zero_point_err=0.01)
+    cal = Calibration([DetectorCalibration(1, 0, 100, 80, wcs, phot)])
+    calexp = calibrate_exposure(Exposure(image, mask, variance, wcs, meta), cal)
+    return calexp, calexp.write(tmp_path / "calexp.fits")
+
+
+def test_astropy_ccddata_reads_a_calexp_in_both_forms(tmp_path):
+    from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
+
+    calexp, path = _calexp_for_astropy(tmp_path)
+    plain = CCDData.read(path, hdu="IMAGE")  # the image, its unit, WCS and mask
+    np.testing.assert_allclose(plain.data, calexp.image)
+    assert plain.unit == "nJy" and plain.wcs is not None
+    assert plain.mask[10, 20] and plain.mask.sum() == 1
+    assert plain.uncertainty is None  # astropy looks for an UNCERT extension by default
+    full = CCDData.read(path, hdu="IMAGE", hdu_uncertainty="VARIANCE")
+    assert isinstance(full.uncertainty, VarianceUncertainty)
+    np.testing.assert_allclose(full.uncertainty.array, calexp.variance)  # not its square root
+    np.testing.assert_allclose(full.uncertainty.represent_as(StdDevUncertainty).array,
+                               np.sqrt(calexp.variance), rtol=1e-6)
+
+
+def test_a_header_that_does_not_describe_the_image_is_refused():
+    meta = ExposureMetadata(visit=1, detector=0, filter="r", mjd_tai=60310.2, exptime=30.0)
+    header = fits.Header({"NAXIS1": 1000, "NAXIS2": 80})
+    with pytest.raises(ExposureError, match=r"the header says NAXIS1 = 1000 but the image is "
+                                            r"100 x 80"):
+        Exposure(np.ones((80, 100), np.float32), None, np.ones((80, 100), np.float32), header,
+                 meta)
+
+
+def test_one_ccd_of_a_camera_file_is_read_with_a_selector(tmp_path):
+    meta_cards = {"VISIT": 3, "FILTER": "g", "EXPTIME": 20.0, "TIMESYS": "TAI",
+                  "MJD-OBS": 60000.0, "GAIN": 2.0, "RDNOISE": 4.0}
+    hdus = [fits.PrimaryHDU(header=fits.Header(meta_cards))]
+    for ccd in (0, 1):
+        header = fits.Header({**meta_cards, "CCDNUM": ccd, "DETECTOR": ccd})
+        hdus.append(fits.ImageHDU(np.full((20, 30), 100.0 + ccd, np.float32), header,
+                                  name=f"CCD{ccd:02d}"))
+    path = tmp_path / "visit3.fits"
+    fits.HDUList(hdus).writeto(path)
+    ccd1 = read_exposure(f"{path}[CCD01]")
+    assert (ccd1.metadata.visit, ccd1.metadata.detector) == (3, 1)
+    assert float(ccd1.image[0, 0]) == 101.0
+    # variance from GAIN and RDNOISE: 101/2 + (4/2)^2
+    assert float(ccd1.variance[0, 0]) == pytest.approx(101.0 / 2.0 + 4.0)
+    assert read_exposure(f"{path}[1]").metadata.detector == 0
+    with pytest.raises(ExposureError, match=r"no extension 'CCD07'"):
+        read_exposure(f"{path}[CCD07]")

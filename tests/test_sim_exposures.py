@@ -1,6 +1,7 @@
 """Rendered exposures of a simulated survey agree with its catalogs and truth."""
 
 import numpy as np
+import pytest
 from scipy.spatial import cKDTree
 
 from jointcal_ap.detect import detect_sources
@@ -48,3 +49,35 @@ def test_rendered_exposure_matches_the_truth():
     star_index = np.searchsorted(sim.truth.stars.id, tm.star_id[r])
     assert np.median(np.abs(mag[bright] - sim.truth.stars.mag[star_index][bright])) < 0.002
     assert response[0] != response[1]  # the test's flat has a real gradient
+
+
+def test_camera_layout_is_one_file_per_visit_with_a_ccd_per_extension(tmp_path):
+    from astropy.io import fits
+
+    from jointcal_ap.exposure import read_exposure
+    from jointcal_ap.simulate import Camera, SurveyConfig, simulate_survey
+    from jointcal_ap.simulate.exposures import VISIT_CARDS, render_survey
+    from jointcal_ap.store.repository import Repository, ingest_exposures
+
+    camera = Camera.grid(2, 1, naxis1=128, naxis2=96, gap_px=20.0, pixel_scale_arcsec=4.0, seed=1)
+    sim = simulate_survey(SurveyConfig.photometric(n_visits=2, camera=camera, n_stars=150, seed=4),
+                          tmp_path / "sim", formats=(), overwrite=True)
+    paths = render_survey(sim.data, tmp_path / "raw", layout="camera")
+    assert [p.name for p in paths] == ["visit0.fits", "visit0.weight.fits", "visit1.fits",
+                                       "visit1.weight.fits"]
+    with fits.open(paths[0]) as hdul, fits.open(paths[1]) as weights:
+        assert [h.name for h in hdul] == ["PRIMARY", "CCD00", "CCD01"]
+        for hdu in hdul[1:]:  # what SExtractor copies into LDAC_IMHEAD
+            assert all(key in hdu.header for key in VISIT_CARDS)
+            assert hdu.header["TIMESYS"] == "TAI" and "CTYPE1" in hdu.header
+        ccd = read_exposure(f"{paths[0]}[CCD01]")
+        np.testing.assert_allclose(weights["CCD01"].data,
+                                   1.0 / np.asarray(ccd.variance), rtol=0.1)
+    assert (ccd.metadata.visit, ccd.metadata.detector) == (0, 1)
+    truth = sim.truth.visit(0)
+    assert ccd.metadata.mjd_tai == pytest.approx(truth.mjd_tai, abs=1e-8)
+    with Repository(tmp_path / "repo") as repo:
+        refs = ingest_exposures(repo, [paths[0], paths[2]])
+        assert [r.path.rsplit("/", 1)[1] for r in refs] == [
+            "visit0.fits[CCD00]", "visit0.fits[CCD01]", "visit1.fits[CCD00]", "visit1.fits[CCD01]"]
+        assert [v.visit for v in repo.registry.visits()] == [0, 1]

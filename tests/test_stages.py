@@ -351,8 +351,8 @@ def test_reader_dispatch_goes_through_the_firstresult_hook(tmp_path):
                                       options={}), GaiaBinReader)
     assert pm.first_result("jointcal_ap_get_reader", Reader, format="votable", options={}) is None
     assert {"csv", "gaia_bin", "lines"} <= set(pm.reader_formats())
-    # the entry-point reader is a plugin named after its entry point
-    assert pm.has_plugin("reader:gaia_bin")
+    # the built-in readers are a plugin named after its entry point
+    assert pm.has_plugin("refcat_readers")
     assert isinstance(get_reader("gaia_bin"), GaiaBinReader)
     assert "gaia_bin" in available_readers()
 
@@ -400,7 +400,7 @@ def test_cli_stages_list_shows_stage_distribution_and_ports(capsys, monkeypatch)
     assert main(["stages", "list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     detect = next(s for s in listing["stages"] if s["name"] == "detect")
-    assert detect["distribution"].startswith("jointcal-ap") and detect["produces"] == {"sources": "Table"}
+    assert detect["distribution"].startswith("jointcal-ap") and detect["produces"] == {"sources": "SourceCatalog"}
     monkeypatch.setenv(BLOCK_ENV, "detect")
     assert main(["stages", "list", "--json"]) == 0
     names = [s["name"] for s in json.loads(capsys.readouterr().out)["stages"]]
@@ -473,7 +473,8 @@ def test_pipeline_toml_units_and_relative_paths(tmp_path):
                     '[[stages]]\nname = "make_image"\n')
     assert load_pipeline(toml).discover_units() == (Unit(1, 0), Unit(1, 5), Unit(2, 0), Unit(2, 5))
     toml.write_text('[inputs]\nseed = "x_{filter}"\n[[stages]]\nname = "make_image"\n')
-    with pytest.raises(PipelineError, match=r"p.toml: inputs.seed: path template .* may only use"):
+    with pytest.raises(PipelineError, match=r"p.toml: inputs.seed: path template .* uses "
+                                            r"\{filter\}, which is not a dimension"):
         load_pipeline(toml)
     toml.write_text('[[stage]]\nname = "make_image"\n')
     with pytest.raises(PipelineError, match=r"p.toml: stage: unknown table"):
@@ -606,28 +607,35 @@ def test_relative_inputs_are_resolved_at_load_and_the_fingerprint_ignores_the_so
 def test_changed_input_file_or_directory_redoes_the_unit(tmp_path):
     from jointcal_ap.stages.pipeline import file_identity
     from jointcal_ap.stages.runner import is_done
+    from jointcal_ap.store.repository import Repository
 
     unit = Unit(1, 0)
     template = write_seeds(tmp_path / "in", [unit])
     resolved = prepare_run(array_pipeline(template), plugin_manager=test_manager())
     out = tmp_path / "out"
+    assert not is_done(out, unit, resolved)
     assert execute_unit(resolved, unit, str(out)).status == "done"
-    fingerprint = resolved.fingerprint
-    assert is_done(out, unit, fingerprint, resolved.input_identities(unit))
-    done = json.loads((out / "units" / unit.key / "_done.json").read_text())
+    assert is_done(out, unit, resolved)
+    assert execute_unit(resolved, unit, str(out)).status == "skipped"
+    with Repository(out) as repo:  # the registry holds what was done, and with what
+        (segment,) = resolved.segments
+        fingerprint, _identity = repo.registry.task(segment.label, unit)
+        assert fingerprint == resolved.fingerprint
+        ref = repo.find("image", unit)
+        assert ref.path == "units/visit1_det0/image.npy" and ref.type == "Array"
     seed = Path(unit.format(template))
-    assert done["inputs"] == {"seed": {"size": seed.stat().st_size,
-                                       "mtime_ns": seed.stat().st_mtime_ns}}
     # same size, new content and time: not done any more
     seed.write_text(json.dumps({"seed": 8}))
     stat = seed.stat()
     os.utime(seed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert not is_done(out, unit, fingerprint, resolved.input_identities(unit))
-    assert is_done(out, unit, fingerprint)  # the fingerprint alone still matches
+    assert not is_done(out, unit, resolved)
     assert execute_unit(resolved, unit, str(out)).status == "done"
-    assert is_done(out, unit, fingerprint, resolved.input_identities(unit))
+    assert is_done(out, unit, resolved)
     np.testing.assert_array_equal(np.load(out / "units" / unit.key / "image.npy"),
                                   np.random.default_rng([8, 1, 0]).normal(size=(8, 8)) * 2.0)
+    # an output deleted behind the runner's back: not done either
+    (out / "units" / unit.key / "stats.json").unlink()
+    assert not is_done(out, unit, resolved)
     # a directory input: the newest file inside it counts
     calib = tmp_path / "calib"
     (calib / "sub").mkdir(parents=True)
@@ -646,6 +654,9 @@ def test_changed_input_file_or_directory_redoes_the_unit(tmp_path):
 
 
 def test_failed_rerun_removes_the_outputs_of_another_configuration(tmp_path):
+    from jointcal_ap.stages.runner import is_done
+    from jointcal_ap.store.repository import Repository
+
     units = [Unit(1, 0), Unit(2, 0)]
     template = write_seeds(tmp_path / "in", units)
     out = tmp_path / "out"
@@ -658,18 +669,20 @@ def test_failed_rerun_removes_the_outputs_of_another_configuration(tmp_path):
     assert execute_unit(failing, Unit(2, 0), str(out)).status == "failed"
     units_dir = out / "units"
     assert sorted(p.name for p in units_dir.iterdir()) == ["visit1_det0"]  # nothing aside left
-    done = json.loads((units_dir / "visit1_det0" / "_done.json").read_text())
-    assert done["fingerprint"] == failing.fingerprint
+    with Repository(out) as repo:
+        assert repo.query("image", visit=2) == [] and repo.query("stats", visit=2) == []
+        assert repo.registry.task(failing.segments[0].label, Unit(2, 0)) is None
+    assert is_done(out, Unit(1, 0), failing) and not is_done(out, Unit(1, 0), first)
     # a failure of the same configuration keeps a unit that is done with it
     assert execute_unit(failing, Unit(2, 0), str(out)).status == "failed"
-    assert (units_dir / "visit1_det0" / "_done.json").exists()
+    assert is_done(out, Unit(1, 0), failing)
 
 
-def test_staging_is_unique_per_execution_and_a_concurrent_completion_counts_as_done(tmp_path):
+def test_concurrent_executions_of_one_unit_both_complete_and_leave_one_copy(tmp_path):
     unit = Unit(1, 0)
     template = write_seeds(tmp_path / "in", [unit])
     out = tmp_path / "out"
-    # the staging directory of another execution in progress is left alone
+    # a hidden directory of something else in progress is left alone
     other = out / "units" / f".{unit.key}.partial"
     other.mkdir(parents=True)
     (other / "image.npy").write_bytes(b"being written")
@@ -684,12 +697,13 @@ def test_staging_is_unique_per_execution_and_a_concurrent_completion_counts_as_d
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
+    assert sorted(r.status for r in results) in (["done", "done"], ["done", "skipped"]), \
+        [r.error for r in results]
     assert (other / "image.npy").read_bytes() == b"being written"
     assert sorted(p.name for p in (out / "units").iterdir()) == [other.name, unit.key]
     final = out / "units" / unit.key
     assert sorted(p.name for p in final.iterdir()) == [
-        "_done.json", "copy.npy", "copy.provenance.json", "image.npy", "image.provenance.json"]
+        "copy.npy", "copy.provenance.json", "image.npy", "image.provenance.json"]
     np.testing.assert_array_equal(np.load(final / "copy.npy"), np.load(final / "image.npy"))
 
 
@@ -717,3 +731,53 @@ def test_the_guide_runs_pipelines_from_a_script_under_a_main_guard():
     guarded = example.split('if __name__ == "__main__":\n', 1)
     assert len(guarded) == 2 and "run_pipeline(" not in guarded[0]
     assert all(line.startswith("    ") for line in guarded[1].splitlines() if line)
+
+
+@pytest.mark.parametrize("group", ["refcat", "stages", "repo", "alerts"])
+def test_a_command_group_without_its_subcommand_shows_its_own_help(group, capsys):
+    assert main([group]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: jointcal-ap {group} ") and "SUBCOMMAND" in err
+
+
+def test_a_plugin_command_that_cannot_be_configured_says_so(monkeypatch, capsys):
+    import jointcal_ap.stages.manager as manager
+
+    class Broken:
+        @hookimpl
+        def jointcal_ap_add_commands(self, commands):
+            def configure(parser):
+                raise RuntimeError("missing dependency foo")
+            commands.add("broken", help="never works", configure=configure, run=lambda a: 0)
+
+    real = manager.get_plugin_manager
+    monkeypatch.setattr(manager, "get_plugin_manager",
+                        lambda **kw: real(plugins=[("brokenplug", Broken())]))
+    assert main(["broken"]) == 1
+    assert ("plugin 'brokenplug': configuring command 'broken' failed: RuntimeError: missing "
+            "dependency foo") in capsys.readouterr().err
+
+
+def test_a_third_party_stage_reads_core_types_with_every_builtin_blocked(tmp_path):
+    class Shape(Stage):
+        """Reads an Exposure, which only the core defines."""
+
+        name = "shape"
+        version = "1"
+        inputs: ClassVar[dict[str, str]] = {"exposure": "Exposure"}
+        outputs: ClassVar[dict[str, str]] = {"shape": "Json"}
+
+        def run(self, unit, exposure):
+            return {"shape": {"ny": exposure.naxis2, "nx": exposure.naxis1}}
+
+    class Plugin:
+        @hookimpl
+        def jointcal_ap_register_stages(self, registry):
+            registry.add_stage(Shape)
+
+    blocked = ["detect", "calibrate", "jointfit", "alerts", "refcat_readers"]
+    pm = get_plugin_manager(plugins=[("shapes", Plugin())], blocked=blocked)
+    assert not {"detect", "calibrate", "jointfit"} & set(pm.stage_registry().stages)
+    resolved = prepare_run(Pipeline.from_dict({"inputs": {"exposure": "e_{visit}_{detector}.fits"},
+                                               "stages": [{"name": "shape"}]}), plugin_manager=pm)
+    assert resolved.dataset_types["exposure"].name == "Exposure"

@@ -39,10 +39,7 @@ def tree(directory: Path) -> dict[str, object]:
         if path.suffix == ".npy":
             out[key] = np.load(path)
         elif path.suffix == ".json":
-            value = json.loads(path.read_text())
-            if path.name == "_done.json":
-                value.pop("seconds")
-            out[key] = value
+            out[key] = json.loads(path.read_text())
         elif path.suffix == ".parquet":
             out[key] = Table.read(path)
         elif path.suffix == ".fits":
@@ -88,7 +85,7 @@ def test_dask_run_gives_the_serial_outputs(tmp_path, dask_address):
     for unit in UNITS:
         assert execute_unit(resolved, unit, str(tmp_path / "serial")).status == "done"
     dask_tree, serial_tree = tree(tmp_path / "dask"), tree(tmp_path / "serial")
-    assert len(dask_tree) == 6 * 7  # 3 datasets + 3 provenance + _done per unit
+    assert len(dask_tree) == 6 * 6  # 3 datasets + 3 provenance per unit
     assert_same_tree(dask_tree, serial_tree)
     recorded = json.loads((tmp_path / "dask" / "run_summary.json").read_text())
     assert recorded["done"] == 6 and recorded["failed"] == 0
@@ -139,9 +136,12 @@ def test_failing_units_are_isolated_and_reported(tmp_path, dask_address):
                              "visit 2")
     assert "Traceback" in failure.traceback and "raise RuntimeError" in failure.traceback
     assert summary.done == 4
+    from jointcal_ap.stages.runner import is_done
+
+    resolved = prepare_run(array_pipeline(template, fail_visits=[2]),
+                           plugin_manager=test_manager())
     for unit in UNITS:
-        done = (out / "units" / unit.key / "_done.json").exists()
-        assert done == (unit.visit != 2)
+        assert is_done(out, unit, resolved) == (unit.visit != 2)
     assert not (out / "units" / "visit2_det0").exists()
     assert "cannot measure visit 2" in (out / "failed" / "visit2_det0.txt").read_text()
     text = summary.format()

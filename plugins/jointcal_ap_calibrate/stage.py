@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from jointcal_ap.stages import Stage, Unit, option
-from jointcal_ap.stages.datasets import CALIBRATED_EXPOSURE, CALIBRATION, EXPOSURE
 from jointcal_ap_calibrate import __version__
 
 __all__ = ["CalibrateOptions", "CalibrateStage", "register"]
@@ -49,7 +48,5 @@ class CalibrateStage(Stage):
 
 
 def register(registry) -> None:
-    """Add the stage and the dataset types it uses."""
-    for dataset_type in (EXPOSURE, CALIBRATION, CALIBRATED_EXPOSURE):
-        registry.add_dataset_type(dataset_type)
+    """Add the stage (its dataset types are the core's)."""
     registry.add_stage(CalibrateStage)

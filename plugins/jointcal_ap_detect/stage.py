@@ -8,7 +8,6 @@ import numpy as np
 
 from jointcal_ap.detect import MASK_BITS, DetectOptions
 from jointcal_ap.stages import Stage, Unit
-from jointcal_ap.stages.datasets import EXPOSURE, TABLE
 from jointcal_ap_detect import __version__
 
 __all__ = ["DetectStage", "detect_mask", "register"]
@@ -27,18 +26,22 @@ def detect_mask(exposure: Any) -> np.ndarray:
 class DetectStage(Stage):
     """Detect and measure point sources on an exposure (windowed centroids, aperture fluxes).
 
-    Produces a table with one row per source: ``visit``, ``detector``, the columns of
-    :data:`jointcal_ap.detect.COLUMNS` (1-based pixels, ADU) and ``ra``/``dec`` (degrees,
-    from the exposure's initial WCS). The table ``meta`` holds the FWHM and aperture used.
+    Produces a :data:`~jointcal_ap.schemas.SOURCE_CATALOG` table (a ``SourceCatalog``, which
+    any stage reading a ``Table`` accepts): one row per source with ``visit``, ``detector``,
+    1-based pixel centroids ``x``/``y`` with ``x_err``/``y_err``/``xy_cov``, ``flux``/
+    ``flux_err`` (ADU), ``flags``, ``ra``/``dec`` (degrees, through the exposure's initial
+    WCS), ``peak`` and ``npix``. The table ``meta`` holds the FWHM and aperture used.
     """
 
     name = "detect"
     version = __version__
     inputs: ClassVar[dict[str, str]] = {"exposure": "Exposure"}
-    outputs: ClassVar[dict[str, str]] = {"sources": "Table"}
+    outputs: ClassVar[dict[str, str]] = {"sources": "SourceCatalog"}
     Options = DetectOptions
 
     def run(self, unit: Unit, exposure: Any) -> dict[str, Any]:
+        from astropy.table import Table
+
         from jointcal_ap.detect import detect_sources
 
         meta = exposure.metadata
@@ -47,17 +50,17 @@ class DetectStage(Stage):
                              f"{meta.detector}")
         detections = detect_sources(exposure.image, exposure.variance, detect_mask(exposure),
                                     options=self.options)
-        table = detections.to_table()
-        table.add_column(np.full(len(table), unit.visit, np.int64), name="visit", index=0)
-        table.add_column(np.full(len(table), unit.detector, np.int64), name="detector", index=1)
-        ra, dec = exposure.wcs.all_pix2world(table["x"].value, table["y"].value, 1)
-        table["ra"], table["dec"] = np.asarray(ra, float), np.asarray(dec, float)
+        columns = detections.sources_columns(unit.visit, unit.detector)
+        ra, dec = exposure.wcs.all_pix2world(columns["x"], columns["y"], 1)
+        columns["ra"], columns["dec"] = np.asarray(ra, float), np.asarray(dec, float)
+        columns["peak"] = np.asarray(detections.peak, float)
+        columns["npix"] = np.asarray(detections.npix, np.int64)
+        table = Table(columns, meta={"fwhm_px": detections.fwhm_px,
+                                     "aperture_radius_px": detections.aperture_radius_px})
         table["ra"].unit = table["dec"].unit = "deg"
         return {"sources": table}
 
 
 def register(registry) -> None:
-    """Add the stage and the dataset types it uses."""
-    registry.add_dataset_type(EXPOSURE)
-    registry.add_dataset_type(TABLE)
+    """Add the stage (its dataset types are the core's)."""
     registry.add_stage(DetectStage)

@@ -7,7 +7,9 @@ Every file or directory the package writes goes through one of these:
 - :func:`write_bytes` / :func:`write_text` / :func:`write_json`: the one-call forms;
 - :func:`atomic_directory`: builds a whole directory under a temporary name and swaps it in
   by rename (an existing one is moved aside first and deleted only after the new one is in
-  place, so an interruption never leaves a half-deleted old one).
+  place, so an interruption never leaves a half-deleted old one);
+- :func:`replace_directory`: that swap alone, for a directory built elsewhere (e.g. a
+  resumable staging directory with a fixed name).
 
 Temporary names start with ``.`` and end with ``.tmp`` (files) or ``.partial``
 (directories). What is created gets the permissions the process umask allows
@@ -39,6 +41,7 @@ __all__ = [
     "atomic_directory",
     "atomic_path",
     "file_mode",
+    "replace_directory",
     "write_bytes",
     "write_json",
     "write_text",
@@ -130,16 +133,36 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     try:
         yield staging
         os.chmod(staging, file_mode(directory=True))
-        aside = None
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path}: appeared while it was being written")
-            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
-                                          dir=path.parent))
-            os.replace(path, aside)  # a directory replaces an empty directory
-        os.replace(staging, path)
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: appeared while it was being written")
+        replace_directory(staging, path, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def replace_directory(source: str | os.PathLike[str], path: str | os.PathLike[str], *,
+                      overwrite: bool = False) -> Path:
+    """Rename the finished directory ``source`` to ``path``, replacing an existing one safely.
+
+    An existing ``path`` (only with ``overwrite``; else ``FileExistsError``) is renamed aside
+    first, then ``source`` is renamed in, and only then is the old one deleted: ``path`` is
+    never a half-deleted old directory. If renaming ``source`` in fails, the old one is moved
+    back. ``source`` must be on the same filesystem as ``path`` (e.g. beside it).
+    """
+    source, path = Path(source), Path(path)
+    aside = None
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path}: already exists (pass overwrite to replace it)")
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.replace(path, aside)  # a directory replaces an empty directory
+    try:
+        os.replace(source, path)
+    except BaseException:
+        if aside is not None and not path.exists():
+            os.replace(aside, path)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return path

@@ -34,6 +34,9 @@ EXAMPLES_REFCAT = textwrap.dedent("""\
 #: :mod:`jointcal_ap.cliutil`). One line per family.
 COMMAND_FAMILIES: tuple[str, ...] = (
     "jointcal_ap.stages.cli",
+    "jointcal_ap.store.cli",
+    "jointcal_ap.alerts.cli",
+    "jointcal_ap.metrics.cli",
 )
 
 
@@ -230,14 +233,18 @@ def _demo(args: argparse.Namespace) -> int:
           f"{xm['without_propagation_mas']['median']} mas)")
     print(f"2. survey: {sv['exposures']} exposures ({sv['visits']} visits x {sv['detectors']} CCDs, "
           f"{sv['epochs'][0]}-{sv['epochs'][-1]}) of {sv['true_stars']:,} stars around RA {sv['field_radec'][0]}, "
-          f"Dec {sv['field_radec'][1]} ({sv['hipparcos_stars']} real Hipparcos stars), rendered to {args.out}/raw")
-    print(f"3. detect: {sv['exposures']} exposures on {summary['detect']['scheduler']}")
-    print(f"4. joint fit: {ft['measurements']:,} measurements of {ft['stars']:,} stars "
+          f"Dec {sv['field_radec'][1]} ({sv['hipparcos_stars']} real Hipparcos stars), rendered to {args.out}/raw "
+          f"as a camera writes them ({sv['raw_files']} files, a CCD per extension, with weight maps)")
+    pl = summary["pipeline"]
+    print(f"3-5. pipeline {pl['file']} ({pl['units']} units on {pl['scheduler']}): detect, joint fit, "
+          f"calibrate; rerun it with: jointcal-ap run {pl['file']}")
+    print(f"   joint fit: {ft['measurements']:,} measurements of {ft['stars']:,} stars "
           f"({ft['reference_stars']} reference); astrometry chi2/dof {ft['astrometry_chi2_per_dof']}, "
           f"photometry chi2/dof {ft['photometry_chi2_per_dof']}")
-    print(f"5. calibrated exposures (nJy, TAN-SIP WCS) in {args.out}/calexp/units; report, plots and "
-          f".head files in {args.out}/fit")
-    print(f"6. against the truth: astrometry {acc['astrometry_rms_vs_truth_mas']:.1f} mas RMS "
+    print(f"   calibrated exposures (nJy, TAN-SIP WCS) in {args.out}/run/units/*/calexp.fits; "
+          f"calibration, report, plots and .head files in {args.out}/run/calibration and {args.out}/run/fit")
+    print(f"6. against the truth (the WCS and calibration written in the calibrated exposures): "
+          f"astrometry {acc['astrometry_rms_vs_truth_mas']:.1f} mas RMS "
           f"(max {acc['astrometry_max_vs_truth_mas']:.1f} mas; 1 pixel = 6000 mas); calibration "
           f"{acc['calibration_rms_vs_truth_mmag']:.1f} mmag RMS (offset {acc['calibration_offset_vs_truth_mmag']:+.1f} "
           f"mmag; stated zero-point error {acc['photometric_zero_point_err_median_mmag']:.1f} mmag); "
@@ -319,10 +326,9 @@ def _refcat_info(args: argparse.Namespace) -> int:
 
 
 def _refcat_query(args: argparse.Namespace) -> int:
-    import os
-
     import pyarrow.parquet as pq
 
+    from jointcal_ap.atomic import atomic_path
     from jointcal_ap.refcat import open_refcat
 
     cat = open_refcat(args.refcat)
@@ -338,9 +344,8 @@ def _refcat_query(args: argparse.Namespace) -> int:
         raise UsageError("--observer earth needs --epoch")
     table = cat.cone(args.ra, args.dec, args.radius, epoch=args.epoch, observer=observer,
                      columns=columns, mag_limits=mag_limits or None, format="arrow")
-    tmp = f"{args.out}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, args.out)
+    with atomic_path(args.out) as tmp:
+        pq.write_table(table, tmp)
     print(f"wrote {table.num_rows:,} stars to {args.out}")
     return 0
 
@@ -371,8 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is not None:
         return handler(args)
     key = (args.command, getattr(args, "refcat_command", None))
-    if key not in handlers:
-        parser.print_help(sys.stderr)
+    if key not in handlers:  # no command, or a command group without its subcommand
+        group = parser._subparsers._group_actions[0].choices.get(args.command)  # type: ignore[union-attr]
+        (group or parser).print_help(sys.stderr)
         return 2
 
     try:

@@ -12,13 +12,17 @@
    rotations), with per-visit zero points, a 1 % flat-field gradient, per-CCD QE and
    varying seeing. The images are rendered with sky and noise; the reference catalog of
    the fit is Hipparcos with its catalogued errors; initial WCS headers are ~20″ off.
-3. **Detection** of every exposure (the ``detect`` stage, through the Dask runner).
-4. **A joint fit** of astrometry (reference stars at each exposure's own epoch, 5-parameter
-   stars) and photometry (zero points, flats, absolute scale from the reference).
-5. **Calibrated exposures** (the ``calibrate`` stage, through the runner): images in nJy
-   with the fitted TAN-SIP WCS; the fit report, plots and SCAMP-style ``.head`` files.
-6. **Accuracy against the truth**: the fitted pixel → sky mapping and the calibration to
-   nJy compared with the simulation's, printed and written to ``demo_summary.json``.
+3.–5. **A pipeline file** (``jointcal_ap/pipelines/demo.toml``, copied to
+   ``OUT/pipeline.toml``) run by the Dask runner, exactly as ``jointcal-ap run
+   OUT/pipeline.toml`` runs it: the ``detect`` stage on every exposure; the ``jointfit``
+   gather stage (astrometry with reference stars at each exposure's own epoch and 5-parameter
+   stars; photometry with zero points, flats and the absolute scale from the reference),
+   which reads the visits from the repository's visit registry; the ``calibrate`` stage
+   (images in nJy with the fitted TAN-SIP WCS). Everything lands in the repository
+   ``OUT/run``.
+6. **Accuracy against the truth**: the TAN-SIP WCS and the nJy calibration *written into the
+   calibrated exposures* compared with the simulation's, printed and written to
+   ``demo_summary.json``.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DEMO_FIELD", "bundled_config", "run_demo"]
+from jointcal_ap.atomic import write_json, write_text
+
+__all__ = ["DEMO_FIELD", "bundled_config", "demo_pipeline_text", "run_demo"]
 
 MAS_PER_RAD = 206264806.247
 #: The demo's sky field (Cygnus, rich in Hipparcos stars): RA, Dec in degrees.
@@ -53,12 +59,6 @@ def _unit(table) -> np.ndarray:
     ra = np.radians(table.column("ra").to_numpy())
     dec = np.radians(table.column("dec").to_numpy())
     return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
-
-
-def _atomic_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def _convert_refcats(out: Path, summary: dict, *, workers: int, progress: bool) -> dict:
@@ -141,81 +141,72 @@ def demo_stars(hip_refcat, config, *, n_faint: int = 1500, seed: int = 7):
     return _concat_stars([real, faint])
 
 
-def _gather_catalogs(detect_out: Path, survey, units, catalog_dir: Path) -> Path:
-    """The detect stage's per-unit tables → the fitter's Parquet survey layout."""
-    import pyarrow as pa
+def demo_pipeline_text() -> str:
+    """The demo's pipeline file (``jointcal_ap/pipelines/demo.toml``)."""
+    return (files("jointcal_ap") / "pipelines" / "demo.toml").read_text()
+
+
+def _accuracy(run: Path, truth, fit_summary: dict) -> dict:
+    """Fitted vs true, from what the pipeline wrote: the TAN-SIP WCS and the calibration of
+    every calibrated exposure on a pixel grid, and the calibrated flux of every bright
+    detection (the ``detect`` stage's sources) against its star's true flux."""
     import pyarrow.parquet as pq
-
-    from jointcal_ap.detect import sources_columns
-    from jointcal_ap.fit.io import write_parquet_survey
-    from jointcal_ap.simulate.output import survey_visits_table
-
-    tables = []
-    for v, d in units:
-        t = pq.read_table(detect_out / "units" / f"visit{v}_det{d}" / "sources.parquet")
-        tables.append(pa.table(sources_columns({c: t.column(c).to_numpy() for c in t.column_names}, v, d)))
-    return write_parquet_survey(catalog_dir, visits=survey_visits_table(survey.data),
-                                sources=pa.concat_tables(tables), ccds=survey.data.headers)
-
-
-def _accuracy(result, truth, calexp_dir: Path) -> dict:
-    """Fitted vs true: astrometry and calibration on a pixel grid of every CCD, and the calibrated
-    flux of every bright detection against its star's true flux (the calibration read back from
-    the calibrated exposures the ``calibrate`` stage wrote)."""
     from scipy.spatial import cKDTree
 
     from jointcal_ap.exposure import read_calibrated_exposure
-    from jointcal_ap.fit.projection import gnomonic
     from jointcal_ap.simulate import true_pixel_to_sky
     from jointcal_ap.simulate.truth import true_calibration_mag
 
-    data, tm, meas = result.data, truth.measurements, result.data.measurements
+    tm = truth.measurements
     star_index = {int(i): k for k, i in enumerate(truth.stars.id)}
     astro, phot, dmag, snr = [], [], [], []
-    for i, ccd in enumerate(data.ccds):
-        cal = read_calibrated_exposure(calexp_dir / "units" / f"visit{ccd.visit}_det{ccd.detector}"
-                                       / "calexp.fits").calibration.photometry
-        xs, ys = (a.ravel() for a in np.meshgrid(np.linspace(1, ccd.naxis1, 16), np.linspace(1, ccd.naxis2, 16)))
-        v = next(v for v in data.visits if v.visit == ccd.visit)
-        ra, dec = result.pixel_to_sky(i, xs, ys)
-        rt, dt = true_pixel_to_sky(truth, ccd.visit, ccd.detector, xs, ys)
-        astro.append(gnomonic(ra, dec, v.ra, v.dec) - gnomonic(rt, dt, v.ra, v.dec))
+    for unit in sorted((run / "units").glob("visit*_det*")):
+        calexp = read_calibrated_exposure(unit / "calexp.fits")
+        visit, detector = calexp.metadata.visit, calexp.metadata.detector
+        cal = calexp.photometry
+        xs, ys = (a.ravel() for a in np.meshgrid(np.linspace(1, calexp.naxis1, 16),
+                                                 np.linspace(1, calexp.naxis2, 16)))
+        ra, dec = calexp.pixel_to_sky(xs, ys)
+        rt, dt = true_pixel_to_sky(truth, visit, detector, xs, ys)
+        dra = ((ra - rt + 180.0) % 360.0 - 180.0) * np.cos(np.radians(dt))
+        astro.append(np.column_stack([dra, dec - dt]) * 3.6e6)
         # true P also holds 2.5 log10(exptime): the calibration is of the exposure's total ADU
-        phot.append(np.asarray(cal.zero_point(xs, ys)) - true_calibration_mag(truth, ccd.visit, ccd.detector, xs, ys))
-        sel = np.flatnonzero((meas.ccd_index == i) & (meas.flags == 0) & (meas.flux > 0))
-        t = np.flatnonzero((tm.visit == ccd.visit) & (tm.detector == ccd.detector))
+        phot.append(np.asarray(cal.zero_point(xs, ys))
+                    - true_calibration_mag(truth, visit, detector, xs, ys))
+        src = pq.read_table(unit / "sources.parquet").to_pydict()
+        x, y = np.asarray(src["x"]), np.asarray(src["y"])
+        flux, flux_err = np.asarray(src["flux"]), np.asarray(src["flux_err"])
+        sel = np.flatnonzero((np.asarray(src["flags"]) == 0) & (flux > 0))
+        t = np.flatnonzero((tm.visit == visit) & (tm.detector == detector))
         if len(sel) and len(t):
-            dist, j = cKDTree(np.c_[tm.x[t], tm.y[t]]).query(np.c_[meas.x[sel], meas.y[sel]])
+            dist, j = cKDTree(np.c_[tm.x[t], tm.y[t]]).query(np.c_[x[sel], y[sel]])
             sel, j = sel[dist < 0.5], t[j[dist < 0.5]]
-            mag, _ = cal.magnitude(meas.flux[sel], meas.x[sel], meas.y[sel])
+            mag, _ = cal.magnitude(flux[sel], x[sel], y[sel])
             dmag.append(mag - truth.stars.mag[[star_index[int(s)] for s in tm.star_id[j]]])
-            snr.append(meas.flux[sel] / meas.flux_err[sel])
+            snr.append(flux[sel] / flux_err[sel])
     astro, phot, dmag, snr = (np.concatenate(a) for a in (astro, phot, dmag, snr))
     bright = dmag[snr > 100]
+    zp_err = fit_summary.get("photometry", {}).get("zero_point_err_median_mag", float("nan"))
     return {
         "astrometry_rms_vs_truth_mas": float(np.sqrt(np.mean(np.sum(astro**2, axis=1)))),
         "astrometry_max_vs_truth_mas": float(np.max(np.hypot(astro[:, 0], astro[:, 1]))),
         "calibration_offset_vs_truth_mmag": float(1000 * np.mean(phot)),
         "calibration_rms_vs_truth_mmag": float(1000 * np.sqrt(np.mean(phot**2))),
         "calibration_rms_after_offset_mmag": float(1000 * np.std(phot)),
-        "photometric_zero_point_err_median_mmag": float(1000 * np.nanmedian(result.photometry.zero_point_err)),
+        "photometric_zero_point_err_median_mmag": float(1000 * zp_err),
         "star_flux_vs_true_njy_median_mmag": float(1000 * np.median(bright)),
         "star_flux_vs_true_njy_robust_rms_mmag": float(1000 * 1.4826 * np.median(np.abs(bright - np.median(bright)))),
         "star_flux_n_bright": len(bright),
-        "n_stars": int(result.association.n_stars), "n_true_stars": len(truth.stars.id),
+        "n_stars": int(fit_summary["n_stars"]), "n_true_stars": len(truth.stars.id),
     }
 
 
 def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress: bool = False) -> dict[str, Any]:
     """Run the demo and return (and write to ``OUT/demo_summary.json``) its summary."""
-    from jointcal_ap.fit import FitOptions, JointFit
-    from jointcal_ap.fit.io import read_parquet_survey
-    from jointcal_ap.fit.output import write_fit_outputs
-    from jointcal_ap.fit.photometry import PhotometryOptions
-    from jointcal_ap.refcat import open_refcat
     from jointcal_ap.simulate import simulate_survey
     from jointcal_ap.simulate.exposures import render_survey
-    from jointcal_ap.stages import Pipeline, run_pipeline
+    from jointcal_ap.stages import run_pipeline
+    from jointcal_ap.store.repository import Repository, ingest_exposures
 
     t_start = time.perf_counter()
     out = Path(out).resolve()
@@ -235,69 +226,43 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
     units = [(v.visit, d) for v in survey.truth.visits for d in range(len(config.camera.detectors))]
     raw = out / "raw"
     shutil.rmtree(raw, ignore_errors=True)
-    render_survey(survey.data, raw, template="visit{visit}_det{detector:02d}.fits", seed=11, progress=progress)
+    rendered = render_survey(survey.data, raw, seed=11, progress=progress, layout="camera")
     lap("simulate + render exposures", t0)
     summary["survey"] = {"field_radec": list(DEMO_FIELD), "visits": len(survey.truth.visits),
                          "detectors": len(config.camera.detectors), "exposures": len(units),
                          "true_stars": len(stars), "hipparcos_stars": int(np.sum(stars.in_reference)),
+                         "raw_files": len(rendered) // 2,
                          "epochs": [round(v.epoch, 2) for v in survey.truth.visits]}
 
-    # ------------------------------------------------------------ detection (Dask runner)
+    # ------------------------------------------------------------ the pipeline file
     t0 = time.perf_counter()
-    detect = Pipeline.from_dict({
-        "pipeline": {"name": "demo-detect"},
-        "inputs": {"exposure": str(raw / "visit{visit}_det{detector:02d}.fits")},
-        "stages": [{"name": "detect", "options": {"threshold_sigma": 10.0}}],
-    }, source="jointcal-ap demo (detect)")
-    run = run_pipeline(detect, units, output=out / "detect", workers=workers, progress=progress)
+    pipeline_file = out / "pipeline.toml"
+    write_text(pipeline_file, demo_pipeline_text())
+    shutil.rmtree(out / "run", ignore_errors=True)
+    with Repository(out / "run") as repo:  # what `jointcal-ap repo ingest` does
+        ingest_exposures(repo, [p for p in rendered if not p.name.endswith(".weight.fits")])
+    run = run_pipeline(pipeline_file, workers=workers, progress=progress)
     if not run.ok:
         raise RuntimeError(run.format())
-    catalogs = _gather_catalogs(out / "detect", survey, units, out / "catalogs")
-    lap("detect (runner)", t0)
-    summary["detect"] = {"scheduler": run.scheduler, "units": run.units}
-
-    # ------------------------------------------------------------ joint fit
-    t0 = time.perf_counter()
-    data = read_parquet_survey(catalogs)
-    # 6" pixels: match and link within a pixel, search a 10-pixel offset
-    options = FitOptions(model="constrained", degree=3, visit_degree=1, star_params=5, fit="both",
-                         match_radius_arcsec=6.0, link_radius_arcsec=6.0, search_radius_arcsec=60.0,
-                         photometry=PhotometryOptions(model="constrained", flat_degree=2))
-    refcat = open_refcat(survey.refcat_dir)
-    result = JointFit(data, refcat, options).run()
-    fit_dir = out / "fit"
-    written = write_fit_outputs(result, fit_dir, plots=True, provenance={
-        "options": asdict(options), "catalogs": str(catalogs), "refcat": str(survey.refcat_dir),
-        "source": "jointcal-ap demo"})
-    lap("joint fit + outputs", t0)
-    s = result.summary()
-    ph = result.photometry
+    lap("pipeline: detect, joint fit, calibrate", t0)
+    summary["pipeline"] = {"file": str(pipeline_file), "scheduler": run.scheduler,
+                           "units": run.units, "stage_seconds": {
+                               k: round(v, 2) for k, v in run.stage_seconds.items()}}
+    fit = json.loads((out / "run" / "fit_summary.json").read_text())
     summary["fit"] = {
-        "measurements": s["n_measurements"], "stars": s["n_stars"], "reference_stars": s["n_reference_stars"],
-        "astrometry_chi2_per_dof": round(s["chi2_per_dof"], 3),
-        "astrometry_internal_rms_mas": round(s["internal_rms_mas"], 2),
-        "photometry_chi2_per_dof": round(ph.chi2_per_dof, 3),
-        "photometry_measurements": ph.n_measurements,
-        "plots": len(written.plots),
+        "measurements": fit["n_measurements"], "stars": fit["n_stars"],
+        "reference_stars": fit["n_reference_stars"],
+        "astrometry_chi2_per_dof": round(fit["chi2_per_dof"], 3),
+        "astrometry_internal_rms_mas": round(fit["internal_rms_mas"], 2),
+        "photometry_chi2_per_dof": round(fit["photometry"]["chi2_per_dof"], 3),
+        "photometry_measurements": fit["photometry"]["n_measurements"],
+        "plots": len(list((out / "run" / "fit" / "plots").glob("*.png"))),
     }
-
-    # ------------------------------------------------------------ calibrated exposures (runner)
-    t0 = time.perf_counter()
-    calibrate = Pipeline.from_dict({
-        "pipeline": {"name": "demo-calibrate"},
-        "inputs": {"exposure": str(raw / "visit{visit}_det{detector:02d}.fits"),
-                   "calibration": str(fit_dir / "calibration")},
-        "stages": [{"name": "calibrate"}],
-    }, source="jointcal-ap demo (calibrate)")
-    run = run_pipeline(calibrate, units, output=out / "calexp", workers=workers, progress=progress)
-    if not run.ok:
-        raise RuntimeError(run.format())
-    lap("calibrate exposures (runner)", t0)
 
     t0 = time.perf_counter()
     summary["accuracy"] = {k: (round(v, 3) if isinstance(v, float) else v)
-                           for k, v in _accuracy(result, survey.truth, out / "calexp").items()}
+                           for k, v in _accuracy(out / "run", survey.truth, fit).items()}
     lap("compare with truth", t0)
     summary["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
-    _atomic_json(summary, out / "demo_summary.json")
+    write_json(out / "demo_summary.json", summary, default=float)
     return summary

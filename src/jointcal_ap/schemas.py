@@ -34,6 +34,7 @@ from importlib import resources
 from typing import Any
 
 __all__ = [
+    "SOURCE_CATALOG",
     "AlertSchema",
     "ApdbSchema",
     "ColumnSchema",
@@ -118,6 +119,9 @@ class TableSchema:
         Column names.
     indexes : tuple of (str, tuple of str)
         Index name and its column names.
+    origin : str
+        Where the definition comes from (``"apdb.yaml 10.0.0"``, ``"jointcal_ap 1"``), written
+        into the Arrow schema's metadata.
     """
 
     name: str
@@ -125,6 +129,7 @@ class TableSchema:
     columns: tuple[ColumnSchema, ...]
     primary_key: tuple[str, ...]
     indexes: tuple[tuple[str, tuple[str, ...]], ...]
+    origin: str = ""
 
     @functools.cached_property
     def _by_name(self) -> dict[str, ColumnSchema]:
@@ -159,8 +164,7 @@ class TableSchema:
             if col.unit:
                 meta["unit"] = col.unit
             fields.append(pa.field(col.name, col.arrow_type, nullable=col.nullable, metadata=meta))
-        return pa.schema(fields, metadata={"rubin_table": self.name,
-                                           "apdb_schema_version": apdb_schema().version})
+        return pa.schema(fields, metadata={"table": self.name, "schema": self.origin})
 
     def empty(self) -> Any:
         """An empty ``pyarrow.Table`` with every column."""
@@ -338,7 +342,8 @@ def apdb_schema() -> ApdbSchema:
                         for ix in table.get("indexes", ()) or ())
         tables[table["name"]] = TableSchema(
             table["name"], " ".join(str(table.get("description", "")).split()), columns,
-            tuple(_strip_ref(r) for r in pk), indexes)
+            tuple(_strip_ref(r) for r in pk), indexes,
+            f"lsst-sdm-schemas apdb.yaml {raw.get('version', '')}")
     source = f"lsst-sdm-schemas {version('lsst-sdm-schemas')}:apdb.yaml"
     return ApdbSchema(str(raw.get("version", "")), tables, source)
 
@@ -426,3 +431,29 @@ def alert_schema(version: str | None = None) -> AlertSchema:
     return AlertSchema(f"{major}.{minor}", str(definition["name"]) if "." in str(
         definition["name"]) else f"{definition.get('namespace', '')}.{definition['name']}",
         definition)
+
+
+#: Single-frame sources of one visit × detector, as the ``detect`` stage writes them and the
+#: joint fit reads them (the ``sources.parquet`` of the fitter's Parquet survey layout, and
+#: what SExtractor's ``XWIN_IMAGE``... columns become). Ours, not Rubin's: pixels are 1-based.
+SOURCE_CATALOG = TableSchema(
+    "SourceCatalog",
+    "Single-frame sources of one exposure (visit x detector): windowed centroids with their "
+    "covariance and instrumental fluxes.",
+    (
+        ColumnSchema("visit", "long", False, "", "Visit id."),
+        ColumnSchema("detector", "long", False, "", "Detector id."),
+        ColumnSchema("x", "double", False, "pixel", "Centroid x, 1-based FITS pixels."),
+        ColumnSchema("y", "double", False, "pixel", "Centroid y, 1-based FITS pixels."),
+        ColumnSchema("x_err", "double", False, "pixel", "sqrt of the x variance."),
+        ColumnSchema("y_err", "double", False, "pixel", "sqrt of the y variance."),
+        ColumnSchema("xy_cov", "double", False, "pixel2", "x-y covariance."),
+        ColumnSchema("flux", "double", False, "adu", "Instrumental flux (aperture, corrected)."),
+        ColumnSchema("flux_err", "double", False, "adu", "Its 1-sigma error."),
+        ColumnSchema("flags", "long", True, "", "SExtractor-style flags (0: clean)."),
+        ColumnSchema("ra", "double", True, "deg", "Through the exposure's initial WCS."),
+        ColumnSchema("dec", "double", True, "deg", "Through the exposure's initial WCS."),
+        ColumnSchema("peak", "double", True, "adu", "Peak pixel above the background."),
+        ColumnSchema("npix", "long", True, "pixel", "Pixels in the detection footprint."),
+    ),
+    (), (), "jointcal_ap SourceCatalog 1")

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jointcal_ap import __version__
+from jointcal_ap.atomic import atomic_path, replace_directory, write_text
 from jointcal_ap.refcat.config import ConversionConfig, load_config
 from jointcal_ap.refcat.layout import (
     Partition,
@@ -117,10 +118,9 @@ def _map_task(config: ConversionConfig, chunk: Chunk, file_index: int, staging: 
     if len(tables) > 1:
         table = table.take(pc.sort_indices(table, [(HEALPIX_COLUMN, "ascending")]))
     table = table.combine_chunks()
-    tmp = stem.with_suffix(".arrow.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+    with atomic_path(stem.with_suffix(".arrow")) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+            pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))
-    os.replace(tmp, stem.with_suffix(".arrow"))
 
     # The index is sorted, so the sparse histogram is a run-length count (no np.unique sort).
     pixel_of_row = table.column(HEALPIX_COLUMN).to_numpy() >> (2 * (HEALPIX_ORDER - histogram_order))
@@ -137,9 +137,7 @@ def _map_task(config: ConversionConfig, chunk: Chunk, file_index: int, staging: 
         "epoch_max": _extreme(table, "epoch", np.nanmax),
         "resumed": False,
     }
-    tmp_stats = stats_path.with_suffix(".json.tmp")
-    tmp_stats.write_text(json.dumps(stats))
-    os.replace(tmp_stats, stats_path)
+    write_text(stats_path, json.dumps(stats))
     return stats
 
 
@@ -186,10 +184,8 @@ def _reduce_task(parts: Sequence[Partition], arrow_files: Sequence[str], staging
         table = pa.concat_tables(pieces)
         if len(pieces) > 1:
             table = table.take(pc.sort_indices(table, [(HEALPIX_COLUMN, "ascending")]))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp, compression=compression, row_group_size=500_000)
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp, compression=compression, row_group_size=500_000)
         written.append((part, table.num_rows))
     return written
 
@@ -314,7 +310,7 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
         if previous["config"] != json.loads(json.dumps(effective["config"])) or previous["inputs"] != inputs:
             raise ConversionError(f"{staging} was started with another config or other inputs; "
                                   f"remove it to start afresh")
-    effective_path.write_text(json.dumps(effective, indent=2, default=str))
+    write_text(effective_path, json.dumps(effective, indent=2, default=str))
 
     reader = get_reader(cfg.format, cfg.reader)
     plan: list[tuple[int, Chunk]] = []
@@ -416,8 +412,8 @@ def convert(config: ConversionConfig | str | os.PathLike, inputs: Iterable[str |
     shutil.rmtree(staging / "map")
     report.seconds["finalize"] = time.perf_counter() - t0
     report.seconds["total"] = time.perf_counter() - t_start
-    (staging / "conversion_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    write_text(staging / "conversion_report.json", json.dumps(report.to_dict(), indent=2))
+    # An existing catalog (overwrite) is moved aside, the new one renamed in, and only then is
+    # the old one deleted: an interruption never leaves a half-deleted catalog at ``out``.
+    replace_directory(staging, out, overwrite=overwrite)
     return report

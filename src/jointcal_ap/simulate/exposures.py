@@ -28,7 +28,14 @@ import numpy as np
 from jointcal_ap.simulate.survey import SimulatedData
 from jointcal_ap.simulate.truth import true_flat_mag
 
-__all__ = ["ExposurePlan", "exposure_plans", "render_exposure", "render_survey"]
+__all__ = [
+    "VISIT_CARDS",
+    "ExposurePlan",
+    "exposure_plans",
+    "render_exposure",
+    "render_survey",
+    "write_camera_visit",
+]
 
 
 @dataclass(frozen=True)
@@ -105,16 +112,110 @@ def render_exposure(sim: SimulatedData, plan: ExposurePlan, *, read_noise_e: flo
 
 def render_survey(sim: SimulatedData, out_dir: str | os.PathLike, *, template: str = "visit{visit}_det{detector:02d}.fits",
                   seeing_sigma: float = 0.15, seed: int = 0, read_noise_e: float = 5.0, psf: str = "gaussian",
-                  progress: bool = False) -> list[Path]:
-    """Render every exposure of a survey to ``out_dir`` (LSST-style MEF files); returns the paths."""
-    from tqdm.auto import tqdm
+                  progress: bool = False, layout: str = "lsst") -> list[Path]:
+    """Render every exposure of a survey to ``out_dir``; returns the paths written.
 
+    Parameters
+    ----------
+    layout : "lsst" or "camera"
+        ``"lsst"``: one LSST-style file (IMAGE, MASK, VARIANCE) per visit × detector, named by
+        ``template``. ``"camera"``: as a camera writes them, and as SExtractor and SWarp take
+        them: one multi-extension file per visit, ``visit{visit}.fits``, with a CCD per image
+        extension (see :func:`write_camera_visit`), and its weight map
+        ``visit{visit}.weight.fits`` (inverse variance, same layout).
+    """
+    from jointcal_ap.progress import progress as progress_bar
+
+    if layout not in ("lsst", "camera"):
+        raise ValueError(f"layout must be 'lsst' or 'camera', got {layout!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plans = exposure_plans(sim, seeing_sigma=seeing_sigma, seed=seed)
+    paths: list[Path] = []
+    by_visit: dict[int, list] = {}
+    bar = progress_bar(total=len(plans), desc="render exposures", unit="exposure",
+                       enabled=progress)
+    for plan in plans:
+        exposure = render_exposure(sim, plan, read_noise_e=read_noise_e, psf=psf)
+        bar.update(1)
+        if layout == "lsst":
+            path = out / template.format(visit=plan.visit, detector=plan.detector)
+            exposure.write(path)
+            paths.append(path)
+            continue
+        by_visit.setdefault(plan.visit, []).append(exposure)
+        if len(by_visit[plan.visit]) == len(sim.truth.camera.detectors):
+            paths.extend(write_camera_visit(by_visit.pop(plan.visit), out,
+                                            read_noise_e=read_noise_e))
+    bar.close()
+    return paths
+
+
+#: The cards every CCD extension of a camera-layout file repeats from its visit: SExtractor
+#: copies an extension's own header (not the primary's) into LDAC_IMHEAD, where SCAMP and
+#: ``jointcal-ap fit`` read the time, exposure time and band.
+VISIT_CARDS = ("VISIT", "FILTER", "EXPTIME", "TIMESYS", "MJD-OBS", "DATE-OBS")
+
+
+def write_camera_visit(exposures: list, out_dir: str | os.PathLike, *,
+                       read_noise_e: float = 5.0) -> list[Path]:
+    """Write one visit's exposures as a camera does: ``visit{v}.fits`` (an empty primary HDU
+    with the visit's cards, then one float32 image extension per CCD, ``EXTNAME =
+    'CCD{dd}'``, with its WCS, ``CCDNUM``/``DETECTOR``, ``GAIN``, ``RDNOISE``, ``SATURATE`` and the
+    visit's cards) and ``visit{v}.weight.fits`` (the inverse variance, same layout; 0 where
+    a pixel is masked or has no variance).
+
+    The image is in ADU with its sky, as SExtractor expects; ``read_exposure`` reads one CCD
+    back with ``visit{v}.fits[CCD{dd}]`` and estimates its variance from ``GAIN``/``RDNOISE``.
+    """
+    from astropy.io import fits
+
+    from jointcal_ap.atomic import atomic_path
+
+    exposures = sorted(exposures, key=lambda e: e.metadata.detector)
+    meta = exposures[0].metadata
+    if {e.metadata.visit for e in exposures} != {meta.visit}:
+        raise ValueError("write_camera_visit: the exposures are of several visits")
+    cards = {key: value for key, value, _ in meta.cards()}
+
+    def visit_cards(header: fits.Header) -> None:
+        for key, value, comment in meta.cards():
+            if key in ("VISIT", "FILTER", "EXPTIME", "TIMESYS", "MJD-OBS", "MJD-AVG"):
+                header[key] = (value, comment)
+        from astropy.time import Time
+
+        start = Time(cards["MJD-OBS"], format="mjd", scale="tai")
+        header["DATE-OBS"] = (start.isot, "exposure start (TAI)")
+
+    primary = fits.PrimaryHDU()
+    visit_cards(primary.header)
+    primary.header["NEXTEND"] = (len(exposures), "number of CCD extensions")
+    images, weights = [primary], [fits.PrimaryHDU(header=primary.header.copy())]
+    for exposure in exposures:
+        header = fits.Header()
+        for card in exposure.header.cards:
+            if card.keyword not in ("", "COMMENT", "HISTORY") and card.keyword not in header:
+                header.append(card)
+        visit_cards(header)
+        header["CCDNUM"] = (exposure.metadata.detector, "detector number")
+        header["DETECTOR"] = (exposure.metadata.detector, "detector number")
+        header["RDNOISE"] = (read_noise_e, "[e-] read noise")
+        sat = exposure.plane("SAT") if "SAT" in exposure.mask_planes else None
+        if sat is not None and sat.any():
+            header["SATURATE"] = (float(np.min(exposure.image[sat])), "[adu] saturation level")
+        name = f"CCD{exposure.metadata.detector:02d}"
+        images.append(fits.ImageHDU(np.asarray(exposure.image, np.float32), header, name=name))
+        var = np.asarray(exposure.variance, np.float64)
+        bad = ~np.isfinite(var) | (var <= 0) | (exposure.mask != 0)
+        weight = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, var)).astype(np.float32)
+        wheader = fits.Header(header)
+        wheader["BUNIT"] = ("1/adu**2", "inverse variance")
+        weights.append(fits.ImageHDU(weight, wheader, name=name))
+    out = Path(out_dir)
     paths = []
-    for plan in tqdm(plans, desc="render exposures", unit="exposure", disable=not progress, leave=False):
-        path = out / template.format(visit=plan.visit, detector=plan.detector)
-        render_exposure(sim, plan, read_noise_e=read_noise_e, psf=psf).write(path)
+    for hdus, suffix in ((images, ".fits"), (weights, ".weight.fits")):
+        path = out / f"visit{meta.visit}{suffix}"
+        with atomic_path(path) as tmp:
+            fits.HDUList(hdus).writeto(tmp, overwrite=True, output_verify="exception")
         paths.append(path)
     return paths

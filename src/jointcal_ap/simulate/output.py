@@ -21,14 +21,14 @@ Layout written by :func:`simulate_survey` under ``out_dir``::
     refcat/                     it, converted by jointcal_ap.refcat.convert (HATS layout, fixed order 6,
                                 epoch 2016.0 TDB unless the stars were given at another)
 
-Everything is written under ``.<out_dir>.partial`` and renamed into place at the end.
+Everything is written under a hidden ``.<out_dir>.*.partial`` directory and renamed into place at
+the end (:func:`jointcal_ap.atomic.atomic_directory`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from jointcal_ap.atomic import atomic_directory, atomic_path, write_text
 from jointcal_ap.fit.io import write_parquet_survey
 from jointcal_ap.simulate.camera import Camera
 from jointcal_ap.simulate.sky import Stars
@@ -126,17 +127,12 @@ class SimulatedSurvey:
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _write_json(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2))
 
 
 def _header_cards(header: fits.Header, padding: str) -> bytes:
@@ -181,7 +177,6 @@ def write_ldac(path: str | os.PathLike, chips: Sequence[tuple[fits.Header, Mappi
         (what astropy writes for a string column), to test readers against both.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     hdus: list[fits.hdu.base.ExtensionHDU] = [fits.PrimaryHDU()]
     card_blocks = []
     for header, columns in chips:
@@ -193,16 +188,15 @@ def write_ldac(path: str | os.PathLike, chips: Sequence[tuple[fits.Header, Mappi
         hdus.append(fits.BinTableHDU.from_columns([col], name="LDAC_IMHEAD"))
         hdus.append(_objects_hdu(columns))
         card_blocks.append(cards)
-    tmp = path.with_name(path.name + ".tmp")
-    fits.HDUList(hdus).writeto(tmp, overwrite=True)
-    # astropy pads string columns with NULs: write the exact card bytes in place.
-    with fits.open(tmp) as hdul:
-        locations = [hdul[1 + 2 * k].fileinfo()["datLoc"] for k in range(len(card_blocks))]
-    with open(tmp, "r+b") as f:
-        for loc, cards in zip(locations, card_blocks, strict=True):
-            f.seek(loc)
-            f.write(cards)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+        # astropy pads string columns with NULs: write the exact card bytes in place.
+        with fits.open(tmp) as hdul:
+            locations = [hdul[1 + 2 * k].fileinfo()["datLoc"] for k in range(len(card_blocks))]
+        with open(tmp, "r+b") as f:
+            for loc, cards in zip(locations, card_blocks, strict=True):
+                f.seek(loc)
+                f.write(cards)
     return path
 
 
@@ -373,18 +367,12 @@ def simulate_survey(config: SurveyConfig | None, out_dir: str | os.PathLike, *,
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
     sim = simulate(config, stars=stars)
-    staging = out.parent / f".{out.name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    if "parquet" in formats:
-        _write_parquet_survey(sim, staging / "survey")
-    ldac_names = [p.name for p in _write_ldac_survey(sim, staging / "ldac")] if "ldac" in formats else []
-    _write_truth(sim, staging / "truth")
-    has_refcat = _write_reference(sim, staging / "refcat_input", staging / "refcat")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        if "parquet" in formats:
+            _write_parquet_survey(sim, staging / "survey")
+        ldac_names = [p.name for p in _write_ldac_survey(sim, staging / "ldac")] if "ldac" in formats else []
+        _write_truth(sim, staging / "truth")
+        has_refcat = _write_reference(sim, staging / "refcat_input", staging / "refcat")
     return SimulatedSurvey(
         root=out,
         survey_dir=out / "survey" if "parquet" in formats else None,

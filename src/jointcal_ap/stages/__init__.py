@@ -15,9 +15,14 @@ and run a pipeline::
 Nothing here starts Dask or builds a plugin manager at import time.
 """
 
+from jointcal_ap.stages.context import DatasetHandle, StageContext
 from jointcal_ap.stages.contract import (
     DatasetType,
+    GatherStage,
+    In,
     NoOptions,
+    OrderedStage,
+    Out,
     Stage,
     Unit,
     option,
@@ -34,13 +39,20 @@ from jointcal_ap.stages.manager import (
 from jointcal_ap.stages.pipeline import Pipeline, StageSpec, load_pipeline, resolve_pipeline
 from jointcal_ap.stages.registry import CommandRegistry, StageRegistry
 from jointcal_ap.stages.runner import RunSummary, UnitResult, execute_unit, run_pipeline
+from jointcal_ap.store import DataId
 
 __all__ = [
     "BLOCK_ENV",
     "ENTRY_POINT_GROUP",
     "CommandRegistry",
+    "DataId",
+    "DatasetHandle",
     "DatasetType",
+    "GatherStage",
+    "In",
     "NoOptions",
+    "OrderedStage",
+    "Out",
     "Pipeline",
     "PipelineError",
     "PluginError",
@@ -48,6 +60,7 @@ __all__ = [
     "RunSummary",
     "SchedulerError",
     "Stage",
+    "StageContext",
     "StageError",
     "StageRegistry",
     "StageSpec",

@@ -42,7 +42,8 @@ EXAMPLES_STAGES = textwrap.dedent("""\
 
 #: Built-in subcommands, which plugins cannot take.
 RESERVED = frozenset({"refcat", "fit", "demo", "stages", "run", "help", "diff", "template",
-                      "metrics", "inject", "apdb", "associate", "alerts", "registry", "sso"})
+                      "metrics", "inject", "apdb", "associate", "alerts", "registry", "sso",
+                      "repo"})
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -55,6 +56,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     stages = sub.add_parser("stages", help="list the installed stage plugins",
                             formatter_class=raw, epilog=EXAMPLES_STAGES)
     ssub = stages.add_subparsers(dest="stages_command", metavar="SUBCOMMAND")
+    stages.set_defaults(handler=_print_help(stages))
     listing = ssub.add_parser("list", help="every stage: plugin, distribution, inputs, outputs",
                               parents=[common], formatter_class=raw, epilog=EXAMPLES_STAGES)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
@@ -86,10 +88,32 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         try:
             command.configure(parser)
         except Exception as exc:
-            log.error("plugin %r: configuring command %r failed: %s", command.plugin,
-                      command.name, exc)
+            message = (f"plugin {command.plugin!r}: configuring command {command.name!r} failed: "
+                       f"{type(exc).__name__}: {exc}")
+            log.error("%s", message)
+            parser.set_defaults(handler=_broken_command(message))
             continue
         parser.set_defaults(handler=_plugin_handler(command))
+
+
+def _broken_command(message: str) -> Any:
+    """The handler of a plugin command whose parser could not be configured: says why."""
+
+    def handler(args: argparse.Namespace) -> int:
+        print(f"jointcal-ap: error: {message}", file=sys.stderr)
+        return 1
+
+    return handler
+
+
+def _print_help(parser: argparse.ArgumentParser) -> Any:
+    """A handler for a command group called without its subcommand: its help, exit 2."""
+
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return handler
 
 
 def _plugin_handler(command: Any) -> Any:
@@ -110,7 +134,7 @@ def _plugin_handler(command: Any) -> Any:
 
 
 def _describe(registry: Any, pm: Any) -> list[dict[str, Any]]:
-    from jointcal_ap.stages.contract import option_docs
+    from jointcal_ap.stages.contract import input_ports, option_docs, output_ports
 
     rows = []
     for name, entry in sorted(registry.stages.items()):
@@ -123,10 +147,14 @@ def _describe(registry: Any, pm: Any) -> list[dict[str, Any]]:
                        f.default_factory())
             options.append({"name": f.name, "type": str(f.type), "default": default,
                             "doc": docs[f.name]})
+        consumes = {p: i.type if i.lookup == "same" else f"{i.type}, {i.lookup}"
+                    for p, i in input_ports(cls).items()}
+        produces = {p: o.type if not o.per_unit else f"{o.type}, per unit"
+                    for p, o in output_ports(cls).items()}
         rows.append({"name": name, "version": cls.version, "description": cls.description(),
                      "plugin": entry.plugin, "distribution": entry.distribution,
-                     "implements": cls.implements, "consumes": dict(cls.inputs),
-                     "produces": dict(cls.outputs), "options": options})
+                     "kind": cls.kind, "implements": cls.implements, "consumes": consumes,
+                     "produces": produces, "options": options})
     return rows
 
 
@@ -154,6 +182,8 @@ def list_stages(args: argparse.Namespace) -> int:
         print(f"{row['name']} {row['version']}  [{origin}]")
         if row["description"]:
             print(f"    {row['description']}")
+        if row["kind"] != "unit":
+            print(f"    kind: {row['kind']}")
         if row["implements"]:
             print(f"    implements: {row['implements']}")
         ports = ", ".join(f"{p} ({t})" for p, t in row["consumes"].items()) or "-"

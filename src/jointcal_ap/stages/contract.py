@@ -4,7 +4,11 @@ A stage is a :class:`Stage` subclass that declares
 
 - ``name`` and ``version`` (strings; the version is recorded in every output's provenance);
 - ``inputs`` and ``outputs``: port name → dataset type name (a :class:`DatasetType`
-  registered by some plugin, e.g. ``"Exposure"``);
+  registered by the core or a plugin, e.g. ``"CalibratedExposure"``), or an :class:`In` /
+  :class:`Out` declaration for inputs looked up across units and per-unit outputs of
+  gather stages;
+- optionally ``kind`` (use :class:`GatherStage` or :class:`OrderedStage` as the base class)
+  and ``dimensions`` (default visit × detector);
 - ``Options``: a frozen dataclass whose fields are each documented, with :func:`option`
   (``doc=``) or in the class docstring's NumPy-style ``Attributes`` section;
 - ``run(self, unit, **inputs) -> dict`` mapping every output port to its value.
@@ -41,18 +45,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from jointcal_ap.stages.errors import PipelineError, StageError
+from jointcal_ap.store.dimensions import DataId
 
 __all__ = [
+    "KINDS",
+    "LOOKUPS",
     "DatasetType",
+    "GatherStage",
+    "In",
     "NoOptions",
+    "OrderedStage",
+    "Out",
     "Stage",
     "Unit",
     "check_outputs",
+    "input_ports",
     "make_options",
     "option",
     "option_docs",
     "options_to_dict",
+    "output_ports",
     "validate_stage_class",
 ]
 
@@ -60,40 +75,109 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-@dataclass(frozen=True, order=True)
-class Unit:
-    """One unit of work: a visit × detector.
+class Unit(DataId):
+    """The usual unit of work: a visit × detector (a :class:`~jointcal_ap.store.DataId`).
+
+    ``Unit(12, 3)`` is ``DataId(visit=12, detector=3)``; more dimensions may be given by
+    keyword (``Unit(12, 3, instrument="sim")``). Stages receive their unit as a data ID, so
+    a stage written for ``Unit`` (``unit.visit``, ``unit.detector``, ``unit.key``) keeps
+    working.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, visit: Any, detector: Any, /, **more: Any) -> None:
+        for field, value in (("visit", visit), ("detector", detector)):
+            if isinstance(value, bool | np.bool_):
+                raise TypeError(f"Unit.{field} must be an integer, got {value!r}")
+            try:
+                operator.index(value)
+            except TypeError:
+                raise TypeError(f"Unit.{field} must be an integer, got {value!r}") from None
+        super().__init__(visit=visit, detector=detector, **more)
+
+
+@dataclass(frozen=True)
+class In:
+    """An input port: which dataset type, and which data IDs of it the stage receives.
+
+    ``inputs = {"calexp": "CalibratedExposure"}`` is short for ``In("CalibratedExposure")``.
 
     Attributes
     ----------
-    visit : int
-        Visit (exposure) number.
-    detector : int
-        Detector number within the camera.
+    type : str
+        The dataset type's name.
+    lookup : str
+        ``"same"`` (default): the dataset of the unit's own data ID, or of a subset of its
+        dimensions (a whole-run calibration has the empty data ID); the stage gets the value.
+        ``"all"``: the dataset of every unit of the run (what gather stages read).
+        ``"overlapping"``: the dataset of every detector of *other* visits whose sky
+        footprint overlaps the unit's (from the visit registry), e.g. to build a template.
+        For ``"all"`` and ``"overlapping"`` the stage gets a mapping data ID →
+        :class:`~jointcal_ap.stages.context.DatasetHandle` (read on ``.get()``).
+    before : bool
+        ``"overlapping"`` only: visits whose mid-time is before the unit's.
+    same_band : bool
+        ``"overlapping"`` only: visits in the unit's band.
+    doc : str
+        What the stage does with it.
     """
 
-    visit: int
-    detector: int
+    type: str
+    lookup: str = "same"
+    before: bool = False
+    same_band: bool = False
+    doc: str = ""
 
     def __post_init__(self) -> None:
-        for field in ("visit", "detector"):
-            value = getattr(self, field)
-            try:
-                if isinstance(value, bool):
-                    raise TypeError
-                number = operator.index(value)  # int, or a NumPy integer
-            except TypeError:
-                raise TypeError(f"Unit.{field} must be an integer, got {value!r}") from None
-            object.__setattr__(self, field, int(number))
+        if self.lookup not in LOOKUPS:
+            raise ValueError(f"In.lookup must be one of {LOOKUPS}, got {self.lookup!r}")
+        if (self.before or self.same_band) and self.lookup != "overlapping":
+            raise ValueError("In.before and In.same_band apply to lookup='overlapping' only")
 
     @property
-    def key(self) -> str:
-        """A name for files and logs, e.g. ``"visit12_det3"``."""
-        return f"visit{self.visit}_det{self.detector}"
+    def multiple(self) -> bool:
+        """Whether the stage gets a mapping of data ID → handle rather than a value."""
+        return self.lookup != "same"
 
-    def format(self, template: str) -> str:
-        """Fill ``{visit}`` and ``{detector}`` in a path template (format specs allowed)."""
-        return template.format(visit=self.visit, detector=self.detector)
+
+@dataclass(frozen=True)
+class Out:
+    """An output port.
+
+    ``outputs = {"calexp": "CalibratedExposure"}`` is short for ``Out("CalibratedExposure")``.
+
+    Attributes
+    ----------
+    type : str
+        The dataset type's name.
+    per_unit : bool
+        Gather stages only: the stage returns a mapping data ID → value (one dataset per
+        unit, e.g. a calibration per visit × detector) instead of one value for the run.
+    doc : str
+        What it is.
+    """
+
+    type: str
+    per_unit: bool = False
+    doc: str = ""
+
+
+#: The kinds of :class:`In` lookups.
+LOOKUPS = ("same", "all", "overlapping")
+#: The stage kinds: per unit, one call over many units, per region in time order.
+KINDS = ("unit", "gather", "ordered")
+
+
+def input_ports(stage: Any) -> dict[str, In]:
+    """A stage's inputs as :class:`In` declarations (strings expanded)."""
+    return {port: spec if isinstance(spec, In) else In(spec) for port, spec in stage.inputs.items()}
+
+
+def output_ports(stage: Any) -> dict[str, Out]:
+    """A stage's outputs as :class:`Out` declarations (strings expanded)."""
+    return {port: spec if isinstance(spec, Out) else Out(spec)
+            for port, spec in stage.outputs.items()}
 
 
 def option(default: Any = dataclasses.MISSING, *, doc: str, **kwargs: Any) -> Any:
@@ -153,6 +237,9 @@ class DatasetType:
         ``None``: the type can only be handed between stages of one unit.
     doc : str
         One line saying what the data is, with units.
+    base : str or None
+        A more general dataset type this one is a kind of (``SourceCatalog`` is a ``Table``
+        with a fixed column schema): a port that reads the base accepts this type too.
     """
 
     name: str
@@ -161,6 +248,18 @@ class DatasetType:
     writer: str | Callable[..., Any] | None = None
     reader: str | Callable[..., Any] | None = None
     doc: str = ""
+    base: str | None = None
+
+    def is_a(self, name: str, known: Mapping[str, DatasetType]) -> bool:
+        """Whether this type is ``name`` or, through its ``base`` chain, a kind of it."""
+        current: DatasetType | None = self
+        seen = set()
+        while current is not None and current.name not in seen:
+            if current.name == name:
+                return True
+            seen.add(current.name)
+            current = known.get(current.base) if current.base else None
+        return False
 
     def __post_init__(self) -> None:
         if not _TYPE_NAME.match(self.name):
@@ -198,6 +297,19 @@ class DatasetType:
 class Stage:
     """Base class of every stage. See the module docstring for what a subclass declares.
 
+    The kind of a stage says how the runner calls it:
+
+    - ``"unit"`` (this class): ``run(unit, **inputs)`` once per unit (a data ID, usually a
+      visit × detector), units in parallel;
+    - ``"gather"`` (:class:`GatherStage`): ``run(units, **inputs)`` once for all units (a
+      joint fit, a coadd);
+    - ``"ordered"`` (:class:`OrderedStage`): ``run(unit, **inputs)`` once per unit, the units
+      of each sky region (``tile``) in time order, regions in parallel (association).
+
+    While ``run`` executes, ``self.context`` is a
+    :class:`~jointcal_ap.stages.context.StageContext`: the unit's idempotency key, the visit
+    registry's records, and the shared resources (APDB, alert sink) opened once per worker.
+
     Parameters
     ----------
     options : Options instance, optional
@@ -206,26 +318,60 @@ class Stage:
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = ""
-    inputs: ClassVar[Mapping[str, str]] = {}
-    outputs: ClassVar[Mapping[str, str]] = {}
+    inputs: ClassVar[Mapping[str, str | In]] = {}
+    outputs: ClassVar[Mapping[str, str | Out]] = {}
     Options: ClassVar[type] = NoOptions
     #: Name of a stage interface this stage fills (see :mod:`jointcal_ap.stages.interfaces`).
     implements: ClassVar[str | None] = None
+    #: How the runner calls the stage (see above).
+    kind: ClassVar[str] = "unit"
+    #: The dimensions of the stage's units (and of what it produces).
+    dimensions: ClassVar[tuple[str, ...]] = ("visit", "detector")
 
     def __init__(self, options: Any = None):
         self.options = self.Options() if options is None else options
         if not isinstance(self.options, self.Options):
             raise TypeError(f"stage {self.name!r}: options must be {self.Options.__qualname__}, "
                             f"got {type(options).__qualname__}")
+        self.context: Any = None
 
     @classmethod
     def description(cls) -> str:
         """The first line of the class docstring."""
         return (cls.__doc__ or "").strip().split("\n", 1)[0]
 
-    def run(self, unit: Unit, **inputs: Any) -> Mapping[str, Any]:
+    def run(self, unit: DataId, **inputs: Any) -> Mapping[str, Any]:
         """Process one unit: ``inputs`` by port name → ``{output port: value}``."""
         raise NotImplementedError
+
+
+class GatherStage(Stage):
+    """A stage called once with every unit of the run: ``run(units, **inputs)``.
+
+    Its inputs are usually ``In(type, lookup="all")`` (a mapping data ID → handle); a
+    ``"same"`` input must be a whole-run dataset (empty data ID). Its outputs are whole-run
+    datasets, or, with ``Out(type, per_unit=True)``, a mapping data ID → value.
+    """
+
+    kind: ClassVar[str] = "gather"
+
+    def run(self, units: Any, **inputs: Any) -> Mapping[str, Any]:  # type: ignore[override]
+        """Process all units at once."""
+        raise NotImplementedError
+
+
+class OrderedStage(Stage):
+    """A per-unit stage whose units are processed in time order within each sky region.
+
+    The runner groups units by the ``tile`` of their detector's centre (from the visit
+    registry), sorts each group by the visit's mid-time, and runs the groups in parallel,
+    each in one worker, unit after unit. A failure stops its group (later units of that
+    region are not processed, so that the time order is never broken).
+    """
+
+    kind: ClassVar[str] = "ordered"
+    #: The dimension that defines the regions.
+    region: ClassVar[str] = "tile"
 
 
 def _docstring_fields(doc: str) -> dict[str, str]:
@@ -272,12 +418,27 @@ def validate_stage_class(cls: Any) -> None:
         ports = getattr(cls, kind)
         if not isinstance(ports, Mapping):
             raise TypeError(f"{where}: {kind} must be a mapping of port name to dataset type name")
-        for port, type_name in ports.items():
+        declaration = In if kind == "inputs" else Out
+        for port, spec in ports.items():
             if not (isinstance(port, str) and _NAME.match(port)):
                 raise ValueError(f"{where}: {kind} port {port!r} must match [a-z][a-z0-9_]*")
+            type_name = spec.type if isinstance(spec, declaration) else spec
             if not (isinstance(type_name, str) and _TYPE_NAME.match(type_name)):
-                raise ValueError(f"{where}: {kind} port {port!r} needs a dataset type name, "
-                                 f"got {type_name!r}")
+                raise ValueError(f"{where}: {kind} port {port!r} needs a dataset type name or "
+                                 f"{declaration.__name__}(...), got {spec!r}")
+    if cls.kind not in KINDS:
+        raise ValueError(f"{where}: kind must be one of {KINDS}, got {cls.kind!r}")
+    if cls.kind != "gather":
+        per_unit = sorted(p for p, o in output_ports(cls).items() if o.per_unit)
+        if per_unit:
+            raise ValueError(f"{where}: outputs {per_unit} are per_unit, which only gather "
+                             f"stages may declare")
+    from jointcal_ap.store.dimensions import DIMENSIONS
+
+    if not (isinstance(cls.dimensions, tuple) and cls.dimensions
+            and all(d in DIMENSIONS for d in cls.dimensions)):
+        raise ValueError(f"{where}: dimensions must be a non-empty tuple of {list(DIMENSIONS)}, "
+                         f"got {cls.dimensions!r}")
     if not cls.outputs:
         raise ValueError(f"{where}: declares no outputs")
     if set(cls.inputs) & set(cls.outputs):
@@ -299,10 +460,11 @@ def validate_stage_class(cls: Any) -> None:
         signature = inspect.signature(cls.run)
     except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
         return
+    first = "units" if cls.kind == "gather" else "unit"
     try:
         signature.bind(None, None, **dict.fromkeys(cls.inputs))
     except TypeError as exc:
-        raise TypeError(f"{where}: run{signature} does not accept (unit, "
+        raise TypeError(f"{where}: run{signature} does not accept ({first}, "
                         f"{', '.join(f'{p}=...' for p in cls.inputs) or 'no inputs'}) for its "
                         f"declared inputs {sorted(cls.inputs)}: {exc}") from None
 
@@ -426,9 +588,27 @@ def check_outputs(stage: Stage, result: Any, types_: Mapping[str, DatasetType],
     if missing or extra:
         raise StageError(f"{where}: run() returned outputs {sorted(result)}, declared "
                          f"{sorted(stage.outputs)} (missing {missing}, undeclared {extra})")
+    ports = output_ports(stage)
+    out = dict(result)
     for port, dataset_type in types_.items():
-        if not dataset_type.check(result[port]):
-            raise StageError(f"{where}: output {port!r} is {type(result[port]).__qualname__}, "
-                             f"expected {dataset_type.name} "
-                             f"({dataset_type.resolve_type().__qualname__})")
-    return dict(result)
+        values = result[port]
+        if ports[port].per_unit:
+            if not isinstance(values, Mapping):
+                raise StageError(f"{where}: per-unit output {port!r} is "
+                                 f"{type(values).__qualname__}, expected a dict of data ID → "
+                                 f"{dataset_type.name}")
+            try:
+                values = {DataId(k): v for k, v in values.items()}
+            except (TypeError, ValueError) as exc:
+                raise StageError(f"{where}: per-unit output {port!r} has a key that is not a "
+                                 f"data ID: {exc}") from None
+            out[port] = values
+        else:
+            values = {None: values}
+        for key, value in values.items():
+            if not dataset_type.check(value):
+                at = f" at {key.key or '{}'}" if key is not None else ""
+                raise StageError(f"{where}: output {port!r}{at} is {type(value).__qualname__}, "
+                                 f"expected {dataset_type.name} "
+                                 f"({dataset_type.resolve_type().__qualname__})")
+    return out

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from jointcal_ap.errors import PicklableError
+
 __all__ = ["PipelineError", "PluginError", "SchedulerError", "StageError"]
 
 
-class PluginError(RuntimeError):
+class PluginError(PicklableError, RuntimeError):
     """A plugin failed to load, raised in a hook, or answered with the wrong type.
 
     The message names the plugin and, where known, the distribution it came from.
@@ -35,7 +37,7 @@ class PipelineError(ValueError):
     """
 
 
-class SchedulerError(RuntimeError):
+class SchedulerError(PicklableError, RuntimeError):
     """The Dask scheduler given by address could not be reached (nothing was run or written).
 
     Attributes

@@ -60,9 +60,8 @@ def jointcal_ap_get_reader(format: str, options: Mapping[str, Any]) -> Reader | 
     """Give a reader for an external catalog format, or ``None`` if the format is not yours.
 
     Called by :func:`jointcal_ap.refcat.readers.get_reader` for the ``format`` of a
-    conversion config; the first non-``None`` answer wins. Readers added with
-    :func:`~jointcal_ap.refcat.readers.register_reader` (the built-ins among them) answer
-    first, then plugins in reverse registration order.
+    conversion config; the first non-``None`` answer wins (plugins in reverse registration
+    order). The built-in readers are the plugin ``refcat_readers``.
 
     :param format: the format name, e.g. ``"csv"`` or ``"gaia_bin"``.
     :param options: the ``[reader]`` table of the conversion config, to pass to the
@@ -97,8 +96,8 @@ def jointcal_ap_add_commands(commands: CommandRegistry) -> None:
 def jointcal_ap_get_apdb(url: str) -> Apdb | None:
     """Open the Alert Production DataBase at ``url``, or ``None`` if the scheme is not yours.
 
-    For the future ``associate`` stages (no implementation ships yet); see
-    :class:`~jointcal_ap.stages.interfaces.Apdb`.
+    Stages reach it through ``self.context.apdb(url)``, which calls this hook once per
+    worker process; see :class:`~jointcal_ap.stages.interfaces.Apdb`.
 
     :param url: where the APDB lives, e.g. ``"sqlite:///apdb.db"``.
     :return: an object implementing :class:`~jointcal_ap.stages.interfaces.Apdb`, or ``None``.
@@ -109,8 +108,8 @@ def jointcal_ap_get_apdb(url: str) -> Apdb | None:
 def jointcal_ap_get_alert_sink(url: str) -> AlertSink | None:
     """Open an alert sink at ``url``, or ``None`` if the scheme is not yours.
 
-    For the future ``export_alerts`` stages (no implementation ships yet); see
-    :class:`~jointcal_ap.stages.interfaces.AlertSink`.
+    Stages reach it through ``self.context.alert_sink(url)``, which calls this hook once per
+    worker process; see :class:`~jointcal_ap.stages.interfaces.AlertSink`.
 
     :param url: e.g. ``"kafka://broker:9092/alerts"`` or ``"file:///data/alerts"``.
     :return: an object implementing :class:`~jointcal_ap.stages.interfaces.AlertSink`, or

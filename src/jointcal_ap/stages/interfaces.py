@@ -12,7 +12,7 @@ interface          consumes                                            produces
 ``difference``     ``calexp`` (CalibratedExposure),                    ``difference`` (DifferenceImage),
                    ``template`` (Template)                             ``dia_sources`` (DiaSourceCatalog)
 ``associate``      ``dia_sources`` (DiaSourceCatalog); the APDB        ``dia_objects`` (DiaObjectCatalog)
-``export_alerts``  ``dia_sources`` (DiaSourceCatalog),                 ``alerts`` (AlertManifest); alerts go
+``export_alerts``  ``dia_sources`` (DiaSourceCatalog),                 ``alerts`` (AlertPacket); alerts go
                    ``dia_objects`` (DiaObjectCatalog)                  to the sink
 =================  ==================================================  =====================================
 """
@@ -40,7 +40,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StageInterface:
-    """The ports a stage filling a role must declare (it may declare more inputs).
+    """The ports a stage filling a role must declare (it may declare more inputs and more
+    outputs, e.g. a difference stage's kernel or QA table).
 
     Attributes
     ----------
@@ -50,12 +51,15 @@ class StageInterface:
         Port name → dataset type name.
     doc : str
         What the role does.
+    kind : str or None
+        The stage kind the role needs (``"ordered"`` for association), or None for any.
     """
 
     name: str
     inputs: Mapping[str, str]
     outputs: Mapping[str, str]
     doc: str
+    kind: str | None = None
 
 
 INTERFACES: dict[str, StageInterface] = {
@@ -71,14 +75,16 @@ INTERFACES: dict[str, StageInterface] = {
             "associate",
             inputs={"dia_sources": "DiaSourceCatalog"},
             outputs={"dia_objects": "DiaObjectCatalog"},
-            doc="Associate DIA sources with the DIA objects of the APDB (opened with the "
-                "jointcal_ap_get_apdb hook), creating new objects, and store both."),
+            doc="Associate DIA sources with the DIA objects of the APDB (opened with "
+                "context.apdb(url)), creating new objects, and store the unit in one "
+                "idempotent transaction (context.key); units run in time order per region.",
+            kind="ordered"),
         StageInterface(
             "export_alerts",
             inputs={"dia_sources": "DiaSourceCatalog", "dia_objects": "DiaObjectCatalog"},
-            outputs={"alerts": "AlertManifest"},
-            doc="Build one alert per DIA source and send it to the sink opened with the "
-                "jointcal_ap_get_alert_sink hook; the manifest lists what was sent."),
+            outputs={"alerts": "AlertPacket"},
+            doc="Build one alert per DIA source, archive them and send them to the sink opened "
+                "with context.alert_sink(url), keyed by context.key."),
     )
 }
 
@@ -88,6 +94,8 @@ def check_implements(stage: Any) -> None:
 
     Raises ``ValueError`` naming the interface and the port that differs.
     """
+    from jointcal_ap.stages.contract import input_ports, output_ports
+
     name = stage.implements
     if name is None:
         return
@@ -95,16 +103,16 @@ def check_implements(stage: Any) -> None:
         raise ValueError(f"stage {stage.name!r} implements unknown interface {name!r}; "
                          f"known: {sorted(INTERFACES)}")
     iface = INTERFACES[name]
-    for kind in ("inputs", "outputs"):
-        have, want = getattr(stage, kind), getattr(iface, kind)
-        for port, type_name in want.items():
-            if have.get(port) != type_name:
+    for kind, have in (("inputs", input_ports(stage)), ("outputs", output_ports(stage))):
+        for port, type_name in getattr(iface, kind).items():
+            declared = have.get(port)
+            if declared is None or declared.type != type_name:
                 raise ValueError(f"stage {stage.name!r} implements {name!r}, which needs "
                                  f"{kind[:-1]} {port!r} of type {type_name}; it declares "
-                                 f"{have.get(port)!r}")
-    extra = set(stage.outputs) - set(iface.outputs)
-    if extra:
-        raise ValueError(f"stage {stage.name!r} implements {name!r} but adds outputs {sorted(extra)}")
+                                 f"{declared.type if declared else None!r}")
+    if iface.kind is not None and stage.kind != iface.kind:
+        raise ValueError(f"stage {stage.name!r} implements {name!r}, which must be a "
+                         f"{iface.kind!r} stage; it is {stage.kind!r}")
 
 
 # --------------------------------------------------------------------------- side effects

@@ -8,9 +8,9 @@ theirs::
     [project.entry-points."jointcal_ap.plugins"]
     my_stage = "my_package.plugin"
 
-Reader classes declared in the older ``jointcal_ap.readers`` group are wrapped into plugins
-named ``reader:NAME``. Set ``JOINTCAL_AP_BLOCK_PLUGINS`` to a comma-separated list of plugin
-names to leave those plugins out.
+The built-in catalog readers are such a plugin too (``refcat_readers``). Set
+``JOINTCAL_AP_BLOCK_PLUGINS`` to a comma-separated list of plugin names to leave those
+plugins out.
 """
 
 from __future__ import annotations
@@ -22,22 +22,21 @@ from typing import Any
 
 import pluggy
 
-from jointcal_ap.stages import hookspecs
+import jointcal_ap.stages.hookspecs as hookspecs
 from jointcal_ap.stages.errors import PluginError
-from jointcal_ap.stages.hookspecs import hookimpl
 from jointcal_ap.stages.registry import CommandRegistry, StageRegistry
 
 __all__ = [
     "BLOCK_ENV",
     "ENTRY_POINT_GROUP",
-    "READER_ENTRY_POINT_GROUP",
     "PluginManager",
     "blocked_plugins",
     "get_plugin_manager",
+    "plugin_from_ref",
+    "plugin_ref",
 ]
 
 ENTRY_POINT_GROUP = "jointcal_ap.plugins"
-READER_ENTRY_POINT_GROUP = "jointcal_ap.readers"
 BLOCK_ENV = "JOINTCAL_AP_BLOCK_PLUGINS"
 
 
@@ -45,38 +44,6 @@ def blocked_plugins(environ: Mapping[str, str] | None = None) -> set[str]:
     """Plugin names listed in ``JOINTCAL_AP_BLOCK_PLUGINS`` (comma or space separated)."""
     value = (os.environ if environ is None else environ).get(BLOCK_ENV, "")
     return {name for name in value.replace(",", " ").split() if name}
-
-
-class _ReaderEntryPoint:
-    """Adapts a Reader class from the ``jointcal_ap.readers`` group to the reader hooks."""
-
-    def __init__(self, name: str, cls: type) -> None:
-        self.name, self.cls = name, cls
-
-    @hookimpl
-    def jointcal_ap_get_reader(self, format: str, options: Mapping[str, Any]) -> Any:
-        return self.cls(options) if format == self.name else None
-
-    @hookimpl
-    def jointcal_ap_reader_formats(self) -> list[str]:
-        return [self.name]
-
-
-class _RegisteredReaders:
-    """The readers of :func:`~jointcal_ap.refcat.readers.register_reader` (the built-ins among
-    them), answering first; imports the readers module only when asked."""
-
-    @hookimpl(tryfirst=True)
-    def jointcal_ap_get_reader(self, format: str, options: Mapping[str, Any]) -> Any:
-        from jointcal_ap.refcat import readers
-
-        return readers.jointcal_ap_get_reader(format, options)
-
-    @hookimpl
-    def jointcal_ap_reader_formats(self) -> list[str]:
-        from jointcal_ap.refcat import readers
-
-        return readers.jointcal_ap_reader_formats()
 
 
 def _dist_label(dist: Distribution) -> str:
@@ -91,6 +58,9 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self._distributions: dict[str, str] = {}
+        #: ``(name, "module[:qualname]")`` of the plugins given to :func:`get_plugin_manager`
+        #: in-process (not from entry points): how a Dask worker rebuilds the same manager.
+        self.extra_plugin_refs: tuple[tuple[str, str], ...] = ()
 
     # ------------------------------------------------------------------ loading
     def distribution_of(self, plugin_name: str) -> str | None:
@@ -120,7 +90,7 @@ class PluginManager(pluggy.PluginManager):
             for ep in dist.entry_points:
                 if ep.group != group:
                     continue
-                name = ep.name if group == ENTRY_POINT_GROUP else f"reader:{ep.name}"
+                name = ep.name
                 label = _dist_label(dist)
                 if name in seen:
                     if seen[name].split()[0] == label.split()[0]:
@@ -134,13 +104,6 @@ class PluginManager(pluggy.PluginManager):
                 except Exception as exc:
                     raise PluginError(name, label, f"cannot load entry point {ep.value!r}: "
                                                    f"{type(exc).__name__}: {exc}") from exc
-                if group == READER_ENTRY_POINT_GROUP:
-                    from jointcal_ap.refcat.readers import Reader
-
-                    if not (isinstance(plugin, type) and issubclass(plugin, Reader)):
-                        raise PluginError(name, label, f"entry point {ep.value!r} is not a "
-                                                       f"Reader subclass")
-                    plugin = _ReaderEntryPoint(ep.name, plugin)
                 self.register_plugin(plugin, name, label)
                 count += 1
         return count
@@ -244,14 +207,15 @@ def get_plugin_manager(*, plugins: Iterable[tuple[str, object]] = (), entry_poin
     plugins : iterable of (name, plugin)
         Extra plugins to register (after the entry points), e.g. from tests or a notebook.
     entry_points : bool
-        Load the ``jointcal_ap.plugins`` and ``jointcal_ap.readers`` entry-point groups.
+        Load the ``jointcal_ap.plugins`` entry-point group.
     blocked : iterable of str, optional
         Plugin names to leave out; default: ``JOINTCAL_AP_BLOCK_PLUGINS``.
 
     Returns
     -------
     PluginManager
-        With the core dataset types and built-in readers, the plugins, and
+        With the core dataset types, the plugins (the built-in stages and readers among
+        them), and
         ``check_pending()`` passed.
 
     Raises
@@ -265,12 +229,42 @@ def get_plugin_manager(*, plugins: Iterable[tuple[str, object]] = (), entry_poin
     for name in blocked_plugins() if blocked is None else blocked:
         pm.set_blocked(name)
     pm.register_plugin(datasets, "jointcal_ap.core")
-    pm.register_plugin(_RegisteredReaders(), "jointcal_ap.readers")
     if entry_points:
         pm.load_entry_points(ENTRY_POINT_GROUP)
-        pm.load_entry_points(READER_ENTRY_POINT_GROUP)
+    refs = []
     for name, plugin in plugins:
         if not pm.is_blocked(name):
             pm.register_plugin(plugin, name)
+            ref = plugin_ref(plugin)
+            if ref is not None:
+                refs.append((name, ref))
+    pm.extra_plugin_refs = tuple(refs)
     pm.check()
     return pm
+
+
+def plugin_ref(plugin: object) -> str | None:
+    """``"module"`` for a module, ``"module:Class"`` for a class or an instance of a class
+    that takes no arguments: how to rebuild the plugin in another process (None if unknown)."""
+    import types
+
+    if isinstance(plugin, types.ModuleType):
+        return plugin.__name__
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    if "<locals>" in cls.__qualname__:
+        return None
+    return f"{cls.__module__}:{cls.__qualname__}" + ("" if isinstance(plugin, type) else "()")
+
+
+def plugin_from_ref(ref: str) -> object:
+    """Rebuild a plugin from :func:`plugin_ref`'s reference."""
+    import importlib
+
+    module, _, qualname = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    if not qualname:
+        return obj
+    call = qualname.endswith("()")
+    for part in qualname.removesuffix("()").split("."):
+        obj = getattr(obj, part)
+    return obj() if call else obj

@@ -1,34 +1,42 @@
-"""The pipeline runner: a configured sequence of stages over units, on Dask.
+"""The pipeline runner: a configured sequence of stages over units of work, on Dask.
 
-There is one execution path: every unit is a Dask task, on a ``LocalCluster`` started for
-the run (worker processes, one thread each) or on a running cluster given by address.
+There is one execution path: every task is a Dask task, on a ``LocalCluster`` started for
+the run (worker processes, one thread each) or on a running cluster given by address
+(``inline=True`` runs the tasks in this process, for debugging and tests).
 
-Output layout (``OUT`` is the pipeline's output directory)::
+The output directory is a **repository** (:mod:`jointcal_ap.store.repository`)::
 
-    OUT/pipeline.json                       the effective pipeline (stages, versions, options)
+    OUT/registry.sqlite3                    visits, detector regions, datasets, tasks done
+    OUT/pipeline.json                       the effective pipeline (stages, versions, options,
+                                            segments and their fingerprints)
     OUT/run_summary.json                    the last run's summary
-    OUT/units/visit{v}_det{d}/DATASET.EXT   every stage output of the unit ...
-    OUT/units/visit{v}_det{d}/DATASET.provenance.json   ... with its provenance
-    OUT/units/visit{v}_det{d}/_done.json    written last: the unit is complete
-    OUT/failed/visit{v}_det{d}.txt          the traceback of a unit that failed
+    OUT/units/<data ID>/DATASET.EXT         every per-unit output (``units/visit12_det3/...``)
+    OUT/units/<data ID>/DATASET.EXT.provenance.json   ... with its provenance
+    OUT/DATASET.EXT                         whole-run outputs (a gather stage's calibration)
+    OUT/failed/<data ID>.txt                the traceback of a unit that failed
 
-A unit is built in a hidden staging directory (unique to each execution) and renamed into
-place only when all its stages succeeded, so a unit directory is always complete. A rerun
-skips the units already done with the same pipeline (same stages, versions, options and
-input paths: the fingerprint) and the same input files (size and modification time, as
-recorded in ``_done.json``); a unit whose rerun fails loses the outputs of the earlier
-configuration. Consumers should trust only unit directories whose ``_done.json`` has the
-fingerprint of ``OUT/pipeline.json``.
+The stages are cut into segments (:class:`~jointcal_ap.stages.pipeline.Segment`) that run in
+order: per-unit segments as one task per unit, a gather segment as one task, an ordered
+segment as one task per sky region (``tile``) processing its units in time order. Every
+file is written atomically; a task is recorded as done in the registry, with its segment's
+fingerprint and the identity of everything it read, only when all its outputs are written.
+A rerun skips what is done with the same fingerprint and inputs and redoes the rest (and,
+in an ordered segment, every later unit of the same region). A unit that fails loses the
+outputs of that segment from earlier configurations, is reported with its traceback, and is
+left out of the later segments.
+
+Before running, the visit registry is filled from the headers of the pipeline's
+``Exposure``/``CalibratedExposure`` inputs for units it does not know yet (ingestion), so
+that ordered stages, ``overlapping`` lookups and ``context.visit()`` work.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,16 +44,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jointcal_ap.stages.contract import Unit, check_outputs, options_to_dict
+from jointcal_ap.atomic import write_json, write_text
+from jointcal_ap.errors import PicklableError
+from jointcal_ap.stages.context import (
+    DatasetHandle,
+    StageContext,
+    close_resources,
+    use_plugins,
+)
+from jointcal_ap.stages.contract import check_outputs, options_to_dict
 from jointcal_ap.stages.errors import PipelineError, SchedulerError
+from jointcal_ap.stages.interfaces import IdempotencyKey
 from jointcal_ap.stages.pipeline import (
     Pipeline,
     ResolvedPipeline,
-    _template_fields,
+    Segment,
     load_pipeline,
     resolve_pipeline,
     units_from,
 )
+from jointcal_ap.store.dimensions import DataId, tile_of
+from jointcal_ap.store.registry import DatasetRef
+from jointcal_ap.store.repository import Repository, file_identity, ingest_exposures
 
 __all__ = [
     "RunSummary",
@@ -54,25 +74,26 @@ __all__ = [
     "is_done",
     "prepare_run",
     "run_pipeline",
+    "run_resolved",
     "unit_dir",
 ]
 
 log = logging.getLogger(__name__)
 
-DONE = "_done.json"
-
 #: Seconds to wait for a Dask scheduler given by address.
 CONNECT_TIMEOUT = 10.0
+#: Dataset types whose files the runner reads headers of to fill the visit registry.
+INGESTIBLE = ("Exposure", "CalibratedExposure")
 
 
 @dataclass(frozen=True)
 class UnitResult:
-    """What happened to one unit.
+    """What happened to one unit in one segment (or, in a summary, overall).
 
     Attributes
     ----------
-    unit : Unit
-        The unit.
+    unit : DataId
+        The unit (the empty data ID for a gather task).
     status : str
         ``"done"``, ``"skipped"`` (already done) or ``"failed"``.
     seconds : mapping
@@ -83,14 +104,17 @@ class UnitResult:
         One line naming the stage, its plugin and the exception.
     traceback : str or None
         The full traceback.
+    refs : tuple of DatasetRef
+        The datasets written.
     """
 
-    unit: Unit
+    unit: DataId
     status: str
     seconds: Mapping[str, float] = field(default_factory=dict)
     stage: str | None = None
     error: str | None = None
     traceback: str | None = None
+    refs: tuple[DatasetRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,21 +126,21 @@ class RunSummary:
     pipeline : str
         The pipeline's name.
     output : Path
-        Its output directory.
+        Its output repository.
     units : int
         Units in the run.
     done : int
-        Units processed now.
+        Units that completed every segment, some of it now.
     skipped : int
-        Units already done before.
+        Units that had completed every segment before.
     failures : tuple of UnitResult
-        Units that failed, with their tracebacks.
+        Units that failed, with their tracebacks (the first failure of each).
     stage_seconds : mapping
-        Stage label → total seconds over the units processed now.
+        Stage label → total seconds over the tasks run now.
     wall_seconds : float
         Duration of the run.
     scheduler : str
-        Where it ran (``"LocalCluster(2 processes)"`` or the scheduler address).
+        Where it ran (``"LocalCluster(2 processes)"``, the scheduler address, ``"inline"``).
     """
 
     pipeline: str
@@ -153,80 +177,61 @@ class RunSummary:
         lines = [f"pipeline {self.pipeline!r}: {self.units} units: {self.done} done now, "
                  f"{self.skipped} already done, {len(self.failures)} failed "
                  f"({self.wall_seconds:.1f} s on {self.scheduler})"]
-        if self.stage_seconds:
-            per_unit = max(self.done + len(self.failures), 1)
+        if any(self.stage_seconds.values()):
             lines.append("  time per stage: " + ", ".join(
-                f"{k} {v:.2f} s ({v / per_unit:.3f} s/unit)" for k, v in self.stage_seconds.items()))
+                f"{k} {v:.2f} s" for k, v in self.stage_seconds.items()))
         for failure in self.failures:
-            lines.append(f"  FAILED {failure.unit.key}: {failure.error}")
-        if self.failures:
+            lines.append(f"  FAILED {failure.unit.key or 'run'}: {failure.error}")
+        if any(f.traceback for f in self.failures):
             lines.append(f"  tracebacks in {self.output / 'failed'}")
-        lines.append(f"  outputs in {self.output / 'units'}")
+        lines.append(f"  outputs in {self.output}")
         return "\n".join(lines)
 
 
-def unit_dir(output: str | os.PathLike[str], unit: Unit) -> Path:
+def unit_dir(output: str | os.PathLike[str], unit: Mapping[str, Any]) -> Path:
     """The directory holding a unit's outputs."""
-    return Path(output) / "units" / unit.key
+    return Path(output) / "units" / DataId(unit).key
 
 
-def is_done(output: str | os.PathLike[str], unit: Unit, fingerprint: str,
-            inputs: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``unit`` was completed by a pipeline with this fingerprint.
-
-    Parameters
-    ----------
-    output : path
-        The output directory.
-    unit : Unit
-        The unit.
-    fingerprint : str
-        :attr:`ResolvedPipeline.fingerprint`.
-    inputs : mapping, optional
-        The unit's current input identities (:meth:`ResolvedPipeline.input_identities`);
-        if given, they must equal those recorded when the unit was done, so that a changed
-        input file redoes the unit.
-    """
-    marker = unit_dir(output, unit) / DONE
-    try:
-        done = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(done, dict) or done.get("fingerprint") != fingerprint:
-        return False
-    return inputs is None or done.get("inputs") == json.loads(json.dumps(dict(inputs)))
+# --------------------------------------------------------------------------- plans
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class _Input:
+    """One dataset a task reads: a single file, or many (a lookup)."""
+
+    dataset: str
+    path: str | None = None
+    items: tuple[tuple[DataId, str], ...] | None = None
+    shared: bool = False  # a pipeline input with no dimension: cached per worker
 
 
-def _move_aside(final: Path, unit: Unit, suffix: str) -> Path | None:
-    """Rename a unit directory to a unique hidden name beside it (atomic, so ``units/KEY``
-    is never half-removed); returns that name, or ``None`` if ``final`` was already gone."""
-    aside = Path(tempfile.mkdtemp(prefix=f".{unit.key}.", suffix=suffix, dir=final.parent))
-    try:
-        os.replace(final, aside)  # a directory replaces an empty one
-    except FileNotFoundError:
-        aside.rmdir()
-        return None
-    return aside
+@dataclass(frozen=True)
+class _Task:
+    """What a worker needs to run a segment on some data IDs; plain data, no database."""
+
+    segment: int
+    data_ids: tuple[DataId, ...]
+    inputs: Mapping[DataId, Mapping[str, _Input]]
+    identities: Mapping[DataId, str]
+    visits: Mapping[int, Any] = field(default_factory=dict)
+    detectors: Mapping[tuple[int, int], Any] = field(default_factory=dict)
+    units: tuple[DataId, ...] = ()  # gather: the units gathered
+    region: str = ""
 
 
 _SHARED: dict[tuple[str, str, str], Any] = {}
 
 
-def _read_input(resolved: ResolvedPipeline, dataset: str, path: Path,
-                identity: Mapping[str, Any] | None) -> Any:
-    """Read a pipeline input; one shared by all units (no ``{visit}``/``{detector}`` in its
-    template, e.g. a calibration) is read once per worker process and reused while unchanged
-    (same :func:`file_identity`). Stages must therefore treat their inputs as read-only."""
-    dataset_type = resolved.dataset_types[dataset]
-    if _template_fields(resolved.pipeline.inputs[dataset], dataset):
+def _read(resolved: ResolvedPipeline, source: _Input) -> Any:
+    """Read a single input; a whole-run pipeline input is read once per worker process and
+    reused while unchanged (stages must treat their inputs as read-only)."""
+    dataset_type = resolved.dataset_types[source.dataset]
+    path = Path(source.path)  # type: ignore[arg-type]
+    if not source.shared:
         return dataset_type.read(path)
-    key = (dataset_type.name, str(path.resolve()), json.dumps(identity, sort_keys=True))
+    key = (dataset_type.name, str(path.resolve()),
+           json.dumps(file_identity(path), sort_keys=True))
     if key not in _SHARED:
         if len(_SHARED) >= 4:
             _SHARED.pop(next(iter(_SHARED)))
@@ -234,154 +239,372 @@ def _read_input(resolved: ResolvedPipeline, dataset: str, path: Path,
     return _SHARED[key]
 
 
-class _InputReadError(Exception):
-    """Reading a pipeline input failed (the input, not the consuming stage, is to blame)."""
+class _InputReadError(PicklableError, Exception):
+    """Reading an input failed (the input, not the consuming stage, is to blame)."""
 
-    def __init__(self, dataset: str, path: Path, stage: str, cause: BaseException):
-        self.dataset, self.path, self.stage, self.cause = dataset, path, stage, cause
+    def __init__(self, dataset: str, path: str, stage: str, cause: BaseException):
+        self.dataset, self.path, self.stage = dataset, path, stage
         super().__init__(f"reading input {dataset!r} from {path} (for stage {stage!r}) failed: "
                          f"{type(cause).__name__}: {cause}")
 
 
-def execute_unit(resolved: ResolvedPipeline, unit: Unit, output: str) -> UnitResult:
-    """Run every stage of the pipeline on one unit; never raises for a stage failure.
+def _provenance(resolved: ResolvedPipeline, segment: Segment, step: Any, data_id: DataId,
+                inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {"stage": {"label": step.label, "name": step.stage.name,
+                      "version": step.stage.version, "plugin": step.plugin,
+                      "distribution": step.distribution},
+            "options": options_to_dict(step.options), "inputs": dict(inputs),
+            "pipeline": {"name": resolved.pipeline.name, "segment": segment.label,
+                         "fingerprint": segment.fingerprint}}
 
-    The unit's outputs and their provenance are written to a staging directory, unique to
-    this execution, that is renamed to :func:`unit_dir` only when every stage succeeded. The
-    identity of every input file (:func:`~jointcal_ap.stages.pipeline.file_identity`) is
-    recorded in ``_done.json``, taken before the input is read. A failure is written to
-    ``OUT/failed/UNIT.txt`` and returned; an existing unit directory that is not done with
-    this pipeline and these inputs is then removed, so that ``units/`` never mixes
-    configurations.
 
-    Parameters
-    ----------
-    resolved : ResolvedPipeline
-        The checked pipeline.
-    unit : Unit
-        The visit × detector to process.
-    output : str
-        The output directory.
-    """
-    final = unit_dir(output, unit)
-    failed_path = Path(output) / "failed" / f"{unit.key}.txt"
-    fingerprint = resolved.fingerprint
-    staging: Path | None = None
-    values: dict[str, Any] = {}
-    records: dict[str, dict[str, Any]] = {}
-    seconds: dict[str, float] = {}
-    current = None
+def _write_failure(root: Path, data_id: DataId, error: str, tb: str) -> None:
     try:
-        identities = resolved.input_identities(unit)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{unit.key}.", suffix=".partial",
-                                        dir=final.parent))
-        for step in resolved.stages:
+        write_text(root / "failed" / f"{data_id.key or 'run'}.txt",
+                   f"{data_id.key or 'run'}: {error}\n\n{tb}")
+    except OSError:  # pragma: no cover - the summary still carries it
+        log.exception("cannot write the failure of %s", data_id.key)
+
+
+def _run_steps(resolved: ResolvedPipeline, task: _Task, data_id: DataId, root: Path
+               ) -> UnitResult:
+    """Run a segment's stages on one data ID (or, for a gather task, on all units)."""
+    segment = resolved.segments[task.segment]
+    repo = Repository(root)
+    values: dict[str, Any] = {}
+    records: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    refs: list[DatasetRef] = []
+    current = None
+    sources = task.inputs.get(data_id, {})
+    gather = segment.kind == "gather"
+    try:
+        for step in segment.stages:
             current = step
             start = time.perf_counter()
             kwargs = {}
             for port, dataset in step.inputs.items():
-                if dataset not in values:  # a pipeline input
-                    path = resolved.input_path(dataset, unit)
-                    try:
-                        if identities.get(dataset) is None:
-                            raise FileNotFoundError(f"{path}: input {dataset!r} of {unit.key} "
-                                                    f"not found")
-                        values[dataset] = _read_input(resolved, dataset, path,
-                                                      identities[dataset])
-                    except Exception as exc:
-                        raise _InputReadError(dataset, path, step.label, exc) from exc
-                    records[dataset] = {"input": str(path)}
-                kwargs[port] = values[dataset]
+                if dataset in values:
+                    kwargs[port] = values[dataset]
+                    continue
+                source = sources[dataset]
+                if source.items is not None:
+                    dataset_type = resolved.dataset_types[dataset]
+                    kwargs[port] = {d: DatasetHandle(dataset, dataset_type, d, p)
+                                    for d, p in source.items}
+                    records[dataset] = {"dataset": dataset, "data_ids": len(source.items)}
+                    continue
+                try:
+                    kwargs[port] = _read(resolved, source)
+                except Exception as exc:
+                    raise _InputReadError(dataset, str(source.path), step.label, exc) from exc
+                records[dataset] = ({"input": source.path} if resolved.is_input(dataset)
+                                    else {"dataset": dataset, "path": source.path})
             stage = step.stage(step.options)
-            result = stage.run(unit, **kwargs)
+            stage.context = StageContext(
+                step.label, data_id,
+                IdempotencyKey.make(step.label, data_id, task.identities.get(data_id, "")),
+                task.visits, task.detectors)
+            result = stage.run(task.units if gather else data_id, **kwargs)
             types = {port: resolved.dataset_types[ds] for port, ds in step.outputs.items()}
             result = check_outputs(stage, result, types, step.origin)
             for port, value in result.items():
                 dataset = step.outputs[port]
-                dataset_type = types[port]
-                filename = None
-                if dataset_type.writer is not None:
-                    filename = f"{dataset}{dataset_type.suffix}"
-                    dataset_type.write(value, staging / filename)
+                prov = _provenance(resolved, segment, step, data_id,
+                                   {p: records.get(ds, {"dataset": ds})
+                                    for p, ds in step.inputs.items()})
+                if step.out_ports[port].per_unit:
+                    for key, item in value.items():
+                        refs.append(repo.write(item, dataset, types[port], key, prov))
+                    records[dataset] = {"dataset": dataset, "data_ids": len(value)}
+                else:
+                    refs.append(repo.write(value, dataset, types[port], data_id, prov))
+                    records[dataset] = {"dataset": dataset, "file": Path(refs[-1].path).name}
                 values[dataset] = value
-                records[dataset] = {"dataset": dataset, "file": filename}
-                provenance = {
-                    "dataset": dataset, "type": dataset_type.name, "file": filename,
-                    "unit": {"visit": unit.visit, "detector": unit.detector},
-                    "stage": {"label": step.label, "name": step.stage.name,
-                              "version": step.stage.version, "plugin": step.plugin,
-                              "distribution": step.distribution},
-                    "options": options_to_dict(step.options),
-                    "inputs": {p: records[ds] for p, ds in step.inputs.items()},
-                    "pipeline": {"name": resolved.pipeline.name, "fingerprint": fingerprint},
-                }
-                _write_json(staging / f"{dataset}.provenance.json", provenance)
             seconds[step.label] = time.perf_counter() - start
-        current = None
-        _write_json(staging / DONE, {"unit": unit.key, "fingerprint": fingerprint,
-                                     "inputs": identities, "seconds": seconds,
-                                     "datasets": sorted(records)})
-        _install(staging, final, unit, fingerprint, identities)
-        staging = None
-        failed_path.unlink(missing_ok=True)
-        return UnitResult(unit, "done", seconds)
+        return UnitResult(data_id, "done", seconds, refs=tuple(refs))
     except Exception as exc:
         tb = traceback.format_exc()
         stage_label = current.label if current else None
         if isinstance(exc, _InputReadError):
             error = f"input {exc.dataset!r}: {exc}"
-            stage_label = None
+            stage_label = None  # the input, not the stage, is to blame
         else:
             where = f"stage {current.label!r} {current.origin}" if current else "setup"
             error = f"{where}: {type(exc).__name__}: {exc}"
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        repo.delete_files(refs)  # this attempt's files: never leave a half-done unit's outputs
+        _write_failure(root, data_id, error, tb)
+        return UnitResult(data_id, "failed", seconds, stage_label, error, tb)
+
+
+def _run_task(resolved: ResolvedPipeline, task: _Task, root: str) -> list[UnitResult]:
+    """A Dask task: run one segment on one unit, on all units (gather), or on a region's units
+    in time order (ordered; the first failure stops the region)."""
+    use_plugins(resolved.plugin_refs)
+    results: list[UnitResult] = []
+    for data_id in task.data_ids:
+        result = _run_steps(resolved, task, data_id, Path(root))
+        results.append(result)
+        if result.status == "failed" and task.region:
+            for later in task.data_ids[len(results):]:
+                error = (f"not run: unit {data_id.key} of region {task.region} failed before it "
+                         f"(units of a region run in time order)")
+                results.append(UnitResult(later, "failed", {}, result.stage, error, None))
+            break
+    return results
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _identity(parts: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class _Planner:
+    """Resolves each task's inputs to files, and decides what is already done."""
+
+    def __init__(self, resolved: ResolvedPipeline, repo: Repository, units: Sequence[DataId]):
+        self.resolved, self.repo, self.units = resolved, repo, list(units)
+        self.registry = repo.registry
+        self._identity_cache: dict[Path, Any] = {}
+
+    def _file(self, path: Path) -> Any:
+        if path not in self._identity_cache:
+            self._identity_cache[path] = file_identity(path)
+        return self._identity_cache[path]
+
+    def _produced(self, dataset: str, data_id: DataId) -> tuple[str, Any] | None:
+        ref = self.registry.dataset(dataset, data_id)
+        if ref is None:
+            return None
+        path = self.repo.resolve(ref)
+        return str(path), ref.identity
+
+    def _single(self, dataset: str, unit: DataId, stage_dims: Sequence[str] | None
+                ) -> tuple[_Input, Any]:
+        resolved = self.resolved
+        if resolved.is_input(dataset):
+            path = resolved.input_path(dataset, unit)
+            identity = self._file(path)
+            if identity is None:
+                raise FileNotFoundError(f"{path}: input {dataset!r} of {unit.key or 'the run'} "
+                                        f"not found")
+            shared = not resolved.dataset_dimensions.get(dataset)
+            return _Input(dataset, str(path), shared=shared), identity
+        dims = resolved.dataset_dimensions.get(dataset)
+        target = DataId() if dims == frozenset() else unit
+        found = self._produced(dataset, target)
+        if found is None:
+            raise FileNotFoundError(f"dataset {dataset!r} of {target.key or 'the run'} is not in "
+                                    f"the repository (its producer did not complete)")
+        return _Input(dataset, found[0]), found[1]
+
+    def _lookup(self, dataset: str, spec: Any, unit: DataId, units: Sequence[DataId]
+                ) -> tuple[_Input, Any]:
+        if spec.lookup == "all":
+            wanted = list(units)
+        else:  # overlapping
+            visit = self.registry.visit(unit.visit)
+            rows = self.registry.overlapping(
+                unit.visit, unit.detector, before_mjd=visit.mjd_tai if spec.before else None,
+                band=visit.band if spec.same_band else None)
+            wanted = [r.data_id for r in rows]
+        items, identities = [], {}
+        for data_id in wanted:
+            data_id = _match_unit(data_id, units)
+            if self.resolved.is_input(dataset):
+                path = self.resolved.input_path(dataset, data_id)
+                identity = self._file(path)
+                if identity is None:
+                    continue
+                items.append((data_id, str(path)))
+            else:
+                found = self._produced(dataset, data_id)
+                if found is None:
+                    continue
+                items.append((data_id, found[0]))
+                identity = found[1]
+            identities[data_id.key] = identity
+        return _Input(dataset, items=tuple(items)), identities
+
+    def plan_inputs(self, segment: Segment, unit: DataId, units: Sequence[DataId]
+                    ) -> tuple[dict[str, _Input], str]:
+        """The external inputs of a segment for one data ID, and their identity."""
+        produced_here = {ds for st in segment.stages for ds in st.outputs.values()}
+        inputs: dict[str, _Input] = {}
+        parts: dict[str, Any] = {"fingerprint": segment.fingerprint}
+        for step in segment.stages:
+            for port, dataset in step.inputs.items():
+                if dataset in produced_here or dataset in inputs:
+                    continue
+                spec = step.in_ports[port]
+                try:
+                    if spec.multiple:
+                        inputs[dataset], parts[dataset] = self._lookup(dataset, spec, unit, units)
+                    else:
+                        inputs[dataset], parts[dataset] = self._single(dataset, unit,
+                                                                       step.stage.dimensions)
+                except Exception as exc:
+                    where = (str(self.resolved.input_path(dataset, unit))
+                             if self.resolved.is_input(dataset) else "the repository")
+                    raise _InputReadError(dataset, where, step.label, exc) from exc
+        return inputs, _identity(parts)
+
+    def outputs_present(self, segment: Segment, data_id: DataId) -> bool:
+        for step in segment.stages:
+            for port, dataset in step.outputs.items():
+                if step.out_ports[port].per_unit:
+                    keys = [d for d in self.units]
+                    refs = {r.data_id for r in self.registry.datasets(dataset)}
+                    if not refs or any(_match_unit(k, refs) not in refs for k in keys
+                                       if k in refs):
+                        return False
+                    continue
+                ref = self.registry.dataset(dataset, data_id)
+                if ref is None or not self.repo.resolve(ref).exists():
+                    return False
+        return True
+
+
+def _match_unit(data_id: DataId, units: Iterable[DataId]) -> DataId:
+    """The unit equal to ``data_id`` (so that a stage sees the run's own Unit objects)."""
+    for unit in units:
+        if unit == data_id:
+            return unit
+    return data_id
+
+
+def _registry_records(repo: Repository, units: Sequence[DataId]
+                      ) -> tuple[dict[int, Any], dict[tuple[int, int], Any]]:
+    visits = {v.visit: v for v in repo.registry.visits(
+        sorted({u["visit"] for u in units if "visit" in u}))}
+    detectors = {(d.visit, d.detector): d for d in repo.registry.detectors(sorted(visits))}
+    return visits, detectors
+
+
+def _ingest_missing(resolved: ResolvedPipeline, repo: Repository, units: Sequence[DataId]) -> None:
+    """Fill the visit registry from the headers of Exposure-typed pipeline inputs."""
+    known = {(d.visit, d.detector) for d in repo.registry.detectors()}
+    sources = [ds for ds in resolved.consumed_inputs
+               if resolved.dataset_types[ds].name in INGESTIBLE
+               and {"visit", "detector"} <= (resolved.dataset_dimensions.get(ds) or set())]
+    if not sources:
+        return
+    paths = []
+    for unit in units:
+        if "visit" not in unit or "detector" not in unit or (unit.visit, unit.detector) in known:
+            continue
+        path = resolved.input_path(sources[0], unit)
+        if path.exists():
+            paths.append(path)
+    if paths:
         try:
-            if final.exists() and not is_done(output, unit, fingerprint,
-                                              resolved.input_identities(unit)):
-                # outputs of another configuration (or other inputs): never leave them
-                # looking current beside this run's units
-                aside = _move_aside(final, unit, ".stale")
-                if aside is not None:
-                    shutil.rmtree(aside, ignore_errors=True)
-        except OSError:  # pragma: no cover - reported below; _done.json still tells
-            log.exception("cannot move %s aside", final)
-        try:
-            failed_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = failed_path.with_name(f".{failed_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(f"{unit.key}: {error}\n\n{tb}")
-            os.replace(tmp, failed_path)
-        except OSError:  # pragma: no cover - the summary still carries it
-            log.exception("cannot write %s", failed_path)
-        return UnitResult(unit, "failed", seconds, stage_label, error, tb)
+            ingest_exposures(repo, paths, name=None)
+        except Exception as exc:  # a unit with a bad file fails in its stage, with its name
+            log.warning("visit registry: cannot read exposure headers (%s); stages that need "
+                        "the registry will say so", exc)
 
 
-def _install(staging: Path, final: Path, unit: Unit, fingerprint: str,
-             identities: Mapping[str, Any]) -> None:
-    """Rename a complete staging directory to the unit's directory.
+# --------------------------------------------------------------------------- execution
 
-    A unit directory of another configuration is moved aside first. If the unit was
-    completed meanwhile by another execution with this fingerprint and these inputs, that
-    one is kept and the staging directory discarded.
-    """
-    output = final.parent.parent
-    for _attempt in range(3):
-        if final.exists():
-            if is_done(output, unit, fingerprint, identities):  # completed meanwhile
-                shutil.rmtree(staging, ignore_errors=True)
+
+class _Executor:
+    """Runs tasks inline or on Dask (connecting lazily, closing at the end)."""
+
+    def __init__(self, dask_address: str | None, workers: int | None, processes: bool,
+                 inline: bool, connect_timeout: float):
+        self.dask_address, self.workers, self.processes = dask_address, workers, processes
+        self.inline, self.connect_timeout = inline, connect_timeout
+        self.client: Any = None
+        self.cluster: Any = None
+        self.scheduler = "inline" if inline else "nothing to do"
+        self.used = False  # whether any task ran
+        self._config: Any = None
+
+    def connect(self, n_tasks: int) -> None:
+        """Start a LocalCluster, or connect to the scheduler (SchedulerError if unreachable)."""
+        import dask
+        from distributed import Client
+
+        # One task at a time per worker (no queue on a worker), and a task that kills its
+        # worker is retried once: then a dying task never takes an innocent one with it.
+        self._config = dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                                        "distributed.scheduler.allowed-failures": 1})
+        self._config.__enter__()
+        if self.dask_address:
+            try:
+                self.client = Client(self.dask_address, timeout=self.connect_timeout)
+            except Exception as exc:
+                raise SchedulerError(self.dask_address, f"cannot connect to the Dask scheduler at "
+                                     f"{self.dask_address!r} within {self.connect_timeout:g} s: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            self.scheduler = self.dask_address
+        else:
+            from distributed import LocalCluster
+
+            n = max(1, min(self.workers or os.cpu_count() or 1, n_tasks))
+            # ":0": a free port for the dashboard, so that two runs never collide.
+            self.cluster = LocalCluster(n_workers=n, threads_per_worker=1,
+                                        processes=self.processes, dashboard_address=":0",
+                                        silence_logs=logging.ERROR)
+            self.client = Client(self.cluster)
+            self.scheduler = f"LocalCluster({n} {'processes' if self.processes else 'threads'})"
+
+    def run(self, resolved: ResolvedPipeline, tasks: Sequence[_Task], root: str,
+            label: str, progress: bool, on_result: Callable[[list[UnitResult]], None]) -> None:
+        from jointcal_ap.progress import progress as progress_bar
+
+        self.used = True
+        total = sum(len(t.data_ids) for t in tasks)
+        with progress_bar(total=total, desc=label, unit="unit", enabled=progress) as bar:
+            if self.inline:
+                for task in tasks:
+                    results = _run_task(resolved, task, root)
+                    on_result(results)
+                    bar.update(len(results))
                 return
-            old = _move_aside(final, unit, ".old")
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(staging, final)
-            return
-        except OSError as exc:  # another execution put it in place between the two steps
-            if not final.exists():
-                raise
-            last = exc
-    raise last
+            if self.client is None:
+                self.connect(len(tasks))
+            from distributed import as_completed
+
+            stamp = time.time_ns()
+            futures = [self.client.submit(_run_task, resolved, task, root, pure=False,
+                                          key=f"{label}-{i}-{stamp}")
+                       for i, task in enumerate(tasks)]
+            task_of = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+            for future in as_completed(futures):
+                try:
+                    results = future.result()
+                except Exception as exc:  # the worker died (KilledWorker), or the task was lost
+                    task = task_of[future.key]
+                    error = f"task lost: {type(exc).__name__}: {exc}"
+                    tb = "".join(traceback.format_exception(exc))
+                    results = [UnitResult(d, "failed", {}, None, error, tb) for d in task.data_ids]
+                    for d in task.data_ids:
+                        _write_failure(Path(root), d, error, tb)
+                on_result(results)
+                bar.update(len(results))
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:  # a task pinned to each worker: it runs where the stages ran (their thread)
+                workers = list(self.client.scheduler_info()["workers"])
+                futures = [self.client.submit(close_resources, pure=False, workers=[w],
+                                              allow_other_workers=False,
+                                              key=f"close-resources-{i}-{time.time_ns()}")
+                           for i, w in enumerate(workers)]
+                for errors in self.client.gather(futures, errors="skip"):
+                    for error in errors:
+                        log.error("%s", error)
+            except Exception as exc:  # pragma: no cover - workers already gone
+                log.warning("closing the workers' resources: %s", exc)
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        if self._config is not None:
+            self._config.__exit__(None, None, None)
+        close_resources()
 
 
 def prepare_run(pipeline: Pipeline | str | os.PathLike[str], *, plugin_manager: Any = None,
@@ -395,46 +618,42 @@ def prepare_run(pipeline: Pipeline | str | os.PathLike[str], *, plugin_manager: 
 
             plugin_manager = get_plugin_manager()
         registry = plugin_manager.stage_registry()
-    return resolve_pipeline(pipeline, registry)
-
-
-def _local_cluster(n_workers: int, processes: bool) -> Any:
-    from distributed import LocalCluster
-
-    # ":0": a free port for the scheduler's HTTP server, so that two runs never collide.
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
-                        dashboard_address=":0", silence_logs=logging.ERROR)
+    resolved = resolve_pipeline(pipeline, registry)
+    refs = getattr(plugin_manager, "extra_plugin_refs", ())
+    return dataclasses.replace(resolved, plugin_refs=tuple(refs)) if refs else resolved
 
 
 def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],
-                 units: Iterable[Unit | tuple[int, int]] | None = None, *,
+                 units: Iterable[DataId | Mapping[str, Any] | tuple[int, int]] | None = None, *,
                  output: str | os.PathLike[str] | None = None, dask_address: str | None = None,
                  workers: int | None = None, processes: bool = True, progress: bool = True,
-                 plugin_manager: Any = None,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> RunSummary:
+                 plugin_manager: Any = None, connect_timeout: float = CONNECT_TIMEOUT,
+                 inline: bool = False) -> RunSummary:
     """Run a pipeline over units of work on Dask.
 
     Parameters
     ----------
     pipeline : Pipeline or path
         The pipeline, or its TOML file.
-    units : iterable of Unit or (visit, detector), optional
+    units : iterable of DataId, mapping or (visit, detector), optional
         The units to process; default: the pipeline's ``[units]``.
     output : path, optional
-        Output directory; default: the pipeline's ``output``.
+        Output repository; default: the pipeline's ``output``.
     dask_address : str, optional
         Run on this Dask scheduler (``tcp://host:8786``) instead of a LocalCluster. Its
         workers must have the stage plugins installed and see the input and output paths.
     workers : int, optional
-        LocalCluster workers (default: the CPU count, at most one per unit to do).
+        LocalCluster workers (default: the CPU count, at most one per task).
     processes : bool
         LocalCluster workers are processes (default) or threads of this process.
     progress : bool
-        Show a progress bar on stderr.
+        Show a progress bar per segment on stderr.
     plugin_manager : PluginManager, optional
         Where stages come from (default: :func:`~jointcal_ap.stages.get_plugin_manager`).
     connect_timeout : float
         Seconds to wait for the scheduler at ``dask_address`` (default 10).
+    inline : bool
+        Run every task in this process, without Dask (debugging, tests).
 
     Returns
     -------
@@ -449,8 +668,19 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],
         The scheduler at ``dask_address`` cannot be reached within ``connect_timeout``;
         nothing was written.
     """
-    start = time.perf_counter()
     resolved = prepare_run(pipeline, plugin_manager=plugin_manager)
+    return run_resolved(resolved, units, output=output, dask_address=dask_address,
+                        workers=workers, processes=processes, progress=progress,
+                        connect_timeout=connect_timeout, inline=inline)
+
+
+def run_resolved(resolved: ResolvedPipeline,
+                 units: Iterable[DataId | Mapping[str, Any] | tuple[int, int]] | None = None, *,
+                 output: str | os.PathLike[str] | None = None, dask_address: str | None = None,
+                 workers: int | None = None, processes: bool = True, progress: bool = True,
+                 connect_timeout: float = CONNECT_TIMEOUT, inline: bool = False) -> RunSummary:
+    """:func:`run_pipeline` for a pipeline already resolved (:func:`prepare_run`)."""
+    start = time.perf_counter()
     config = resolved.pipeline
     out = Path(output) if output is not None else config.output
     if out is None:
@@ -459,81 +689,182 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],
     out = out.resolve()
     if workers is not None and workers < 1:
         raise PipelineError(f"workers must be at least 1, got {workers}")
-    all_units = units_from(list(units)) if units is not None else config.discover_units()
+    if units is not None:
+        all_units = units_from(list(units))
+    elif config.query is not None:
+        if not (out / "registry.sqlite3").exists():
+            raise PipelineError(f"{config.source}: units.query: {out} is not a repository yet "
+                                f"(ingest into it first)")
+        with Repository(out) as peek:
+            all_units = config.discover_units(peek)
+    else:
+        all_units = config.discover_units()
     if len(set(all_units)) != len(all_units):
         raise PipelineError(f"{config.source}: units are listed twice")
-    fingerprint = resolved.fingerprint
-    cache: dict[Path, Any] = {}
-    todo = [u for u in all_units
-            if not is_done(out, u, fingerprint, resolved.input_identities(u, cache))]
-    skipped = len(all_units) - len(todo)
 
-    def start_run() -> None:  # once connected: nothing is written for an unreachable cluster
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "pipeline.json", {**resolved.describe(), "fingerprint": fingerprint})
-
-    results: list[UnitResult] = []
-    scheduler = "nothing to do"
-    if todo:
-        results, scheduler = _run_on_dask(resolved, todo, str(out), dask_address, workers,
-                                          processes, progress, skipped, len(all_units),
-                                          connect_timeout, start_run)
-    else:
-        start_run()
+    executor = _Executor(dask_address, workers, processes, inline, connect_timeout)
+    failures: dict[DataId, UnitResult] = {}
+    ran: set[DataId] = set()
     stage_seconds: dict[str, float] = {s.label: 0.0 for s in resolved.stages}
-    for result in results:
-        for label, sec in result.seconds.items():
-            stage_seconds[label] += sec
-    failures = tuple(sorted((r for r in results if r.status == "failed"), key=lambda r: r.unit))
-    summary = RunSummary(config.name, out, len(all_units), len(results) - len(failures), skipped,
-                         failures, stage_seconds, time.perf_counter() - start, scheduler)
-    _write_json(out / "run_summary.json", summary.to_dict())
+    try:
+        if dask_address and not inline:  # an unreachable scheduler: nothing is written
+            executor.connect(len(all_units))
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "pipeline.json", resolved.describe())
+        with Repository(out) as repo:
+            for index, segment in enumerate(resolved.segments):
+                active = [u for u in all_units if u not in failures]
+                if not active:
+                    break
+                tasks = _plan(resolved, index, segment, repo, active, failures)
+                if not tasks:
+                    continue
+                identities = {d: t.identities[d] for t in tasks for d in t.data_ids}
+                done: list[tuple[DataId, str, str, float]] = []
+
+                def on_result(results: list[UnitResult], segment: Segment = segment,
+                              done: list = done, active: list = active,
+                              identities: dict = identities) -> None:
+                    for result in results:
+                        for label, sec in result.seconds.items():
+                            stage_seconds[label] += sec
+                        hit = active if segment.kind == "gather" else [result.unit]
+                        if result.status == "done":
+                            repo.register(result.refs)
+                            done.append((result.unit, segment.fingerprint,
+                                         identities[result.unit], sum(result.seconds.values())))
+                            ran.update(hit)
+                        else:
+                            _forget(repo, segment, result.unit, active)
+                            for u in hit:
+                                failures.setdefault(u, UnitResult(u, "failed", {}, result.stage,
+                                                                  result.error, result.traceback))
+
+                executor.run(resolved, tasks, str(out), segment.label, progress, on_result)
+                repo.registry.record_tasks(segment.label, done)
+        for unit in all_units:
+            if unit not in failures:
+                (out / "failed" / f"{unit.key}.txt").unlink(missing_ok=True)
+    finally:
+        executor.close()
+    failed = tuple(sorted(failures.values(), key=lambda r: r.unit))
+    done_now = sum(1 for u in all_units if u in ran and u not in failures)
+    skipped = len(all_units) - done_now - len(failed)
+    summary = RunSummary(config.name, out, len(all_units), done_now, skipped, failed,
+                         stage_seconds, time.perf_counter() - start,
+                         executor.scheduler if executor.used else "nothing to do")
+    write_json(out / "run_summary.json", summary.to_dict())
     return summary
 
 
-def _run_on_dask(resolved: ResolvedPipeline, todo: Sequence[Unit], output: str,
-                 dask_address: str | None, workers: int | None, processes: bool, progress: bool,
-                 skipped: int, total: int, connect_timeout: float,
-                 on_connected: Callable[[], None]) -> tuple[list[UnitResult], str]:
-    from distributed import Client, as_completed
-    from tqdm import tqdm
+def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Repository,
+          active: list[DataId], failures: dict[DataId, UnitResult]) -> list[_Task]:
+    """The tasks of one segment that are not done yet (a unit whose inputs cannot be resolved
+    fails here, named)."""
+    _ingest_missing(resolved, repo, active)
+    planner = _Planner(resolved, repo, active)
+    visits, detectors = _registry_records(repo, active)
+    done = repo.registry.tasks(segment.label)
 
-    cluster = client = None
-    results: list[UnitResult] = []
-    try:
-        if dask_address:
-            try:
-                client = Client(dask_address, timeout=connect_timeout)
-            except Exception as exc:
-                raise SchedulerError(dask_address, f"cannot connect to the Dask scheduler at "
-                                     f"{dask_address!r} within {connect_timeout:g} s: "
-                                     f"{type(exc).__name__}: {exc}") from exc
-            scheduler = dask_address
-        else:
-            n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-            cluster = _local_cluster(n, processes)
-            client = Client(cluster)
-            scheduler = f"LocalCluster({n} {'processes' if processes else 'threads'})"
-        on_connected()
-        task = functools.partial(execute_unit, resolved, output=output)
-        futures = client.map(task, list(todo), key=[f"unit-{resolved.fingerprint}-{u.key}-"
-                                                    f"{time.time_ns()}" for u in todo])
-        unit_of = {f.key: u for f, u in zip(futures, todo, strict=True)}
-        with tqdm(total=total, initial=skipped, desc=resolved.pipeline.name, unit="unit",
-                  disable=not progress, leave=False) as bar:
-            for future in as_completed(futures):
-                try:
-                    result = future.result()
-                except Exception as exc:  # the worker died (KilledWorker), or the task was lost
-                    unit = unit_of[future.key]
-                    result = UnitResult(unit, "failed", {}, None,
-                                        f"task lost: {type(exc).__name__}: {exc}",
-                                        "".join(traceback.format_exception(exc)))
-                results.append(result)
-                bar.update(1)
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-    return results, scheduler
+    def plan_unit(unit: DataId) -> tuple[dict[str, _Input], str] | None:
+        try:
+            return planner.plan_inputs(segment, unit, active)
+        except _InputReadError as exc:
+            error = f"input {exc.dataset!r}: {exc}"
+            failures[unit] = UnitResult(unit, "failed", {}, None, error, None)
+            _write_failure(repo.root, unit, error, "")
+            return None
+
+    def is_done(data_id: DataId, identity: str) -> bool:
+        return done.get(data_id.key) == (segment.fingerprint, identity) \
+            and planner.outputs_present(segment, data_id)
+
+    if segment.kind == "gather":
+        run_id = DataId()
+        try:
+            inputs, identity = planner.plan_inputs(segment, run_id, active)
+        except _InputReadError as exc:
+            error = f"input {exc.dataset!r}: {exc}"
+            for unit in active:
+                failures[unit] = UnitResult(unit, "failed", {}, None, error, None)
+            _write_failure(repo.root, run_id, error, "")
+            return []
+        identity = _identity({"inputs": identity, "units": [u.key for u in active]})
+        if is_done(run_id, identity):
+            return []
+        return [_Task(index, (run_id,), {run_id: inputs}, {run_id: identity}, visits, detectors,
+                      tuple(active))]
+    plans: dict[DataId, tuple[dict[str, _Input], str]] = {}
+    for unit in active:
+        planned = plan_unit(unit)
+        if planned is not None:
+            plans[unit] = planned
+    if segment.kind == "unit":
+        return [_Task(index, (u,), {u: p[0]}, {u: p[1]},
+                      {u.visit: visits[u.visit]} if u.get("visit") in visits else {},
+                      {k: v for k, v in detectors.items() if k[0] == u.get("visit")})
+                for u, p in plans.items() if not is_done(u, p[1])]
+    # ordered: regions in parallel, time order inside
+    groups: dict[int, list[DataId]] = {}
+    for unit in plans:
+        det = detectors.get((unit.get("visit"), unit.get("detector")))
+        if det is None or unit.get("visit") not in visits:
+            error = (f"{segment.label!r} runs in time order per sky region: unit {unit.key} has "
+                     f"no visit/detector in the registry (no Exposure input to read it from)")
+            failures[unit] = UnitResult(unit, "failed", {}, None, error, None)
+            _write_failure(repo.root, unit, error, "")
+            continue
+        groups.setdefault(tile_of(det.ra, det.dec), []).append(unit)
+    tasks = []
+    for tile, units in sorted(groups.items()):
+        units.sort(key=lambda u: (visits[u.visit].mjd_tai, u.visit, u.get("detector", 0)))
+        first = next((i for i, u in enumerate(units) if not is_done(u, plans[u][1])), None)
+        if first is None:
+            continue
+        todo = tuple(units[first:])  # a redone unit redoes every later one of its region
+        tasks.append(_Task(index, todo, {u: plans[u][0] for u in todo},
+                           {u: plans[u][1] for u in todo}, visits, detectors, (),
+                           f"tile{tile}"))
+    return tasks
+
+
+def _forget(repo: Repository, segment: Segment, data_id: DataId, units: Sequence[DataId]) -> None:
+    """A failed task: its segment's outputs from earlier configurations are not current."""
+    keys = []
+    for step in segment.stages:
+        for port, dataset in step.outputs.items():
+            targets = units if step.out_ports[port].per_unit else [data_id]
+            keys.extend((dataset, t) for t in targets)
+    refs = [ref for ref in (repo.registry.dataset(d, t) for d, t in keys) if ref is not None]
+    repo.delete_files(refs)
+    repo.registry.remove_datasets(keys)
+    repo.registry.forget_tasks(segment.label, [data_id])
+
+
+def is_done(output: str | os.PathLike[str], unit: DataId | tuple[int, int],
+            resolved: ResolvedPipeline) -> bool:
+    """Whether ``unit`` has completed every segment of ``resolved`` in the repository
+    ``output``, with the current inputs (what a rerun would skip)."""
+    (unit,) = units_from([unit])
+    if not (Path(output) / "registry.sqlite3").exists():
+        return False
+    with Repository(output) as repo:
+        for index, segment in enumerate(resolved.segments):
+            failures: dict[DataId, UnitResult] = {}
+            if _plan(resolved, index, segment, repo, [unit], failures) or failures:
+                return False
+    return True
+
+
+def execute_unit(resolved: ResolvedPipeline, unit: DataId | tuple[int, int],
+                 output: str | os.PathLike[str]) -> UnitResult:
+    """Run every segment of a resolved pipeline on one unit, in this process (no Dask).
+
+    Returns the unit's outcome: ``"done"`` (or ``"skipped"`` if it was done before) or its
+    first failure. For debugging a stage and for tests; :func:`run_pipeline` is the runner.
+    """
+    (unit,) = units_from([unit])
+    summary = run_resolved(resolved, [unit], output=output, inline=True, progress=False)
+    if summary.failures:
+        return summary.failures[0]
+    return UnitResult(unit, "done" if summary.done else "skipped", dict(summary.stage_seconds))

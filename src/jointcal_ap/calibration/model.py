@@ -1,59 +1,20 @@
-"""The calibration product: per visit × detector, a fitted WCS and a photometric model.
+"""The calibration model: :class:`PhotometricCalibration`, :class:`DetectorCalibration`,
+:class:`Calibration`.
 
 The joint fit writes one :class:`DetectorCalibration` per visit × detector, collected in a
 :class:`Calibration` and saved with :meth:`Calibration.write`;
-:func:`jointcal_ap.exposure.calibrate_exposure` applies one to an exposure.
-
-Photometry follows the project's convention. For a detector of ``NAXIS1 × NAXIS2`` pixels the
-calibration is a 2-D Chebyshev series ``P(x, y)`` in magnitudes with
-
-    m_AB = −2.5·log10(flux_ADU) + P(x, y)
-    flux_nJy = flux_ADU · 10^(−0.4·(P(x, y) − 31.4))
-
-where ``x, y`` are 1-based FITS pixel coordinates, ``u = (2x − (NAXIS1 + 1)) / NAXIS1`` and
-``v = (2y − (NAXIS2 + 1)) / NAXIS2`` (the pixel grid's outer edges 0.5 … NAXIS + 0.5 map to
-−1 … 1), and ``P = chebval2d(u, v, c)`` with ``c[i, j]`` multiplying ``T_i(u)·T_j(v)``.
-``flux_ADU`` is the total instrumental flux of the exposure (not per second).
-
-This module is the one implementation of the convention: :func:`pixel_to_chebyshev`,
-:func:`chebyshev_basis` and :func:`zero_point_to_njy_per_adu` are its building blocks, and
-the joint photometric fit (:mod:`jointcal_ap.fit.photometry`) builds its design from them and
-returns its results as :class:`PhotometricCalibration`.
-
->>> import numpy as np
->>> from jointcal_ap.calibration import PhotometricCalibration
->>> phot = PhotometricCalibration.constant(31.4, naxis1=2048, naxis2=4096, zero_point_err=0.01)
->>> float(phot.njy_per_adu(1024.5, 2048.5))       # P = 31.4: one ADU is one nJy
-1.0
->>> flux, err = phot.flux_to_njy(1000.0, 1024.5, 2048.5, flux_err=10.0)
->>> round(float(err), 3)              # 10 nJy ⊕ 1000 nJy × 0.4·ln(10)·0.01 mag
-13.595
-
-On disk (:meth:`Calibration.write`)::
-
-    DIR/calibration.json   the index: format, version, one entry per visit × detector with its
-                           photometry (JSON; floats exact), and the SHA-256 of the two files below
-    DIR/wcs.fits           a FITS table, one row per visit × detector: VISIT, DETECTOR, NAXIS1,
-                           NAXIS2, HAS_WCS, WCS_HEADER (the TAN-SIP header as 80-character cards)
-    DIR/provenance.json    the effective provenance: jointcal_ap version, creation time, and
-                           whatever the producer passed (e.g. the fit options)
-
-Every file is written to a temporary name and renamed; the index is written last and holds
-the checksums of the others, so :meth:`Calibration.read` never takes a half-written or
-mixed directory for a complete one.
+:func:`jointcal_ap.exposure.calibrate_exposure` applies one to an exposure. The files
+themselves are :mod:`jointcal_ap.calibration.disk_format`'s business: ``write`` and ``read``
+hand it plain values (:class:`~jointcal_ap.calibration.disk_format.DetectorRecord`) and
+build the objects here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import tempfile
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -62,152 +23,33 @@ import numpy as np
 from astropy.io import fits
 from numpy.polynomial import chebyshev
 
+from jointcal_ap.calibration.convention import (
+    _LN_PER_MAG,
+    _MAG_PER_LN,
+    chebyshev_basis,
+    pixel_to_chebyshev,
+    zero_point_to_njy_per_adu,
+)
+from jointcal_ap.calibration.disk_format import (
+    PHOTOMETRY_FORMAT,
+    DetectorRecord,
+    header_to_text,
+    make_wcs,
+    normalised_header,
+    read_calibration_directory,
+    write_calibration_directory,
+)
+from jointcal_ap.calibration.errors import CalibrationError
+
 __all__ = [
-    "CALIBRATION_FORMAT",
-    "CALIBRATION_VERSION",
-    "NJY_ZERO_POINT",
+    "GRID_CHUNK_ROWS",
     "Calibration",
-    "CalibrationError",
     "DetectorCalibration",
     "PhotometricCalibration",
-    "chebyshev_basis",
-    "header_from_text",
-    "header_to_text",
-    "make_wcs",
-    "pixel_to_chebyshev",
-    "zero_point_to_njy_per_adu",
 ]
 
-#: AB magnitude of a flux of 1 nJy: 8.9 + 2.5·9 = 31.4.
-NJY_ZERO_POINT = 31.4
-#: ``format`` tag of ``calibration.json``.
-CALIBRATION_FORMAT = "jointcal_ap.calibration"
-CALIBRATION_VERSION = 1
-#: ``format`` tag of a serialised :class:`PhotometricCalibration`.
-PHOTOMETRY_FORMAT = "jointcal_ap.photometric_calibration"
-
-INDEX_NAME = "calibration.json"
-WCS_NAME = "wcs.fits"
-PROVENANCE_NAME = "provenance.json"
-
-_CARD = 80
-_MAG_PER_LN = 2.5 / math.log(10.0)  # 1.0857: σ_m = _MAG_PER_LN · σ_f / f
-_LN_PER_MAG = 0.4 * math.log(10.0)  # 0.9210: σ_f / f = _LN_PER_MAG · σ_m
 #: Rows of a pixel grid evaluated at once (bounds the temporaries of a 4k × 4k detector).
 GRID_CHUNK_ROWS = 512
-
-
-class CalibrationError(ValueError):
-    """A calibration is malformed, missing a part, or does not cover the exposure asked for."""
-
-
-# --------------------------------------------------------------------------- FITS header helpers
-
-
-def header_to_text(header: fits.Header) -> str:
-    """The header as concatenated 80-character cards, without ``END`` or padding."""
-    return header.tostring(sep="", endcard=False, padding=False)
-
-
-def header_from_text(text: str) -> fits.Header:
-    """Inverse of :func:`header_to_text`; trailing blanks that a FITS string column dropped are restored."""
-    text = text.rstrip()
-    n = -(-len(text) // _CARD) * _CARD
-    return fits.Header.fromstring(text.ljust(n)) if text else fits.Header()
-
-
-def make_wcs(header: fits.Header, where: str = "header"):
-    """``astropy.wcs.WCS`` of the celestial part of a header, quietly (no ``FITSFixedWarning``).
-
-    Raises
-    ------
-    CalibrationError
-        The header does not describe a celestial WCS; ``where`` names it in the message.
-    """
-    from astropy.wcs import WCS, FITSFixedWarning
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(header, naxis=2)
-    except Exception as exc:  # astropy raises several types for bad WCS cards
-        raise CalibrationError(f"{where}: not a valid FITS WCS ({exc})") from exc
-    if not wcs.has_celestial:
-        raise CalibrationError(f"{where}: no celestial WCS (expected CTYPE1/2 such as "
-                               f"'RA---TAN-SIP'/'DEC--TAN-SIP', got {list(wcs.wcs.ctype)})")
-    return wcs
-
-
-def _normalised_header(header: fits.Header) -> fits.Header:
-    """The header as any FITS reader sees it: through its text form (float cards ≤ 20 characters)."""
-    return header_from_text(header_to_text(header))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --------------------------------------------------------------------------- photometry
-
-
-def pixel_to_chebyshev(x, y, naxis1: int, naxis2: int) -> tuple[np.ndarray, np.ndarray]:
-    """Chebyshev coordinates of 1-based pixel positions on a ``naxis1 × naxis2`` detector.
-
-    ``u = (2x − (naxis1 + 1)) / naxis1``, ``v = (2y − (naxis2 + 1)) / naxis2``: the pixel
-    grid's outer edges 0.5 … naxis + 0.5 map to −1 … 1 and its centre to 0.
-
-    Parameters
-    ----------
-    x, y : array_like, pixels (1-based, FITS)
-    naxis1, naxis2 : int
-        Detector size in pixels.
-
-    Returns
-    -------
-    u, v : ndarray (dimensionless)
-    """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    return (2.0 * x - (naxis1 + 1)) / naxis1, (2.0 * y - (naxis2 + 1)) / naxis2
-
-
-def chebyshev_basis(u, v, degree: tuple[int, int]) -> np.ndarray:
-    """``T_i(u)·T_j(v)`` for every coefficient ``c[i, j]``, in ``c.ravel()`` (C) order.
-
-    So ``chebyshev_basis(u, v, (nx, ny)) @ c.ravel() == chebval2d(u, v, c)`` for
-    coefficients of shape (nx + 1, ny + 1), and a covariance of ``c.ravel()`` propagates as
-    ``B @ cov @ B.T``.
-
-    Parameters
-    ----------
-    u, v : array_like
-        Chebyshev coordinates (:func:`pixel_to_chebyshev`), broadcast together.
-    degree : (int, int)
-        Degrees (in u, in v).
-
-    Returns
-    -------
-    ndarray, shape ``broadcast(u, v).shape + ((nx + 1)·(ny + 1),)``
-    """
-    nx, ny = degree
-    u, v = np.broadcast_arrays(np.asarray(u, dtype=float), np.asarray(v, dtype=float))
-    return chebyshev.chebvander2d(u, v, [nx, ny]).reshape(*u.shape, (nx + 1) * (ny + 1))
-
-
-def zero_point_to_njy_per_adu(zero_point) -> np.ndarray:
-    """nJy per ADU of total flux for a calibration ``P`` (mag): ``10^(−0.4·(P − 31.4))``."""
-    return 10.0 ** (-0.4 * (np.asarray(zero_point, dtype=float) - NJY_ZERO_POINT))
 
 
 def _positive_int(value: Any, name: str, where: str) -> int:
@@ -468,7 +310,7 @@ class DetectorCalibration:
             if not isinstance(self.wcs_header, fits.Header):
                 raise CalibrationError(f"{where}: wcs_header must be an astropy.io.fits.Header, "
                                        f"got {type(self.wcs_header).__name__}")
-            header = _normalised_header(self.wcs_header)
+            header = normalised_header(self.wcs_header)
             make_wcs(header, f"{where}: wcs_header")
             object.__setattr__(self, "wcs_header", header)
         phot = self.photometry
@@ -587,6 +429,7 @@ class Calibration(Mapping[tuple[int, int], DetectorCalibration]):
                                    f"{det.naxis1} × {det.naxis2}")
         return det
 
+
     # ------------------------------------------------------------------ I/O
     def write(self, directory: str | os.PathLike) -> Path:
         """Write ``calibration.json``, ``wcs.fits`` and ``provenance.json`` into ``directory``.
@@ -594,117 +437,19 @@ class Calibration(Mapping[tuple[int, int], DetectorCalibration]):
         The directory is created if needed; each file goes to a temporary name and is renamed,
         the index last (it holds the others' SHA-256). Returns the directory.
         """
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        from jointcal_ap import __version__
-
-        provenance = {"jointcal_ap_version": __version__,
-                      "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
-        provenance.update(self.provenance)
-        try:
-            prov_text = json.dumps(provenance, indent=2, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise CalibrationError(f"{out / PROVENANCE_NAME}: provenance is not JSON-serialisable "
-                                   f"({exc})") from exc
-
-        keys = list(self._items)
-        texts = [header_to_text(self._items[k].wcs_header) if self._items[k].wcs_header is not None
-                 else "" for k in keys]
-        width = max([1, *(len(t) for t in texts)])
-        table = fits.BinTableHDU.from_columns([
-            fits.Column("VISIT", "K", array=np.array([k[0] for k in keys], np.int64)),
-            fits.Column("DETECTOR", "K", array=np.array([k[1] for k in keys], np.int64)),
-            fits.Column("NAXIS1", "K", array=np.array([self._items[k].naxis1 for k in keys], np.int64)),
-            fits.Column("NAXIS2", "K", array=np.array([self._items[k].naxis2 for k in keys], np.int64)),
-            fits.Column("HAS_WCS", "L", array=np.array([self._items[k].wcs_header is not None
-                                                         for k in keys], bool)),
-            fits.Column("WCS_HEADER", f"{width}A", array=np.array(texts, dtype=f"U{width}")),
-        ], name="WCS")
-        table.header["CALFMT"] = (CALIBRATION_FORMAT, "jointcal_ap calibration product")
-        table.header["CALVER"] = (CALIBRATION_VERSION, "format version")
-        _atomic_write_bytes(out / WCS_NAME, _hdul_bytes(fits.HDUList([fits.PrimaryHDU(), table])))
-        _atomic_write_bytes(out / PROVENANCE_NAME, (prov_text + "\n").encode())
-
-        index = {
-            "format": CALIBRATION_FORMAT,
-            "version": CALIBRATION_VERSION,
-            "files": {WCS_NAME: _sha256(out / WCS_NAME), PROVENANCE_NAME: _sha256(out / PROVENANCE_NAME)},
-            "detectors": [
-                {"visit": k[0], "detector": k[1], "naxis1": self._items[k].naxis1,
-                 "naxis2": self._items[k].naxis2, "has_wcs": self._items[k].wcs_header is not None,
-                 "photometry": None if self._items[k].photometry is None
-                 else self._items[k].photometry.to_dict()}
-                for k in keys
-            ],
-        }
-        _atomic_write_bytes(out / INDEX_NAME,
-                            (json.dumps(index, indent=1, allow_nan=False) + "\n").encode())
-        return out
+        records = [DetectorRecord(det.visit, det.detector, det.naxis1, det.naxis2, det.wcs_header,
+                                  None if det.photometry is None else det.photometry.to_dict())
+                   for det in self._items.values()]
+        return write_calibration_directory(directory, self.provenance, records)
 
     @classmethod
     def read(cls, directory: str | os.PathLike) -> Calibration:
         """Read what :meth:`write` wrote; checks the format, the checksums and that the parts agree."""
-        root = Path(directory)
-        index_path = root / INDEX_NAME
-        if not index_path.is_file():
-            raise CalibrationError(f"{root}: no {INDEX_NAME} (not a calibration directory, or its "
-                                   "write did not complete)")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(f"{index_path}: not valid JSON ({exc})") from exc
-        if index.get("format") != CALIBRATION_FORMAT:
-            raise CalibrationError(f"{index_path}: format is {index.get('format')!r}, expected "
-                                   f"{CALIBRATION_FORMAT!r}")
-        if index.get("version") != CALIBRATION_VERSION:
-            raise CalibrationError(f"{index_path}: version {index.get('version')!r}, this jointcal_ap "
-                                   f"reads version {CALIBRATION_VERSION}")
-        for name, digest in index.get("files", {}).items():
-            path = root / name
-            if not path.is_file():
-                raise CalibrationError(f"{path}: missing (listed in {index_path})")
-            if _sha256(path) != digest:
-                raise CalibrationError(f"{path}: its SHA-256 differs from the one in {index_path}; it "
-                                       "was modified or overwritten by another write")
-        provenance = json.loads((root / PROVENANCE_NAME).read_text())
-
-        wcs_path = root / WCS_NAME
-        headers: dict[tuple[int, int], tuple[int, int, fits.Header | None]] = {}
-        with fits.open(wcs_path) as hdul:
-            if "WCS" not in hdul:
-                raise CalibrationError(f"{wcs_path}: no 'WCS' table extension")
-            data = hdul["WCS"].data
-            for row in data:
-                key = (int(row["VISIT"]), int(row["DETECTOR"]))
-                header = header_from_text(str(row["WCS_HEADER"])) if bool(row["HAS_WCS"]) else None
-                headers[key] = (int(row["NAXIS1"]), int(row["NAXIS2"]), header)
-
+        provenance, records = read_calibration_directory(directory)
         detectors = []
-        for i, entry in enumerate(index.get("detectors", [])):
-            where = f"{index_path}: detectors[{i}]"
-            try:
-                key = (int(entry["visit"]), int(entry["detector"]))
-                naxis = (int(entry["naxis1"]), int(entry["naxis2"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CalibrationError(f"{where}: expected integer visit, detector, naxis1, naxis2 "
-                                       f"({exc})") from exc
-            if key not in headers:
-                raise CalibrationError(f"{wcs_path}: no row for visit {key[0]} detector {key[1]} "
-                                       f"(listed in {index_path})")
-            n1, n2, header = headers[key]
-            if (n1, n2) != naxis or (header is not None) != bool(entry.get("has_wcs")):
-                raise CalibrationError(f"{wcs_path}: the row for visit {key[0]} detector {key[1]} "
-                                       f"disagrees with {index_path}")
-            phot = entry.get("photometry")
-            photometry = None if phot is None else PhotometricCalibration.from_dict(
-                phot, f"{where}.photometry")
-            detectors.append(DetectorCalibration(key[0], key[1], naxis[0], naxis[1], header, photometry))
+        for rec in records:
+            photometry = None if rec.photometry is None else PhotometricCalibration.from_dict(
+                rec.photometry, f"{rec.where}.photometry")
+            detectors.append(DetectorCalibration(rec.visit, rec.detector, rec.naxis1, rec.naxis2,
+                                                 rec.wcs_header, photometry))
         return cls(detectors, provenance)
-
-
-def _hdul_bytes(hdul: fits.HDUList) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    hdul.writeto(buffer)
-    return buffer.getvalue()

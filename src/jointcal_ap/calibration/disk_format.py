@@ -1,0 +1,262 @@
+"""The calibration directory on disk, and the FITS-header text form the calibration keeps.
+
+On disk (:meth:`~jointcal_ap.calibration.Calibration.write`)::
+
+    DIR/calibration.json   the index: format, version, one entry per visit × detector with its
+                           photometry (JSON; floats exact), and the SHA-256 of the two files below
+    DIR/wcs.fits           a FITS table, one row per visit × detector: VISIT, DETECTOR, NAXIS1,
+                           NAXIS2, HAS_WCS, WCS_HEADER (the TAN-SIP header as 80-character cards)
+    DIR/provenance.json    the effective provenance: jointcal_ap version, creation time, and
+                           whatever the producer passed (e.g. the fit options)
+
+Every file is written to a temporary name and renamed (:mod:`jointcal_ap.atomic`); the index
+is written last and holds the checksums of the others, so
+:meth:`~jointcal_ap.calibration.Calibration.read` never takes a half-written or mixed directory
+for a complete one.
+
+This module deals only in files, FITS headers, JSON and plain values
+(:class:`DetectorRecord`); the model (:mod:`jointcal_ap.calibration.model`) builds its
+objects from them. :func:`header_to_text` / :func:`header_from_text` are the 80-character
+card form a header is stored in (here and in a calibrated exposure's ``CALIB`` table), and
+:func:`make_wcs` reads the WCS such a header describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from astropy.io import fits
+
+from jointcal_ap.atomic import write_bytes
+from jointcal_ap.calibration.errors import CalibrationError
+
+__all__ = [
+    "CALIBRATION_FORMAT",
+    "CALIBRATION_VERSION",
+    "INDEX_NAME",
+    "PHOTOMETRY_FORMAT",
+    "PROVENANCE_NAME",
+    "WCS_NAME",
+    "DetectorRecord",
+    "header_from_text",
+    "header_to_text",
+    "make_wcs",
+    "normalised_header",
+    "read_calibration_directory",
+    "write_calibration_directory",
+]
+
+#: ``format`` tag of ``calibration.json``.
+CALIBRATION_FORMAT = "jointcal_ap.calibration"
+CALIBRATION_VERSION = 1
+#: ``format`` tag of a serialised :class:`~jointcal_ap.calibration.PhotometricCalibration`.
+PHOTOMETRY_FORMAT = "jointcal_ap.photometric_calibration"
+
+INDEX_NAME = "calibration.json"
+WCS_NAME = "wcs.fits"
+PROVENANCE_NAME = "provenance.json"
+
+_CARD = 80
+
+
+class DetectorRecord(NamedTuple):
+    """One visit × detector of a calibration directory, as plain values.
+
+    ``wcs_header`` is None when the detector has no fitted WCS; ``photometry`` is the
+    :meth:`~jointcal_ap.calibration.PhotometricCalibration.to_dict` form, or None. ``where``
+    names the entry in error messages (set on read).
+    """
+
+    visit: int
+    detector: int
+    naxis1: int
+    naxis2: int
+    wcs_header: fits.Header | None
+    photometry: Mapping[str, Any] | None
+    where: str = ""
+
+
+# --------------------------------------------------------------------------- FITS header helpers
+
+
+def header_to_text(header: fits.Header) -> str:
+    """The header as concatenated 80-character cards, without ``END`` or padding."""
+    return header.tostring(sep="", endcard=False, padding=False)
+
+
+def header_from_text(text: str) -> fits.Header:
+    """Inverse of :func:`header_to_text`; trailing blanks that a FITS string column dropped are restored."""
+    text = text.rstrip()
+    n = -(-len(text) // _CARD) * _CARD
+    return fits.Header.fromstring(text.ljust(n)) if text else fits.Header()
+
+
+def normalised_header(header: fits.Header) -> fits.Header:
+    """The header as any FITS reader sees it: through its text form (float cards ≤ 20 characters)."""
+    return header_from_text(header_to_text(header))
+
+
+def make_wcs(header: fits.Header, where: str = "header"):
+    """``astropy.wcs.WCS`` of the celestial part of a header, quietly (no ``FITSFixedWarning``).
+
+    Raises
+    ------
+    CalibrationError
+        The header does not describe a celestial WCS; ``where`` names it in the message.
+    """
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header, naxis=2)
+    except Exception as exc:  # astropy raises several types for bad WCS cards
+        raise CalibrationError(f"{where}: not a valid FITS WCS ({exc})") from exc
+    if not wcs.has_celestial:
+        raise CalibrationError(f"{where}: no celestial WCS (expected CTYPE1/2 such as "
+                               f"'RA---TAN-SIP'/'DEC--TAN-SIP', got {list(wcs.wcs.ctype)})")
+    return wcs
+
+
+# --------------------------------------------------------------------------- the directory
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _hdul_bytes(hdul: fits.HDUList) -> bytes:
+    buffer = io.BytesIO()
+    hdul.writeto(buffer)
+    return buffer.getvalue()
+
+
+def write_calibration_directory(directory: str | os.PathLike, provenance: Mapping[str, Any],
+                                detectors: Sequence[DetectorRecord]) -> Path:
+    """Write ``calibration.json``, ``wcs.fits`` and ``provenance.json`` into ``directory``.
+
+    ``provenance`` gets ``jointcal_ap_version`` and ``created_utc`` unless it already has
+    them. The directory is created if needed; each file is written atomically, the index
+    last (it holds the others' SHA-256). Returns the directory.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    from jointcal_ap import __version__
+
+    effective = {"jointcal_ap_version": __version__,
+                 "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    effective.update(provenance)
+    try:
+        prov_text = json.dumps(effective, indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"{out / PROVENANCE_NAME}: provenance is not JSON-serialisable "
+                               f"({exc})") from exc
+
+    texts = [header_to_text(d.wcs_header) if d.wcs_header is not None else "" for d in detectors]
+    width = max([1, *(len(t) for t in texts)])
+    table = fits.BinTableHDU.from_columns([
+        fits.Column("VISIT", "K", array=np.array([d.visit for d in detectors], np.int64)),
+        fits.Column("DETECTOR", "K", array=np.array([d.detector for d in detectors], np.int64)),
+        fits.Column("NAXIS1", "K", array=np.array([d.naxis1 for d in detectors], np.int64)),
+        fits.Column("NAXIS2", "K", array=np.array([d.naxis2 for d in detectors], np.int64)),
+        fits.Column("HAS_WCS", "L", array=np.array([d.wcs_header is not None for d in detectors],
+                                                   bool)),
+        fits.Column("WCS_HEADER", f"{width}A", array=np.array(texts, dtype=f"U{width}")),
+    ], name="WCS")
+    table.header["CALFMT"] = (CALIBRATION_FORMAT, "jointcal_ap calibration product")
+    table.header["CALVER"] = (CALIBRATION_VERSION, "format version")
+    wcs_bytes = _hdul_bytes(fits.HDUList([fits.PrimaryHDU(), table]))
+    prov_bytes = (prov_text + "\n").encode()
+    write_bytes(out / WCS_NAME, wcs_bytes)
+    write_bytes(out / PROVENANCE_NAME, prov_bytes)
+
+    index = {
+        "format": CALIBRATION_FORMAT,
+        "version": CALIBRATION_VERSION,
+        "files": {WCS_NAME: _sha256(wcs_bytes), PROVENANCE_NAME: _sha256(prov_bytes)},
+        "detectors": [
+            {"visit": d.visit, "detector": d.detector, "naxis1": d.naxis1, "naxis2": d.naxis2,
+             "has_wcs": d.wcs_header is not None,
+             "photometry": None if d.photometry is None else dict(d.photometry)}
+            for d in detectors
+        ],
+    }
+    write_bytes(out / INDEX_NAME, (json.dumps(index, indent=1, allow_nan=False) + "\n").encode())
+    return out
+
+
+def read_calibration_directory(directory: str | os.PathLike
+                               ) -> tuple[dict[str, Any], list[DetectorRecord]]:
+    """Read what :func:`write_calibration_directory` wrote: (provenance, detector records).
+
+    Checks the format, the version, the checksums and that the index and the WCS table
+    agree; the photometry stays in its dict form.
+
+    Raises
+    ------
+    CalibrationError
+        Not a complete calibration directory; the message names the file.
+    """
+    root = Path(directory)
+    index_path = root / INDEX_NAME
+    if not index_path.is_file():
+        raise CalibrationError(f"{root}: no {INDEX_NAME} (not a calibration directory, or its "
+                               "write did not complete)")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CalibrationError(f"{index_path}: not valid JSON ({exc})") from exc
+    if index.get("format") != CALIBRATION_FORMAT:
+        raise CalibrationError(f"{index_path}: format is {index.get('format')!r}, expected "
+                               f"{CALIBRATION_FORMAT!r}")
+    if index.get("version") != CALIBRATION_VERSION:
+        raise CalibrationError(f"{index_path}: version {index.get('version')!r}, this jointcal_ap "
+                               f"reads version {CALIBRATION_VERSION}")
+    for name, digest in index.get("files", {}).items():
+        path = root / name
+        if not path.is_file():
+            raise CalibrationError(f"{path}: missing (listed in {index_path})")
+        if _sha256(path.read_bytes()) != digest:
+            raise CalibrationError(f"{path}: its SHA-256 differs from the one in {index_path}; it "
+                                   "was modified or overwritten by another write")
+    provenance = json.loads((root / PROVENANCE_NAME).read_text())
+
+    wcs_path = root / WCS_NAME
+    headers: dict[tuple[int, int], tuple[int, int, fits.Header | None]] = {}
+    with fits.open(wcs_path) as hdul:
+        if "WCS" not in hdul:
+            raise CalibrationError(f"{wcs_path}: no 'WCS' table extension")
+        data = hdul["WCS"].data
+        for row in data:
+            key = (int(row["VISIT"]), int(row["DETECTOR"]))
+            header = header_from_text(str(row["WCS_HEADER"])) if bool(row["HAS_WCS"]) else None
+            headers[key] = (int(row["NAXIS1"]), int(row["NAXIS2"]), header)
+
+    records = []
+    for i, entry in enumerate(index.get("detectors", [])):
+        where = f"{index_path}: detectors[{i}]"
+        try:
+            key = (int(entry["visit"]), int(entry["detector"]))
+            naxis = (int(entry["naxis1"]), int(entry["naxis2"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CalibrationError(f"{where}: expected integer visit, detector, naxis1, naxis2 "
+                                   f"({exc})") from exc
+        if key not in headers:
+            raise CalibrationError(f"{wcs_path}: no row for visit {key[0]} detector {key[1]} "
+                                   f"(listed in {index_path})")
+        n1, n2, header = headers[key]
+        if (n1, n2) != naxis or (header is not None) != bool(entry.get("has_wcs")):
+            raise CalibrationError(f"{wcs_path}: the row for visit {key[0]} detector {key[1]} "
+                                   f"disagrees with {index_path}")
+        records.append(DetectorRecord(key[0], key[1], naxis[0], naxis[1], header,
+                                      entry.get("photometry"), where))
+    return provenance, records
