@@ -121,8 +121,8 @@ def test_fit_command_writes_heads_model_report(tmp_path, capsys):
     assert "photometry" not in captured.out
     # progress on stderr, which is not a terminal here: plain lines, no carriage returns
     lines = captured.err.splitlines()
-    for stage in ("fit: read catalogs", "fit: load references 3/3", "fit: associate 3/3", "fit: astrometry 1",
-                  "fit: outputs 4/4 (model and report)"):
+    for stage in ("fit: read catalogs (12 CCDs", "fit: load references: 3/3", "fit: associate: 3/3",
+                  "fit: astrometry (chi2/measurement", "fit: outputs (model and report): 4/4"):
         assert any(line.startswith(stage) for line in lines), (stage, lines)
     assert "\r" not in captured.err
     assert "FLXSCALE" not in read_scamp_head(sorted((out_a / "heads").glob("*.head"))[0])[0]

@@ -191,9 +191,9 @@ def _fit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     progress = None if args.no_progress else ProgressReporter(sys.stderr)
-    if progress is not None:
-        progress("read catalogs", 0, None, f"{len(args.catalogs)} input(s)")
     data = read_inputs(args.catalogs)
+    if progress is not None:
+        progress("read catalogs", 1, 1, f"{len(data.ccds)} CCDs, {len(data.measurements):,} detections")
     refcat = open_refcat(args.refcat)
     result = JointFit(data, refcat, options).run(progress=progress)
     out = Path(args.out)

@@ -1,79 +1,57 @@
-"""Showing a fit's progress: tqdm bars on a terminal, plain lines in a log.
+"""A fit's progress on stderr, one :func:`jointcal_ap.progress.progress` report per stage.
 
-The fit reports progress through a plain callable (``progress(stage, done, total, info)``,
-see :meth:`jointcal_ap.fit.JointFit.run`); :class:`ProgressReporter` is the one
-``jointcal-ap fit`` uses.
+The fit reports its progress through a plain callable (``progress(stage, done, total, info)``,
+see :meth:`jointcal_ap.fit.JointFit.run`); :class:`ProgressReporter` is the one ``jointcal-ap
+fit`` uses: a tqdm bar per stage on a terminal, plain lines (no carriage returns) otherwise,
+as every long loop of the package.
 
 >>> import io
 >>> log = io.StringIO()
->>> report = ProgressReporter(log)          # not a terminal: plain lines
+>>> report = ProgressReporter(log, interval=3600)     # not a terminal: plain lines
 >>> for i in range(1, 4):
 ...     report("associate", i, 3)
->>> report("solve", 1, None, "chi2 1234.5")
+>>> report("astrometry", 1, None, "chi2/measurement 1.02")
 >>> report.close()
->>> print(log.getvalue(), end="")
-fit: associate 1/3
-fit: associate 3/3
-fit: solve 1 (chi2 1234.5)
+>>> [line.split(" ")[:3] for line in log.getvalue().splitlines()]
+[['fit:', 'associate:', '3/3'], ['fit:', 'astrometry', '(chi2/measurement']]
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
+
+from jointcal_ap.progress import progress
 
 __all__ = ["ProgressReporter"]
 
 
 class ProgressReporter:
-    """Callable ``(stage, done, total=None, info="")`` that shows a fit's progress on ``stream``.
+    """Callable ``(stage, done, total=None, info="")`` showing a fit's stages on ``stream``.
 
-    On a terminal each stage gets a tqdm bar (redrawn in place). Otherwise (a file, a pipe,
-    a CI log) it writes plain lines without carriage returns: a stage with a total writes a
-    line when it completes (and at most every ``interval`` seconds meanwhile), a stage
-    without one (the solver's iterations) a line per call.
+    Each stage (reading, loading references, association, solver steps, photometry,
+    outputs) gets its own report; ``info`` (e.g. the current χ²) goes into its description.
+    Plain lines come at most every ``interval`` seconds and when a stage ends.
     """
 
-    def __init__(self, stream: TextIO | None = None, *, interval: float = 5.0):
+    def __init__(self, stream: TextIO | None = None, *, interval: float = 10.0):
         self.stream = stream if stream is not None else sys.stderr
-        isatty = getattr(self.stream, "isatty", None)
-        self.terminal = bool(isatty and isatty())
         self.interval = interval
         self._bar = None
-        self._stage = None
-        self._last = 0.0
+        self._stage: str | None = None
 
     def __call__(self, stage: str, done: int, total: int | None = None, info: str = "") -> None:
-        if self.terminal:
-            self._tqdm(stage, done, total, info)
-            return
-        now = time.monotonic()
-        if stage != self._stage:
-            self._stage, self._last = stage, -float("inf")
-        if total is not None and done < total and now - self._last < self.interval:
-            return
-        self._last = now
-        count = f"{done}/{total}" if total is not None else f"{done}"
-        self.stream.write(f"fit: {stage} {count}{f' ({info})' if info else ''}\n")
-        self.stream.flush()
-
-    def _tqdm(self, stage, done, total, info):
-        from tqdm import tqdm
-
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar = tqdm(total=total, desc=f"fit: {stage}", file=self.stream, leave=False,
-                             unit="" if total is None else "step")
-        self._bar.n = done
+            self._bar = progress(total=total, desc=f"fit: {stage}", unit="steps" if total is None else "it",
+                                 stream=self.stream, interval=self.interval)
         if info:
-            self._bar.set_postfix_str(info, refresh=False)
-        self._bar.refresh()
+            self._bar.set_description(f"fit: {stage} ({info})")
+        self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
-        """Finish the current bar (terminal) — call once at the end."""
+        """End the current stage's report (its last line) — call once at the end."""
         if self._bar is not None:
             self._bar.close()
-            self._bar = None
-        self._stage = None
+        self._bar, self._stage = None, None
