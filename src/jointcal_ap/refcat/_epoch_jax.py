@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from jointcal_ap._jax import bucket, jax, jnp, pad
-from jointcal_ap.refcat import epoch as _model
+from jointcal_ap.refcat import _epoch_kernel as _model
 
 __all__ = ["CHUNK", "WORKERS", "jacobian_arrays", "propagate_arrays"]
 
