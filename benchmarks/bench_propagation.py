@@ -114,6 +114,7 @@ def propagate_benchmark(
     epoch: float = EPOCH,
     epoch_to: float = EPOCH_TO,
     astropy: bool = True,
+    backend: str = "auto",
 ) -> dict[str, float]:
     """Time ``propagate`` (cold and warm, with and without covariance) and astropy on ``n`` stars.
 
@@ -125,8 +126,9 @@ def propagate_benchmark(
     cov = stars.pop("cov")
     results: dict[str, float] = {"stars": n, "seed": seed, "repeats": repeats}
 
-    def ours(with_cov: bool):
-        return propagate(**stars, epoch=epoch, epoch_to=epoch_to, cov=cov if with_cov else None)
+    def ours(with_cov: bool, which: str = backend):
+        return propagate(**stars, epoch=epoch, epoch_to=epoch_to, cov=cov if with_cov else None,
+                         backend=which)
 
     with _OtherLoad() as load:
         results["ours_cold_s"], moved = _timed(lambda: ours(True))
@@ -138,6 +140,16 @@ def propagate_benchmark(
     results["ours_warm_max_s"] = max(warm)
     results["ours_warm_no_cov_s"] = statistics.median(warm_values)
     results["ours_other_load_cores"] = load.cores
+    if backend == "auto":  # the other backend with the covariance, for context
+        from jointcal_ap.refcat import epoch as _epoch
+
+        used = "numpy" if n <= _epoch._NUMPY_MAX_ROWS_COV else "jax"
+        other = "jax" if used == "numpy" else "numpy"
+        results["backend_cov"], results["other_backend"] = used, other
+        results["backend_positions"] = "numpy" if n <= _epoch._NUMPY_MAX_ROWS else "jax"
+        ours(True, other)  # its first call compiles (JAX) or warms up
+        results["ours_warm_other_backend_s"] = statistics.median(
+            [_timed(lambda: ours(True, other))[0] for _ in range(max(2, repeats // 2))])
 
     if astropy:
         import astropy.units as u
@@ -188,7 +200,13 @@ def render(results: dict[str, float], *, jit_cache: bool) -> str:
     n = int(results["stars"])
     met = "met" if results["ours_warm_s"] < TARGET_WARM_S else "not met"
     lines = [
-        "## Epoch propagation: 1,000,000 stars with covariance",
+        f"## Epoch propagation: {n:,} stars with covariance",
+        "",
+        f"`propagate(..., backend={results.get('backend', 'auto')!r})`"
+        + (f": the covariance runs on the {results['backend_cov']} backend and the positions alone on the "
+           f"{results['backend_positions']} one at this size (`jointcal_ap.refcat.epoch`: NumPy with dual numbers, "
+           "or jitted JAX with forward-mode autodiff; the same model, agreeing to rounding)."
+           if "backend_cov" in results else "."),
         "",
         f"Input: {n:,} synthetic stars (seed {int(results['seed'])}): uniform on the sphere, log-normal parallaxes "
         "(median 0.5 mas, all positive), proper motions from 5–100 km/s tangential velocities, radial velocities, "
@@ -218,6 +236,9 @@ def render(results: dict[str, float], *, jit_cache: bool) -> str:
         f"{_fmt_load(results['ours_other_load_cores'])} |",
         f"| jointcal_ap `propagate`, positions only, warm | {results['ours_warm_no_cov_s']:.2f} | |",
     ]
+    if "ours_warm_other_backend_s" in results:
+        lines.append(f"| jointcal_ap `propagate`, with covariance, warm, on the {results['other_backend']} backend "
+                     f"| {results['ours_warm_other_backend_s']:.2f} | |")
     if "astropy_s" in results:
         lines += [
             f"| astropy `SkyCoord.apply_space_motion` (no covariance) | {results['astropy_s']:.2f} | "
@@ -232,9 +253,11 @@ def render(results: dict[str, float], *, jit_cache: bool) -> str:
         "",
         f"Target: warm with covariance < {TARGET_WARM_S} s: {results['ours_warm_s']:.2f} s ({met}).",
         "",
-        "Command: `python benchmarks/bench_propagation.py`",
+        f"Command: `python benchmarks/bench_propagation.py{results.get('args', '')}`",
         "",
-        f"Measured {_dt.date.today().isoformat()} on {_machine()}; jax {jax.__version__}, astropy {astropy.__version__}.",
+        f"Measured {_dt.date.today().isoformat()} on {_machine()}; jax {jax.__version__} ({jax.default_backend()}), "
+        f"astropy {astropy.__version__}; load average at the start / end: {results.get('load_start')} / "
+        f"{results.get('load_end')}.",
     ]
     return "\n".join(lines)
 
@@ -267,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone"
     )
+    parser.add_argument("--backend", choices=["auto", "numpy", "jax"], default="auto",
+                        help="propagate's backend (default auto; jax to time an accelerator)")
     parser.add_argument(
         "--use-jit-cache",
         action="store_true",
@@ -286,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     # On a shared machine: repeat the whole measurement and keep the attempt during
     # which the rest of the machine was quietest. Only the first attempt compiles,
     # so the cold time is always the first attempt's.
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     attempts = [
         propagate_benchmark(
-            args.stars, seed=args.seed, repeats=args.repeats, astropy=not args.no_astropy
+            args.stars, seed=args.seed, repeats=args.repeats, astropy=not args.no_astropy,
+            backend=args.backend,
         )
         for _ in range(args.attempts)
     ]
@@ -301,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     results["ours_cold_s"] = attempts[0]["ours_cold_s"]
     results["ours_cold_other_load_cores"] = attempts[0]["ours_other_load_cores"]
     results["attempts"] = len(attempts)
+    results["backend"] = args.backend
+    results["load_start"], results["load_end"] = load_start, " ".join(f"{x:.2f}" for x in os.getloadavg())
+    results["args"] = "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-write")
     for key, value in results.items():
-        print(f"{key:32s} {value:.6g}")
+        print(f"{key:32s} {value:.6g}" if isinstance(value, float) else f"{key:32s} {value}")
     markdown = render(results, jit_cache=args.use_jit_cache)
     if args.no_write:
         print(markdown)

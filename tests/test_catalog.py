@@ -183,3 +183,41 @@ def test_healpix_range_search_returns_the_same_stars(monkeypatch, tmp_path, hip2
     kept = sum(len(catalog_module._rows_in_ranges(cut._read_partition(p, ["id", "ra", "dec"])[2], *ranges))
                for p in cut.partitions)
     assert len(expected) <= kept < 0.05 * int(cut.properties["hats_nrows"])
+
+
+def test_nested_query_disc_covers_healpy_inclusive():
+    """Our NumPy query_disc (no healpy import in a fit) returns a superset of healpy's inclusive
+    disc, with few extra pixels, and the right pixel centres."""
+    import healpy as hp
+
+    from jointcal_ap.refcat._healpix import max_pixel_radius, pixel_centres, query_disc
+
+    rng = np.random.default_rng(3)
+    for order in (0, 2, 6, 10, 16):
+        pix = rng.integers(0, 12 * 4**order, 500)
+        np.testing.assert_allclose(pixel_centres(order, pix), np.array(hp.pix2vec(1 << order, pix, nest=True)).T,
+                                   atol=1e-14)
+        assert max_pixel_radius(order) >= hp.max_pixrad(1 << order)
+    for order in (3, 6, 8):
+        for _ in range(20):
+            centre = rng.normal(size=3)
+            centre /= np.linalg.norm(centre)
+            radius = rng.uniform(1e-4, 0.3)
+            ours = query_disc(order, centre, radius)
+            theirs = hp.query_disc(1 << order, centre, radius, inclusive=True, nest=True)
+            assert set(theirs.tolist()) <= set(ours.tolist())
+            assert len(ours) <= 2 * len(theirs) + 16
+
+
+def test_arrow_numpy_without_pandas():
+    from jointcal_ap.refcat._arrow import from_numpy, to_numpy
+
+    for values in (np.arange(7, dtype=np.int64), np.linspace(0, 1, 5), np.arange(4, dtype=np.int16),
+                   np.array([True, False, True, True])):
+        arrow = from_numpy(values)
+        assert arrow.to_pylist() == values.tolist()
+        np.testing.assert_array_equal(to_numpy(arrow.slice(1)), values[1:])
+    chunked = pa.chunked_array([pa.array([1.5, None]), pa.array([2.5])])
+    np.testing.assert_array_equal(to_numpy(chunked), [1.5, np.nan, 2.5])
+    assert to_numpy(pa.array(["a", "b"])).tolist() == ["a", "b"]  # strings: pyarrow's own path
+    assert from_numpy(np.arange(3, dtype=np.int32), pa.int64()).type == pa.int64()

@@ -17,6 +17,13 @@ def small_csv(tmp_path):
     return path
 
 
+def test_fit_help_says_astrometry_and_photometry(capsys):
+    assert main(["fit", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "astrometry" in text and "photometry" in text and "--no-progress" in text and "  1. " in text
+    assert "astrometric and photometric fit" in build_parser().format_help()
+
+
 def test_help_has_numbered_examples(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -102,13 +109,22 @@ def test_fit_command_writes_heads_model_report(tmp_path, capsys):
     assert main(["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--out", str(out_p), "--fit", "photometry",
                  "--phot-model", "constrained", "--flat-degree", "1", "--phot-visit-degree", "1",
                  "--no-progress"]) == 0
-    assert "photometry: chi2/dof" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "photometry: chi2/dof" in captured.out
+    assert "fit:" not in captured.err  # --no-progress
     report_p = json.loads((out_p / "fit_report.json").read_text())
     assert report_p["fitted"] == "photometry" and report_p["photometry"]["model"] == "constrained"
     assert report_p["options"]["photometry"]["visit_degree"] == 1
     assert main(["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--out", str(out_a), "--fit", "astrometry",
-                 "--no-progress"]) == 0
-    assert "photometry" not in capsys.readouterr().out
+                 ]) == 0
+    captured = capsys.readouterr()
+    assert "photometry" not in captured.out
+    # progress on stderr, which is not a terminal here: plain lines, no carriage returns
+    lines = captured.err.splitlines()
+    for stage in ("fit: read catalogs (12 CCDs", "fit: load references: 3/3", "fit: associate: 3/3",
+                  "fit: astrometry (chi2/measurement", "fit: outputs (model and report): 4/4"):
+        assert any(line.startswith(stage) for line in lines), (stage, lines)
+    assert "\r" not in captured.err
     assert "FLXSCALE" not in read_scamp_head(sorted((out_a / "heads").glob("*.head"))[0])[0]
     assert Calibration.read(out_a / "calibration")[(0, 0)].photometry is None
     # a wrong-format input is a failure on the data (1); a bad option is usage (2)

@@ -357,12 +357,41 @@ def test_time_and_quantity_inputs():
 
 
 def test_sizes_share_compilations():
-    """Sizes are padded to powers of two: different n within a bucket reuse one executable."""
-    propagate(np.zeros(5), 0.0, 0.0, 1.0, 1.0, 0.0, 2016.0, 2020.0)
-    size = E._propagate_values._cache_size()
-    propagate(np.zeros(700), 0.0, 0.0, 1.0, 1.0, 0.0, 2016.0, 2020.0)
-    propagate(np.zeros(3), 0.0, 0.0, 1.0, 1.0, 0.0, 2016.0, 2020.0)
-    assert E._propagate_values._cache_size() == size
+    """JAX backend: sizes are padded to powers of two, different n within a bucket reuse one executable."""
+    from jointcal_ap.refcat import _epoch_jax
+
+    propagate(np.zeros(5), 0.0, 0.0, 1.0, 1.0, 0.0, 2016.0, 2020.0, backend="jax")
+    size = _epoch_jax._propagate_values._cache_size()
+    propagate(np.zeros(700), 0.0, 0.0, 1.0, 1.0, 0.0, 2016.0, 2020.0, backend="jax")
+    propagate(np.zeros(3), 0.0, 0.0, 1.0, 1.0, 0.0, 2016.0, 2020.0, backend="jax")
+    assert _epoch_jax._propagate_values._cache_size() == size
+
+
+def test_backends_agree():
+    """NumPy (dual numbers) and JAX (jitted, autodiff) give the same numbers: values, flags, covariance."""
+    rng = np.random.default_rng(11)
+    n = 3000
+    star = dict(ra=rng.uniform(0, 360, n), dec=np.degrees(np.arcsin(rng.uniform(-1, 1, n))),
+                parallax=np.where(rng.uniform(size=n) < 0.1, 0.0, rng.uniform(0.01, 300, n)),
+                pmra=rng.normal(0, 500, n), pmdec=rng.normal(0, 500, n),
+                radial_velocity=np.where(rng.uniform(size=n) < 0.3, np.nan, rng.normal(0, 80, n)))
+    star["pmra"][:20] = np.nan  # not moved
+    star["dec"][20:22] = [90.0, -90.0]  # poles
+    cov = random_covariances(n, seed=12)
+    cov[:50, 2, :] = cov[:50, :, 2] = np.nan  # unknown parallax errors
+    for observer in (None, np.array([0.3, -0.9, -0.4])):
+        a = propagate(**star, epoch=2016.0, epoch_to=2041.0, cov=cov, observer=observer, backend="numpy")
+        b = propagate(**star, epoch=2016.0, epoch_to=2041.0, cov=cov, observer=observer, backend="jax")
+        np.testing.assert_array_equal(a.moved, b.moved)
+        assert separation_uas(a.ra, a.dec, np.radians(b.ra), np.radians(b.dec)).max() < 1e-3  # µas: rounding
+        for name in ("parallax", "pmra", "pmdec", "radial_velocity"):
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-9)
+        off_pole = np.abs(star["dec"]) < 90  # (at a pole α* and its covariance are degenerate)
+        np.testing.assert_allclose(a.cov[off_pole], b.cov[off_pole], rtol=1e-6, atol=1e-9)  # as J C Jᵀ vs FD
+        np.testing.assert_array_equal(np.isnan(a.cov), np.isnan(b.cov))
+        np.testing.assert_array_equal(a.cov, np.swapaxes(a.cov, 1, 2))
+    with pytest.raises(ValueError, match="backend"):
+        propagate(0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 2016.0, 2020.0, backend="gpu")
 
 
 # ---------------------------------------------------------------------------
@@ -502,10 +531,11 @@ def random_covariances(n, seed):
     return cov
 
 
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
 @pytest.mark.parametrize("observer", [None, np.array([0.3, -0.9, -0.4])])
-def test_jacobian_matches_finite_differences(observer):
+def test_jacobian_matches_finite_differences(observer, backend):
     fd = finite_difference_jacobian(STARS, 2016.0, 2041.0, observer)
-    ad = E._jacobian(*STARS.values(), 2016.0, 2041.0, observer=observer)
+    ad = E._jacobian(*STARS.values(), 2016.0, 2041.0, observer=observer, backend=backend)
     np.testing.assert_allclose(ad, fd, rtol=1e-6, atol=1e-6)
     # ∂α*/∂μα* and ∂δ/∂μδ are about Δt = 25 yr.
     np.testing.assert_allclose(ad[:, 0, 3], 25.0, rtol=0.01)
@@ -568,8 +598,10 @@ def test_unknown_error_stays_unknown():
 
 
 def test_covariance_of_many_rows_across_chunks(monkeypatch):
-    """Chunking and threads give the same numbers as one call per row."""
-    monkeypatch.setattr(E, "_CHUNK", 1024)
+    """JAX backend: chunking and threads give the same numbers as one call per row."""
+    from jointcal_ap.refcat import _epoch_jax
+
+    monkeypatch.setattr(_epoch_jax, "CHUNK", 1024)
     rng = np.random.default_rng(5)
     n = 2500
     star = dict(
@@ -581,7 +613,7 @@ def test_covariance_of_many_rows_across_chunks(monkeypatch):
         radial_velocity=rng.normal(0, 50, n),
     )
     cov = random_covariances(n, seed=6)
-    whole = propagate(**star, epoch=2016.0, epoch_to=2030.0, cov=cov)
+    whole = propagate(**star, epoch=2016.0, epoch_to=2030.0, cov=cov, backend="jax")
     some = [0, 1023, 1024, 2047, 2048, 2499]
     for i in some:
         one = propagate(
@@ -589,6 +621,7 @@ def test_covariance_of_many_rows_across_chunks(monkeypatch):
             epoch=2016.0,
             epoch_to=2030.0,
             cov=cov[i : i + 1],
+            backend="jax",
         )
         np.testing.assert_allclose(whole.cov[i], one.cov[0], rtol=1e-12)
         np.testing.assert_allclose(

@@ -6,8 +6,8 @@ import pytest
 
 from jointcal_ap.errors import AssociationError, FitError
 from jointcal_ap.fit import FitOptions, JointFit
-from jointcal_ap.fit.associate import gnomonic
 from jointcal_ap.fit.io import read_inputs
+from jointcal_ap.fit.projection import gnomonic
 from jointcal_ap.refcat import InputError, open_refcat
 from jointcal_ap.simulate import (
     SurveyConfig,

@@ -304,3 +304,36 @@ def test_parquet_errors_name_file_and_column(tmp_path):
     (root / "wcs.parquet").unlink()
     with pytest.raises(FitInputError, match=r"wcs\.parquet.*not found"):
         read_parquet_survey(root)
+
+
+def test_truncated_ldac_is_an_error_naming_the_file(tmp_path):
+    """A catalog cut anywhere (inside the data, or exactly on a FITS block boundary) is refused,
+    never read as a catalog with fewer CCDs."""
+    chips = [(image_header(), objects(400, seed=k)) for k in range(4)]
+    whole = write_ldac(tmp_path / "whole.cat", chips).read_bytes()
+    assert len(read_ldac(tmp_path / "whole.cat").ccds) == 4
+    for cut in (len(whole) // 2 + 7, (len(whole) // 2 // 2880) * 2880, len(whole) - 2880):
+        path = tmp_path / f"cut_{cut}.cat"
+        path.write_bytes(whole[:cut])
+        with pytest.raises(FitInputError, match=rf"cut_{cut}\.cat.*truncated"):
+            read_ldac(path)
+
+
+def test_ldac_date_obs_and_time_scales_agree_with_astropy(tmp_path):
+    header = image_header()
+    del header["MJD-OBS"]
+    header["DATE-OBS"] = "2019-07-04T03:21:09.250"
+    p = write_ldac(tmp_path / "date.cat", [(header, objects(1))])
+    expected = Time("2019-07-04T03:21:09.250", format="isot", scale="utc").tai.mjd + 30.0 / 86400.0
+    assert read_ldac(p).visits[0].mjd_tai == pytest.approx(expected, abs=1e-10)
+    for scale in ("TT", "TDB", "UT1"):
+        p = write_ldac(tmp_path / f"{scale}.cat", [(image_header(TIMESYS=scale), objects(1))])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # UT1 without IERS tables
+            expected = Time(58000.0, format="mjd", scale=scale.lower()).tai.mjd + 30.0 / 86400.0
+        assert read_ldac(p).visits[0].mjd_tai == pytest.approx(expected, abs=1e-9)
+    bad = image_header()
+    del bad["MJD-OBS"]
+    bad["DATE-OBS"] = "4 July 2019"
+    with pytest.raises(FitInputError, match="DATE-OBS"):
+        read_ldac(write_ldac(tmp_path / "bad.cat", [(bad, objects(1))]))

@@ -279,3 +279,73 @@ def test_plots_written(result, tmp_path):
         blob = p.read_bytes()
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 20_000
     assert sorted(x.name for x in (tmp_path / "plots").iterdir()) == sorted(p.name for p in paths)
+
+
+# --------------------------------------------------------------------------- our header evaluation
+
+
+@pytest.mark.parametrize("which", ["simple", "constrained"])
+def test_own_sip_and_tpv_evaluation_agrees_with_astropy(result, constrained_like, which):
+    """The errors the headers report are measured with our TAN-SIP/TPV equations: they must be
+    astropy's (wcslib's), to a µas, on the headers as written."""
+    from jointcal_ap.fit.wcs_headers import (
+        header_pixel_to_sky,
+        sip_approximation,
+        tpv_approximation,
+    )
+
+    res = result if which == "simple" else constrained_like
+    for ccd in (0, len(res.data.ccds) - 1):
+        x, y = random_pixels(res.data.ccds[ccd], seed=ccd)
+        for approx in (sip_approximation(res, ccd), tpv_approximation(res, ccd)):
+            ours = header_pixel_to_sky(approx.values(), x, y)
+            theirs = wcs_of(fits.Header.fromstring(approx.text())).all_pix2world(x, y, 1)
+            assert separation_mas(*ours, *theirs).max() < 1e-3
+            assert approx.to_header()["CTYPE1"] in ("RA---TAN-SIP", "RA---TPV")
+
+
+def test_initial_headers_are_evaluated_like_astropy():
+    """TAN with CD, TAN with CDELT/PC and TAN-SIP as SExtractor copies them; others go to astropy."""
+    from jointcal_ap.fit.cards import parse_values
+    from jointcal_ap.fit.wcs_headers import UnsupportedWcs, header_pixel_to_sky
+
+    base = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 359.9, "CRVAL2": -33.2,
+            "CRPIX1": 1000.5, "CRPIX2": -20.0}
+    headers = [
+        {**base, "CD1_1": -7.2e-5, "CD1_2": 1.1e-7, "CD2_1": -2e-7, "CD2_2": 7.21e-5},
+        {**base, "CDELT1": -7.2e-5, "CDELT2": 7.2e-5, "PC1_1": 0.999, "PC1_2": 0.04, "PC2_1": -0.04, "PC2_2": 0.999},
+        {**base, "CTYPE1": "RA---TAN-SIP", "CTYPE2": "DEC--TAN-SIP", "CD1_1": -7.2e-5, "CD1_2": 0.0,
+         "CD2_1": 0.0, "CD2_2": 7.2e-5, "A_ORDER": 2, "B_ORDER": 2, "A_2_0": 3e-6, "A_1_1": -1e-6,
+         "B_0_2": 2e-6, "B_1_1": 5e-7},
+    ]
+    x, y = np.array([1.0, 2048.0, 500.5, 4000.0]), np.array([1.0, 4096.0, 3000.0, -50.0])
+    for values in headers:
+        header = fits.Header()
+        for key, value in values.items():
+            header[key] = value
+        theirs = wcs_of(header).all_pix2world(x, y, 1)
+        ours = header_pixel_to_sky(parse_values(header.tostring()), x, y)
+        assert separation_mas(*ours, *theirs).max() < 1e-3
+    for other in ({**headers[0], "CTYPE1": "RA---SIN", "CTYPE2": "DEC--SIN"}, {**headers[0], "PV1_1": 1.0},
+                  {**headers[0], "LONPOLE": 170.0}):
+        with pytest.raises(UnsupportedWcs):
+            header_pixel_to_sky(other, x, y)
+
+
+def test_cards_are_fits_cards():
+    from jointcal_ap.fit.cards import card, parse_values
+
+    values = {"CRVAL1": 150.12345678901235, "A_2_0": -1.234567890123456e-07, "TINY": 5e-324, "BIG": 1e300,
+              "NEG": -0.00012345678901234567, "ORDER": 3, "FLAG": True, "NAME": "it's RA---TPV"}
+    text = "".join(card(k, v, "a comment") for k, v in values.items())
+    assert len(text) == 80 * len(values)
+    header = fits.Header.fromstring(text)
+    for key, value in values.items():
+        assert header[key] == (pytest.approx(value, rel=1e-15) if isinstance(value, float) else value)
+    parsed = parse_values(text)
+    assert parsed == dict(header) and parsed["CRVAL1"] == values["CRVAL1"]  # shortest repr: exact
+    assert parse_values(card("HISTORY", "x = 1") + "END".ljust(80) + card("LATE", 1)) == {}
+    with pytest.raises(ValueError, match="longer than 8"):
+        card("TOOLONGKEY", 1)
+    with pytest.raises(ValueError):
+        card("NAN", float("nan"))

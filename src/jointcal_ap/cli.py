@@ -35,8 +35,18 @@ COMMAND_FAMILIES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and documentation)."""
+#: Commands defined in this module; ``main`` builds the parser without the command families
+#: (and the plugin manager they load) when one of these is asked for.
+BUILTIN_COMMANDS = ("fit", "demo")
+
+
+def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation).
+
+    ``families``: also add the commands of :data:`COMMAND_FAMILIES` and plugins (what
+    ``--help`` lists); ``main`` leaves them out when a built-in command is run, so that
+    ``jointcal-ap fit`` does not pay for loading the stage plugins.
+    """
     from jointcal_ap import __version__
 
     parser = argparse.ArgumentParser(
@@ -54,14 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     fit = sub.add_parser(
-        "fit", help="joint astrometric fit of many exposures against a refcat", parents=[common],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "fit", help="joint astrometric and photometric fit of many exposures against a refcat",
+        description="Fit the astrometry (a WCS per exposure x CCD) and the photometry (zero points and "
+                    "flat fields, in nJy) of many exposures jointly against a reference catalog; write "
+                    "the calibration product, SCAMP .head files (TPV), TAN-SIP headers, the model and a "
+                    "report. Progress goes to stderr (tqdm bars on a terminal, plain lines otherwise; "
+                    "--no-progress turns it off).",
+        parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent("""\
             examples:
-              1. SExtractor FITS-LDAC catalogs, as SCAMP takes them:
+              1. SExtractor FITS-LDAC catalogs, as SCAMP takes them (astrometry and photometry):
                  jointcal-ap fit ldac/*.cat --refcat refcat/gaia --out fit-out --plots
-              2. Our Parquet survey layout, per-detector x per-visit model:
-                 jointcal-ap fit survey/ --refcat refcat/gaia --out fit-out --model constrained
+              2. Our Parquet survey layout, per-detector x per-visit model, astrometry only:
+                 jointcal-ap fit survey/ --refcat refcat/gaia --out fit-out --model constrained --fit astrometry
+              3. Proper motion and parallax for every star seen over a year or more:
+                 jointcal-ap fit ldac/*.cat --refcat refcat/gaia --out fit-out --star-params 5
             """))
     fit.add_argument("catalogs", nargs="+", metavar="CATALOG",
                      help="FITS-LDAC catalogs (one per exposure) or one Parquet survey directory")
@@ -100,10 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores)")
 
     # `stages list`, `run PIPELINE.toml`, the other families and the subcommands plugins add
-    import importlib
+    if families:
+        import importlib
 
-    for module in COMMAND_FAMILIES:
-        importlib.import_module(module).add_commands(sub, common)
+        for module in COMMAND_FAMILIES:
+            importlib.import_module(module).add_commands(sub, common)
     return parser
 
 
@@ -117,6 +135,7 @@ def _fit(args: argparse.Namespace) -> int:
     from jointcal_ap.fit.io import read_inputs
     from jointcal_ap.fit.output import write_fit_outputs
     from jointcal_ap.fit.photometry import PhotometryOptions
+    from jointcal_ap.fit.progress import ProgressReporter
     from jointcal_ap.refcat import open_refcat
 
     try:
@@ -131,12 +150,17 @@ def _fit(args: argparse.Namespace) -> int:
                              ref_mag=args.ref_mag, ref_mag_error=args.ref_mag_error, ref_colour=args.ref_colour)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    progress = None if args.no_progress else ProgressReporter(sys.stderr)
     data = read_inputs(args.catalogs)
+    if progress is not None:
+        progress("read catalogs", 1, 1, f"{len(data.ccds)} CCDs, {len(data.measurements):,} detections")
     refcat = open_refcat(args.refcat)
-    result = JointFit(data, refcat, options).run()
+    result = JointFit(data, refcat, options).run(progress=progress)
     out = Path(args.out)
-    written = write_fit_outputs(result, out, plots=args.plots, provenance={
+    written = write_fit_outputs(result, out, plots=args.plots, progress=progress, provenance={
         "options": asdict(options), "catalogs": list(args.catalogs), "refcat": str(args.refcat)})
+    if progress is not None:
+        progress.close()
     s = result.summary()
     if result.fitted_astrometry:
         print(f"astrometry: chi2/dof = {s['chi2_per_dof']:.3f} ({s['dof']} dof); {s['n_measurements']:,} "
@@ -191,7 +215,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_logging(verbosity: int) -> None:
+def _configure_logging(verbosity: int, *, dask: bool = True) -> None:
     level = logging.WARNING - 10 * min(verbosity, 2) if verbosity else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # JAX logs its accelerator probing at INFO; that is noise for our users.
@@ -204,7 +228,7 @@ def _configure_logging(verbosity: int) -> None:
     for name in ("distributed", "tornado", "bokeh"):
         logger = logging.getLogger(name)
         logger.setLevel(max(logger.level, logging.WARNING))
-    if "distributed.config" not in sys.modules:
+    if dask and "distributed.config" not in sys.modules:
         try:
             import dask.config
         except ImportError:  # pragma: no cover - dask is a dependency
@@ -212,14 +236,21 @@ def _configure_logging(verbosity: int) -> None:
         dask.config.set({"logging.distributed": "warning"})
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failed on the data, 2 usage)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(families=_command_of(argv) not in BUILTIN_COMMANDS)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
         return int(exc.code or 0)
-    _configure_logging(args.verbose)
+    # the fit never starts Dask: do not import it (a third of a second) to quiet its loggers
+    _configure_logging(args.verbose, dask=args.command != "fit")
     handlers = {
         ("demo", None): _demo,
         ("fit", None): _fit,
@@ -233,22 +264,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         (group or parser).print_help(sys.stderr)
         return 2
 
-    from jointcal_ap.errors import AssociationError, FitError
-    from jointcal_ap.refcat import ConfigError, ConversionError, InputError, RefcatError
-    from jointcal_ap.stages.errors import PluginError
-
     try:
         return handlers[key](args)
     except UsageError as exc:
         print(f"jointcal-ap: error: {exc}", file=sys.stderr)
         return 2
-    except ConfigError as exc:
-        print(f"jointcal-ap: config error: {exc}", file=sys.stderr)
-        return 2
-    except (InputError, ConversionError, RefcatError, FileNotFoundError, FitError, AssociationError,
-            PluginError) as exc:
-        print(f"jointcal-ap: error: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        # imported here: loading them costs the commands that never fail most of a second
+        from jointcal_ap.errors import AssociationError, FitError
+        from jointcal_ap.refcat.catalog import RefcatError
+        from jointcal_ap.refcat.config import ConfigError
+        from jointcal_ap.refcat.convert import ConversionError
+        from jointcal_ap.refcat.readers import InputError
+        from jointcal_ap.stages.errors import PluginError
+
+        if isinstance(exc, ConfigError):
+            print(f"jointcal-ap: config error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, (InputError, ConversionError, RefcatError, FileNotFoundError, FitError,
+                            AssociationError, PluginError)):
+            print(f"jointcal-ap: error: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

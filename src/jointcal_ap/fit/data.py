@@ -12,9 +12,9 @@ Both input formats (our Parquet survey layout and SExtractor FITS-LDAC catalogs,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
-from astropy.io import fits
 
 __all__ = ["Ccd", "FitInput", "Measurements", "Visit"]
 
@@ -52,13 +52,24 @@ class Visit:
 
 @dataclass(frozen=True)
 class Ccd:
-    """One CCD of one visit, with its initial WCS header (TAN, possibly with SIP/TPV)."""
+    """One CCD of one visit, with its initial WCS header (TAN, possibly with SIP/TPV).
+
+    ``cards`` is the header as 80-character cards (no ``END``); :attr:`header` parses it
+    into an :class:`astropy.io.fits.Header` on first use.
+    """
 
     visit: int
     detector: int
     naxis1: int
     naxis2: int
-    header: fits.Header = field(compare=False, repr=False)
+    cards: str = field(compare=False, repr=False)
+
+    @cached_property
+    def header(self):
+        """The initial header as an :class:`astropy.io.fits.Header`."""
+        from astropy.io import fits
+
+        return fits.Header.fromstring(self.cards)
 
 
 @dataclass(frozen=True)

@@ -45,27 +45,41 @@ present, otherwise the mid-time is ``MJD-OBS + EXPTIME/2``. ``DATE-OBS`` (ISO)
 serves when ``MJD-OBS`` is absent. The Parquet layout's ``mjd_tai`` is already the
 mid-exposure time in TAI. Epochs are then TDB Julian years.
 
-``ra_init``/``dec_init`` are computed through each CCD's initial WCS with astropy
-(``all_pix2world``, origin 1, so SIP/TPV terms in the header are honoured).
+``ra_init``/``dec_init`` are computed through each CCD's initial WCS: TAN, TAN-SIP and TPV
+headers by :func:`jointcal_ap.fit.wcs_headers.header_pixel_to_sky` (the same numbers as
+astropy's ``all_pix2world``, without building WCS objects), any other projection by astropy.
+
+The FITS-LDAC files are read by :mod:`jointcal_ap.fit.fits_tables` (NumPy views of the
+binary tables, no astropy); a file that ends before the data its headers announce is an
+error naming it, never a catalog with fewer CCDs.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import erfa
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from astropy.io import fits
-from astropy.time import Time
-from astropy.utils.exceptions import AstropyUserWarning
-from astropy.wcs import WCS, FITSFixedWarning
 from erfa import ErfaWarning
 
+from jointcal_ap import atomic
+from jointcal_ap.fit.cards import parse_values
 from jointcal_ap.fit.data import Ccd, FitInput, Measurements, Visit
+from jointcal_ap.fit.fits_tables import (
+    FitsFormatError,
+    column_names,
+    read_hdus,
+    table_cell_bytes,
+    table_column,
+)
+from jointcal_ap.fit.wcs_headers import UnsupportedWcs, header_pixel_to_sky
+from jointcal_ap.refcat._arrow import to_numpy
 from jointcal_ap.refcat.readers import InputError
 
 __all__ = [
@@ -153,8 +167,37 @@ def covariance_to_ellipse(cov_xx, cov_yy, cov_xy) -> tuple[np.ndarray, np.ndarra
 # --------------------------------------------------------------------------- headers
 
 
-def header_from_string(text: str | bytes, where: str = "<header>") -> fits.Header:
-    """Parse a FITS header held as a string of 80-character cards.
+def _header_cards(text: str | bytes, where: str) -> str:
+    """The 80-character cards of a header held as text (NULs count as blanks; cards may be
+    separated by newlines), up to ``END`` (excluded), blank cards dropped."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise FitInputError(where, f"header holds non-ASCII bytes ({exc})") from None
+    text = text.replace("\0", " ")
+    if "\n" in text:
+        text = "".join(line.rstrip("\r").ljust(80) for line in text.split("\n") if line.strip())
+    kept = []
+    for i in range(0, len(text), 80):
+        card = text[i:i + 80]
+        if card.startswith("END") and not card[3:].strip():
+            break
+        if card.strip():
+            kept.append(card.ljust(80))
+    return "".join(kept)
+
+
+def _header_values(cards: str, where: str) -> dict:
+    try:
+        return parse_values(cards)
+    except (ValueError, IndexError) as exc:
+        raise FitInputError(where, f"not a valid FITS header ({exc})") from None
+
+
+def header_from_string(text: str | bytes, where: str = "<header>"):
+    """Parse a FITS header held as a string of 80-character cards into an
+    :class:`astropy.io.fits.Header`.
 
     NULs (astropy pads string columns with them) count as blanks; cards may also
     be separated by newlines. Parsing stops at ``END``. Non-standard cards are kept
@@ -165,26 +208,15 @@ def header_from_string(text: str | bytes, where: str = "<header>") -> fits.Heade
     FitInputError
         When the text is not a sequence of FITS cards (``where`` names the source).
     """
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise FitInputError(where, f"header holds non-ASCII bytes ({exc})") from None
-    text = text.replace("\0", " ")
-    if "\n" in text:
-        text = "".join(line.rstrip("\r").ljust(80) for line in text.split("\n") if line.strip())
-    cards = [text[i:i + 80] for i in range(0, len(text), 80)]
-    kept = []
-    for card in cards:
-        if card.startswith("END") and not card[3:].strip():
-            break
-        if card.strip():
-            kept.append(card.ljust(80))
+    from astropy.io import fits
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    cards = _header_cards(text, where)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyUserWarning)
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-            header = fits.Header.fromstring("".join(kept))
+            header = fits.Header.fromstring(cards)
             for card in header.cards:  # parse every value now, while warnings are silenced
                 _ = card.value
     except Exception as exc:  # astropy raises several kinds for malformed cards
@@ -192,36 +224,85 @@ def header_from_string(text: str | bytes, where: str = "<header>") -> fits.Heade
     return header
 
 
-def _celestial_wcs(header: fits.Header, where: str) -> WCS:
-    if "CTYPE1" not in header or "CTYPE2" not in header:
-        raise FitInputError(where, "CCD header has no WCS (CTYPE1/CTYPE2 missing); "
-                                   "expected a celestial WCS such as RA---TAN/DEC--TAN")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(header, relax=True)
-    except Exception as exc:  # astropy/wcslib raise several kinds
-        raise FitInputError(where, f"CCD header WCS does not parse ({exc})") from None
-    if not wcs.has_celestial or wcs.naxis != 2:
-        raise FitInputError(where, f"CCD header has no 2-D celestial WCS (CTYPE = "
-                                   f"{header.get('CTYPE1')!r}, {header.get('CTYPE2')!r})")
-    return wcs
+class _CcdWcs:
+    """A CCD's initial WCS: evaluated by :func:`~jointcal_ap.fit.wcs_headers.header_pixel_to_sky`
+    (TAN, TAN-SIP, TPV), or by ``astropy.wcs`` for any other header."""
+
+    def __init__(self, cards: str, values: dict, where: str):
+        if "CTYPE1" not in values or "CTYPE2" not in values:
+            raise FitInputError(where, "CCD header has no WCS (CTYPE1/CTYPE2 missing); "
+                                       "expected a celestial WCS such as RA---TAN/DEC--TAN")
+        self.values, self._astropy = values, None
+        try:
+            with np.errstate(all="raise"):
+                ra, dec = header_pixel_to_sky(values, np.array([1.0]), np.array([1.0]))
+            if not (np.isfinite(ra).all() and np.isfinite(dec).all()):
+                raise FloatingPointError("non-finite")
+        except (UnsupportedWcs, KeyError, TypeError, ValueError, FloatingPointError, np.linalg.LinAlgError):
+            self._astropy = self._astropy_wcs(cards, where)
+
+    @staticmethod
+    def _astropy_wcs(cards: str, where: str):
+        from astropy.wcs import WCS, FITSFixedWarning
+
+        header = header_from_string(cards, where)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FITSFixedWarning)
+                wcs = WCS(header, relax=True)
+        except Exception as exc:  # astropy/wcslib raise several kinds
+            raise FitInputError(where, f"CCD header WCS does not parse ({exc})") from None
+        if not wcs.has_celestial or wcs.naxis != 2:
+            raise FitInputError(where, f"CCD header has no 2-D celestial WCS (CTYPE = "
+                                       f"{header.get('CTYPE1')!r}, {header.get('CTYPE2')!r})")
+        return wcs
+
+    @property
+    def crval(self) -> tuple[float, float]:
+        if self._astropy is not None:
+            return float(self._astropy.wcs.crval[0]), float(self._astropy.wcs.crval[1])
+        return float(self.values["CRVAL1"]), float(self.values["CRVAL2"])
+
+    def pixel_to_sky(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ra, dec) in degrees (ra in [0, 360)) of 1-based pixels."""
+        if len(x) == 0:
+            return np.zeros(0), np.zeros(0)
+        if self._astropy is None:
+            ra, dec = header_pixel_to_sky(self.values, x, y)
+        else:
+            from astropy.wcs import FITSFixedWarning
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FITSFixedWarning)
+                ra, dec = self._astropy.all_pix2world(x, y, 1)
+        return np.asarray(ra, dtype=np.float64) % 360.0, np.asarray(dec, dtype=np.float64)
 
 
-def _pixel_to_sky(wcs: WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if len(x) == 0:
-        return np.zeros(0), np.zeros(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        ra, dec = wcs.all_pix2world(x, y, 1)
-    return np.asarray(ra, dtype=np.float64) % 360.0, np.asarray(dec, dtype=np.float64)
+_MJD0 = 2400000.5
+_TT_MINUS_TAI_DAYS = 32.184 / 86400.0
 
 
 def _tai_to_epoch(mjd_tai: float) -> float:
-    """MJD (TAI) → TDB Julian year."""
+    """MJD (TAI) → TDB Julian year (TT = TAI + 32.184 s; TDB − TT from ERFA's ``dtdb`` at the geocentre)."""
+    tt2 = mjd_tai + _TT_MINUS_TAI_DAYS
+    tdb2 = tt2 + erfa.dtdb(_MJD0, tt2, 0.0, 0.0, 0.0, 0.0) / 86400.0
+    return float(2000.0 + (_MJD0 - erfa.DJ00 + tdb2) / erfa.DJY)
+
+
+def _to_tai_mjd(jd1: float, jd2: float, scale: str) -> float:
+    """A two-part Julian date in ``scale`` → MJD in TAI (ERFA; astropy only for rare scales)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ErfaWarning)  # "dubious year" outside the leap-second table
-        return float(Time(mjd_tai, format="mjd", scale="tai").tdb.jyear)
+        if scale == "utc":
+            jd1, jd2 = erfa.utctai(jd1, jd2)
+        elif scale == "tt":
+            jd1, jd2 = erfa.tttai(jd1, jd2)
+        elif scale != "tai":
+            from astropy.time import Time
+
+            t = Time(jd1, jd2, format="jd", scale=scale).tai
+            jd1, jd2 = t.jd1, t.jd2
+    return float((jd1 - _MJD0) + jd2)
 
 
 # --------------------------------------------------------------------------- Parquet survey
@@ -232,7 +313,8 @@ def _read_parquet(path: Path, required: Sequence[str]) -> pa.Table:
         raise FitInputError(path, "file not found (the Parquet survey layout needs visits.parquet, "
                                   "sources.parquet and wcs.parquet)")
     try:
-        table = pq.read_table(path)
+        with pq.ParquetFile(path) as pf:  # (read_table imports pyarrow.dataset and pandas)
+            table = pf.read()
     except (OSError, pa.ArrowException) as exc:
         raise FitInputError(path, f"not a readable Parquet file ({exc})") from None
     missing = [c for c in required if c not in table.column_names]
@@ -245,10 +327,10 @@ def _read_parquet(path: Path, required: Sequence[str]) -> pa.Table:
 def _column(table: pa.Table, name: str, path: Path, dtype) -> np.ndarray:
     col = table.column(name)
     if col.null_count:
-        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        row = int(np.flatnonzero(to_numpy(col.is_null()))[0])
         raise FitInputError(path, "null value", row=f"row {row}", column=name)
     try:
-        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
+        return np.asarray(to_numpy(col), dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise FitInputError(path, f"expected {np.dtype(dtype).name} values ({exc})", column=name) from None
 
@@ -299,9 +381,8 @@ def write_parquet_survey(directory: str | os.PathLike, *, visits, sources, ccds)
         missing = [c for c in SURVEY_COLUMNS[name] if c not in table.column_names]
         if missing:
             raise ValueError(f"{name}: missing column(s) {missing}")
-        tmp = out / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, out / name)
+        with atomic.atomic_path(out / name) as tmp:
+            pq.write_table(table, tmp)
     return out
 
 
@@ -372,10 +453,10 @@ def read_parquet_survey(directory: str | os.PathLike) -> FitInput:
         where = f"{wpath}: row {i} (visit {key[0]}, detector {det}), column 'header'"
         if key in ccd_lookup:
             raise FitInputError(wpath, f"CCD (visit {key[0]}, detector {det}) appears twice", row=f"row {i}")
-        header = header_from_string(w_header[i], where)
-        wcs_list.append(_celestial_wcs(header, where))
+        cards = _header_cards(w_header[i], where)
+        wcs_list.append(_CcdWcs(cards, _header_values(cards, where), where))
         ccd_lookup[key] = len(ccds)
-        ccds.append(Ccd(visit=key[0], detector=det, naxis1=int(w_n1[i]), naxis2=int(w_n2[i]), header=header))
+        ccds.append(Ccd(visit=key[0], detector=det, naxis1=int(w_n1[i]), naxis2=int(w_n2[i]), cards=cards))
 
     s_visit = _column(st, "visit", spath, np.int64)
     s_det = _column(st, "detector", spath, np.int64)
@@ -422,7 +503,7 @@ def _measurements(path, ccd_index, x, y, cxx, cyy, cxy, flux, flux_err, flags, w
     bounds = np.searchsorted(ccd_index[order], np.arange(len(wcs_list) + 1))
     for k, wcs in enumerate(wcs_list):
         rows = order[bounds[k]:bounds[k + 1]]
-        ra[rows], dec[rows] = _pixel_to_sky(wcs, x[rows], y[rows])
+        ra[rows], dec[rows] = wcs.pixel_to_sky(x[rows], y[rows])
     return Measurements(ccd_index=ccd_index, x=x, y=y, cov_xx=cxx, cov_yy=cyy, cov_xy=cxy,
                         flux=flux, flux_err=flux_err, flags=flags, ra_init=ra, dec_init=dec)
 
@@ -430,63 +511,77 @@ def _measurements(path, ccd_index, x, y, cxx, cyy, cxy, flux, flux_err, flags, w
 # --------------------------------------------------------------------------- FITS-LDAC
 
 
-def _imhead_header(hdu: fits.BinTableHDU, where: str) -> fits.Header:
-    """The image header held by an LDAC_IMHEAD table (raw bytes: NUL or blank padded)."""
-    data = hdu.data
-    if data is None or len(data) == 0 or len(hdu.columns) == 0:
+def _imhead_cards(hdu, where: str) -> str:
+    """The image header held by an LDAC_IMHEAD table (raw bytes: NUL or blank padded), as cards."""
+    if str(hdu.values.get("XTENSION", "")).strip() != "BINTABLE":
+        raise FitInputError(where, "LDAC_IMHEAD is not a binary table")
+    names = column_names(hdu)
+    if not names or int(hdu.values.get("NAXIS2", 0)) == 0:
         raise FitInputError(where, "LDAC_IMHEAD holds no header card row")
-    name = hdu.columns.names[0]
-    if not str(hdu.columns[0].format).strip().endswith("A"):
-        raise FitInputError(where, f"LDAC_IMHEAD column {name!r} is not a character column "
-                                   f"(TFORM {hdu.columns[0].format!r})", column=name)
-    # The raw bytes of the first row: astropy's string view would strip the padding
-    # (and split the cards when TDIM is present).
-    text = np.asarray(data).view(np.ndarray)[name][:1].tobytes()
-    return header_from_string(text, where)
+    tform = str(hdu.values.get("TFORM1", ""))
+    if not tform.strip().endswith("A"):
+        raise FitInputError(where, f"LDAC_IMHEAD column {names[0]!r} is not a character column "
+                                   f"(TFORM {tform!r})", column=names[0])
+    return _header_cards(table_cell_bytes(hdu, names[0], 0), where)
 
 
-def _ldac_time(header: fits.Header, where: str) -> tuple[float, float]:
-    """(mid-exposure MJD in TAI, exposure time) from an LDAC image header."""
+_DATE = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2}):(\d{2}(?:\.\d*)?))?\s*$")
+
+
+def _ldac_time(header, where: str) -> tuple[float, float]:
+    """(mid-exposure MJD in TAI, exposure time) from an LDAC image header (keyword → value)."""
     exptime = float(header.get("EXPTIME", 0.0) or 0.0)
     scale = str(header.get("TIMESYS", "UTC")).strip().lower()
     if scale not in ("utc", "tai", "tt", "tdb", "tcg", "tcb", "ut1"):
         raise FitInputError(where, f"TIMESYS {header.get('TIMESYS')!r} is not a time scale astropy knows")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ErfaWarning)
-        if "MJD-AVG" in header:
-            return float(Time(float(header["MJD-AVG"]), format="mjd", scale=scale).tai.mjd), exptime
-        if "MJD-OBS" in header:
-            start = Time(float(header["MJD-OBS"]), format="mjd", scale=scale)
-        elif "DATE-OBS" in header:
-            try:
-                start = Time(str(header["DATE-OBS"]), format="isot", scale=scale)
-            except ValueError as exc:
-                raise FitInputError(where, f"DATE-OBS {header['DATE-OBS']!r} does not parse ({exc})") from None
-        else:
-            raise FitInputError(where, "image header has no MJD-OBS (or DATE-OBS, MJD-AVG): the "
-                                       "exposure time is needed to move reference stars")
-        return float(start.tai.mjd) + 0.5 * exptime / _SECONDS_PER_DAY, exptime
+    if "MJD-AVG" in header:
+        return _to_tai_mjd(_MJD0, float(header["MJD-AVG"]), scale), exptime
+    if "MJD-OBS" in header:
+        start = _to_tai_mjd(_MJD0, float(header["MJD-OBS"]), scale)
+    elif "DATE-OBS" in header:
+        m = _DATE.match(str(header["DATE-OBS"]))
+        if m is None:
+            raise FitInputError(where, f"DATE-OBS {header['DATE-OBS']!r} does not parse (expected "
+                                       f"YYYY-MM-DDThh:mm:ss.sss)")
+        y, mo, d = (int(v) for v in m.group(1, 2, 3))
+        hh, mm, ss = int(m.group(4) or 0), int(m.group(5) or 0), float(m.group(6) or 0.0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ErfaWarning)
+                jd1, jd2 = erfa.dtf2d(scale.upper() if scale == "utc" else "", y, mo, d, hh, mm, ss)
+        except (erfa.ErfaError, ValueError) as exc:
+            raise FitInputError(where, f"DATE-OBS {header['DATE-OBS']!r} does not parse ({exc})") from None
+        start = _to_tai_mjd(float(jd1), float(jd2), scale)
+    else:
+        raise FitInputError(where, "image header has no MJD-OBS (or DATE-OBS, MJD-AVG): the "
+                                   "exposure time is needed to move reference stars")
+    return start + 0.5 * exptime / _SECONDS_PER_DAY, exptime
 
 
-def _visit_tangent_point(wcs_list: Sequence[WCS], naxes: Sequence[tuple[int, int]]) -> tuple[float, float]:
+def _visit_tangent_point(wcs_list: Sequence[_CcdWcs], naxes: Sequence[tuple[int, int]]) -> tuple[float, float]:
     """CRVAL when all CCDs share it (within 1"), else the mean direction of the CCD centres."""
-    crvals = np.array([w.wcs.crval[:2] for w in wcs_list], dtype=np.float64)
+    crvals = np.array([w.crval for w in wcs_list], dtype=np.float64)
     ra_rad, dec_rad = np.deg2rad(crvals[:, 0]), np.deg2rad(crvals[:, 1])
     vec = np.stack([np.cos(dec_rad) * np.cos(ra_rad), np.cos(dec_rad) * np.sin(ra_rad), np.sin(dec_rad)], 1)
     if np.all(vec @ vec[0] > np.cos(np.deg2rad(1.0 / 3600.0))):
         return float(crvals[0, 0] % 360.0), float(crvals[0, 1])
     centres = []
     for w, (n1, n2) in zip(wcs_list, naxes, strict=True):
-        ra_c, dec_c = _pixel_to_sky(w, np.array([(n1 + 1) / 2.0]), np.array([(n2 + 1) / 2.0]))
+        ra_c, dec_c = w.pixel_to_sky(np.array([(n1 + 1) / 2.0]), np.array([(n2 + 1) / 2.0]))
         r, d = np.deg2rad(ra_c[0]), np.deg2rad(dec_c[0])
         centres.append([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)])
     m = np.mean(centres, axis=0)
     return float(np.rad2deg(np.arctan2(m[1], m[0])) % 360.0), float(np.rad2deg(np.arctan2(m[2], np.hypot(m[0], m[1]))))
 
 
-def _ldac_objects(hdu: fits.BinTableHDU, where: str) -> dict[str, np.ndarray]:
+def _ldac_objects(hdu, where: str) -> dict[str, np.ndarray]:
     """The measurement columns of one LDAC_OBJECTS table, validated, as float64/int64 arrays."""
-    names = list(hdu.columns.names)
+    if str(hdu.values.get("XTENSION", "")).strip() != "BINTABLE":
+        raise FitInputError(where, "LDAC_OBJECTS is not a binary table")
+    try:
+        names = column_names(hdu)
+    except FitsFormatError as exc:
+        raise FitInputError(where, str(exc)) from None
     wanted = list(LDAC_COLUMNS)
     if "XWIN_IMAGE" not in names and "X_IMAGE" in names:
         wanted[:5] = _LDAC_ISO_COLUMNS
@@ -494,15 +589,13 @@ def _ldac_objects(hdu: fits.BinTableHDU, where: str) -> dict[str, np.ndarray]:
     if missing:
         raise FitInputError(where, f"LDAC_OBJECTS lacks column(s) {missing}; expected {wanted}",
                             column=missing[0])
-    data = hdu.data
-    n = 0 if data is None else len(data)
     out = {}
     for role, name in zip(("x", "y", "a", "b", "theta", "flux", "flux_err", "flags"), wanted, strict=True):
         dtype = np.int64 if role == "flags" else np.float64
-        col = np.zeros(0) if n == 0 else np.asarray(data[name])
-        if col.ndim != 1:
-            raise FitInputError(where, f"expected a scalar column, got shape {col.shape[1:]} per row",
-                                column=name)
+        try:
+            col = table_column(hdu, name)
+        except FitsFormatError as exc:
+            raise FitInputError(where, f"expected a scalar numeric column ({exc})", column=name) from None
         out[role] = col.astype(dtype)
     for role, name in (("x", wanted[0]), ("y", wanted[1])):
         bad = ~np.isfinite(out[role])
@@ -518,21 +611,22 @@ def _ldac_objects(hdu: fits.BinTableHDU, where: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _open_fits(path: Path) -> fits.HDUList:
+def _read_fits(path: Path) -> list:
+    """The HDUs of a FITS file (:func:`~jointcal_ap.fit.fits_tables.read_hdus`); a file that
+    is missing, not FITS or truncated is an error naming it."""
     if not path.exists():
         raise FitInputError(path, "file not found")
     if path.is_dir():
         raise FitInputError(path, "is a directory, expected a FITS-LDAC catalog file")
     try:
-        hdul = fits.open(path, memmap=False)
-    except Exception as exc:  # astropy raises OSError, ValueError, VerifyError, ...
-        raise FitInputError(path, f"not a FITS file ({type(exc).__name__}: {exc})") from None
-    try:
-        len(hdul)  # read every HDU header now, so that a truncated file fails here
-    except Exception as exc:
-        hdul.close()
-        raise FitInputError(path, f"corrupt FITS file ({type(exc).__name__}: {exc})") from None
-    return hdul
+        return read_hdus(path)
+    except FitsFormatError as exc:
+        text = str(exc)
+        if text.startswith("not a FITS file"):
+            raise FitInputError(path, text) from None
+        raise FitInputError(path, f"corrupt FITS file: {text}") from None
+    except OSError as exc:
+        raise FitInputError(path, f"cannot be read ({exc})") from None
 
 
 def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInput:
@@ -569,40 +663,34 @@ def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInpu
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "y", "a", "b", "theta", "flux",
                                                             "flux_err", "flags", "ccd")}
     for visit_id, path in enumerate(paths):
-        with _open_fits(path) as hdul:
-            pairs = []
-            pending: tuple[int, fits.Header] | None = None
-            for ext, hdu in enumerate(hdul):
-                if ext == 0:
-                    continue
-                extname = str(hdu.header.get("EXTNAME", "")).strip()
-                where = f"{path}: extension {ext} ({extname or 'no EXTNAME'})"
-                if extname == "LDAC_IMHEAD":
-                    if pending is not None:
-                        raise FitInputError(path, f"extension {pending[0]} (LDAC_IMHEAD) is not followed by "
-                                                  f"an LDAC_OBJECTS table")
-                    if not isinstance(hdu, fits.BinTableHDU):
-                        raise FitInputError(where, "LDAC_IMHEAD is not a binary table")
-                    pending = (ext, _imhead_header(hdu, where))
-                elif extname == "LDAC_OBJECTS":
-                    if pending is None:
-                        raise FitInputError(where, "LDAC_OBJECTS has no LDAC_IMHEAD before it (the image "
-                                                   "header with the CCD's WCS)")
-                    if not isinstance(hdu, fits.BinTableHDU):
-                        raise FitInputError(where, "LDAC_OBJECTS is not a binary table")
-                    pairs.append((pending[0], pending[1], _ldac_objects(hdu, where)))
-                    pending = None
-            if pending is not None:
-                raise FitInputError(path, f"extension {pending[0]} (LDAC_IMHEAD) is not followed by an "
-                                          f"LDAC_OBJECTS table")
-            if not pairs:
-                raise FitInputError(path, "no LDAC_OBJECTS extension: not a FITS-LDAC catalog "
-                                          "(SExtractor CATALOG_TYPE FITS_LDAC)")
+        pairs = []
+        pending: tuple[int, str] | None = None
+        for hdu in _read_fits(path)[1:]:
+            ext, extname = hdu.index, hdu.extname
+            where = f"{path}: extension {ext} ({extname or 'no EXTNAME'})"
+            if extname == "LDAC_IMHEAD":
+                if pending is not None:
+                    raise FitInputError(path, f"extension {pending[0]} (LDAC_IMHEAD) is not followed by "
+                                              f"an LDAC_OBJECTS table")
+                pending = (ext, _imhead_cards(hdu, where))
+            elif extname == "LDAC_OBJECTS":
+                if pending is None:
+                    raise FitInputError(where, "LDAC_OBJECTS has no LDAC_IMHEAD before it (the image "
+                                               "header with the CCD's WCS)")
+                pairs.append((pending[0], pending[1], _ldac_objects(hdu, where)))
+                pending = None
+        if pending is not None:
+            raise FitInputError(path, f"extension {pending[0]} (LDAC_IMHEAD) is not followed by an "
+                                      f"LDAC_OBJECTS table")
+        if not pairs:
+            raise FitInputError(path, "no LDAC_OBJECTS extension: not a FITS-LDAC catalog "
+                                      "(SExtractor CATALOG_TYPE FITS_LDAC)")
         mjd_tai = exptime = None
         visit_wcs, naxes, filt = [], [], ""
-        for detector, (ext_head, header, obj) in enumerate(pairs):
+        for detector, (ext_head, cards, obj) in enumerate(pairs):
             where = f"{path}: extension {ext_head} (LDAC_IMHEAD)"
-            wcs = _celestial_wcs(header, where)
+            header = _header_values(cards, where)
+            wcs = _CcdWcs(cards, header, where)
             for key in ("NAXIS1", "NAXIS2"):
                 if key not in header:
                     raise FitInputError(where, f"image header has no {key}")
@@ -613,7 +701,7 @@ def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInpu
             visit_wcs.append(wcs)
             ccd_index = len(ccds)
             ccds.append(Ccd(visit=visit_id, detector=detector, naxis1=naxes[-1][0], naxis2=naxes[-1][1],
-                            header=header))
+                            cards=cards))
             wcs_list.append(wcs)
             m = len(obj["x"])
             for key in ("x", "y", "a", "b", "theta", "flux", "flux_err", "flags"):

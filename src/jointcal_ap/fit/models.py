@@ -12,17 +12,20 @@ block(s) a measurement touches and how to evaluate the mapping):
 
 Tangent-plane coordinates (ξ, η) are in mas, gnomonic about each visit's boresight.
 Pixel coordinates are normalised per CCD to u = (x − cx)/s, v = (y − cy)/s ∈ [−1, 1].
+
+For the solver (:mod:`jointcal_ap.fit.solve`) each model describes its Jacobian CCD by CCD
+(:meth:`SimpleModel.ccd_linearise`): per parameter *slot* (the CCD's polynomial; or the
+detector's and the visit's), a basis ``φ`` (n, K) and a 2×2 *core* ``G`` per measurement with
+∂(ξ, η)_i/∂coeff[j, k] = G[i, j]·φ[k]. Pure NumPy, no compilation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from jointcal_ap._jax import jnp
-
-__all__ = ["ConstrainedModel", "SimpleModel", "monomials", "n_terms", "poly_design", "poly_eval"]
+__all__ = ["ConstrainedModel", "SimpleModel", "monomials", "n_terms", "poly_basis", "poly_design", "poly_eval"]
 
 
 def n_terms(degree: int) -> int:
@@ -35,12 +38,48 @@ def monomials(degree: int) -> list[tuple[int, int]]:
     return [(k - j, j) for k in range(degree + 1) for j in range(k + 1)]
 
 
-def poly_design(u, v, degree: int, xp=jnp):
-    """The monomials evaluated at (u, v): shape (..., n_terms)."""
-    return xp.stack([u**i * v**j for i, j in monomials(degree)], axis=-1)
+def poly_design(u, v, degree: int, xp=np):
+    """The monomials evaluated at (u, v): shape (..., n_terms) (running products, no ``**``)."""
+    u, v = xp.asarray(u), xp.asarray(v)
+    up, vp = [None, u], [None, v]
+    for _ in range(degree - 1):
+        up.append(up[-1] * u)
+        vp.append(vp[-1] * v)
+    ones = xp.ones(xp.broadcast_shapes(u.shape, v.shape))
+
+    def term(i, j):
+        if i == 0:
+            return vp[j] * ones if j else ones
+        return up[i] * vp[j] if j else up[i] * ones
+
+    return xp.stack([term(i, j) for i, j in monomials(degree)], axis=-1)
 
 
-def poly_eval(coeffs, u, v, degree: int, xp=jnp):
+def poly_basis(u: np.ndarray, v: np.ndarray, degree: int, derivatives: bool = False):
+    """Monomials of 1-D ``u``, ``v`` as an (n, K) array (and, with ``derivatives``, ∂/∂u and ∂/∂v).
+
+    The same numbers as :func:`poly_design`, built from running powers (no ``**``).
+    """
+    n, terms = len(u), monomials(degree)
+    up, vp = [np.ones(n)], [np.ones(n)]
+    for _ in range(degree):
+        up.append(up[-1] * u)
+        vp.append(vp[-1] * v)
+    basis = np.empty((n, len(terms)))
+    for k, (i, j) in enumerate(terms):
+        basis[:, k] = up[i] * vp[j] if i and j else (up[i] if j == 0 else vp[j])
+    if not derivatives:
+        return basis
+    du, dv = np.zeros((n, len(terms))), np.zeros((n, len(terms)))
+    for k, (i, j) in enumerate(terms):
+        if i:
+            du[:, k] = i * up[i - 1] * vp[j]
+        if j:
+            dv[:, k] = j * up[i] * vp[j - 1]
+    return basis, du, dv
+
+
+def poly_eval(coeffs, u, v, degree: int, xp=np):
     """Evaluate a 2-output polynomial: coeffs (..., 2, K) at (u, v) → (..., 2)."""
     basis = poly_design(u, v, degree, xp)
     return xp.einsum("...ck,...k->...c", coeffs, basis)
@@ -107,26 +146,32 @@ class SimpleModel:
         size = 2 * self.k
         return [(c * size, size) for c in range(self.n_ccds)]
 
-    def kernel(self) -> SimpleModel:
-        """The model stripped of its sizes: what compiled code depends on (hashable)."""
-        return replace(self, n_ccds=0)
-
     def local_index(self, ccd_index: np.ndarray, visit_index: np.ndarray, detector_index: np.ndarray
                     ) -> np.ndarray:
         """Global parameter indices each measurement depends on: (n, 2K)."""
         size = 2 * self.k
         return ccd_index[:, None] * size + np.arange(size)[None, :]
 
-    def slots(self, ccd_index, visit_index, detector_index):
-        """Block of each measurement per slot (n, 1), and per slot (lo, hi, block starts)."""
-        size = 2 * self.k
-        return ccd_index[:, None], [(0, size, np.arange(self.n_ccds) * size)]
+    def slot_starts(self, visit_of_ccd: np.ndarray, detector_of_ccd: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Per slot: the first parameter of each CCD's block (n_ccds,) and the slot's K."""
+        return [(np.arange(self.n_ccds) * 2 * self.k, self.k)]
 
-    def evaluate(self, local_params, u, v, xp=jnp):
-        """(ξ, η) in mas from each measurement's local parameters (n, 2K) and normalised pixels.
+    def ccd_linearise(self, blocks: list[np.ndarray], u: np.ndarray, v: np.ndarray, *, uv_jacobian: bool = False):
+        """(ξ, η) of one CCD's measurements and the Jacobian's terms (see the module docstring).
 
-        ``xp`` is ``jax.numpy`` inside the fit and ``numpy`` for evaluating a fitted model.
+        ``blocks``: the CCD's coefficients per slot, (2, K). Returns ``xy`` (n, 2), the per-slot
+        ``[(φ, G)]`` (``G`` None: the identity) and, with ``uv_jacobian``, ∂(ξ, η)/∂(u, v) (n, 2, 2).
         """
+        coeffs = blocks[0]
+        if not uv_jacobian:
+            basis = poly_basis(u, v, self.degree)
+            return basis @ coeffs.T, [(basis, None)], None
+        basis, du, dv = poly_basis(u, v, self.degree, derivatives=True)
+        duv = np.stack([du @ coeffs.T, dv @ coeffs.T], axis=-1)  # (n, 2 outputs, 2 inputs)
+        return basis @ coeffs.T, [(basis, None)], duv
+
+    def evaluate(self, local_params, u, v, xp=np):
+        """(ξ, η) in mas from each measurement's local parameters (n, 2K) and normalised pixels."""
         coeffs = local_params.reshape((*local_params.shape[:-1], 2, self.k))
         return poly_eval(coeffs, u, v, self.degree, xp)
 
@@ -175,10 +220,6 @@ class ConstrainedModel:
         base = self.n_detectors * d
         return blocks + [(base + i * v, v) for i in range(self.n_visits)]
 
-    def kernel(self) -> ConstrainedModel:
-        """The model stripped of its sizes: what compiled code depends on (hashable)."""
-        return replace(self, n_detectors=0, n_visits=0)
-
     def local_index(self, ccd_index: np.ndarray, visit_index: np.ndarray, detector_index: np.ndarray
                     ) -> np.ndarray:
         d, v = 2 * self.kd, 2 * self.kv
@@ -186,19 +227,37 @@ class ConstrainedModel:
         vis = self.n_detectors * d + visit_index[:, None] * v + np.arange(v)[None, :]
         return np.concatenate([det, vis], axis=1)
 
-    def evaluate(self, local_params, u, v, xp=jnp):
+    def evaluate(self, local_params, u, v, xp=np):
         d = 2 * self.kd
         det = local_params[..., :d].reshape((*local_params.shape[:-1], 2, self.kd))
         vis = local_params[..., d:].reshape((*local_params.shape[:-1], 2, self.kv))
         focal = poly_eval(det, u, v, self.detector_degree, xp) / self.focal_scale
         return poly_eval(vis, focal[..., 0], focal[..., 1], self.visit_degree, xp)
 
-    def slots(self, ccd_index, visit_index, detector_index):
-        """Detector and visit block of each measurement (n, 2), and per slot (lo, hi, starts)."""
+    def slot_starts(self, visit_of_ccd: np.ndarray, detector_of_ccd: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Per slot (detector, visit): the first parameter of each CCD's block and the slot's K."""
         d, v = 2 * self.kd, 2 * self.kv
         base = self.n_detectors * d
-        return (np.stack([detector_index, visit_index], axis=1),
-                [(0, d, np.arange(self.n_detectors) * d), (d, d + v, base + np.arange(self.n_visits) * v)])
+        return [(np.asarray(detector_of_ccd) * d, self.kd), (base + np.asarray(visit_of_ccd) * v, self.kv)]
+
+    def ccd_linearise(self, blocks: list[np.ndarray], u: np.ndarray, v: np.ndarray, *, uv_jacobian: bool = False):
+        """As :meth:`SimpleModel.ccd_linearise`; slots: the detector's block, then the visit's."""
+        det, vis = blocks
+        s = self.focal_scale
+        if uv_jacobian:
+            phi, phi_u, phi_v = poly_basis(u, v, self.detector_degree, derivatives=True)
+        else:
+            phi = poly_basis(u, v, self.detector_degree)
+        focal = phi @ det.T / s
+        q, q_0, q_1 = poly_basis(focal[:, 0], focal[:, 1], self.visit_degree, derivatives=True)
+        xy = q @ vis.T
+        # ∂(ξ, η)/∂(normalised focal coordinates): (n, 2 outputs, 2 inputs)
+        d_focal = np.stack([q_0 @ vis.T, q_1 @ vis.T], axis=-1)
+        duv = None
+        if uv_jacobian:
+            f_uv = np.stack([phi_u @ det.T, phi_v @ det.T], axis=-1) / s
+            duv = d_focal @ f_uv
+        return xy, [(phi, d_focal / s), (q, None)], duv
 
     def identity_visit(self) -> np.ndarray:
         """Visit coefficients mapping normalised focal coordinates back to mas unchanged."""

@@ -41,14 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from jointcal_ap.calibration import (
-    PhotometricCalibration,
-    chebyshev_basis,
-    pixel_to_chebyshev,
-    zero_point_to_njy_per_adu,
-)
 from jointcal_ap.errors import FitError
-from jointcal_ap.fit.photometry_solve import LinearSolution, solve_reduced
+from jointcal_ap.fit.photometry_solve import LinearSolution, ReducedSystem, solve_reduced
 
 __all__ = [
     "PhotometryData",
@@ -60,7 +54,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MAG_PER_LN = 2.5 / np.log(10.0)  # 1.0857: σ_mag = 1.0857 σ_F / F
+_MAG_PER_LN = 2.5 / np.log(10.0)
+
+
+def _calibration():
+    """:mod:`jointcal_ap.calibration`, imported on first use (it imports astropy)."""
+    from jointcal_ap import calibration
+
+    return calibration  # 1.0857: σ_mag = 1.0857 σ_F / F
 
 
 @dataclass(frozen=True)
@@ -365,7 +366,7 @@ class PhotometryResult:
         """Measurements clipped at the end of the fit."""
         return int(self.clipped.sum())
 
-    def calibration(self, visit: int, detector: int) -> PhotometricCalibration:
+    def calibration(self, visit: int, detector: int):
         """The calibration of one visit × detector, with its coefficient covariance.
 
         Ready for a :class:`~jointcal_ap.calibration.DetectorCalibration` (and so for
@@ -380,7 +381,7 @@ class PhotometryResult:
         if not np.all(np.isfinite(c)):
             raise KeyError(f"no photometric calibration for visit {visit}, detector {detector} (no measurement)")
         n1, n2 = self.naxis[detector]
-        return PhotometricCalibration(c, int(n1), int(n2), float(self.zero_point_err[visit, detector]),
+        return _calibration().PhotometricCalibration(c, int(n1), int(n2), float(self.zero_point_err[visit, detector]),
                                       self.coefficient_covariance[visit, detector])
 
     def evaluate(self, visit, detector, x, y) -> np.ndarray:
@@ -413,13 +414,13 @@ class PhotometryResult:
         rows = np.zeros((len(x), len(self.theta)))
         for idx in range(len(x)):
             v, d = int(visit[idx]), int(detector[idx])
-            u, w = pixel_to_chebyshev(x[idx], y[idx], *self.naxis[d])
-            rows[idx] = chebyshev_basis(u, w, (k, k)) @ self.coefficient_maps[v, d]
+            u, w = _calibration().pixel_to_chebyshev(x[idx], y[idx], *self.naxis[d])
+            rows[idx] = _calibration().chebyshev_basis(u, w, (k, k)) @ self.coefficient_maps[v, d]
         return rows @ self.covariance @ rows.T
 
     def calibrated_flux(self, visit, detector, x, y, flux_adu) -> np.ndarray:
         """Instrumental fluxes (ADU) → nJy with the fitted calibration."""
-        scale = zero_point_to_njy_per_adu(self.evaluate(visit, detector, x, y))
+        scale = _calibration().zero_point_to_njy_per_adu(self.evaluate(visit, detector, x, y))
         return np.asarray(flux_adu, dtype=float) * scale
 
 
@@ -459,7 +460,7 @@ def _chebyshev_terms(degree: int) -> tuple[np.ndarray, np.ndarray]:
 def _chebyshev_design(u, v, degree: int) -> np.ndarray:
     """The flat's basis, shape ``u.shape + (n_terms,)``: ``chebyshev_basis`` at :func:`_chebyshev_terms`."""
     i, j = _chebyshev_terms(degree)
-    return chebyshev_basis(u, v, (degree, degree))[..., i * (degree + 1) + j]
+    return _calibration().chebyshev_basis(u, v, (degree, degree))[..., i * (degree + 1) + j]
 
 
 def _layout(options: PhotometryOptions, visits_present: np.ndarray, units_present: np.ndarray) -> _Layout:
@@ -497,7 +498,7 @@ def _design(data: PhotometryData, rows: np.ndarray, layout: _Layout, options: Ph
     w = np.empty(n)
     for det in np.unique(d):
         sel = d == det
-        u[sel], w[sel] = pixel_to_chebyshev(data.x[rows][sel], data.y[rows][sel], *data.naxis[det])
+        u[sel], w[sel] = _calibration().pixel_to_chebyshev(data.x[rows][sel], data.y[rows][sel], *data.naxis[det])
     values = [np.ones((n, 1)), _chebyshev_design(u, w, options.flat_degree)]
     start = layout.flat[v, d] if options.model == "simple" else layout.flat[d]
     columns = [layout.zp[v][:, None], start[:, None] + np.arange(layout.n_flat)]
@@ -606,7 +607,7 @@ def _coefficient_maps(data: PhotometryData, valid: np.ndarray, options: Photomet
             n_grid = max(12, 3 * k)
             nodes = np.cos(np.pi * (np.arange(n_grid) + 0.5) / n_grid)
             gu, gv = (a.ravel() for a in np.meshgrid(nodes, nodes, indexing="ij"))
-            u, w = pixel_to_chebyshev(data.x[on_ccd], data.y[on_ccd], *data.naxis[d])
+            u, w = _calibration().pixel_to_chebyshev(data.x[on_ccd], data.y[on_ccd], *data.naxis[d])
             fmap = _fit_focal_map(u, w, data.focal_x[on_ccd], data.focal_y[on_ccd])
             fx, fy = fmap(gu, gv)
             composed = np.zeros((len(gu), layout.n_params))
@@ -690,7 +691,13 @@ def fit_photometry(data: PhotometryData, options: PhotometryOptions | None = Non
         for a colour term, a CCD / detector with fewer measurements than flat terms, or a
         degenerate system (e.g. a visit sharing no star with the others).
     """
-    options = options or PhotometryOptions()
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # small dense matrices (see JointFit.run)
+        return _fit_photometry(data, options or PhotometryOptions())
+
+
+def _fit_photometry(data: PhotometryData, options: PhotometryOptions) -> PhotometryResult:
     n = len(data)
     with np.errstate(divide="ignore", invalid="ignore"):
         valid = (np.isfinite(data.flux) & np.isfinite(data.flux_err) & (data.flux > 0) & (data.flux_err > 0)
@@ -755,14 +762,36 @@ def fit_photometry(data: PhotometryData, options: PhotometryOptions | None = Non
     readmitted_per_round: list[int] = []
     weight_all = 1.0 / mag_err[rows_all] ** 2
     ref_weight_full = np.where(has_ref, 1.0 / np.where(has_ref, ref_sigma, 1.0) ** 2, 0.0)
+    target0 = np.nan_to_num(target)
+    star_all = data.star[rows_all]
+    mag_all = inst_mag[rows_all]
+
+    def reduced(rows, ref_w, *, normal=True):
+        return ReducedSystem.build(design_all[rows], weight_all[rows], mag_all[rows], star_all[rows], data.n_stars,
+                                   ref_w, target0, ref_design, normal=normal)
+
+    system = previous = None
     for round_ in range(options.max_clip_rounds + 1):
         sel = np.flatnonzero(active)
-        star = data.star[rows_all[sel]]
+        star = star_all[sel]
         present = np.bincount(star, minlength=data.n_stars) > 0
         ref_weight = np.where(ref_active & present, ref_weight_full, 0.0)
-        solution = solve_reduced(design_all[sel], weight_all[sel], inst_mag[rows_all[sel]], star, data.n_stars,
-                                 ref_weight, np.nan_to_num(target), ref_design, constraints, constraint_values,
-                                 layout.names)
+        if previous is None:
+            system = reduced(sel, ref_weight)
+        else:
+            # the clipped and re-admitted measurements change their stars' terms only
+            was_active, was_ref_weight = previous
+            stars = np.zeros(data.n_stars, dtype=bool)
+            stars[star_all[active != was_active]] = True
+            stars |= ref_weight != was_ref_weight
+            mine = stars[star_all]
+            system = system.updated(reduced(np.flatnonzero(was_active & mine), np.where(stars, was_ref_weight, 0.0)),
+                                    reduced(np.flatnonzero(active & mine), np.where(stars, ref_weight, 0.0)),
+                                    reduced(sel, ref_weight, normal=False))
+        previous = (active.copy(), ref_weight)
+        solution = solve_reduced(design_all[sel], weight_all[sel], mag_all[sel], star, data.n_stars,
+                                 ref_weight, target0, ref_design, constraints, constraint_values,
+                                 layout.names, system=system)
         resid, pull, ref_resid, ref_pull = _residuals(solution, design_all[sel], inst_mag[rows_all[sel]],
                                                       mag_err[rows_all[sel]], star, ref_weight, target, ref_design,
                                                       ref_sigma)
@@ -847,7 +876,7 @@ def fit_photometry(data: PhotometryData, options: PhotometryOptions | None = Non
         coefficients[v, d] = m @ solution.theta[cols]
         c_vd = m @ solution.covariance[np.ix_(cols, cols)] @ m.T
         cov[v, d] = 0.5 * (c_vd + c_vd.T)  # symmetric to the last bit, as PhotometricCalibration requires
-    centre = chebyshev_basis(0.0, 0.0, (kk - 1, kk - 1))
+    centre = _calibration().chebyshev_basis(0.0, 0.0, (kk - 1, kk - 1))
     zp_err = np.sqrt(np.maximum(np.einsum("k,vdkl,l->vd", centre, cov, centre), 0.0))
     approx = np.where(absent, np.nan, 0.0)
     for (v, d), grid in np.ndenumerate(grids):

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 import scipy.sparse as sp
 
 from jointcal_ap.errors import FitError
 
-__all__ = ["LinearSolution", "solve_reduced"]
+__all__ = ["LinearSolution", "ReducedSystem", "solve_reduced"]
 
 #: Smallest eigenvalue, relative to the largest, of the Jacobi-scaled reduced system.
 _RCOND = 1e-11
@@ -73,10 +74,56 @@ class LinearSolution:
         return out + self.star_var_stat
 
 
+@dataclass(frozen=True)
+class ReducedSystem:
+    """The normal equations with the star magnitudes eliminated (see the module docstring).
+
+    ``normal`` (P, P) and ``gradient`` (P,) are sums of one term per star, so a change to a few
+    stars' measurements is an update of those terms (:meth:`updated`), not a new sum over
+    every measurement. ``d``, ``q`` (n_stars,) and ``e`` = D⁻¹U (n_stars × P) give the stars'
+    magnitudes for a calibration.
+    """
+
+    normal: np.ndarray
+    gradient: np.ndarray
+    d: np.ndarray
+    q: np.ndarray
+    e: sp.csr_matrix
+
+    @classmethod
+    def build(cls, design, weight, mag, star, n_stars, ref_weight, ref_target, ref_design, *,
+              normal: bool = True) -> ReducedSystem:
+        """The system of these measurements and reference constraints (``normal=False``: only
+        ``d``, ``q`` and ``e``; ``normal`` and ``gradient`` are then zero)."""
+        n, p = design.shape
+        incidence = sp.csr_matrix((np.ones(n), (np.arange(n), star)), shape=(n, n_stars))
+        weighted = sp.csr_matrix(design.multiply(weight[:, None]))
+        weighted_ref = sp.csr_matrix(ref_design.multiply(ref_weight[:, None]))
+        d = np.asarray(incidence.T @ weight).ravel() + ref_weight
+        u = sp.csr_matrix(incidence.T @ weighted + weighted_ref)
+        q = np.asarray(incidence.T @ (weight * mag)).ravel() + ref_weight * ref_target
+        d_inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+        e = sp.csr_matrix(sp.diags(d_inv) @ u)
+        if not normal:
+            return cls(np.zeros((p, p)), np.zeros(p), d, q, e)
+        gram = (design.T @ weighted).toarray() + (ref_design.T @ weighted_ref).toarray() - (u.T @ e).toarray()
+        gradient = (np.asarray(design.T @ (weight * mag)).ravel()
+                    + np.asarray(ref_design.T @ (ref_weight * ref_target)).ravel()
+                    - np.asarray(u.T @ (d_inv * q)).ravel())
+        return cls(gram, gradient, d, q, e)
+
+    def updated(self, old: ReducedSystem, new: ReducedSystem, stars: ReducedSystem) -> ReducedSystem:
+        """This system with some stars' terms replaced: ``old``/``new`` are those stars' systems
+        before and after the change (built from their rows alone), ``stars`` the ``d``/``q``/``e``
+        of every star after it."""
+        return ReducedSystem(self.normal - old.normal + new.normal, self.gradient - old.gradient + new.gradient,
+                             stars.d, stars.q, stars.e)
+
+
 def solve_reduced(design: sp.csr_matrix, weight: np.ndarray, mag: np.ndarray, star: np.ndarray, n_stars: int,
                   ref_weight: np.ndarray, ref_target: np.ndarray, ref_design: sp.csr_matrix,
                   constraints: np.ndarray, constraint_values: np.ndarray,
-                  parameter_names: Sequence[str]) -> LinearSolution:
+                  parameter_names: Sequence[str], *, system: ReducedSystem | None = None) -> LinearSolution:
     """Solve the photometric least squares with the star magnitudes eliminated.
 
     Parameters
@@ -95,6 +142,9 @@ def solve_reduced(design: sp.csr_matrix, weight: np.ndarray, mag: np.ndarray, st
         ``C θ = d``.
     parameter_names : sequence of str
         For the message of a degenerate system.
+    system : ReducedSystem, optional
+        The reduced system of exactly these inputs, if already at hand (e.g. updated from
+        the previous clipping round); otherwise it is built.
 
     Raises
     ------
@@ -102,26 +152,14 @@ def solve_reduced(design: sp.csr_matrix, weight: np.ndarray, mag: np.ndarray, st
         The reduced system is singular: the data do not constrain some combination
         of parameters (named in the message and in ``diagnostics["degenerate"]``).
     """
-    n, p = design.shape
-    incidence = sp.csr_matrix((np.ones(n), (np.arange(n), star)), shape=(n, n_stars))
-    weighted = sp.csr_matrix(design.multiply(weight[:, None]))
-    weighted_ref = sp.csr_matrix(ref_design.multiply(ref_weight[:, None]))
-    d = np.asarray(incidence.T @ weight).ravel() + ref_weight
-    u = sp.csr_matrix(incidence.T @ weighted + weighted_ref)
-    q = np.asarray(incidence.T @ (weight * mag)).ravel() + ref_weight * ref_target
+    if system is None:
+        system = ReducedSystem.build(design, weight, mag, star, n_stars, ref_weight, ref_target, ref_design)
+    p = design.shape[1]
+    normal = 0.5 * (system.normal + system.normal.T)
+    gradient, d, q, e = system.gradient, system.d, system.q, system.e
     d_inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
-    e = sp.csr_matrix(sp.diags(d_inv) @ u)
-    normal = (design.T @ weighted).toarray() + (ref_design.T @ weighted_ref).toarray() - (u.T @ e).toarray()
-    gradient = (np.asarray(design.T @ (weight * mag)).ravel() + np.asarray(ref_design.T @ (ref_weight * ref_target))
-                .ravel() - np.asarray(u.T @ (d_inv * q)).ravel())
-    normal = 0.5 * (normal + normal.T)
 
-    if len(constraints):
-        basis = scipy.linalg.null_space(constraints)
-        theta0 = np.linalg.lstsq(constraints, constraint_values, rcond=None)[0]
-    else:
-        basis = np.eye(p)
-        theta0 = np.zeros(p)
+    basis, theta0 = _constrained_basis(constraints, constraint_values, p)
     m = basis.T @ normal @ basis
     h = -basis.T @ (gradient + normal @ theta0)
     diag = np.diag(m).copy()
@@ -130,7 +168,63 @@ def solve_reduced(design: sp.csr_matrix, weight: np.ndarray, mag: np.ndarray, st
         raise FitError(f"the photometric fit is degenerate: no measurement constrains {parameter_names[bad]}",
                        {"degenerate": [parameter_names[bad]]})
     scale = 1.0 / np.sqrt(diag)
-    eigval, eigvec = np.linalg.eigh(m * scale[:, None] * scale[None, :])
+    scaled = m * scale[:, None] * scale[None, :]
+    inv = _cholesky_inverse(scaled)
+    if inv is not None:  # well conditioned: no eigendecomposition needed
+        inv = inv * scale[:, None] * scale[None, :]
+    else:
+        inv = _eigen_inverse(scaled, basis, scale, parameter_names) * scale[:, None] * scale[None, :]
+    phi = inv @ h
+    theta = theta0 + basis @ phi
+    covariance = basis @ inv @ basis.T
+    star_mag = np.where(d > 0, np.asarray(e @ theta).ravel() + d_inv * q, np.nan)
+    return LinearSolution(theta=theta, covariance=0.5 * (covariance + covariance.T), star_mag=star_mag,
+                          star_var_stat=np.where(d > 0, d_inv, np.nan), star_design=e, n_free=basis.shape[1])
+
+
+_BASIS_CACHE: dict = {}
+
+
+def _constrained_basis(constraints: np.ndarray, values: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """θ = θ₀ + T φ: a basis T of the null space of C and a particular solution θ₀ of C θ = d.
+
+    The last one is kept: the clipping rounds of a fit solve with the same constraints, and the
+    SVD behind the null space is the costliest dense step of a round.
+    """
+    if not len(constraints):
+        return np.eye(p), np.zeros(p)
+    key = (constraints.shape, constraints.tobytes(), np.asarray(values).tobytes())
+    hit = _BASIS_CACHE.get("last")
+    if hit is None or hit[0] != key:
+        basis = scipy.linalg.null_space(constraints)
+        theta0 = np.linalg.lstsq(constraints, values, rcond=None)[0]
+        _BASIS_CACHE["last"] = hit = (key, basis, theta0)
+    return hit[1], hit[2]
+
+
+#: Reciprocal condition number (LAPACK's 1-norm estimate) below which the Cholesky path hands
+#: over to the eigendecomposition, which decides about degeneracy exactly (cond₂ ≤ cond₁).
+_CHOLESKY_RCOND = 1e-9
+
+
+def _cholesky_inverse(matrix: np.ndarray) -> np.ndarray | None:
+    """The inverse of a symmetric positive definite matrix through its Cholesky factor, or None
+    when it is not positive definite or not clearly better conditioned than ``_RCOND``."""
+    try:
+        factor, lower = scipy.linalg.cho_factor(matrix, lower=True, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError):
+        return None
+    anorm = float(np.max(np.sum(np.abs(matrix), axis=0)))
+    rcond, info = scipy.linalg.lapack.dpocon(factor, anorm, uplo="L")
+    if info != 0 or not rcond >= _CHOLESKY_RCOND:
+        return None
+    return scipy.linalg.cho_solve((factor, lower), np.eye(len(matrix)), check_finite=False)
+
+
+def _eigen_inverse(scaled: np.ndarray, basis: np.ndarray, scale: np.ndarray, parameter_names) -> np.ndarray:
+    """The inverse through the eigendecomposition; raises :class:`FitError` naming the
+    parameters of an unconstrained combination (eigenvalue ratio ≤ ``_RCOND``)."""
+    eigval, eigvec = np.linalg.eigh(scaled)
     if eigval[0] <= _RCOND * eigval[-1]:
         direction = basis @ (scale * eigvec[:, 0])
         top = np.argsort(-np.abs(direction))[:4]
@@ -138,10 +232,4 @@ def solve_reduced(design: sp.csr_matrix, weight: np.ndarray, mag: np.ndarray, st
         raise FitError("the photometric fit is degenerate (a combination of parameters is unconstrained: "
                        f"{', '.join(names)}); check that every visit shares stars with the others or with "
                        "the reference catalog", {"degenerate": names, "eigenvalue_ratio": float(eigval[0] / eigval[-1])})
-    inv = (eigvec / eigval) @ eigvec.T * scale[:, None] * scale[None, :]
-    phi = inv @ h
-    theta = theta0 + basis @ phi
-    covariance = basis @ inv @ basis.T
-    star_mag = np.where(d > 0, np.asarray(e @ theta).ravel() + d_inv * q, np.nan)
-    return LinearSolution(theta=theta, covariance=0.5 * (covariance + covariance.T), star_mag=star_mag,
-                          star_var_stat=np.where(d > 0, d_inv, np.nan), star_design=e, n_free=basis.shape[1])
+    return (eigvec / eigval) @ eigvec.T

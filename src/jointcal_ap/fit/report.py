@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jointcal_ap.fit.associate import group_rows
+from jointcal_ap import atomic
+from jointcal_ap.fit.crossmatch import group_rows
 
 __all__ = ["fit_report", "format_report", "write_report"]
 
@@ -374,23 +374,12 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(result, out_dir: str | os.PathLike) -> list[Path]:
     """Write ``fit_report.json`` and ``fit_report.txt`` to ``out_dir`` (created); returns both paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = fit_report(result)
     json_path, txt_path = out / "fit_report.json", out / "fit_report.txt"
-    _atomic_write(json_path, json.dumps(report, indent=1, allow_nan=False) + "\n")
-    _atomic_write(txt_path, format_report(report))
+    atomic.write_text(json_path, json.dumps(report, indent=1, allow_nan=False) + "\n")
+    atomic.write_text(txt_path, format_report(report))
     return [json_path, txt_path]

@@ -1,4 +1,4 @@
-"""Gauss-Newton for the joint astrometric fit, with the star blocks eliminated.
+"""Gauss-Newton for the joint astrometric fit, with the star blocks eliminated (NumPy).
 
 The unknowns are the model parameters m (a few thousand at most) and, per star, five
 parameters θ_s = (δα*, δδ, μα*, μδ, ϖ) (mas, mas/yr, mas; some fixed per star). Each
@@ -11,56 +11,61 @@ Eliminating δθ leaves the reduced ("camera") system
 
     S δm = −(g_m − B D⁻¹ g_θ),    S = A − B D⁻¹ Bᵀ,
 
-then δθ_s = −D_s⁻¹ (g_θ,s + B_sᵀ δm). S is never formed: its product with a vector costs
-O(n_meas × L) (L = parameters per measurement) through gathers and segment sums, and it
-is solved by conjugate gradients preconditioned with the inverse diagonal blocks of S
-(per CCD, or per detector and per visit). Memory is O(n_meas × L) whatever the number of
-parameters; no matrix of measurements × parameters is ever formed.
+then δθ_s = −D_s⁻¹ (g_θ,s + B_sᵀ δm). S is never formed: it is solved by conjugate
+gradients, preconditioned with the inverse diagonal blocks of S (per CCD, or per detector
+and per visit), and its product with a vector is two passes over the measurements.
 
-Everything runs in float64 under ``jax.jit``; χ² is checked at every step, steps that do
-not decrease it are halved, and a fit that cannot make progress stops with a
-:class:`FitError` carrying its diagnostics.
+The Jacobians are analytic and structured, so nothing of size measurements × parameters
+exists:
+
+- the model part of a measurement is, per parameter slot, a 2×2 *core* times the
+  polynomial basis of its CCD (:meth:`SimpleModel.ccd_linearise`); the measurements are
+  kept sorted by CCD, so applying it is one small matrix product per CCD;
+- the star part is −W·P·T with W the whitening (2×2), P = ∂(ξ, η)/∂(offset on the sky)
+  (2×2) and T = [I, Δt·I, parallax factor] (2×5).
+
+Everything is float64 NumPy (no compilation: a fit costs the same in a fresh process).
+χ² is checked at every step, steps that do not decrease it are halved, and a fit that
+cannot make progress stops with a :class:`FitError` carrying its diagnostics.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
+import scipy.sparse as sp
 
-from jointcal_ap._jax import jax, jnp
 from jointcal_ap.errors import FitError
 
-__all__ = ["CompiledProblem", "FitError", "Problem", "SolveStats", "bucket", "gauss_newton"]
+__all__ = ["CG_TOLERANCE", "FitError", "FitProblem", "Problem", "SolveStats", "gauss_newton"]
 
 MAS_PER_RAD = 206264806.24709636
 
 
 @dataclass
 class Problem:
-    """Static arrays of a fit (numpy in, converted to JAX once).
+    """Static arrays of a fit.
 
-    Per measurement (n): ``u``, ``v`` normalised pixels; ``pix_scale`` (pixels per unit of
-    u); ``cov_px`` (n, 2, 2) pixel covariance; ``block_index`` (n, B) the parameter block of each *slot* (B = 1 for
-    the simple model: the CCD; 2 for the constrained model: detector and visit), and
-    ``slots``: per slot, (lo, hi, starts): the slot's range within the L local parameters
-    and the global start index of each of its blocks;
-    ``star`` (n,); ``visit`` (n,); ``dt`` (n,) years from the fit epoch; ``plx_factor``
-    (n, 2) mas of displacement per mas of parallax; ``extra`` (n, 2) fixed extra
-    displacement in mas (exact reference-catalog motion minus its linear part).
+    Per measurement (n): ``ccd`` (index of its CCD), ``u``, ``v`` normalised pixels;
+    ``pix_scale`` (pixels per unit of u); ``cov_px`` (n, 2, 2) pixel covariance; ``star``
+    (n,); ``visit`` (n,); ``dt`` (n,) years from the fit epoch; ``plx_factor`` (n, 2) mas of
+    displacement per mas of parallax; ``extra`` (n, 2) fixed extra displacement in mas (exact
+    reference-catalog motion minus its linear part).
+    Per CCD: ``slots``: per parameter slot, the first parameter of each CCD's block and the
+    slot's number of basis terms K (a block is 2K parameters: ξ then η coefficients).
     Per star (N): ``e0``, ``ea``, ``ed`` (N, 3) unit vectors (position, east, north).
     Per visit (V): ``v0``, ``va``, ``vd`` (V, 3) tangent-point frame.
     Priors: ``prior_value`` (N, 5), ``prior_weight`` (N, 5, 5) inverse covariances (zero
     where none), ``star_free`` (N, 5) bool. ``model_fixed`` (M,) bool.
     """
 
+    ccd: np.ndarray
     u: np.ndarray
     v: np.ndarray
     pix_scale: np.ndarray
     cov_px: np.ndarray
-    block_index: np.ndarray
-    slots: list[tuple[int, int, np.ndarray]]
+    slots: list[tuple[np.ndarray, int]]
     star: np.ndarray
     visit: np.ndarray
     dt: np.ndarray
@@ -87,10 +92,10 @@ class Problem:
         return len(self.star)
 
     def release_measurement_arrays(self) -> None:
-        """Drop the per-measurement inputs once they live on the device (:class:`CompiledProblem`):
+        """Drop the per-measurement inputs once :class:`FitProblem` holds its own (sorted) copies:
         at 10⁷ measurements they are gigabytes. ``star`` (and every per-star array) is kept."""
         empty = np.zeros(0)
-        for name in ("u", "v", "pix_scale", "cov_px", "block_index", "visit", "dt", "plx_factor", "extra"):
+        for name in ("ccd", "u", "v", "pix_scale", "cov_px", "visit", "dt", "plx_factor", "extra"):
             setattr(self, name, empty)
 
 
@@ -104,385 +109,436 @@ class SolveStats:
     reason: str = ""
 
 
-def _predicted_at(theta, star, visit, dt, plx_factor, extra, e0, ea, ed, v0, va, vd):
-    """Tangent-plane position (mas) of each measurement's star at its visit."""
-    th = theta[star]
-    off = th[:, 0:2] + th[:, 2:4] * dt[:, None] + th[:, 4:5] * plx_factor + extra
-    vec = e0[star] + (off[:, 0:1] * ea[star] + off[:, 1:2] * ed[star]) / MAS_PER_RAD
-    den = jnp.sum(vec * v0[visit], axis=1)
-    xi = jnp.sum(vec * va[visit], axis=1) / den * MAS_PER_RAD
-    eta = jnp.sum(vec * vd[visit], axis=1) / den * MAS_PER_RAD
-    return jnp.stack([xi, eta], axis=1)
+# --------------------------------------------------------------------------- 2×2 helpers
+# Per-measurement 2×2 matrices are (n, 2, 2) arrays; these avoid einsum's dispatch.
 
 
-def _whitener(cov):
+def _mul(m: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """m @ x row by row: (n, 2, 2) × (n, 2) → (n, 2)."""
+    return np.stack([m[:, 0, 0] * x[:, 0] + m[:, 0, 1] * x[:, 1],
+                     m[:, 1, 0] * x[:, 0] + m[:, 1, 1] * x[:, 1]], axis=1)
+
+
+def _mul_t(m: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """mᵀ @ x row by row."""
+    return np.stack([m[:, 0, 0] * x[:, 0] + m[:, 1, 0] * x[:, 1],
+                     m[:, 0, 1] * x[:, 0] + m[:, 1, 1] * x[:, 1]], axis=1)
+
+
+def _whitener(cov: np.ndarray) -> np.ndarray:
     """Inverse Cholesky factor of 2×2 covariances: W with W C Wᵀ = I (lower triangular)."""
-    a = jnp.sqrt(cov[:, 0, 0])
+    a = np.sqrt(cov[:, 0, 0])
     b = cov[:, 1, 0] / a
-    c = jnp.sqrt(jnp.maximum(cov[:, 1, 1] - b * b, 1e-30))
-    zero = jnp.zeros_like(a)
-    return jnp.stack([jnp.stack([1 / a, zero], -1), jnp.stack([-b / (a * c), 1 / c], -1)], -2)
+    c = np.sqrt(np.maximum(cov[:, 1, 1] - b * b, 1e-30))
+    w = np.zeros_like(cov)
+    w[:, 0, 0] = 1 / a
+    w[:, 1, 0] = -b / (a * c)
+    w[:, 1, 1] = 1 / c
+    return w
 
 
-# --------------------------------------------------------------------------- padding
-# Compiled code depends only on array *shapes*, so a problem is padded to a few bucket
-# sizes (at most 1/8 larger than needed); any dataset that lands in the same buckets
-# reuses the compiled code, in this process and through JAX's persistent cache.
-_CHUNK = 4096  # measurements per chunk in the preconditioner accumulation
+#: Measurements per chunk of the passes over the measurements: the temporaries of a chunk stay
+#: in the CPU caches, and no array of measurements × (anything more than a few numbers) exists.
+CHUNK = 1 << 16
 
 
-def bucket(n: int, minimum: int = 8) -> int:
-    """The smallest size ≥ n of the form m·2^k with m in 8..15 (≤ 12.5 % padding)."""
-    n = max(int(n), minimum)
-    k = max(n.bit_length() - 4, 0)
-    return -(-n // (1 << k)) << k
+class FitProblem:
+    """A :class:`Problem` prepared for the solver: measurements sorted by CCD and grouped in
+    chunks of whole CCDs, star sums as sparse incidence matrices (one per chunk), the per-CCD
+    parameter blocks of every slot. It takes the problem's per-measurement arrays (they are
+    emptied as they are copied, as :meth:`Problem.release_measurement_arrays` does).
 
-
-def _pad(a: np.ndarray, n: int, fill=0) -> np.ndarray:
-    a = np.asarray(a)
-    if len(a) == n:
-        return a
-    out = np.full((n, *a.shape[1:]), fill, dtype=a.dtype)
-    out[: len(a)] = a
-    return out
-
-
-class CompiledProblem:
-    """A :class:`Problem` on the device, padded to bucket sizes, with its jitted functions.
-
-    Measurements are padded to a multiple of the chunk size with inactive rows (identity
-    covariance, star 0, visit 0), stars with empty blocks (no prior, not free), and model
-    parameters with a fixed "dump" region that padded preconditioner blocks point at.
-    Every method takes and returns *unpadded* numbers except the whitening matrices and the
-    ``active`` weights, which stay on the device in padded form (see :meth:`active`).
+    Every method takes and returns arrays in the :class:`Problem`'s measurement order,
+    except the whitening matrices and ``active`` weights, which are opaque to callers
+    (pass back what :meth:`whitener` and :meth:`active` return).
     """
 
     def __init__(self, model, problem: Problem):
-        n = len(problem.u)
-        self.n_meas = n
+        self.model = model
+        self.n_meas = n = problem.n_measurements
         self.n_stars = problem.n_stars
         self.n_model = len(problem.model_fixed)
-        n_pad = max(bucket(n), _CHUNK)
-        n_pad = -(-n_pad // _CHUNK) * _CHUNK
-        s_pad = bucket(self.n_stars)
-        max_size = max(hi - lo for lo, hi, _ in problem.slots)
-        m_pad = bucket(self.n_model + max_size)
-        self.n_pad, self.s_pad, self.m_pad = n_pad, s_pad, m_pad
-        v_pad = bucket(len(problem.v0))
+        # Stars are renumbered along the sky (strips of 0.1° in declination, then right ascension)
+        # and each CCD's measurements sorted by that number: a CCD then reads its stars' numbers
+        # from a few short runs of memory instead of at random (the gathers are 3x faster).
+        n_stars = problem.n_stars
+        dec_strip = np.floor(np.degrees(np.arcsin(np.clip(problem.e0[:, 2], -1, 1))) * 10.0)
+        ra = np.arctan2(problem.e0[:, 1], problem.e0[:, 0])
+        self.star_order = np.lexsort((ra, dec_strip)) if n_stars else np.zeros(0, np.int64)
+        rank = np.empty(n_stars, dtype=np.int64)
+        rank[self.star_order] = np.arange(n_stars)
+        order = np.lexsort((rank[problem.star], problem.ccd))
+        self.order = order
+        self.inverse = np.empty(n, dtype=np.int64)
+        self.inverse[order] = np.arange(n)
+        ccd = problem.ccd[order]
+        n_ccds = len(problem.slots[0][0])
+        bounds = np.searchsorted(ccd, np.arange(n_ccds + 1))
+        self.segments = [(c, int(bounds[c]), int(bounds[c + 1])) for c in range(n_ccds) if bounds[c + 1] > bounds[c]]
+        self.slots = [(np.asarray(starts, np.int64), int(k)) for starts, k in problem.slots]
+        # chunks: runs of whole CCD segments of about CHUNK measurements; (lo, hi, first, stop)
+        # with first/stop indexing self.segments
+        self.chunks, first = [], 0
+        for i, (_, _, hi) in enumerate(self.segments):
+            if hi - self.segments[first][1] >= CHUNK or i == len(self.segments) - 1:
+                self.chunks.append((self.segments[first][1], hi, first, i + 1))
+                first = i + 1
 
-        eye = np.broadcast_to(np.eye(2), (n_pad, 2, 2))
-        arrays = {
-            "u": _pad(problem.u, n_pad), "v": _pad(problem.v, n_pad),
-            "pix_scale": _pad(problem.pix_scale, n_pad, 1.0),
-            "cov_px": np.where(np.arange(n_pad)[:, None, None] < n, _pad(problem.cov_px, n_pad), eye),
-            "block_index": _pad(problem.block_index, n_pad),
-            "star": _pad(problem.star, n_pad), "visit": _pad(problem.visit, n_pad),
-            "dt": _pad(problem.dt, n_pad), "plx_factor": _pad(problem.plx_factor, n_pad),
-            "extra": _pad(problem.extra, n_pad),
-            "e0": _pad(problem.e0, s_pad), "ea": _pad(problem.ea, s_pad), "ed": _pad(problem.ed, s_pad),
-            "v0": _pad(problem.v0, v_pad), "va": _pad(problem.va, v_pad), "vd": _pad(problem.vd, v_pad),
-            "prior_value": _pad(problem.prior_value, s_pad),
-            "prior_weight": _pad(problem.prior_weight, s_pad),
-            "star_free": _pad(problem.star_free, s_pad, False).astype(np.float64),
-            "model_free": _pad(~problem.model_fixed, m_pad, False).astype(np.float64),
-            "sys2": np.float64(problem.systematic_mas) ** 2,
-        }
-        where, starts, bounds = [], [], []
-        for lo, hi, first in problem.slots:
-            rows = bucket(len(first))
-            # padded blocks start at the fixed "dump" parameters past the real ones
-            first = np.concatenate([np.asarray(first, np.int64), np.full(rows - len(first), self.n_model)])
-            starts.append(first)
-            where.append(first[:, None] + np.arange(hi - lo)[None, :])
-            bounds.append((lo, hi))
-        arrays["where"], arrays["starts"] = tuple(where), tuple(starts)
-        self.arrays = jax.tree_util.tree_map(jnp.asarray, arrays)
-        # what compiled code depends on besides shapes: the model's form and the slot layout
-        self.spec = (model.kernel(), tuple(bounds))
-        self.is_meas = jnp.asarray(np.arange(n_pad) < n, dtype=jnp.float64)
+        def take(name):  # a sorted copy; the problem's own array is released (gigabytes at 10⁷)
+            out = np.ascontiguousarray(np.asarray(getattr(problem, name))[order])
+            if name != "star":
+                setattr(problem, name, np.zeros(0))
+            return out
 
-    # ------------------------------------------------------------------ padding helpers
-    def active(self, mask=None):
-        """Device weights (1 active, 0 clipped or padding) from a boolean mask of length n."""
-        if mask is None:
-            return self.is_meas
-        return jnp.asarray(_pad(np.asarray(mask, dtype=np.float64), self.n_pad))
+        self.u, self.v = take("u"), take("v")
+        self.pix_scale, self.cov_px = take("pix_scale"), take("cov_px")
+        self.star = rank[take("star")]
+        visit = take("visit")
+        self.dt, self.plx = take("dt"), take("plx_factor")
+        self.extra = take("extra")
+        problem.ccd = np.zeros(0, dtype=np.int64)
+        so = self.star_order
+        self.e0, self.ea, self.ed = problem.e0[so], problem.ea[so], problem.ed[so]
+        self.v0, self.va, self.vd = problem.v0, problem.va, problem.vd
+        # The projection of a star onto its visit's tangent plane only needs the dot products of
+        # the star's frame (e0, east, north) with the visit's (v0, va, vd): nine numbers per
+        # measurement, computed once (vec·w = e0·w + (Δa·ea·w + Δd·ed·w)/MAS)
+        self.dots = np.empty((9, n))
+        for lo, hi, _, _ in self.chunks:
+            for i, sv in enumerate((self.e0, self.ea, self.ed)):
+                vec = np.take(sv, self.star[lo:hi], axis=0)
+                for j, vv in enumerate((self.v0, self.va, self.vd)):
+                    self.dots[3 * i + j, lo:hi] = np.einsum("ij,ij->i", vec, np.take(vv, visit[lo:hi], axis=0))
+        self.prior_value, self.prior_weight = problem.prior_value[so], problem.prior_weight[so]
+        self.star_free = problem.star_free[so].astype(np.float64)
+        self.model_free = (~problem.model_fixed).astype(np.float64)
+        self.sys2 = float(problem.systematic_mas) ** 2
+        # star sums, chunk by chunk: (N × chunk) incidence matrices
+        self.incidence = [sp.csr_matrix((np.ones(hi - lo), (self.star[lo:hi], np.arange(hi - lo))),
+                                        shape=(self.n_stars, hi - lo)) for lo, hi, _, _ in self.chunks]
 
-    def _params(self, params):
-        return jnp.concatenate([jnp.asarray(params), jnp.zeros(self.m_pad - self.n_model)])
+    # ------------------------------------------------------------------ helpers
+    def _blocks(self, params: np.ndarray, c: int) -> list[np.ndarray]:
+        return [params[starts[c]:starts[c] + 2 * k].reshape(2, k) for starts, k in self.slots]
 
-    def _theta(self, theta):
-        return jnp.concatenate([jnp.asarray(theta), jnp.zeros((self.s_pad - self.n_stars, 5))])
+    def _linearise(self, params, *, uv_jacobian=False):
+        """Model (ξ, η) (n, 2) and per CCD the Jacobian terms (and ∂/∂(u, v))."""
+        xy = np.empty((self.n_meas, 2))
+        terms, duv = [], (np.empty((self.n_meas, 2, 2)) if uv_jacobian else None)
+        for c, lo, hi in self.segments:
+            out, t, d = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi],
+                                                 uv_jacobian=uv_jacobian)
+            xy[lo:hi] = out
+            terms.append(t)
+            if uv_jacobian:
+                duv[lo:hi] = d
+        return xy, terms, duv
 
-    # ------------------------------------------------------------------ functions
-    def whitener(self, params):
-        """Per-measurement whitening matrices (padded, on the device)."""
-        return _whitener(_meas_cov(self.spec, self.arrays, self._params(params)))
+    def _predict(self, theta, *, jacobian=False):
+        """Each measurement's star at its visit on the visit tangent plane (mas), and P = ∂/∂offset."""
+        th = np.take(theta, self.star, axis=0)
+        off = th[:, 0:2] + th[:, 2:4] * self.dt[:, None] + th[:, 4:5] * self.plx + self.extra
+        del th
+        oa, od = off[:, 0] / MAS_PER_RAD, off[:, 1] / MAS_PER_RAD
+        del off
+        e0w0, e0wa, e0wd, eaw0, eawa, eawd, edw0, edwa, edwd = self.dots
+        den = e0w0 + oa * eaw0 + od * edw0
+        t_xi = (e0wa + oa * eawa + od * edwa) / den
+        t_eta = (e0wd + oa * eawd + od * edwd) / den
+        pred = np.stack([t_xi, t_eta], axis=1) * MAS_PER_RAD
+        if not jacobian:
+            return pred, None
+        p = np.empty((len(den), 2, 2))
+        p[:, 0, 0] = (eawa - t_xi * eaw0) / den
+        p[:, 0, 1] = (edwa - t_xi * edw0) / den
+        p[:, 1, 0] = (eawd - t_eta * eaw0) / den
+        p[:, 1, 1] = (edwd - t_eta * edw0) / den
+        return pred, p
 
-    def meas_cov(self, params) -> np.ndarray:
-        """Measurement covariances in the tangent plane, mas² (n, 2, 2)."""
-        return np.asarray(_meas_cov(self.spec, self.arrays, self._params(params)))[: self.n_meas]
+    def _model_apply(self, terms, cores, x: np.ndarray, chunk) -> np.ndarray:
+        """J_m x on one chunk: (M,) → (m, 2), whitened (``cores`` hold W·G)."""
+        lo, hi, first, stop = chunk
+        y = np.zeros((hi - lo, 2))
+        t = np.empty((hi - lo, 2))
+        for slot, (starts, k) in enumerate(self.slots):
+            for i in range(first, stop):
+                c, a, b = self.segments[i]
+                t[a - lo:b - lo] = terms[i][slot][0] @ x[starts[c]:starts[c] + 2 * k].reshape(2, k).T
+            y += _mul(cores[slot][lo:hi], t)
+        return y
 
-    def residuals(self, params, theta, white, active) -> np.ndarray:
-        """Whitened residuals (n, 2), zero where inactive."""
-        r = _residuals(self.spec, self.arrays, self._params(params), self._theta(theta), white, active)
-        return np.asarray(r)[: self.n_meas]
+    def _model_transpose(self, terms, cores, y: np.ndarray, chunk, out: np.ndarray) -> None:
+        """out += J_mᵀ y for one chunk's y (m, 2)."""
+        lo, hi, first, stop = chunk
+        for slot, (starts, k) in enumerate(self.slots):
+            z = _mul_t(cores[slot][lo:hi], y)
+            for i in range(first, stop):
+                c, a, b = self.segments[i]
+                out[starts[c]:starts[c] + 2 * k] += (terms[i][slot][0].T @ z[a - lo:b - lo]).T.ravel()
 
-    def chi2(self, params, theta, white, active) -> float:
-        return float(_chi2(self.spec, self.arrays, self._params(params), self._theta(theta), white, active))
+    def _cores(self, terms, white):
+        """Per slot, W·G for every measurement (n, 2, 2)."""
+        cores = []
+        for slot in range(len(self.slots)):
+            if all(ccd_terms[slot][1] is None for ccd_terms in terms):
+                cores.append(white)
+                continue
+            core = np.empty((self.n_meas, 2, 2))
+            for (_, lo, hi), ccd_terms in zip(self.segments, terms, strict=True):
+                g = ccd_terms[slot][1]
+                core[lo:hi] = white[lo:hi] if g is None else white[lo:hi] @ g
+            cores.append(core)
+        return cores
 
-    def prior_chi2(self, theta) -> np.ndarray:
-        return np.asarray(_prior_chi2(self.arrays, self._theta(theta)))[: self.n_stars]
+    def _star_sums(self, q: np.ndarray, i: int, lo: int, hi: int) -> np.ndarray:
+        """Σ per star of Tᵀ a over one chunk, a = Qᵀ y (m, 2): (N, 5). T = [I, Δt·I, parallax factor]."""
+        dt, plx = self.dt[lo:hi], self.plx[lo:hi]
+        z = np.empty((hi - lo, 5))
+        z[:, 0:2] = q
+        z[:, 2] = q[:, 0] * dt
+        z[:, 3] = q[:, 1] * dt
+        z[:, 4] = q[:, 0] * plx[:, 0] + q[:, 1] * plx[:, 1]
+        return np.asarray(self.incidence[i] @ z)
 
-    def step(self, params, theta, white, active):
-        """One Gauss-Newton step: (δm, δθ, CG iterations, predicted χ² decrease), unpadded."""
-        dx, dtheta, iters, predicted = _step(self.spec, self.arrays, self._params(params),
-                                             self._theta(theta), white, active)
-        return dx[: self.n_model], dtheta[: self.n_stars], int(iters), float(predicted)
-
-
-def _local_index(spec, a, block_index):
-    """Global model-parameter indices (n, L) of measurements from their blocks (n, B)."""
-    _, bounds = spec
-    return jnp.concatenate([a["starts"][slot][block_index[:, slot]][:, None] + jnp.arange(hi - lo)[None, :]
-                            for slot, (lo, hi) in enumerate(bounds)], axis=1)
-
-
-def _map_chunks(fn, a, names, *extra):
-    """``fn(chunk)`` over the measurements chunk by chunk (``lax.map``), results concatenated:
-    full-length temporaries such as the (n, L) gathered parameters never exist at once."""
-    per = {k: a[k] for k in names}
-    for i, x in enumerate(extra):
-        per[f"_{i}"] = x
-    out = jax.lax.map(fn, jax.tree_util.tree_map(lambda x: x.reshape((-1, _CHUNK, *x.shape[1:])), per))
-    return jax.tree_util.tree_map(lambda x: x.reshape((-1, *x.shape[2:])), out)
-
-
-@partial(jax.jit, static_argnums=0)
-def _meas_cov(spec, a, params):
-    kernel = spec[0]
-
-    def chunk(c):
-        local = params[_local_index(spec, a, c["block_index"])]
-        jac = jax.vmap(jax.jacfwd(lambda uv, lp: kernel.evaluate(lp[None], uv[0:1], uv[1:2])[0]))(
-            jnp.stack([c["u"], c["v"]], 1), local)  # (n, 2, 2) d(ξη)/d(uv)
-        jac = jac / c["pix_scale"][:, None, None]
-        return jnp.einsum("nij,njk,nlk->nil", jac, c["cov_px"], jac) + a["sys2"] * jnp.eye(2)[None]
-
-    return _map_chunks(chunk, a, ("u", "v", "pix_scale", "cov_px", "block_index"))
-
-
-def _residuals_impl(spec, a, params, theta, white, active):
-    kernel = spec[0]
-
-    def chunk(c):
-        local = params[_local_index(spec, a, c["block_index"])]
-        model_xy = kernel.evaluate(local, c["u"], c["v"])
-        pred = _predicted_at(theta, c["star"], c["visit"], c["dt"], c["plx_factor"], c["extra"],
-                             a["e0"], a["ea"], a["ed"], a["v0"], a["va"], a["vd"])
-        return jnp.einsum("nij,nj->ni", c["_0"], model_xy - pred) * c["_1"][:, None]
-
-    return _map_chunks(chunk, a, ("u", "v", "block_index", "star", "visit", "dt", "plx_factor", "extra"),
-                       white, active)
-
-
-_residuals = jax.jit(_residuals_impl, static_argnums=0)
-
-
-@jax.jit
-def _prior_chi2(a, theta):
-    d = theta - a["prior_value"]
-    return jnp.einsum("si,sij,sj->s", d, a["prior_weight"], d)
-
-
-@partial(jax.jit, static_argnums=0)
-def _chi2(spec, a, params, theta, white, active):
-    r = _residuals_impl(spec, a, params, theta, white, active)
-    d = theta - a["prior_value"]
-    return jnp.sum(r * r) + jnp.sum(jnp.einsum("si,sij,sj->s", d, a["prior_weight"], d))
-
-
-_PER_MEAS = ("u", "v", "block_index", "star", "visit", "dt", "plx_factor", "extra")
-
-
-def _chunked(x):
-    """(n, ...) → (n/_CHUNK, _CHUNK, ...): the layout every per-measurement pass scans over."""
-    return x.reshape((-1, _CHUNK, *x.shape[1:]))
-
-
-def _linearise(spec, a, params, theta, white, active):
-    """Whitened residuals and their Jacobians w.r.t. the local model and star parameters.
-
-    Returned chunked, (n/_CHUNK, _CHUNK, 2, ·), with each chunk's measurement data (``c``):
-    forward-mode differentiation carries one tangent per local parameter through every
-    intermediate, so it runs chunk by chunk (``lax.map``) to keep that working memory
-    bounded; only the Jacobians themselves, O(n·L), are kept.
-    """
-    kernel = spec[0]
-
-    def single(lp, th, u, v, s_e0, s_ea, s_ed, dt, pf, ex, w0, wa, wd, wh):
-        model_xy = kernel.evaluate(lp[None], u[None], v[None])[0]
-        off = th[0:2] + th[2:4] * dt + th[4] * pf + ex
-        vec = s_e0 + (off[0] * s_ea + off[1] * s_ed) / MAS_PER_RAD
-        den = vec @ w0
-        pred = jnp.stack([vec @ wa / den, vec @ wd / den]) * MAS_PER_RAD
-        return wh @ (model_xy - pred)
-
-    jac = jax.vmap(jax.jacfwd(single, argnums=(0, 1)))
-
-    def chunk(c):
-        s, vi = c["star"], c["visit"]
-        local = _local_index(spec, a, c["block_index"])
-        jm, js = jac(params[local], theta[s], c["u"], c["v"], a["e0"][s], a["ea"][s], a["ed"][s],
-                     c["dt"], c["plx_factor"], c["extra"], a["v0"][vi], a["va"][vi], a["vd"][vi], c["white"])
-        act = c["active"][:, None, None]
-        jm = jm * act * a["model_free"][local][:, None, :]
-        js = js * act * a["star_free"][s][:, None, :]
-        return jm, js
-
-    per = {k: a[k] for k in _PER_MEAS}
-    per["white"], per["active"] = white, active
-    chunks = jax.tree_util.tree_map(_chunked, per)
-    jm, js = jax.lax.map(chunk, chunks)
-    r = _chunked(_residuals_impl(spec, a, params, theta, white, active))
-    return r, jm, js, chunks
-
-
-@partial(jax.jit, static_argnums=0)
-def _step(spec, a, params, theta, white, active):
-    """One Gauss-Newton step with the stars eliminated (see the module docstring).
-
-    Every pass over the measurements is a ``lax.scan`` over chunks, accumulating into
-    model- or star-sized arrays, so the working memory beyond the Jacobians is O(chunk).
-    """
-    bounds = spec[1]
-    n_model, n_stars = params.shape[0], theta.shape[0]
-    star_free, model_free = a["star_free"], a["model_free"]
-    r, jm, js, c = _linearise(spec, a, params, theta, white, active)
-    blocks, stars = c["block_index"], c["star"]
-
-    def scan(fn, init, *xs):
-        out, _ = jax.lax.scan(lambda acc, x: (fn(acc, *x), None), init, xs)
+    def _t_gather(self, zt: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """T z[star] over one chunk, from z transposed (5, N): → (m, 2)."""
+        g = np.take(zt, self.star[lo:hi], axis=1)
+        dt, plx = self.dt[lo:hi], self.plx[lo:hi]
+        out = np.empty((hi - lo, 2))
+        out[:, 0] = g[0] + g[2] * dt + g[4] * plx[:, 0]
+        out[:, 1] = g[1] + g[3] * dt + g[4] * plx[:, 1]
         return out
 
-    def scatter_m(acc, jmc, yc, bc):  # acc[idx] += Jmᵀ y
-        return acc.at[_local_index(spec, a, bc)].add(jnp.einsum("nki,nk->ni", jmc, yc))
+    # ------------------------------------------------------------------ public
+    def active(self, mask=None) -> np.ndarray:
+        """Weights (1 active, 0 clipped) from a boolean mask in problem order (None: all)."""
+        if mask is None:
+            return np.ones(self.n_meas)
+        return np.asarray(mask, dtype=np.float64)[self.order]
 
-    g_m = scan(scatter_m, jnp.zeros(n_model), jm, r, blocks)
-    g_s = scan(lambda acc, jsc, rc, sc: acc + jax.ops.segment_sum(jnp.einsum("nki,nk->ni", jsc, rc), sc, n_stars),
-               jnp.zeros((n_stars, 5)), js, r, stars)
-    g_s = g_s + jnp.einsum("sij,sj->si", a["prior_weight"], theta - a["prior_value"])
-    g_s = g_s * star_free
-    d = scan(lambda acc, jsc, sc: acc + jax.ops.segment_sum(jnp.einsum("nki,nkj->nij", jsc, jsc), sc, n_stars),
-             a["prior_weight"], js, stars)
-    # fixed star parameters: identity rows/columns so D stays invertible; a star with no
-    # information left (all its measurements clipped, or padding) gets an identity block,
-    # so it neither moves nor makes the system singular
-    mask = star_free[:, :, None] * star_free[:, None, :]
-    empty = (jnp.einsum("sii->si", d) <= 0) | (star_free == 0)
-    d = d * mask + jnp.eye(5)[None] * empty[:, :, None]
-    d_inv = jnp.linalg.inv(d)
+    def meas_cov(self, params) -> np.ndarray:
+        """Measurement covariances in the tangent plane, mas² (n, 2, 2), problem order."""
+        return self._meas_cov(params)[self.inverse]
 
-    def bt(x):  # Bᵀ x: (N, 5)
-        def body(acc, jmc, jsc, bc, sc):
-            y = jnp.einsum("nki,ni->nk", jmc, x[_local_index(spec, a, bc)])
-            return acc + jax.ops.segment_sum(jnp.einsum("nki,nk->ni", jsc, y), sc, n_stars)
-        return scan(body, jnp.zeros((n_stars, 5)), jm, js, blocks, stars)
+    def _meas_cov(self, params) -> np.ndarray:
+        _, _, duv = self._linearise(params, uv_jacobian=True)
+        duv /= self.pix_scale[:, None, None]
+        cov = duv @ self.cov_px @ np.swapaxes(duv, 1, 2)
+        cov[:, 0, 0] += self.sys2
+        cov[:, 1, 1] += self.sys2
+        return cov
 
-    def b(z):  # B z: (M,)
-        def body(acc, jmc, jsc, bc, sc):
-            return scatter_m(acc, jmc, jnp.einsum("nki,ni->nk", jsc, z[sc]), bc)
-        return scan(body, jnp.zeros(n_model), jm, js, blocks, stars)
+    def whitener(self, params) -> np.ndarray:
+        """Per-measurement whitening matrices (internal order)."""
+        return _whitener(self._meas_cov(params))
 
-    def s_matvec(x):  # S x = A x − B D⁻¹ Bᵀ x
-        z = jnp.einsum("sij,sj->si", d_inv, bt(x))
+    def _stars_in(self, theta: np.ndarray) -> np.ndarray:
+        """Per-star array in the problem's star order → internal order."""
+        return np.asarray(theta)[self.star_order]
 
-        def body(acc, jmc, jsc, bc, sc):
-            y = jnp.einsum("nki,ni->nk", jmc, x[_local_index(spec, a, bc)])
-            y = y - jnp.einsum("nki,ni->nk", jsc, z[sc])
-            return scatter_m(acc, jmc, y, bc)
-        return scan(body, jnp.zeros(n_model), jm, js, blocks, stars) * model_free
+    def _stars_out(self, values: np.ndarray) -> np.ndarray:
+        out = np.empty_like(values)
+        out[self.star_order] = values
+        return out
 
-    rhs = -(g_m - b(jnp.einsum("sij,sj->si", d_inv, g_s))) * model_free
+    def _residuals(self, params, theta, white, active) -> np.ndarray:
+        theta = self._stars_in(theta)
+        xy, _, _ = self._linearise(params)
+        xy -= self._predict(theta)[0]
+        return _mul(white, xy) * active[:, None]
 
-    # Block-Jacobi preconditioner: the diagonal blocks of S, accumulated per measurement
-    # (exact when a star has one measurement per block).
-    precond = []
-    for slot, ((lo, hi), where) in enumerate(zip(bounds, a["where"], strict=True)):
-        n_blocks = where.shape[0]
+    def residuals(self, params, theta, white, active) -> np.ndarray:
+        """Whitened residuals (n, 2), zero where inactive, problem order."""
+        return self._residuals(params, theta, white, active)[self.inverse]
 
-        def accumulate(acc, jmc, jsc, sc, bc, lo=lo, hi=hi, slot=slot, n_blocks=n_blocks):
-            jb = jmc[:, :, lo:hi]
-            hc = jnp.einsum("nki,nkj->nij", jb, jsc)
-            t = jnp.einsum("nki,nkj->nij", jb, jb) - jnp.einsum("nia,nab,njb->nij", hc, d_inv[sc], hc)
-            return acc + jax.ops.segment_sum(t, bc[:, slot], n_blocks)
+    def raw_residuals(self, params, theta) -> np.ndarray:
+        """Model − star prediction (n, 2) in mas, problem order."""
+        theta = self._stars_in(theta)
+        xy, _, _ = self._linearise(params)
+        return (xy - self._predict(theta)[0])[self.inverse]
 
-        blk = scan(accumulate, jnp.zeros((n_blocks, hi - lo, hi - lo)), jm, js, stars, blocks)
-        # padded blocks (no measurements) become the identity
-        blank = jnp.einsum("bii->b", blk) <= 0
-        blk = blk + jnp.eye(hi - lo)[None] * blank[:, None, None]
-        w, q = jnp.linalg.eigh(blk)
-        w = jnp.maximum(w, 1e-9 * jnp.max(w, axis=1, keepdims=True) + 1e-300)
-        precond.append((jnp.einsum("bij,bj,bkj->bik", q, 1 / w, q), where))
+    def prior_chi2(self, theta) -> np.ndarray:
+        """Each star's prior χ² (problem order)."""
+        d = self._stars_in(theta) - self.prior_value
+        return self._stars_out(np.einsum("si,sij,sj->s", d, self.prior_weight, d))
 
-    def apply_precond(x):
-        out = jnp.zeros_like(x)
-        for pinv, where in precond:
-            out = out.at[where].set(jnp.einsum("bij,bj->bi", pinv, x[where]))
-        return out * model_free
+    def chi2(self, params, theta, white, active) -> float:
+        r = self._residuals(params, theta, white, active)
+        return float(np.sum(r * r) + np.sum(self.prior_chi2(theta)))
 
-    x, iters = _pcg(s_matvec, rhs, apply_precond)
-    dtheta = -jnp.einsum("sij,sj->si", d_inv, g_s + bt(x)) * star_free
-    # χ² ≈ χ²₀ + 2gᵀδ + δᵀHδ with Hδ = −g: the step is predicted to lower χ² by −gᵀδ
-    predicted = -(g_m @ x + jnp.sum(g_s * dtheta))
-    return x, dtheta, iters, predicted
+    def step(self, params, theta, white, active):
+        """One Gauss-Newton step: (δm, δθ, CG iterations, predicted χ² decrease).
+
+        The star Jacobian of a measurement is Jθ = −Q·T with Q = W·P (whitening times the
+        projection's derivative, 2×2) and T = [I, Δt·I, parallax factor] (2×5).
+        """
+        free_s, free_m = self.star_free, self.model_free
+        theta = self._stars_in(theta)
+        xy, terms, _ = self._linearise(params)
+        pred, p = self._predict(theta, jacobian=True)
+        white = white * active[:, None, None]
+        xy -= pred
+        del pred
+        r = _mul(white, xy)
+        del xy
+        cores = self._cores(terms, white)
+        q = white @ p
+        del p
+
+        def star_t(y_of_chunk):  # Jθᵀ y summed per star, (N, 5); y given chunk by chunk
+            out = np.zeros((self.n_stars, 5))
+            for i, (lo, hi, _, _) in enumerate(self.chunks):
+                out -= self._star_sums(_mul_t(q[lo:hi], y_of_chunk(i)), i, lo, hi)
+            return out * free_s
+
+        g_m = np.zeros(self.n_model)
+        for chunk in self.chunks:
+            self._model_transpose(terms, cores, r[chunk[0]:chunk[1]], chunk, g_m)
+        g_m *= free_m
+        g_s = star_t(lambda i: r[self.chunks[i][0]:self.chunks[i][1]]) \
+            + np.einsum("sij,sj->si", self.prior_weight, theta - self.prior_value) * free_s
+        # D = Σ Jθᵀ Jθ + prior, with Jθᵀ Jθ = Tᵀ (QᵀQ) T per measurement, chunk by chunk
+        d = self.prior_weight.copy()
+        for i, (lo, hi, _, _) in enumerate(self.chunks):
+            qq = np.swapaxes(q[lo:hi], 1, 2) @ q[lo:hi]
+            t = np.zeros((hi - lo, 2, 5))
+            t[:, 0, 0] = t[:, 1, 1] = 1.0
+            t[:, 0, 2] = t[:, 1, 3] = self.dt[lo:hi]
+            t[:, :, 4] = self.plx[lo:hi]
+            d += np.asarray(self.incidence[i] @ (np.swapaxes(t, 1, 2) @ qq @ t).reshape(hi - lo, 25)).reshape(-1, 5, 5)
+        # fixed star parameters: identity rows/columns so D stays invertible; a star with no
+        # information left (all its measurements clipped) gets an identity block
+        mask = free_s[:, :, None] * free_s[:, None, :]
+        empty = (np.einsum("sii->si", d) <= 0) | (free_s == 0)
+        d = d * mask + np.eye(5)[None] * empty[:, :, None]
+        d_inv = np.linalg.inv(d)
+        del d
+
+        def back(z, ys=None):  # J_mᵀ (y − Jθ z), (M,): Jθ z = −Q T z[star]
+            out = np.zeros(self.n_model)
+            zf = np.ascontiguousarray((z * free_s).T)
+            for i, chunk in enumerate(self.chunks):
+                lo, hi = chunk[0], chunk[1]
+                w = -_mul(q[lo:hi], self._t_gather(zf, lo, hi))
+                self._model_transpose(terms, cores, (ys[i] - w) if ys is not None else -w, chunk, out)
+            return out * free_m
+
+        def s_matvec(x):  # S x = A x − B D⁻¹ Bᵀ x = J_mᵀ (y − Jθ D⁻¹ Jθᵀ y), y = J_m x
+            xf = x * free_m
+            ys = [self._model_apply(terms, cores, xf, chunk) for chunk in self.chunks]
+            z = np.einsum("sij,sj->si", d_inv, star_t(lambda i: ys[i]))
+            return back(z, ys)
+
+        # rhs = −(g_m − B D⁻¹ g_s), with B z = J_mᵀ Jθ z
+        rhs = -(g_m + back(np.einsum("sij,sj->si", d_inv, g_s)))
+        precond = self._preconditioner(terms, cores, q, d_inv)
+        x, iters = _pcg(s_matvec, rhs, precond)
+        x = x * free_m
+        bt_x = star_t(lambda i: self._model_apply(terms, cores, x, self.chunks[i]))
+        dtheta = -np.einsum("sij,sj->si", d_inv, g_s + bt_x) * free_s
+        # χ² ≈ χ²₀ + 2gᵀδ + δᵀHδ with Hδ = −g: the step is predicted to lower χ² by −gᵀδ
+        predicted = -(g_m @ x + np.sum(g_s * dtheta))
+        return x, self._stars_out(dtheta), iters, float(predicted)
+
+    def _preconditioner(self, terms, cores, q, d_inv):
+        """Block-Jacobi: the diagonal blocks of S per slot block, accumulated per measurement
+        (exact when a star has one measurement per block); returns x ↦ P⁻¹ x."""
+        free_m = self.model_free
+        d_masked = d_inv * self.star_free[:, :, None] * self.star_free[:, None, :]
+        blocks = []
+        for slot, (starts, kk) in enumerate(self.slots):
+            first = np.unique(starts)
+            index = {int(s): i for i, s in enumerate(first)}
+            acc = np.zeros((len(first), 2, kk, 2, kk))
+            for (c, lo, hi), ccd_terms in zip(self.segments, terms, strict=True):
+                basis = ccd_terms[slot][0]
+                core = cores[slot][lo:hi]
+                t = np.zeros((hi - lo, 2, 5))
+                t[:, 0, 0] = t[:, 1, 1] = 1.0
+                t[:, 0, 2] = t[:, 1, 3] = self.dt[lo:hi]
+                t[:, :, 4] = self.plx[lo:hi]
+                j = -(q[lo:hi] @ t)  # Jθ
+                dj = np.take(d_masked, self.star[lo:hi], axis=0)
+                # M = Cᵀ (I − Jθ D⁻¹ Jθᵀ) C
+                inner = np.eye(2)[None] - j @ dj @ np.swapaxes(j, 1, 2)
+                m = np.swapaxes(core, 1, 2) @ inner @ core
+                b = acc[index[int(starts[c])]]
+                for a in range(2):
+                    for e in range(a, 2):
+                        blk = basis.T @ (basis * m[:, a, e][:, None])
+                        b[a, :, e, :] += blk
+                        if e != a:
+                            b[e, :, a, :] += blk.T
+            size = 2 * kk
+            mat = acc.reshape(len(first), size, size)
+            where = first[:, None] + np.arange(size)[None, :]
+            fm = free_m[where]
+            mat = mat * fm[:, :, None] * fm[:, None, :]
+            blank = np.einsum("bii->bi", mat) <= 0
+            mat = mat + np.eye(size)[None] * blank[:, :, None]
+            w, vecs = np.linalg.eigh(mat)
+            w = np.maximum(w, 1e-9 * np.max(w, axis=1, keepdims=True) + 1e-300)
+            blocks.append((np.einsum("bij,bj,bkj->bik", vecs, 1 / w, vecs), where))
+
+        def apply(x):
+            out = np.zeros_like(x)
+            for pinv, where in blocks:
+                out[where] = np.einsum("bij,bj->bi", pinv, x[where])
+            return out * free_m
+
+        return apply
 
 
-def _pcg(matvec, rhs, precond, tol=1e-10, max_iter=1000):
-    """Preconditioned conjugate gradients (in a lax.while_loop)."""
-    x0 = jnp.zeros_like(rhs)
-    r0 = rhs
-    z0 = precond(r0)
-    rz0 = r0 @ z0
-    norm_b = jnp.sqrt(rhs @ rhs) + 1e-300
+#: Relative residual at which conjugate gradients stop. An inexact Gauss-Newton step leaves an
+#: error in the quadratic model of the order of the squared residual (CG minimises the error in
+#: the energy norm), so 1e-6 is far below the 1e-9 (relative χ²) at which the iteration stops:
+#: on the benchmark surveys χ² and the accuracy against the truth agree with 1e-10 to the digits
+#: shown (6 and more), at ~40 % fewer matrix products.
+CG_TOLERANCE = 1e-6
 
-    def cond(state):
-        _, r, _, _, _, k = state
-        return (jnp.sqrt(r @ r) > tol * norm_b) & (k < max_iter)
 
-    def body(state):
-        x, r, z, pvec, rz, k = state
-        ap = matvec(pvec)
-        alpha = rz / (pvec @ ap)
-        x = x + alpha * pvec
-        r = r - alpha * ap
+def _pcg(matvec, rhs, precond, tol=None, max_iter=1000):
+    """Preconditioned conjugate gradients; returns (x, iterations)."""
+    tol = CG_TOLERANCE if tol is None else tol
+    x = np.zeros_like(rhs)
+    r = rhs.copy()
+    z = precond(r)
+    p = z.copy()
+    rz = r @ z
+    norm_b = np.sqrt(rhs @ rhs) + 1e-300
+    k = 0
+    while np.sqrt(r @ r) > tol * norm_b and k < max_iter:
+        ap = matvec(p)
+        alpha = rz / (p @ ap)
+        x += alpha * p
+        r -= alpha * ap
         z = precond(r)
         rz_new = r @ z
-        pvec = z + (rz_new / rz) * pvec
-        return x, r, z, pvec, rz_new, k + 1
-
-    x, *_, k = jax.lax.while_loop(cond, body, (x0, r0, z0, z0, rz0, 0))
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+        k += 1
     return x, k
 
 
-def gauss_newton(fns: CompiledProblem, params, theta, white, active, *, max_iter: int = 20,
-                 rtol: float = 1e-9, stats: SolveStats | None = None
+def gauss_newton(fns: FitProblem, params, theta, white, active, *, max_iter: int = 20,
+                 rtol: float = 1e-9, stats: SolveStats | None = None, progress=None
                  ) -> tuple[np.ndarray, np.ndarray, SolveStats]:
     """Iterate Gauss-Newton steps until χ² stops decreasing by more than ``rtol`` (relative).
 
     A full step whose actual χ² decrease matches the quadratic model's prediction to
     ``rtol`` (relative to χ²) also ends the iteration: the problem is linear to that
     precision there, so a further step could not gain more than that mismatch.
+    ``progress``: called with (iteration, χ²) after every step (e.g. to show progress).
     """
     stats = stats or SolveStats()
     chi2 = fns.chi2(params, theta, white, active)
     if not np.isfinite(chi2):
         raise FitError("χ² is not finite at the starting point", {"chi2": chi2})
     stats.chi2_history.append(chi2)
-    for _ in range(max_iter):
+    for iteration in range(max_iter):
         dx, dtheta, iters, predicted = fns.step(params, theta, white, active)
         stats.cg_iterations.append(iters)
-        if not (np.all(np.isfinite(np.asarray(dx))) and np.all(np.isfinite(np.asarray(dtheta)))):
+        if not (np.all(np.isfinite(dx)) and np.all(np.isfinite(dtheta))):
             raise FitError("the linear system gave a non-finite step (singular: too few stars, or "
                            "a degenerate model?)", {"chi2_history": stats.chi2_history})
         if predicted <= rtol * chi2:
@@ -509,6 +565,8 @@ def gauss_newton(fns: CompiledProblem, params, theta, white, active, *, max_iter
         mismatch = abs((chi2 - new_chi2) - predicted) / max(new_chi2, 1e-300)
         chi2 = new_chi2
         stats.chi2_history.append(chi2)
+        if progress is not None:
+            progress(iteration + 1, chi2)
         if improvement < rtol:
             stats.reason = f"converged: relative χ² change {improvement:.2e} < {rtol:.0e}"
             break

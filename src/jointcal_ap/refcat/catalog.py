@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from astropy import units as u
-from astropy.table import Table
-from astropy.time import Time
-from erfa import ErfaWarning
 
+from jointcal_ap.refcat._arrow import from_numpy, to_numpy
+from jointcal_ap.refcat._healpix import query_disc
 from jointcal_ap.refcat.layout import (
     Partition,
     catalog_root,
@@ -38,6 +37,10 @@ from jointcal_ap.refcat.layout import (
     read_properties,
 )
 from jointcal_ap.refcat.schema import CORRELATION_NAMES, HEALPIX_COLUMN, HEALPIX_ORDER
+
+if TYPE_CHECKING:  # astropy is imported only when a caller passes or asks for its types
+    from astropy.table import Table
+    from astropy.time import Time
 
 __all__ = ["Refcat", "RefcatError", "open_refcat"]
 
@@ -52,11 +55,8 @@ _RANGE_SEARCH_MIN_ROWS = 20_000
 def _pixel_ranges(center: np.ndarray, radius_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """[lo, hi) ranges of ``_healpix_29`` covering a cone: the NESTED pixels (at an order where a
     pixel is ~1/8 of the radius) that touch it, each pixel's range at order 29."""
-    import healpy as hp
-
     k = int(np.clip(math.ceil(math.log2(8 * 58.6 / max(radius_deg, 1e-6))), 0, 16))
-    pix = np.sort(np.asarray(hp.query_disc(1 << k, center, math.radians(radius_deg), inclusive=True,
-                                           nest=True), dtype=np.int64))
+    pix = query_disc(k, center, math.radians(radius_deg))
     shift = 2 * (HEALPIX_ORDER - k)
     return pix << shift, (pix + 1) << shift
 
@@ -83,7 +83,9 @@ def _unit_vector(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
 
 
 def _degrees(value: Any, name: str) -> float:
-    if isinstance(value, u.Quantity):
+    if hasattr(value, "unit") and hasattr(value, "to_value"):  # an astropy Quantity
+        from astropy import units as u
+
         return float(value.to_value(u.deg))
     try:
         return float(value)
@@ -95,7 +97,9 @@ def _julian_year(epoch: Time | float | None) -> float | None:
     """A Time (any scale) or a float Julian year (taken as TDB) → TDB Julian year."""
     if epoch is None:
         return None
-    if isinstance(epoch, Time):
+    if type(epoch).__module__.startswith("astropy.time"):  # an astropy Time
+        from erfa import ErfaWarning
+
         if not epoch.isscalar:
             raise RefcatError("epoch must be a single time")
         # TT→TDB for a future date makes ERFA warn "dubious year" because it looks up
@@ -193,6 +197,7 @@ class Refcat:
         # catalog on disk is immutable, so the cache can never be stale.
         self._cache: OrderedDict[tuple, tuple[pa.Table, np.ndarray]] = OrderedDict()
         self._cache_bytes = 0
+        self._cache_lock = threading.Lock()  # queries may run in threads (one per exposure)
 
     def __repr__(self) -> str:
         return (f"Refcat({self.name!r}, {self.properties.get('hats_nrows', '?')} rows, "
@@ -291,11 +296,8 @@ class Refcat:
         radius = region.radius_deg + pad_deg
         if radius >= 180.0 or not self.partitions:
             return list(self.partitions)
-        import healpy as hp
-
         k = int(min(self._orders.max(), _QUERY_ORDER_CAP))
-        hits = hp.query_disc(1 << k, region.center, math.radians(radius), inclusive=True, nest=True)
-        hits = np.unique(np.asarray(hits, dtype=np.int64))
+        hits = query_disc(k, region.center, math.radians(radius))
         chosen = np.zeros(len(self.partitions), dtype=bool)
         for order in np.unique(self._orders):
             sel = self._orders == order
@@ -312,27 +314,33 @@ class Refcat:
     def _read_partition(self, part: Partition, columns: list[str]) -> tuple[pa.Table, np.ndarray, np.ndarray | None]:
         """A partition's rows, their unit vectors and their ``_healpix_29`` (None unless sorted)."""
         key = (part.order, part.pixel, tuple(columns))
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         with_hp = HEALPIX_COLUMN in self.schema.names
-        table = pq.read_table(partition_path(self.path, part), columns=[*columns, *([HEALPIX_COLUMN] if with_hp else [])])
+        # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose import
+        # (pandas included) costs a fresh process a third of a second
+        with pq.ParquetFile(partition_path(self.path, part)) as pf:
+            table = pf.read(columns=[*columns, *([HEALPIX_COLUMN] if with_hp else [])])
         hp29 = None
         if with_hp:
-            hp29 = table.column(HEALPIX_COLUMN).to_numpy().astype(np.int64)
+            hp29 = to_numpy(table.column(HEALPIX_COLUMN)).astype(np.int64)
             table = table.drop_columns([HEALPIX_COLUMN])
             if len(hp29) > 1 and np.any(np.diff(hp29) < 0):  # not written by us: no range search
                 hp29 = None
-        xyz = _unit_vector(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+        xyz = _unit_vector(to_numpy(table.column("ra")), to_numpy(table.column("dec")))
         value = (table, xyz, hp29)
         size = table.nbytes + xyz.nbytes + (hp29.nbytes if hp29 is not None else 0)
         if size <= self.cache_bytes:
-            self._cache[key] = value
-            self._cache_bytes += size
-            while self._cache_bytes > self.cache_bytes:
-                _, (t, v, h) = self._cache.popitem(last=False)
-                self._cache_bytes -= t.nbytes + v.nbytes + (h.nbytes if h is not None else 0)
+            with self._cache_lock:
+                if key not in self._cache:
+                    self._cache[key] = value
+                    self._cache_bytes += size
+                while self._cache_bytes > self.cache_bytes:
+                    _, (t, v, h) = self._cache.popitem(last=False)
+                    self._cache_bytes -= t.nbytes + v.nbytes + (h.nbytes if h is not None else 0)
         return value
 
     def _read(self, parts: Sequence[Partition], columns: list[str], region: _Region | None = None,
@@ -353,7 +361,7 @@ class Refcat:
             table, xyz, hp29 = self._read_partition(part, columns)
             if ranges is not None and hp29 is not None and len(hp29) > _RANGE_SEARCH_MIN_ROWS:
                 rows = _rows_in_ranges(hp29, *ranges)
-                table, xyz = table.take(pa.array(rows)), xyz[rows]
+                table, xyz = table.take(from_numpy(rows)), xyz[rows]
             tables.append(table)
             vectors.append(xyz)
         if len(tables) == 1:
@@ -401,7 +409,7 @@ class Refcat:
                     raise RefcatError(f"observer must be None, 'earth' or a position in AU, got {observer!r}")
                 from jointcal_ap.refcat.epoch import earth_barycentric_position
 
-                obs_position = earth_barycentric_position(Time(t_epoch, format="jyear", scale="tdb"))
+                obs_position = earth_barycentric_position(t_epoch)
             else:
                 obs_position = np.asarray(observer, dtype=float)
         wanted = list(self.columns if columns is None else columns)
@@ -424,7 +432,7 @@ class Refcat:
         table, xyz = self._read(self._candidate_partitions(region, pad), read_cols, region, pad)
         keep = np.ones(table.num_rows, dtype=bool)
         for name, (lo, hi) in (mag_limits or {}).items():
-            mag = table.column(name).to_numpy(zero_copy_only=False).astype(float)
+            mag = to_numpy(table.column(name)).astype(float)
             with np.errstate(invalid="ignore"):
                 if lo is not None:
                     keep &= mag >= lo
@@ -435,11 +443,11 @@ class Refcat:
             limit = math.cos(math.radians(min(region.radius_deg + pad, 180.0)))
             keep &= xyz @ region.center >= limit - 1e-12
         if not keep.all():
-            table = table.filter(pa.array(keep))
+            table = table.filter(from_numpy(keep))
         if moving:
             table = self._propagate(table, t_epoch, obs_position)
-        keep = region.contains(table.column("ra").to_numpy(), table.column("dec").to_numpy())
-        table = table.filter(pa.array(keep))
+        keep = region.contains(to_numpy(table.column("ra")), to_numpy(table.column("dec")))
+        table = table.filter(from_numpy(keep))
         out_cols = list(dict.fromkeys(["id", "ra", "dec", *wanted, "epoch"]))
         if moving:
             out_cols.append("propagated")
@@ -457,7 +465,7 @@ class Refcat:
 
         def col(name: str, default: float = np.nan) -> np.ndarray:
             if name in table.column_names:
-                return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                return to_numpy(table.column(name)).astype(np.float64)
             return np.full(n, default)
 
         has_cov = any(c in table.column_names for c in _ERRORS)
@@ -481,12 +489,15 @@ class Refcat:
                     updates[name] = values
         for name, values in updates.items():
             index = table.column_names.index(name)
-            table = table.set_column(index, table.schema.field(name), pa.array(
-                np.asarray(values), type=table.schema.field(name).type))
-        return table.append_column("propagated", pa.array(moved))
+            table = table.set_column(index, table.schema.field(name),
+                                     from_numpy(np.asarray(values), table.schema.field(name).type))
+        return table.append_column("propagated", from_numpy(moved))
 
 
 def _to_astropy(table: pa.Table) -> Table:
+    from astropy import units as u
+    from astropy.table import Table
+
     out = Table()
     for f in table.schema:
         values = table.column(f.name).to_numpy(zero_copy_only=False)

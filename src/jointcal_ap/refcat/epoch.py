@@ -1,8 +1,8 @@
 """Rigorous epoch propagation of star astrometry, with full covariance propagation.
 
 The motion model is ERFA's ``eraPmsafe`` (``eraStarpm`` with a floor on small
-parallaxes; ERFA 2.0 / SOFA 2023 formulation), re-implemented vectorised in JAX
-(float64) so that the 5×5 covariance of every star is carried through the exact
+parallaxes; ERFA 2.0 / SOFA 2023 formulation), re-implemented vectorised (float64,
+NumPy or JAX) so that the 5×5 covariance of every star is carried through the exact
 Jacobian of the same model (forward-mode autodiff):
 
 1. The catalog place (α, δ, ϖ, μα*, μδ, v_r) is turned into a barycentric
@@ -41,29 +41,38 @@ variable names say so. A positive ``epoch_to − epoch`` moves a star along its
 proper motion, a negative one against it. At δ = ±90° exactly, (α*, μα*) are
 taken along the direction that α defines, as ERFA does.
 
-Performance
------------
-Rows are processed in chunks of ``_CHUNK`` (padded to powers of two, so only a
-handful of shapes is ever compiled), by ``_WORKERS`` threads. XLA's CPU backend
-fuses aggressively and, under forward-mode autodiff, would recompute shared
-primal values in every tangent lane; the covariance path therefore runs as a
-few separate executables: the sines and cosines first (fed back through a
-``custom_jvp`` with the exact derivative), then values and Jacobian, then the
-row-wise covariance product J C Jᵀ.
+Backends
+--------
+The model is written once (the kernel below) against an array namespace and runs on
+one of two backends, which agree to rounding:
+
+- **NumPy** (``backend="numpy"``): no compilation and no JAX import, so a few thousand
+  stars (a fit's reference stars, one exposure's cone) cost milliseconds in a fresh
+  process. The Jacobian comes from forward-mode dual numbers (:class:`_Dual`): every
+  operation carries the derivatives along the five input directions.
+- **JAX** (``backend="jax"``, :mod:`jointcal_ap.refcat._epoch_jax`): jitted and fused,
+  for large arrays (chunks padded to power-of-two buckets, several threads).
+
+``backend="auto"`` (the default) takes NumPy up to ``_NUMPY_MAX_ROWS`` rows (and up to
+``_NUMPY_MAX_ROWS_COV`` with a covariance), JAX above.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import erfa
 import numpy as np
 
-from jointcal_ap._jax import jax, jnp
+from jointcal_ap.refcat._epoch_kernel import (
+    _DAYS_PER_JYEAR,
+    _finish,
+    _kernel,
+    _observer_tuple,
+    _prepare,
+    _scaled_jacobian,
+)
 from jointcal_ap.refcat.schema import ASTROMETRIC_PARAMETERS, CORRELATIONS
 
 __all__ = [
@@ -74,28 +83,9 @@ __all__ = [
     "propagate",
 ]
 
-# ERFA's constants (taken from pyerfa so that the two can never disagree).
-_DAYS_PER_JYEAR = erfa.DJY  # days in a Julian year
-_C_AU_PER_DAY = erfa.DC  # speed of light, AU/day
-_ARCSEC_PER_RAD = erfa.DR2AS
-_KMS_TO_AU_PER_DAY = erfa.DAYSEC * 1e3 / erfa.DAU  # 1 km/s in AU/day
-_LIGHT_DAYS_PER_AU = erfa.AULT / erfa.DAYSEC  # light time across 1 AU, days
-_MAS_PER_RAD = _ARCSEC_PER_RAD * 1e3
-_RAD_PER_MAS = 1.0 / _MAS_PER_RAD
-
-# eraPmsafe: parallax floor (arcsec) and the factor on the yearly proper motion (rad).
-_PMSAFE_PX_MIN_ARCSEC = 5e-7
-_PMSAFE_PM_FACTOR = 326.0
-# eraStarpv: largest speed (fraction of c); its parallax floor (1e-7") is below pmsafe's.
-_STARPV_BETA_MAX = 0.5
-
-# Arrays are processed in chunks of at most this many rows, and each chunk is
-# padded to a power of two (at least _MIN_BUCKET), so one process compiles
-# the kernels for at most ~10 distinct shapes whatever the sizes asked for.
-_CHUNK = 1 << 15
-_MIN_BUCKET = 1 << 10
-# Chunks are processed by this many threads.
-_WORKERS = max(1, min(4, os.cpu_count() or 1))
+# backend="auto": NumPy up to this many rows (values only), and with a covariance.
+_NUMPY_MAX_ROWS = 1 << 62  # positions: NumPy at every size (as fast as JAX on a CPU, no compilation)
+_NUMPY_MAX_ROWS_COV = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -142,445 +132,180 @@ class Propagated:
 
 
 # ---------------------------------------------------------------------------
-# The kernel: elementwise over stars; every argument is an array of shape (n,)
-# (or broadcastable to it). Forward-mode autodiff of this function gives the
-# Jacobian that carries the covariance.
+# The NumPy backend: the kernel on plain arrays, or on dual numbers for the Jacobian.
 # ---------------------------------------------------------------------------
 
 
-@jax.custom_jvp
-def _given_sin_cos(x, sin_x, cos_x):
-    """(sin x, cos x) from values computed beforehand, differentiable in x.
+class _Dual:
+    """A value (n,) and its derivatives along the five input directions (5, n).
 
-    XLA's CPU backend treats sin and cos as cheap and recomputes them inside
-    every fused consumer; under forward-mode autodiff (five tangent lanes per
-    output) that multiplies the trigonometry ~25-fold. The covariance path
-    therefore evaluates the sines and cosines in a separate executable and
-    feeds them in here; the derivative is exactly that of sin and cos.
+    Forward-mode automatic differentiation in NumPy: arithmetic and the functions of
+    :data:`_NP` carry the derivatives exactly; comparisons look at the values only.
     """
-    del x
-    return sin_x, cos_x
+
+    __slots__ = ("t", "v")
+    __array_ufunc__ = None  # NumPy defers to the reflected operators below
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, v, t):
+        self.v, self.t = v, t
+
+    def __add__(self, o):
+        return _Dual(self.v + o.v, self.t + o.t) if isinstance(o, _Dual) else _Dual(self.v + o, self.t)
+
+    __radd__ = __add__
+
+    def __sub__(self, o):
+        return _Dual(self.v - o.v, self.t - o.t) if isinstance(o, _Dual) else _Dual(self.v - o, self.t)
+
+    def __rsub__(self, o):
+        return _Dual(o - self.v, -self.t)
+
+    def __mul__(self, o):
+        if isinstance(o, _Dual):
+            return _Dual(self.v * o.v, self.t * o.v + o.t * self.v)
+        return _Dual(self.v * o, self.t * o)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, o):
+        if isinstance(o, _Dual):
+            v = self.v / o.v
+            return _Dual(v, (self.t - v * o.t) / o.v)
+        return _Dual(self.v / o, self.t / o)
+
+    def __rtruediv__(self, o):
+        v = o / self.v
+        return _Dual(v, -v * self.t / self.v)
+
+    def __neg__(self):
+        return _Dual(-self.v, -self.t)
+
+    def __lt__(self, o):
+        return self.v < _value(o)
+
+    def __le__(self, o):
+        return self.v <= _value(o)
+
+    def __gt__(self, o):
+        return self.v > _value(o)
+
+    def __ge__(self, o):
+        return self.v >= _value(o)
+
+    def __eq__(self, o):  # type: ignore[override]
+        return self.v == _value(o)
+
+    def __ne__(self, o):  # type: ignore[override]
+        return self.v != _value(o)
 
 
-@_given_sin_cos.defjvp
-def _given_sin_cos_jvp(primals, tangents):
-    _, sin_x, cos_x = primals
-    dx = tangents[0]
-    return (sin_x, cos_x), (cos_x * dx, -sin_x * dx)
+def _value(x):
+    return x.v if isinstance(x, _Dual) else x
 
 
-def _sin_cos(x, given):
-    return (jnp.sin(x), jnp.cos(x)) if given is None else _given_sin_cos(x, *given)
+def _tangent(x):
+    return x.t if isinstance(x, _Dual) else 0.0
 
 
-def _angles_sin_cos(ra_rad, dec_rad, pmra_mas_yr, pmdec_mas_yr, given=None):
-    """Sines and cosines of α, δ, α + μα·1yr and δ + μδ·1yr (the last two for eraPmsafe).
+class _NumpyNamespace:
+    """The functions the kernel calls, on NumPy arrays or :class:`_Dual` numbers."""
 
-    Returns ((sin α, cos α), (sin δ, cos δ), (sin α₁, cos α₁), (sin δ₁, cos δ₁)),
-    and μα = dα/dt, μδ in rad/yr. ``given``: the same four pairs computed
-    beforehand (see :func:`_given_sin_cos`), or None.
+    isfinite = staticmethod(np.isfinite)
+    deg2rad = staticmethod(np.deg2rad)
+    rad2deg = staticmethod(np.rad2deg)
+    mod = staticmethod(np.mod)
+    ones_like = staticmethod(np.ones_like)
+
+    @staticmethod
+    def where(cond, a, b):
+        if isinstance(a, _Dual) or isinstance(b, _Dual):
+            return _Dual(np.where(cond, _value(a), _value(b)), np.where(cond, _tangent(a), _tangent(b)))
+        return np.where(cond, a, b)
+
+    @staticmethod
+    def sqrt(x):
+        if isinstance(x, _Dual):
+            v = np.sqrt(x.v)
+            return _Dual(v, x.t / (2.0 * v))
+        return np.sqrt(x)
+
+    @staticmethod
+    def arctan2(y, x):
+        if isinstance(x, _Dual) or isinstance(y, _Dual):
+            xv, yv = _value(x), _value(y)
+            return _Dual(np.arctan2(yv, xv), (xv * _tangent(y) - yv * _tangent(x)) / (xv * xv + yv * yv))
+        return np.arctan2(y, x)
+
+    @staticmethod
+    def sin(x):
+        return _Dual(np.sin(x.v), np.cos(x.v) * x.t) if isinstance(x, _Dual) else np.sin(x)
+
+    @staticmethod
+    def cos(x):
+        return _Dual(np.cos(x.v), -np.sin(x.v) * x.t) if isinstance(x, _Dual) else np.cos(x)
+
+
+_NP = _NumpyNamespace()
+
+
+def _covariance_product(j, cov, moved):
+    """J C Jᵀ row by row (NumPy), with the conventions of :func:`propagate`'s ``cov``.
+
+    ``j``: 5×5 nested lists of (n,) rows in (α*, δ) mas units; ``cov`` (n, 5, 5). A NaN
+    variance counts as exactly known (0) for the others and gives NaN rows/columns; NaN
+    off-diagonal terms count as zero; rows not moved keep their input covariance. The
+    result is symmetric to the last bit (the upper triangle is mirrored).
     """
-    given = given or (None,) * 4
-    sc_a = _sin_cos(ra_rad, given[0])
-    sc_d = _sin_cos(dec_rad, given[1])
-    pmr_rad_yr = pmra_mas_yr * _RAD_PER_MAS / sc_d[1]  # dα/dt, as ERFA wants it
-    pmd_rad_yr = pmdec_mas_yr * _RAD_PER_MAS
-    sc_a1 = _sin_cos(ra_rad + pmr_rad_yr, given[2])
-    sc_d1 = _sin_cos(dec_rad + pmd_rad_yr, given[3])
-    return (sc_a, sc_d, sc_a1, sc_d1), pmr_rad_yr, pmd_rad_yr
+    jac = np.stack([np.stack(row, axis=-1) for row in j], axis=-2)  # (n, 5 out, 5 in)
+    unknown = np.isnan(np.diagonal(cov, axis1=1, axis2=2))
+    either = unknown[:, :, None] | unknown[:, None, :]
+    c = np.where(either | np.isnan(cov), 0.0, cov)
+    new = jac @ c @ np.swapaxes(jac, 1, 2)
+    lower = np.tril_indices(5, -1)
+    new[:, lower[0], lower[1]] = new[:, lower[1], lower[0]]
+    new = np.where(either, np.nan, new)
+    return np.where(moved[:, None, None], new, cov)
 
 
-def _norm(x, y, z):
-    """|(x, y, z)| with a finite derivative at 0."""
-    s2 = x * x + y * y + z * z
-    return jnp.where(s2 > 0.0, jnp.sqrt(jnp.where(s2 > 0.0, s2, 1.0)), 0.0)
+#: Rows per chunk of the NumPy backend: the dual numbers of a chunk (6 × 8 bytes per star per
+#: intermediate) stay in the CPU caches, and memory stays bounded whatever the size.
+_NUMPY_CHUNK = 1 << 14
 
 
-def _pmsafe_parallax_arcsec(parallax_mas, u0, sin_cos_a1, sin_cos_d1):
-    """eraPmsafe's override: max(ϖ, 326·|μ| (rad/yr), 5e-7) in arcsec; also returns whether it applied.
-
-    |μ| is eraSeps(α, δ, α + μα, δ + μδ), the angle moved in one year; ``u0``
-    is the unit vector at (α, δ) and ``sin_cos_*1`` the sines and cosines of
-    α + μα and δ + μδ.
-    """
-    ax, ay, az = u0
-    (sin_a1, cos_a1), (sin_d1, cos_d1) = sin_cos_a1, sin_cos_d1
-    bx, by, bz = cos_d1 * cos_a1, cos_d1 * sin_a1, sin_d1
-    sin_sep = _norm(ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx)
-    cos_sep = ax * bx + ay * by + az * bz
-    pm_rad = jnp.arctan2(sin_sep, cos_sep)
-    px_arcsec = parallax_mas * 1e-3
-    px_floor_arcsec = _PMSAFE_PM_FACTOR * pm_rad
-    px_used_arcsec = jnp.where(px_arcsec < px_floor_arcsec, px_floor_arcsec, px_arcsec)
-    px_used_arcsec = jnp.where(
-        px_used_arcsec < _PMSAFE_PX_MIN_ARCSEC, _PMSAFE_PX_MIN_ARCSEC, px_used_arcsec
-    )
-    return px_used_arcsec, px_used_arcsec != px_arcsec
+def _propagate_numpy(arrays, observer, cov):
+    """Values (and the propagated covariance) on the NumPy backend, chunk by chunk; as :func:`propagate`."""
+    n = len(arrays[0])
+    if n <= _NUMPY_CHUNK:
+        return _propagate_numpy_chunk(arrays, observer, cov)
+    moved = np.empty(n, dtype=bool)
+    values = [np.empty(n) for _ in range(6)]
+    cov_out = None if cov is None else np.empty((n, 5, 5))
+    for start in range(0, n, _NUMPY_CHUNK):
+        rows = slice(start, min(n, start + _NUMPY_CHUNK))
+        obs = None if observer is None else (observer if observer.ndim == 1 else observer[rows])
+        m, v, c = _propagate_numpy_chunk([a[rows] for a in arrays], obs, None if cov is None else cov[rows])
+        moved[rows] = m
+        for dst, src in zip(values, v, strict=True):
+            dst[rows] = src
+        if c is not None:
+            cov_out[rows] = c
+    return moved, values, cov_out
 
 
-def _star_to_pv(u0, sin_a, cos_a, sin_d, cos_d, pmra_mas_yr, pmdec_mas_yr, px_arcsec, rv_kms):
-    """Catalog place → inertial barycentric position (AU) and velocity (AU/day) (ERFA starpv).
-
-    ERFA builds the observed velocity in Cartesian form and splits it again into
-    radial and transverse parts; here the parts are written down directly in
-    the local frame (û, ê_α, ê_δ): radial v_r, transverse r·(μα*·ê_α + μδ·ê_δ).
-    The observed-to-inertial Doppler correction is ERFA's fixed point (ERFA
-    iterates it), in closed form.
-    """
-    # The pmsafe floor (≥ 5e-7") is always above starpv's own (1e-7").
-    r_au = _ARCSEC_PER_RAD / px_arcsec
-    mu_a_rad_day = pmra_mas_yr * (_RAD_PER_MAS / _DAYS_PER_JYEAR)
-    mu_d_rad_day = pmdec_mas_yr * (_RAD_PER_MAS / _DAYS_PER_JYEAR)
-    east = (-sin_a, cos_a, 0.0)
-    north = (-sin_d * cos_a, -sin_d * sin_a, cos_d)
-    # Observed velocity: radial and transverse (AU/day).
-    vsr_au_day = rv_kms * _KMS_TO_AU_PER_DAY
-    t_au_day = tuple(
-        r_au * (mu_a_rad_day * e + mu_d_rad_day * n) for e, n in zip(east, north, strict=True)
-    )
-    vst_au_day = r_au * _norm(mu_a_rad_day, mu_d_rad_day, 0.0)
-    # Excessive speed (over c/2): ERFA sets the velocity to zero.
-    fast = (
-        vsr_au_day * vsr_au_day + vst_au_day * vst_au_day > (_STARPV_BETA_MAX * _C_AU_PER_DAY) ** 2
-    )
-    vsr_au_day, vst_au_day = jnp.where(fast, 0.0, vsr_au_day), jnp.where(fast, 0.0, vst_au_day)
-    t_au_day = tuple(jnp.where(fast, 0.0, t) for t in t_au_day)
-    beta_sr = vsr_au_day / _C_AU_PER_DAY
-    beta_st = vst_au_day / _C_AU_PER_DAY
-    # Observed-to-inertial Doppler correction. ERFA iterates the fixed point
-    #   d = 1 + β_r,  β_t = d·β_st,  β_r = d·β_sr + δ,  δ = −w/(√(1−w) + 1),  w = β_r² + β_t²
-    # (δ = 1/γ − 1), which has the closed form d = 2/(1 + β_st² + (1 − β_sr)²);
-    # β_r = d − 1 is evaluated without cancellation.
-    denominator = 1.0 + beta_st * beta_st + (1.0 - beta_sr) * (1.0 - beta_sr)
-    d = 2.0 / denominator
-    beta_r = (2.0 * beta_sr - beta_sr * beta_sr - beta_st * beta_st) / denominator
-    # Inertial velocity: radial β_r·c, transverse d × observed.
-    vr_au_day = beta_r * _C_AU_PER_DAY
-    v_au_day = tuple(vr_au_day * u + d * t for u, t in zip(u0, t_au_day, strict=True))
-    return tuple(r_au * u for u in u0), v_au_day
-
-
-def _catalog_to_pv(params, rv_kms, dt_days, observer_au, given_sin_cos=None):
-    """Catalog place → inertial position and velocity (eraPmsafe's floor, then eraStarpv).
-
-    Parameters
-    ----------
-    params : tuple of 5 arrays, shape (n,)
-        α [rad], δ [rad], ϖ [mas] (finite; may be ≤ 0), μα* [mas/yr], μδ [mas/yr].
-    rv_kms : array, shape (n,)
-        Radial velocity, km/s (finite).
-    dt_days : array, shape (n,)
-        epoch_to − epoch, days (TDB).
-    observer_au : tuple of 3 arrays or None
-        Barycentric observer position (x, y, z), AU (for the Rømer delay).
-    given_sin_cos : optional
-        The sines and cosines from :func:`_angles_sin_cos`, computed beforehand.
-
-    Returns
-    -------
-    state : tuple of 9 arrays, shape (n,)
-        Position (x, y, z) [AU] and inertial velocity (vx, vy, vz) [AU/day] at
-        the first epoch, the time to move [days] (with the Rømer delay), the
-        input parallax [mas] and the parallax the motion used [arcsec].
-    overridden : bool array
-        Whether eraPmsafe's floor replaced the parallax.
-    cos_dec : array
-        cosδ at the input position.
-    """
-    ra_rad, dec_rad, parallax_mas, pmra_mas_yr, pmdec_mas_yr = params
-    sin_cos, _, _ = _angles_sin_cos(ra_rad, dec_rad, pmra_mas_yr, pmdec_mas_yr, given_sin_cos)
-    (sin_a, cos_a), (sin_d, cos_d) = sin_cos[:2]
-    u0 = (cos_d * cos_a, cos_d * sin_a, sin_d)
-    px_used_arcsec, overridden = _pmsafe_parallax_arcsec(parallax_mas, u0, sin_cos[2], sin_cos[3])
-    p1_au, v_au_day = _star_to_pv(
-        u0, sin_a, cos_a, sin_d, cos_d, pmra_mas_yr, pmdec_mas_yr, px_used_arcsec, rv_kms
-    )
-    dt_days = _romer_delayed(dt_days, u0, observer_au)
-    return (*p1_au, *v_au_day, dt_days, parallax_mas, px_used_arcsec), overridden, cos_d
-
-
-def _romer_delayed(dt_days, u0, observer_au):
-    """Time interval for the light that reaches the observer rather than the barycentre."""
-    if observer_au is None:
-        return dt_days
-    # The light reaching the observer at epoch_to left the star when the light
-    # reaching the barycentre at epoch_to + (û·o)/c did.
-    return dt_days + _dot(u0, observer_au) * _LIGHT_DAYS_PER_AU
-
-
-def _light_time_motion(p1_au, v_au_day, dt_days):
-    """eraStarpm's straight-line motion from observed place to observed place (AU, AU/day, days).
-
-    Light time at the first epoch, geometric position at the second, light time
-    from there, and the observed place at the second epoch.
-    """
-    tl1_days = jnp.sqrt(_dot(p1_au, p1_au)) / _C_AU_PER_DAY
-    p_au = tuple(p + (dt_days + tl1_days) * v for p, v in zip(p1_au, v_au_day, strict=True))
-    r2 = _dot(p_au, p_au)
-    rdv = _dot(p_au, v_au_day)
-    c2mv2 = _C_AU_PER_DAY * _C_AU_PER_DAY - _dot(v_au_day, v_au_day)
-    tl2_days = (-rdv + jnp.sqrt(rdv * rdv + c2mv2 * r2)) / c2mv2
-    return tuple(
-        p + (dt_days + (tl1_days - tl2_days)) * v for p, v in zip(p1_au, v_au_day, strict=True)
-    )
-
-
-def _observe(p2_au, v_au_day, parallax_mas, px_used_arcsec, overridden, observer_au):
-    """Position (AU) and inertial velocity (AU/day) → catalog place (eraPvstar), and the view from the observer.
-
-    Returns
-    -------
-    out : tuple of 5 arrays, shape (n,)
-        α [rad, not wrapped], δ [rad] (seen from the observer if any),
-        ϖ [mas], μα* [mas/yr], μδ [mas/yr] (barycentric).
-    aux : tuple of 2 arrays, shape (n,)
-        Radial velocity [km/s]; cosδ of the output position.
-    """
-    x, y, z = p2_au
-    vx_in, vy_in, vz_in = v_au_day
-    # Inertial → observed velocity.
-    r_au = jnp.sqrt(x * x + y * y + z * z)
-    ux, uy, uz = x / r_au, y / r_au, z / r_au
-    vr = _dot((ux, uy, uz), (vx_in, vy_in, vz_in))
-    tx, ty, tz = vx_in - vr * ux, vy_in - vr * uy, vz_in - vr * uz
-    beta_r = vr / _C_AU_PER_DAY
-    beta2 = beta_r * beta_r + (tx * tx + ty * ty + tz * tz) / (_C_AU_PER_DAY * _C_AU_PER_DAY)
-    d = 1.0 + beta_r
-    delta = -beta2 / (jnp.sqrt(1.0 - beta2) + 1.0)
-    vr_obs = _C_AU_PER_DAY * (beta_r - delta) / d
-    vx, vy, vz = vr_obs * ux + tx / d, vr_obs * uy + ty / d, vr_obs * uz + tz / d
-    # Cartesian → spherical (eraPv2s).
-    rxy2 = x * x + y * y
-    rxy = jnp.sqrt(rxy2)
-    xyp = x * vx + y * vy
-    rad_day = (x * vy - y * vx) / rxy2
-    decd_rad_day = (vz * rxy2 - z * xyp) / (r_au * r_au * rxy)
-    rv2_kms = (xyp + z * vz) / r_au / _KMS_TO_AU_PER_DAY
-    px2_arcsec = _ARCSEC_PER_RAD / r_au
-    cos_d2 = rxy / r_au
-    pmra2_mas_yr = rad_day * _DAYS_PER_JYEAR * cos_d2 * _MAS_PER_RAD
-    pmdec2_mas_yr = decd_rad_day * _DAYS_PER_JYEAR * _MAS_PER_RAD
-    # The parallax returned is the star's own, scaled by the change of distance;
-    # an overridden parallax only served to move the star.
-    parallax2_mas = jnp.where(
-        overridden, parallax_mas * (px2_arcsec / px_used_arcsec), px2_arcsec * 1e3
-    )
-
-    if observer_au is None:
-        ra_seen_rad, dec_seen_rad, cos_d_seen = jnp.arctan2(y, x), jnp.arctan2(z, rxy), cos_d2
-    else:
-        # Annual parallax: direction of r·û − o, i.e. û − ϖ·o with ϖ in rad (as eraPmpx).
-        parallax2_rad = parallax2_mas * _RAD_PER_MAS
-        sx, sy, sz = (u - parallax2_rad * o for u, o in zip((ux, uy, uz), observer_au, strict=True))
-        sxy = jnp.sqrt(sx * sx + sy * sy)
-        ra_seen_rad, dec_seen_rad = jnp.arctan2(sy, sx), jnp.arctan2(sz, sxy)
-        cos_d_seen = sxy / jnp.sqrt(sx * sx + sy * sy + sz * sz)
-
-    out = (ra_seen_rad, dec_seen_rad, parallax2_mas, pmra2_mas_yr, pmdec2_mas_yr)
-    return out, (rv2_kms, cos_d_seen)
-
-
-def _dot(a, b):
-    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-
-
-def _kernel(params, rv_kms, dt_days, observer_au, given_sin_cos=None):
-    """The whole model: eraPmsafe, then the view from the observer.
-
-    :func:`_catalog_to_pv`, :func:`_light_time_motion` and :func:`_observe` in
-    turn. Returns ``out`` (α [rad], δ [rad], ϖ [mas], μα* [mas/yr],
-    μδ [mas/yr]) and ``aux`` (radial velocity [km/s], cosδ in, cosδ out).
-    """
-    state, overridden, cos_d = _catalog_to_pv(params, rv_kms, dt_days, observer_au, given_sin_cos)
-    p2_au = _light_time_motion(state[0:3], state[3:6], state[6])
-    out, (rv2_kms, cos_d_seen) = _observe(
-        p2_au, state[3:6], state[7], state[8], overridden, observer_au
-    )
-    return out, (rv2_kms, cos_d, cos_d_seen)
-
-
-# ---------------------------------------------------------------------------
-# Vectorised drivers (jitted once per padded size).
-# ---------------------------------------------------------------------------
-
-
-def _prepare(
-    ra_deg, dec_deg, parallax_mas, pmra_mas_yr, pmdec_mas_yr, rv_kms, epoch_yr, epoch_to_yr
-):
-    finite = jnp.isfinite
-    moved = finite(pmra_mas_yr) & finite(pmdec_mas_yr) & finite(epoch_yr) & finite(epoch_to_yr)
-    params = (
-        jnp.deg2rad(ra_deg),
-        jnp.deg2rad(dec_deg),
-        jnp.where(finite(parallax_mas), parallax_mas, 0.0),
-        jnp.where(moved, pmra_mas_yr, 0.0),
-        jnp.where(moved, pmdec_mas_yr, 0.0),
-    )
-    rv = jnp.where(finite(rv_kms), rv_kms, 0.0)
-    dt_days = jnp.where(moved, (epoch_to_yr - epoch_yr) * _DAYS_PER_JYEAR, 0.0)
-    return moved, params, rv, dt_days
-
-
-def _finish(moved, out, aux, ra_deg, dec_deg, parallax_mas, pmra_mas_yr, pmdec_mas_yr, rv_kms):
-    ra_out_deg = jnp.mod(jnp.rad2deg(out[0]), 360.0)
-    ra_out_deg = jnp.where(ra_out_deg >= 360.0, 0.0, ra_out_deg)
-    return (
-        jnp.where(moved, ra_out_deg, ra_deg),
-        jnp.where(moved, jnp.rad2deg(out[1]), dec_deg),
-        jnp.where(moved & jnp.isfinite(parallax_mas), out[2], parallax_mas),
-        jnp.where(moved, out[3], pmra_mas_yr),
-        jnp.where(moved, out[4], pmdec_mas_yr),
-        jnp.where(moved & jnp.isfinite(rv_kms), aux[0], rv_kms),
-    )
-
-
-def _observer_tuple(observer_au):
-    """(3,) or (n, 3) AU → tuple of three arrays that broadcast against (n,)."""
-    return tuple(observer_au[..., i] for i in range(3))
-
-
-@partial(jax.jit, static_argnames=("has_observer",))
-def _propagate_values(
-    ra_deg,
-    dec_deg,
-    parallax_mas,
-    pmra_mas_yr,
-    pmdec_mas_yr,
-    rv_kms,
-    epoch_yr,
-    epoch_to_yr,
-    observer_au,
-    has_observer,
-):
-    moved, params, rv, dt_days = _prepare(
-        ra_deg, dec_deg, parallax_mas, pmra_mas_yr, pmdec_mas_yr, rv_kms, epoch_yr, epoch_to_yr
-    )
-    obs = _observer_tuple(observer_au) if has_observer else None
-    out, aux = _kernel(params, rv, dt_days, obs)
-    return moved, _finish(
-        moved, out, aux, ra_deg, dec_deg, parallax_mas, pmra_mas_yr, pmdec_mas_yr, rv_kms
-    )
-
-
-@jax.jit
-def _sin_cos_pass(
-    ra_deg, dec_deg, parallax_mas, pmra_mas_yr, pmdec_mas_yr, rv_kms, epoch_yr, epoch_to_yr
-):
-    """The sines and cosines the kernel needs, as an executable of their own (see :func:`_given_sin_cos`)."""
-    _, params, _, _ = _prepare(
-        ra_deg, dec_deg, parallax_mas, pmra_mas_yr, pmdec_mas_yr, rv_kms, epoch_yr, epoch_to_yr
-    )
-    sin_cos, _, _ = _angles_sin_cos(params[0], params[1], params[3], params[4])
-    return sin_cos
-
-
-@partial(jax.jit, static_argnames=("has_observer",))
-def _propagate_jacobian(
-    ra_deg,
-    dec_deg,
-    parallax_mas,
-    pmra_mas_yr,
-    pmdec_mas_yr,
-    rv_kms,
-    epoch_yr,
-    epoch_to_yr,
-    observer_au,
-    sin_cos,
-    has_observer,
-):
-    """Values and per-star Jacobians ∂out/∂(α, δ, ϖ, μα*, μδ) of the kernel.
-
-    Forward-mode autodiff: the kernel's JVP pushed along the five unit tangents
-    at once (``vmap`` over the tangent axis, which is what ``jax.jacfwd`` does;
-    the tangent axis is kept first so every array stays contiguous per star).
-    Returns ``jac``: for each of the 5 outputs an array (5 inputs, n).
-    """
-    moved, params, rv, dt_days = _prepare(
-        ra_deg, dec_deg, parallax_mas, pmra_mas_yr, pmdec_mas_yr, rv_kms, epoch_yr, epoch_to_yr
-    )
-    obs = _observer_tuple(observer_au) if has_observer else None
-    n = ra_deg.shape[0]
-    basis = tuple(
-        jnp.broadcast_to(jnp.eye(5, dtype=ra_deg.dtype)[:, k : k + 1], (5, n)) for k in range(5)
-    )
-
-    def kernel(*p):
-        return _kernel(p, rv, dt_days, obs, sin_cos)
-
-    (out, aux), (jac, _) = jax.vmap(lambda t: jax.jvp(kernel, params, t), out_axes=(None, 0))(basis)
-    values = _finish(
-        moved, out, aux, ra_deg, dec_deg, parallax_mas, pmra_mas_yr, pmdec_mas_yr, rv_kms
-    )
-    return moved, values, jac, aux[1], aux[2]
-
-
-# The covariance product is memory-bound on a CPU. Three small executables keep
-# XLA from fusing (and so re-reading or recomputing) across the stages: the
-# (n, 5, 5) matrices are turned into 25 contiguous rows, multiplied row-wise,
-# and turned back.
-
-
-@jax.jit
-def _covariance_rows(cov):
-    """(n, 5, 5) → (25, n): one contiguous row per matrix element."""
-    return cov.reshape(cov.shape[0], 25).T
-
-
-def _scaled_jacobian(jac, cos_dec_in, cos_dec_out):
-    """∂(α, δ, ...)/∂(α, δ, ...) in rad → ∂(α*, δ, ...)/∂(α*, δ, ...) in mas (5×5 nested lists of rows).
-
-    δα* = cosδ·δα, with cosδ at the input position for the inputs and at the
-    output position for the outputs.
-    """
-    ones = jnp.ones_like(cos_dec_in)
-    scale_in = (cos_dec_in * _MAS_PER_RAD, _MAS_PER_RAD * ones, ones, ones, ones)
-    scale_out = (cos_dec_out * _MAS_PER_RAD, _MAS_PER_RAD * ones, ones, ones, ones)
-    return [[jac[i][k] * (scale_out[i] / scale_in[k]) for k in range(5)] for i in range(5)]
-
-
-@jax.jit
-def _covariance_left(jac, rows, cos_dec_in, cos_dec_out):
-    """First half of J C Jᵀ: J (in α*, δ mas units) and J·C, on rows of shape (n,).
-
-    ``jac``: for each of the 5 outputs an array (5 inputs, n) in (α, δ) rad
-    units; returns the scaled J and J·C as 5×5 nested lists of rows. A NaN
-    variance means the parameter is unknown: it counts as exactly known
-    (variance 0) for the others (its own row and column are set to NaN in
-    :func:`_covariance_right`). NaN off-diagonal terms count as zero correlation.
-    """
-    j = _scaled_jacobian(jac, cos_dec_in, cos_dec_out)
-    unknown = [jnp.isnan(rows[6 * i]) for i in range(5)]
-    c = [
-        [
-            jnp.where(unknown[i] | unknown[k] | jnp.isnan(rows[5 * i + k]), 0.0, rows[5 * i + k])
-            for k in range(5)
-        ]
-        for i in range(5)
-    ]
-    jc = [[sum(j[i][m] * c[m][k] for m in range(5)) for k in range(5)] for i in range(5)]
-    return j, jc
-
-
-@jax.jit
-def _covariance_right(j, jc, rows, moved):
-    """Second half: (J·C)·Jᵀ, NaN rows/columns for unknown inputs, input kept where not moved.
-
-    Returns the 25 rows of the result (row-major 5×5).
-    """
-    unknown = [jnp.isnan(rows[6 * i]) for i in range(5)]
-    new = [[None] * 5 for _ in range(5)]
-    for i in range(5):
-        for m_out in range(i, 5):
-            value = sum(jc[i][k] * j[m_out][k] for k in range(5))
-            value = jnp.where(unknown[i] | unknown[m_out], jnp.nan, value)
-            new[i][m_out] = new[m_out][i] = jnp.where(moved, value, rows[5 * i + m_out])
-    return [new[i][k] for i in range(5) for k in range(5)]
-
-
-@jax.jit
-def _covariance_matrices(rows):
-    """25 rows of shape (n,) → (n, 5, 5)."""
-    return jnp.stack(rows).T.reshape(rows[0].shape[0], 5, 5)
+def _propagate_numpy_chunk(arrays, observer, cov):
+    obs = None if observer is None else _observer_tuple(observer)
+    with np.errstate(all="ignore"):  # padded poles, zero parallaxes: handled by the model's wheres
+        moved, params, rv, dt_days = _prepare(*arrays, _NP)
+        if cov is None:
+            out, aux = _kernel(params, rv, dt_days, obs, _NP)
+            return moved, _finish(moved, out, aux, *arrays[:6], _NP), None
+        n = len(arrays[0])
+        duals = tuple(_Dual(p, np.broadcast_to(np.eye(5)[:, k:k + 1], (5, n))) for k, p in enumerate(params))
+        out, aux = _kernel(duals, rv, dt_days, obs, _NP)
+        values = _finish(moved, tuple(_value(o) for o in out), tuple(_value(a) for a in aux), *arrays[:6], _NP)
+        j = _scaled_jacobian([out[i].t for i in range(5)], _value(aux[1]), _value(aux[2]), _NP)
+        return moved, values, _covariance_product(j, cov, moved)
 
 
 # ---------------------------------------------------------------------------
@@ -605,18 +330,6 @@ def _as_float_array(value: Any, name: str, unit: str | None) -> np.ndarray:
         raise TypeError(f"{name}: expected numbers, got {type(value).__name__}") from exc
 
 
-def _bucket(n: int) -> int:
-    return max(_MIN_BUCKET, 1 << max(0, (n - 1).bit_length()))
-
-
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-    if a.shape[0] == size:
-        return a
-    out = np.zeros((size, *a.shape[1:]), dtype=a.dtype)
-    out[: a.shape[0]] = a
-    return out
-
-
 def propagate(
     ra,
     dec,
@@ -629,6 +342,7 @@ def propagate(
     *,
     cov=None,
     observer=None,
+    backend: str = "auto",
 ) -> Propagated:
     """Move stars from their catalog epoch to ``epoch_to``, propagating the covariance.
 
@@ -636,8 +350,8 @@ def propagate(
     barycentric motion with light-time and relativistic Doppler corrections,
     perspective effects (foreshortening, perspective acceleration) included.
     It agrees with ``erfa.pmsafe`` to rounding (below 0.001 µas for every
-    Hipparcos star). Vectorised and jitted; the covariance, when given, is
-    propagated through the exact Jacobian of the same model.
+    Hipparcos star). Vectorised (NumPy, or jitted JAX for large arrays); the
+    covariance, when given, is propagated through the exact Jacobian of the same model.
 
     Parameters
     ----------
@@ -663,7 +377,7 @@ def propagate(
         Covariance of (α*, δ, ϖ, μα*, μδ) in (mas, mas, mas, mas/yr, mas/yr),
         α* = α·cosδ (Gaia's ``ra_error`` is σ(α*)). See
         :func:`covariance_from_errors`. It is propagated as J C Jᵀ with J the
-        exact Jacobian of this function's model (JAX forward-mode autodiff),
+        exact Jacobian of this function's model (forward-mode autodiff),
         including the cosδ of α* at both epochs. A NaN variance means "unknown":
         that parameter is taken as exactly known (variance 0) when propagating
         the others, and its own row and column of the output are NaN. NaN
@@ -675,6 +389,8 @@ def propagate(
         observer (annual parallax, with the Rømer delay; no aberration and no
         light deflection), as ``eraPmpx`` computes it; the other returned
         parameters stay barycentric. Default: barycentric place.
+    backend : "auto", "numpy" or "jax"
+        Where to compute (see the module docstring); the results agree to rounding.
 
     Returns
     -------
@@ -735,54 +451,30 @@ def propagate(
         if obs.shape not in ((3,), (n, 3)):
             raise ValueError(f"observer: expected shape (3,) or ({n}, 3) in AU, got {obs.shape}")
 
-    outputs = [np.empty(n, dtype=np.float64) for _ in range(6)]
-    moved_out = np.empty(n, dtype=bool)
-    cov_out = np.empty((n, 5, 5), dtype=np.float64) if cov_in is not None else None
-    has_observer = obs is not None
+    if backend == "auto":
+        limit = _NUMPY_MAX_ROWS if cov_in is None else _NUMPY_MAX_ROWS_COV
+        backend = "numpy" if n <= limit else "jax"
+    if backend == "numpy":
+        moved, values, cov_out = _propagate_numpy(arrays, obs, cov_in)
+    elif backend == "jax":
+        from jointcal_ap.refcat._epoch_jax import propagate_arrays
 
-    def run_chunk(start: int) -> None:
-        stop = min(n, start + _CHUNK)
-        m = stop - start
-        size = _bucket(m)
-        chunk = [_pad(a[start:stop], size) for a in arrays]
-        obs_chunk = (
-            np.zeros(3) if obs is None else obs if obs.ndim == 1 else _pad(obs[start:stop], size)
-        )
-        if cov_in is None:
-            moved, values = _propagate_values(*chunk, obs_chunk, has_observer=has_observer)
-        else:
-            sin_cos = _sin_cos_pass(*chunk)
-            moved, values, jac, cos_in, cos_out = _propagate_jacobian(
-                *chunk, obs_chunk, sin_cos, has_observer=has_observer
-            )
-            rows = _covariance_rows(_pad(cov_in[start:stop], size))
-            j, jc = _covariance_left(jac, rows, cos_in, cos_out)
-            new_cov = _covariance_matrices(_covariance_right(j, jc, rows, moved))
-            cov_out[start:stop] = np.asarray(new_cov)[:m]
-        moved_out[start:stop] = np.asarray(moved)[:m]
-        for dst, src in zip(outputs, values, strict=True):
-            dst[start:stop] = np.asarray(src)[:m]
-
-    starts = range(0, n, _CHUNK)
-    if len(starts) == 1 or _WORKERS == 1:
-        for start in starts:
-            run_chunk(start)
+        moved, values, cov_out = propagate_arrays(arrays, obs, cov_in)
     else:
-        # XLA runs most of these small kernels on one core; chunks in parallel use the others.
-        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-            for future in [pool.submit(run_chunk, start) for start in starts]:
-                future.result()
-    return Propagated(*outputs, cov=cov_out, moved=moved_out)
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'jax', got {backend!r}")
+    return Propagated(*(np.asarray(v, dtype=np.float64) for v in values), cov=cov_out,
+                      moved=np.asarray(moved, dtype=bool))
 
 
 def _jacobian(
-    ra, dec, parallax, pmra, pmdec, radial_velocity, epoch, epoch_to, *, observer=None
+    ra, dec, parallax, pmra, pmdec, radial_velocity, epoch, epoch_to, *, observer=None,
+    backend: str = "numpy",
 ) -> np.ndarray:
     """The Jacobian that :func:`propagate` applies to the covariance, shape (n, 5, 5).
 
     ∂(α*, δ, ϖ, μα*, μδ) at ``epoch_to`` / ∂(α*, δ, ϖ, μα*, μδ) at ``epoch``, in
     (mas, mas, mas, mas/yr, mas/yr); arguments as for :func:`propagate` (plain
-    arrays, at most ``_CHUNK`` rows). For tests and diagnostics.
+    arrays). For tests and diagnostics.
     """
     arrays = np.broadcast_arrays(
         *[
@@ -790,22 +482,18 @@ def _jacobian(
             for a in (ra, dec, parallax, pmra, pmdec, radial_velocity, epoch, epoch_to)
         ]
     )
+    obs = None if observer is None else np.asarray(observer, dtype=np.float64)
+    if backend == "jax":
+        from jointcal_ap.refcat._epoch_jax import jacobian_arrays
+
+        return jacobian_arrays(arrays, obs)
     n = arrays[0].shape[0]
-    if n > _CHUNK:
-        raise ValueError(f"_jacobian takes at most {_CHUNK} rows, got {n}")
-    size = _bucket(n)
-    chunk = [_pad(a, size) for a in arrays]
-    obs = np.zeros(3) if observer is None else np.asarray(observer, dtype=np.float64)
-    if obs.ndim == 2:
-        obs = _pad(obs, size)
-    sin_cos = _sin_cos_pass(*chunk)
-    _, _, jac, cos_in, cos_out = _propagate_jacobian(
-        *chunk, obs, sin_cos, has_observer=observer is not None
-    )
-    j = jax.jit(_scaled_jacobian)(jac, cos_in, cos_out)
-    return np.stack(
-        [np.stack([np.asarray(j[i][k])[:n] for k in range(5)], axis=-1) for i in range(5)], axis=-2
-    )
+    with np.errstate(all="ignore"):
+        _, params, rv, dt_days = _prepare(*arrays, _NP)
+        duals = tuple(_Dual(p, np.broadcast_to(np.eye(5)[:, k:k + 1], (5, n))) for k, p in enumerate(params))
+        out, aux = _kernel(duals, rv, dt_days, None if obs is None else _observer_tuple(obs), _NP)
+        j = _scaled_jacobian([out[i].t for i in range(5)], _value(aux[1]), _value(aux[2]), _NP)
+    return np.stack([np.stack(row, axis=-1) for row in j], axis=-2)
 
 
 def covariance_from_errors(
@@ -891,15 +579,26 @@ def earth_barycentric_position(time) -> np.ndarray:
 
     Parameters
     ----------
-    time : astropy.time.Time
-        Scalar or 1-D; converted to TDB. ERFA's EPV00 is accurate to a few km
+    time : astropy.time.Time, or float / array of Julian years (TDB)
+        Scalar or 1-D; a ``Time`` is converted to TDB. ERFA's EPV00 is accurate to a few km
         between 1900 and 2100 (it warns outside that range).
 
     Returns
     -------
     ndarray, shape (3,) for a scalar time or (m, 3)
         Position in AU, axes of the BCRS (aligned with ICRS).
+
+    Examples
+    --------
+    >>> p = earth_barycentric_position(2016.0)
+    >>> 0.98 < float(np.linalg.norm(p)) < 1.02
+    True
     """
-    tdb = time.tdb
-    _, pv_bary = erfa.epv00(tdb.jd1, tdb.jd2)
+    if type(time).__module__.startswith("astropy.time"):
+        tdb = time.tdb
+        jd1, jd2 = tdb.jd1, tdb.jd2
+    else:  # Julian years: JD = J2000 + (year − 2000) · 365.25 days, exactly
+        jd1 = erfa.DJ00
+        jd2 = (np.asarray(time, dtype=np.float64) - 2000.0) * _DAYS_PER_JYEAR
+    _, pv_bary = erfa.epv00(jd1, jd2)
     return np.array(pv_bary["p"], dtype=np.float64)

@@ -37,9 +37,9 @@ def vector_to_radec(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def tangent_basis(ra0_deg: float, dec0_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(b̂, ê, n̂): the tangent point and the local east and north unit vectors there.
 
-    The same frame the fitter uses: :func:`jointcal_ap.fit.associate.tangent_frame`.
+    The same frame the fitter uses: :func:`jointcal_ap.fit.projection.tangent_frame`.
     """
-    from jointcal_ap.fit.associate import tangent_frame
+    from jointcal_ap.fit.projection import tangent_frame
 
     return tangent_frame(ra0_deg, dec0_deg)
 

@@ -1,20 +1,25 @@
-"""Association: measurements → initial per-CCD mappings → fitted stars ↔ reference stars.
+"""Cross-matching for the joint fit: measurements → initial per-CCD mappings → stars ↔ reference stars.
 
-1. For every visit, the reference stars are loaded **at that visit's epoch, as seen from
-   the Earth** (:meth:`Refcat.cone` with ``epoch`` and ``observer="earth"``).
-2. Per CCD, a robust offset search (the peak of the 2-D histogram of all measurement −
+:func:`match_references` is a pure function of arrays: the caller loads each visit's
+reference stars (at that visit's epoch, as seen from the Earth; see
+:func:`jointcal_ap.fit.references.visit_references`) and passes them in.
+
+1. Per CCD, a robust offset search (the peak of the 2-D histogram of all measurement −
    reference differences within ``search_radius``) absorbs an initial WCS that is several
    arcseconds off; matches within a shrinking radius then fit a per-CCD polynomial
    (pixel → tangent plane), which also absorbs a small rotation and the optical distortion
    the initial header lacks.
-3. Measurements matched to the same reference star join one fitted star; the rest are
+2. Measurements matched to the same reference star join one fitted star; the rest are
    grouped by friends-of-friends on their corrected positions.
 
-Pure array code except for the refcat loads.
+(Not to be confused with the association of difference-image sources into DiaObjects.)
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,43 +30,9 @@ from scipy.spatial import cKDTree
 from jointcal_ap.errors import AssociationError
 from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.models import CcdGeometry, fit_poly, poly_eval
+from jointcal_ap.fit.projection import gnomonic, inverse_gnomonic, unit_vectors
 
-__all__ = ["Association", "AssociationError", "associate", "gnomonic", "group_rows", "inverse_gnomonic",
-           "reference_codes",
-           "unit_vectors"]
-
-MAS_PER_DEG = 3.6e6
-
-
-def unit_vectors(ra_deg, dec_deg):
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
-
-
-def tangent_frame(ra_deg: float, dec_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(e0, east, north) unit vectors at a tangent point."""
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    e0 = np.array([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
-    east = np.array([-np.sin(ra), np.cos(ra), 0.0])
-    north = np.array([-np.sin(dec) * np.cos(ra), -np.sin(dec) * np.sin(ra), np.cos(dec)])
-    return e0, east, north
-
-
-def gnomonic(ra_deg, dec_deg, ra0: float, dec0: float) -> np.ndarray:
-    """Tangent-plane coordinates (ξ, η) in mas about (ra0, dec0)."""
-    e0, east, north = tangent_frame(ra0, dec0)
-    vec = unit_vectors(ra_deg, dec_deg)
-    den = vec @ e0
-    return np.stack([vec @ east / den, vec @ north / den], axis=-1) * np.degrees(1) * MAS_PER_DEG
-
-
-def inverse_gnomonic(xi_eta_mas: np.ndarray, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
-    """(ra, dec) in degrees from tangent-plane coordinates in mas."""
-    e0, east, north = tangent_frame(ra0, dec0)
-    t = np.asarray(xi_eta_mas) / (np.degrees(1) * MAS_PER_DEG)
-    vec = e0 + t[..., 0:1] * east + t[..., 1:2] * north
-    vec /= np.linalg.norm(vec, axis=-1, keepdims=True)
-    return np.degrees(np.arctan2(vec[..., 1], vec[..., 0])) % 360.0, np.degrees(np.arcsin(vec[..., 2]))
+__all__ = ["Association", "AssociationError", "VisitMatch", "VisitReferences", "group_rows", "match_references"]
 
 
 @dataclass
@@ -90,27 +61,27 @@ class Association:
     degree: int
     geometry: list[CcdGeometry]
     visit_stats: list[VisitMatch] = field(default_factory=list)
-    refcats_by_visit: dict[int, object] = field(default_factory=dict, repr=False)
-    # reference ids that are not integers (e.g. SCAMP files, whose id is a position string)
-    # get integer codes in order of first appearance; None while every id is an integer
-    ref_id_codes: dict | None = field(default=None, repr=False)
 
 
-def reference_codes(table, codes: dict | None) -> tuple[np.ndarray, dict | None]:
-    """Integer codes (≥ 0) of a refcat table's ``id`` column.
+@dataclass(frozen=True)
+class VisitReferences:
+    """The reference stars of one visit, at that visit's epoch (as seen from the Earth).
 
-    Integer ids are their own codes. Other ids (strings) are numbered in order of first
-    appearance through ``codes``, which is created on first need and returned, so that the
-    same id gets the same code in every visit's table and at the fit epoch.
+    Attributes
+    ----------
+    ids : ndarray of int64
+        Reference identifiers as integer codes ≥ 0 (-1 means "no reference" in the fit).
+    ra, dec : ndarray
+        Positions, degrees.
     """
-    ids = table.column("id").to_numpy(zero_copy_only=False)
-    if np.issubdtype(ids.dtype, np.integer) and codes is None:
-        if len(ids) and ids.min() < 0:
-            raise AssociationError(f"reference ids must be ≥ 0 (found {int(ids.min())}); -1 means "
-                                   f"'no reference' in the fit")
-        return ids.astype(np.int64), None
-    codes = {} if codes is None else codes
-    return np.fromiter((codes.setdefault(i, len(codes)) for i in ids.tolist()), np.int64, len(ids)), codes
+
+    ids: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not (len(self.ids) == len(self.ra) == len(self.dec)):
+            raise ValueError(f"VisitReferences: {len(self.ids)} ids, {len(self.ra)} ra, {len(self.dec)} dec")
 
 
 def group_rows(keys: np.ndarray, n_groups: int):
@@ -122,6 +93,20 @@ def group_rows(keys: np.ndarray, n_groups: int):
     for k in range(n_groups):
         if bounds[k + 1] > bounds[k]:
             yield k, order[bounds[k]:bounds[k + 1]]
+
+
+#: The offset search uses at most this many measurements (the brightest) per CCD, and
+#: ``MAX_OFFSET_VISIT`` per visit: the reference stars are the bright ones, and the number of
+#: chance pairs grows with every faint source added.
+MAX_OFFSET_CCD = 500
+MAX_OFFSET_VISIT = 2000
+
+
+def _brightest(flux: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest fluxes (all when there are fewer), in index order."""
+    if len(flux) <= n:
+        return np.arange(len(flux))
+    return np.sort(np.argpartition(-np.nan_to_num(flux, nan=-np.inf), n - 1)[:n])
 
 
 def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bin_mas: float
@@ -145,6 +130,15 @@ def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bi
     return (np.median(d[near], axis=0) if support >= 3 else peak), support
 
 
+def default_workers() -> int:
+    """Threads for per-exposure work: the cores this process may use (at most 8)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
 #: A CCD's own offset search must be supported by this many pairs; otherwise the visit's is used.
 MIN_OFFSET_SUPPORT = 5
 
@@ -162,17 +156,18 @@ def _match(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float) -> tuple[n
     return mi[keep], ri[keep]
 
 
-def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: float = 20.0,
-              match_radius_arcsec: float = 1.0, link_radius_arcsec: float = 1.0,
-              min_measurements: int = 2, mag_limits=None, ref_epoch: float | None = None,
-              progress=None) -> Association:
-    """Associate measurements into stars and match them to the reference catalog.
+def match_references(data: FitInput, references: Sequence[VisitReferences], *, degree: int = 3,
+                     search_radius_arcsec: float = 20.0, match_radius_arcsec: float = 1.0,
+                     link_radius_arcsec: float = 1.0, min_measurements: int = 2,
+                     progress=None, workers: int | None = None) -> Association:
+    """Associate measurements into stars and match them to the reference stars.
 
     Parameters
     ----------
     data : FitInput
-    refcat : Refcat
-        Opened with :func:`jointcal_ap.refcat.open_refcat`.
+    references : sequence of VisitReferences
+        One per visit (``data.visits`` order): the reference stars at that visit's epoch,
+        covering its CCDs widened by twice ``search_radius_arcsec``.
     degree : int
         Degree of the initial per-CCD polynomials.
     search_radius_arcsec : float
@@ -181,11 +176,13 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
         Final reference match radius, and the friends-of-friends linking length.
     min_measurements : int
         Stars without a reference match need at least this many measurements.
-    ref_epoch : float, optional
-        None (default): reference stars are loaded at each visit's own epoch, seen from the
-        Earth. A Julian year (TDB): all are loaded at that one epoch, barycentric, as with a
-        catalog pre-moved to the mean epoch (SCAMP's way; kept for comparisons).
+    progress : callable, optional
+        Called with no argument after each visit.
+    workers : int, optional
+        Threads matching visits (default: one per core). The result does not depend on it.
     """
+    if len(references) != len(data.visits):
+        raise ValueError(f"{len(references)} reference sets for {len(data.visits)} visits")
     meas = data.measurements
     n = len(meas)
     visit_of_ccd = data.visit_index_of_ccd()
@@ -193,33 +190,21 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
     k = (degree + 1) * (degree + 2) // 2
     per_ccd = np.zeros((len(data.ccds), 2, k))
     meas_tp = np.full((n, 2), np.nan)  # corrected tangent-plane positions
-    meas_ref = np.full(n, -1, dtype=np.int64)  # refcat id matched at the visit epoch
+    meas_ref = np.full(n, -1, dtype=np.int64)  # reference code matched at the visit epoch
     meas_ref_tp = np.full((n, 2), np.nan)
     stats: list[VisitMatch] = []
-    refcats: dict[int, object] = {}
-    id_codes: dict | None = None
     by_ccd = np.argsort(meas.ccd_index, kind="stable")
     bounds = np.searchsorted(meas.ccd_index[by_ccd], np.arange(len(data.ccds) + 1))
 
-    for vi, visit in enumerate(data.visits):
+    def match_visit(vi: int) -> VisitMatch:
+        visit, ref = data.visits[vi], references[vi]
         ccds = np.flatnonzero(visit_of_ccd == vi)
         in_visit = np.concatenate([by_ccd[bounds[c]:bounds[c + 1]] for c in ccds])
         if len(in_visit) == 0:
             raise AssociationError(f"visit {visit.visit} ({visit.name}) has no measurements")
         init_tp = gnomonic(meas.ra_init[in_visit], meas.dec_init[in_visit], visit.ra, visit.dec)
-        radius_deg = float(np.max(np.hypot(init_tp[:, 0], init_tp[:, 1]))) / MAS_PER_DEG
-        radius_deg += search_radius_arcsec / 3600 * 2
-        if ref_epoch is None:
-            # positions only: the covariance (4x the cost) is propagated later, once, for the
-            # reference stars that matched
-            ref = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=visit.epoch, observer="earth",
-                              mag_limits=mag_limits, columns=[], format="arrow")
-        else:
-            ref = refcat.cone(visit.ra, visit.dec, radius_deg, epoch=ref_epoch, mag_limits=mag_limits,
-                              columns=[], format="arrow")
-        refcats[visit.visit] = ref
-        ref_tp = gnomonic(ref.column("ra").to_numpy(), ref.column("dec").to_numpy(), visit.ra, visit.dec)
-        ref_ids, id_codes = reference_codes(ref, id_codes)
+        ref_tp = gnomonic(ref.ra, ref.dec, visit.ra, visit.dec)
+        ref_ids = np.asarray(ref.ids, dtype=np.int64)
         ref_tree = cKDTree(ref_tp)
         n_matched, offsets, rms = 0, [], []
         # The pointing error moves the whole mosaic: search the visit first, so that a CCD
@@ -227,14 +212,16 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
         # histogram bins: half the match radius (at least 250 mas), so that the spread of the
         # offsets over a CCD (rotation, distortion) stays within a few bins
         bin_mas = max(250.0, 500.0 * match_radius_arcsec)
-        visit_offset, _ = _offset_search(init_tp, ref_tree, search_radius_arcsec * 1000, bin_mas)
+        bright = _brightest(meas.flux[in_visit], MAX_OFFSET_VISIT)
+        visit_offset, _ = _offset_search(init_tp[bright], ref_tree, search_radius_arcsec * 1000, bin_mas)
         for c in ccds:
             rows = by_ccd[bounds[c]:bounds[c + 1]]
             if len(rows) == 0:
                 raise AssociationError(f"visit {visit.visit}, detector {data.ccds[c].detector}: no measurements")
             u, v = geometry[c].normalise(meas.x[rows], meas.y[rows])
             tp = gnomonic(meas.ra_init[rows], meas.dec_init[rows], visit.ra, visit.dec)
-            offset, support = _offset_search(tp, ref_tree, search_radius_arcsec * 1000, bin_mas)
+            bright = _brightest(meas.flux[rows], MAX_OFFSET_CCD)
+            offset, support = _offset_search(tp[bright], ref_tree, search_radius_arcsec * 1000, bin_mas)
             if support < MIN_OFFSET_SUPPORT:
                 offset = visit_offset
             offsets.append(offset)
@@ -264,10 +251,16 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
             if len(mi):
                 rms.append(np.sqrt(np.mean(np.sum((meas_tp[rows[mi]] - ref_tp[ri]) ** 2, axis=1))))
         off = np.mean(offsets, axis=0) / 1000
-        stats.append(VisitMatch(visit.visit, len(in_visit), len(ref_ids), n_matched,
-                                (float(off[0]), float(off[1])), float(np.mean(rms)) if rms else float("nan")))
-        if progress is not None:
-            progress.update(1)
+        return VisitMatch(visit.visit, len(in_visit), len(ref_ids), n_matched,
+                          (float(off[0]), float(off[1])), float(np.mean(rms)) if rms else float("nan"))
+
+    # visits in threads: each writes only its own measurements' rows and CCDs; KD-trees and
+    # NumPy release the GIL
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        for match in pool.map(match_visit, range(len(data.visits))):
+            stats.append(match)
+            if progress is not None:
+                progress()
 
     if sum(s.n_matched for s in stats) == 0:
         raise AssociationError("no measurement matched a reference star: is the refcat covering "
@@ -297,11 +290,10 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
     counts = np.bincount(labels, minlength=n_groups)
     # a group with two measurements of one CCD is a blend or a false link: drop it
     key = labels * (len(data.ccds) + 1) + meas.ccd_index[rest]
-    _, key_counts = np.unique(key, return_counts=True)
+    unique_keys, key_counts = np.unique(key, return_counts=True)
     dup = np.zeros(n_groups, bool)
     if np.any(key_counts > 1):
-        uk, kc = np.unique(key, return_counts=True)
-        dup[np.unique(uk[kc > 1] // (len(data.ccds) + 1))] = True
+        dup[np.unique(unique_keys[key_counts > 1] // (len(data.ccds) + 1))] = True
     good = (counts >= min_measurements) & ~dup
     remap = np.full(n_groups, -1, dtype=np.int64)
     remap[good] = n_ref_stars + np.arange(good.sum())
@@ -311,11 +303,11 @@ def associate(data: FitInput, refcat, *, degree: int = 3, search_radius_arcsec: 
     star_ref = np.full(n_stars, -1, dtype=np.int64)
     star_ref[:n_ref_stars] = ref_unique
     sel = star_of >= 0
-    vec = np.zeros((n_stars, 3))
-    np.add.at(vec, star_of[sel], unit_vectors(ra[sel], dec[sel]))
+    xyz = unit_vectors(ra[sel], dec[sel])
+    vec = np.stack([np.bincount(star_of[sel], weights=xyz[:, i], minlength=n_stars) for i in range(3)], axis=1)
     vec /= np.linalg.norm(vec, axis=1, keepdims=True)
     star_ra = np.degrees(np.arctan2(vec[:, 1], vec[:, 0])) % 360.0
     star_dec = np.degrees(np.arcsin(vec[:, 2]))
     return Association(star_of, n_stars, star_ref, star_ra, star_dec, meas_ref_tp, per_ccd, degree,
-                       geometry, stats, refcats, id_codes)
+                       geometry, stats)
 
