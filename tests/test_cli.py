@@ -130,5 +130,52 @@ def test_fit_command_writes_heads_model_report(tmp_path, capsys):
     # a wrong-format input is a failure on the data (1); a bad option is usage (2)
     bogus = tmp_path / "x.cat"
     bogus.write_text("nope")
-    assert main(["fit", str(bogus), "--refcat", str(survey.refcat_dir), "--out", str(out)]) == 1
+    assert main(["fit", str(bogus), "--refcat", str(survey.refcat_dir), "--out", str(tmp_path / "new")]) == 1
     assert main(["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--out", str(out), "--degree", "0"]) == 2
+
+
+def test_fit_output_directory_is_staged_refused_or_swapped(tmp_path, capsys):
+    """Issue 12, item 4: `fit --out` stages the whole directory and renames it in; an existing
+    one is refused before any work unless --overwrite (then nothing of the older run stays);
+    catalogs of the same name in two directories are refused before fitting and named apart
+    with --head-names; everything follows the umask."""
+    import os
+    import shutil
+
+    from jointcal_ap.simulate import SurveyConfig, simulate_survey
+
+    survey = simulate_survey(SurveyConfig(n_visits=3, n_stars=1000, seed=5), tmp_path / "sim")
+    cats = sorted((survey.root / "ldac").glob("*.cat"))
+    # the same base names in two directories (night2 holds copies under the same names)
+    (tmp_path / "night1").mkdir()
+    (tmp_path / "night2").mkdir()
+    catalogs = []
+    for i, cat in enumerate(cats):
+        night = tmp_path / ("night1" if i < 2 else "night2")
+        target = night / ("visit_0000.cat" if i != 1 else cat.name)
+        shutil.copy(cat, target)
+        catalogs.append(str(target))
+    out = tmp_path / "fit"
+    base = ["fit", *catalogs, "--refcat", str(survey.refcat_dir), "--no-progress", "--fit", "astrometry"]
+    assert main([*base, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "visit_0000.head" in err and "night1/visit_0000.cat" in err and "night2/visit_0000.cat" in err
+    assert "--head-names" in err and not out.exists()
+    # an older run's output with a file the new run would not write
+    out.mkdir()
+    (out / "heads").mkdir()
+    (out / "heads" / "stale.head").write_text("old")
+    assert main([*base, "--out", str(out), "--head-names", "path"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "heads" / "stale.head").exists()
+    old_umask = os.umask(0o022)
+    try:
+        assert main([*base, "--out", str(out), "--head-names", "path", "--overwrite"]) == 0
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in (out / "heads").iterdir()) == [
+        "night1_visit_0000.head", "night1_visit_0001.head", "night2_visit_0000.head"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing staged left
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in out.rglob("*")}
+    assert {m for m in modes.values()} == {0o644, 0o755}, modes
+    assert {k for k, m in modes.items() if m == 0o755} == {"heads", "sip", "calibration"}
+    assert out.stat().st_mode & 0o777 == 0o755

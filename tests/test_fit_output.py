@@ -17,12 +17,14 @@ from jointcal_ap.fit.data import Visit
 from jointcal_ap.fit.models import ConstrainedModel
 from jointcal_ap.fit.output import (
     head_name,
+    head_names,
     load_model,
     read_scamp_head,
     save_model,
     tan_sip_header,
     tpv_header,
     tpv_index,
+    write_fit_outputs,
     write_scamp_heads,
 )
 from jointcal_ap.fit.plots import write_plots
@@ -180,6 +182,51 @@ def test_scamp_heads(result, tmp_path):
     assert named[0].name == "first.head"
     with pytest.raises(ValueError, match=r"same \.head"):
         write_scamp_heads(result, tmp_path / "dup", names=["a", "a", "b"])
+
+
+def test_fit_outputs_appear_whole_or_not_at_all(result, tmp_path, monkeypatch):
+    """A fit killed while writing leaves nothing that looks complete; an existing directory
+    is refused, or with overwrite replaced whole (no file of the older run stays)."""
+    import jointcal_ap.fit.report as report
+
+    out = tmp_path / "fit"
+    written = write_fit_outputs(result, out)
+    assert written.heads[0].parent == out / "heads" and written.heads[0].exists()
+    first = (out / "model.json").read_text()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_fit_outputs(result, out)
+    (out / "stale.txt").write_text("from an older run")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_fit_outputs(result, out, overwrite=True)
+    assert (out / "stale.txt").exists() and (out / "model.json").read_text() == first
+    with pytest.raises(KeyboardInterrupt):
+        write_fit_outputs(result, tmp_path / "fresh")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit"]  # no partial directory
+    monkeypatch.undo()
+    write_fit_outputs(result, out, overwrite=True)
+    assert not (out / "stale.txt").exists() and (out / "fit_report.json").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_fit_outputs(result, empty)  # an empty directory is taken over
+    assert (empty / "model.json").exists()
+
+
+def test_head_names_refuse_clashes_and_name_visits_apart():
+    def visit(name, ident):
+        return Visit(ident, 57000.0, 2015.0, "r", 30.0, 10.0, 20.0, name)
+
+    clash = [visit("/d/n1/v0.cat", 0), visit("/d/n2/v0.cat", 1), visit("/d/n2/v1.cat", 2)]
+    with pytest.raises(ValueError, match=r"v0\.head from /d/n1/v0\.cat and /d/n2/v0\.cat"):
+        head_names(clash)
+    assert head_names(clash, "path") == ["n1_v0.head", "n2_v0.head", "n2_v1.head"]
+    assert head_names(clash, "visit") == ["visit_0.head", "visit_1.head", "visit_2.head"]
+    with pytest.raises(ValueError, match="rule"):
+        head_names(clash, "nope")
 
 
 def test_head_name_rules():

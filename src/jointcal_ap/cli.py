@@ -79,11 +79,22 @@ def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
                  jointcal-ap fit survey/ --refcat refcat/gaia --out fit-out --model constrained --fit astrometry
               3. Proper motion and parallax for every star seen over a year or more:
                  jointcal-ap fit ldac/*.cat --refcat refcat/gaia --out fit-out --star-params 5
+              4. Catalogs with the same name from two nights, replacing an earlier output:
+                 jointcal-ap fit night1/*.cat night2/*.cat --refcat refcat/gaia --out fit-out \\
+                     --head-names path --overwrite
             """))
     fit.add_argument("catalogs", nargs="+", metavar="CATALOG",
                      help="FITS-LDAC catalogs (one per exposure) or one Parquet survey directory")
     fit.add_argument("--refcat", required=True, help="reference catalog directory (jointcal-ap refcat convert)")
-    fit.add_argument("--out", required=True, help="output directory")
+    fit.add_argument("--out", required=True,
+                     help="output directory: written under a hidden temporary name and renamed at the "
+                          "end; an existing non-empty one is refused unless --overwrite")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="replace an existing --out directory (swapped by rename once the new one is complete)")
+    fit.add_argument("--head-names", choices=["catalog", "path", "visit"], default="catalog",
+                     help="name of each exposure's .head: catalog = the catalog's base name (SCAMP's rule, "
+                          "default), path = its path below the catalogs' common directory with / as _ "
+                          "(for catalogs of the same name in different directories), visit = visit_<id>")
     fit.add_argument("--model", choices=["simple", "constrained"], default="simple",
                      help="simple: a polynomial per visit x detector; constrained: per-detector o per-visit")
     fit.add_argument("--degree", type=int, default=3, help="polynomial degree (default 3)")
@@ -133,7 +144,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     from jointcal_ap.fit import FitOptions, JointFit
     from jointcal_ap.fit.io import read_inputs
-    from jointcal_ap.fit.output import write_fit_outputs
+    from jointcal_ap.fit.output import head_names, write_fit_outputs
     from jointcal_ap.fit.photometry import PhotometryOptions
     from jointcal_ap.fit.progress import ProgressReporter
     from jointcal_ap.refcat import open_refcat
@@ -150,14 +161,22 @@ def _fit(args: argparse.Namespace) -> int:
                              ref_mag=args.ref_mag, ref_mag_error=args.ref_mag_error, ref_colour=args.ref_colour)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    out = Path(args.out)
+    if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out}: already exists (pass --overwrite to replace it once the new "
+                         f"fit is complete)")
     progress = None if args.no_progress else ProgressReporter(sys.stderr)
     data = read_inputs(args.catalogs)
+    try:
+        names = head_names(data.visits, args.head_names)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if progress is not None:
         progress("read catalogs", 1, 1, f"{len(data.ccds)} CCDs, {len(data.measurements):,} detections")
     refcat = open_refcat(args.refcat)
     result = JointFit(data, refcat, options).run(progress=progress)
-    out = Path(args.out)
-    written = write_fit_outputs(result, out, plots=args.plots, progress=progress, provenance={
+    written = write_fit_outputs(result, out, plots=args.plots, progress=progress, overwrite=args.overwrite,
+                                names=names, provenance={
         "options": asdict(options), "catalogs": list(args.catalogs), "refcat": str(args.refcat)})
     if progress is not None:
         progress.close()

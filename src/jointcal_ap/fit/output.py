@@ -47,12 +47,14 @@ from jointcal_ap.fit.wcs_headers import (
 )
 
 __all__ = [
+    "HEAD_NAME_RULES",
     "MODEL_FORMAT",
     "TPV_MAX_DEGREE",
     "AstrometricSolution",
     "WrittenOutputs",
     "calibration_product",
     "head_name",
+    "head_names",
     "load_model",
     "model_degree",
     "photometric_cards",
@@ -79,6 +81,67 @@ def head_name(visit) -> str:
     if name and path.suffix.lower() in (".cat", ".ldac", ".fits", ".fit", ".fts"):
         return path.stem + ".head"
     return f"visit_{visit.visit}.head"
+
+
+#: How :func:`head_names` names each visit's ``.head`` (``jointcal-ap fit --head-names``).
+HEAD_NAME_RULES = ("catalog", "path", "visit")
+
+
+def head_names(visits: Sequence, rule: str = "catalog") -> list[str]:
+    """The ``.head`` file name of each visit, refusing two visits that would share one.
+
+    Parameters
+    ----------
+    visits : sequence of Visit
+        The fit input's visits (``FitInput.visits``), in order.
+    rule : {"catalog", "path", "visit"}
+        ``catalog``: the catalog's base name (:func:`head_name`, SCAMP's rule);
+        ``path``: the catalog's path below the catalogs' common directory, with ``/``
+        turned into ``_`` (``night1/v0.cat`` → ``night1_v0.head``; visits without a
+        catalog file fall back to ``catalog``); ``visit``: ``visit_<id>.head``.
+
+    Raises
+    ------
+    ValueError
+        An unknown rule, or two visits given the same name (the message names the
+        clashing inputs and what to do), before anything is fitted or written.
+
+    >>> from jointcal_ap.fit.data import Visit
+    >>> vs = [Visit(i, 57000.0, 2015.0, "r", 30.0, 10.0, 20.0, f"night{i}/v.cat") for i in (1, 2)]
+    >>> head_names(vs, "path")
+    ['night1_v.head', 'night2_v.head']
+    >>> head_names(vs)
+    Traceback (most recent call last):
+    ...
+    ValueError: two visits would write the same .head file: v.head from night1/v.cat and night2/v.cat; name them apart with --head-names path or --head-names visit (names= in Python)
+    """
+    if rule not in HEAD_NAME_RULES:
+        raise ValueError(f"head name rule {rule!r}: expected one of {', '.join(HEAD_NAME_RULES)}")
+    visits = list(visits)
+    if rule == "visit":
+        names = [f"visit_{v.visit}.head" for v in visits]
+    elif rule == "path":
+        files = [Path(str(v.name)) for v in visits]
+        real = [p for p, v in zip(files, visits, strict=True) if head_name(v) != f"visit_{v.visit}.head"]
+        common = Path(os.path.commonpath([str(p.parent.resolve()) for p in real])) if real else None
+        names = []
+        for path, visit in zip(files, visits, strict=True):
+            if path not in real:
+                names.append(head_name(visit))
+                continue
+            rel = path.resolve().relative_to(common) if common is not None else path
+            names.append("_".join(rel.with_suffix("").parts) + ".head")
+    else:
+        names = [head_name(v) for v in visits]
+    seen: dict[str, Any] = {}
+    for name, visit in zip(names, visits, strict=True):
+        if name in seen:
+            raise ValueError(f"two visits would write the same .head file: {name} from "
+                             f"{seen[name].name or seen[name].visit} and {visit.name or visit.visit}; "
+                             f"name them apart with --head-names path or --head-names visit "
+                             f"(names= in Python)")
+        seen[name] = visit
+    return names
 
 
 def photometric_cards(result) -> dict[tuple[int, int], dict[str, Any]]:
@@ -140,15 +203,24 @@ class WrittenOutputs:
 
 
 def write_fit_outputs(result, out_dir: str | os.PathLike, *, provenance: Mapping[str, Any] | None = None,
-                      plots: bool = False, progress=None) -> WrittenOutputs:
-    """Everything ``jointcal-ap fit`` writes, into ``out_dir`` (created).
+                      plots: bool = False, progress=None, overwrite: bool = False,
+                      names: Mapping[int, str] | Sequence[str] | None = None) -> WrittenOutputs:
+    """Everything ``jointcal-ap fit`` writes, as one directory ``out_dir`` that appears whole.
 
     ``fit_options.json`` (the ``provenance``: effective options, inputs), ``calibration/`` (the
     calibration product), ``heads/*.head`` (SCAMP TPV, with the photometric cards),
     ``sip/visit<V>_det<D>.hdr`` (TAN-SIP), ``model.json``, ``fit_report.json``/``.txt`` and,
     with ``plots``, ``plots/*.png``. Each CCD's TAN-SIP header is fitted once for both
     ``sip/`` and the calibration product. ``progress``: optional callable
-    ``(stage, done, total, info)`` told about each part written.
+    ``(stage, done, total, info)`` told about each part written. ``names``: the ``.head``
+    file names (see :func:`write_scamp_heads`; default :func:`head_names`).
+
+    Everything is written into a hidden staging directory beside ``out_dir``
+    (:func:`jointcal_ap.atomic.atomic_directory`) renamed to ``out_dir`` at the end: an
+    interrupted run leaves no directory that looks complete, and never a mix of two runs'
+    files. An existing non-empty ``out_dir`` is refused (``FileExistsError``) unless
+    ``overwrite``; then it is replaced by rename (old aside, new in, old deleted). An
+    empty existing directory is taken over.
     """
     from jointcal_ap.fit.report import write_report
 
@@ -160,28 +232,34 @@ def write_fit_outputs(result, out_dir: str | os.PathLike, *, provenance: Mapping
         if progress is not None:
             progress("outputs", done[0], parts, name)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir)
+    if names is None:
+        names = head_names(result.data.visits)  # a clash is refused before anything is written
     provenance = dict(provenance or {})
-    atomic.write_text(out / "fit_options.json", json.dumps(provenance, indent=2, default=str))
-    sip = [sip_approximation(result, i) for i in range(len(result.data.ccds))]
-    step("TAN-SIP headers")
-    (out / "sip").mkdir(exist_ok=True)
-    for approx, ccd in zip(sip, result.data.ccds, strict=True):
-        atomic.write_text(out / "sip" / f"visit{ccd.visit}_det{ccd.detector}.hdr", approx.text("\n", end=True) + "\n")
-    calibration_product(result, provenance=provenance, sip_headers=sip).write(out / "calibration")
-    step("calibration product")
-    heads = write_scamp_heads(result, out / "heads")
-    step(".head files")
-    save_model(result, out / "model.json")
-    write_report(result, out)
-    step("model and report")
-    written_plots: list[Path] = []
-    if plots:
-        from jointcal_ap.fit.plots import write_plots
+    empty = final.is_dir() and not any(final.iterdir())
+    with atomic.atomic_directory(final, overwrite=overwrite or empty) as out:
+        atomic.write_text(out / "fit_options.json", json.dumps(provenance, indent=2, default=str))
+        sip = [sip_approximation(result, i) for i in range(len(result.data.ccds))]
+        step("TAN-SIP headers")
+        (out / "sip").mkdir(exist_ok=True)
+        for approx, ccd in zip(sip, result.data.ccds, strict=True):
+            atomic.write_text(out / "sip" / f"visit{ccd.visit}_det{ccd.detector}.hdr",
+                              approx.text("\n", end=True) + "\n")
+        calibration_product(result, provenance=provenance, sip_headers=sip).write(out / "calibration")
+        step("calibration product")
+        heads = write_scamp_heads(result, out / "heads", names=names)
+        step(".head files")
+        save_model(result, out / "model.json")
+        write_report(result, out)
+        step("model and report")
+        written_plots: list[Path] = []
+        if plots:
+            from jointcal_ap.fit.plots import write_plots
 
-        written_plots = write_plots(result, out / "plots")
-        step("plots")
+            written_plots = write_plots(result, out / "plots")
+            step("plots")
+    heads = [final / p.relative_to(out) for p in heads]
+    written_plots = [final / p.relative_to(out) for p in written_plots]
     return WrittenOutputs(heads, max((a.max_error_mas for a in sip), default=0.0), written_plots)
 
 
@@ -229,7 +307,8 @@ def write_scamp_heads(result, out_dir: str | os.PathLike, *,
     files = [f if f.endswith(".head") else f + ".head" for f in files]
     if len(set(files)) != len(files):
         dup = sorted({f for f in files if files.count(f) > 1})
-        raise ValueError(f"two visits would write the same .head file(s) {dup}; pass names=")
+        raise ValueError(f"two visits would write the same .head file(s) {dup}; pass names= "
+                         f"(or use head_names(visits, rule))")
     extra_cards = {**photometric_cards(result), **(extra_cards or {})}
     written = []
     for visit, fname in zip(visits, files, strict=True):
