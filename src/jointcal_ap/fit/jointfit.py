@@ -15,6 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from jointcal_ap.fit.clipping import (
+    ClipSummary,
+    ccd_scales,
+    clip_summary,
+    select_outliers,
+    select_restorable,
+    undetermined,
+)
 from jointcal_ap.fit.crossmatch import Association, group_rows, match_references
 from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.models import ConstrainedModel, SimpleModel
@@ -73,8 +81,13 @@ class FitOptions:
         5: stars whose reference has no motion (or no reference) also fit proper motion and
         parallax, when they have ≥ 3 measurements over ≥ 1 year.
     clip_sigma : float
-        Measurements whose whitened residual exceeds this are clipped, then the fit is redone.
+        Measurements whose whitened residual exceeds this many times their CCD's robust
+        scale are clipped, worst first, then the fit is redone; measurements the final
+        solution explains are restored (see :mod:`jointcal_ap.fit.clipping`).
     max_clip_rounds, max_iterations : int
+    max_clip_fraction : float
+        A CCD that loses more than this fraction of its measurements to clipping is named in
+        a warning and in the fit report (default 0.1).
     ref_error_floor_mas : float
         Added in quadrature to reference-star position errors (and used alone where the
         catalog gives none).
@@ -106,8 +119,9 @@ class FitOptions:
     visit_degree: int = 1
     star_params: int = 2
     clip_sigma: float = 5.0
-    max_clip_rounds: int = 8
+    max_clip_rounds: int = 20
     max_iterations: int = 20
+    max_clip_fraction: float = 0.1
     ref_error_floor_mas: float = 0.0
     systematic_mas: float = 0.0
     match_radius_arcsec: float = 1.0
@@ -150,6 +164,12 @@ class FitResult:
     n_measurements: int = 0
     n_clipped: int = 0
     clip_rounds: list[int] = field(default_factory=list)
+    #: measurements clipped in a round and restored because the final solution explains them
+    n_restored: int = 0
+    #: per-CCD clipping counts, robust scales and the CCDs over ``options.max_clip_fraction``
+    clipping: ClipSummary | None = field(default=None, repr=False)
+    #: what the user must know about this fit (also logged, and listed in the fit report)
+    warnings: list[str] = field(default_factory=list)
     stats: SolveStats = field(default_factory=SolveStats)
     #: rows of ``data.measurements`` that entered the fit; the per-measurement arrays below align with it
     measurement_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
@@ -594,18 +614,52 @@ class JointFit:
             self._progress("astrometry", n_steps[0], None, f"chi2/measurement {chi2 / max(1, int(act.sum())):.4g}"
                            f"{f', clip round {len(clip_rounds)}' if clip_rounds else ''}")
 
+        ccd = self.data.measurements.ccd_index[aux["rows"]]
+        star = association.meas_star[aux["rows"]]
+        n_ccd = len(self.data.ccds)
+        n_restored = restore_passes = 0
+        # kept measurements a star needs to check them: two degrees of freedom beyond its parameters
+        need = np.where(aux["is_ref_star"], 1, (problem.star_free.sum(axis=1) + 3) // 2)
+
+        def unverifiable(act):  # stars that lost measurements and can no longer be checked
+            lost = np.bincount(star[~act], minlength=len(need)) > 0
+            return undetermined(star, act, need) & lost[star]
         for _round in range(opt.max_clip_rounds + 1):
             white = fns.whitener(params)
             params, theta, stats = gauss_newton(fns, params, theta, white, active,
                                                 max_iter=opt.max_iterations, stats=stats, progress=step_done)
-            r = fns.residuals(params, theta, white, active)
+            r = fns.residuals(params, theta, white, fns.active())  # clipped ones too (to restore)
             dist = np.sqrt(np.sum(r * r, axis=1))
-            bad = (dist > opt.clip_sigma) & act
-            if not bad.any():
+            scale = ccd_scales(r, ccd, act, n_ccd)
+            if _round == opt.max_clip_rounds:
                 break
-            clip_rounds.append(int(bad.sum()))
-            act = act & ~bad
+            bad = select_outliers(dist, ccd, star, act, opt.clip_sigma, scale)
+            if bad.any():
+                act = act & ~bad
+                bad |= unverifiable(act)
+                clip_rounds.append(int(bad.sum()))
+                act = act & ~bad
+            else:  # nothing more to clip: put back what the solution explains, once or twice
+                back = select_restorable(dist, ccd, act, opt.clip_sigma, scale)
+                if not back.any() or restore_passes == 2:
+                    break
+                back &= ~unverifiable(act | back)
+                if not back.any():
+                    break
+                restore_passes += 1
+                n_restored += int(back.sum())
+                act = act | back
             active = fns.active(act)
+        clipping = clip_summary(ccd, act, n_ccd, scale, opt.max_clip_fraction)
+        warnings = []
+        for c in clipping.over:
+            cc = self.data.ccds[c]
+            warnings.append(f"clipping removed {clipping.n_clipped[c]} of {clipping.n_measurements[c]} measurements "
+                            f"({100 * clipping.fraction[c]:.0f} %, more than {100 * opt.max_clip_fraction:.0f} %) on "
+                            f"visit {cc.visit}, detector {cc.detector}: its errors are underestimated, its initial "
+                            f"WCS is poor, or its data are damaged (robust scale of its residuals "
+                            f"{clipping.scale[c]:.2f})")
+            log.warning("%s", warnings[-1])
         seconds["solve"] = time.perf_counter() - t0
         self._check_after_clipping(aux["rows"], act)
 
@@ -637,7 +691,8 @@ class JointFit:
         result = FitResult(
             model=model, params=np.asarray(params), theta=np.asarray(theta), options=opt, data=data,
             association=association, fit_epoch=float(aux["fit_epoch"]), chi2=chi2, dof=dof,
-            n_measurements=len(rows), n_clipped=int((~act).sum()), clip_rounds=clip_rounds, stats=stats,
+            n_measurements=len(rows), n_clipped=int((~act).sum()), clip_rounds=clip_rounds,
+            n_restored=n_restored, clipping=clipping, warnings=warnings, stats=stats,
             measurement_rows=rows, residual_mas=raw, residual_white=r_white, active=act,
             ref_residual_mas=ref_res, meas_cov_mas=cov, star_e0=problem.e0, star_ea=problem.ea, star_ed=problem.ed,
             seconds=seconds,

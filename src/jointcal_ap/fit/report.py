@@ -246,6 +246,10 @@ def fit_report(result) -> dict[str, Any]:
     for entry, c in zip(per_ccd, data.ccds, strict=True):
         entry["visit"] = c.visit
         entry["detector"] = c.detector
+    clipping = getattr(result, "clipping", None)
+    if clipping is not None:
+        for entry, scale in zip(per_ccd, clipping.scale, strict=True):
+            entry["robust_scale"] = float(scale)
     stats = result.stats
     report = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION,
@@ -261,6 +265,8 @@ def fit_report(result) -> dict[str, Any]:
         "per_visit": per_visit,
         "per_detector": _group_stats(result, t, "detector", list(np.asarray(data.detectors()).tolist())),
         "per_ccd": per_ccd,
+        "clipping": _clipping_report(result),
+        "warnings": list(getattr(result, "warnings", [])),
         "repeatability": repeatability(result, t),
         "solver": {
             "iterations": max(len(stats.chi2_history) - 1, 0),
@@ -278,6 +284,21 @@ def fit_report(result) -> dict[str, Any]:
         "input": data.source,
     }
     return _clean(report)
+
+
+def _clipping_report(result) -> dict[str, Any] | None:
+    """Outlier rejection: the rule's settings, restored measurements, CCDs over the fraction."""
+    clipping = getattr(result, "clipping", None)
+    if clipping is None:
+        return None
+    ccds = result.data.ccds
+    return {"clip_sigma": result.options.clip_sigma, "max_fraction": clipping.max_fraction,
+            "n_restored": int(getattr(result, "n_restored", 0)),
+            "ccds_over_max_fraction": [
+                {"visit": ccds[c].visit, "detector": ccds[c].detector,
+                 "n_measurements": int(clipping.n_measurements[c]), "n_clipped": int(clipping.n_clipped[c]),
+                 "fraction": float(clipping.fraction[c]), "robust_scale": float(clipping.scale[c])}
+                for c in clipping.over]}
 
 
 # --------------------------------------------------------------------------- text
@@ -315,6 +336,13 @@ def format_report(report: dict[str, Any]) -> str:
             f"fit epoch        {_fmt(report['fit_epoch'], digits=3)}",
             f"stop reason      {report['solver']['stop_reason']}",
             f"iterations       {report['solver']['iterations']}", ""]
+    if report.get("warnings"):
+        out += ["Warnings", "--------", *[f"- {w}" for w in report["warnings"]], ""]
+    clip = report.get("clipping")
+    if clip:
+        out += [f"clipping         {clip['clip_sigma']} x each CCD's robust scale, worst first; "
+                f"{clip['n_restored']} restored; {len(clip['ccds_over_max_fraction'])} CCDs lost more than "
+                f"{100 * clip['max_fraction']:.0f} %", ""]
     out += ["Counts", "------"]
     width = max(len(k) for k in c)
     out += [f"{k.ljust(width)}  {_fmt(v) if not isinstance(v, list) else v}" for k, v in c.items()]
