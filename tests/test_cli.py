@@ -179,3 +179,26 @@ def test_fit_output_directory_is_staged_refused_or_swapped(tmp_path, capsys):
     assert {m for m in modes.values()} == {0o644, 0o755}, modes
     assert {k for k, m in modes.items() if m == 0o755} == {"heads", "sip", "calibration"}
     assert out.stat().st_mode & 0o777 == 0o755
+
+
+def test_fit_refuses_a_ccd_without_sources_naming_its_file(tmp_path, capsys):
+    """Issue 12: one CCD with zero sources is refused (exit 1) before any work, naming the
+    catalog and the CCD; it is not skipped, since the .head blocks must match the image's
+    extensions one to one (docs/guarantees.md)."""
+    from astropy.io import fits
+
+    from jointcal_ap.simulate import SurveyConfig, simulate_survey
+
+    survey = simulate_survey(SurveyConfig(n_visits=2, n_stars=600, seed=5), tmp_path / "sim")
+    cats = sorted((survey.root / "ldac").glob("*.cat"))
+    empty = tmp_path / "empty.cat"
+    with fits.open(cats[1]) as hdul:
+        objects = [i for i, h in enumerate(hdul) if h.name == "LDAC_OBJECTS"]
+        hdul[objects[2]].data = hdul[objects[2]].data[:0]
+        hdul.writeto(empty)
+    out = tmp_path / "fit"
+    assert main(["fit", str(cats[0]), str(empty), "--refcat", str(survey.refcat_dir), "--out", str(out),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{empty}: detector 2 (CCD 3 of its exposure): no sources" in err
+    assert not out.exists()

@@ -449,6 +449,7 @@ class JointFit:
     def _run(self, progress) -> FitResult:
         opt = self.options
         self._progress = progress or (lambda *args: None)
+        self._check_every_ccd_has_measurements()
         n_visits = len(self.data.visits)
         t0 = time.perf_counter()
         loaded = _Counter(self._progress, "load references", n_visits)
@@ -700,6 +701,29 @@ class JointFit:
         log.info("fit: χ²/dof = %.3f over %d measurements, %d clipped", result.chi2_per_dof, act.sum(),
                  result.n_clipped)
         return result
+
+    def _check_every_ccd_has_measurements(self) -> None:
+        """A CCD without a single source is refused before any work, naming its file and place.
+
+        It is not skipped: every output (SCAMP ``.head`` blocks, which SWarp pairs with the
+        image's extensions by order; the calibration product) must describe every CCD given.
+        """
+        data = self.data
+        counts = np.bincount(data.measurements.ccd_index, minlength=len(data.ccds))
+        empty = np.flatnonzero(counts == 0)
+        if not len(empty):
+            return
+        visits = {v.visit: v for v in data.visits}
+        where = []
+        for c in empty:
+            ccd = data.ccds[c]
+            order = sum(1 for other in data.ccds[:c] if other.visit == ccd.visit)
+            name = visits[ccd.visit].name if ccd.visit in visits else ""
+            where.append(f"{name or f'visit {ccd.visit}'}: detector {ccd.detector} (CCD {order + 1} of "
+                         f"its exposure)")
+        raise FitError(f"{'; '.join(where)}: no sources; every CCD given to the fit needs measurements "
+                       f"(remove the CCD from the input, e.g. its LDAC_IMHEAD/LDAC_OBJECTS pair, and the "
+                       f"matching image extension)", {"empty_ccds": [int(c) for c in empty]})
 
     def _check_degenerate(self, problem: Problem, association: Association) -> None:
         data, opt = self.data, self.options
