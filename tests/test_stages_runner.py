@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -15,9 +16,17 @@ from astropy.io import fits
 from astropy.table import Table
 
 from jointcal_ap.cli import main
-from jointcal_ap.stages import Unit, execute_unit, run_pipeline
+from jointcal_ap.stages import (
+    Pipeline,
+    Stage,
+    Unit,
+    execute_unit,
+    get_plugin_manager,
+    hookimpl,
+    run_pipeline,
+)
 from jointcal_ap.stages.runner import prepare_run
-from test_stages import array_pipeline, test_manager, write_seeds
+from test_stages import MakeImage, array_pipeline, test_manager, write_seeds
 
 UNITS = [Unit(v, d) for v in (1, 2, 3) for d in (0, 1)]
 
@@ -153,6 +162,66 @@ def test_failing_units_are_isolated_and_reported(tmp_path, dask_address):
     assert (again.skipped, again.done, len(again.failures)) == (4, 0, 2)
 
 
+class KillOnVisit2(Stage):
+    """Kills its worker process on visit 2 (after make_image wrote that unit's image);
+    takes a while on the others, so that an innocent task is running when the worker dies."""
+
+    name = "kill_on_visit2"
+    version = "1"
+    inputs: ClassVar[dict[str, str]] = {"image": "Array"}
+    outputs: ClassVar[dict[str, str]] = {"copy": "Array"}
+
+    def run(self, unit: Unit, image: np.ndarray) -> dict[str, Any]:
+        if unit.visit == 2:
+            time.sleep(0.5)
+            os._exit(1)
+        time.sleep(2.0)
+        return {"copy": image}
+
+
+class KillerPlugin:
+    @hookimpl
+    def jointcal_ap_register_stages(self, registry) -> None:
+        registry.add_stage(MakeImage)
+        registry.add_stage(KillOnVisit2)
+
+
+def test_a_stage_killing_its_worker_fails_only_its_own_unit_and_leaves_nothing(tmp_path):
+    """Issue 12: a task whose stage kills its worker (os._exit) must not fail an innocent task
+    running beside it on the same worker (Dask marks both; each is retried alone), must not
+    leave files or hidden temporaries of the unit it was writing, and the summary names the
+    failed/ directory only if it holds something."""
+    import dask
+    from distributed import LocalCluster
+
+    units = [Unit(1, 0), Unit(2, 0)]
+    template = write_seeds(tmp_path / "in", units)
+    pipeline = Pipeline.from_dict({"pipeline": {"name": "killer"}, "inputs": {"seed": template},
+                                   "stages": [{"name": "make_image"}, {"name": "kill_on_visit2"}]},
+                                  source="killer.toml")
+    manager = get_plugin_manager(plugins=[("killer", KillerPlugin())])
+    # one worker running both tasks at once, and a scheduler that gives up at the first death
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0",
+                         silence_logs=logging.CRITICAL) as cluster:
+        summary = run_pipeline(pipeline, units, output=tmp_path / "out", progress=False,
+                               dask_address=cluster.scheduler_address, plugin_manager=manager)
+    assert [f.unit for f in summary.failures] == [Unit(2, 0)], [f.error for f in summary.failures]
+    assert "KilledWorker" in summary.failures[0].error and summary.done == 1
+    units_dir = tmp_path / "out" / "units"
+    assert sorted(p.name for p in units_dir.iterdir()) == ["visit1_det0"]  # nothing of visit 2
+    assert sorted(p.name for p in (units_dir / "visit1_det0").iterdir()) == [
+        "copy.npy", "copy.provenance.json", "image.npy", "image.provenance.json"]
+    assert [p.name for p in (tmp_path / "out" / "failed").iterdir()] == ["visit2_det0.txt"]
+    assert f"tracebacks in {tmp_path / 'out' / 'failed'}" in summary.format()
+    # failures with nothing written to failed/ (a region's later units) do not name it
+    from jointcal_ap.stages.runner import RunSummary, UnitResult
+
+    never = RunSummary("p", tmp_path / "elsewhere", 1, 0, 0,
+                       (UnitResult(Unit(3, 0), "failed", {}, None, "not run", "tb"),), {}, 0.0, "inline")
+    assert "tracebacks in" not in never.format()
+
+
 def test_default_local_cluster(tmp_path):
     units = UNITS[:2]
     template = write_seeds(tmp_path / "in", units)
@@ -260,9 +329,19 @@ def test_builtin_detect_and_calibrate_through_the_cli(tmp_path, exposures, dask_
 
     # the same pipeline, serially, unit by unit
     resolved = prepare_run(toml)
-    for unit in resolved.pipeline.discover_units():
-        assert execute_unit(resolved, unit, str(tmp_path / "serial")).status == "done"
+    old_umask = os.umask(0o022)
+    try:
+        for unit in resolved.pipeline.discover_units():
+            assert execute_unit(resolved, unit, str(tmp_path / "serial")).status == "done"
+    finally:
+        os.umask(old_umask)
     assert_same_tree(tree(tmp_path / "dask"), tree(tmp_path / "serial"))
+    # the unit directories and every file in them (calexp.fits too) follow the umask
+    serial_units = tmp_path / "serial" / "units"
+    modes = {p.relative_to(serial_units).as_posix(): p.stat().st_mode & 0o777
+             for p in [serial_units, *serial_units.rglob("*")]}
+    assert modes["visit1_det0/calexp.fits"] == 0o644 and modes["visit1_det0"] == 0o755
+    assert set(modes.values()) == {0o644, 0o755}, modes
 
     # a rerun has nothing to do
     assert main(["run", str(toml), "--dask-address", dask_address, "--no-progress"]) == 0

@@ -65,7 +65,12 @@ from jointcal_ap.stages.pipeline import (
 )
 from jointcal_ap.store.dimensions import DataId, tile_of
 from jointcal_ap.store.registry import DatasetRef
-from jointcal_ap.store.repository import Repository, file_identity, ingest_exposures
+from jointcal_ap.store.repository import (
+    Repository,
+    file_identity,
+    ingest_exposures,
+    provenance_path,
+)
 
 __all__ = [
     "RunSummary",
@@ -192,8 +197,9 @@ class RunSummary:
             lines.append(f"  no work {result.unit.key or 'run'}: {result.error}")
         if len(self.no_work) > 10:
             lines.append(f"  ... and {len(self.no_work) - 10} more with nothing to do")
-        if any(f.traceback for f in self.failures):
-            lines.append(f"  tracebacks in {self.output / 'failed'}")
+        failed_dir = self.output / "failed"
+        if any((failed_dir / f"{f.unit.key or 'run'}.txt").exists() for f in self.failures):
+            lines.append(f"  tracebacks in {failed_dir}")
         lines.append(f"  outputs in {self.output}")
         return "\n".join(lines)
 
@@ -350,6 +356,37 @@ def _run_steps(resolved: ResolvedPipeline, task: _Task, data_id: DataId, root: P
         repo.delete_files(refs)  # this attempt's files: never leave a half-done unit's outputs
         _write_failure(root, data_id, error, tb)
         return UnitResult(data_id, "failed", seconds, stage_label, error, tb)
+
+
+def _discard_unfinished_outputs(resolved: ResolvedPipeline, task: _Task, root: str) -> None:
+    """Remove what a task whose worker died may have left of its segment's outputs: finished
+    files not registered yet, their provenance, and the hidden temporaries (``.NAME.*.tmp``,
+    ``.NAME.*.partial``) of writes it was in the middle of. Registered outputs of earlier
+    configurations are the caller's (``_forget``)."""
+    import shutil
+
+    segment = resolved.segments[task.segment]
+    repo = Repository(root)
+    paths: list[tuple[Path, str]] = []
+    for step in segment.stages:
+        for port, dataset in step.outputs.items():
+            dataset_type = resolved.dataset_types[dataset]
+            targets = task.units if step.out_ports[port].per_unit and task.units else task.data_ids
+            paths += [(repo.path_for(dataset, d, dataset_type.suffix), dataset) for d in targets]
+    parents = set()
+    for path, dataset in paths:
+        prov = provenance_path(path, dataset)
+        for target in (path, prov):
+            for leftover in [target, *target.parent.glob(f".{target.name}.*.tmp"),
+                             *target.parent.glob(f".{target.name}.*.partial")]:
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+        parents.add(path.parent)
+    for parent in parents:
+        if parent != repo.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
 
 
 def _run_task(resolved: ResolvedPipeline, task: _Task, root: str) -> list[UnitResult]:
@@ -597,13 +634,27 @@ class _Executor:
                                           key=f"{label}-{i}-{stamp}")
                        for i, task in enumerate(tasks)]
             task_of = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+            lost: list[_Task] = []
             for future in as_completed(futures):
                 try:
                     results = future.result()
-                except Exception as exc:  # the worker died (KilledWorker), or the task was lost
-                    task = task_of[future.key]
+                except Exception:  # the worker died (KilledWorker), or the task was lost
+                    # A worker that dies takes every task it held with it: the guilty one and
+                    # innocent ones. Each is run again below, alone, to tell them apart.
+                    lost.append(task_of[future.key])
+                    continue
+                on_result(results)
+                bar.update(len(results))
+            for i, task in enumerate(lost):
+                _discard_unfinished_outputs(resolved, task, root)
+                future = self.client.submit(_run_task, resolved, task, root, pure=False,
+                                            key=f"{label}-alone-{i}-{stamp}")
+                try:
+                    results = future.result()
+                except Exception as exc:
                     error = f"task lost: {type(exc).__name__}: {exc}"
                     tb = "".join(traceback.format_exception(exc))
+                    _discard_unfinished_outputs(resolved, task, root)
                     results = [UnitResult(d, "failed", {}, None, error, tb) for d in task.data_ids]
                     for d in task.data_ids:
                         _write_failure(Path(root), d, error, tb)
