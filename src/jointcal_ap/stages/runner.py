@@ -589,7 +589,9 @@ class _Executor:
         from distributed import Client
 
         # One task at a time per worker (no queue on a worker), and a task that kills its
-        # worker is retried once: then a dying task never takes an innocent one with it.
+        # worker is retried once by Dask. (A scheduler given by address keeps its own
+        # settings: ``run`` reruns every lost task alone, so a dying task never fails an
+        # innocent one either way.)
         self._config = dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
                                         "distributed.scheduler.allowed-failures": 1})
         self._config.__enter__()
