@@ -19,19 +19,34 @@ def demo(tmp_path_factory):
 
 
 def test_demo_recovers_the_truth(demo):
+    """Every limit is tied to an error the fit or the detections state, not to the measured
+    value (issue 12): the TAN-SIP WCS written into the calibrated exposures (what users get),
+    the nJy calibration, and the calibrated fluxes of bright stars."""
     summary = json.loads((demo / "demo_summary.json").read_text())
     acc, fit = summary["accuracy"], summary["fit"]
-    # one pixel is 6 arcsec: the fitted WCS is right to a few hundredths of a pixel everywhere
-    assert acc["astrometry_rms_vs_truth_mas"] < 60.0
-    assert acc["astrometry_max_vs_truth_mas"] < 300.0
-    # the nJy calibration (zero points and the 1 % flat gradient) within a few times its stated error
-    stated = max(acc["photometric_zero_point_err_median_mmag"], 0.3)
-    assert abs(acc["calibration_offset_vs_truth_mmag"]) < 5 * stated
-    assert acc["calibration_rms_after_offset_mmag"] < 3 * stated
-    # image level: every bright star's calibrated flux (detection → calibration) against its true nJy
-    assert acc["star_flux_n_bright"] > 1000
-    assert abs(acc["star_flux_vs_true_njy_median_mmag"]) < 2.0
-    assert acc["star_flux_vs_true_njy_robust_rms_mmag"] < 10.0
+    # the written WCS is the fitted model (a degree-3 polynomial is exact in TAN-SIP) ...
+    assert acc["written_wcs_vs_model_max_mas"] < 0.1
+    assert acc["astrometry_model_rms_vs_truth_mas"] == pytest.approx(acc["astrometry_rms_vs_truth_mas"], abs=0.1)
+    # ... and, fitted from ~160 measurements per CCD, it is known to better than half the error
+    # stated for one measurement everywhere on average, and to 3 of them at its worst corner
+    stated_mas = acc["astrometry_stated_measurement_err_mas"]
+    assert 10.0 < stated_mas < 60.0  # 6" pixels, FWHM 15": a few hundredths of a pixel
+    assert acc["astrometry_rms_vs_truth_mas"] < 0.5 * stated_mas
+    assert acc["astrometry_max_vs_truth_mas"] < 3.0 * stated_mas
+    # the nJy calibration (zero points and the 1 % flat gradient) within its stated error
+    zp = acc["photometric_zero_point_err_median_mmag"]
+    assert 0.0 < zp < 5.0
+    assert abs(acc["calibration_offset_vs_truth_mmag"]) < 2.0 * zp
+    assert acc["calibration_rms_after_offset_mmag"] < 1.5 * zp
+    # image level: every bright star's calibrated flux (detection -> calibration) against its true
+    # nJy: the median within 3 sigma of its error (the calibration's and the median's own), the
+    # scatter as the detections' stated flux errors say
+    n = acc["star_flux_n_bright"]
+    assert n > 1000
+    rms = acc["star_flux_vs_true_njy_robust_rms_mmag"]
+    median_err = np.hypot(zp, 1.2533 * rms / np.sqrt(n))
+    assert abs(acc["star_flux_vs_true_njy_median_mmag"]) < 3.0 * median_err
+    assert rms < 1.3 * np.hypot(acc["star_flux_stated_err_median_mmag"], zp)
     assert 0.8 < fit["photometry_chi2_per_dof"] < 1.2
     assert 0.8 < fit["astrometry_chi2_per_dof"] < 1.5
     assert summary["crossmatch"]["matched_within_1arcsec"] > 100_000

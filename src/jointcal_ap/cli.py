@@ -224,11 +224,15 @@ def _demo(args: argparse.Namespace) -> int:
           f"calibration, report, plots and .head files in {args.out}/run/calibration and {args.out}/run/fit")
     print(f"6. against the truth (the WCS and calibration written in the calibrated exposures): "
           f"astrometry {acc['astrometry_rms_vs_truth_mas']:.1f} mas RMS "
-          f"(max {acc['astrometry_max_vs_truth_mas']:.1f} mas; 1 pixel = 6000 mas); calibration "
+          f"(max {acc['astrometry_max_vs_truth_mas']:.1f} mas; the fitted model: "
+          f"{acc['astrometry_model_rms_vs_truth_mas']:.1f} mas RMS; stated error of one measurement "
+          f"{acc['astrometry_stated_measurement_err_mas']:.1f} mas; 1 pixel = 6000 mas); calibration "
           f"{acc['calibration_rms_vs_truth_mmag']:.1f} mmag RMS (offset {acc['calibration_offset_vs_truth_mmag']:+.1f} "
           f"mmag; stated zero-point error {acc['photometric_zero_point_err_median_mmag']:.1f} mmag); "
           f"{acc['star_flux_n_bright']:,} bright detections calibrated to nJy: median "
-          f"{acc['star_flux_vs_true_njy_median_mmag']:+.1f} mmag from their true flux")
+          f"{acc['star_flux_vs_true_njy_median_mmag']:+.1f} mmag from their true flux (robust RMS "
+          f"{acc['star_flux_vs_true_njy_robust_rms_mmag']:.1f} mmag, stated "
+          f"{acc['star_flux_stated_err_median_mmag']:.1f})")
     print("   time: " + ", ".join(f"{k} {v} s" for k, v in summary["seconds"].items()))
     print(f"summary written to {args.out}/demo_summary.json")
     return 0
