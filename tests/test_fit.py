@@ -22,17 +22,22 @@ def simulate(tmp_path_factory, name, **changes):
     return simulate_survey(config, tmp_path_factory.mktemp(name) / "sim")
 
 
-def grid_error_mas(result, truth, n=12):
-    """RMS (per axis) of fitted − true positions over a pixel grid on every CCD, in mas."""
+def ccd_errors_mas(result, truth, n=12):
+    """RMS (per axis) of fitted − true positions over an n × n pixel grid, per CCD, in mas."""
     errors = []
     for c, ccd in enumerate(result.data.ccds):
         xs, ys = np.meshgrid(np.linspace(1, ccd.naxis1, n), np.linspace(1, ccd.naxis2, n))
         ra, dec = result.pixel_to_sky(c, xs.ravel(), ys.ravel())
         rt, dt = true_pixel_to_sky(truth, visit=ccd.visit, detector=ccd.detector, x=xs.ravel(), y=ys.ravel())
         v = next(v for v in result.data.visits if v.visit == ccd.visit)
-        errors.append(gnomonic(ra, dec, v.ra, v.dec) - gnomonic(rt, dt, v.ra, v.dec))
-    errors = np.concatenate(errors)
-    return float(np.sqrt(np.mean(errors**2)))
+        e = gnomonic(ra, dec, v.ra, v.dec) - gnomonic(rt, dt, v.ra, v.dec)
+        errors.append(float(np.sqrt(np.mean(e**2))))
+    return np.array(errors)
+
+
+def grid_error_mas(result, truth, n=12):
+    """RMS (per axis) of fitted − true positions over a pixel grid on every CCD, in mas."""
+    return float(np.sqrt(np.mean(ccd_errors_mas(result, truth, n) ** 2)))
 
 
 def normalised_truth_residuals(result, survey):
@@ -143,18 +148,6 @@ def test_degenerate_inputs_give_clear_errors(tmp_path, tmp_path_factory, clean):
     with pytest.raises(ValueError, match="model"):
         FitOptions(model="fancy")
 
-
-def ccd_errors_mas(result, truth, n=12):
-    """RMS (per axis) of fitted − true positions over a pixel grid, per CCD, in mas."""
-    errors = []
-    for c, ccd in enumerate(result.data.ccds):
-        xs, ys = np.meshgrid(np.linspace(1, ccd.naxis1, n), np.linspace(1, ccd.naxis2, n))
-        ra, dec = result.pixel_to_sky(c, xs.ravel(), ys.ravel())
-        rt, dt = true_pixel_to_sky(truth, visit=ccd.visit, detector=ccd.detector, x=xs.ravel(), y=ys.ravel())
-        v = next(v for v in result.data.visits if v.visit == ccd.visit)
-        e = gnomonic(ra, dec, v.ra, v.dec) - gnomonic(rt, dt, v.ra, v.dec)
-        errors.append(float(np.sqrt(np.mean(e**2))))
-    return np.array(errors)
 
 
 @pytest.mark.parametrize("offsets", [(1.0, 5.0), (0.2, 1.0)])
