@@ -84,8 +84,9 @@ def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
                      help="FITS-LDAC catalogs (one per exposure) or one Parquet survey directory")
     fit.add_argument("--refcat", required=True, help="reference catalog directory (jointcal-ap refcat convert)")
     fit.add_argument("--out", required=True, help="output directory")
-    fit.add_argument("--model", choices=["simple", "constrained"], default="simple",
-                     help="simple: a polynomial per visit x detector; constrained: per-detector o per-visit")
+    fit.add_argument("--model", choices=["auto", "simple", "constrained"], default="auto",
+                     help="simple: a polynomial per visit x detector; constrained: per-detector o per-visit; "
+                          "auto (default): constrained when every visit has the same detectors")
     fit.add_argument("--degree", type=int, default=3, help="polynomial degree (default 3)")
     fit.add_argument("--visit-degree", type=int, default=1, help="constrained model: per-visit degree (default 1)")
     fit.add_argument("--star-params", type=int, choices=[2, 5], default=2,

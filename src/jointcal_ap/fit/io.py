@@ -86,6 +86,7 @@ __all__ = [
     "LDAC_COLUMNS",
     "SURVEY_COLUMNS",
     "FitInputError",
+    "MissingFilterWarning",
     "covariance_to_ellipse",
     "ellipse_to_covariance",
     "header_from_string",
@@ -110,6 +111,10 @@ LDAC_COLUMNS: tuple[str, ...] = (
 _LDAC_ISO_COLUMNS = ("X_IMAGE", "Y_IMAGE", "ERRA_IMAGE", "ERRB_IMAGE", "ERRTHETA_IMAGE")
 
 _SECONDS_PER_DAY = 86400.0
+
+
+class MissingFilterWarning(UserWarning):
+    """An input exposure whose header names no band (``FILTER``)."""
 
 
 class FitInputError(InputError):
@@ -232,6 +237,12 @@ class _CcdWcs:
         if "CTYPE1" not in values or "CTYPE2" not in values:
             raise FitInputError(where, "CCD header has no WCS (CTYPE1/CTYPE2 missing); "
                                        "expected a celestial WCS such as RA---TAN/DEC--TAN")
+        scale_keys = ("CD1_1", "CD1_2", "CD2_1", "CD2_2", "CDELT1", "CDELT2", "PC1_1", "PC2_2")
+        if not any(k in values for k in scale_keys):
+            raise FitInputError(where, f"CCD header has CTYPE {values.get('CTYPE1')!r}/{values.get('CTYPE2')!r} and "
+                                       "CRVAL but no CD matrix (CDi_j) nor CDELTi: the pixel scale is unknown "
+                                       "(FITS would take 1 degree per pixel); write the CCD's CD matrix into "
+                                       "the image header before running SExtractor")
         self.values, self._astropy = values, None
         try:
             with np.errstate(all="raise"):
@@ -530,7 +541,16 @@ _DATE = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2}):(\d{2}(?:
 
 def _ldac_time(header, where: str) -> tuple[float, float]:
     """(mid-exposure MJD in TAI, exposure time) from an LDAC image header (keyword → value)."""
-    exptime = float(header.get("EXPTIME", 0.0) or 0.0)
+    if "EXPTIME" not in header:
+        raise FitInputError(where, "image header has no EXPTIME: the exposure time is needed for the "
+                                   "mid-exposure epoch and the photometric scale (SExtractor copies it from "
+                                   "the image extension's header into LDAC_IMHEAD)")
+    try:
+        exptime = float(header["EXPTIME"])
+    except (TypeError, ValueError):
+        raise FitInputError(where, f"EXPTIME {header['EXPTIME']!r} is not a number") from None
+    if not (np.isfinite(exptime) and exptime > 0):
+        raise FitInputError(where, f"EXPTIME {exptime} is not a positive exposure time (seconds)")
     scale = str(header.get("TIMESYS", "UTC")).strip().lower()
     if scale not in ("utc", "tai", "tt", "tdb", "tcg", "tcb", "ut1"):
         raise FitInputError(where, f"TIMESYS {header.get('TIMESYS')!r} is not a time scale astropy knows")
@@ -696,6 +716,10 @@ def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInpu
                     raise FitInputError(where, f"image header has no {key}")
             if mjd_tai is None:
                 mjd_tai, exptime = _ldac_time(header, where)
+                if "FILTER" not in header:
+                    warnings.warn(f"{where}: image header has no FILTER: the band of this exposure is unknown "
+                                  f"(taken as ''); all exposures of a photometric fit must be in one band",
+                                  MissingFilterWarning, stacklevel=2)
                 filt = str(header.get("FILTER", "")).strip()
             naxes.append((int(header["NAXIS1"]), int(header["NAXIS2"])))
             visit_wcs.append(wcs)
