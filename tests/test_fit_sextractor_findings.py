@@ -204,3 +204,25 @@ def test_read_head_returns_every_ccd(tmp_path):
     truncated.write_text("CRVAL1  = 10.0\nEND\nCRVAL1  = 10.5\n")
     with pytest.raises(HeadFileError, match=r"cut\.head: line 3: the last header block has no END"):
         read_head(truncated)
+
+
+def test_a_ccd_without_reference_stars_is_calibrated_through_shared_stars(coarse):
+    """As jointcal does: the stars a CCD shares with other exposures carry the scale over."""
+    data = coarse.read("parquet")
+    full = JointFit(data, open_refcat(coarse.refcat_dir)).run()
+
+    class NoReferenceOnCcd0(JointFit):
+        def _reference_photometry(self, association):
+            mag, err, colour = super()._reference_photometry(association)
+            on_ccd0 = np.unique(association.meas_star[(data.measurements.ccd_index == 0)
+                                                      & (association.meas_star >= 0)])
+            mag, err = mag.copy(), err.copy()
+            mag[on_ccd0] = err[on_ccd0] = np.nan
+            return mag, err, colour
+
+    result = NoReferenceOnCcd0(data, open_refcat(coarse.refcat_dir)).run()
+    cal, ref = result.ccd_photometry()[0], full.ccd_photometry()[0]
+    assert cal is not None and result.photometry_skipped == []
+    cx, cy = cal.centre
+    diff = float(cal.zero_point(cx, cy)) - float(ref.zero_point(cx, cy))
+    assert abs(diff) < 3 * np.hypot(cal.zero_point_err, ref.zero_point_err)
