@@ -5,6 +5,7 @@ EXPTIME/FILTER, and read_head."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 
@@ -226,3 +227,16 @@ def test_a_ccd_without_reference_stars_is_calibrated_through_shared_stars(coarse
     cx, cy = cal.centre
     diff = float(cal.zero_point(cx, cy)) - float(ref.zero_point(cx, cy))
     assert abs(diff) < 3 * np.hypot(cal.zero_point_err, ref.zero_point_err)
+
+
+def test_cli_takes_the_identity_keywords(coarse, tmp_path, capsys):
+    from jointcal_ap.cli import main
+
+    cats = [str(p) for p in sorted((coarse.root / "ldac").glob("*.cat"))]
+    assert main(["fit", *cats, "--refcat", str(coarse.refcat_dir), "--out", str(tmp_path / "bad"),
+                 "--visit-keys", "", "--no-progress"]) == 2
+    assert main(["fit", *cats, "--refcat", str(coarse.refcat_dir), "--out", str(tmp_path / "out"),
+                 "--visit-keys", "NOSUCH", "--detector-keys", "CCDNUM", "--no-progress", "--fit", "astrometry"]) == 0
+    calibration = json.loads((tmp_path / "out" / "fit_report.json").read_text())
+    # no file has NOSUCH: visits by file order; detectors from CCDNUM (1-based in the simulator)
+    assert sorted({c["detector"] for c in calibration["per_ccd"]}) == [1, 2, 3, 4]

@@ -112,6 +112,12 @@ def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
     phot.add_argument("--ref-mag-floor", type=float, default=0.0, metavar="MAG",
                       help="added in quadrature to reference magnitude errors (default 0)")
     fit.add_argument("--plots", action="store_true", help="write PNG plots")
+    fit.add_argument("--visit-keys", metavar="KEY[,KEY...]", default="VISIT,EXPNUM,EXPID,OBSID",
+                     help="FITS-LDAC: image-header keywords holding the visit id, tried in order "
+                          "(default VISIT,EXPNUM,EXPID,OBSID)")
+    fit.add_argument("--detector-keys", metavar="KEY[,KEY...]", default="DETECTOR,CCDNUM,EXTNAME",
+                     help="FITS-LDAC: keywords holding the detector id (EXTNAME by its trailing digits; "
+                          "default DETECTOR,CCDNUM,EXTNAME)")
 
     demo = sub.add_parser("demo", help="run the main job on the bundled real catalogs", parents=[common])
     demo.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
@@ -124,6 +130,13 @@ def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
         for module in COMMAND_FAMILIES:
             importlib.import_module(module).add_commands(sub, common)
     return parser
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    keys = tuple(k.strip().upper() for k in text.split(",") if k.strip())
+    if not keys or any(len(k) > 8 for k in keys):
+        raise UsageError(f"expected comma-separated FITS keywords (at most 8 characters each), got {text!r}")
+    return keys
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -152,7 +165,7 @@ def _fit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     progress = None if args.no_progress else ProgressReporter(sys.stderr)
-    data = read_inputs(args.catalogs)
+    data = read_inputs(args.catalogs, visit_keys=_keys(args.visit_keys), detector_keys=_keys(args.detector_keys))
     if progress is not None:
         progress("read catalogs", 1, 1, f"{len(data.ccds)} CCDs, {len(data.measurements):,} detections")
     refcat = open_refcat(args.refcat)
