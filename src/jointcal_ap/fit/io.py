@@ -688,6 +688,14 @@ def _header_id(header: dict, keys: Sequence[str], where: str, what: str) -> int 
     return None
 
 
+def _claim(seen: dict, key: int, owner, where, what: str, keywords: Sequence[str]) -> None:
+    """Record that ``owner`` has the ``what`` id ``key``; a second owner is an error naming both."""
+    if key in seen:
+        raise FitInputError(where, f"{what} {key} (from its image header) is also that of {seen[key]}: each "
+                                   f"needs its own {what} id (keywords {', '.join(keywords)})")
+    seen[key] = owner
+
+
 def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
               visit_keys: Sequence[str] = VISIT_KEYS, detector_keys: Sequence[str] = DETECTOR_KEYS) -> FitInput:
     """Read SExtractor FITS-LDAC catalogs, one per exposure, into a :class:`FitInput`.
@@ -770,22 +778,14 @@ def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
                                                 f"header, while {with_key[0]} has one: visits cannot be "
                                                 f"numbered consistently")
         visit_id = file_index if visit_id is None else visit_id
-        if visit_id in seen_visits:
-            raise FitInputError(path, f"visit {visit_id} (from its image header) is also that of "
-                                      f"{seen_visits[visit_id]}: each exposure needs its own visit id "
-                                      f"(keywords {', '.join(visit_keys)})")
-        seen_visits[visit_id] = path
-        seen_detectors: dict[int, int] = {}
+        _claim(seen_visits, visit_id, path, path, "visit", visit_keys)
+        seen_detectors: dict[int, str] = {}
         for position, (ext_head, cards, obj) in enumerate(pairs):
             where = f"{path}: extension {ext_head} (LDAC_IMHEAD)"
             header = _header_values(cards, where)
             detector = _header_id(header, detector_keys, where, "detector")
             detector = position if detector is None else detector
-            if detector in seen_detectors:
-                raise FitInputError(where, f"detector {detector} (from its image header) is also that of "
-                                           f"extension {seen_detectors[detector]} (keywords "
-                                           f"{', '.join(detector_keys)})")
-            seen_detectors[detector] = ext_head
+            _claim(seen_detectors, detector, f"extension {ext_head}", where, "detector", detector_keys)
             wcs = _CcdWcs(cards, header, where)
             for key in ("NAXIS1", "NAXIS2"):
                 if key not in header:
