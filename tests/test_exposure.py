@@ -323,8 +323,14 @@ def test_tan_sip_from_the_fit(tmp_path, fit_result):
     phot = PhotometricCalibration.constant(30.0, c.naxis1, c.naxis2, 0.005)
     cal = Calibration([DetectorCalibration(c.visit, c.detector, c.naxis1, c.naxis2, header, phot)])
     cal = Calibration.read(cal.write(tmp_path / "cal"))
-    meta = ExposureMetadata(c.visit, c.detector, "r", 57000.0, 30.0)
+    mjd = next(v.mjd_tai for v in fit_result.data.visits if v.visit == c.visit)
+    # another exposure with the same (visit, detector) ids is refused: the fit wrote CALMJD/CALDET
     shape = (c.naxis2, c.naxis1)
+    other = Exposure(np.ones(shape, np.float32), None, np.ones(shape, np.float32), fits.Header(),
+                     ExposureMetadata(c.visit, c.detector, "r", mjd + 1.0, 30.0))
+    with pytest.raises(CalibrationError, match=r"mid-exposure MJD .* not that of the calibrated exposure"):
+        calibrate_exposure(other, cal)
+    meta = ExposureMetadata(c.visit, c.detector, "r", mjd, 30.0)
     exposure = Exposure(np.ones(shape, np.float32), None, np.ones(shape, np.float32), fits.Header(), meta)
     calexp = calibrate_exposure(exposure, cal)
     rng = np.random.default_rng(3)

@@ -61,7 +61,7 @@ def result(tmp_path_factory):
     root = tmp_path_factory.mktemp("fitout") / "sim"
     survey = simulate_survey(SurveyConfig(n_visits=3, n_stars=1500, epochs=(2015.0, 2017.0), seed=3), root,
                              formats=("ldac",))
-    return JointFit(survey.read("ldac"), open_refcat(survey.refcat_dir), FitOptions(degree=3)).run()
+    return JointFit(survey.read("ldac"), open_refcat(survey.refcat_dir), FitOptions(degree=3, model="simple")).run()
 
 
 @pytest.fixture(scope="module")

@@ -71,8 +71,13 @@ def test_camera_layout_is_one_file_per_visit_with_a_ccd_per_extension(tmp_path):
             assert all(key in hdu.header for key in VISIT_CARDS)
             assert hdu.header["TIMESYS"] == "TAI" and "CTYPE1" in hdu.header
         ccd = read_exposure(f"{paths[0]}[CCD01]")
-        np.testing.assert_allclose(weights["CCD01"].data,
-                                   1.0 / np.asarray(ccd.variance), rtol=0.1)
+        # the weight map holds the background noise only (SExtractor adds the stars' photon
+        # noise itself): 1 / the sky + read-noise variance everywhere, stars' pixels included
+        weight, variance = weights["CCD01"].data, np.asarray(ccd.variance)
+        np.testing.assert_allclose(weight, 1.0 / np.median(variance), rtol=0.1)
+        peak = np.unravel_index(np.argmax(ccd.image), variance.shape)
+        assert variance[peak] > 2 * np.median(variance)  # a star there ...
+        assert weight[peak] == pytest.approx(1.0 / np.median(variance), rel=0.1)  # ... not in the weight
     assert (ccd.metadata.visit, ccd.metadata.detector) == (0, 1)
     truth = sim.truth.visit(0)
     assert ccd.metadata.mjd_tai == pytest.approx(truth.mjd_tai, abs=1e-8)

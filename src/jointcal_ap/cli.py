@@ -95,8 +95,9 @@ def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
                      help="name of each exposure's .head: catalog = the catalog's base name (SCAMP's rule, "
                           "default), path = its path below the catalogs' common directory with / as _ "
                           "(for catalogs of the same name in different directories), visit = visit_<id>")
-    fit.add_argument("--model", choices=["simple", "constrained"], default="simple",
-                     help="simple: a polynomial per visit x detector; constrained: per-detector o per-visit")
+    fit.add_argument("--model", choices=["auto", "simple", "constrained"], default="auto",
+                     help="simple: a polynomial per visit x detector; constrained: per-detector o per-visit; "
+                          "auto (default): constrained when every visit has the same detectors")
     fit.add_argument("--degree", type=int, default=3, help="polynomial degree (default 3)")
     fit.add_argument("--visit-degree", type=int, default=1, help="constrained model: per-visit degree (default 1)")
     fit.add_argument("--star-params", type=int, choices=[2, 5], default=2,
@@ -122,6 +123,12 @@ def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
     phot.add_argument("--ref-mag-floor", type=float, default=0.0, metavar="MAG",
                       help="added in quadrature to reference magnitude errors (default 0)")
     fit.add_argument("--plots", action="store_true", help="write PNG plots")
+    fit.add_argument("--visit-keys", metavar="KEY[,KEY...]", default="VISIT,EXPNUM,EXPID,OBSID",
+                     help="FITS-LDAC: image-header keywords holding the visit id, tried in order "
+                          "(default VISIT,EXPNUM,EXPID,OBSID)")
+    fit.add_argument("--detector-keys", metavar="KEY[,KEY...]", default="DETECTOR,CCDNUM,EXTNAME",
+                     help="FITS-LDAC: keywords holding the detector id (EXTNAME by its trailing digits; "
+                          "default DETECTOR,CCDNUM,EXTNAME)")
 
     demo = sub.add_parser("demo", help="run the main job on the bundled real catalogs", parents=[common])
     demo.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
@@ -134,6 +141,13 @@ def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
         for module in COMMAND_FAMILIES:
             importlib.import_module(module).add_commands(sub, common)
     return parser
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    keys = tuple(k.strip().upper() for k in text.split(",") if k.strip())
+    if not keys or any(len(k) > 8 for k in keys):
+        raise UsageError(f"expected comma-separated FITS keywords (at most 8 characters each), got {text!r}")
+    return keys
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -166,7 +180,7 @@ def _fit(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: already exists (pass --overwrite to replace it once the new "
                          f"fit is complete)")
     progress = None if args.no_progress else ProgressReporter(sys.stderr)
-    data = read_inputs(args.catalogs)
+    data = read_inputs(args.catalogs, visit_keys=_keys(args.visit_keys), detector_keys=_keys(args.detector_keys))
     try:
         names = head_names(data.visits, args.head_names)
     except ValueError as exc:

@@ -64,6 +64,30 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return array
 
 
+#: Mid-exposure times closer than this (days, 1 s) are the same exposure.
+MJD_TOLERANCE_DAYS = 1.0 / 86400.0
+
+
+def _check_identity(det, meta) -> None:
+    """The exposure must be the one calibrated: its mid-exposure MJD and detector against the
+    ``CALMJD``/``CALDET`` cards the fit writes into the WCS header (when present)."""
+    header = det.wcs_header
+    if header is None:
+        return
+    where = f"visit {det.visit} detector {det.detector}"
+    if "CALDET" in header and int(header["CALDET"]) != int(meta.detector):
+        raise CalibrationError(f"{where}: the calibration was fitted for detector {int(header['CALDET'])}, "
+                               f"the exposure is detector {meta.detector}")
+    mjd = getattr(meta, "mjd_tai", None)
+    if "CALMJD" in header and mjd is not None and np.isfinite(mjd):
+        if abs(float(header["CALMJD"]) - float(mjd)) > MJD_TOLERANCE_DAYS:
+            raise CalibrationError(
+                f"{where}: the exposure's mid-exposure MJD {float(mjd):.6f} (TAI) is not that of the "
+                f"calibrated exposure, {float(header['CALMJD']):.6f}: this calibration belongs to another "
+                f"exposure with the same (visit, detector) ids (were the catalogs' visits numbered "
+                f"differently from the raw files'?)")
+
+
 @dataclass(frozen=True, eq=False)
 class PhotometricCalibration:
     """The photometric model of one visit × detector (the shared Chebyshev convention).
@@ -422,6 +446,7 @@ class Calibration(Mapping[tuple[int, int], DetectorCalibration]):
             raise CalibrationError(f"no calibration overlaps the exposure: (visit, detector) = {key} "
                                    f"is not calibrated; expected one of [{shown}]")
         det = self._items[key]
+        _check_identity(det, meta)
         naxis2, naxis1 = exposure.image.shape
         if (naxis1, naxis2) != (det.naxis1, det.naxis2):
             raise CalibrationError(f"visit {key[0]} detector {key[1]}: the exposure is NAXIS1 × NAXIS2 = "

@@ -32,7 +32,17 @@ from jointcal_ap.fit.data import FitInput
 from jointcal_ap.fit.models import CcdGeometry, fit_poly, poly_eval
 from jointcal_ap.fit.projection import gnomonic, inverse_gnomonic, unit_vectors
 
-__all__ = ["Association", "AssociationError", "VisitMatch", "VisitReferences", "group_rows", "match_references"]
+__all__ = [
+    "Association",
+    "AssociationError",
+    "CcdMatch",
+    "VisitMatch",
+    "VisitReferences",
+    "default_radii",
+    "group_rows",
+    "initial_pixel_scale_arcsec",
+    "match_references",
+]
 
 
 @dataclass
@@ -45,6 +55,40 @@ class VisitMatch:
     n_matched: int
     offset_arcsec: tuple[float, float]
     initial_rms_mas: float
+
+
+@dataclass
+class CcdMatch:
+    """Per-CCD matching statistics (what ``jointcal-ap fit -v`` logs, and what a failure names).
+
+    Attributes
+    ----------
+    ccd, visit, detector : int
+        Index into ``data.ccds``, and the CCD's visit and detector ids.
+    n_measurements : int
+    n_references : int
+        Reference stars within the CCD's footprint through the initial WCS (the footprint
+        widened by the search radius).
+    offset_arcsec : (float, float)
+        Offset applied to the initial WCS (ξ, η).
+    offset_support : int
+        Measurement–reference pairs supporting the CCD's own offset peak (when below
+        ``MIN_OFFSET_SUPPORT``, the visit's offset was used instead).
+    n_matched : int
+        Measurements matched to a reference star within the match radius.
+    rms_mas : float
+        RMS of those matches after the per-CCD polynomial (NaN when none).
+    """
+
+    ccd: int
+    visit: int
+    detector: int
+    n_measurements: int
+    n_references: int
+    offset_arcsec: tuple[float, float]
+    offset_support: int
+    n_matched: int
+    rms_mas: float
 
 
 @dataclass
@@ -61,6 +105,9 @@ class Association:
     degree: int
     geometry: list[CcdGeometry]
     visit_stats: list[VisitMatch] = field(default_factory=list)
+    ccd_stats: list[CcdMatch] = field(default_factory=list)
+    #: the radii used (arcsec): search, match, link
+    radii_arcsec: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))
 
 
 @dataclass(frozen=True)
@@ -107,6 +154,52 @@ def _brightest(flux: np.ndarray, n: int) -> np.ndarray:
     if len(flux) <= n:
         return np.arange(len(flux))
     return np.sort(np.argpartition(-np.nan_to_num(flux, nan=-np.inf), n - 1)[:n])
+
+
+def initial_pixel_scale_arcsec(data: FitInput) -> float:
+    """The median pixel scale (arcsec per pixel) of the CCDs' initial WCS, from a linear fit of
+    each CCD's measurements (initial sky positions on the visit tangent plane against pixels)."""
+    visit_of_ccd = data.visit_index_of_ccd()
+    meas = data.measurements
+    scales = []
+    for c, rows in group_rows(meas.ccd_index, len(data.ccds)):
+        if len(rows) < 3:
+            continue
+        visit = data.visits[visit_of_ccd[c]]
+        tp = gnomonic(meas.ra_init[rows], meas.dec_init[rows], visit.ra, visit.dec)
+        design = np.column_stack([np.ones(len(rows)), meas.x[rows], meas.y[rows]])
+        coeffs, *_ = np.linalg.lstsq(design, tp, rcond=None)
+        scales.append(np.sqrt(abs(np.linalg.det(coeffs[1:3]))) / 1000.0)
+    return float(np.median(scales)) if scales else 1.0
+
+
+#: Default radii in pixels of the initial WCS (each at least its value in arcsec below).
+SEARCH_RADIUS_PX, MATCH_RADIUS_PX, LINK_RADIUS_PX = 15.0, 1.0, 1.0
+SEARCH_RADIUS_MIN_ARCSEC, MATCH_RADIUS_MIN_ARCSEC, LINK_RADIUS_MIN_ARCSEC = 90.0, 1.0, 1.0
+
+
+def default_radii(pixel_scale_arcsec: float) -> tuple[float, float, float]:
+    """Default (search, match, link) radii in arcsec for a pixel scale.
+
+    * search: ``max(90", 15 px)``: initial WCS errors of up to ~1' (per axis) are found;
+    * match and link: ``max(1", 1 px)``: a centroid is good to a fraction of a pixel, and
+      what is left of the optical distortion after the per-CCD polynomial is below a pixel.
+
+    >>> default_radii(0.2)
+    (90.0, 1.0, 1.0)
+    >>> default_radii(6.0)
+    (90.0, 6.0, 6.0)
+    """
+    px = float(pixel_scale_arcsec)
+    return (max(SEARCH_RADIUS_MIN_ARCSEC, SEARCH_RADIUS_PX * px), max(MATCH_RADIUS_MIN_ARCSEC, MATCH_RADIUS_PX * px),
+            max(LINK_RADIUS_MIN_ARCSEC, LINK_RADIUS_PX * px))
+
+
+def _n_brightest(n_refs: int, cap: int) -> int:
+    """How many of the brightest measurements the offset search uses: three per reference
+    star in the footprint (the reference stars are the bright ones, and every fainter source
+    only adds chance pairs), at least 50, at most ``cap``."""
+    return int(min(cap, max(50, 3 * n_refs)))
 
 
 def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bin_mas: float
@@ -157,8 +250,8 @@ def _match(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float) -> tuple[n
 
 
 def match_references(data: FitInput, references: Sequence[VisitReferences], *, degree: int = 3,
-                     search_radius_arcsec: float = 20.0, match_radius_arcsec: float = 1.0,
-                     link_radius_arcsec: float = 1.0, min_measurements: int = 2,
+                     search_radius_arcsec: float | None = None, match_radius_arcsec: float | None = None,
+                     link_radius_arcsec: float | None = None, min_measurements: int = 2,
                      progress=None, workers: int | None = None) -> Association:
     """Associate measurements into stars and match them to the reference stars.
 
@@ -170,10 +263,12 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
         covering its CCDs widened by twice ``search_radius_arcsec``.
     degree : int
         Degree of the initial per-CCD polynomials.
-    search_radius_arcsec : float
-        How far off the initial WCS may be.
-    match_radius_arcsec, link_radius_arcsec : float
-        Final reference match radius, and the friends-of-friends linking length.
+    search_radius_arcsec : float, optional
+        How far off the initial WCS may be (default: :func:`default_radii` of the initial
+        WCS's pixel scale).
+    match_radius_arcsec, link_radius_arcsec : float, optional
+        Final reference match radius, and the friends-of-friends linking length (defaults:
+        :func:`default_radii`).
     min_measurements : int
         Stars without a reference match need at least this many measurements.
     progress : callable, optional
@@ -183,6 +278,11 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
     """
     if len(references) != len(data.visits):
         raise ValueError(f"{len(references)} reference sets for {len(data.visits)} visits")
+    if None in (search_radius_arcsec, match_radius_arcsec, link_radius_arcsec):
+        auto = default_radii(initial_pixel_scale_arcsec(data))
+        search_radius_arcsec = auto[0] if search_radius_arcsec is None else search_radius_arcsec
+        match_radius_arcsec = auto[1] if match_radius_arcsec is None else match_radius_arcsec
+        link_radius_arcsec = auto[2] if link_radius_arcsec is None else link_radius_arcsec
     meas = data.measurements
     n = len(meas)
     visit_of_ccd = data.visit_index_of_ccd()
@@ -193,6 +293,7 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
     meas_ref = np.full(n, -1, dtype=np.int64)  # reference code matched at the visit epoch
     meas_ref_tp = np.full((n, 2), np.nan)
     stats: list[VisitMatch] = []
+    ccd_stats: list[list[CcdMatch]] = [[] for _ in data.visits]
     by_ccd = np.argsort(meas.ccd_index, kind="stable")
     bounds = np.searchsorted(meas.ccd_index[by_ccd], np.arange(len(data.ccds) + 1))
 
@@ -212,16 +313,20 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
         # histogram bins: half the match radius (at least 250 mas), so that the spread of the
         # offsets over a CCD (rotation, distortion) stays within a few bins
         bin_mas = max(250.0, 500.0 * match_radius_arcsec)
-        bright = _brightest(meas.flux[in_visit], MAX_OFFSET_VISIT)
-        visit_offset, _ = _offset_search(init_tp[bright], ref_tree, search_radius_arcsec * 1000, bin_mas)
+        search_mas = search_radius_arcsec * 1000
+        bright = _brightest(meas.flux[in_visit], _n_brightest(len(ref_ids), MAX_OFFSET_VISIT))
+        visit_offset, _ = _offset_search(init_tp[bright], ref_tree, search_mas, bin_mas)
         for c in ccds:
             rows = by_ccd[bounds[c]:bounds[c + 1]]
             if len(rows) == 0:
                 raise AssociationError(f"visit {visit.visit}, detector {data.ccds[c].detector}: no measurements")
             u, v = geometry[c].normalise(meas.x[rows], meas.y[rows])
             tp = gnomonic(meas.ra_init[rows], meas.dec_init[rows], visit.ra, visit.dec)
-            bright = _brightest(meas.flux[rows], MAX_OFFSET_CCD)
-            offset, support = _offset_search(tp[bright], ref_tree, search_radius_arcsec * 1000, bin_mas)
+            # reference stars in the footprint (its bounding box widened by the search radius)
+            lo, hi = tp.min(0) - search_mas, tp.max(0) + search_mas
+            n_refs = int(np.all((ref_tp >= lo) & (ref_tp <= hi), axis=1).sum())
+            bright = _brightest(meas.flux[rows], _n_brightest(n_refs, MAX_OFFSET_CCD))
+            offset, support = _offset_search(tp[bright], ref_tree, search_mas, bin_mas)
             if support < MIN_OFFSET_SUPPORT:
                 offset = visit_offset
             offsets.append(offset)
@@ -248,8 +353,13 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
             meas_ref[rows[mi]] = ref_ids[ri]
             meas_ref_tp[rows[mi]] = ref_tp[ri]
             n_matched += len(mi)
+            ccd_rms = float("nan")
             if len(mi):
-                rms.append(np.sqrt(np.mean(np.sum((meas_tp[rows[mi]] - ref_tp[ri]) ** 2, axis=1))))
+                ccd_rms = float(np.sqrt(np.mean(np.sum((meas_tp[rows[mi]] - ref_tp[ri]) ** 2, axis=1))))
+                rms.append(ccd_rms)
+            ccd_stats[vi].append(CcdMatch(int(c), visit.visit, data.ccds[c].detector, len(rows), n_refs,
+                                          (float(offset[0]) / 1000, float(offset[1]) / 1000), int(support),
+                                          len(mi), ccd_rms))
         off = np.mean(offsets, axis=0) / 1000
         return VisitMatch(visit.visit, len(in_visit), len(ref_ids), n_matched,
                           (float(off[0]), float(off[1])), float(np.mean(rms)) if rms else float("nan"))
@@ -263,9 +373,10 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
                 progress()
 
     if sum(s.n_matched for s in stats) == 0:
-        raise AssociationError("no measurement matched a reference star: is the refcat covering "
-                               "this field, and the initial WCS within "
-                               f"{search_radius_arcsec} arcsec?")
+        n_refs = sum(len(r.ids) for r in references)
+        raise AssociationError(f"no measurement matched a reference star ({n_refs} reference stars loaded "
+                               f"around the {len(data.visits)} exposures): is the refcat covering this field, "
+                               f"and the initial WCS within the search radius ({search_radius_arcsec:g} arcsec)?")
 
     # sky positions of all measurements through the corrected initial mappings
     ra = np.empty(n)
@@ -309,5 +420,6 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
     star_ra = np.degrees(np.arctan2(vec[:, 1], vec[:, 0])) % 360.0
     star_dec = np.degrees(np.arcsin(vec[:, 2]))
     return Association(star_of, n_stars, star_ref, star_ra, star_dec, meas_ref_tp, per_ccd, degree,
-                       geometry, stats)
+                       geometry, stats, [m for per_visit in ccd_stats for m in per_visit],
+                       (float(search_radius_arcsec), float(match_radius_arcsec), float(link_radius_arcsec)))
 

@@ -22,10 +22,16 @@ FITS-LDAC (as SExtractor writes it for SCAMP)
 ---------------------------------------------
 One file per exposure: a primary HDU, then per CCD a pair of binary tables,
 ``LDAC_IMHEAD`` (one row, one character column holding the image header as
-80-character cards) followed by ``LDAC_OBJECTS``. Visit ids are the file order
-(0, 1, ...), detector ids the order of the extension pairs within a file
-(0, 1, ...). Header cards padded with blanks or with NULs (as astropy writes a
-string column) are both accepted.
+80-character cards) followed by ``LDAC_OBJECTS``. Visit and detector ids come from
+the image headers (:data:`VISIT_KEYS`: ``VISIT``, ``EXPNUM``, ``EXPID``, ``OBSID``;
+:data:`DETECTOR_KEYS`: ``DETECTOR``, ``CCDNUM``, ``EXTNAME``'s trailing digits; both
+configurable), not from the order of the files: a calibration must find its raw exposure
+(and :func:`jointcal_ap.exposure.calibrate_exposure` checks the mid-exposure MJD and the
+detector against the ``CALMJD``/``CALDET`` cards the fit writes). Header cards padded
+with blanks or with NULs (as astropy writes a string column) are both accepted.
+
+``EXPTIME`` is required (an error naming the file and extension otherwise); a missing
+``FILTER`` is a :class:`MissingFilterWarning` naming them (the band is then ``''``).
 
 Columns read from ``LDAC_OBJECTS``: ``XWIN_IMAGE``, ``YWIN_IMAGE`` (1-based
 pixels), ``ERRAWIN_IMAGE``, ``ERRBWIN_IMAGE``, ``ERRTHETAWIN_IMAGE``,
@@ -83,9 +89,12 @@ from jointcal_ap.refcat._arrow import to_numpy
 from jointcal_ap.refcat.readers import InputError
 
 __all__ = [
+    "DETECTOR_KEYS",
     "LDAC_COLUMNS",
     "SURVEY_COLUMNS",
+    "VISIT_KEYS",
     "FitInputError",
+    "MissingFilterWarning",
     "covariance_to_ellipse",
     "ellipse_to_covariance",
     "header_from_string",
@@ -110,6 +119,17 @@ LDAC_COLUMNS: tuple[str, ...] = (
 _LDAC_ISO_COLUMNS = ("X_IMAGE", "Y_IMAGE", "ERRA_IMAGE", "ERRB_IMAGE", "ERRTHETA_IMAGE")
 
 _SECONDS_PER_DAY = 86400.0
+
+#: Image-header keywords giving an LDAC exposure's visit id, in the order tried (the first
+#: present wins); ``read_ldac(visit_keys=...)`` changes them.
+VISIT_KEYS: tuple[str, ...] = ("VISIT", "EXPNUM", "EXPID", "OBSID")
+#: Keywords giving a CCD's detector id, in the order tried; ``EXTNAME`` counts by its
+#: trailing digits (``'CCD07'`` → 7). ``read_ldac(detector_keys=...)`` changes them.
+DETECTOR_KEYS: tuple[str, ...] = ("DETECTOR", "CCDNUM", "EXTNAME")
+
+
+class MissingFilterWarning(UserWarning):
+    """An input exposure whose header names no band (``FILTER``)."""
 
 
 class FitInputError(InputError):
@@ -232,6 +252,12 @@ class _CcdWcs:
         if "CTYPE1" not in values or "CTYPE2" not in values:
             raise FitInputError(where, "CCD header has no WCS (CTYPE1/CTYPE2 missing); "
                                        "expected a celestial WCS such as RA---TAN/DEC--TAN")
+        scale_keys = ("CD1_1", "CD1_2", "CD2_1", "CD2_2", "CDELT1", "CDELT2", "PC1_1", "PC2_2")
+        if not any(k in values for k in scale_keys):
+            raise FitInputError(where, f"CCD header has CTYPE {values.get('CTYPE1')!r}/{values.get('CTYPE2')!r} and "
+                                       "CRVAL but no CD matrix (CDi_j) nor CDELTi: the pixel scale is unknown "
+                                       "(FITS would take 1 degree per pixel); write the CCD's CD matrix into "
+                                       "the image header before running SExtractor")
         self.values, self._astropy = values, None
         try:
             with np.errstate(all="raise"):
@@ -530,7 +556,16 @@ _DATE = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2}):(\d{2}(?:
 
 def _ldac_time(header, where: str) -> tuple[float, float]:
     """(mid-exposure MJD in TAI, exposure time) from an LDAC image header (keyword → value)."""
-    exptime = float(header.get("EXPTIME", 0.0) or 0.0)
+    if "EXPTIME" not in header:
+        raise FitInputError(where, "image header has no EXPTIME: the exposure time is needed for the "
+                                   "mid-exposure epoch and the photometric scale (SExtractor copies it from "
+                                   "the image extension's header into LDAC_IMHEAD)")
+    try:
+        exptime = float(header["EXPTIME"])
+    except (TypeError, ValueError):
+        raise FitInputError(where, f"EXPTIME {header['EXPTIME']!r} is not a number") from None
+    if not (np.isfinite(exptime) and exptime > 0):
+        raise FitInputError(where, f"EXPTIME {exptime} is not a positive exposure time (seconds)")
     scale = str(header.get("TIMESYS", "UTC")).strip().lower()
     if scale not in ("utc", "tai", "tt", "tdb", "tcg", "tcb", "ut1"):
         raise FitInputError(where, f"TIMESYS {header.get('TIMESYS')!r} is not a time scale astropy knows")
@@ -629,15 +664,53 @@ def _read_fits(path: Path) -> list:
         raise FitInputError(path, f"cannot be read ({exc})") from None
 
 
-def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInput:
+def _header_id(header: dict, keys: Sequence[str], where: str, what: str) -> int | None:
+    """The integer id of the first of ``keys`` in ``header`` (``EXTNAME`` by its trailing
+    digits), or None when none is present."""
+    for key in keys:
+        if key not in header:
+            continue
+        value = header[key]
+        if key == "EXTNAME" or isinstance(value, str):
+            m = re.search(r"(\d+)\s*$", str(value))
+            if m is None:
+                if key == "EXTNAME":
+                    continue
+                raise FitInputError(where, f"{key} = {value!r} is not a {what} number")
+            return int(m.group(1))
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise FitInputError(where, f"{key} = {value!r} is not a {what} number") from None
+        if number != int(number):
+            raise FitInputError(where, f"{key} = {value!r} is not an integer {what} number")
+        return int(number)
+    return None
+
+
+def _claim(seen: dict, key: int, owner, where, what: str, keywords: Sequence[str]) -> None:
+    """Record that ``owner`` has the ``what`` id ``key``; a second owner is an error naming both."""
+    if key in seen:
+        raise FitInputError(where, f"{what} {key} (from its image header) is also that of {seen[key]}: each "
+                                   f"needs its own {what} id (keywords {', '.join(keywords)})")
+    seen[key] = owner
+
+
+def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
+              visit_keys: Sequence[str] = VISIT_KEYS, detector_keys: Sequence[str] = DETECTOR_KEYS) -> FitInput:
     """Read SExtractor FITS-LDAC catalogs, one per exposure, into a :class:`FitInput`.
 
     Parameters
     ----------
     paths : path or iterable of paths
-        One ``.cat`` (FITS-LDAC) file per exposure. Visit ids are the position in
-        this sequence (0, 1, ...); detector ids the order of the
-        ``LDAC_IMHEAD``/``LDAC_OBJECTS`` pairs within a file (0, 1, ...).
+        One ``.cat`` (FITS-LDAC) file per exposure, in any order.
+    visit_keys, detector_keys : sequence of str
+        Image-header keywords (of ``LDAC_IMHEAD``) holding the visit and detector ids, tried
+        in order (defaults :data:`VISIT_KEYS`, :data:`DETECTOR_KEYS`). The ids come from the
+        headers, never from the file order, so that a calibration finds its raw exposure:
+        SExtractor copies each image extension's header into ``LDAC_IMHEAD``. Only when
+        *no* file has any of ``visit_keys`` are visits numbered by file order (0, 1, ...);
+        a CCD without any of ``detector_keys`` takes its extension-pair position.
 
     Returns
     -------
@@ -652,7 +725,14 @@ def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInpu
     FitInputError
         Naming the file and extension (and column): a file that is not FITS, no
         ``LDAC_OBJECTS``, an ``LDAC_OBJECTS`` without its ``LDAC_IMHEAD``, missing
-        columns, a header without WCS or time, bad covariances.
+        columns, a header without WCS (or without a CD matrix), time or ``EXPTIME``, bad
+        covariances; two files with one visit id, two CCDs of a file with one detector id, or
+        some files with a visit keyword and others without.
+
+    Warns
+    -----
+    MissingFilterWarning
+        An exposure whose header has no ``FILTER``.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -662,7 +742,10 @@ def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInpu
     visits, ccds, wcs_list = [], [], []
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "y", "a", "b", "theta", "flux",
                                                             "flux_err", "flags", "ccd")}
-    for visit_id, path in enumerate(paths):
+    seen_visits: dict[int, Path] = {}
+    with_key: list[Path] = []
+    without_key: list[Path] = []
+    for file_index, path in enumerate(paths):
         pairs = []
         pending: tuple[int, str] | None = None
         for hdu in _read_fits(path)[1:]:
@@ -687,15 +770,32 @@ def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInpu
                                       "(SExtractor CATALOG_TYPE FITS_LDAC)")
         mjd_tai = exptime = None
         visit_wcs, naxes, filt = [], [], ""
-        for detector, (ext_head, cards, obj) in enumerate(pairs):
+        first = _header_values(pairs[0][1], f"{path}: extension {pairs[0][0]} (LDAC_IMHEAD)")
+        visit_id = _header_id(first, visit_keys, f"{path}: extension {pairs[0][0]} (LDAC_IMHEAD)", "visit")
+        (with_key if visit_id is not None else without_key).append(path)
+        if with_key and without_key:
+            raise FitInputError(without_key[0], f"no visit keyword ({', '.join(visit_keys)}) in its image "
+                                                f"header, while {with_key[0]} has one: visits cannot be "
+                                                f"numbered consistently")
+        visit_id = file_index if visit_id is None else visit_id
+        _claim(seen_visits, visit_id, path, path, "visit", visit_keys)
+        seen_detectors: dict[int, str] = {}
+        for position, (ext_head, cards, obj) in enumerate(pairs):
             where = f"{path}: extension {ext_head} (LDAC_IMHEAD)"
             header = _header_values(cards, where)
+            detector = _header_id(header, detector_keys, where, "detector")
+            detector = position if detector is None else detector
+            _claim(seen_detectors, detector, f"extension {ext_head}", where, "detector", detector_keys)
             wcs = _CcdWcs(cards, header, where)
             for key in ("NAXIS1", "NAXIS2"):
                 if key not in header:
                     raise FitInputError(where, f"image header has no {key}")
             if mjd_tai is None:
                 mjd_tai, exptime = _ldac_time(header, where)
+                if "FILTER" not in header:
+                    warnings.warn(f"{where}: image header has no FILTER: the band of this exposure is unknown "
+                                  f"(taken as ''); all exposures of a photometric fit must be in one band",
+                                  MissingFilterWarning, stacklevel=2)
                 filt = str(header.get("FILTER", "")).strip()
             naxes.append((int(header["NAXIS1"]), int(header["NAXIS2"])))
             visit_wcs.append(wcs)
@@ -723,14 +823,16 @@ def read_ldac(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInpu
 # --------------------------------------------------------------------------- dispatch
 
 
-def read_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitInput:
+def read_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike], **ldac_options) -> FitInput:
     """Read the fitter's input, choosing the format from what is given.
 
     Parameters
     ----------
     paths : path or iterable of paths
         One directory: the Parquet survey layout (:func:`read_parquet_survey`).
-        Files: FITS-LDAC catalogs, one per exposure, in visit order (:func:`read_ldac`).
+        Files: FITS-LDAC catalogs, one per exposure (:func:`read_ldac`).
+    **ldac_options
+        Passed to :func:`read_ldac` (``visit_keys``, ``detector_keys``).
 
     Raises
     ------
@@ -749,4 +851,4 @@ def read_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> FitIn
             raise FitInputError(dirs[0], "a directory (Parquet survey layout) must be the only input; "
                                          "FITS-LDAC input is a list of files")
         return read_parquet_survey(dirs[0])
-    return read_ldac(paths)
+    return read_ldac(paths, **ldac_options)

@@ -389,6 +389,10 @@ def sip_approximation(result, ccd: int, *, sip_degree: int | None = None,
     big_u, big_v = du + fwd[:, 0], dv + fwd[:, 1]
     back = poly_eval(inv, big_u, big_v, inv_degree, np)
     inv_error = float(np.max(np.hypot(big_u + back[:, 0] - du, big_v + back[:, 1] - dv)))
+    # which exposure this is: calibrate_exposure refuses to apply it to another one
+    cards.append(card("CALVISIT", int(c.visit), "visit of the calibrated exposure"))
+    cards.append(card("CALDET", int(c.detector), "detector of the calibrated exposure"))
+    cards.append(card("CALMJD", float(visit.mjd_tai), "[d] its mid-exposure MJD (TAI)"))
     cards.append(card("HISTORY", f"jointcal_ap TAN-SIP degree {degree}: max error {error:.3g} mas;"))
     cards.append(card("HISTORY", f"inverse AP/BP degree {inv_degree}: max error {inv_error:.3g} pixel"))
     return WcsApproximation(tuple(cards), error)

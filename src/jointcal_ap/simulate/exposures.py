@@ -20,6 +20,7 @@ pixels rather than drawn per catalog row.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +32,33 @@ from jointcal_ap.simulate.truth import true_flat_mag
 __all__ = [
     "VISIT_CARDS",
     "ExposurePlan",
+    "background_variance",
     "exposure_plans",
     "render_exposure",
     "render_survey",
     "write_camera_visit",
 ]
+
+
+def background_variance(variance: np.ndarray, block: int = 32) -> np.ndarray:
+    """The background part of a per-pixel variance (sky and read noise, without the stars'
+    own photon noise): the median of each ``block`` × ``block`` block (NaN pixels ignored),
+    spread over the block.
+
+    A weight map for SExtractor and SWarp must hold the background noise only: SExtractor
+    adds each object's photon noise itself (through ``GAIN``) and, with ``WEIGHT_GAIN = Y``,
+    also scales the gain by the weight, so a weight map that already holds the stars' photon
+    noise makes its flux and centroid errors grow as the flux (measured on the demo: ~0.8 %
+    flux errors and centroid errors ~3.7× the true scatter for bright stars).
+    """
+    ny, nx = variance.shape
+    py, px = -ny % block, -nx % block
+    padded = np.pad(variance, ((0, py), (0, px)), constant_values=np.nan)
+    blocks = padded.reshape(padded.shape[0] // block, block, padded.shape[1] // block, block)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
+        med = np.nanmedian(blocks.transpose(0, 2, 1, 3).reshape(blocks.shape[0], blocks.shape[2], -1), axis=2)
+    return np.repeat(np.repeat(med, block, axis=0), block, axis=1)[:ny, :nx]
 
 
 @dataclass(frozen=True)
@@ -205,8 +228,9 @@ def write_camera_visit(exposures: list, out_dir: str | os.PathLike, *,
             header["SATURATE"] = (float(np.min(exposure.image[sat])), "[adu] saturation level")
         name = f"CCD{exposure.metadata.detector:02d}"
         images.append(fits.ImageHDU(np.asarray(exposure.image, np.float32), header, name=name))
-        var = np.asarray(exposure.variance, np.float64)
-        bad = ~np.isfinite(var) | (var <= 0) | (exposure.mask != 0)
+        bad = ~np.isfinite(exposure.variance) | (exposure.variance <= 0) | (exposure.mask != 0)
+        var = background_variance(np.where(bad, np.nan, np.asarray(exposure.variance, np.float64)))
+        bad |= ~np.isfinite(var)
         weight = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, var)).astype(np.float32)
         wheader = fits.Header(header)
         wheader["BUNIT"] = ("1/adu**2", "inverse variance")

@@ -340,6 +340,8 @@ def initial_header(camera: Camera, visit: SimVisit, detector: int, *, offset_arc
     h["NAXIS2"] = det.naxis2
     h["ORIGIN"] = ("jointcal_ap.simulate", "simulated exposure")
     h["OBJECT"] = "SIMFIELD"
+    h["VISIT"] = (visit.visit, "visit id")
+    h["DETECTOR"] = (detector, "detector id (0-based)")
     h["CCDNUM"] = (detector + 1, "detector number (1-based)")
     h["EXPTIME"] = (visit.exptime, "exposure time (s)")
     h["FILTER"] = (visit.filter, "filter name")
