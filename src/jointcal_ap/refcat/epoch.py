@@ -218,6 +218,11 @@ class _NumpyNamespace:
     ones_like = staticmethod(np.ones_like)
 
     @staticmethod
+    def stage(values):
+        """A stage boundary of the kernel (for JAX's compiler; nothing to do here)."""
+        return values
+
+    @staticmethod
     def where(cond, a, b):
         if isinstance(a, _Dual) or isinstance(b, _Dual):
             return _Dual(np.where(cond, _value(a), _value(b)), np.where(cond, _tangent(a), _tangent(b)))
