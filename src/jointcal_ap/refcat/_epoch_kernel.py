@@ -157,16 +157,30 @@ def _catalog_to_pv(params, rv_kms, dt_days, observer_au, xp, given_sin_cos=None)
     cos_dec : array
         cosδ at the input position.
     """
+    angles, overridden = _pmsafe_stage(params, xp, given_sin_cos)
+    state = _space_motion_stage(*params[2:], *angles, rv_kms, dt_days, observer_au, xp)
+    return state, overridden, angles[3]
+
+
+def _pmsafe_stage(params, xp, given_sin_cos=None):
+    """First half of :func:`_catalog_to_pv`: ((sin α, cos α, sin δ, cos δ, ϖ used [arcsec]), overridden)."""
     ra_rad, dec_rad, parallax_mas, pmra_mas_yr, pmdec_mas_yr = params
     sin_cos, _, _ = _angles_sin_cos(ra_rad, dec_rad, pmra_mas_yr, pmdec_mas_yr, xp, given_sin_cos)
     (sin_a, cos_a), (sin_d, cos_d) = sin_cos[:2]
     u0 = (cos_d * cos_a, cos_d * sin_a, sin_d)
     px_used_arcsec, overridden = _pmsafe_parallax_arcsec(parallax_mas, u0, sin_cos[2], sin_cos[3], xp)
+    return (sin_a, cos_a, sin_d, cos_d, px_used_arcsec), overridden
+
+
+def _space_motion_stage(parallax_mas, pmra_mas_yr, pmdec_mas_yr, sin_a, cos_a, sin_d, cos_d,
+                        px_used_arcsec, rv_kms, dt_days, observer_au, xp):
+    """Second half of :func:`_catalog_to_pv`: its ``state`` from the first half's values."""
+    u0 = (cos_d * cos_a, cos_d * sin_a, sin_d)
     p1_au, v_au_day = _star_to_pv(
         u0, sin_a, cos_a, sin_d, cos_d, pmra_mas_yr, pmdec_mas_yr, px_used_arcsec, rv_kms, xp
     )
     dt_days = _romer_delayed(dt_days, u0, observer_au)
-    return (*p1_au, *v_au_day, dt_days, parallax_mas, px_used_arcsec), overridden, cos_d
+    return (*p1_au, *v_au_day, dt_days, parallax_mas, px_used_arcsec)
 
 
 def _romer_delayed(dt_days, u0, observer_au):
