@@ -465,8 +465,17 @@ def scamp_variants(case: str) -> list[Variant]:
         return [Variant("loose", "`MOSAIC_TYPE LOOSE`", "mean_epoch", base),
                 Variant("unchanged", "`MOSAIC_TYPE UNCHANGED`", "mean_epoch", {}),
                 Variant("catalog_epoch", "`MOSAIC_TYPE LOOSE`, ref. at its catalog epoch", "catalog_epoch", base)]
+    # SCAMP's fast configurations (issue 19: `MATCH_RESOL` set, `MOSAIC_TYPE FIX_FOCALPLANE`), so
+    # that the reference (the fastest within 20 % of the best accuracy) is chosen among them too.
+    fast = {"CROSSID_RADIUS": "10.0", "MATCH_RESOL": "1.0"}
+    fast_variants = [
+        Variant("resol1", "`CROSSID_RADIUS 10`, `MATCH_RESOL 1`", "mean_epoch", fast),
+        Variant("resol1_fixfocal", "`CROSSID_RADIUS 10`, `MATCH_RESOL 1`, `MOSAIC_TYPE FIX_FOCALPLANE`",
+                "mean_epoch", {**fast, "MOSAIC_TYPE": "FIX_FOCALPLANE"}),
+    ]
     if case == "large-static":
-        return [Variant("crossid10", "`CROSSID_RADIUS 10`", "mean_epoch", {"CROSSID_RADIUS": "10.0"})]
+        return [Variant("crossid10", "`CROSSID_RADIUS 10`", "mean_epoch", {"CROSSID_RADIUS": "10.0"}),
+                *fast_variants]
     if case == "large":
         # the 2x2 mosaic's initial WCS lacks the camera's distortion (6.5" at the corners): the
         # cross-identification radius must exceed it; 2" is SCAMP's default
@@ -478,6 +487,7 @@ def scamp_variants(case: str) -> list[Variant]:
                         {**base, "MOSAIC_TYPE": "LOOSE"}),
                 Variant("nomatch", "`CROSSID_RADIUS 10`, `MATCH N` (no pattern matching)", "mean_epoch",
                         {**base, "MATCH": "N"}),
+                *fast_variants,
                 Variant("catalog_epoch", "`CROSSID_RADIUS 10`, ref. at its catalog epoch", "catalog_epoch", base)]
     if case == "large-row":
         photom = {"SOLVE_PHOTOM": "Y"}  # SCAMP's default, as `jointcal-ap fit`'s is astrometry and photometry
@@ -647,9 +657,12 @@ def report(results: dict, args: list[str], versions: dict) -> str:
                   "| tool | wall (s) | CPU (s) | peak RSS (MB) | detections | RMS vs truth, grid (mas) "
                   "| RMS vs truth, det. (mas) | SCAMP ref. wall ÷ this | other load |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        unmeasured = [v.label for v in variants if sc and v.key not in sc]
         for v in variants:
             if not sc:
                 break
+            if v.key not in sc:
+                continue
             ref_label = ("ref. pre-moved to the mean epoch" if v.reference == "mean_epoch"
                          else f"ref. at its catalog epoch {res['catalog_epoch']:.1f}")
             label = f"SCAMP, {v.label}" + ("" if "catalog epoch" in v.label else f", {ref_label}")
@@ -675,6 +688,11 @@ def report(results: dict, args: list[str], versions: dict) -> str:
                       f"({r['rms_grid_mas']:.3f} vs {sc[ref]['rms_grid_mas']:.3f} mas on the grid: "
                       f"{'met' if acc_ok else 'NOT met'}); wall time ≤ 1/{TARGET_RATIO:.0f} of SCAMP's, cold start "
                       f"included ({ratio:.2f}×: {'met' if ratio >= TARGET_RATIO else 'NOT met'}).", ""]
+        if unmeasured:
+            lines += [f"**Not measured in this run:** {'; '.join(unmeasured)}. The reference configuration "
+                      "above is the fastest within 20 % of the best accuracy *among those measured*: one of "
+                      "these could be faster at that accuracy, so the time ratio here is not yet established "
+                      "against SCAMP's fastest configuration.", ""]
     if versions.get("scamp") is None:
         lines += ["SCAMP was not run (`--skip-scamp`, or not installed: `apt-get install scamp`); only "
                   "jointcal-ap was measured.", ""]

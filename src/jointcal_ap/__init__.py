@@ -8,18 +8,21 @@ Stage plugins mark their hook implementations with :data:`jointcal_ap.hookimpl` 
 object as :data:`jointcal_ap.stages.hookimpl`); see :mod:`jointcal_ap.stages`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("jointcal-ap")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
 __all__ = ["__version__", "hookimpl"]
 
 
 def __getattr__(name: str):
-    # Lazy, so that `import jointcal_ap` stays cheap for the CLI and worker processes.
+    # Lazy, so that `import jointcal_ap` stays cheap for the CLI and worker processes
+    # (importlib.metadata alone is tens of milliseconds, paid by every command otherwise).
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("jointcal-ap")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0.0.0"
+        globals()["__version__"] = value
+        return value
     if name == "hookimpl":
         from jointcal_ap.stages.hookspecs import hookimpl
 

@@ -19,6 +19,10 @@ _KMS_TO_AU_PER_DAY = erfa.DAYSEC * 1e3 / erfa.DAU  # 1 km/s in AU/day
 _LIGHT_DAYS_PER_AU = erfa.AULT / erfa.DAYSEC  # light time across 1 AU, days
 _MAS_PER_RAD = _ARCSEC_PER_RAD * 1e3
 _RAD_PER_MAS = 1.0 / _MAS_PER_RAD
+# Reciprocals: the kernel multiplies rather than divides (under forward-mode autodiff a
+# division by a value is repeated in every tangent lane, a multiplication is cheap).
+_DAYS_PER_AU_C = 1.0 / _C_AU_PER_DAY  # light time over 1 AU, days (1/c in day/AU)
+_KMS_PER_AU_PER_DAY = 1.0 / _KMS_TO_AU_PER_DAY
 
 # eraPmsafe: parallax floor (arcsec) and the factor on the yearly proper motion (rad).
 _PMSAFE_PX_MIN_ARCSEC = 5e-7
@@ -49,7 +53,7 @@ def _angles_sin_cos(ra_rad, dec_rad, pmra_mas_yr, pmdec_mas_yr, xp, given=None):
     given = given or (None,) * 4
     sc_a = _sin_cos(ra_rad, given[0], xp)
     sc_d = _sin_cos(dec_rad, given[1], xp)
-    pmr_rad_yr = pmra_mas_yr * _RAD_PER_MAS / sc_d[1]  # dα/dt, as ERFA wants it
+    pmr_rad_yr = pmra_mas_yr * (_RAD_PER_MAS / sc_d[1])  # dα/dt, as ERFA wants it
     pmd_rad_yr = pmdec_mas_yr * _RAD_PER_MAS
     sc_a1 = _sin_cos(ra_rad + pmr_rad_yr, given[2], xp)
     sc_d1 = _sin_cos(dec_rad + pmd_rad_yr, given[3], xp)
@@ -111,15 +115,15 @@ def _star_to_pv(u0, sin_a, cos_a, sin_d, cos_d, pmra_mas_yr, pmdec_mas_yr, px_ar
     )
     vsr_au_day, vst_au_day = xp.where(fast, 0.0, vsr_au_day), xp.where(fast, 0.0, vst_au_day)
     t_au_day = tuple(xp.where(fast, 0.0, t) for t in t_au_day)
-    beta_sr = vsr_au_day / _C_AU_PER_DAY
-    beta_st = vst_au_day / _C_AU_PER_DAY
+    beta_sr = vsr_au_day * _DAYS_PER_AU_C
+    beta_st = vst_au_day * _DAYS_PER_AU_C
     # Observed-to-inertial Doppler correction. ERFA iterates the fixed point
     #   d = 1 + β_r,  β_t = d·β_st,  β_r = d·β_sr + δ,  δ = −w/(√(1−w) + 1),  w = β_r² + β_t²
     # (δ = 1/γ − 1), which has the closed form d = 2/(1 + β_st² + (1 − β_sr)²);
     # β_r = d − 1 is evaluated without cancellation.
     denominator = 1.0 + beta_st * beta_st + (1.0 - beta_sr) * (1.0 - beta_sr)
     d = 2.0 / denominator
-    beta_r = (2.0 * beta_sr - beta_sr * beta_sr - beta_st * beta_st) / denominator
+    beta_r = (2.0 * beta_sr - beta_sr * beta_sr - beta_st * beta_st) * (0.5 * d)
     # Inertial velocity: radial β_r·c, transverse d × observed.
     vr_au_day = beta_r * _C_AU_PER_DAY
     v_au_day = tuple(vr_au_day * u + d * t for u, t in zip(u0, t_au_day, strict=True))
@@ -153,16 +157,30 @@ def _catalog_to_pv(params, rv_kms, dt_days, observer_au, xp, given_sin_cos=None)
     cos_dec : array
         cosδ at the input position.
     """
+    angles, overridden = _pmsafe_stage(params, xp, given_sin_cos)
+    state = _space_motion_stage(*params[2:], *angles, rv_kms, dt_days, observer_au, xp)
+    return state, overridden, angles[3]
+
+
+def _pmsafe_stage(params, xp, given_sin_cos=None):
+    """First half of :func:`_catalog_to_pv`: ((sin α, cos α, sin δ, cos δ, ϖ used [arcsec]), overridden)."""
     ra_rad, dec_rad, parallax_mas, pmra_mas_yr, pmdec_mas_yr = params
     sin_cos, _, _ = _angles_sin_cos(ra_rad, dec_rad, pmra_mas_yr, pmdec_mas_yr, xp, given_sin_cos)
     (sin_a, cos_a), (sin_d, cos_d) = sin_cos[:2]
     u0 = (cos_d * cos_a, cos_d * sin_a, sin_d)
     px_used_arcsec, overridden = _pmsafe_parallax_arcsec(parallax_mas, u0, sin_cos[2], sin_cos[3], xp)
+    return (sin_a, cos_a, sin_d, cos_d, px_used_arcsec), overridden
+
+
+def _space_motion_stage(parallax_mas, pmra_mas_yr, pmdec_mas_yr, sin_a, cos_a, sin_d, cos_d,
+                        px_used_arcsec, rv_kms, dt_days, observer_au, xp):
+    """Second half of :func:`_catalog_to_pv`: its ``state`` from the first half's values."""
+    u0 = (cos_d * cos_a, cos_d * sin_a, sin_d)
     p1_au, v_au_day = _star_to_pv(
         u0, sin_a, cos_a, sin_d, cos_d, pmra_mas_yr, pmdec_mas_yr, px_used_arcsec, rv_kms, xp
     )
     dt_days = _romer_delayed(dt_days, u0, observer_au)
-    return (*p1_au, *v_au_day, dt_days, parallax_mas, px_used_arcsec), overridden, cos_d
+    return (*p1_au, *v_au_day, dt_days, parallax_mas, px_used_arcsec)
 
 
 def _romer_delayed(dt_days, u0, observer_au):
@@ -180,12 +198,12 @@ def _light_time_motion(p1_au, v_au_day, dt_days, xp):
     Light time at the first epoch, geometric position at the second, light time
     from there, and the observed place at the second epoch.
     """
-    tl1_days = xp.sqrt(_dot(p1_au, p1_au)) / _C_AU_PER_DAY
+    tl1_days = xp.sqrt(_dot(p1_au, p1_au)) * _DAYS_PER_AU_C
     p_au = tuple(p + (dt_days + tl1_days) * v for p, v in zip(p1_au, v_au_day, strict=True))
     r2 = _dot(p_au, p_au)
     rdv = _dot(p_au, v_au_day)
     c2mv2 = _C_AU_PER_DAY * _C_AU_PER_DAY - _dot(v_au_day, v_au_day)
-    tl2_days = (-rdv + xp.sqrt(rdv * rdv + c2mv2 * r2)) / c2mv2
+    tl2_days = (-rdv + xp.sqrt(rdv * rdv + c2mv2 * r2)) * (1.0 / c2mv2)
     return tuple(
         p + (dt_days + (tl1_days - tl2_days)) * v for p, v in zip(p1_au, v_au_day, strict=True)
     )
@@ -206,30 +224,32 @@ def _observe(p2_au, v_au_day, parallax_mas, px_used_arcsec, overridden, observer
     vx_in, vy_in, vz_in = v_au_day
     # Inertial → observed velocity.
     r_au = xp.sqrt(x * x + y * y + z * z)
-    ux, uy, uz = x / r_au, y / r_au, z / r_au
+    inv_r = 1.0 / r_au
+    ux, uy, uz = x * inv_r, y * inv_r, z * inv_r
     vr = _dot((ux, uy, uz), (vx_in, vy_in, vz_in))
     tx, ty, tz = vx_in - vr * ux, vy_in - vr * uy, vz_in - vr * uz
-    beta_r = vr / _C_AU_PER_DAY
-    beta2 = beta_r * beta_r + (tx * tx + ty * ty + tz * tz) / (_C_AU_PER_DAY * _C_AU_PER_DAY)
+    beta_r = vr * _DAYS_PER_AU_C
+    beta2 = beta_r * beta_r + (tx * tx + ty * ty + tz * tz) * (_DAYS_PER_AU_C * _DAYS_PER_AU_C)
     d = 1.0 + beta_r
-    delta = -beta2 / (xp.sqrt(1.0 - beta2) + 1.0)
-    vr_obs = _C_AU_PER_DAY * (beta_r - delta) / d
-    vx, vy, vz = vr_obs * ux + tx / d, vr_obs * uy + ty / d, vr_obs * uz + tz / d
+    delta = -beta2 * (1.0 / (xp.sqrt(1.0 - beta2) + 1.0))
+    inv_d = 1.0 / d
+    vr_obs = _C_AU_PER_DAY * (beta_r - delta) * inv_d
+    vx, vy, vz = vr_obs * ux + tx * inv_d, vr_obs * uy + ty * inv_d, vr_obs * uz + tz * inv_d
     # Cartesian → spherical (eraPv2s).
     rxy2 = x * x + y * y
     rxy = xp.sqrt(rxy2)
     xyp = x * vx + y * vy
-    rad_day = (x * vy - y * vx) / rxy2
-    decd_rad_day = (vz * rxy2 - z * xyp) / (r_au * r_au * rxy)
-    rv2_kms = (xyp + z * vz) / r_au / _KMS_TO_AU_PER_DAY
-    px2_arcsec = _ARCSEC_PER_RAD / r_au
-    cos_d2 = rxy / r_au
+    rad_day = (x * vy - y * vx) * (1.0 / rxy2)
+    decd_rad_day = (vz * rxy2 - z * xyp) * (inv_r * inv_r * (1.0 / rxy))
+    rv2_kms = (xyp + z * vz) * (inv_r * _KMS_PER_AU_PER_DAY)
+    px2_arcsec = _ARCSEC_PER_RAD * inv_r
+    cos_d2 = rxy * inv_r
     pmra2_mas_yr = rad_day * _DAYS_PER_JYEAR * cos_d2 * _MAS_PER_RAD
     pmdec2_mas_yr = decd_rad_day * _DAYS_PER_JYEAR * _MAS_PER_RAD
     # The parallax returned is the star's own, scaled by the change of distance;
     # an overridden parallax only served to move the star.
     parallax2_mas = xp.where(
-        overridden, parallax_mas * (px2_arcsec / px_used_arcsec), px2_arcsec * 1e3
+        overridden, parallax_mas * (px2_arcsec * (1.0 / px_used_arcsec)), px2_arcsec * 1e3
     )
 
     if observer_au is None:
@@ -240,7 +260,7 @@ def _observe(p2_au, v_au_day, parallax_mas, px_used_arcsec, overridden, observer
         sx, sy, sz = (u - parallax2_rad * o for u, o in zip((ux, uy, uz), observer_au, strict=True))
         sxy = xp.sqrt(sx * sx + sy * sy)
         ra_seen_rad, dec_seen_rad = xp.arctan2(sy, sx), xp.arctan2(sz, sxy)
-        cos_d_seen = sxy / xp.sqrt(sx * sx + sy * sy + sz * sz)
+        cos_d_seen = sxy * (1.0 / xp.sqrt(sx * sx + sy * sy + sz * sz))
 
     out = (ra_seen_rad, dec_seen_rad, parallax2_mas, pmra2_mas_yr, pmdec2_mas_yr)
     return out, (rv2_kms, cos_d_seen)
@@ -258,7 +278,10 @@ def _kernel(params, rv_kms, dt_days, observer_au, xp, given_sin_cos=None):
     μδ [mas/yr]) and ``aux`` (radial velocity [km/s], cosδ in, cosδ out).
     """
     state, overridden, cos_d = _catalog_to_pv(params, rv_kms, dt_days, observer_au, xp, given_sin_cos)
-    p2_au = _light_time_motion(state[0:3], state[3:6], state[6], xp)
+    # Stage boundaries: the state (and its derivatives) is computed once, not once per output
+    # (XLA would otherwise fuse each output's derivative with its own copy of the stages).
+    state = xp.stage(state)
+    p2_au = xp.stage(_light_time_motion(state[0:3], state[3:6], state[6], xp))
     out, (rv2_kms, cos_d_seen) = _observe(
         p2_au, state[3:6], state[7], state[8], overridden, observer_au, xp
     )
@@ -310,7 +333,8 @@ def _scaled_jacobian(jac, cos_dec_in, cos_dec_out, xp):
     ones = xp.ones_like(cos_dec_in)
     scale_in = (cos_dec_in * _MAS_PER_RAD, _MAS_PER_RAD * ones, ones, ones, ones)
     scale_out = (cos_dec_out * _MAS_PER_RAD, _MAS_PER_RAD * ones, ones, ones, ones)
-    return [[jac[i][k] * (scale_out[i] / scale_in[k]) for k in range(5)] for i in range(5)]
+    inv_scale_in = [1.0 / s for s in scale_in]
+    return [[jac[i][k] * (scale_out[i] * inv_scale_in[k]) for k in range(5)] for i in range(5)]
 
 
 
