@@ -123,7 +123,7 @@ def test_model_file_round_trip_and_refusals(small_model, test_set, tmp_path):
         with pytest.raises(ModelError, match=message):
             load_model(tmp_path / "bad.rbmodel")
     (tmp_path / "junk.rbmodel").write_text("not a zip")
-    with pytest.raises(ModelError, match="junk.rbmodel"):
+    with pytest.raises(ModelError, match=r"junk\.rbmodel"):
         load_model(tmp_path / "junk.rbmodel")
     with pytest.raises(ModelError, match="7 characters"):
         RealBogusModel(small_model.classifier, "too-long-version")
@@ -171,3 +171,26 @@ def test_cli_export_train_report_score(tmp_path):
     # a model trained on other features is refused with exit code 1
     assert main(["realbogus", "report", str(data), "--model", str(tmp_path / "roc.png")]) == 1
     assert main(["realbogus", "export", str(data), "--scenes", "0"]) == 2
+
+
+def test_the_examples_of_the_docs_page_and_the_docstrings_run(capsys):
+    import doctest
+    import re
+    from pathlib import Path
+
+    import jointcal_ap.realbogus.cutouts
+    import jointcal_ap.realbogus.evaluate
+    import jointcal_ap.simulate.bogus
+    import jointcal_ap.simulate.presets
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    for page, expected in (("realbogus.md", ["True", "hgb-1"]), ("cameras.md", ["62", "S4", "4.0"])):
+        blocks = re.findall(r"```python\n(.*?)```", (docs / page).read_text(), re.S)
+        assert blocks
+        for block in blocks:
+            exec(compile(block, page, "exec"), {"__name__": f"docs_{page}"})
+        assert capsys.readouterr().out.split() == expected, page
+    for module in (jointcal_ap.realbogus.cutouts, jointcal_ap.realbogus.evaluate,
+                   jointcal_ap.simulate.bogus, jointcal_ap.simulate.presets):
+        result = doctest.testmod(module)
+        assert result.attempted and not result.failed, module.__name__

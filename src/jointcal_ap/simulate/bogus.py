@@ -27,9 +27,9 @@ kind, its 0-based (Rubin's convention) centre and the 0-based pixel box a detect
 may fall in.
 
 >>> from jointcal_ap.simulate.bogus import simulate_realbogus_scene
->>> scene = simulate_realbogus_scene((192, 192), n_stars=40, seed=3)
->>> scene.science.shape, sorted(set(scene.truth["kind"])) == sorted(KINDS)
-((192, 192), True)
+>>> scene = simulate_realbogus_scene((384, 384), n_stars=40, seed=3)
+>>> scene.science.shape, set(scene.truth["kind"]) == set(KINDS)
+((384, 384), True)
 """
 
 from __future__ import annotations
