@@ -22,6 +22,9 @@ from jointcal_ap.realbogus import (
     label_dia_sources,
     load_model,
     make_dataset,
+    plot_dataset_examples,
+    plot_scored_examples,
+    read_dataset,
     save_model,
     scene_dia_sources,
     score_dia_sources,
@@ -131,7 +134,7 @@ def test_model_file_round_trip_and_refusals(small_model, test_set, tmp_path):
     assert str(err) == "x.rbmodel: bad"
 
 
-def test_scoring_fills_reliability_in_rubins_types():
+def test_scoring_fills_reliability_in_rubins_types(tmp_path):
     from jointcal_ap.schemas import apdb_schema
 
     scene = simulate_realbogus_scene((256, 256), seed=21)
@@ -144,6 +147,8 @@ def test_scoring_fills_reliability_in_rubins_types():
     label, _ = label_dia_sources(table.column("x").to_numpy(), table.column("y").to_numpy(),
                                  scene.truth)
     assert rel[label == 1].mean() > 0.8 > 0.2 > rel[label == 0].mean()
+    png = plot_scored_examples(scored, diff, tmp_path / "scored.png", n=3)
+    assert png.read_bytes()[:4] == b"\x89PNG"
     untouched = score_dia_sources(table, diff, scene.template, model="none")
     assert untouched.column("reliability").null_count == table.num_rows
 
@@ -159,6 +164,9 @@ def test_cli_export_train_report_score(tmp_path):
     assert main(["realbogus", "report", str(data), "--model", str(model), "--png",
                  str(tmp_path / "roc.png"), "--json", str(tmp_path / "rb.json")]) == 0
     assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    gallery = plot_dataset_examples(read_dataset(data), tmp_path / "kinds.png", per_kind=2,
+                                    model="default")
+    assert gallery.read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "rb.json").read_text())["version"] == "cli-1"
     scene = simulate_realbogus_scene((256, 256), seed=2)
     table, diff = scene_dia_sources(scene)

@@ -10,7 +10,8 @@ Public calls:
 - :func:`train_model`, :func:`save_model`, :func:`load_model`, :func:`default_model` — a
   versioned HistGradientBoosting model;
 - :func:`score_dia_sources` — fill ``reliability`` and ``reliabilityVersion``;
-- :func:`evaluate_model`, :func:`plot_roc` — held-out ROC/AUC.
+- :func:`evaluate_model`, :func:`plot_roc` — held-out ROC/AUC;
+- :func:`plot_dataset_examples`, :func:`plot_scored_examples` — stamp galleries.
 """
 
 from jointcal_ap.realbogus.cutouts import STAMP_SIZE, stamps
@@ -23,6 +24,7 @@ from jointcal_ap.realbogus.dataset import (
 )
 from jointcal_ap.realbogus.evaluate import evaluate_model, plot_roc, roc_curve_auc
 from jointcal_ap.realbogus.features import FEATURES, compute_features, feature_matrix
+from jointcal_ap.realbogus.gallery import plot_dataset_examples, plot_scored_examples
 from jointcal_ap.realbogus.model import (
     ModelError,
     RealBogusModel,
@@ -46,7 +48,9 @@ __all__ = [
     "label_dia_sources",
     "load_model",
     "make_dataset",
+    "plot_dataset_examples",
     "plot_roc",
+    "plot_scored_examples",
     "read_dataset",
     "resolve_model",
     "roc_curve_auc",
