@@ -145,6 +145,16 @@ def test_a_small_survey_of_each_preset_runs_through_the_ap_pipeline(name, tmp_pa
     assert run["completeness_point"] > 0.8, run
     matches = pq.read_table(tmp_path / "run" / "metrics" / "matches.parquet").to_pandas()
     assert math.isfinite(run["completeness_point"]) and len(matches)
+    # the run's DiaSources as a labelled dataset: the packaged model tells injected from the rest
+    assert main(["realbogus", "export", str(tmp_path / "rb.parquet"), "--run",
+                 str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main(["realbogus", "report", str(tmp_path / "rb.parquet"),
+                 "--json", str(tmp_path / "rb.json")]) == 0
+    report = json.loads((tmp_path / "rb.json").read_text())
+    assert report["n"] == n and report["n_real"] >= run["n_point_detected"] > 0
+    assert report["tpr"] > 0.9, report
+    print(name, {k: report[k] for k in ("n_real", "n_bogus", "auc", "tpr", "fpr")})
+
     from jointcal_ap.apdb import open_apdb
 
     db = open_apdb(apdb)

@@ -4,7 +4,8 @@ Public calls:
 
 - :func:`make_dataset`, :func:`write_dataset`, :func:`read_dataset` — labelled cutouts of
   simulated scenes (real: transients, variables; bogus: misregistration dipoles, cosmic
-  rays, bad columns, bright-star residuals, saturation) to Parquet;
+  rays, bad columns, bright-star residuals, saturation) to Parquet; :func:`run_dataset`
+  labels a pipeline run's DiaSources by its injected sources;
 - :func:`compute_features`, :data:`FEATURES` — the classifier's inputs from a DiaSource
   table and its difference (and template) image;
 - :func:`train_model`, :func:`save_model`, :func:`load_model`, :func:`default_model` — a
@@ -19,6 +20,7 @@ from jointcal_ap.realbogus.dataset import (
     label_dia_sources,
     make_dataset,
     read_dataset,
+    run_dataset,
     scene_dia_sources,
     write_dataset,
 )
@@ -54,6 +56,7 @@ __all__ = [
     "read_dataset",
     "resolve_model",
     "roc_curve_auc",
+    "run_dataset",
     "save_model",
     "scene_dia_sources",
     "score_dia_sources",

@@ -15,6 +15,8 @@ EXAMPLES_REALBOGUS = textwrap.dedent("""\
     examples:
       1. Labelled cutouts of 24 simulated scenes (seed 0) to Parquet:
          jointcal-ap realbogus export rb_train.parquet --scenes 24 --seed 0
+         or the DiaSources of a pipeline run, labelled by its injected sources:
+         jointcal-ap realbogus export rb_run.parquet --run runs/night1
       2. Train a model on them (version string <= 7 characters, Rubin's reliabilityVersion):
          jointcal-ap realbogus train rb_train.parquet --out rb.rbmodel --version hgb-1
       3. Held-out report (another seed) with the ROC curve as a PNG and the metrics as JSON:
@@ -49,6 +51,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--scenes", type=int, default=24, help="number of scenes (default 24)")
     p.add_argument("--size", type=int, default=384, help="scene side in pixels (default 384)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--run", default=None, metavar="RUN_DIR",
+                   help="export a pipeline run's DiaSources instead (injected = real)")
     p = add("train", "train a HistGradientBoosting model on a dataset", _train)
     p.add_argument("dataset", metavar="DATASET.parquet")
     p.add_argument("--out", required=True, metavar="MODEL.rbmodel")
@@ -82,12 +86,16 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from jointcal_ap.realbogus import make_dataset, write_dataset
+    from jointcal_ap.realbogus import make_dataset, run_dataset, write_dataset
 
     if args.scenes < 1 or args.size < 96:
         raise UsageError(f"need --scenes >= 1 and --size >= 96, got {args.scenes}, {args.size}")
-    table = make_dataset(args.scenes, shape=(args.size, args.size), seed=args.seed,
-                         progress=not getattr(args, "no_progress", False))
+    show = not getattr(args, "no_progress", False)
+    if args.run:
+        table = run_dataset(args.run, progress=show)
+    else:
+        table = make_dataset(args.scenes, shape=(args.size, args.size), seed=args.seed,
+                             progress=show)
     write_dataset(table, args.out)
     labels = table.column("label").to_numpy()
     print(f"{args.out}: {table.num_rows} DiaSources ({int(labels.sum())} real, "

@@ -3,6 +3,8 @@
 :data:`FEATURES` names them, in the order :func:`compute_features` returns them and a model
 takes them. Two families:
 
+- **the difference's PSF FWHM** (pixels, at the image centre): the stamp statistics depend
+  on the PSF's size in pixels, and the trees condition on it;
 - **from the DiaSource row** (what :func:`jointcal_ap.dia.measure_dia_sources` measured):
   S/N, PSF-fit χ²/dof, aperture/PSF flux ratio, science and template S/N, the
   difference/science flux ratio, dipole and trail fit quality relative to the PSF fit,
@@ -37,7 +39,14 @@ TABLE_FLAGS: tuple[str, ...] = ("pixelFlags_saturated", "pixelFlags_saturatedCen
                                 "pixelFlags_suspect", "pixelFlags_interpolated")
 
 #: Every feature, in model order.
-FEATURES: tuple[str, ...] = ("log_snr", "is_negative", "psf_chi2_dof", "ap_psf_ratio", "science_snr", "template_snr", "diff_science_ratio", "is_dipole", "dipole_chi2_ratio", "dipole_flux_ratio", "dipole_length", "trail_length", "trail_chi2_ratio", "size_ratio", "bbox_size", "extendedness", *TABLE_FLAGS, "peak_sig", "neg_fraction", "conc_3_7", "sharpness", "psf_corr", "symmetry", "column_elongation", "template_brightness", "masked_fraction")
+FEATURES: tuple[str, ...] = (
+    "psf_fwhm", "log_snr", "is_negative", "psf_chi2_dof", "ap_psf_ratio", "science_snr",
+    "template_snr", "diff_science_ratio", "is_dipole", "dipole_chi2_ratio",
+    "dipole_flux_ratio", "dipole_length", "trail_length", "trail_chi2_ratio", "size_ratio",
+    "bbox_size", "extendedness", *TABLE_FLAGS,
+    "peak_sig", "neg_fraction", "conc_3_7", "sharpness", "psf_corr", "symmetry",
+    "column_elongation", "template_brightness", "masked_fraction",
+)
 
 #: Mask planes counted by ``masked_fraction``.
 _BAD_PLANES = ("SAT", "BAD", "CR", "EDGE", "NO_DATA", "SUSPECT", "INTRP")
@@ -54,12 +63,14 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(out), out, np.nan)
 
 
-def _table_features(table: Any) -> dict[str, np.ndarray]:
+def _table_features(table: Any, fwhm: float) -> dict[str, np.ndarray]:
     flux, err = _col(table, "psfFlux"), _col(table, "psfFluxErr")
     snr = np.abs(_ratio(flux, err))
     moments = _col(table, "ixx") + _col(table, "iyy")
     psf_moments = _col(table, "ixxPSF") + _col(table, "iyyPSF")
     psf_chi2 = _col(table, "psfChi2")
+    # the PSF's FWHM in arcsec from its second moments (arcsec², Gaussian-equivalent)
+    fwhm_arcsec = 2.0 * np.sqrt(2.0 * np.log(2.0)) * np.sqrt(np.maximum(psf_moments, 0) / 2.0)
     out = {
         "log_snr": np.log10(np.maximum(snr, 1e-3)),
         "is_negative": _col(table, "isNegative"),
@@ -72,11 +83,11 @@ def _table_features(table: Any) -> dict[str, np.ndarray]:
         "dipole_chi2_ratio": _ratio(_col(table, "dipoleChi2"), psf_chi2),
         "dipole_flux_ratio": _ratio(_col(table, "dipoleFluxDiff"),
                                     np.abs(_col(table, "dipoleMeanFlux"))),
-        "dipole_length": _col(table, "dipoleLength"),
-        "trail_length": _col(table, "trailLength"),
+        "dipole_length": _ratio(_col(table, "dipoleLength"), fwhm_arcsec),
+        "trail_length": _ratio(_col(table, "trailLength"), fwhm_arcsec),
         "trail_chi2_ratio": _ratio(_col(table, "trailChi2"), psf_chi2),
         "size_ratio": _ratio(moments, psf_moments),
-        "bbox_size": _col(table, "bboxSize"),
+        "bbox_size": _col(table, "bboxSize") / fwhm,
         "extendedness": _col(table, "extendedness"),
     }
     for name in TABLE_FLAGS:
@@ -178,7 +189,9 @@ def compute_features(table: Any, difference: Any, template: Any | None = None, *
     for plane in _BAD_PLANES:
         if plane in diff.mask_planes:
             bits |= 1 << int(diff.mask_planes[plane])
-    out = _table_features(table) if n else {name: np.zeros(0) for name in FEATURES}
+    fwhm = float(diff.psf.fwhm((nx + 1) / 2.0, (ny + 1) / 2.0))
+    out = _table_features(table, fwhm) if n else {name: np.zeros(0) for name in FEATURES}
+    out["psf_fwhm"] = np.full(n, fwhm)
     if n:
         out.update(_cutout_features(diff_s, var_s, mask_s, tmpl_s, sign, kernel, bits))
         for name in FEATURES:
