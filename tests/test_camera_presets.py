@@ -152,8 +152,8 @@ def test_a_small_survey_of_each_preset_runs_through_the_ap_pipeline(name, tmp_pa
                  "--json", str(tmp_path / "rb.json")]) == 0
     report = json.loads((tmp_path / "rb.json").read_text())
     assert report["n"] == n and report["n_real"] >= run["n_point_detected"] > 0
-    assert report["tpr"] > 0.9, report
-    print(name, {k: report[k] for k in ("n_real", "n_bogus", "auc", "tpr", "fpr")})
+    # (the model never saw these cameras' runs; DECam: AUC 1.0, HSC: 0.976 when written)
+    assert report["tpr"] > 0.9 and report["auc"] > 0.95, report
 
     from jointcal_ap.apdb import open_apdb
 
