@@ -90,6 +90,10 @@ class DifferenceOptions:
                                      "science and template fluxes, shapes, flags)")
     trail: bool = option(True, doc="fit trailed-source models")
     dipole: bool = option(True, doc="fit dipole models")
+    reliability_model: str = option("default", doc="real/bogus model filling reliability and "
+                                                   "reliabilityVersion (with measure): "
+                                                   "'default' (packaged), a model file, or "
+                                                   "'none' (left NULL); see docs/realbogus.md")
 
 
 class DifferenceStage(Stage):
@@ -125,6 +129,10 @@ class DifferenceStage(Stage):
             table = measure_dia_sources(peaks, diff, calexp, template, visit=meta, wcs=calexp,
                                         options=MeasureOptions(trail=opts.trail,
                                                                dipole=opts.dipole))
+            if opts.reliability_model.lower() != "none":
+                from jointcal_ap.realbogus import score_dia_sources
+
+                table = score_dia_sources(table, diff, template, model=opts.reliability_model)
         else:
             table = peaks.drop_columns([c for c in peaks.column_names
                                         if c not in apdb_schema()["DiaSource"]])

@@ -32,6 +32,7 @@ COMMAND_FAMILIES: tuple[str, ...] = (
     "jointcal_ap.sso.cli",
     "jointcal_ap.diffim.cli",
     "jointcal_ap.apdb.cli",
+    "jointcal_ap.realbogus.cli",
 )
 
 
