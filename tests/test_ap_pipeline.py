@@ -225,11 +225,14 @@ def test_association_and_alerts_on_postgresql_through_kafka(ap_run, postgres_url
                                                   orbits=root / "sso_orbits.parquet"))
     assert main(["run", str(root / "again.toml"), "--no-progress", "--workers", "2"]) == 0
     expected = {a["diaSourceId"] for a in _alerts(root)}
-    db = open_apdb(apdb)
+    db, first = open_apdb(apdb), open_apdb(ap_run[1])
     try:
         assert db.counts()["DiaSource"] == len(expected)
+        # two workers writing PostgreSQL made the same DiaObjects as the SQLite run
+        assert db.counts()["DiaObject"] == first.counts()["DiaObject"]
     finally:
         db.close()
+        first.close()
     got: dict[int, dict] = {}
     deadline = time.monotonic() + 60
     with AlertConsumer(tansu_broker.bootstrap, "ap-alerts", schema_registry.url,
