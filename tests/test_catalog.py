@@ -190,7 +190,7 @@ def test_nested_query_disc_covers_healpy_inclusive():
     disc, with few extra pixels, and the right pixel centres."""
     import healpy as hp
 
-    from jointcal_ap.refcat._healpix import max_pixel_radius, pixel_centres, query_disc
+    from jointcal_ap.refcat.healpix import max_pixel_radius, pixel_centres, query_disc
 
     rng = np.random.default_rng(3)
     for order in (0, 2, 6, 10, 16):

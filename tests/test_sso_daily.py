@@ -166,3 +166,67 @@ def test_single_points_and_empty_bands_need_no_fit():
     assert rows[6]["g_nObs"] == 2 and rows[6]["g_nObsUsed"] == 1  # a negative flux
     assert rows[6]["arc"] == pytest.approx(2.5) and rows[6]["extendednessMedian"] == pytest.approx(0.3)
     assert rows[6]["r_nObs"] == 0 and rows[6]["r_slope_fit_failed"] is None
+
+
+def test_daily_products_from_the_apdb(apdb_url, capsys):
+    """`jointcal-ap sso daily` reads the SSSources of the objects seen in a time range with
+    their whole history, fits H and G12, and upserts SSObject rows (a re-run changes
+    nothing)."""
+    from jointcal_ap.apdb import open_apdb
+    from jointcal_ap.apdb.ap import associate_unit
+    from jointcal_ap.apdb.synthetic import synthetic_sky, synthetic_units
+    from jointcal_ap.cli import main
+    from jointcal_ap.stages.interfaces import IdempotencyKey
+
+    centre = (150.0, 2.0)
+    sky = synthetic_sky(60, centre=centre, size_deg=0.42, seed=11, min_separation_arcsec=6)
+    units = [u for u in synthetic_units(sky, [centre], n_visits=6, detector_size_deg=0.2,
+                                        seed=12) if u.data_id["detector"] == 0]
+    h_true, g12_true = {900: 15.0, 901: 16.5}, {900: 0.5, 901: 0.3}
+    apdb = open_apdb(apdb_url, create=True)
+    for i, unit in enumerate(units):
+        src = unit.sources
+        ss_object = np.full(src.num_rows, -1)
+        ss_object[:2] = [900, 901]
+        alpha = 3.0 + 4.0 * i
+        mag = np.array([hg12_magnitude(h_true[k], g12_true[k], 2.0, 1.2, np.radians(alpha))
+                        for k in (900, 901)])
+        flux = src.column("psfFlux").to_numpy().copy()
+        flux[:2] = 10 ** (-0.4 * (mag - 31.4))
+        err = src.column("psfFluxErr").to_numpy().copy()
+        err[:2] = flux[:2] * 1e-3
+        src = src.set_column(src.column_names.index("psfFlux"), "psfFlux", pa.array(flux))
+        src = src.set_column(src.column_names.index("psfFluxErr"), "psfFluxErr", pa.array(err))
+        src = src.set_column(src.column_names.index("ssObjectId"), "ssObjectId",
+                             pa.array(np.where(ss_object >= 0, ss_object, 0),
+                                      mask=ss_object < 0, type=pa.int64()))
+        src = src.set_column(src.column_names.index("band"), "band",
+                             pa.array(["r"] * src.num_rows))
+        ss = apdb_schema()["SSSource"].conform({
+            "diaSourceId": src.column("diaSourceId").to_numpy()[:2], "ssObjectId": [900, 901],
+            "eclLambda": np.ones(2), "eclBeta": np.ones(2), "galLon": np.ones(2),
+            "galLat": np.ones(2), "phaseAngle": np.full(2, alpha), "helioRange": np.full(2, 2.0),
+            "topoRange": np.full(2, 1.2)})
+        associate_unit(apdb, src, key=IdempotencyKey.make("associate", unit.data_id, "v1"),
+                       region=unit.region, ss_sources=ss)
+    apdb.close()
+    last = float(units[-1].sources.column("midpointMjdTai")[0].as_py())
+    # only the last night: both objects were seen then; their whole history is fitted
+    argv = ["sso", "daily", apdb_url, "--since", str(last - 0.5), "--until", str(last + 0.5)]
+    assert main(argv) == 0
+    assert "2 objects observed, 12 SSSources" in capsys.readouterr().out
+    with open_apdb(apdb_url) as db:
+        rows = db.get_ss_objects().to_pylist()
+    assert [r["ssObjectId"] for r in rows] == [900, 901]
+    for r in rows:
+        assert r["nObs"] == 6 and r["r_nObs"] == 6 and r["arc"] == pytest.approx(5.0)
+        assert r["r_H"] == pytest.approx(h_true[r["ssObjectId"]], abs=5 * r["r_HErr"] + 1e-6)
+        assert r["r_G12"] == pytest.approx(g12_true[r["ssObjectId"]],
+                                           abs=5 * r["r_G12Err"] + 1e-6)
+    # a time range with no observation touches nothing; a re-run replaces the rows
+    assert main(["sso", "daily", apdb_url, "--since", "1000", "--until", "1001"]) == 0
+    assert "0 objects observed" in capsys.readouterr().out
+    assert main(argv) == 0
+    with open_apdb(apdb_url) as db:
+        assert db.get_ss_objects().to_pylist() == rows
+    assert main(["sso", "daily", apdb_url, "--since", "5", "--until", "4"]) == 2

@@ -42,13 +42,14 @@ def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
 
 
 def healpix29(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    """NESTED HEALPix index at order 29 (int64) of each (ra, dec) in degrees."""
-    import healpy as hp
+    """NESTED HEALPix index at order 29 (int64) of each (ra, dec) in degrees (healpy's
+    ``ang2pix``, bit for bit, without importing healpy: :mod:`jointcal_ap.refcat.healpix`)."""
+    from jointcal_ap.refcat.healpix import lonlat_to_nest
 
     ra, dec = np.asarray(ra_deg, float), np.asarray(dec_deg, float)
     if ra.size == 0:
         return np.zeros(0, np.int64)
-    return np.asarray(hp.ang2pix(1 << HEALPIX_ORDER, ra, dec, nest=True, lonlat=True), np.int64)
+    return lonlat_to_nest(ra, dec, HEALPIX_ORDER)
 
 
 def _region_order(region) -> int:

@@ -543,6 +543,73 @@ class SqlApdb:
         rows.sort()
         return self._arrow("SSSource", cols, rows)
 
+    def ss_objects_observed(self, start_mjd_tai: float | None = None,
+                            end_mjd_tai: float | None = None) -> np.ndarray:
+        """Ids of the Solar System objects with an SSSource whose DiaSource was observed in
+        ``[start_mjd_tai, end_mjd_tai)`` (either bound may be None), sorted."""
+        where, args = [], []
+        if start_mjd_tai is not None:
+            where.append('d."midpointMjdTai" >= ?')
+            args.append(float(start_mjd_tai))
+        if end_mjd_tai is not None:
+            where.append('d."midpointMjdTai" < ?')
+            args.append(float(end_mjd_tai))
+        sql = ('SELECT DISTINCT s."ssObjectId" FROM "SSSource" s JOIN "DiaSource" d '
+               'ON d."diaSourceId" = s."diaSourceId"')
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._connect(False) as conn, conn.begin():
+            rows = self._query(conn, sql, args)
+        return np.sort(np.asarray([r[0] for r in rows], np.int64))
+
+    def get_ss_history(self, ss_object_ids: Any) -> tuple[Any, Any]:
+        """Every SSSource of the given objects (their whole history, sorted by
+        ``diaSourceId``) and the DiaSources they point to: the inputs of
+        :func:`jointcal_ap.sso.daily_products`."""
+        ss_cols = self._columns("SSSource", None)
+        dia_cols = self._columns("DiaSource", None)
+        with self._connect(False) as conn, conn.begin():
+            ss_rows = self._select_rows(conn, "SSSource", ss_cols, ids_column="ssObjectId",
+                                        ids=np.asarray(ss_object_ids))
+            ss_rows.sort()
+            dia_ids = [r[ss_cols.index("diaSourceId")] for r in ss_rows]
+            dia_rows = self._select_rows(conn, "DiaSource", dia_cols, ids_column="diaSourceId",
+                                         ids=np.asarray(dia_ids, np.int64))
+        i = dia_cols.index("diaSourceId")
+        dia_rows.sort(key=lambda r: r[i])
+        return self._arrow("SSSource", ss_cols, ss_rows), self._arrow("DiaSource", dia_cols,
+                                                                        dia_rows)
+
+    def get_ss_objects(self, ss_object_ids: Any = None) -> Any:
+        """SSObject rows (all of them, or of the given ids), sorted by ``ssObjectId``."""
+        cols = self._columns("SSObject", None)
+        with self._connect(False) as conn, conn.begin():
+            rows = self._select_rows(conn, "SSObject", cols, ids_column="ssObjectId",
+                                     ids=None if ss_object_ids is None
+                                     else np.asarray(ss_object_ids))
+        rows.sort(key=lambda r: r[0])
+        return self._arrow("SSObject", cols, rows)
+
+    def store_ss_objects(self, ss_objects: Any) -> int:
+        """Insert or replace SSObject rows (Rubin's columns, e.g. from
+        :func:`jointcal_ap.sso.daily_products`) in one transaction; returns the row count.
+        Running it again with the same rows leaves the table as it was."""
+        from jointcal_ap.schemas import apdb_schema
+
+        table = apdb_schema()["SSObject"].conform(ss_objects, where="SSObject rows")
+        ids = np.asarray(table.column("ssObjectId").to_numpy(zero_copy_only=False), np.int64)
+        if len(np.unique(ids)) != len(ids):
+            raise ApdbInputError("SSObject rows: an ssObjectId appears more than once")
+
+        def work(conn: Any) -> int:
+            if len(ids):
+                self._execute(conn, f'DELETE FROM "SSObject" WHERE {self._ids_sql("ssObjectId")}',
+                              [self._ids(ids)])
+            self._insert_rows(conn, "SSObject", table)
+            return table.num_rows
+
+        return self._run_write(work)
+
     def get_features(self, object_ids: Any) -> Any:
         """Rows of ``DiaObjectFeatures`` for the given objects (a ``pyarrow.Table``), by object
         and then band in ``ugrizy`` order."""
@@ -581,7 +648,7 @@ class SqlApdb:
         sa = self._sa
         out = {}
         with self._connect(False) as conn, conn.begin():
-            for name in ("DiaObject", "DiaSource", "DiaForcedSource", "SSSource",
+            for name in ("DiaObject", "DiaSource", "DiaForcedSource", "SSSource", "SSObject",
                          layout.FEATURES_TABLE, "apdb_unit"):
                 out[name] = int(conn.execute(sa.select(sa.func.count()).select_from(
                     self._t(name))).scalar_one())

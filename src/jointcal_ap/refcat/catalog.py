@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jointcal_ap.refcat._arrow import from_numpy, to_numpy
-from jointcal_ap.refcat._healpix import query_disc
+from jointcal_ap.refcat.healpix import query_disc
 from jointcal_ap.refcat.layout import (
     Partition,
     catalog_root,

@@ -1,4 +1,4 @@
-"""The ``jointcal-ap sso`` commands: ``mock``, ``predict``, ``associate`` and ``link``.
+"""The ``jointcal-ap sso`` commands: ``mock``, ``predict``, ``associate``, ``daily`` and ``link``.
 
 :func:`add_commands` only builds the argparse parsers (it runs for every ``jointcal-ap``
 invocation); the handlers import the science modules. Every output is a Parquet file
@@ -32,6 +32,9 @@ EXAMPLES = textwrap.dedent("""\
              --out-unassociated left.parquet
       5. Link unassociated detections of two weeks into new orbits:
          jointcal-ap sso link left_2weeks.parquet --out links.parquet
+      6. Daily products: SSObject rows (nObs, arc, H and G12 per band) of the objects seen
+         in one night, from their whole history in the APDB:
+         jointcal-ap sso daily sqlite:///apdb.sqlite3 --since 60600.9 --until 60601.9
 
     exit codes: 0 ok, 1 bad data (a bad orbit, a missing column; the message names it),
     2 usage.
@@ -39,7 +42,7 @@ EXAMPLES = textwrap.dedent("""\
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``jointcal-ap sso {mock,predict,associate,link}``."""
+    """Add ``jointcal-ap sso {mock,predict,associate,daily,link}``."""
     raw = argparse.RawDescriptionHelpFormatter
     sso = sub.add_parser("sso", help="Solar System objects: mock catalogs, ephemerides, "
                          "association, linking", formatter_class=raw, epilog=EXAMPLES)
@@ -85,6 +88,22 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="largest separation (default 10)")
     assoc.set_defaults(handler=_associate)
 
+    daily = ssub.add_parser("daily", help="SSObject rows (nObs, arc, H, G12) of the objects "
+                            "seen in a time range, from the APDB", parents=[common],
+                            formatter_class=raw, epilog=EXAMPLES)
+    daily.add_argument("apdb", metavar="APDB_URL",
+                       help="sqlite:///file.sqlite3 or postgresql://...")
+    daily.add_argument("--since", type=float, default=None, metavar="MJD",
+                       help="objects with an SSSource observed at or after this MJD TAI "
+                            "(default: all)")
+    daily.add_argument("--until", type=float, default=None, metavar="MJD",
+                       help="... and before this MJD TAI (default: no limit)")
+    daily.add_argument("--orbits", default=None, metavar="ORBITS",
+                       help="orbit catalog, for the Tisserand parameter (optional)")
+    daily.add_argument("--out", default=None, metavar="SSOBJECT.parquet",
+                       help="also write the rows to this file")
+    daily.set_defaults(handler=_daily)
+
     lnk = ssub.add_parser("link", help="HelioLinC-style linking of detections into orbits",
                           parents=[common], formatter_class=raw, epilog=EXAMPLES)
     lnk.add_argument("sources", metavar="SOURCES.parquet",
@@ -129,10 +148,11 @@ def _floats(text: str, name: str, count: int | None = None) -> list[float]:
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
+    from jointcal_ap.apdb.errors import ApdbError, ApdbInputError
     from jointcal_ap.schemas import SchemaError
     from jointcal_ap.sso.errors import SsoError
 
-    return (SsoError, SchemaError, OSError, ArithmeticError)
+    return (SsoError, SchemaError, ApdbError, ApdbInputError, OSError, ArithmeticError)
 
 
 def _handler(func: Any) -> Any:
@@ -264,4 +284,28 @@ def _link(args: argparse.Namespace) -> int:
     print(f"{sources.num_rows:,} detections, {result.n_tracklets_total:,} tracklets, "
           f"{result.n_candidates:,} candidate clusters -> {len(result):,} linkages with orbits "
           f"in {seconds:.1f} s; wrote {args.out}")
+    return 0
+
+
+@_handler
+def _daily(args: argparse.Namespace) -> int:
+    from jointcal_ap.apdb import open_apdb
+    from jointcal_ap.sso.daily import daily_products
+    from jointcal_ap.sso.orbits import read_orbits
+
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        raise UsageError(f"--until {args.until} must be after --since {args.since}")
+    orbits = read_orbits(args.orbits) if args.orbits else None
+    with open_apdb(args.apdb) as apdb:
+        ids = apdb.ss_objects_observed(args.since, args.until)
+        ss_sources, dia_sources = apdb.get_ss_history(ids)
+        rows = daily_products(ss_sources, dia_sources, orbits=orbits)
+        stored = apdb.store_ss_objects(rows)
+    if args.out:
+        _write(rows, args.out, {"command": "sso daily", "since": args.since,
+                                "until": args.until, "orbits": args.orbits})
+    fitted = sum(int(v is not None) for band in "ugrizy" for v in rows.column(f"{band}_H").to_pylist())
+    print(f"{len(ids):,} objects observed, {ss_sources.num_rows:,} SSSources in their history; "
+          f"stored {stored:,} SSObject rows ({fitted:,} band H fits)"
+          + (f"; wrote {args.out}" if args.out else ""))
     return 0

@@ -18,9 +18,9 @@ fluxes), and returns one SSObject row per object with Rubin's columns
 Points with a non-positive flux or a missing error count in ``b_nObs`` but not in
 ``b_nObsUsed``. The MOID columns are left NULL.
 
-The APDB wiring (``jointcal-ap sso daily APDB_URL --night N``) is a thin adapter: read the
-SSSources (and DiaSources) of the objects seen on night N with all their history, call
-this, upsert the rows.
+On an APDB, ``jointcal-ap sso daily APDB_URL --since MJD --until MJD`` is the thin adapter:
+it reads the SSSources (and DiaSources) of the objects seen in that range with all their
+history, calls this, and replaces their SSObject rows.
 """
 
 from __future__ import annotations
