@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from jointcal_ap.atomic import atomic_path, write_json, write_text
+from jointcal_ap.metrics.run import _jsonable  # NaN → null, NumPy scalars → Python
 
 __all__ = [
     "AFTER_CALEXP_STAGES",
@@ -77,18 +78,6 @@ class Report:
     figures: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     headline: str = ""
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -602,6 +591,6 @@ def build_report(out: str | os.PathLike[str], *, apdb_url: str | None = None,
                 f"{lat.get('median_s', math.nan):.2f} s per detector; alerts sent "
                 f"{metrics['alerts'].get('sent', 'n/a')}, received {received}")
     metrics["headline"] = headline
-    metrics_path = write_json(out / "metrics.json", _finite(metrics), default=float)
+    metrics_path = write_json(out / "metrics.json", _jsonable(metrics), default=float)
     page = write_text(out / "report.html", _page(metrics, figures, out, headline))
     return Report(Path(page), Path(metrics_path), figures, metrics, headline)
