@@ -33,6 +33,7 @@ COMMAND_FAMILIES: tuple[str, ...] = (
     "jointcal_ap.diffim.cli",
     "jointcal_ap.apdb.cli",
     "jointcal_ap.realbogus.cli",
+    "jointcal_ap.report.cli",
 )
 
 
@@ -134,6 +135,11 @@ def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main job on the bundled real catalogs", parents=[common])
     demo.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores)")
+    demo.add_argument("--apdb", default=None, metavar="URL",
+                      help="APDB URL, e.g. postgresql://user@127.0.0.1:5432/db (an existing database; "
+                           "default: the SQLite file OUT/apdb.sqlite3)")
+    demo.add_argument("--no-broker", action="store_true",
+                      help="do not start a schema registry and tansu broker: alerts go only to OUT/alerts")
 
     # `stages list`, `run PIPELINE.toml`, the other families and the subcommands plugins add
     if families:
@@ -218,7 +224,7 @@ def _demo(args: argparse.Namespace) -> int:
     from jointcal_ap.demo import run_demo
 
     summary = run_demo(args.out, workers=args.workers or min(os.cpu_count() or 1, 4),
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, apdb=args.apdb, broker=not args.no_broker)
     xm, sv, ft, acc = summary["crossmatch"], summary["survey"], summary["fit"], summary["accuracy"]
     print(f"1. refcats: Hipparcos 2 ({summary['hip2']['rows']:,} stars) and Gaia DR3 bright "
           f"({summary['gaia_bright']['rows']:,} stars) converted into {args.out}/refcats")
@@ -230,8 +236,9 @@ def _demo(args: argparse.Namespace) -> int:
           f"Dec {sv['field_radec'][1]} ({sv['hipparcos_stars']} real Hipparcos stars), rendered to {args.out}/raw "
           f"as a camera writes them ({sv['raw_files']} files, a CCD per extension, with weight maps)")
     pl = summary["pipeline"]
-    print(f"3-5. pipeline {pl['file']} ({pl['units']} units on {pl['scheduler']}): detect, joint fit, "
-          f"calibrate; rerun it with: jointcal-ap run {pl['file']}")
+    print(f"3-6. pipeline {pl['file']} ({pl['units']} units on {pl['scheduler']}): detect, joint fit, "
+          f"calibrate, inject, template, difference, associate (SSO, APDB, forced photometry), alerts; "
+          f"rerun it with: jointcal-ap run {pl['file']}")
     print(f"   joint fit: {ft['measurements']:,} measurements of {ft['stars']:,} stars "
           f"({ft['reference_stars']} reference); astrometry chi2/dof {ft['astrometry_chi2_per_dof']}, "
           f"photometry chi2/dof {ft['photometry_chi2_per_dof']}")
@@ -248,6 +255,11 @@ def _demo(args: argparse.Namespace) -> int:
           f"{acc['star_flux_vs_true_njy_median_mmag']:+.1f} mmag from their true flux (robust RMS "
           f"{acc['star_flux_vs_true_njy_robust_rms_mmag']:.1f} mmag, stated "
           f"{acc['star_flux_stated_err_median_mmag']:.1f})")
+    al = summary["alerts"]
+    got = al.get("received")
+    print(f"   alerts: {al['sent']:,} sent ({al['sink']}), archived in {al['archive']}"
+          + (f"; consumed back from the broker: {got['distinct_dia_sources']:,}" if got else ""))
+    print(f"7. report: {summary['report']['html']} ({summary['report']['headline']})")
     print("   time: " + ", ".join(f"{k} {v} s" for k, v in summary["seconds"].items()))
     print(f"summary written to {args.out}/demo_summary.json")
     return 0

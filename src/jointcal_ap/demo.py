@@ -31,6 +31,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import string
+import sys
 import time
 from dataclasses import fields
 from importlib.resources import files
@@ -41,11 +43,22 @@ import numpy as np
 
 from jointcal_ap.atomic import write_json, write_text
 
-__all__ = ["DEMO_FIELD", "bundled_config", "demo_pipeline_text", "run_demo"]
+__all__ = ["DEMO_EPOCHS", "DEMO_FIELD", "bundled_config", "demo_pipeline_text", "demo_variable_sky",
+           "run_demo"]
 
 MAS_PER_RAD = 206264806.247
 #: The demo's sky field (Cygnus, rich in Hipparcos stars): RA, Dec in degrees.
 DEMO_FIELD = (305.0, 40.0)
+#: The demo's visits (TDB Julian years): the first two make the templates and, with the rest,
+#: eight years of astrometric baseline; the last four, eleven days apart, are an alert
+#: production season (transients and moving objects appear only then).
+DEMO_EPOCHS = (2016.58, 2019.58, 2024.55, 2024.58, 2024.61, 2024.64)
+#: How many visits make the templates (the earliest).
+TEMPLATE_VISITS = 2
+#: The time-variable sky added to the demo's survey (counts; seeds in :func:`demo_variable_sky`).
+N_VARIABLES, N_TRANSIENTS, N_MOVING_PER_VISIT = 15, 15, 3
+#: The Kafka topic the demo's alerts go to.
+DEMO_TOPIC = "demo-alerts"
 
 
 def bundled_config(name: str) -> Path:
@@ -109,7 +122,7 @@ def demo_survey_config(**overrides):
 
     camera = Camera.grid(2, 2, naxis1=1024, naxis2=1024, gap_px=30.0, pixel_scale_arcsec=6.0, k1=4.0e-10,
                          rotation_rad=2e-3, offset_px=1.5, seed=3)
-    base = dict(n_visits=6, ra=DEMO_FIELD[0], dec=DEMO_FIELD[1], camera=camera, epochs=(2015.0, 2025.0),
+    base = dict(n_visits=len(DEMO_EPOCHS), ra=DEMO_FIELD[0], dec=DEMO_FIELD[1], camera=camera, epochs=DEMO_EPOCHS,
                 dither_arcmin=20.0, rotation_deg=1.0, exptime=30.0, zero_point=20.0, sky_mag_arcsec2=20.5,
                 fwhm_arcsec=15.0, wcs_offset_arcsec=10.0, wcs_rotation_deg=0.02, ref_epoch=2016.0,
                 ref_colour_terms=(0.0, 0.0, 0.0), seed=2026)
@@ -147,7 +160,7 @@ def demo_pipeline_text() -> str:
     return (files("jointcal_ap") / "pipelines" / "demo.toml").read_text()
 
 
-def _accuracy(run: Path, truth, fit_summary: dict) -> dict:
+def _accuracy(run: Path, truth, fit_summary: dict, placed=None) -> dict:
     """Fitted vs true, from what the pipeline wrote: the TAN-SIP WCS and the calibration of
     every calibrated exposure on a pixel grid (and, for comparison, the fitted model itself,
     ``fit/model.json``), and the calibrated flux of every bright detection (the ``detect``
@@ -187,6 +200,11 @@ def _accuracy(run: Path, truth, fit_summary: dict) -> dict:
         flux, flux_err = np.asarray(src["flux"]), np.asarray(src["flux_err"])
         sel = np.flatnonzero((np.asarray(src["flags"]) == 0) & (flux > 0))
         t = np.flatnonzero((tm.visit == visit) & (tm.detector == detector))
+        if placed is not None:  # the stars' fluxes only: not blended with a variable source
+            extra = placed.rows(visit, detector)
+            if len(extra) and len(sel):
+                near, _ = cKDTree(np.c_[placed.x[extra], placed.y[extra]]).query(np.c_[x[sel], y[sel]])
+                sel = sel[near > 5.0]
         if len(sel) and len(t):
             dist, j = cKDTree(np.c_[tm.x[t], tm.y[t]]).query(np.c_[x[sel], y[sel]])
             sel, j = sel[dist < 0.5], t[j[dist < 0.5]]
@@ -221,8 +239,106 @@ def _accuracy(run: Path, truth, fit_summary: dict) -> dict:
     }
 
 
-def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress: bool = False) -> dict[str, Any]:
-    """Run the demo and return (and write to ``OUT/demo_summary.json``) its summary."""
+
+
+def demo_variable_sky(survey, *, seed: int = 17, site: str = "rubin"):
+    """Variable stars, supernova-like transients (peaking in the alert-production season) and
+    main-belt asteroids (placed in the field at each season visit) for the demo's survey.
+
+    Returns ``(objects, orbits, placed)``: the variables' and transients' parameters, the
+    asteroids' orbit catalog (``mpc_orbits`` columns) and every appearance in an exposure
+    (:class:`~jointcal_ap.simulate.variability.VariableSources`)."""
+    from jointcal_ap.simulate.variability import (
+        moving_object_orbits,
+        place_variable_sources,
+        transient_catalog,
+        variable_star_catalog,
+    )
+
+    config, truth = survey.config, survey.truth
+    # inside the camera's inscribed circle, so that most land on a CCD
+    radius = 0.5 * config.camera.field_radius_px(distorted=False) * config.camera.pixel_scale_arcsec / 3600.0
+    season = truth.visits[TEMPLATE_VISITS:]
+    variables = variable_star_catalog(N_VARIABLES, ra=config.ra, dec=config.dec, radius_deg=radius,
+                                      seed=seed)
+    transients = transient_catalog(N_TRANSIENTS, ra=config.ra, dec=config.dec, radius_deg=radius,
+                                   seed=seed + 1,
+                                   peak_mjd=(season[0].mjd_tai - 10.0, season[-1].mjd_tai))
+    objects = {k: np.concatenate([variables[k], transients[k]]) for k in variables}
+    orbits = moving_object_orbits(season, per_visit=N_MOVING_PER_VISIT, radius_deg=radius,
+                                  seed=seed + 2, site=site)
+    return objects, orbits, place_variable_sources(survey, objects, orbits, site=site)
+
+
+def _write_variable_truth(out: Path, objects, orbits, placed) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jointcal_ap.atomic import atomic_path
+    from jointcal_ap.sso.orbits import write_orbits
+
+    truth_dir = out / "sim" / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    for name, table in (("variable_objects", pa.table(objects)),
+                        ("variable_sources", placed.to_table())):
+        with atomic_path(truth_dir / f"{name}.parquet") as tmp:
+            pq.write_table(table, tmp)
+    write_orbits(orbits, out / "sim" / "sso_orbits.parquet")
+
+
+def _start_broker(out: Path, stack) -> tuple[Any, Any]:
+    """Our schema registry and a tansu broker on loopback, stopped when ``stack`` closes."""
+    from jointcal_ap.alerts.registry import RegistryServer
+    from jointcal_ap.services.kafka import TansuBroker
+
+    (out / "registry").mkdir(parents=True, exist_ok=True)
+    registry = stack.enter_context(RegistryServer(out / "registry" / "registry.db"))
+    broker = stack.enter_context(TansuBroker())
+    broker.create_topic(DEMO_TOPIC)
+    return broker, registry
+
+
+def _consume(broker, registry, expected: int, *, timeout: float = 60.0) -> dict[str, Any]:
+    """Read the demo's alerts back from the broker (an unchanged Kafka consumer and Avro
+    deserializer through the registry) and count them."""
+    from jointcal_ap.alerts.kafka import AlertConsumer
+
+    ids: set[int] = set()
+    n = 0
+    deadline = time.monotonic() + timeout
+    with AlertConsumer(broker.bootstrap, DEMO_TOPIC, registry.url, group_id="demo",
+                       idle_timeout=5.0) as consumer:
+        for _, alert in consumer:
+            n += 1
+            ids.add(int(alert["diaSourceId"]))
+            if len(ids) >= expected or time.monotonic() > deadline:
+                break
+        consumer.commit()
+    return {"messages": n, "distinct_dia_sources": len(ids)}
+
+
+def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress: bool = False,
+             apdb: str | None = None, broker: bool = True) -> dict[str, Any]:
+    """Run the demo and return (and write to ``OUT/demo_summary.json``) its summary.
+
+    Parameters
+    ----------
+    out : path
+        Where everything goes.
+    workers : int
+        Dask worker processes.
+    progress : bool
+        Progress bars on stderr.
+    apdb : str, optional
+        The APDB URL (``postgresql://...``: a database that exists; its tables are created).
+        Default: the SQLite file ``OUT/apdb.sqlite3`` (made afresh).
+    broker : bool
+        Start our schema registry and a tansu broker on loopback, send the alerts there and
+        consume them back; ``False``: the alerts go only to the archive ``OUT/alerts``.
+    """
+    import contextlib
+
+    from jointcal_ap.apdb import open_apdb
     from jointcal_ap.simulate import simulate_survey
     from jointcal_ap.simulate.exposures import render_survey
     from jointcal_ap.stages import run_pipeline
@@ -236,38 +352,78 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
     def lap(name: str, t0: float) -> None:
         summary["seconds"][name] = round(time.perf_counter() - t0, 2)
 
+    def say(text: str) -> None:
+        if progress:
+            print(f"[demo {time.perf_counter() - t_start:5.1f} s] {text}", file=sys.stderr, flush=True)
+
+    say("1. refcats")
     cats = _convert_refcats(out, summary, workers=1, progress=progress)
 
     # ------------------------------------------------------------ a survey of a real field
+    say("2. simulated survey of the real field, with variables, transients and asteroids")
     t0 = time.perf_counter()
     config = demo_survey_config()
     stars = demo_stars(cats["hip2"], config)
     survey = simulate_survey(config, out / "sim", formats=(), stars=stars, overwrite=True)
+    objects, orbits, placed = demo_variable_sky(survey.data)
+    _write_variable_truth(out, objects, orbits, placed)
     units = [(v.visit, d) for v in survey.truth.visits for d in range(len(config.camera.detectors))]
     raw = out / "raw"
     shutil.rmtree(raw, ignore_errors=True)
-    rendered = render_survey(survey.data, raw, seed=11, progress=progress, layout="camera")
+    rendered = render_survey(survey.data, raw, seed=11, progress=progress, layout="camera",
+                             variable=placed)
     lap("simulate + render exposures", t0)
+    kinds = np.asarray(placed.kind)
     summary["survey"] = {"field_radec": list(DEMO_FIELD), "visits": len(survey.truth.visits),
                          "detectors": len(config.camera.detectors), "exposures": len(units),
                          "true_stars": len(stars), "hipparcos_stars": int(np.sum(stars.in_reference)),
                          "raw_files": len(rendered) // 2,
-                         "epochs": [round(v.epoch, 2) for v in survey.truth.visits]}
+                         "epochs": [round(v.epoch, 2) for v in survey.truth.visits],
+                         "template_visits": TEMPLATE_VISITS,
+                         "variable_stars": N_VARIABLES, "transients": N_TRANSIENTS,
+                         "moving_objects": orbits.num_rows,
+                         "appearances": {k: int(np.sum(kinds == k)) for k in
+                                         ("variable", "transient", "moving")}}
 
-    # ------------------------------------------------------------ the pipeline file
-    t0 = time.perf_counter()
-    pipeline_file = out / "pipeline.toml"
-    write_text(pipeline_file, demo_pipeline_text())
-    shutil.rmtree(out / "run", ignore_errors=True)
-    with Repository(out / "run") as repo:  # what `jointcal-ap repo ingest` does
-        ingest_exposures(repo, [p for p in rendered if not p.name.endswith(".weight.fits")])
-    run = run_pipeline(pipeline_file, workers=workers, progress=progress)
-    if not run.ok:
-        raise RuntimeError(run.format())
-    lap("pipeline: detect, joint fit, calibrate", t0)
+    # ------------------------------------------------------------ APDB, broker, pipeline file
+    apdb_url = apdb or f"sqlite:///{out / 'apdb.sqlite3'}"
+    if apdb is None:
+        (out / "apdb.sqlite3").unlink(missing_ok=True)
+    open_apdb(apdb_url, create=True).close()
+    shutil.rmtree(out / "alerts", ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        if broker:
+            say("   starting the schema registry and the tansu broker on 127.0.0.1")
+            kafka, registry = _start_broker(out, stack)
+            sink = (f"kafka://{kafka.bootstrap}/{DEMO_TOPIC}?registry={registry.url}"
+                    f"&archive={out / 'alerts'}")
+        else:
+            sink = f"file://{out / 'alerts'}"
+        t0 = time.perf_counter()
+        pipeline_file = out / "pipeline.toml"
+        write_text(pipeline_file, string.Template(demo_pipeline_text()).substitute(
+            apdb=apdb_url, orbits=str(out / "sim" / "sso_orbits.parquet"), sink=sink))
+        shutil.rmtree(out / "run", ignore_errors=True)
+        with Repository(out / "run") as repo:  # what `jointcal-ap repo ingest` does
+            ingest_exposures(repo, [p for p in rendered if not p.name.endswith(".weight.fits")])
+        say("3-6. pipeline: detect, joint fit, calibrate, inject, template, difference, "
+            "associate, alerts")
+        run = run_pipeline(pipeline_file, workers=workers, progress=progress)
+        if not run.ok:
+            raise RuntimeError(run.format())
+        lap("pipeline", t0)
+        n_alerts = sum(len(r) for r in _unit_alerts(out / "run"))
+        summary["alerts"] = {"sent": n_alerts, "sink": "kafka" if broker else "file",
+                             "archive": str(out / "alerts")}
+        if broker:
+            say("   consuming the alerts back from the broker")
+            t0 = time.perf_counter()
+            summary["alerts"]["received"] = _consume(kafka, registry, n_alerts)
+            lap("consume alerts", t0)
     summary["pipeline"] = {"file": str(pipeline_file), "scheduler": run.scheduler,
-                           "units": run.units, "stage_seconds": {
+                           "units": run.units, "no_work": len(run.no_work), "stage_seconds": {
                                k: round(v, 2) for k, v in run.stage_seconds.items()}}
+    summary["apdb"] = apdb_url if apdb is None else "postgresql (given)"
     fit = json.loads((out / "run" / "fit_summary.json").read_text())
     summary["fit"] = {
         "measurements": fit["n_measurements"], "stars": fit["n_stars"],
@@ -279,10 +435,25 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
         "plots": len(list((out / "run" / "fit" / "plots").glob("*.png"))),
     }
 
+    say("7. accuracy against the truth, metrics and the report")
     t0 = time.perf_counter()
     summary["accuracy"] = {k: (round(v, 3) if isinstance(v, float) else v)
-                           for k, v in _accuracy(out / "run", survey.truth, fit).items()}
+                           for k, v in _accuracy(out / "run", survey.truth, fit, placed).items()}
     lap("compare with truth", t0)
+    t0 = time.perf_counter()
+    from jointcal_ap.report import build_report
+
+    report = build_report(out, apdb_url=apdb_url, summary=summary)
+    summary["report"] = {"html": str(report.html), "metrics": str(report.metrics_json),
+                         "headline": report.headline}
+    lap("metrics + report", t0)
     summary["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
     write_json(out / "demo_summary.json", summary, default=float)
     return summary
+
+
+def _unit_alerts(run: Path):
+    from jointcal_ap.stages.datasets import ALERT_PACKET
+
+    for path in sorted((run / "units").glob("*/alerts.avro")):
+        yield ALERT_PACKET.read(path)

@@ -94,8 +94,11 @@ def exposure_plans(sim: SimulatedData, *, seeing_sigma: float = 0.15, seed: int 
 
 
 def render_exposure(sim: SimulatedData, plan: ExposurePlan, *, read_noise_e: float = 5.0,
-                    psf: str = "gaussian", saturation_adu: float | None = None):
-    """One :class:`jointcal_ap.exposure.Exposure` of the survey."""
+                    psf: str = "gaussian", saturation_adu: float | None = None,
+                    variable=None):
+    """One :class:`jointcal_ap.exposure.Exposure` of the survey; ``variable``
+    (:class:`jointcal_ap.simulate.variability.VariableSources`) adds the time-variable
+    sources that fall on it."""
     from jointcal_ap.exposure import Exposure, ExposureMetadata
     from jointcal_ap.simulate.images import render_image
 
@@ -120,8 +123,13 @@ def render_exposure(sim: SimulatedData, plan: ExposurePlan, *, read_noise_e: flo
                 + (coarse[iy + 1][:, ix] * (1 - tx)[None, :] + coarse[iy + 1][:, ix + 1] * tx[None, :]) * ty[:, None])
     # flux_adu already carries the flat at the star's position; the renderer applies the
     # response pixel by pixel to stars and sky alike, so hand it the flux before the flat
-    before_flat = tm.flux_adu[rows] * 10.0 ** (0.4 * true_flat_mag(truth, plan.detector, tm.x[rows], tm.y[rows]))
-    image = render_image((det.naxis2, det.naxis1), tm.x[rows], tm.y[rows], before_flat,
+    xs, ys, flux = tm.x[rows], tm.y[rows], tm.flux_adu[rows]
+    if variable is not None:
+        extra = variable.rows(plan.visit, plan.detector)
+        xs, ys = np.concatenate([xs, variable.x[extra]]), np.concatenate([ys, variable.y[extra]])
+        flux = np.concatenate([flux, variable.flux_adu[extra]])
+    before_flat = flux * 10.0 ** (0.4 * true_flat_mag(truth, plan.detector, xs, ys))
+    image = render_image((det.naxis2, det.naxis1), xs, ys, before_flat,
                          fwhm_px=plan.fwhm_px, sky_adu=plan.sky_adu, gain=config.gain, read_noise_e=read_noise_e,
                          response=response, psf=psf, saturation_adu=saturation_adu, seed=plan.seed)
     v = truth.visit(plan.visit)
@@ -135,7 +143,7 @@ def render_exposure(sim: SimulatedData, plan: ExposurePlan, *, read_noise_e: flo
 
 def render_survey(sim: SimulatedData, out_dir: str | os.PathLike, *, template: str = "visit{visit}_det{detector:02d}.fits",
                   seeing_sigma: float = 0.15, seed: int = 0, read_noise_e: float = 5.0, psf: str = "gaussian",
-                  progress: bool = False, layout: str = "lsst") -> list[Path]:
+                  progress: bool = False, layout: str = "lsst", variable=None) -> list[Path]:
     """Render every exposure of a survey to ``out_dir``; returns the paths written.
 
     Parameters
@@ -146,6 +154,8 @@ def render_survey(sim: SimulatedData, out_dir: str | os.PathLike, *, template: s
         them: one multi-extension file per visit, ``visit{visit}.fits``, with a CCD per image
         extension (see :func:`write_camera_visit`), and its weight map
         ``visit{visit}.weight.fits`` (inverse variance, same layout).
+    variable : VariableSources, optional
+        Time-variable sources (:mod:`jointcal_ap.simulate.variability`) rendered with the stars.
     """
     from jointcal_ap.progress import progress as progress_bar
 
@@ -159,7 +169,8 @@ def render_survey(sim: SimulatedData, out_dir: str | os.PathLike, *, template: s
     bar = progress_bar(total=len(plans), desc="render exposures", unit="exposure",
                        enabled=progress)
     for plan in plans:
-        exposure = render_exposure(sim, plan, read_noise_e=read_noise_e, psf=psf)
+        exposure = render_exposure(sim, plan, read_noise_e=read_noise_e, psf=psf,
+                                   variable=variable)
         bar.update(1)
         if layout == "lsst":
             path = out / template.format(visit=plan.visit, detector=plan.detector)

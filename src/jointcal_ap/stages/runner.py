@@ -149,6 +149,10 @@ class RunSummary:
     no_work : tuple of UnitResult
         Units a stage found nothing to do for (:class:`~jointcal_ap.stages.NoWorkFound`):
         left out of the later stages; not failures.
+    unit_seconds : mapping
+        Unit key → stage label → wall-clock seconds of that stage on that unit (reading its
+        inputs, running, writing its outputs), for the per-unit stages run now: the latency
+        of a unit through the pipeline, split by stage.
     """
 
     pipeline: str
@@ -161,6 +165,7 @@ class RunSummary:
     wall_seconds: float
     scheduler: str
     no_work: tuple[UnitResult, ...] = ()
+    unit_seconds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -180,7 +185,9 @@ class RunSummary:
                 "wall_seconds": round(self.wall_seconds, 3), "scheduler": self.scheduler,
                 "no_work": [{"unit": r.unit.key, "reason": r.error} for r in self.no_work],
                 "failures": [{"unit": f.unit.key, "stage": f.stage, "error": f.error,
-                              "traceback": f.traceback} for f in self.failures]}
+                              "traceback": f.traceback} for f in self.failures],
+                "unit_seconds": {u: {k: round(v, 4) for k, v in s.items()}
+                                 for u, s in self.unit_seconds.items()}}
 
     def format(self) -> str:
         """A short human-readable report."""
@@ -784,6 +791,7 @@ def run_resolved(resolved: ResolvedPipeline,
     no_work: dict[DataId, UnitResult] = {}
     ran: set[DataId] = set()
     stage_seconds: dict[str, float] = {s.label: 0.0 for s in resolved.stages}
+    unit_seconds: dict[str, dict[str, float]] = {}
     try:
         if dask_address and not inline:  # an unreachable scheduler: nothing is written
             executor.connect(len(all_units))
@@ -807,6 +815,8 @@ def run_resolved(resolved: ResolvedPipeline,
                     for result in results:
                         for label, sec in result.seconds.items():
                             stage_seconds[label] += sec
+                        if segment.kind != "gather":
+                            unit_seconds.setdefault(result.unit.key, {}).update(result.seconds)
                         hit = active if segment.kind == "gather" else [result.unit]
                         if result.status == "done":
                             repo.register(result.refs)
@@ -839,7 +849,8 @@ def run_resolved(resolved: ResolvedPipeline,
     summary = RunSummary(config.name, out, len(all_units), done_now, skipped, failed,
                          stage_seconds, time.perf_counter() - start,
                          executor.scheduler if executor.used else "nothing to do",
-                         tuple(sorted(no_work.values(), key=lambda r: r.unit)))
+                         tuple(sorted(no_work.values(), key=lambda r: r.unit)),
+                         {u: unit_seconds[u] for u in sorted(unit_seconds)})
     write_json(out / "run_summary.json", summary.to_dict())
     return summary
 
