@@ -1,9 +1,11 @@
 """The platform under alert production: the visit registry and its dimension queries, the
-dataset store, gather and ordered-per-region stages, lookups across units, and side effects
+dataset store, gather stages and ordered stages (overlapping units in time order), lookups
+across units, and side effects
 that can be repeated safely (killed after the effect, re-run: exactly one effect)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -136,16 +138,26 @@ class UseTotal(Stage):
 
 
 class OrderProbe(OrderedStage):
-    """Records where and when each unit ran, and its visit's time from the registry."""
+    """Records where and when each unit ran (start and end), and its visit's time from the
+    registry; fails on the visit given by ``fail_visit``."""
 
     name = "order_probe"
     version = "1"
     inputs: ClassVar[dict[str, str]] = {"image": "Array"}
     outputs: ClassVar[dict[str, str]] = {"probe": "Json"}
 
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Options:
+        fail_visit: int = option(0, doc="raise on this visit (0: never)")
+
     def run(self, unit: Any, image: np.ndarray) -> dict[str, Any]:
-        time.sleep(0.05)
-        return {"probe": {"pid": os.getpid(), "ns": time.perf_counter_ns(),
+        start = time.perf_counter_ns()
+        if unit.visit == self.options.fail_visit:
+            raise RuntimeError(f"order_probe fails on visit {unit.visit}")
+        time.sleep(0.2)
+        return {"probe": {"pid": os.getpid(), "start": start, "end": time.perf_counter_ns(),
                           "mjd": self.context.visit(unit.visit).mjd_tai}}
 
 
@@ -315,23 +327,92 @@ def test_gather_stage_must_read_other_units_through_a_lookup(tmp_path):
                     plugin_manager=pm)
 
 
-def test_ordered_stage_runs_each_region_in_time_order_regions_in_parallel(tmp_path, dask_address):
+def _probes(out: Path, units) -> dict[tuple[int, int], dict]:
+    return {(u.visit, u.detector): json.loads((out / "units" / u.key / "probe.json").read_text())
+            for u in units if (out / "units" / u.key / "probe.json").exists()}
+
+
+def _assert_in_time_order(probes: dict, keys) -> None:
+    """The units ``keys`` ran one after the other (no two at once), in the order of MJD."""
+    ran = sorted((probes[k]["start"], probes[k]["end"], probes[k]["mjd"]) for k in keys)
+    assert [m for _, _, m in ran] == sorted(m for _, _, m in ran), ran
+    assert all(end <= nxt for (_, end, _), (nxt, _, _) in itertools.pairwise(ran)), ran
+
+
+def test_ordered_stage_runs_overlapping_units_in_time_order_the_rest_in_parallel(
+        tmp_path, dask_address):
     out = tmp_path / "out"
     _registry_with_two_regions(out).close()
     units = [Unit(v, d) for v in (1, 2, 3, 4) for d in (0, 1)]
     template = write_seeds(tmp_path / "in", units)
     pipeline = _pipeline(template, [{"name": "make_image"}, {"name": "order_probe"}])
+    resolved = prepare_run(pipeline, plugin_manager=manager())
+    assert [s.kind for s in resolved.segments] == ["unit", "ordered"]
     summary = run_pipeline(pipeline, units, output=out, dask_address=dask_address,
                            plugin_manager=manager(), progress=False)
     assert summary.ok, summary.format()
-    probes = {(u.visit, u.detector): json.loads((out / "units" / u.key / "probe.json").read_text())
-              for u in units}
-    for detector in (0, 1):  # detector 0 and 1 are two sky tiles
-        region = sorted((p["ns"], v) for (v, d), p in probes.items() if d == detector)
-        by_time = sorted((probes[(v, detector)]["mjd"], v) for v in (1, 2, 3, 4))
-        assert [v for _, v in region] == [v for _, v in by_time] == [2, 4, 1, 3]
-        assert len({probes[(v, detector)]["pid"] for v in (1, 2, 3, 4)}) == 1  # one task
-    assert probes[(1, 0)]["pid"] != probes[(1, 1)]["pid"]  # two regions, two workers
+    probes = _probes(out, units)
+    for detector in (0, 1):  # the two detectors are far apart: two independent chains
+        _assert_in_time_order(probes, [(v, detector) for v in (1, 2, 3, 4)])
+        assert [v for _, v in sorted((probes[(v, detector)]["start"], v)
+                                     for v in (1, 2, 3, 4))] == [2, 4, 1, 3]
+    # the chains are not one task each: 8 units of 0.2 s on 2 workers overlap in time
+    spans = sorted((p["start"], p["end"]) for p in probes.values())
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+
+
+def test_ordered_stage_orders_detectors_across_a_tile_border(tmp_path, dask_address):
+    """Detectors dithered across a sky-tile border overlap each other: every unit waits for
+    the earlier ones whatever their tile (the defect: each tile ran its own chain)."""
+    from jointcal_ap.store.dimensions import tile_of
+
+    out = tmp_path / "out"
+    repo = Repository(out)
+    # a tile border near (45, 0) at order 6: find it by bisection in RA
+    lo, hi = 44.0, 46.0
+    while hi - lo > 1e-6:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tile_of(mid, 0.0) == tile_of(lo, 0.0) else (lo, mid)
+    border = 0.5 * (lo + hi)
+    # visits alternate sides of the border (dither 10"), detectors 60" across
+    mjds = {1: 60001.0, 2: 60002.0, 3: 60003.0, 4: 60004.0, 5: 60005.0, 6: 60006.0}
+    for visit, mjd in mjds.items():
+        ra = border + (5.0 if visit % 2 else -5.0) / 3600.0
+        repo.registry.add_visit(VisitRecord(visit, mjd, ra, 0.0, "r", 30.0))
+        repo.registry.add_detectors([DetectorRecord.from_centre(visit, 0, ra, 0.0, 30 / 3600)])
+    repo.close()
+    assert len({tile_of(border + d / 3600.0, 0.0) for d in (5.0, -5.0)}) == 2
+    units = [Unit(v, 0) for v in mjds]
+    template = write_seeds(tmp_path / "in", units)
+    pipeline = _pipeline(template, [{"name": "make_image"}, {"name": "order_probe"}])
+    summary = run_pipeline(pipeline, units, output=out, dask_address=dask_address,
+                           plugin_manager=manager(), progress=False)
+    assert summary.ok, summary.format()
+    _assert_in_time_order(_probes(out, units), [(v, 0) for v in mjds])
+
+
+def test_a_failed_ordered_unit_stops_only_the_later_units_that_overlap_it(tmp_path):
+    out = tmp_path / "out"
+    _registry_with_two_regions(out).close()
+    units = [Unit(v, d) for v in (1, 2, 3, 4) for d in (0, 1)]
+    template = write_seeds(tmp_path / "in", units)
+    steps = [{"name": "make_image"}, {"name": "order_probe", "options": {"fail_visit": 4}}]
+    # visit 4 is the second in time (2, 4, 1, 3): on detector 0 and detector 1 it fails;
+    # visits 1 and 3 after it are not run; visit 2 before it is done
+    summary = run_pipeline(_pipeline(template, steps), units, output=out, inline=True,
+                           plugin_manager=manager(), progress=False)
+    failed = {(f.unit.visit, f.unit.detector): f.error for f in summary.failures}
+    assert set(failed) == {(v, d) for v in (4, 1, 3) for d in (0, 1)}
+    assert "order_probe fails on visit 4" in failed[(4, 0)]
+    assert failed[(1, 0)].startswith("not run: unit visit4_det0")
+    assert failed[(3, 1)].startswith("not run: unit visit") and "visit4_det0" not in failed[(3, 1)]
+    assert set(_probes(out, units)) == {(2, 0), (2, 1)}
+    # a rerun keeps what is done and tries the rest again, in time order
+    done_before = _probes(out, units)
+    summary = run_pipeline(_pipeline(template, steps), units, output=out, inline=True,
+                           plugin_manager=manager(), progress=False)
+    assert summary.skipped == 2 and len(summary.failures) == 6
+    assert _probes(out, units) == done_before
 
 
 def test_overlapping_lookup_gives_earlier_visits_of_the_same_sky(tmp_path):

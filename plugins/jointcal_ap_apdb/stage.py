@@ -42,9 +42,11 @@ class AssociateOptions:
 class AssociateStage(OrderedStage):
     """Associate a unit's DiaSources with Solar System objects and the APDB's DiaObjects.
 
-    First to predicted Solar System objects (SSSources, no DiaObject), then one to one to the APDB's DiaObjects in the detector's region, creating
-    new ones; forced photometry of every DiaObject on the detector; all stored in one
-    idempotent transaction keyed by the unit. Units run in time order within each sky tile.
+    First to predicted Solar System objects (SSSources, no DiaObject), then one to one to
+    the APDB's DiaObjects in the detector's region, creating new ones; forced photometry of
+    every DiaObject on the detector; all stored in one idempotent transaction keyed by the
+    unit. A unit waits for every earlier unit whose footprint comes within
+    ``order_margin_arcsec`` of its own (the detectors of one visit run in parallel).
     """
 
     name = "associate"

@@ -169,7 +169,8 @@ class Out:
 
 #: The kinds of :class:`In` lookups.
 LOOKUPS = ("same", "all", "overlapping")
-#: The stage kinds: per unit, one call over many units, per region in time order.
+#: The stage kinds: per unit, one call over many units, per unit with overlapping units in
+#: time order.
 KINDS = ("unit", "gather", "ordered")
 
 
@@ -307,8 +308,8 @@ class Stage:
       visit × detector), units in parallel;
     - ``"gather"`` (:class:`GatherStage`): ``run(units, **inputs)`` once for all units (a
       joint fit, a coadd);
-    - ``"ordered"`` (:class:`OrderedStage`): ``run(unit, **inputs)`` once per unit, the units
-      of each sky region (``tile``) in time order, regions in parallel (association).
+    - ``"ordered"`` (:class:`OrderedStage`): ``run(unit, **inputs)`` once per unit,
+      overlapping units in time order, the rest in parallel (association).
 
     While ``run`` executes, ``self.context`` is a
     :class:`~jointcal_ap.stages.context.StageContext`: the unit's idempotency key, the visit
@@ -365,17 +366,20 @@ class GatherStage(Stage):
 
 
 class OrderedStage(Stage):
-    """A per-unit stage whose units are processed in time order within each sky region.
+    """A per-unit stage whose units are processed in time order wherever they overlap.
 
-    The runner groups units by the ``tile`` of their detector's centre (from the visit
-    registry), sorts each group by the visit's mid-time, and runs the groups in parallel,
-    each in one worker, unit after unit. A failure stops its group (later units of that
-    region are not processed, so that the time order is never broken).
+    The runner (:mod:`~jointcal_ap.stages.ordering`) makes each unit wait for every earlier
+    unit (by the visit's mid-time in the registry) whose footprint, grown by
+    :attr:`order_margin_arcsec`, touches its own: overlapping units run one after the other
+    in time order, on any worker; disjoint ones (the detectors of one visit, other parts of
+    the sky) run in parallel. A unit that fails stops every later unit waiting on it, so that
+    the time order is never broken.
     """
 
     kind: ClassVar[str] = "ordered"
-    #: The dimension that defines the regions.
-    region: ClassVar[str] = "tile"
+    #: How far beyond its detector a unit reads or writes (arcsec): at least the association
+    #: radius plus the margin it reads DiaObjects with.
+    order_margin_arcsec: ClassVar[float] = 60.0
 
 
 def _docstring_fields(doc: str) -> dict[str, str]:

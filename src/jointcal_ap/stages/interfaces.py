@@ -77,7 +77,7 @@ INTERFACES: dict[str, StageInterface] = {
             outputs={"dia_objects": "DiaObjectCatalog"},
             doc="Associate DIA sources with the DIA objects of the APDB (opened with "
                 "context.apdb(url)), creating new objects, and store the unit in one "
-                "idempotent transaction (context.key); units run in time order per region.",
+                "idempotent transaction (context.key); overlapping units run in time order.",
             kind="ordered"),
         StageInterface(
             "export_alerts",

@@ -17,13 +17,14 @@ The output directory is a **repository** (:mod:`jointcal_ap.store.repository`)::
 
 The stages are cut into segments (:class:`~jointcal_ap.stages.pipeline.Segment`) that run in
 order: per-unit segments as one task per unit, a gather segment as one task, an ordered
-segment as one task per sky region (``tile``) processing its units in time order. Every
+segment as one task per unit that waits for every earlier unit whose footprint touches its
+own (:mod:`~jointcal_ap.stages.ordering`: Rubin's visit order, as a Dask task graph). Every
 file is written atomically; a task is recorded as done in the registry, with its segment's
 fingerprint and the identity of everything it read, only when all its outputs are written.
 A rerun skips what is done with the same fingerprint and inputs and redoes the rest (and,
-in an ordered segment, every later unit of the same region). A unit that fails loses the
-outputs of that segment from earlier configurations, is reported with its traceback, and is
-left out of the later segments.
+in an ordered segment, every later unit that waits on a redone one). A unit that fails loses
+the outputs of that segment from earlier configurations, is reported with its traceback, and
+is left out of the later segments.
 
 Before running, the visit registry is filled from the headers of the pipeline's
 ``Exposure``/``CalibratedExposure`` inputs for units it does not know yet (ingestion), so
@@ -55,6 +56,7 @@ from jointcal_ap.stages.context import (
 from jointcal_ap.stages.contract import check_outputs, options_to_dict
 from jointcal_ap.stages.errors import NoWorkFound, PipelineError, SchedulerError
 from jointcal_ap.stages.interfaces import IdempotencyKey
+from jointcal_ap.stages.ordering import drop_implied, earlier_neighbours, needs_redo
 from jointcal_ap.stages.pipeline import (
     Pipeline,
     ResolvedPipeline,
@@ -63,7 +65,7 @@ from jointcal_ap.stages.pipeline import (
     resolve_pipeline,
     units_from,
 )
-from jointcal_ap.store.dimensions import DataId, tile_of
+from jointcal_ap.store.dimensions import DataId
 from jointcal_ap.store.registry import DatasetRef
 from jointcal_ap.store.repository import (
     Repository,
@@ -240,7 +242,7 @@ class _Task:
     visits: Mapping[int, Any] = field(default_factory=dict)
     detectors: Mapping[tuple[int, int], Any] = field(default_factory=dict)
     units: tuple[DataId, ...] = ()  # gather: the units gathered
-    region: str = ""
+    after: tuple[int, ...] = ()  # ordered: the tasks (positions in the segment) it waits for
 
 
 _SHARED: dict[tuple[str, str, str], Any] = {}
@@ -396,21 +398,21 @@ def _discard_unfinished_outputs(resolved: ResolvedPipeline, task: _Task, root: s
             parent.rmdir()
 
 
-def _run_task(resolved: ResolvedPipeline, task: _Task, root: str) -> list[UnitResult]:
-    """A Dask task: run one segment on one unit, on all units (gather), or on a region's units
-    in time order (ordered; the first failure stops the region)."""
+def _run_task(resolved: ResolvedPipeline, task: _Task, root: str,
+              *waited: list[UnitResult]) -> list[UnitResult]:
+    """A Dask task: run one segment on one unit, or on all units (gather).
+
+    ``waited`` are the results of the tasks it waits for (ordered segments): if one of them
+    did not complete, this unit is not run, so that the time order is never broken."""
+    blocked = next((r for results in waited for r in results
+                    if r.status not in ("done", "skipped", "no_work")), None)
+    if blocked is not None:
+        (data_id,) = task.data_ids
+        error = (f"not run: unit {blocked.unit.key}, earlier and overlapping it, did not "
+                 f"complete (ordered stages run overlapping units in time order)")
+        return [UnitResult(data_id, "failed", {}, blocked.stage, error, None)]
     use_plugins(resolved.plugin_refs)
-    results: list[UnitResult] = []
-    for data_id in task.data_ids:
-        result = _run_steps(resolved, task, data_id, Path(root))
-        results.append(result)
-        if result.status != "done" and task.region:
-            for later in task.data_ids[len(results):]:
-                error = (f"not run: unit {data_id.key} of region {task.region} failed before it "
-                         f"(units of a region run in time order)")
-                results.append(UnitResult(later, "failed", {}, result.stage, error, None))
-            break
-    return results
+    return [_run_steps(resolved, task, data_id, Path(root)) for data_id in task.data_ids]
 
 
 # --------------------------------------------------------------------------- planning
@@ -627,37 +629,48 @@ class _Executor:
 
         self.used = True
         total = sum(len(t.data_ids) for t in tasks)
+        done: dict[int, list[UnitResult]] = {}  # position in ``tasks`` -> its results
+
+        def waited(task: _Task) -> list[list[UnitResult]]:
+            return [done[j] for j in task.after]
+
         with progress_bar(total=total, desc=label, unit="unit", enabled=progress) as bar:
-            if self.inline:
-                for task in tasks:
-                    results = _run_task(resolved, task, root)
-                    on_result(results)
-                    bar.update(len(results))
+            if self.inline:  # in list order, which is time order for an ordered segment
+                for i, task in enumerate(tasks):
+                    done[i] = _run_task(resolved, task, root, *waited(task))
+                    on_result(done[i])
+                    bar.update(len(done[i]))
                 return
             if self.client is None:
                 self.connect(len(tasks))
             from distributed import as_completed
 
             stamp = time.time_ns()
-            futures = [self.client.submit(_run_task, resolved, task, root, pure=False,
-                                          key=f"{label}-{i}-{stamp}")
-                       for i, task in enumerate(tasks)]
-            task_of = {f.key: t for f, t in zip(futures, tasks, strict=True)}
-            lost: list[_Task] = []
+            futures: list[Any] = []
+            for i, task in enumerate(tasks):  # a task waits for the futures of ``after``
+                futures.append(self.client.submit(
+                    _run_task, resolved, task, root, *(futures[j] for j in task.after),
+                    pure=False, key=f"{label}-{i}-{stamp}"))
+            position = {f.key: i for i, f in enumerate(futures)}
+            lost: list[int] = []
             for future in as_completed(futures):
                 try:
                     results = future.result()
                 except Exception:  # the worker died (KilledWorker), or the task was lost
-                    # A worker that dies takes every task it held with it: the guilty one and
-                    # innocent ones. Each is run again below, alone, to tell them apart.
-                    lost.append(task_of[future.key])
+                    # A worker that dies takes every task it held with it (and every task
+                    # waiting on those): the guilty one and innocent ones. Each is run again
+                    # below, alone, to tell them apart.
+                    lost.append(position[future.key])
                     continue
+                done[position[future.key]] = results
                 on_result(results)
                 bar.update(len(results))
-            for i, task in enumerate(lost):
+            del futures
+            for i in sorted(lost):  # in list order: what a task waits for is rerun first
+                task = tasks[i]
                 _discard_unfinished_outputs(resolved, task, root)
-                future = self.client.submit(_run_task, resolved, task, root, pure=False,
-                                            key=f"{label}-alone-{i}-{stamp}")
+                future = self.client.submit(_run_task, resolved, task, root, *waited(task),
+                                            pure=False, key=f"{label}-alone-{i}-{stamp}")
                 try:
                     results = future.result()
                 except Exception as exc:
@@ -667,6 +680,7 @@ class _Executor:
                     results = [UnitResult(d, "failed", {}, None, error, tb) for d in task.data_ids]
                     for d in task.data_ids:
                         _write_failure(Path(root), d, error, tb)
+                done[i] = results
                 on_result(results)
                 bar.update(len(results))
 
@@ -905,37 +919,46 @@ def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Reposi
         planned = plan_unit(unit)
         if planned is not None:
             plans[unit] = planned
-    if segment.kind == "unit":
-        def records(unit: DataId, inputs: Mapping[str, _Input]) -> dict:
-            wanted = {unit.get("visit")}
-            for source in inputs.values():
-                wanted.update(d.get("visit") for d, _ in source.items or ())
-            return {k: v for k, v in detectors.items() if k[0] in wanted}
 
+    def records(unit: DataId, inputs: Mapping[str, _Input]) -> dict:
+        wanted = {unit.get("visit")}
+        for source in inputs.values():
+            wanted.update(d.get("visit") for d, _ in source.items or ())
+        return {k: v for k, v in detectors.items() if k[0] in wanted}
+
+    if segment.kind == "unit":
         # every visit's record (small); detectors of the unit's visit and of what it looks up
         return [_Task(index, (u,), {u: p[0]}, {u: p[1]}, visits, records(u, p[0]))
                 for u, p in plans.items() if not is_done(u, p[1])]
-    # ordered: regions in parallel, time order inside
-    groups: dict[int, list[DataId]] = {}
+    # ordered: one task per unit, waiting for every earlier unit that overlaps it
+    placed = []
     for unit in plans:
         det = detectors.get((unit.get("visit"), unit.get("detector")))
         if det is None or unit.get("visit") not in visits:
-            error = (f"{segment.label!r} runs in time order per sky region: unit {unit.key} has "
-                     f"no visit/detector in the registry (no Exposure input to read it from)")
+            error = (f"{segment.label!r} runs overlapping units in time order: unit {unit.key} "
+                     f"has no visit/detector in the registry (no Exposure input to read it from)")
             failures[unit] = UnitResult(unit, "failed", {}, None, error, None)
             _write_failure(repo.root, unit, error, "")
             continue
-        groups.setdefault(tile_of(det.ra, det.dec), []).append(unit)
+        placed.append((visits[unit.visit].mjd_tai, unit.visit, unit.get("detector", 0), unit, det))
+    placed.sort(key=lambda p: p[:3])
+    units = [p[3] for p in placed]
+    margin = max(getattr(s.stage, "order_margin_arcsec", 0.0) for s in segment.stages) / 3600.0
+    waits = earlier_neighbours([p[4].ra for p in placed], [p[4].dec for p in placed],
+                               [p[4].radius_deg for p in placed], margin_deg=margin)
+    # a redone unit redoes every later unit that waits on it
+    redo = needs_redo([not is_done(u, plans[u][1]) for u in units], waits)
+    waits = drop_implied(waits)
+    position: dict[int, int] = {}
     tasks = []
-    for tile, units in sorted(groups.items()):
-        units.sort(key=lambda u: (visits[u.visit].mjd_tai, u.visit, u.get("detector", 0)))
-        first = next((i for i, u in enumerate(units) if not is_done(u, plans[u][1])), None)
-        if first is None:
+    for i, unit in enumerate(units):
+        if not redo[i]:
             continue
-        todo = tuple(units[first:])  # a redone unit redoes every later one of its region
-        tasks.append(_Task(index, todo, {u: plans[u][0] for u in todo},
-                           {u: plans[u][1] for u in todo}, visits, detectors, (),
-                           f"tile{tile}"))
+        position[i] = len(tasks)
+        p = plans[unit]
+        tasks.append(_Task(index, (unit,), {unit: p[0]}, {unit: p[1]}, visits,
+                           records(unit, p[0]),
+                           after=tuple(position[j] for j in waits[i] if j in position)))
     return tasks
 
 
