@@ -343,20 +343,11 @@ def write_scamp_heads(result, out_dir: str | os.PathLike, *,
 
 def read_scamp_head(path: str | os.PathLike) -> list:
     """The header blocks of a ``.head`` file (SCAMP's or ours), one per CCD, in order, as
-    :class:`astropy.io.fits.Header` objects."""
-    from astropy.io import fits
+    :class:`astropy.io.fits.Header` objects: :func:`jointcal_ap.fit.head_files.read_head`
+    under its earlier name (same checks, same :class:`HeadFileError` on a bad file)."""
+    from jointcal_ap.fit.head_files import read_head
 
-    text = Path(path).read_text(encoding="ascii")
-    blocks, current = [], []
-    for line in text.splitlines():
-        if line.rstrip() == "END":
-            blocks.append(fits.Header.fromstring("\n".join(current), sep="\n"))
-            current = []
-        elif line.strip():
-            current.append(line)
-    if any(line.strip() for line in current):
-        raise ValueError(f"{path}: the last header block has no END line")
-    return blocks
+    return read_head(path)
 
 
 # --------------------------------------------------------------------------- model save/load
