@@ -304,3 +304,45 @@ def test_bad_input_errors_name_the_source():
         VisitInfo(1, -2, "r", 60000.0, 30.0)
     empty = measure_dia_sources({"x": [], "y": []}, diff, visit=VISIT, wcs=make_wcs(shape))
     assert empty.num_rows == 0 and empty.schema.equals(apdb_schema()["DiaSource"].arrow_schema())
+
+
+def test_batches_bound_memory_and_change_no_value(transients):
+    """Measured 64 sources at a time, every column is the same as in one piece (each source is
+    measured on its own), and the 4k x 4k case that ran out of memory at 16,887 peaks is
+    bounded by one batch's cutouts."""
+    shape = (1000, 1000)
+    base = noise_image(shape, seed=11)
+    catalog = make_injection_catalog(shape, 620, seed=12, mag_range=(21.8, 23.5),
+                                     min_separation_px=30)
+    injected = inject_sources(base, catalog, seed=13, gain=1.0)
+    truth, default = transients
+    peaks = {"x": np.rint(truth["x"].to_numpy()), "y": np.rint(truth["y"].to_numpy())}
+
+    def measure(batch_size):
+        return measure_dia_sources(peaks, injected.image, visit=VISIT, wcs=make_wcs(shape),
+                                   processed_mjd_tai=60400.5,
+                                   options=MeasureOptions(batch_size=batch_size))
+
+    whole, batched = measure(10_000), measure(64)
+    assert default.equals(whole)
+    assert batched.num_rows == whole.num_rows == 620
+    for name in whole.column_names:
+        a, b = whole[name].to_numpy(zero_copy_only=False), batched[name].to_numpy(zero_copy_only=False)
+        if a.dtype.kind == "f":
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            assert list(a) == list(b), name
+    with pytest.raises(DiaError, match="batch_size >= 1"):
+        MeasureOptions(batch_size=0)
+
+
+def test_a_bad_source_in_a_later_batch_is_named_by_its_row_in_the_catalogue():
+    shape = (120, 120)
+    diff = noise_image(shape, seed=61)
+    image = np.array(diff.image)
+    image[62, 41] = np.nan                              # unmasked, in the footprint of row 1
+    add_psf(image, diff.psf, [20.0, 40.0], [20.0, 60.0], [2e4, 2e4])
+    with pytest.raises(DiaError, match=r"DIA source row 1 at \(x, y\) = \(40\.00, 60\.00\)"):
+        measure_dia_sources({"x": [20.0, 40.0], "y": [20.0, 60.0]},
+                            DiaImage(image, diff.variance, psf=diff.psf), visit=VISIT,
+                            wcs=make_wcs(shape), options=MeasureOptions(batch_size=1))

@@ -82,8 +82,8 @@ class DifferenceOptions:
     """Options of the ``difference`` stage (see docs/diffim.md and docs/dia.md)."""
 
     method: str = option("al", doc="al (Alard-Lupton) or zogy")
-    mode: str = option("convolve-template", doc="AL: convolve-template, convolve-science, auto "
-                                               "or preconvolve")
+    mode: str = option("auto", doc="AL: auto (convolve the sharper image), convolve-template, "
+                                   "convolve-science or preconvolve")
     decorrelate: bool = option(True, doc="whiten the noise the convolution correlated")
     threshold: float = option(5.0, doc="detection threshold, in units of the propagated noise")
     measure: bool = option(True, doc="full DIA measurement (PSF, dipole, trailed, forced "

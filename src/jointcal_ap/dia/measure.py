@@ -116,6 +116,10 @@ class MeasureOptions:
         Levenberg–Marquardt iterations per fit (default 20).
     workers : int
         FFT threads (default -1: all cores).
+    batch_size : int
+        Sources measured at once (default 512): memory is bounded by a batch's cutouts
+        (up to ``max_cutout_px``² pixels per source and plane), whatever the number of
+        sources; each source is measured on its own, so the batching changes no value.
     """
 
     footprint_nsigma: float = 3.0
@@ -130,12 +134,13 @@ class MeasureOptions:
     extendedness_margin: float = 0.1
     max_iter: int = 20
     workers: int = -1
+    batch_size: int = 512
 
     def __post_init__(self) -> None:
         if not (self.footprint_nsigma > 0 and self.aperture_radius_px > 0
-                and self.max_cutout_px >= 11 and self.max_iter >= 1):
+                and self.max_cutout_px >= 11 and self.max_iter >= 1 and self.batch_size >= 1):
             raise DiaError(f"MeasureOptions: footprint_nsigma and aperture_radius_px must be "
-                           f"> 0, max_cutout_px >= 11, max_iter >= 1; got {self}")
+                           f"> 0, max_cutout_px >= 11, max_iter >= 1, batch_size >= 1; got {self}")
 
 
 def now_mjd_tai() -> float:
@@ -254,7 +259,7 @@ def measure_dia_sources(peaks: Any, difference: Any, science: Any = None, templa
     neg_in = read_column(peaks, "isNegative", where, dtype=bool, required=False)
     snr_in = read_column(peaks, "snr", where, required=False)
 
-    columns = _measure(x, y, diff, sci, tmpl, opts)
+    columns = _measure_in_batches(x, y, diff, sci, tmpl, opts)
     n = len(x)
     columns["isNegative"] = neg_in if neg_in is not None else (columns["psfFlux"] < 0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -304,8 +309,22 @@ def _empty_columns(n: int) -> dict[str, np.ndarray]:
     return cols
 
 
+def _measure_in_batches(x: np.ndarray, y: np.ndarray, diff: DiaImage, sci: DiaImage | None,
+                        tmpl: DiaImage | None, opts: MeasureOptions) -> dict[str, np.ndarray]:
+    """:func:`_measure` on at most ``opts.batch_size`` sources at a time (bounded memory)."""
+    size = max(1, int(opts.batch_size))
+    if len(x) <= size:
+        return _measure(x, y, diff, sci, tmpl, opts)
+    parts = [_measure(x[s:s + size], y[s:s + size], diff, sci, tmpl, opts, row_offset=s)
+             for s in range(0, len(x), size)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
 def _measure(x: np.ndarray, y: np.ndarray, diff: DiaImage, sci: DiaImage | None,
-             tmpl: DiaImage | None, opts: MeasureOptions) -> dict[str, np.ndarray]:
+             tmpl: DiaImage | None, opts: MeasureOptions, row_offset: int = 0
+             ) -> dict[str, np.ndarray]:
+    """Every column for the sources at (x, y); ``row_offset`` is the first one's row in the
+    whole catalogue (for messages)."""
     n = len(x)
     cols = _empty_columns(n)
     cols["x"], cols["y"] = x.copy(), y.copy()
@@ -331,7 +350,8 @@ def _measure(x: np.ndarray, y: np.ndarray, diff: DiaImage, sci: DiaImage | None,
         injected["injected"] = (sci.mask, sci.bits("INJECTED"))
     if tmpl is not None and tmpl.bits("INJECTED", "INJECTED_TEMPLATE"):
         injected["injected_template"] = (tmpl.mask, tmpl.bits("INJECTED", "INJECTED_TEMPLATE"))
-    fp = _footprints(diff, x[rows], y[rows], rows, sigma, geom, bad_bits, opts, injected)
+    named = rows + row_offset  # the rows messages name
+    fp = _footprints(diff, x[rows], y[rows], named, sigma, geom, bad_bits, opts, injected)
     cols["bboxSize"][rows] = fp.bbox_size
     for flag, planes in PIXEL_FLAG_PLANES.items():
         cols[f"pixelFlags_{flag}"][rows] |= (fp.mask_any & diff.bits(*planes)) != 0
@@ -339,7 +359,7 @@ def _measure(x: np.ndarray, y: np.ndarray, diff: DiaImage, sci: DiaImage | None,
     for flag, hit in fp.extra.items():
         cols[f"pixelFlags_{flag}"][rows] |= hit
 
-    psf_fit = _psf_fit(diff, x[rows], y[rows], rows, geom, bad_bits, opts)
+    psf_fit = _psf_fit(diff, x[rows], y[rows], named, geom, bad_bits, opts)
     cols.update(_scatter(cols, rows, psf_fit))
     xs, ys = cols["x"][rows], cols["y"][rows]
     _centre_flags(cols, rows, diff, xs, ys)
@@ -351,7 +371,7 @@ def _measure(x: np.ndarray, y: np.ndarray, diff: DiaImage, sci: DiaImage | None,
         if img is None:
             continue
         forced = forced_on(img, xs, ys, opts.bad_mask_planes, opts.fit_background,
-                           _source_label(rows, xs, ys), role)
+                           _source_label(named, xs, ys), role)
         prefix = "scienceFlux" if role == "science" else "templateFlux"
         cols[prefix][rows], cols[prefix + "Err"][rows] = forced.flux, forced.flux_err
         if role == "science":
