@@ -278,13 +278,18 @@ def test_pixel_flags_come_from_the_mask_planes_and_off_image_peaks_are_flagged()
     assert np.all(np.abs(flux[:3] - 2e4) < 4 * table["psfFluxErr"].to_numpy()[:3])
 
 
-def test_bad_input_errors_name_the_source():
-    shape = (120, 120)
+def _two_sources_with_a_nan_by_row_1(shape):
+    """A difference image with two sources and an unmasked NaN in the footprint of row 1."""
     diff = noise_image(shape, seed=61)
     image = np.array(diff.image)
-    image[62, 41] = np.nan                              # unmasked, in the footprint of row 1
+    image[62, 41] = np.nan
     add_psf(image, diff.psf, [20.0, 40.0], [20.0, 60.0], [2e4, 2e4])
-    peaks = {"x": [20.0, 40.0], "y": [20.0, 60.0]}
+    return diff, image, {"x": [20.0, 40.0], "y": [20.0, 60.0]}
+
+
+def test_bad_input_errors_name_the_source():
+    shape = (120, 120)
+    diff, image, peaks = _two_sources_with_a_nan_by_row_1(shape)
     with pytest.raises(DiaError, match=r"DIA source row 1 at \(x, y\) = \(40\.00, 60\.00\).*NaN") as info:
         measure_dia_sources(peaks, DiaImage(image, diff.variance, psf=diff.psf), visit=VISIT,
                             wcs=make_wcs(shape))
@@ -338,11 +343,7 @@ def test_batches_bound_memory_and_change_no_value(transients):
 
 def test_a_bad_source_in_a_later_batch_is_named_by_its_row_in_the_catalogue():
     shape = (120, 120)
-    diff = noise_image(shape, seed=61)
-    image = np.array(diff.image)
-    image[62, 41] = np.nan                              # unmasked, in the footprint of row 1
-    add_psf(image, diff.psf, [20.0, 40.0], [20.0, 60.0], [2e4, 2e4])
+    diff, image, peaks = _two_sources_with_a_nan_by_row_1(shape)
     with pytest.raises(DiaError, match=r"DIA source row 1 at \(x, y\) = \(40\.00, 60\.00\)"):
-        measure_dia_sources({"x": [20.0, 40.0], "y": [20.0, 60.0]},
-                            DiaImage(image, diff.variance, psf=diff.psf), visit=VISIT,
+        measure_dia_sources(peaks, DiaImage(image, diff.variance, psf=diff.psf), visit=VISIT,
                             wcs=make_wcs(shape), options=MeasureOptions(batch_size=1))
