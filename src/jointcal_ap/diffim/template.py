@@ -189,18 +189,20 @@ def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int
         if not good.any():
             continue
         w = 1.0 / float(np.median(warped.variance[good]))
-        img = np.where(finite, warped.image, 0.0)
-        var = np.where(finite, warped.variance, 0.0)
-        num += np.where(good, w * img, 0.0)
-        vnum += np.where(good, w * w * var, 0.0)
-        den += np.where(good, w, 0.0)
+        # in place, only where each pixel counts (NaNs elsewhere are never read)
+        wimg = np.multiply(warped.image, w, dtype=np.float64)
+        wvar = np.multiply(warped.variance, w * w, dtype=np.float64)
+        np.add(num, wimg, out=num, where=good)
+        np.add(vnum, wvar, out=vnum, where=good)
+        np.add(den, w, out=den, where=good)
         count += good
-        mask_or |= np.where(good, warped.mask, 0)
+        np.bitwise_or(mask_or, warped.mask, out=mask_or, where=good)
         fb = finite & ~good & ((warped.mask & MASK_BITS["NO_DATA"]) == 0)
-        fb_num += np.where(fb, w * img, 0.0)
-        fb_vnum += np.where(fb, w * w * var, 0.0)
-        fb_den += np.where(fb, w, 0.0)
-        fb_mask |= np.where(fb, warped.mask, 0)
+        if fb.any():
+            np.add(fb_num, wimg, out=fb_num, where=fb)
+            np.add(fb_vnum, wvar, out=fb_vnum, where=fb)
+            np.add(fb_den, w, out=fb_den, where=fb)
+            np.bitwise_or(fb_mask, warped.mask, out=fb_mask, where=fb)
     if not names or (not (den > 0).any() and not (fb_den > 0).any()):
         raise DiffimError("build_template: none of the inputs overlaps the target grid")
     use_fb = (den == 0) & (fb_den > 0)

@@ -14,13 +14,15 @@ not tracked, as in SWarp and LSST's warping). The mask: ``NO_DATA`` where any of
 input pixels is off the input, not finite or ``NO_DATA``/``BAD``; the other bits are the OR
 over the input pixels whose weight exceeds 5 % of the largest.
 
-Rows are processed in chunks (``chunk_rows``) to bound the memory.
+Rows are processed in chunks (``chunk_rows``) to bound the memory; the resampling loop runs
+jitted on JAX (:mod:`jointcal_ap.diffim._warp_kernel`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from jointcal_ap.diffim._warp_kernel import padded_planes, resample
 from jointcal_ap.diffim.errors import DiffimError
 from jointcal_ap.diffim.image import MASK_BITS, ImagePlanes, as_planes, celestial_wcs
 
@@ -138,45 +140,24 @@ def warp_to(source, target_wcs, shape: tuple[int, int], *, target_header=None, g
         raise DiffimError(f"{name}: does not overlap the target grid (no output pixel has data)")
     c0, c1 = cols_in
     cols = cols[c0:c1]
-    s_img = src.image.ravel()
-    s_var = src.variance.ravel()
     bad_bits = MASK_BITS["NO_DATA"] | MASK_BITS["BAD"]
-    s_mask = src.mask.ravel()
     s_bad = ((src.mask & bad_bits) != 0) | ~np.isfinite(src.image) | ~np.isfinite(src.variance)
-    s_bad = s_bad.ravel()
+    planes = padded_planes(src.image, src.variance, src.mask, s_bad)
     covered = False
     r0, r1 = rows_in
+    width = len(cols)
+    # blocks of a few shapes (rows: chunk_rows; columns: a multiple of 256), so that the
+    # kernel compiles once per camera rather than once per overlap
+    block_cols = np.arange(c0, c0 + -(-width // 256) * 256) + 1.0
     for start in range(r0, r1, chunk_rows):
-        rows = np.arange(start, min(start + chunk_rows, r1)) + 1.0
-        xs = mx(rows, cols)
-        ys = my(rows, cols)
-        jac = np.abs(mx(rows, cols, dx=0, dy=1) * my(rows, cols, dx=1, dy=0)
-                     - mx(rows, cols, dx=1, dy=0) * my(rows, cols, dx=0, dy=1))
-        fx, fy = np.floor(xs - 1.0), np.floor(ys - 1.0)                 # 0-based floor
-        wx = lanczos_weights(xs - 1.0 - fx)
-        wy = lanczos_weights(ys - 1.0 - fy)
-        ix0, iy0 = fx.astype(np.int64) - (_A - 1), fy.astype(np.int64) - (_A - 1)
-        acc = np.zeros(xs.shape)
-        vacc = np.zeros(xs.shape)
-        macc = np.zeros(xs.shape, np.int32)
-        nodata = np.zeros(xs.shape, bool)
-        wmax = wx.max(axis=-1) * wy.max(axis=-1)
-        for j in range(2 * _A):
-            iy = iy0 + j
-            oky = (iy >= 0) & (iy < sny)
-            for i in range(2 * _A):
-                ix = ix0 + i
-                ok = oky & (ix >= 0) & (ix < snx)
-                flat = np.where(ok, iy * snx + ix, 0)
-                w = wy[..., j] * wx[..., i]
-                bad = ~ok | s_bad[flat]
-                nodata |= bad & (np.abs(w) > 1e-12)
-                acc += w * np.where(bad, 0.0, s_img[flat])
-                vacc += w * w * np.where(bad, 0.0, s_var[flat])
-                big = ok & (np.abs(w) >= 0.05 * wmax)
-                macc |= np.where(big, s_mask[flat], 0)
+        n = min(start + chunk_rows, r1) - start
+        rows = np.arange(start, start + chunk_rows) + 1.0
+        acc, vacc, macc, nodata = resample(mx(rows, block_cols), my(rows, block_cols), planes)
+        acc, vacc, macc, nodata = (a[:n, :width] for a in (acc, vacc, macc, nodata))
+        jac = np.abs(mx(rows[:n], cols, dx=0, dy=1) * my(rows[:n], cols, dx=1, dy=0)
+                     - mx(rows[:n], cols, dx=1, dy=0) * my(rows[:n], cols, dx=0, dy=1))
         covered |= bool((~nodata).any())
-        sl = (slice(start, start + len(rows)), slice(c0, c1))
+        sl = (slice(start, start + n), slice(c0, c0 + width))
         img_out[sl] = np.where(nodata, np.nan, acc * jac)
         var_out[sl] = np.where(nodata, np.nan, vacc * jac * jac)
         mask_out[sl] = (macc & ~MASK_BITS["NO_DATA"]) | np.where(nodata, MASK_BITS["NO_DATA"], 0)
