@@ -135,7 +135,9 @@ def run(label: str, cmd: list[str], work: Path, *, max_rss: float = 14 * 2**30, 
 def tools(work: Path, peers_python: str | None, hotpants: str | None, kernel_half: int, *,
           sfft: bool = True) -> dict:
     """Run every tool on the pair in ``work``; their measurements and output files."""
-    jc = shutil.which("jointcal-ap") or "jointcal-ap"
+    # the script beside this interpreter (as the other benchmarks), else the one on PATH
+    beside = Path(sys.executable).parent / "jointcal-ap"
+    jc = str(beside) if beside.exists() else shutil.which("jointcal-ap") or "jointcal-ap"
     common = [str(work / "sci.fits"), str(work / "tmp.fits"), "--science-variance", str(work / "sci.var.fits"),
               "--template-variance", str(work / "tmp.var.fits"), "--science-saturation", str(SATURATION),
               "--template-saturation", str(SATURATION), "--no-progress"]
