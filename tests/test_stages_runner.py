@@ -111,6 +111,11 @@ def test_rerun_skips_done_units_and_redoes_changed_ones(tmp_path, dask_address):
     again = run_pipeline(array_pipeline(template), UNITS, **kwargs)
     assert (again.done, again.skipped, again.scheduler) == (0, 6, "nothing to do")
     assert (out / "units" / "visit1_det0" / "image.npy").stat().st_mtime_ns == stamp
+    # the skipped units keep the seconds per stage the first run measured (the latency)
+    # (as run_summary.json keeps them: to 0.1 ms)
+    measured = {u: {k: round(v, 4) for k, v in s.items()} for u, s in first.unit_seconds.items()}
+    assert len(measured) == 6 and dict(again.unit_seconds) == measured
+    assert json.loads((out / "run_summary.json").read_text())["unit_seconds"] == measured
     import shutil
 
     shutil.rmtree(out / "units" / "visit2_det1")

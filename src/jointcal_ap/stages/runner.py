@@ -153,8 +153,9 @@ class RunSummary:
         left out of the later stages; not failures.
     unit_seconds : mapping
         Unit key → stage label → wall-clock seconds of that stage on that unit (reading its
-        inputs, running, writing its outputs), for the per-unit stages run now: the latency
-        of a unit through the pipeline, split by stage.
+        inputs, running, writing its outputs): the latency of a unit through the pipeline,
+        split by stage. A stage skipped because it was done keeps the seconds of the run that
+        did it (from the earlier ``run_summary.json``).
     """
 
     pipeline: str
@@ -860,6 +861,12 @@ def run_resolved(resolved: ResolvedPipeline,
     failed = tuple(sorted(failures.values(), key=lambda r: r.unit))
     done_now = sum(1 for u in all_units if u in ran and u not in failures and u not in no_work)
     skipped = len(all_units) - done_now - len(failed) - len(no_work)
+    # a stage skipped now keeps the seconds the run that did it measured (same inputs and
+    # configuration, or it would have run again): the latency survives a rerun
+    keep = {u.key for u in all_units} - {r.unit.key for r in failed}
+    for key, seconds in _earlier_unit_seconds(out).items():
+        if key in keep:
+            unit_seconds[key] = {**seconds, **unit_seconds.get(key, {})}
     summary = RunSummary(config.name, out, len(all_units), done_now, skipped, failed,
                          stage_seconds, time.perf_counter() - start,
                          executor.scheduler if executor.used else "nothing to do",
@@ -867,6 +874,16 @@ def run_resolved(resolved: ResolvedPipeline,
                          {u: unit_seconds[u] for u in sorted(unit_seconds)})
     write_json(out / "run_summary.json", summary.to_dict())
     return summary
+
+
+def _earlier_unit_seconds(out: Path) -> dict[str, dict[str, float]]:
+    """``unit_seconds`` of the run summary already in ``out`` (empty if none or unreadable)."""
+    try:
+        earlier = json.loads((out / "run_summary.json").read_text())
+        return {str(k): {str(s): float(t) for s, t in v.items()}
+                for k, v in dict(earlier.get("unit_seconds", {})).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Repository,
