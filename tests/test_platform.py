@@ -171,7 +171,8 @@ class Earlier(Stage):
 
     def run(self, unit: Any, image: Any) -> dict[str, Any]:
         return {"seen": {"units": sorted(d.key for d in image),
-                         "sums": [float(h.get().sum()) for h in image.values()]}}
+                         "sums": [float(h.get().sum()) for h in image.values()],
+                         "mjds": sorted(self.context.visit(d.visit).mjd_tai for d in image)}}
 
 
 class PlatformPlugin:
@@ -431,6 +432,23 @@ def test_overlapping_lookup_gives_earlier_visits_of_the_same_sky(tmp_path):
     expected = [float(np.load(out / "units" / k / "image.npy").sum()) for k in seen["units"]]
     assert seen["sums"] == pytest.approx(expected)
     assert json.loads((out / "units" / "visit2_det1" / "seen.json").read_text())["units"] == []
+
+
+def test_a_lookup_reaches_visits_outside_this_runs_units(tmp_path):
+    """Visits 2 and 4 are processed in one run, visit 1 (later in time) in the next: its
+    lookup finds their images, and ``context.visit()`` knows their times (it did not)."""
+    out = tmp_path / "out"
+    _registry_with_two_regions(out).close()
+    units = [Unit(v, 0) for v in (1, 2, 4)]
+    template = write_seeds(tmp_path / "in", units)
+    pipeline = _pipeline(template, [{"name": "make_image"}, {"name": "earlier"}])
+    kwargs = {"output": out, "inline": True, "plugin_manager": manager(), "progress": False}
+    assert run_pipeline(pipeline, [Unit(2, 0), Unit(4, 0)], **kwargs).ok
+    summary = run_pipeline(pipeline, [Unit(1, 0)], **kwargs)
+    assert summary.ok, summary.format()
+    seen = json.loads((out / "units" / "visit1_det0" / "seen.json").read_text())
+    assert seen["units"] == ["visit2_det0", "visit4_det0"]
+    assert seen["mjds"] == [60001.0, 60002.0]
 
 
 # ----------------------------------------------------------------------------- side effects

@@ -937,10 +937,20 @@ def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Reposi
         if planned is not None:
             plans[unit] = planned
 
+    def looked_up(inputs: Mapping[str, _Input]) -> set:
+        return {d.get("visit") for source in inputs.values() for d, _ in source.items or ()}
+
+    # a lookup may reach visits outside this run's units (a template from visits processed in
+    # an earlier run): their records come along, or ``context.visit()`` could not answer
+    reached = set().union(*(looked_up(p[0]) for p in plans.values())) - set(visits) - {None}
+    if reached:
+        more_visits, more_detectors = _registry_records(
+            repo, [DataId(visit=v) for v in sorted(reached)])
+        visits = {**visits, **more_visits}
+        detectors = {**detectors, **more_detectors}
+
     def records(unit: DataId, inputs: Mapping[str, _Input]) -> dict:
-        wanted = {unit.get("visit")}
-        for source in inputs.values():
-            wanted.update(d.get("visit") for d, _ in source.items or ())
+        wanted = {unit.get("visit")} | looked_up(inputs)
         return {k: v for k, v in detectors.items() if k[0] in wanted}
 
     if segment.kind == "unit":
