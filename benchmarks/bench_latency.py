@@ -3,7 +3,7 @@
 One command::
 
     flock /work/bench.lock python benchmarks/bench_latency.py [--detectors 2] [--visits 3] \
-        [--size 4096] [--workers 2] [--no-write]
+        [--size 4096] [--workers 2] [--no-write] [--keep DIR]
 
 A simulated survey of ``--detectors`` CCDs of ``--size``² pixels (0.2″/px, 0.8″ seeing, about
 4,000 stars per CCD from 16 to 23 mag, 50 injected sources per CCD) is rendered and run
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR (created; kept afterwards, e.g. "
+                                                       "to profile a stage on its units)")
     args = parser.parse_args(argv)
 
     import pyarrow.parquet as pq
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_latency_") as tmp:
-        root = Path(tmp)
+        root = Path(args.keep) if args.keep else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         _simulate(root, args.detectors, args.visits, args.size)
         t_sim = time.perf_counter() - t0
