@@ -240,3 +240,18 @@ def test_cli_takes_the_identity_keywords(coarse, tmp_path, capsys):
     calibration = json.loads((tmp_path / "out" / "fit_report.json").read_text())
     # no file has NOSUCH: visits by file order; detectors from CCDNUM (1-based in the simulator)
     assert sorted({c["detector"] for c in calibration["per_ccd"]}) == [1, 2, 3, 4]
+
+
+def test_the_jointfit_stage_scales_its_radii_like_the_fit_command():
+    """The pipeline stage's defaults are the library's (radii scaled to the initial WCS'
+    pixel scale), not fixed 1"/20" that fail on coarse pixels; explicit values still win."""
+    from jointcal_ap_jointfit.stage import JointFitOptions
+
+    default = JointFitOptions().fit_options()
+    library = FitOptions()
+    for name in ("match_radius_arcsec", "link_radius_arcsec", "search_radius_arcsec"):
+        assert getattr(default, name) is None and getattr(library, name) is None, name
+    given = JointFitOptions(match_radius_arcsec=6.0, search_radius_arcsec=60.0,
+                            systematic_mas=2.0).fit_options()
+    assert (given.match_radius_arcsec, given.search_radius_arcsec, given.link_radius_arcsec,
+            given.systematic_mas) == (6.0, 60.0, None, 2.0)

@@ -52,10 +52,14 @@ class JointFitOptions:
     clip_sigma: float = option(5.0, doc="outlier clipping threshold (sigma)")
     ref_error_floor_mas: float = option(0.0, doc="added in quadrature to reference position "
                                                  "errors (mas)")
-    match_radius_arcsec: float = option(1.0, doc="reference match radius (arcsec)")
-    link_radius_arcsec: float = option(1.0, doc="radius linking measurements into stars "
-                                                "(arcsec)")
-    search_radius_arcsec: float = option(20.0, doc="initial-WCS offset search radius (arcsec)")
+    match_radius_arcsec: float = option(0.0, doc="reference match radius (arcsec); 0: scaled "
+                                                 "to the initial WCS, max(1\", 1 px)")
+    link_radius_arcsec: float = option(0.0, doc="radius linking measurements into stars "
+                                                "(arcsec); 0: scaled, max(1\", 1 px)")
+    search_radius_arcsec: float = option(0.0, doc="initial-WCS offset search radius (arcsec); "
+                                                  "0: scaled, max(90\", 15 px)")
+    systematic_mas: float = option(0.0, doc="added in quadrature to every measurement's "
+                                            "position error (mas)")
     phot_model: str = option("simple", doc="photometric model: simple or constrained")
     flat_degree: int = option(2, doc="Chebyshev degree of the flats")
     phot_visit_degree: int = option(0, doc="constrained photometry: per-visit focal-plane "
@@ -80,9 +84,10 @@ class JointFitOptions:
         return FitOptions(model=self.model, degree=self.degree, visit_degree=self.visit_degree,
                           star_params=self.star_params, clip_sigma=self.clip_sigma,
                           ref_error_floor_mas=self.ref_error_floor_mas, fit=self.fit,
-                          match_radius_arcsec=self.match_radius_arcsec,
-                          link_radius_arcsec=self.link_radius_arcsec,
-                          search_radius_arcsec=self.search_radius_arcsec,
+                          match_radius_arcsec=self.match_radius_arcsec or None,
+                          link_radius_arcsec=self.link_radius_arcsec or None,
+                          search_radius_arcsec=self.search_radius_arcsec or None,
+                          systematic_mas=self.systematic_mas,
                           photometry=photometry, ref_mag=self.ref_mag or None,
                           ref_colour=self.ref_colour or None)
 
