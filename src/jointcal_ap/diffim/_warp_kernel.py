@@ -5,7 +5,7 @@ weighted input pixels of the image and the squared weights times the variance, O
 bits of the pixels with a large weight, and says which output pixels touch a bad or missing
 input pixel. XLA fuses the 36 taps into one loop over the pixels (the NumPy version made
 ~25 passes over memory per tap: 11.3 s for a 4096² image, against ~3 s here, measured
-with cProfile on one core).
+with cProfile on this 2-core machine).
 
 The input planes are padded by the kernel's reach with "bad" pixels (value 0), so that no tap
 needs a bounds check; positions beyond the padding are marked missing.
