@@ -3,6 +3,7 @@ and the built-in ``detect`` and ``calibrate`` stages. One module-scoped LocalClu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -116,6 +117,12 @@ def test_rerun_skips_done_units_and_redoes_changed_ones(tmp_path, dask_address):
     measured = {u: {k: round(v, 4) for k, v in s.items()} for u, s in first.unit_seconds.items()}
     assert len(measured) == 6 and dict(again.unit_seconds) == measured
     assert json.loads((out / "run_summary.json").read_text())["unit_seconds"] == measured
+    # a stage taken out of the pipeline takes its seconds with it
+    first_only = array_pipeline(template)
+    first_only = dataclasses.replace(first_only, stages=first_only.stages[:1])
+    alone = run_pipeline(first_only, UNITS, **kwargs)
+    assert alone.done == 6 and set(alone.unit_seconds) == set(measured)
+    assert all(set(s) == {"make_image"} for s in alone.unit_seconds.values())
     import shutil
 
     shutil.rmtree(out / "units" / "visit2_det1")

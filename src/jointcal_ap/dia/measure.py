@@ -312,7 +312,7 @@ def _empty_columns(n: int) -> dict[str, np.ndarray]:
 def _measure_in_batches(x: np.ndarray, y: np.ndarray, diff: DiaImage, sci: DiaImage | None,
                         tmpl: DiaImage | None, opts: MeasureOptions) -> dict[str, np.ndarray]:
     """:func:`_measure` on at most ``opts.batch_size`` sources at a time (bounded memory)."""
-    size = max(1, int(opts.batch_size))
+    size = opts.batch_size  # >= 1 (MeasureOptions checks it)
     if len(x) <= size:
         return _measure(x, y, diff, sci, tmpl, opts)
     parts = [_measure(x[s:s + size], y[s:s + size], diff, sci, tmpl, opts, row_offset=s)

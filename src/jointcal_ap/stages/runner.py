@@ -864,9 +864,11 @@ def run_resolved(resolved: ResolvedPipeline,
     # a stage skipped now keeps the seconds the run that did it measured (same inputs and
     # configuration, or it would have run again): the latency survives a rerun
     keep = {u.key for u in all_units} - {r.unit.key for r in failed}
+    labels = {step.label for segment in resolved.segments for step in segment.stages}
     for key, seconds in _earlier_unit_seconds(out).items():
-        if key in keep:
-            unit_seconds[key] = {**seconds, **unit_seconds.get(key, {})}
+        if key in keep:  # (stages no longer in the pipeline are dropped)
+            earlier = {label: t for label, t in seconds.items() if label in labels}
+            unit_seconds[key] = {**earlier, **unit_seconds.get(key, {})}
     summary = RunSummary(config.name, out, len(all_units), done_now, skipped, failed,
                          stage_seconds, time.perf_counter() - start,
                          executor.scheduler if executor.used else "nothing to do",
@@ -937,25 +939,25 @@ def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Reposi
         if planned is not None:
             plans[unit] = planned
 
-    def looked_up(inputs: Mapping[str, _Input]) -> set:
-        return {d.get("visit") for source in inputs.values() for d, _ in source.items or ()}
-
-    # a lookup may reach visits outside this run's units (a template from visits processed in
-    # an earlier run): their records come along, or ``context.visit()`` could not answer
-    reached = set().union(*(looked_up(p[0]) for p in plans.values())) - set(visits) - {None}
+    # the visits each unit's lookups reach; some may be outside this run's units (a template
+    # from visits processed in an earlier run): their records come along, or
+    # ``context.visit()`` could not answer
+    looked_up = {u: {d.get("visit") for source in p[0].values() for d, _ in source.items or ()}
+                 for u, p in plans.items()}
+    reached = set().union(*looked_up.values()) - set(visits) - {None}
     if reached:
         more_visits, more_detectors = _registry_records(
             repo, [DataId(visit=v) for v in sorted(reached)])
         visits = {**visits, **more_visits}
         detectors = {**detectors, **more_detectors}
 
-    def records(unit: DataId, inputs: Mapping[str, _Input]) -> dict:
-        wanted = {unit.get("visit")} | looked_up(inputs)
+    def records(unit: DataId) -> dict:
+        wanted = {unit.get("visit")} | looked_up[unit]
         return {k: v for k, v in detectors.items() if k[0] in wanted}
 
     if segment.kind == "unit":
         # every visit's record (small); detectors of the unit's visit and of what it looks up
-        return [_Task(index, (u,), {u: p[0]}, {u: p[1]}, visits, records(u, p[0]))
+        return [_Task(index, (u,), {u: p[0]}, {u: p[1]}, visits, records(u))
                 for u, p in plans.items() if not is_done(u, p[1])]
     # ordered: one task per unit, waiting for every earlier unit that overlaps it
     placed = []
@@ -983,8 +985,7 @@ def _plan(resolved: ResolvedPipeline, index: int, segment: Segment, repo: Reposi
             continue
         position[i] = len(tasks)
         p = plans[unit]
-        tasks.append(_Task(index, (unit,), {unit: p[0]}, {unit: p[1]}, visits,
-                           records(unit, p[0]),
+        tasks.append(_Task(index, (unit,), {unit: p[0]}, {unit: p[1]}, visits, records(unit),
                            after=tuple(position[j] for j in waits[i] if j in position)))
     return tasks
 
