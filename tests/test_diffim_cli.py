@@ -64,7 +64,8 @@ def test_zogy_with_wcs_inputs_and_estimated_variance(files, tmp_path):
     assert z.qa["residual_std"] == pytest.approx(1.0, abs=0.1)        # variance estimated from the images
 
 
-@pytest.mark.parametrize("case", ["shape", "nan", "overlap", "stamps", "one_wcs", "missing"])
+@pytest.mark.parametrize("case", ["shape", "nan", "overlap", "stamps", "one_wcs", "missing",
+                                  "truncated"])
 def test_bad_input_is_a_clear_error_naming_the_file_and_nothing_is_written(files, tmp_path, capsys, case):
     d = files["dir"]
     sci, tmp = d / "sci.fits", d / "tmp.fits"
@@ -88,6 +89,10 @@ def test_bad_input_is_a_clear_error_naming_the_file_and_nothing_is_written(files
         for f in (sci, tmp):
             fits.PrimaryHDU(rng.normal(100, 10, (400, 400)).astype(np.float32)).writeto(f)
         expect = [str(sci), "PSF"]                                       # no star at all: no PSF, no stamps
+    elif case == "truncated":  # a copy cut short mid-data: named, not numpy's reshape message
+        sci = tmp_path / "short.fits"
+        sci.write_bytes((d / "sci.fits").read_bytes()[:2880 + 20000])
+        expect = [str(sci), "truncated or damaged"]
     elif case == "one_wcs":
         tmp = d / "tmp.wcs.fits"
         expect = [str(tmp), str(sci), "has none"]

@@ -18,6 +18,7 @@ pixels away from the ≥ 5σ peaks (so the sky term includes read noise) and ``G
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,38 @@ def _first_image(hdul: fits.HDUList, where: str):
     raise DiffimError(f"{where}: no 2-D image HDU")
 
 
+def _open_first_image(path: Path):
+    """(HDUList, first image HDU, its data as float32). Not FITS, or cut short, is a
+    DiffimError naming the file (astropy only warns about a short file, then numpy fails to
+    reshape its data block); the file is closed then."""
+    where = str(path)
+    hdul = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul = fits.open(path, memmap=False)
+            h = _first_image(hdul, where)
+            image = np.asarray(h.data, np.float32)
+            error = None
+        except DiffimError:
+            if hdul is not None:
+                hdul.close()
+            raise
+        except (ValueError, TypeError, OSError) as exc:
+            error = exc
+    truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    if error is not None or truncated:
+        if hdul is not None:
+            hdul.close()
+        if hdul is None:
+            raise DiffimError(f"{where}: not a readable FITS file ({error})") from None
+        raise DiffimError(f"{where}: the image data cannot be read: the file is truncated or "
+                          f"damaged ({'; '.join(truncated) or error})") from None
+    for w in caught:  # anything else astropy said, as it said it
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return hdul, h, image
+
+
 def _plane(value: Any, shape: tuple[int, int], what: str, where: str) -> np.ndarray:
     if isinstance(value, str | os.PathLike):
         vpath = str(value)
@@ -101,13 +134,8 @@ def read_planes(path: str | os.PathLike, *, variance: Any = None, mask: Any = No
     where = str(path)
     if not path.exists():
         raise FileNotFoundError(f"{where}: no such file")
-    try:
-        hdul = fits.open(path, memmap=False)
-    except OSError as exc:
-        raise DiffimError(f"{where}: not a readable FITS file ({exc})") from None
+    hdul, h, image = _open_first_image(path)
     with hdul:
-        h = _first_image(hdul, where)
-        image = np.asarray(h.data, np.float32)
         header = h.header.copy()
         if h is not hdul[0]:
             for card in hdul[0].header.cards:
