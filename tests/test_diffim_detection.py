@@ -104,3 +104,33 @@ def test_artifact_classes_and_counts(scene):
 def test_error_survives_pickle():
     err = pickle.loads(pickle.dumps(DiffimError("a.fits: no usable stamps")))
     assert isinstance(err, DiffimError) and str(err) == "a.fits: no usable stamps"
+
+
+def test_saturated_centres_dropped_as_rubin_does_and_counted():
+    """A detection whose 3 × 3 centre is all SAT (a saturated star's core or its wings, where
+    the difference's SAT plane is grown by the kernel) is dropped by default and counted;
+    ``drop_centre_all=()`` keeps it, flagged; injected sources away from SAT are all kept."""
+    from jointcal_ap.diffim import DetectionOptions
+    from jointcal_ap.diffim.image import MASK_BITS
+
+    p = simulate_pair((512, 512), n_stars=220, n_sources=20, saturation=2e4, star_flux_slope=0.5,
+                      star_flux_range=(3e3, 3e6), snr_range=(15.0, 30.0), isolate=25.0, edge=40, seed=9)
+    d = subtract(p.science, p.template, SubtractOptions())
+    kept_all = detect_dia_sources(d, DetectionOptions(drop_centre_all=())).to_pandas()
+    default = detect_dia_sources(d)
+    t = default.to_pandas()
+    xi, yi = np.rint(kept_all["x"]).astype(int), np.rint(kept_all["y"]).astype(int)
+    sat = (d.mask & MASK_BITS["SAT"]) != 0
+    centre_sat = np.array([sat[y - 1:y + 2, x - 1:x + 2].all() for x, y in zip(xi, yi, strict=True)])
+    assert centre_sat.sum() >= 3                                   # saturated cores were detected
+    assert kept_all.loc[centre_sat, "pixelFlags_saturatedCenter"].all()
+    assert len(t) == len(kept_all) - centre_sat.sum()
+    assert detection_counts(default)["n_dropped_centre"] == centre_sat.sum()
+    assert detection_counts(detect_dia_sources(d, DetectionOptions(drop_centre_all=())))["n_dropped_centre"] == 0
+    # no kept detection has an all-SAT centre, and every injected source is still found
+    assert not np.any([sat[y - 1:y + 2, x - 1:x + 2].all() for x, y in
+                       zip(np.rint(t["x"]).astype(int), np.rint(t["y"]).astype(int), strict=True)])
+    for x, y in zip(p.truth["x"], p.truth["y"], strict=True):
+        assert np.min(np.hypot(t["x"] - (x - 1.0), t["y"] - (y - 1.0))) < 1.5
+    with pytest.raises(ValueError, match="unknown mask plane"):
+        DetectionOptions(drop_centre_all=("SATURATED",))

@@ -58,6 +58,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sources", metavar="DIA.parquet", help="detect DIA sources and write them (Rubin columns)")
     p.add_argument("--metrics", metavar="QA.parquet", help="write the QA metrics table")
     p.add_argument("--threshold", type=float, default=5.0, help="detection threshold, sigma (default 5)")
+    p.add_argument("--keep-bad-centres", action="store_true",
+                   help="keep detections whose 3x3 centre is all saturated, edge, no-data, bad or "
+                        "interpolated (dropped by default, as Rubin's ip_diffim does)")
     p.add_argument("--spatial-degree", type=int, default=1, help="kernel spatial degree (default 1)")
     p.add_argument("--background-degree", type=int, default=1,
                    help="differential background degree (default 1; -1: none)")
@@ -93,7 +96,8 @@ def diff_command(args: argparse.Namespace) -> int:
         opts = SubtractOptions(method=args.method, mode=args.mode, decorrelate=not args.no_decorrelate,
                                match=match, cell_px=args.cell_px, science_saturation=args.science_saturation,
                                template_saturation=args.template_saturation)
-        det_opts = DetectionOptions(threshold=args.threshold, cell_px=args.cell_px)
+        det_opts = DetectionOptions(threshold=args.threshold, cell_px=args.cell_px,
+                                    **({"drop_centre_all": ()} if args.keep_bad_centres else {}))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     outputs = [Path(args.out)] + [Path(p) for p in (args.sources, args.metrics) if p]
@@ -118,7 +122,8 @@ def diff_command(args: argparse.Namespace) -> int:
         if args.metrics:
             pq.write_table(metrics_table(diff), stack.enter_context(atomic_path(args.metrics)))
     q = diff.qa
-    extra = f", {table.num_rows} DIA sources ({q['n_positive']} +, {q['n_negative']} -)" if table is not None else ""
+    extra = (f", {table.num_rows} DIA sources ({q['n_positive']} +, {q['n_negative']} -; "
+             f"{q['n_dropped_centre']} dropped with a saturated/edge/no-data centre)" if table is not None else "")
     kernel = (f"kernel sum {q['kernel_sum']:.4f}, {q['stamps_used']} stamps ({q['stamps_rejected']} rejected), "
               if "kernel_sum" in q else "")
     print(f"{diff.method} {diff.mode}{' decorrelated' if diff.decorrelated and diff.method == 'al' else ''}: "

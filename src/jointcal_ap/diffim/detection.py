@@ -16,6 +16,14 @@ with Rubin's ``DiaSource`` column names, types and units (:func:`jointcal_ap.sch
 3. **PSF flux** at that position (:func:`psf_photometry`), in the image's units (nJy for
    calibrated exposures); ``snr`` is |Z| at the peak; ``isNegative`` is the sign.
 4. Pixel flags from the mask, and an **artifact class** (:func:`jointcal_ap.diffim.qa.classify_artifacts`).
+5. **Unmeasurable centres are dropped**, as Rubin's ``DetectAndMeasureTask`` does with its
+   ``badSourceFlags`` (``base_PixelFlags_flag_saturatedCenterAll``, ``…edgeCenterAll``,
+   ``…nodataCenterAll``, ``…badCenterAll``, ``…interpolatedCenterAll``): a detection whose
+   3 × 3 centre lies entirely in one of :attr:`DetectionOptions.drop_centre_all`'s mask planes
+   (default ``SAT``, ``EDGE``, ``NO_DATA``, ``BAD``, ``INTRP``) has no flux to measure there;
+   on a difference image these are almost all saturated stars' cores and their residual
+   wings, where the ``SAT`` plane is grown by the kernel. Their number is kept in the table's
+   metadata (:func:`detection_counts` reports it); ``drop_centre_all=()`` keeps them, flagged.
 
 Table boundary: ``x``, ``y`` are **0-based** (LSST afw: the centre of ``image[0, 0]`` is
 (0, 0)), unlike the 1-based pixels used everywhere else in jointcal_ap; ``ra``/``dec`` (deg)
@@ -43,6 +51,9 @@ from jointcal_ap.diffim.masks import bits
 
 __all__ = ["DIA_COLUMNS", "DetectionOptions", "detect_dia_sources", "detection_counts", "detection_image", "psf_photometry",
            "write_dia_sources"]
+
+#: Table metadata key: how many detections :func:`detect_dia_sources` dropped for their centre.
+DROPPED_KEY = b"jointcal_ap.dropped_centre_all"
 
 #: Rubin DiaSource columns written by :func:`detect_dia_sources`, in order.
 DIA_COLUMNS: tuple[str, ...] = (
@@ -74,18 +85,28 @@ class DetectionOptions:
         Odd side of the PSF-photometry stamp (default: the PSF's default size, at most 25).
     cell_px : int
         Cell size for a spatially varying PSF in the matched filter (default 512).
+    drop_centre_all : tuple of str
+        Mask planes that drop a detection when they cover all of its 3 × 3 centre (module
+        notes, step 5; default ``SAT``, ``EDGE``, ``NO_DATA``, ``BAD``, ``INTRP``, Rubin's
+        ``badSourceFlags``); ``()`` keeps every detection.
     """
 
     threshold: float = 5.0
     min_pixels: int = 1
     stamp_size: int | None = None
     cell_px: int = 512
+    drop_centre_all: tuple[str, ...] = ("SAT", "EDGE", "NO_DATA", "BAD", "INTRP")
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:
             raise ValueError(f"DetectionOptions.threshold must be > 0, got {self.threshold}")
         if self.min_pixels < 1:
             raise ValueError(f"DetectionOptions.min_pixels must be >= 1, got {self.min_pixels}")
+        unknown = sorted(set(self.drop_centre_all) - set(MASK_BITS))
+        if unknown:
+            raise ValueError(f"DetectionOptions.drop_centre_all: unknown mask plane(s) {unknown}; "
+                             f"known: {', '.join(MASK_BITS)}")
+        object.__setattr__(self, "drop_centre_all", tuple(self.drop_centre_all))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -276,6 +297,9 @@ def detect_dia_sources(diff: DifferenceImage, options: DetectionOptions | None =
     px = np.concatenate([r[1] for r in rows])
     bbox = np.concatenate([r[3] for r in rows])
     negative = np.concatenate([r[4] for r in rows])
+    keep = ~_centre_all(diff.mask, py, px, opts.drop_centre_all)
+    n_dropped = int(np.sum(~keep))
+    py, px, bbox, negative = py[keep], px[keep], bbox[keep], negative[keep]
     n = len(py)
     pyc, pxc = np.clip(py, 1, ny - 2), np.clip(px, 1, nx - 2)
     dx = _parabola(z[pyc, pxc], z[pyc, pxc - 1], z[pyc, pxc + 1])
@@ -350,17 +374,35 @@ def detect_dia_sources(diff: DifferenceImage, options: DetectionOptions | None =
     extra = pa.field("artifactClass", pa.string(), nullable=False, metadata={
         "description": "jointcal_ap first-pass artifact class: '', edge, saturated, dipole, cosmic_ray, "
                        "bright_star (not a Rubin column)"})
+    meta = {**(schema.metadata or {}), DROPPED_KEY: str(n_dropped).encode()}
     table = pa.Table.from_arrays([*arrays, pa.array([str(c) for c in classes], pa.string())],
-                                 schema=pa.schema([*schema, extra], metadata=schema.metadata))
+                                 schema=pa.schema([*schema, extra], metadata=meta))
     return table
 
 
+def _centre_all(mask: np.ndarray, py: np.ndarray, px: np.ndarray, planes: tuple[str, ...]) -> np.ndarray:
+    """Whether one of ``planes`` covers all 9 pixels of each peak's 3 × 3 centre (clipped at the border)."""
+    hit = np.zeros(len(py), bool)
+    if not planes or not len(py):
+        return hit
+    ny, nx = mask.shape
+    off = np.arange(-1, 2)
+    rr = np.clip(py[:, None] + off, 0, ny - 1)[:, :, None]
+    cc = np.clip(px[:, None] + off, 0, nx - 1)[:, None, :]
+    centre = mask[rr, cc]
+    for plane in planes:
+        hit |= ((centre & MASK_BITS[plane]) != 0).all(axis=(1, 2))
+    return hit
+
+
 def detection_counts(table) -> dict[str, int]:
-    """The QA counts of a detection table: positive, negative, dipole, and per artifact class."""
+    """The QA counts of a detection table: positive, negative, dipole, per artifact class, and
+    ``n_dropped_centre``: the detections dropped for an unmeasurable centre (module notes)."""
     neg = np.asarray(table["isNegative"].to_numpy(zero_copy_only=False), bool)
     cls = np.asarray(table["artifactClass"].to_pylist(), dtype=object)
+    dropped = (table.schema.metadata or {}).get(DROPPED_KEY, b"0")
     out = {"n_positive": int((~neg).sum()), "n_negative": int(neg.sum()),
-           "n_dipole": int((cls == "dipole").sum())}
+           "n_dipole": int((cls == "dipole").sum()), "n_dropped_centre": int(dropped)}
     for name in ("dipole", "edge", "bright_star", "saturated", "cosmic_ray"):
         out[f"artifact_{name}"] = int((cls == name).sum())
     return out

@@ -63,6 +63,7 @@ QA_CARDS: Mapping[str, tuple[str, str]] = {
     "artifact_bright_star": ("QAARTBRT", "detections classed bright-star residual"),
     "artifact_saturated": ("QAARTSAT", "detections classed saturated core"),
     "artifact_cosmic_ray": ("QAARTCR", "detections classed cosmic ray"),
+    "n_dropped_centre": ("QANDROP", "detections dropped: 3x3 centre SAT/EDGE/..."),
 }
 
 #: Kernel/method description key → (FITS keyword, comment).

@@ -79,7 +79,9 @@ def scene_dia_sources(scene: Any, *, threshold: float = 5.0, visit: int = 1,
     from jointcal_ap.diffim.detection import DetectionOptions
 
     diff = subtract(scene.science, scene.template, SubtractOptions())
-    peaks = detect_dia_sources(diff, DetectionOptions(threshold=threshold), visit=visit,
+    # saturated cores are kept (the difference stage drops them): they are one of the bogus
+    # kinds the labelled set must hold
+    peaks = detect_dia_sources(diff, DetectionOptions(threshold=threshold, drop_centre_all=()), visit=visit,
                                detector=detector)
     ny, nx = scene.science.shape
     wcs = WCS(naxis=2)
