@@ -138,3 +138,30 @@ def test_exposures_in_and_a_difference_out(sky):
     diff = subtract(science, template, SubtractOptions())
     assert diff.source == "science visit 1 detector 1" and diff.template_inputs == template.inputs
     assert diff.wcs is not None and diff.qa["residual_std"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_one_input_template_is_the_coadd_of_one(sky):
+    """A template from one exposure skips the coadd's arithmetic: the same planes as the general
+    coadd of that one input, fallback (SAT) and uncovered (NO_DATA) pixels included."""
+    from dataclasses import replace
+
+    from jointcal_ap.diffim.template import _coadd, _one_input
+
+    src = _exposure(sky, _header(crval1=150.0004, rot_deg=7.0), 5)
+    mask = src.mask.copy()
+    mask[100:110, 50:60] |= MASK_BITS["SAT"]                     # usable only as a fallback
+    image = src.image.copy()
+    image[200:205, 200:230] = np.nan                              # a hole: NO_DATA in the template
+    src = replace(src, image=image, mask=mask)
+    item = ("exp5", warp_to(src, _header(), SHAPE))
+    one = _one_input(iter([item]), SHAPE)
+    general = _coadd(iter([item]), SHAPE)
+    for a, b in zip(one[:4], general[:4], strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+    assert one[4] == general[4] and one[5] == general[5] == ["exp5"]
+    assert (one[2] & MASK_BITS["SAT"]).any() and (one[2] & MASK_BITS["NO_DATA"]).any()
+    assert np.isnan(one[0]).any() and (one[3] == 0).any() and (one[3] == 1).any()
+    t = build_template([src], _header(), shape=SHAPE)
+    assert np.array_equal(t.image, one[0], equal_nan=True) and t.inputs == ("exp5",)
+    with pytest.raises(DiffimError, match="none of the inputs overlaps"):
+        build_template([replace(src, header=_header(crval1=160.0))], _header(), shape=SHAPE)

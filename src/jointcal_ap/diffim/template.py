@@ -161,6 +161,40 @@ def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int
     if twcs is None or shape is None:
         raise DiffimError("build_template: the target needs a celestial WCS and a shape")
     ny, nx = int(shape[0]), int(shape[1])
+    iterator = calexps
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(calexps, desc="warp", unit="exposure")
+    warped = (_warp_or_skip(exp, twcs, (ny, nx), theader, grid_step) for exp in iterator)
+    coadd = _one_input if len(calexps) == 1 else _coadd
+    image, variance, mask, count, header, names = coadd(warped, (ny, nx))
+    psf = None
+    if fit_template_psf:
+        try:
+            psf = fit_psf(image, variance, mask, where="template coadd")
+        except PsfError as exc:
+            log.warning("template coadd: no PSF fitted (%s); subtract() will try again", exc)
+    return Template(image, variance, mask, psf, header if header is not None else fits.Header(),
+                    tuple(names), count, source="template")
+
+
+def _warp_or_skip(exp: Any, twcs: Any, shape: tuple[int, int], theader: Any, grid_step: int):
+    """(input's name, its planes warped onto the target grid), or None (logged) when it cannot be."""
+    p = as_planes(exp, "template input")
+    try:
+        return p.source, warp_to(exp, twcs, shape, target_header=theader, grid_step=grid_step)
+    except DiffimError as exc:
+        log.warning("%s", exc)
+        return None
+
+
+_NONE_OVERLAPS = "build_template: none of the inputs overlaps the target grid"
+
+
+def _coadd(warped_inputs, shape: tuple[int, int]):
+    """The inverse-variance coadd (module notes), accumulated in place one input at a time."""
+    ny, nx = shape
     num = np.zeros((ny, nx))
     vnum = np.zeros((ny, nx))
     den = np.zeros((ny, nx))
@@ -170,20 +204,12 @@ def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int
     mask_or = np.zeros((ny, nx), np.int32)
     names: list[str] = []
     header = None
-    iterator = calexps
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(calexps, desc="warp", unit="exposure")
-    for exp in iterator:
-        p = as_planes(exp, "template input")
-        try:
-            warped = warp_to(exp, twcs, (ny, nx), target_header=theader, grid_step=grid_step)
-        except DiffimError as exc:
-            log.warning("%s", exc)
+    for item in warped_inputs:
+        if item is None:
             continue
+        name, warped = item
         header = warped.header
-        names.append(p.source)
+        names.append(name)
         finite = np.isfinite(warped.image) & np.isfinite(warped.variance)
         good = finite & ((warped.mask & bits(_EXCLUDE)) == 0)
         if not good.any():
@@ -204,7 +230,7 @@ def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int
             np.add(fb_den, w, out=fb_den, where=fb)
             np.bitwise_or(fb_mask, warped.mask, out=fb_mask, where=fb)
     if not names or (not (den > 0).any() and not (fb_den > 0).any()):
-        raise DiffimError("build_template: none of the inputs overlaps the target grid")
+        raise DiffimError(_NONE_OVERLAPS)
     use_fb = (den == 0) & (fb_den > 0)
     num = np.where(use_fb, fb_num, num)
     vnum = np.where(use_fb, fb_vnum, vnum)
@@ -215,13 +241,25 @@ def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int
     with np.errstate(invalid="ignore", divide="ignore"):
         image = np.where(empty, np.nan, num / den).astype(np.float32)
         variance = np.where(empty, np.nan, vnum / (den * den)).astype(np.float32)
-    psf = None
-    if fit_template_psf:
-        try:
-            psf = fit_psf(image, variance, mask, where="template coadd")
-        except PsfError as exc:
-            log.warning("template coadd: no PSF fitted (%s); subtract() will try again", exc)
-    return Template(image, variance, mask, psf, header if header is not None else fits.Header(),
-                    tuple(names), count, source="template")
+    return image, variance, mask, count, header, names
+
+
+def _one_input(warped_inputs, shape: tuple[int, int]):
+    """:func:`_coadd` of a single input, without its full-image float64 arithmetic: the warped
+    planes themselves where usable (or, failing that, finite and covered), NO_DATA elsewhere."""
+    (item,) = tuple(warped_inputs)
+    if item is None:
+        raise DiffimError(_NONE_OVERLAPS)
+    name, warped = item
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(warped.image) & np.isfinite(warped.variance)
+    good = finite & ((warped.mask & bits(_EXCLUDE)) == 0)
+    if not good.any():
+        raise DiffimError(_NONE_OVERLAPS)
+    used = finite & ((warped.mask & MASK_BITS["NO_DATA"]) == 0)       # good, or the fallback
+    image = np.where(used, warped.image, np.float32(np.nan)).astype(np.float32, copy=False)
+    variance = np.where(used, warped.variance, np.float32(np.nan)).astype(np.float32, copy=False)
+    mask = np.where(used, warped.mask & ~MASK_BITS["NO_DATA"], MASK_BITS["NO_DATA"]).astype(np.int32)
+    return image, variance, mask, good.astype(np.int16), warped.header, [name]
 
 
