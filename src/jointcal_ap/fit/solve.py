@@ -595,10 +595,13 @@ def _pcg(matvec, rhs, precond, tol=None, max_iter=1000, *, chi2_tol: float = 0.0
     iteration lowers the quadratic model of χ² by α·rᵀz (the χ² of the reduced problem is
     χ²₀ − 2 rhsᵀx + xᵀSx), and the gain still to come after an iteration is the sum of all
     later gains (Hestenes and Stiefel's estimate of the error in the energy norm, as in Strakoš
-    and Tichý 2005). CG stops once the last ``delay`` gains sum to less than ``chi2_tol``: with
-    the steady convergence CG shows here, what it leaves out of the step is then of that order,
-    i.e. the step misses the solution of its linear system by about √chi2_tol standard errors
-    along any direction of the parameters.
+    and Tichý 2005). CG stops once the last ``delay`` gains sum to less than ``chi2_tol``. Where
+    CG converges steadily, as the preconditioned fit does (a relative residual of 1e-6 in ~30
+    iterations), what it leaves out of the step is then below ``chi2_tol`` (measured on random
+    systems of condition number 10³: 0.1–0.8 of it), i.e. the step misses the solution of its
+    linear system by less than √chi2_tol standard errors along any direction of the parameters.
+    On a badly conditioned system CG stalls and the estimate falls short (condition 10⁴: up to
+    4 times ``chi2_tol`` left); a Gauss-Newton step left short is finished by the next one.
     """
     tol = CG_TOLERANCE if tol is None else tol
     x = np.zeros_like(rhs)
