@@ -248,3 +248,31 @@ def test_provenance_must_be_json(tmp_path):
     with pytest.raises(CalibrationError, match="provenance is not JSON-serialisable"):
         Calibration([], provenance={"bad": object()}).write(tmp_path / "cal")
     assert not list((tmp_path / "cal").glob("*.json"))
+
+
+def test_wcs_table_bytes_are_those_astropy_writes():
+    """``wcs.fits`` is written without astropy's table machinery: the same bytes as
+    ``BinTableHDU.from_columns`` + ``writeto``, detectors without a WCS included."""
+    import io
+
+    from jointcal_ap.calibration.disk_format import DetectorRecord, _wcs_table_bytes, header_to_text
+
+    header = fits.Header()
+    for key, value in (("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN"), ("CRVAL1", 150.25), ("CRVAL2", -2.5),
+                       ("CRPIX1", 1024.5), ("CRPIX2", 2048.5), ("CD1_1", -5.5e-5), ("CD2_2", 5.5e-5)):
+        header[key] = value
+    records = [DetectorRecord(7, 0, 2048, 4096, header, None), DetectorRecord(7, 1, 2048, 4096, None, None),
+               DetectorRecord(8, 12, 1024, 1024, header, None)]
+    texts = [header_to_text(r.wcs_header) if r.wcs_header is not None else "" for r in records]
+    width = max(len(t) for t in texts)
+    table = fits.BinTableHDU.from_columns([
+        *(fits.Column(name, "K", array=np.array([getattr(r, name.lower()) for r in records], np.int64))
+          for name in ("VISIT", "DETECTOR", "NAXIS1", "NAXIS2")),
+        fits.Column("HAS_WCS", "L", array=np.array([r.wcs_header is not None for r in records])),
+        fits.Column("WCS_HEADER", f"{width}A", array=np.array(texts, dtype=f"U{width}")),
+    ], name="WCS")
+    table.header["CALFMT"] = ("jointcal_ap.calibration", "jointcal_ap calibration product")
+    table.header["CALVER"] = (1, "format version")
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(buffer)
+    assert _wcs_table_bytes(records) == buffer.getvalue()

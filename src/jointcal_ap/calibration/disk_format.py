@@ -24,7 +24,6 @@ card form a header is stored in (here and in a calibrated exposure's ``CALIB`` t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import warnings
@@ -66,6 +65,7 @@ WCS_NAME = "wcs.fits"
 PROVENANCE_NAME = "provenance.json"
 
 _CARD = 80
+_BLOCK = 2880  # bytes per FITS block
 
 
 class DetectorRecord(NamedTuple):
@@ -134,10 +134,54 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _hdul_bytes(hdul: fits.HDUList) -> bytes:
-    buffer = io.BytesIO()
-    hdul.writeto(buffer)
-    return buffer.getvalue()
+def _padded(data: bytes, fill: bytes) -> bytes:
+    """``data`` padded to a whole number of 2880-byte FITS blocks."""
+    return data + fill * (-len(data) % _BLOCK)
+
+
+def _wcs_table_bytes(detectors: Sequence[DetectorRecord]) -> bytes:
+    """``wcs.fits``: an empty primary HDU and the ``WCS`` binary table, one row per detector
+    (``VISIT``, ``DETECTOR``, ``NAXIS1``, ``NAXIS2`` as 64-bit integers, ``HAS_WCS`` logical,
+    ``WCS_HEADER`` the header's cards as one string).
+
+    Written directly (FITS 4.0 binary table: big-endian fields, strings padded with NUL, the
+    header and the data each padded to 2880-byte blocks), the same bytes as astropy wrote:
+    ``BinTableHDU.from_columns`` with ``writeto`` took 0.09 s for 96 rows, most of it
+    importing ``astropy.table``.
+    """
+    from jointcal_ap.fit.cards import (  # the fit's card writer (only writers need it)
+        card,
+        header_text,
+    )
+
+    texts = [header_to_text(d.wcs_header).encode("ascii") if d.wcs_header is not None else b""
+             for d in detectors]
+    width = max([1, *(len(t) for t in texts)])
+    row = np.dtype([("VISIT", ">i8"), ("DETECTOR", ">i8"), ("NAXIS1", ">i8"), ("NAXIS2", ">i8"),
+                    ("HAS_WCS", "S1"), ("WCS_HEADER", f"S{width}")])
+    data = np.empty(len(detectors), row)
+    data["VISIT"] = [d.visit for d in detectors]
+    data["DETECTOR"] = [d.detector for d in detectors]
+    data["NAXIS1"] = [d.naxis1 for d in detectors]
+    data["NAXIS2"] = [d.naxis2 for d in detectors]
+    data["HAS_WCS"] = [b"T" if d.wcs_header is not None else b"F" for d in detectors]
+    data["WCS_HEADER"] = [t.rstrip(b" ") for t in texts]  # as astropy writes a string column
+    primary = [card("SIMPLE", True, "conforms to FITS standard"), card("BITPIX", 8, "array data type"),
+               card("NAXIS", 0, "number of array dimensions"), card("EXTEND", True)]
+    table = [card("XTENSION", "BINTABLE", "binary table extension"), card("BITPIX", 8, "array data type"),
+             card("NAXIS", 2, "number of array dimensions"), card("NAXIS1", row.itemsize, "length of dimension 1"),
+             card("NAXIS2", len(detectors), "length of dimension 2"), card("PCOUNT", 0, "number of group parameters"),
+             card("GCOUNT", 1, "number of groups"), card("TFIELDS", len(row.names), "number of table fields")]
+    formats = {"VISIT": "K", "DETECTOR": "K", "NAXIS1": "K", "NAXIS2": "K", "HAS_WCS": "L",
+               "WCS_HEADER": f"{width}A"}
+    for i, name in enumerate(row.names, start=1):
+        table += [card(f"TTYPE{i}", name), card(f"TFORM{i}", formats[name])]
+    table += [card("EXTNAME", "WCS", "extension name"),
+              card("CALFMT", CALIBRATION_FORMAT, "jointcal_ap calibration product"),
+              card("CALVER", CALIBRATION_VERSION, "format version")]
+    return b"".join([_padded(header_text(primary, end=True).encode("ascii"), b" "),
+                     _padded(header_text(table, end=True).encode("ascii"), b" "),
+                     _padded(data.tobytes(), b"\0")])
 
 
 def write_calibration_directory(directory: str | os.PathLike, provenance: Mapping[str, Any],
@@ -161,20 +205,7 @@ def write_calibration_directory(directory: str | os.PathLike, provenance: Mappin
         raise CalibrationError(f"{out / PROVENANCE_NAME}: provenance is not JSON-serialisable "
                                f"({exc})") from exc
 
-    texts = [header_to_text(d.wcs_header) if d.wcs_header is not None else "" for d in detectors]
-    width = max([1, *(len(t) for t in texts)])
-    table = fits.BinTableHDU.from_columns([
-        fits.Column("VISIT", "K", array=np.array([d.visit for d in detectors], np.int64)),
-        fits.Column("DETECTOR", "K", array=np.array([d.detector for d in detectors], np.int64)),
-        fits.Column("NAXIS1", "K", array=np.array([d.naxis1 for d in detectors], np.int64)),
-        fits.Column("NAXIS2", "K", array=np.array([d.naxis2 for d in detectors], np.int64)),
-        fits.Column("HAS_WCS", "L", array=np.array([d.wcs_header is not None for d in detectors],
-                                                   bool)),
-        fits.Column("WCS_HEADER", f"{width}A", array=np.array(texts, dtype=f"U{width}")),
-    ], name="WCS")
-    table.header["CALFMT"] = (CALIBRATION_FORMAT, "jointcal_ap calibration product")
-    table.header["CALVER"] = (CALIBRATION_VERSION, "format version")
-    wcs_bytes = _hdul_bytes(fits.HDUList([fits.PrimaryHDU(), table]))
+    wcs_bytes = _wcs_table_bytes(detectors)
     prov_bytes = (prov_text + "\n").encode()
     write_bytes(out / WCS_NAME, wcs_bytes)
     write_bytes(out / PROVENANCE_NAME, prov_bytes)

@@ -211,16 +211,19 @@ def _offset_search(meas_tp: np.ndarray, ref_tree: cKDTree, radius_mas: float, bi
     pairs = cKDTree(meas_tp).sparse_distance_matrix(ref_tree, radius_mas, output_type="ndarray")
     if len(pairs) == 0:
         return np.zeros(2), 0
-    d = ref_tree.data[pairs["j"]] - meas_tp[pairs["i"]]
+    # per axis and in place: a visit's search has about a million pairs
+    ref, i, j = ref_tree.data, pairs["i"], pairs["j"]
+    dx, dy = ref[j, 0] - meas_tp[i, 0], ref[j, 1] - meas_tp[i, 1]
     nb = int(np.ceil(2 * radius_mas / bin_mas))
     edge = 2 * radius_mas / nb
-    ij = np.clip(((d + radius_mas) / edge).astype(np.int64), 0, nb - 1)
-    hist = np.bincount(ij[:, 0] * nb + ij[:, 1], minlength=nb * nb)
-    i, j = divmod(int(np.argmax(hist)), nb)
+    ix = np.clip(((dx + radius_mas) / edge).astype(np.int64), 0, nb - 1)
+    ix *= nb
+    ix += np.clip(((dy + radius_mas) / edge).astype(np.int64), 0, nb - 1)
+    i, j = divmod(int(np.argmax(np.bincount(ix, minlength=nb * nb))), nb)
     peak = np.array([(i + 0.5) * edge - radius_mas, (j + 0.5) * edge - radius_mas])
-    near = np.linalg.norm(d - peak, axis=1) < 2 * bin_mas
+    near = (dx - peak[0]) ** 2 + (dy - peak[1]) ** 2 < (2 * bin_mas) ** 2
     support = int(near.sum())
-    return (np.median(d[near], axis=0) if support >= 3 else peak), support
+    return (np.array([np.median(dx[near]), np.median(dy[near])]) if support >= 3 else peak), support
 
 
 def default_workers() -> int:
@@ -303,19 +306,27 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
         in_visit = np.concatenate([by_ccd[bounds[c]:bounds[c + 1]] for c in ccds])
         if len(in_visit) == 0:
             raise AssociationError(f"visit {visit.visit} ({visit.name}) has no measurements")
-        init_tp = gnomonic(meas.ra_init[in_visit], meas.dec_init[in_visit], visit.ra, visit.dec)
         ref_tp = gnomonic(ref.ra, ref.dec, visit.ra, visit.dec)
         ref_ids = np.asarray(ref.ids, dtype=np.int64)
         ref_tree = cKDTree(ref_tp)
         n_matched, offsets, rms = 0, [], []
-        # The pointing error moves the whole mosaic: search the visit first, so that a CCD
-        # with too few reference stars for its own search takes the visit's offset.
         # histogram bins: half the match radius (at least 250 mas), so that the spread of the
         # offsets over a CCD (rotation, distortion) stays within a few bins
         bin_mas = max(250.0, 500.0 * match_radius_arcsec)
         search_mas = search_radius_arcsec * 1000
-        bright = _brightest(meas.flux[in_visit], _n_brightest(len(ref_ids), MAX_OFFSET_VISIT))
-        visit_offset, _ = _offset_search(init_tp[bright], ref_tree, search_mas, bin_mas)
+        visit_offset = None
+
+        def offset_of_visit():
+            # The pointing error moves the whole mosaic: a CCD with too few reference stars for
+            # its own search takes the visit's offset, searched (once) when first needed (the
+            # visit's search costs as much as its CCDs' together)
+            nonlocal visit_offset
+            if visit_offset is None:
+                bright = _brightest(meas.flux[in_visit], _n_brightest(len(ref_ids), MAX_OFFSET_VISIT))
+                init_tp = gnomonic(meas.ra_init[in_visit[bright]], meas.dec_init[in_visit[bright]], visit.ra, visit.dec)
+                visit_offset = _offset_search(init_tp, ref_tree, search_mas, bin_mas)[0]
+            return visit_offset
+
         for c in ccds:
             rows = by_ccd[bounds[c]:bounds[c + 1]]
             if len(rows) == 0:
@@ -328,7 +339,7 @@ def match_references(data: FitInput, references: Sequence[VisitReferences], *, d
             bright = _brightest(meas.flux[rows], _n_brightest(n_refs, MAX_OFFSET_CCD))
             offset, support = _offset_search(tp[bright], ref_tree, search_mas, bin_mas)
             if support < MIN_OFFSET_SUPPORT:
-                offset = visit_offset
+                offset = offset_of_visit()
             offsets.append(offset)
             tp = tp + offset
             coeffs = fit_poly(u, v, tp, 1)

@@ -117,8 +117,9 @@ def repeatability(result, table: dict[str, np.ndarray] | None = None) -> dict[st
     s_sorted, m_sorted = star[finite][order], mag[finite][order]
     starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
     ends = np.r_[starts[1:], len(s_sorted)]
-    for a, b in zip(starts, ends, strict=True):
-        star_mag[s_sorted[a]] = np.median(m_sorted[a:b])
+    # each run is sorted: its median is its middle element, or the mean of its middle two
+    # (as np.median, without a call per star: 16,000 calls took 0.2 s)
+    star_mag[s_sorted[starts]] = (m_sorted[(starts + ends - 1) // 2] + m_sorted[(starts + ends) // 2]) / 2
     sm = star_mag[ok]
     good = np.isfinite(sm)
     if not good.any() or np.ptp(sm[good]) == 0:

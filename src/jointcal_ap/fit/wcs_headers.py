@@ -171,18 +171,25 @@ def _linear_part(result, ccd: int, degree: int):
     return geometry, poly, cd
 
 
-def _shift_polynomial(coeffs: np.ndarray, degree: int, offset: np.ndarray) -> np.ndarray:
-    """Coefficients of p(a + offset) as a polynomial in a (both in our monomial order)."""
+@lru_cache(maxsize=16)
+def _shift_terms(degree: int) -> tuple[np.ndarray, ...]:
+    """The binomial expansion of every monomial of ``degree`` about an offset: per term of it,
+    (source term, target term, binomial factor, power of the x offset, power of the y offset)."""
     terms = monomials(degree)
     index = {t: k for k, t in enumerate(terms)}
-    out = np.zeros_like(coeffs)
-    ox, oy = float(offset[0]), float(offset[1])
-    for k, (i, j) in enumerate(terms):
-        for a in range(i + 1):
-            for b in range(j + 1):
-                factor = comb(i, a) * comb(j, b) * ox ** (i - a) * oy ** (j - b)
-                out[..., index[(a, b)]] += coeffs[..., k] * factor
-    return out
+    rows = [(k, index[(a, b)], comb(i, a) * comb(j, b), i - a, j - b)
+            for k, (i, j) in enumerate(terms) for a in range(i + 1) for b in range(j + 1)]
+    source, target, factor, px, py = (np.array(c) for c in zip(*rows, strict=True))
+    return source, target, factor.astype(float), px, py
+
+
+def _shift_polynomial(coeffs: np.ndarray, degree: int, offset: np.ndarray) -> np.ndarray:
+    """Coefficients of p(a + offset) as a polynomial in a (both in our monomial order)."""
+    source, target, factor, px, py = _shift_terms(degree)
+    k = len(monomials(degree))
+    matrix = np.zeros((k, k))  # out = coeffs @ matrix
+    np.add.at(matrix, (source, target), factor * float(offset[0]) ** px * float(offset[1]) ** py)
+    return coeffs @ matrix
 
 
 def _base_cards(visit, crpix, cd: np.ndarray, ctype: str) -> list[str]:

@@ -1,0 +1,117 @@
+"""The Gauss-Newton solver's stopping rules, preconditioner reuse and threaded passes."""
+
+import numpy as np
+import pytest
+
+import jointcal_ap.fit.jointfit as jointfit_module
+from jointcal_ap.fit import FitOptions, JointFit
+from jointcal_ap.fit.solve import FitProblem, _pcg, gauss_newton
+from jointcal_ap.refcat import open_refcat
+from jointcal_ap.simulate import SurveyConfig, simulate_survey
+
+
+def spd_system(n=60, condition=1e3, seed=3):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    a = (q * np.geomspace(1.0, condition, n)) @ q.T
+    return a, rng.normal(size=n)
+
+
+def test_pcg_chi2_stop_leaves_less_than_the_tolerance():
+    """CG stopped on the χ² scale: what the quadratic model could still gain (the exact
+    optimum's gain bᵀA⁻¹b minus the iterate's 2bᵀx − xᵀAx) is below the tolerance, in fewer
+    iterations than the residual test (on a system conditioned as a preconditioned fit's)."""
+    a, b = spd_system()
+    exact = np.linalg.solve(a, b)
+    best_gain = b @ exact
+    identity = lambda x: x  # noqa: E731
+    _, full_iters = _pcg(lambda x: a @ x, b, identity, tol=1e-10)
+    for tol in (1e-2, 1e-6):
+        x, iters = _pcg(lambda x: a @ x, b, identity, tol=1e-10, chi2_tol=tol * best_gain)
+        left = best_gain - (2 * b @ x - x @ a @ x)
+        assert 0 <= left < tol * best_gain
+        assert iters < full_iters
+
+
+def test_pcg_without_chi2_tolerance_is_unchanged():
+    a, b = spd_system()
+    x, _ = _pcg(lambda x: a @ x, b, lambda x: x / np.diag(a), tol=1e-12)
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    config = SurveyConfig(n_visits=5, n_stars=1500, seed=11)
+    return simulate_survey(config, tmp_path_factory.mktemp("solve") / "sim")
+
+
+@pytest.fixture(scope="module")
+def captured(survey):
+    """A constrained fit's FitProblem and the starting point of its first Gauss-Newton call."""
+    state = {}
+    real = jointfit_module.gauss_newton
+
+    def spy(fns, params, theta, white, active, **kwargs):
+        state.setdefault("start", (fns, params.copy(), theta.copy(), white, active))
+        return real(fns, params, theta, white, active, **kwargs)
+
+    jointfit_module.gauss_newton = spy
+    try:
+        result = JointFit(survey.read("parquet"), open_refcat(survey.refcat_dir),
+                          FitOptions(model="constrained", star_params=5)).run()
+    finally:
+        jointfit_module.gauss_newton = real
+    state["result"] = result
+    return state
+
+
+def test_threads_do_not_change_a_step(captured):
+    fns, params, theta, white, active = captured["start"]
+    assert len(fns.chunks) > 1
+    steps = []
+    for workers in (1, 2):
+        fns.workers = workers
+        steps.append(fns.step(params, theta, white, active))
+    np.testing.assert_array_equal(steps[0][0], steps[1][0])
+    np.testing.assert_array_equal(steps[0][1], steps[1][1])
+    assert steps[0][2] == steps[1][2]
+
+
+def test_reused_preconditioner_gives_the_same_step(captured):
+    """The preconditioner is built at the first step and kept: a step with a fresh one (built at
+    this very point) agrees to CG's tolerance."""
+    fns, params, theta, white, active = captured["start"]
+    kept = fns._precond
+    assert kept is not None
+    try:
+        dx_kept, dtheta_kept, _, predicted_kept = fns.step(params, theta, white, active)
+        fns._precond = None
+        dx_fresh, dtheta_fresh, _, predicted_fresh = fns.step(params, theta, white, active)
+    finally:
+        fns._precond = kept
+    assert predicted_kept == pytest.approx(predicted_fresh, rel=1e-9)
+    np.testing.assert_allclose(dx_kept, dx_fresh, rtol=0, atol=1e-5 * np.abs(dx_fresh).max())
+    np.testing.assert_allclose(dtheta_kept, dtheta_fresh, rtol=0, atol=1e-5 * np.abs(dtheta_fresh).max())
+
+
+def test_gauss_newton_stops_once_the_step_gains_nothing(captured):
+    """From the association's start: one step does nearly everything; the next predicts a gain
+    below the tolerance (or matches its linear model), and the iteration stops there, at the
+    same χ² as an iteration run with CG solved to its residual tolerance."""
+    fns, params, theta, white, active = captured["start"]
+    p, t, stats = gauss_newton(fns, params, theta, white, active)
+    assert stats.reason.startswith("converged")
+    assert len(stats.cg_iterations) <= 3
+    assert stats.chi2_history[1] < 1e-2 * stats.chi2_history[0]
+    # CG's χ² stop: the steps after the first need far fewer iterations than the first
+    assert all(k < stats.cg_iterations[0] for k in stats.cg_iterations[1:])
+    chi2 = fns.chi2(p, t, white, active)
+    # the same point, solved further: no measurable gain left
+    _, _, _, predicted = fns.step(p, t, white, active)
+    assert predicted < 1e-8 * chi2
+
+
+def test_fit_problem_threads_default_to_the_cores(captured):
+    assert captured["start"][0].workers >= 1
+    assert isinstance(captured["start"][0], FitProblem)
+    assert captured["result"].chi2_per_dof == pytest.approx(1.0, abs=0.1)
