@@ -315,12 +315,7 @@ def detect_dia_sources(diff: DifferenceImage, options: DetectionOptions | None =
     m = diff.mask
 
     def flag(bitmask: int, r: int) -> np.ndarray:
-        if n == 0:
-            return np.zeros(0, bool)
-        off = np.arange(-r, r + 1)
-        rr = np.clip(py[:, None] + off, 0, ny - 1)[:, :, None]
-        cc = np.clip(px[:, None] + off, 0, nx - 1)[:, None, :]
-        return ((m[rr, cc] & bitmask) != 0).any(axis=(1, 2))
+        return ((_box(m, py, px, r) & bitmask) != 0).any(axis=(1, 2))
 
     r_fp = int(max(2, math.ceil(2 * sigma)))
     B = MASK_BITS
@@ -380,18 +375,22 @@ def detect_dia_sources(diff: DifferenceImage, options: DetectionOptions | None =
     return table
 
 
+def _box(mask: np.ndarray, py: np.ndarray, px: np.ndarray, r: int) -> np.ndarray:
+    """Each peak's (2r + 1)² box of the mask, (n, 2r + 1, 2r + 1), clipped at the border."""
+    ny, nx = mask.shape
+    off = np.arange(-r, r + 1)
+    rr = np.clip(py[:, None] + off, 0, ny - 1)[:, :, None]
+    cc = np.clip(px[:, None] + off, 0, nx - 1)[:, None, :]
+    return mask[rr, cc]
+
+
 def _centre_all(mask: np.ndarray, py: np.ndarray, px: np.ndarray, planes: tuple[str, ...]) -> np.ndarray:
     """Whether one of ``planes`` covers all 9 pixels of each peak's 3 × 3 centre (clipped at the border)."""
     hit = np.zeros(len(py), bool)
-    if not planes or not len(py):
-        return hit
-    ny, nx = mask.shape
-    off = np.arange(-1, 2)
-    rr = np.clip(py[:, None] + off, 0, ny - 1)[:, :, None]
-    cc = np.clip(px[:, None] + off, 0, nx - 1)[:, None, :]
-    centre = mask[rr, cc]
-    for plane in planes:
-        hit |= ((centre & MASK_BITS[plane]) != 0).all(axis=(1, 2))
+    if planes and len(py):
+        centre = _box(mask, py, px, 1)
+        for plane in planes:
+            hit |= ((centre & MASK_BITS[plane]) != 0).all(axis=(1, 2))
     return hit
 
 

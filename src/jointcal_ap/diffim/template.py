@@ -251,8 +251,7 @@ def _one_input(warped_inputs, shape: tuple[int, int]):
     if item is None:
         raise DiffimError(_NONE_OVERLAPS)
     name, warped = item
-    with np.errstate(invalid="ignore"):
-        finite = np.isfinite(warped.image) & np.isfinite(warped.variance)
+    finite = np.isfinite(warped.image) & np.isfinite(warped.variance)
     good = finite & ((warped.mask & bits(_EXCLUDE)) == 0)
     if not good.any():
         raise DiffimError(_NONE_OVERLAPS)

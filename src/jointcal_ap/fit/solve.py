@@ -126,12 +126,7 @@ def _mul(m: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _mul_t(m: np.ndarray, x: np.ndarray) -> np.ndarray:
     """mᵀ @ x row by row."""
-    out = np.empty((len(x), 2))
-    np.multiply(m[:, 0, 0], x[:, 0], out=out[:, 0])
-    out[:, 0] += m[:, 1, 0] * x[:, 1]
-    np.multiply(m[:, 0, 1], x[:, 0], out=out[:, 1])
-    out[:, 1] += m[:, 1, 1] * x[:, 1]
-    return out
+    return _mul(np.swapaxes(m, 1, 2), x)
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
