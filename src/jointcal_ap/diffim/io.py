@@ -89,7 +89,7 @@ def _open_first_image(path: Path):
             raise
         except (ValueError, TypeError, OSError) as exc:
             error = exc
-    truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    truncated = list(dict.fromkeys(str(w.message) for w in caught if "truncated" in str(w.message)))
     if error is not None or truncated:
         if hdul is not None:
             hdul.close()
