@@ -21,8 +21,10 @@ tool's own noise estimate, and the flux bias of matched sources. The detector dr
 whose 3 × 3 centre is all saturated/edge/no-data (Rubin's ``badSourceFlags``) for every tool;
 the peers get the same ``SAT`` mask as ours. On the largest pair, ours (AL) and HOTPANTS are also
 scored over a threshold sweep (:data:`SWEEP`, in units of each tool's *measured* noise of the
-detection image, i.e. at equal false-alarm rates): a table, ``docs/diffim_roc.png`` (completeness
-against false detections) and a line comparing ours with HOTPANTS at each of its operating points.
+detection image, i.e. at equal false-alarm rates), pooled over ``--roc-pairs`` independent pairs
+(one pair has only a handful of false detections at 5σ): a table, ``docs/diffim_roc.png``
+(completeness against false detections) and a line comparing ours with HOTPANTS at each of its
+operating points.
 
 Peers are not project dependencies. They run from their own virtual environment, made by
 ``--setup-peers DIR`` (or by hand, the same commands)::
@@ -63,7 +65,7 @@ SKY = 1000.0
 SATURATION = 60000.0
 SNR_BINS = ((3, 5), (5, 7), (7, 10), (10, 15))
 #: Thresholds of the sweep, in units of each tool's *measured* noise of Z (std in source-free pixels).
-SWEEP = tuple(round(4.5 + 0.1 * k, 1) for k in range(16))          # 4.5 … 6.0
+SWEEP = tuple(round(4.5 + 0.05 * k, 2) for k in range(31))         # 4.5 … 6.0
 #: The sweep's columns in the docs' table (the plot and the comparison use every threshold).
 SWEEP_SHOWN = (4.5, 4.8, 5.0, 5.2, 5.5, 6.0)
 
@@ -142,8 +144,9 @@ def run(label: str, cmd: list[str], work: Path, *, max_rss: float = 14 * 2**30, 
 
 
 def tools(work: Path, peers_python: str | None, hotpants: str | None, kernel_half: int, *,
-          sfft: bool = True) -> dict:
-    """Run every tool on the pair in ``work``; their measurements and output files."""
+          sfft: bool = True, al_and_hotpants: bool = False) -> dict:
+    """Run every tool on the pair in ``work`` (only ours (AL) and HOTPANTS with
+    ``al_and_hotpants``); their measurements and output files."""
     # the script beside this interpreter (as the other benchmarks), else the one on PATH
     beside = Path(sys.executable).parent / "jointcal-ap"
     jc = str(beside) if beside.exists() else shutil.which("jointcal-ap") or "jointcal-ap"
@@ -153,9 +156,12 @@ def tools(work: Path, peers_python: str | None, hotpants: str | None, kernel_hal
     res = {}
     res["ours (AL)"] = {**run("ours_al", [jc, "diff", *common, "--out", str(work / "ours_al.fits")], work),
                         "out": work / "ours_al.fits", "kind": "ours"}
-    res["ours (ZOGY)"] = {**run("ours_zogy", [jc, "diff", *common, "--method", "zogy", "--out",
-                                              str(work / "ours_zogy.fits")], work),
-                          "out": work / "ours_zogy.fits", "kind": "ours"}
+    if al_and_hotpants:
+        peers_python, sfft = None, False
+    else:
+        res["ours (ZOGY)"] = {**run("ours_zogy", [jc, "diff", *common, "--method", "zogy", "--out",
+                                                  str(work / "ours_zogy.fits")], work),
+                              "out": work / "ours_zogy.fits", "kind": "ours"}
     if hotpants:
         cmd = [hotpants, "-inim", work / "sci.fits", "-tmplim", work / "tmp.fits", "-outim", work / "hp.fits",
                "-ini", work / "sci.noise.fits", "-tni", work / "tmp.noise.fits", "-oni", work / "hp.noise.fits",
@@ -233,8 +239,16 @@ def as_difference(entry: dict, pair: dict, shape):
         bad = ~np.isfinite(img) | ~np.isfinite(s_corr)
         var = np.full(shape, np.float32(np.var(img[~bad & ~sat])))
         m = (mask | np.where(bad, MASK_BITS["NO_DATA"], 0)).astype(np.int32)
+        # its S_corr is not in units of its noise (σ ~1e-5 here): scaled to a unit robust σ
+        # (1.4826 MAD) in source-free pixels, as a user of properimage must do to threshold it
+        from jointcal_ap.diffim.qa import source_free
+
+        free = source_free(m, [_truth_stars(pair)], 15) & ~bad & ~sat
+        v = s_corr[free].astype(float)
+        sigma = 1.4826 * float(np.median(np.abs(v - np.median(v))))
         return DifferenceImage(np.where(bad, np.nan, img), var, m, psf, method="zogy", mode="zogy",
-                               score_corr=np.where(bad, np.nan, s_corr)), "detected on its S_corr"
+                               score_corr=np.where(bad, np.nan, s_corr / np.float32(sigma))), \
+            f"detected on its S_corr ÷ its robust σ {sigma:.2g}"
     mask = (mask | np.where(bad, MASK_BITS["NO_DATA"], 0)).astype(np.int32)
     return DifferenceImage(np.where(bad, np.nan, img).astype(np.float32), np.where(bad, np.nan, var), mask, psf,
                            decorrelated=False), note
@@ -267,6 +281,21 @@ def score(diff, pair: dict, *, flux: bool = True, sweep: bool = False) -> dict:
     return out
 
 
+def pool_scores(scores: list[dict]) -> dict:
+    """Several pairs' sweeps as one: false detections summed, completeness over all the injected
+    sources (found / injected, pooled), the nominal-5σ point likewise, std(Z) averaged."""
+    def merge(rows: list[dict]) -> dict:
+        found, n = sum(r["found_ge5"] for r in rows), sum(r["n_ge5"] for r in rows)
+        return {"false": sum(r["false"] for r in rows), "found_ge5": found, "n_ge5": n,
+                "completeness_ge5": found / n}
+
+    out = merge(scores) | {"z_std": float(np.mean([s["z_std"] for s in scores])),
+                           "z_stds": [s["z_std"] for s in scores]}
+    out["sweep"] = [{"threshold": rows[0]["threshold"], **merge(list(rows))}
+                    for rows in zip(*(s["sweep"] for s in scores), strict=True)]
+    return out
+
+
 def _detect_and_match(diff, truth: dict, options) -> dict:
     from scipy.spatial import cKDTree
 
@@ -285,6 +314,7 @@ def _detect_and_match(diff, truth: dict, options) -> dict:
         sel = (truth["snr"] >= lo) & (truth["snr"] < hi)
         out[f"completeness_{lo}_{hi}"] = float(found[sel].mean())
     out["completeness_ge5"] = float(found[truth["snr"] >= 5].mean())
+    out["found_ge5"], out["n_ge5"] = int(found[truth["snr"] >= 5].sum()), int((truth["snr"] >= 5).sum())
     bright = matched.copy()
     bright[matched] = truth["snr"][k[matched]] >= 10
     if bright.any():
@@ -320,6 +350,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sfft-4096", action="store_true",
                     help="also try sfft on the 4096 pair (its Numpy backend needed ~21 GB here; capped at 14 GiB)")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--roc-pairs", type=int, default=4,
+                    help="independent pairs of the largest size (seeds 42, 43, ...) pooled in the threshold "
+                         "sweep of ours (AL) and HOTPANTS (default 4; a single pair has only a few false "
+                         "detections at 5σ, too few to tell two tools apart)")
     args = ap.parse_args(argv)
     if args.setup_peers:
         d = Path(args.setup_peers)
@@ -350,16 +384,35 @@ def main(argv=None) -> int:
             if entry["rc"] == 0 and Path(entry["out"]).exists():
                 diff, note = as_difference(entry, pair, (size, size))
                 s = score(diff, pair, flux=entry["kind"] != "properimage",
-                          sweep=size == sizes[0] and entry["kind"] in ("ours", "hotpants"))
+                          sweep=size == sizes[0] and name in ("ours (AL)", "HOTPANTS"))
             results["runs"][f"{name} @ {size}"] = {k: (str(v) if isinstance(v, Path) else v)
                                                   for k, v in entry.items()} | {"score": s, "note": note}
             rows.append(_row(name, size, entry, s, note))
             print(f"    {name}: {({k: v for k, v in s.items() if k != 'sweep'} if s else s)}", flush=True)
-    results["load_end"] = os.getloadavg()
     sweeps = {key.split(" @ ")[0]: r["score"] for key, r in results["runs"].items()
-              if r.get("score") and "sweep" in r["score"]}
+              if r.get("score") and "sweep" in r["score"] and key.endswith(f" @ {sizes[0]}")}
+    n_pairs = 1
+    if hotpants and args.roc_pairs > 1:
+        # more independent pairs for the sweep of ours (AL) and HOTPANTS, pooled with the first
+        size = sizes[0]
+        pooled = {name: [sweeps[name]] for name in ("ours (AL)", "HOTPANTS") if name in sweeps}
+        for seed in range(43, 42 + args.roc_pairs):
+            work = Path(args.work) / f"roc{size}_{seed}"
+            work.mkdir(parents=True, exist_ok=True)
+            print(f"pair {size} × {size}, seed {seed}: simulating (threshold sweep only)", flush=True)
+            pair = make_pair(work, size, seed=seed)
+            for name, entry in tools(work, None, hotpants, 10, sfft=False, al_and_hotpants=True).items():
+                if entry["rc"] == 0 and Path(entry["out"]).exists() and name in pooled:
+                    diff, _ = as_difference(entry, pair, (size, size))
+                    pooled[name].append(score(diff, pair, flux=False, sweep=True))
+            for f in work.glob("*.fits"):                  # 1.3 GB a pair: keep only the logs
+                f.unlink()
+        n_pairs = min(len(v) for v in pooled.values())
+        sweeps = {name: pool_scores(v) for name, v in pooled.items()}
+        results["pooled_sweeps"] = {"pairs": n_pairs, **sweeps}
+    results["load_end"] = os.getloadavg()
     if sweeps and not args.no_docs:
-        plot_sweep(sweeps, HERE.parent / "docs" / "diffim_roc.png", sizes[0])
+        plot_sweep(sweeps, HERE.parent / "docs" / "diffim_roc.png", sizes[0], n_pairs)
     (Path(args.work) / "results.json").write_text(json.dumps(results, indent=2, default=str))
     if not args.no_docs:
         from _report import machine_line, write_section
@@ -398,20 +451,23 @@ def main(argv=None) -> int:
             dropped before scoring, for every tool, as Rubin's `DetectAndMeasureTask` does
             (`badSourceFlags`; our `DetectionOptions.drop_centre_all`); the peers get the same `SAT`
             mask as ours (the true saturated pixels of either image grown by 10 px, our kernel's half-width).
-            """) + sweep_markdown(sweeps, sizes[0])
+            """) + sweep_markdown(sweeps, sizes[0], n_pairs)
         print(f"wrote {write_section('diffim', md)}")
     return 0
 
 
-def sweep_markdown(sweeps: dict, size: int) -> str:
+def sweep_markdown(sweeps: dict, size: int, n_pairs: int = 1) -> str:
     """The threshold sweep as a table: completeness (S/N ≥ 5) and false detections."""
     if not sweeps:
         return ""
     head = " | ".join(f"{t:g} σ" for t in SWEEP_SHOWN)
-    lines = [f"\nThreshold sweep on the {size} × {size} pair, each detection run anew at each threshold "
+    where = (f"{n_pairs} independent {size} × {size} pairs (seeds 42–{41 + n_pairs}; the first is the one "
+             "above), pooled: false detections summed, completeness over all their injected sources"
+             if n_pairs > 1 else f"the {size} × {size} pair")
+    lines = [f"\nThreshold sweep on {where}; each detection run anew at each threshold "
              "in units of the tool's **measured** noise of Z (so a threshold means the same false-alarm "
              "rate for every tool); cells: completeness S/N ≥ 5 / false detections. At the nominal 5σ "
-             "(first table) HOTPANTS' threshold is 5 / std(Z) of these units.",
+             "HOTPANTS' threshold is 5 / std(Z) of these units.",
              "", f"| tool | std of Z | nominal 5σ | {head} |", "|---|---|---|" + "---|" * len(SWEEP_SHOWN)]
     for name, sc in sweeps.items():
         cells = " | ".join(f"{row['completeness_ge5']:.3f} / {row['false']}" for row in sc["sweep"]
@@ -443,18 +499,26 @@ def _against_hotpants(ours: dict, hp: dict) -> str:
     nominal, nominal_ok = say(hp["completeness_ge5"], hp["false"], "HOTPANTS at its nominal 5σ")
     points = [say(r["completeness_ge5"], r["false"], f"HOTPANTS at {r['threshold']:g} σ") for r in hp["sweep"]]
     losses = [text for text, ok in points if not ok]
-    return ("**Against HOTPANTS at its own operating points** (completeness / false; ours: the sweep "
+    shown = "; ".join(losses[:6]) + (f"; and {len(losses) - 6} more" if len(losses) > 6 else "")
+    same = list(zip(ours["sweep"], hp["sweep"], strict=True))
+    more_complete = sum(o["completeness_ge5"] > h["completeness_ge5"] for o, h in same)
+    fewer_false = sum(o["false"] <= h["false"] for o, h in same)
+    text = ("**Against HOTPANTS at its own operating points** (completeness / false; ours: the sweep "
             "threshold with the most completeness at no more false detections): " + nominal
             + (" (ours at least as complete, no more false)" if nominal_ok else " (ours behind)")
             + f". Over HOTPANTS' {len(points)} sweep thresholds ours is at least as complete with no more "
             f"false detections at {len(points) - len(losses)}"
-            + (f"; not at: {'; '.join(losses)}." if losses else ".")
-            + " Where both are run at the same threshold in measured σ, ours (decorrelated, white noise) "
-            "is the more complete and has as many or more pure-noise peaks: white noise filtered by the "
-            "PSF is rougher than HOTPANTS' correlated noise and has more local maxima above a level.")
+            + (f"; not at: {shown}." if losses else ".")
+            + f" At the same threshold in measured σ, ours is the more complete at {more_complete} of "
+            f"{len(same)} thresholds and has no more false detections at {fewer_false} of {len(same)}.")
+    if fewer_false < len(same) / 2 <= more_complete:
+        text += (" Ours (decorrelated: white noise, filtered by the PSF) is rougher than HOTPANTS' "
+                 "correlated noise and has more local maxima above a level, so equal thresholds are not "
+                 "equal false-detection counts: compare the curves at equal false detections.")
+    return text
 
 
-def plot_sweep(sweeps: dict, path: Path, size: int) -> None:
+def plot_sweep(sweeps: dict, path: Path, size: int, n_pairs: int = 1) -> None:
     """Completeness (S/N ≥ 5) against false detections over the sweep, each tool's nominal 5σ marked."""
     import matplotlib
 
@@ -478,7 +542,8 @@ def plot_sweep(sweeps: dict, path: Path, size: int) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("false detections")
     ax.set_ylabel("completeness, injected S/N ≥ 5")
-    ax.set_title(f"{size} × {size} pair: detection power against false alarms")
+    ax.set_title(f"{n_pairs} pairs of {size} × {size}: detection power against false alarms" if n_pairs > 1
+                 else f"{size} × {size} pair: detection power against false alarms")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from jointcal_ap.psf._sampling import PixelizedPsf, fourier_shift, image_moments, resize
+from jointcal_ap.psf._sampling import (
+    PixelizedPsf,
+    fourier_shift,
+    image_moments,
+    resize,
+    windowed_centroid,
+)
 from jointcal_ap.psf.base import PsfError, PsfModel, _odd, register_psf_kind
 
 __all__ = ["PcaPsf", "fit_psf"]
@@ -257,9 +263,7 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
         use = new
     # the mean's centroid on the middle pixel (star centroids are noisy and may share a bias)
     mean_img = mean.reshape(size, size)
-    g = np.arange(size) - size // 2
-    tot = mean_img.sum()
-    cx, cy = float((mean_img.sum(axis=0) * g).sum() / tot), float((mean_img.sum(axis=1) * g).sum() / tot)
+    cx, cy = windowed_centroid(mean_img)
     stack = fourier_shift(np.concatenate([mean_img[None], comps.reshape(-1, size, size)]),
                           np.full(1 + len(comps), -cx), np.full(1 + len(comps), -cy))
     return PcaPsf(stack[0], stack[1:], coef, deg, (ny, nx), n_stars=int(use.sum()))
@@ -281,23 +285,28 @@ def _stamp_fwhm(img: np.ndarray, bkg, xs: np.ndarray, ys: np.ndarray) -> float:
 
 
 def _without_shifts(comps: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Components with zero first moments, re-orthonormalised.
+    """Components with zero windowed first moments, re-orthonormalised.
 
     Noisy star centroids leave a "shift" pattern (the PSF's derivative) among the principal
-    components; with spatially fitted coefficients it would move the model's centroid from
-    place to place. Adding the right multiple of ∂mean/∂x, ∂mean/∂y (whose first moments are
-    −1) to each component zeroes its first moments; the span stays free of shifts after QR.
+    components; with spatially fitted coefficients it would move the model's core from place
+    to place. Adding the right multiple of ∂mean/∂x, ∂mean/∂y (whose windowed first moments
+    are −1) to each component zeroes its first moments under the Gaussian window of
+    :func:`~jointcal_ap.psf._sampling.windowed_centroid` (the plain moments would let the wings'
+    noise move the core); the span stays free of shifts after QR.
     """
     size = mean.shape[0]
     g = np.arange(size) - size // 2
+    ixx, iyy, _ = image_moments(mean)
+    w = np.exp(-0.5 * (g[:, None] ** 2 + g[None, :] ** 2) / max(0.5 * (ixx + iyy), 0.25))
+    wx, wy = w * g[None, :], w * g[:, None]
     one = np.ones(1)
     dx = (fourier_shift(mean[None], -0.5 * one, 0 * one) - fourier_shift(mean[None], 0.5 * one, 0 * one))[0]
     dy = (fourier_shift(mean[None], 0 * one, -0.5 * one) - fourier_shift(mean[None], 0 * one, 0.5 * one))[0]
-    dx /= -float((dx.sum(axis=0) * g).sum())
-    dy /= -float((dy.sum(axis=1) * g).sum())
+    dx /= -float((dx * wx).sum())
+    dy /= -float((dy * wy).sum())
     c = comps.reshape(-1, size, size)
-    mx = (c.sum(axis=1) * g).sum(axis=1)
-    my = (c.sum(axis=2) * g).sum(axis=1)
+    mx = (c * wx).sum(axis=(1, 2))
+    my = (c * wy).sum(axis=(1, 2))
     c = c + mx[:, None, None] * dx + my[:, None, None] * dy
     q, _ = np.linalg.qr(c.reshape(len(c), -1).T)
     return q.T
