@@ -66,6 +66,8 @@ SATURATION = 60000.0
 SNR_BINS = ((3, 5), (5, 7), (7, 10), (10, 15))
 #: Thresholds of the sweep, in units of each tool's *measured* noise of Z (std in source-free pixels).
 SWEEP = tuple(round(4.5 + 0.05 * k, 2) for k in range(31))         # 4.5 … 6.0
+#: Before each timed run, wait up to this many seconds for the machine to be idle (``--wait-idle``).
+WAIT_IDLE_S = 60.0
 #: The sweep's columns in the docs' table (the plot and the comparison use every threshold).
 SWEEP_SHOWN = (4.5, 4.8, 5.0, 5.2, 5.5, 6.0)
 
@@ -134,11 +136,14 @@ PROPERIMAGE_DRIVER = textwrap.dedent("""\
 
 
 def run(label: str, cmd: list[str], work: Path, *, max_rss: float = 14 * 2**30, timeout_s: float = 1500) -> dict:
-    from _measure import measure
+    from _measure import measure, wait_idle
 
+    if WAIT_IDLE_S > 0:
+        wait_idle(WAIT_IDLE_S)
     print(f"  {label}: {' '.join(str(c) for c in cmd[:4])} ...", flush=True)
     m = measure([str(c) for c in cmd], work / f"{label}.log", cwd=work, max_rss=int(max_rss), timeout_s=timeout_s)
-    print(f"    rc {m['rc']}, {m['wall_s']:.1f} s wall, {m['peak_rss'] / 2**30:.2f} GiB"
+    print(f"    rc {m['rc']}, {m['wall_s']:.1f} s wall, {m['peak_rss'] / 2**30:.2f} GiB, "
+          f"other load {m['other_cores']:.2f} cores"
           + (f" ({m['stopped']})" if m["stopped"] else ""), flush=True)
     return m
 
@@ -328,11 +333,13 @@ def _detect_and_match(diff, truth: dict, options) -> dict:
 
 def _row(name: str, size: int, m: dict, s: dict | None, note: str | None) -> str:
     if s is None:
-        return f"| {name} | {size} | – | {m['peak_rss'] / 2**30:.1f} | failed: {m.get('stopped') or 'rc ' + str(m['rc'])} ||||||||"
+        return (f"| {name} | {size} | – | {m['peak_rss'] / 2**30:.1f} | – | "
+                f"failed: {m.get('stopped') or 'rc ' + str(m['rc'])} ||||||||")
     fb = f"{100 * s['flux_bias']:+.2f} %" if "flux_bias" in s else "–"
     extra = f" ({note})" if note else ""
     compile_s = f" (+{m['compile_s']:.0f} s numba compile)" if np.isfinite(m.get("compile_s", np.nan)) else ""
     return (f"| {name}{extra} | {size} | {m['wall_s']:.1f}{compile_s} | {m['peak_rss'] / 2**30:.2f} | "
+            f"{m['other_cores']:.2f} | "
             f"{s['residual_std']:.3f} | {s['completeness_ge5']:.3f} | "
             + " / ".join(f"{s[f'completeness_{lo}_{hi}']:.2f}" for lo, hi in SNR_BINS)
             + f" | {s['false']} ({s['false_unflagged']}) | {s['z_std']:.3f} | {s['completeness_ge5_cal']:.3f} | "
@@ -350,11 +357,15 @@ def main(argv=None) -> int:
     ap.add_argument("--sfft-4096", action="store_true",
                     help="also try sfft on the 4096 pair (its Numpy backend needed ~21 GB here; capped at 14 GiB)")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--wait-idle", type=float, default=WAIT_IDLE_S,
+                    help="before each timed run, wait up to this many seconds for an idle machine (default 60)")
     ap.add_argument("--roc-pairs", type=int, default=4,
                     help="independent pairs of the largest size (seeds 42, 43, ...) pooled in the threshold "
                          "sweep of ours (AL) and HOTPANTS (default 4; a single pair has only a few false "
                          "detections at 5σ, too few to tell two tools apart)")
     args = ap.parse_args(argv)
+    global WAIT_IDLE_S
+    WAIT_IDLE_S = args.wait_idle
     if args.setup_peers:
         d = Path(args.setup_peers)
         pip = [str(d / "bin" / "python"), "-m", "pip", "install", "-q"]
@@ -422,8 +433,9 @@ def main(argv=None) -> int:
 
             Command: `flock /work/bench.lock python benchmarks/bench_diffim.py --peers-python PEERS/bin/python`
             (peers' environment: see the script's docstring or `--setup-peers DIR`). {machine_line()};
-            load average {load0[0]:.2f} at the start, {results['load_end'][0]:.2f} at the end (other
-            engineers' work shares the 2 cores: wall times are upper bounds).
+            load average {load0[0]:.2f} at the start, {results['load_end'][0]:.2f} at the end. Each timed run
+            waits (up to {WAIT_IDLE_S:.0f} s) for an idle machine; *other load* is the CPU everything else used
+            meanwhile, in cores (~0 for a clean timing; other engineers' work shares the 2 cores).
 
             The pair: issue 13's 4096 × 4096 simulation (8,000 stars, 0.2 % saturated, FWHM 3.1 px template
             4× deeper / 4.7 px science, sky 1000 ADU, 1,000 injected point sources of S/N 3–15), and its
@@ -437,8 +449,8 @@ def main(argv=None) -> int:
             PSF, known flux scale and alignment: its fastest settings, and exact for this pair).
             HOTPANTS: {hotpants or 'not on PATH: not run'}.
 
-            | tool | pair | wall s | peak GiB | residual std | completeness S/N ≥ 5 | by S/N 3–5 / 5–7 / 7–10 / 10–15 | false detections (unflagged) | std of Z | completeness at 5 × std(Z) | false (unflagged) at 5 × std(Z) | flux bias S/N ≥ 10 |
-            |---|---|---|---|---|---|---|---|---|---|---|---|
+            | tool | pair | wall s | peak GiB | other load (cores) | residual std | completeness S/N ≥ 5 | by S/N 3–5 / 5–7 / 7–10 / 10–15 | false detections (unflagged) | std of Z | completeness at 5 × std(Z) | false (unflagged) at 5 × std(Z) | flux bias S/N ≥ 10 |
+            |---|---|---|---|---|---|---|---|---|---|---|---|---|
             """) + "\n".join(rows) + textwrap.dedent("""
 
             Residual std: D/σ in source-free pixels (all true star and source positions excluded) against

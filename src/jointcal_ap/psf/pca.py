@@ -138,7 +138,7 @@ register_psf_kind(PcaPsf.kind, PcaPsf.from_hdus)
 
 
 def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndarray | None = None, *,
-            x=None, y=None, size: int | None = None, n_components: int = 3, degree: int = 2,
+            x=None, y=None, snr=None, size: int | None = None, n_components: int = 3, degree: int = 2,
             min_snr: float = 50.0, max_stars: int = 400, saturation: float | None = None,
             background=None, where: str = "") -> PcaPsf:
     """Fit a :class:`PcaPsf` to the bright isolated unsaturated stars of an image.
@@ -151,6 +151,10 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
     x, y : array-like, optional
         1-based positions of the stars to use; default: found with
         :func:`jointcal_ap.diffim.stars.find_stars` (S/N ≥ ``min_snr``, isolated, clean).
+    snr : array-like, optional
+        With ``x``, ``y``: the stars' S/N, which weighs their stamps (S/N², capped at 1000²);
+        default: measured on the stamps (flux over the noise of the variance plane), or equal
+        weights without a variance plane.
     size : int, optional
         Odd stamp size; default ≈ 4.5 FWHM (11 … 51 pixels).
     n_components, degree : int
@@ -184,9 +188,11 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
     bkg = background
     if x is not None:
         xs, ys = np.asarray(x, float), np.asarray(y, float)
-        snr = np.full(len(xs), min_snr)
+        measure_snr = snr is None
+        snr = np.full(len(xs), min_snr) if snr is None else np.asarray(snr, float)
         fwhm = float("nan")
     else:
+        measure_snr = False
         stars = find_stars(img, variance, msk, threshold=min_snr, saturation=saturation, background=bkg)
         good = stars.isolated & stars.clean
         order = np.argsort(-stars.snr[good])[:max_stars]
@@ -213,6 +219,7 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
     cut = np.where(usable[rows, cols], cut, 0.0)
     ok = usable[rows, cols].all(axis=(1, 2))
     cut, xs, ys, snr = cut[ok], xs[ok], ys[ok], snr[ok]
+    var_cut = np.asarray(variance)[rows, cols][ok].astype(float) if measure_snr and variance is not None else None
     if len(xs) < 3:
         raise PsfError(f"{prefix}only {len(xs)} stars with unmasked stamps; at least 3 needed")
     # taper the margin (against the periodic shift's ringing), shift to centre, keep the middle
@@ -224,6 +231,9 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
     flux = centred.sum(axis=(1, 2))
     keep = flux > 0
     stamps = centred[keep] / flux[keep, None, None]
+    if var_cut is not None:
+        # equal weights would let the faintest stamps' noise into the model's wings
+        snr = flux / np.sqrt(np.maximum(resize(var_cut, size).sum(axis=(1, 2)), 1e-30))
     xs, ys, w = xs[keep], ys[keep], np.minimum(snr[keep], 1000.0) ** 2
     if len(xs) < 3:
         raise PsfError(f"{prefix}fewer than 3 stars with positive flux; cannot fit a PSF")
