@@ -347,6 +347,7 @@ def _row(name: str, size: int, m: dict, s: dict | None, note: str | None) -> str
 
 
 def main(argv=None) -> int:
+    global WAIT_IDLE_S
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/bench_diffim", help="work directory (FITS files, logs)")
@@ -364,7 +365,6 @@ def main(argv=None) -> int:
                          "sweep of ours (AL) and HOTPANTS (default 4; a single pair has only a few false "
                          "detections at 5σ, too few to tell two tools apart)")
     args = ap.parse_args(argv)
-    global WAIT_IDLE_S
     WAIT_IDLE_S = args.wait_idle
     if args.setup_peers:
         d = Path(args.setup_peers)
