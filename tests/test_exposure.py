@@ -184,6 +184,14 @@ def test_mef_without_variance_is_an_error(tmp_path, exposure):
     assert_same_exposure(read_exposure(tmp_path / "novar.fits", variance=exposure.variance), exposure)
 
 
+def test_truncated_file_is_named_as_truncated(tmp_path, exposure):
+    """A file cut short said "missing variance plane" (its later HDUs were simply absent)."""
+    data = exposure.write(tmp_path / "exp.fits").read_bytes()
+    (tmp_path / "cut.fits").write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(ExposureError, match=r"cut\.fits: the file is truncated or damaged"):
+        read_exposure(tmp_path / "cut.fits")
+
+
 def test_metadata_from_camera_cards(tmp_path, exposure):
     """UTC exposure start → mid-exposure TAI (37 s leap offset since 2017); CCDNUM/BAND accepted."""
     hdu = fits.PrimaryHDU(exposure.image)

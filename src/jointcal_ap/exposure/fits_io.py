@@ -204,6 +204,25 @@ def _select_hdu(hdul: fits.HDUList, selector: str, where: str) -> Any:
     return hdu
 
 
+def _check_complete(hdul, where: str) -> None:
+    """Raise :class:`ExposureError` (closing ``hdul``) when the file was cut short: astropy only
+    warns, and the missing HDUs would otherwise read as a "missing variance plane"."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul.readall()
+            error = None
+        except (OSError, ValueError) as exc:
+            error = exc
+    truncated = list(dict.fromkeys(str(w.message) for w in caught if "truncated" in str(w.message)))
+    if error is not None or truncated:
+        hdul.close()
+        raise ExposureError(f"{where}: the file is truncated or damaged "
+                            f"({'; '.join(truncated) or error})")
+
+
 def read_exposure_parts(path: str | os.PathLike, *, variance: np.ndarray | float | None = None,
                         mask: np.ndarray | None = None,
                         metadata: ExposureMetadata | None = None) -> ExposureParts:
@@ -229,6 +248,7 @@ def read_exposure_parts(path: str | os.PathLike, *, variance: np.ndarray | float
         hdul = fits.open(path, memmap=False)
     except (OSError, ValueError) as exc:
         raise ExposureError(f"{where}: not a FITS file ({exc})") from exc
+    _check_complete(hdul, where)
     with hdul:
         primary = hdul[0].header
         if selector is not None:
