@@ -108,6 +108,9 @@ class SolveStats:
     cg_iterations: list[int] = field(default_factory=list)
     steps_halved: int = 0
     reason: str = ""
+    #: False when the last call stopped on ``clip_rtol`` (good enough to choose outliers from),
+    #: not on ``rtol``: the caller must run it again before taking the solution as final.
+    converged: bool = True
 
 
 # --------------------------------------------------------------------------- 2×2 helpers
@@ -633,16 +636,24 @@ def _pcg(matvec, rhs, precond, tol=None, max_iter=1000, *, chi2_tol: float = 0.0
 
 
 def gauss_newton(fns: FitProblem, params, theta, white, active, *, max_iter: int = 20,
-                 rtol: float = 1e-9, stats: SolveStats | None = None, progress=None
-                 ) -> tuple[np.ndarray, np.ndarray, SolveStats]:
+                 rtol: float = 1e-9, clip_rtol: float | None = None, stats: SolveStats | None = None,
+                 progress=None) -> tuple[np.ndarray, np.ndarray, SolveStats]:
     """Iterate Gauss-Newton steps until χ² stops decreasing by more than ``rtol`` (relative).
 
     A full step whose actual χ² decrease matches the quadratic model's prediction to
     ``rtol`` (relative to χ²) also ends the iteration: the problem is linear to that
     precision there, so a further step could not gain more than that mismatch.
     ``progress``: called with (iteration, χ²) after every step (e.g. to show progress).
+
+    ``clip_rtol`` (≥ ``rtol``), for a solve that outlier clipping follows: a full step that
+    matches the linear model to ``clip_rtol`` also ends the iteration, with
+    ``stats.converged`` False. The step that would only confirm convergence (a whole
+    linearisation and CG solve) is then left to the next round, which starts from this
+    solution anyway once outliers are removed; if nothing is removed, the caller calls
+    again without ``clip_rtol``.
     """
     stats = stats or SolveStats()
+    stats.converged = True
     chi2 = fns.chi2(params, theta, white, active)
     if not np.isfinite(chi2):
         raise FitError("χ² is not finite at the starting point", {"chi2": chi2})
@@ -686,6 +697,11 @@ def gauss_newton(fns: FitProblem, params, theta, white, active, *, max_iter: int
         if scale == 1.0 and mismatch < rtol:
             stats.reason = (f"converged: the full step's χ² decrease matched the linear model to "
                             f"{mismatch:.1e} of χ² (< {rtol:.0e})")
+            break
+        if clip_rtol is not None and scale == 1.0 and mismatch < clip_rtol:
+            stats.reason = (f"close enough to clip: the full step's χ² decrease matched the linear model "
+                            f"to {mismatch:.1e} of χ² (< {clip_rtol:.0e})")
+            stats.converged = False
             break
     else:
         stats.reason = f"stopped after {max_iter} iterations (χ² still changing)"
