@@ -111,6 +111,22 @@ def test_gauss_newton_stops_once_the_step_gains_nothing(captured):
     assert predicted < 1e-8 * chi2
 
 
+def test_kept_pixel_basis_gives_the_same_step(captured):
+    """The pixel polynomials' bases kept from the first linearisation (read-only) give the same
+    step, bit for bit, as bases computed afresh."""
+    fns, params, theta, white, active = captured["start"]
+    kept = fns._pixel_basis
+    assert kept and all(not b.flags.writeable for b in kept)
+    try:
+        with_kept = fns.step(params, theta, white, active)
+        fns._pixel_basis = False  # as for a fit too large to keep them
+        fresh = fns.step(params, theta, white, active)
+    finally:
+        fns._pixel_basis = kept
+    for a, b in zip(with_kept[:3], fresh[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_clip_rtol_leaves_only_the_confirming_step(captured):
     """With ``clip_rtol`` the solve stops after the full step that matched its linear model to
     that tolerance (not converged); continuing without it lands where one tight solve lands."""
