@@ -459,8 +459,11 @@ class FitProblem:
         r = _mul(white, xy)
         del xy
         cores = self._cores(terms, white)
+        # the slots' G factors are in the cores now: drop them (32 bytes per measurement held
+        # through conjugate gradients otherwise)
+        terms = [[(basis, None) for basis, _ in ccd_terms] for ccd_terms in terms]
         q = _matmul(white, p)
-        del p
+        del p, white  # the masked whitening lives on in the cores
 
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 and len(self.chunks) > 1 else None
 
@@ -487,8 +490,9 @@ class FitProblem:
         for chunk in self.chunks:
             self._model_transpose(terms, cores, r[chunk[0]:chunk[1]], chunk, g_m)
         g_m *= free_m
-        g_s = star_t(lambda i: r[self.chunks[i][0]:self.chunks[i][1]]) \
+        g_s = star_t(lambda i, r=r: r[self.chunks[i][0]:self.chunks[i][1]]) \
             + np.einsum("sij,sj->si", self.prior_weight, theta - self.prior_value) * free_s
+        del r
         # D = Σ Jθᵀ Jθ + prior, with Jθᵀ Jθ = Tᵀ (QᵀQ) T per measurement, chunk by chunk
         upper = np.zeros((self.n_stars, 15))
         for i, (lo, hi, _, _) in enumerate(self.chunks):
