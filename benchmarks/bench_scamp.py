@@ -654,6 +654,8 @@ def report(results: dict, args: list[str], versions: dict) -> str:
                   f"{res['stars']:,} stars detected, {res['detections']:,} detections in the catalogs{spurious}; "
                   f"exposures {res['epochs'][0]:.1f}–{res['epochs'][1]:.1f}; both tools fit {fit_what} "
                   f"(SCAMP `SOLVE_PHOTOM {'Y' if CASES[case].fit == 'both' else 'N'}`).", "",
+                  *([f"**Kept from an earlier run** ({res['kept_from']}, `--keep-other-cases`), not measured "
+                     "by the command below.", ""] if res.get("kept_from") else []),
                   "| tool | wall (s) | CPU (s) | peak RSS (MB) | detections | RMS vs truth, grid (mas) "
                   "| RMS vs truth, det. (mas) | SCAMP ref. wall ÷ this | other load |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -735,6 +737,7 @@ def bench_case(case: str, *, have_scamp: bool, repeat: int, idle_wait: float) ->
         "detections": count_ldac_detections(case_dir), "spurious": spurious,
         "epochs": (min(epochs), max(epochs)), "mean_epoch": mean_epoch(truth),
         "catalog_epoch": float(truth.stars.epoch), "scamp": {}, "ours": {},
+        "measured": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     if have_scamp:
         refs = prepare_scamp_refcats(case_dir, truth, config)
@@ -795,6 +798,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-other-cases", action="store_true",
                     help="keep the last run's results of the cases not run now (from _work/scamp/results.json)")
     args = ap.parse_args(argv)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; expected some of {tuple(CASES)}")
+    saved: dict = {}
+    if args.keep_other_cases:
+        # results.json lives in this checkout's ignored benchmarks/_work/: another worktree or
+        # clone has its own (or none), and a run there used to keep only what it found, so
+        # the cases it had never run vanished from the docs. Refuse before measuring anything.
+        path = WORK / "results.json"
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        saved.pop("_meta", None)
+        missing = [c for c in CASES if c not in cases and c not in saved]
+        if missing:
+            ap.error(f"--keep-other-cases: no earlier result for {missing} in {path} (results are kept "
+                     f"per checkout); run them too (--cases {','.join(CASES)}) or leave out "
+                     f"--keep-other-cases to report only {cases}")
 
     version = None if args.skip_scamp else scamp_version()
     if version is None and not args.skip_scamp:
@@ -802,17 +822,15 @@ def main(argv: list[str] | None = None) -> int:
               "running jointcal-ap only.", flush=True)
     versions = {"scamp": version, "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     results = {}
-    for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
-        if case not in CASES:
-            ap.error(f"unknown case {case!r}; expected some of {tuple(CASES)}")
+    for case in cases:
         results[case] = bench_case(case, have_scamp=version is not None, repeat=args.repeat,
                                    idle_wait=args.wait_idle)
     versions["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     args_kept = [a for a in argv if a != "--no-docs"]
-    if args.keep_other_cases and (WORK / "results.json").exists():  # refresh only the cases run now
-        saved = json.loads((WORK / "results.json").read_text())
-        saved.pop("_meta", None)
-        merged = {**saved, **results}
+    if args.keep_other_cases:  # refresh only the cases run now; the others say when they were measured
+        kept = {c: {**r, "kept_from": r.get("kept_from") or r.get("measured") or "an earlier run"}
+                for c, r in saved.items() if c not in results}
+        merged = {**kept, **results}
         results = {c: merged[c] for c in CASES if c in merged}
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "results.json").write_text(json.dumps({**results, "_meta": {"args": args_kept, "versions": versions}},

@@ -653,6 +653,45 @@ def test_errors_and_correlations_round_trip():
         covariance_from_errors({"ra_err": 1.0})
 
 
+@pytest.mark.parametrize("observer", [None, "earth"])
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_error_columns_propagate_as_the_covariance(monkeypatch, observer, backend):
+    """The catalog query's path (errors in, errors out; on JAX without (n, 5, 5) matrices)
+    gives what covariance_from_errors → propagate(cov=) → errors_from_covariance gives: NaN,
+    zero and missing errors and correlations, a star without proper motion, chunk edges."""
+    from jointcal_ap.refcat import _epoch_jax
+
+    monkeypatch.setattr(_epoch_jax, "CHUNK", 1024)
+    rng = np.random.default_rng(8)
+    n = 2100
+    star = dict(ra=rng.uniform(0, 360, n), dec=rng.uniform(-89, 89, n), parallax=rng.lognormal(-0.7, 1, n),
+                pmra=rng.normal(0, 300, n), pmdec=rng.normal(0, 300, n), radial_velocity=rng.normal(0, 50, n))
+    star["parallax"][:3] = [0.0, -1.0, np.nan]
+    star["pmra"][3] = np.nan  # not moved: its errors come back as they went in
+    star["radial_velocity"][4] = np.nan
+    errors = {f"{p}_error": rng.uniform(0.02, 0.5, n) for p in ("ra", "dec", "parallax", "pmra", "pmdec")}
+    errors["parallax_error"][5:8] = np.nan
+    errors["pmra_error"][8] = 0.0
+    del errors["pmdec_error"]  # missing: unknown
+    correlations = {name: rng.uniform(-0.5, 0.5, n) for name in CORRELATION_NAMES[:8]}  # two missing
+    correlations["ra_dec_corr"][9:12] = np.nan
+    obs = None if observer is None else earth_barycentric_position(2030.0)
+    moved, columns = E._propagate_with_errors(**star, epoch=2016.0, epoch_to=2030.0, errors=errors,
+                                              correlations=correlations, observer=obs, backend=backend)
+    expected = propagate(**star, epoch=2016.0, epoch_to=2030.0, cov=covariance_from_errors(errors, correlations),
+                         observer=obs, backend=backend)
+    assert moved.cov is None
+    np.testing.assert_array_equal(moved.moved, expected.moved)
+    assert not moved.moved[3]
+    for name in ("ra", "dec", "parallax", "pmra", "pmdec", "radial_velocity"):
+        np.testing.assert_array_equal(getattr(moved, name), getattr(expected, name))
+    want = errors_from_covariance(expected.cov)
+    assert set(columns) == set(want)
+    for name, values in want.items():
+        np.testing.assert_allclose(columns[name], values, rtol=1e-10, atol=1e-12, err_msg=name)
+    assert np.isnan(columns["pmdec_error"]).all() and np.isnan(columns["pmra_pmdec_corr"]).all()
+
+
 # ---------------------------------------------------------------------------
 # The Earth.
 # ---------------------------------------------------------------------------

@@ -396,3 +396,38 @@ def test_cards_are_fits_cards():
         card("TOOLONGKEY", 1)
     with pytest.raises(ValueError):
         card("NAN", float("nan"))
+
+
+def test_calibration_written_directly_is_the_product(result, tmp_path):
+    """write_fit_outputs writes the calibration directory from the TAN-SIP cards' text, without
+    astropy: the same bytes as calibration_product(...).write."""
+    from jointcal_ap.fit.output import calibration_product, write_calibration_product
+    from jointcal_ap.fit.wcs_headers import sip_approximation
+
+    sip = [sip_approximation(result, i) for i in range(len(result.data.ccds))]
+    provenance = {"created_utc": "2026-01-01T00:00:00+00:00", "options": {"degree": 3}}
+    calibration_product(result, provenance=provenance, sip_headers=sip).write(tmp_path / "a")
+    write_calibration_product(result, tmp_path / "b", provenance=provenance, sip_headers=sip)
+    for name in ("wcs.fits", "calibration.json", "provenance.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    write_calibration_product(result, tmp_path / "c", provenance=provenance)  # fitting its own headers
+    assert (tmp_path / "a" / "wcs.fits").read_bytes() == (tmp_path / "c" / "wcs.fits").read_bytes()
+
+
+def test_wcs_grid_memo_follows_the_parameters(result):
+    """The model samples shared by the TAN-SIP and TPV approximations are taken again when the
+    result's parameters are replaced."""
+    import copy
+
+    from jointcal_ap.fit.wcs_headers import sip_approximation, tpv_approximation
+
+    res = copy.copy(result)
+    before = tpv_approximation(res, 0).cards
+    assert tpv_approximation(res, 0).cards == before and sip_approximation(res, 0).max_error_mas < 1e-3
+    res.params = np.array(res.params, dtype=float)
+    res.params[: len(res.params) // 2] *= 1.0 + 1e-6
+    assert tpv_approximation(res, 0).cards != before
+    fresh = copy.copy(res)
+    fresh.__dict__.pop("_wcs_grid_memo", None)
+    assert tpv_approximation(res, 0).cards == tpv_approximation(fresh, 0).cards
+

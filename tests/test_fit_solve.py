@@ -111,6 +111,51 @@ def test_gauss_newton_stops_once_the_step_gains_nothing(captured):
     assert predicted < 1e-8 * chi2
 
 
+def test_kept_pixel_basis_gives_the_same_step(captured):
+    """The pixel polynomials' bases kept from the first linearisation (read-only) give the same
+    step, bit for bit, as bases computed afresh."""
+    fns, params, theta, white, active = captured["start"]
+    kept = fns._pixel_basis
+    assert kept and all(not b.flags.writeable for b in kept)
+    try:
+        with_kept = fns.step(params, theta, white, active)
+        fns._pixel_basis = False  # as for a fit too large to keep them
+        fresh = fns.step(params, theta, white, active)
+    finally:
+        fns._pixel_basis = kept
+    for a, b in zip(with_kept[:3], fresh[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_clip_rtol_leaves_only_the_confirming_step(captured):
+    """With ``clip_rtol`` the solve stops after the full step that matched its linear model to
+    that tolerance (not converged); continuing without it lands where one tight solve lands."""
+    fns, params, theta, white, active = captured["start"]
+    tight_p, tight_t, tight = gauss_newton(fns, params, theta, white, active)
+    p, t, loose = gauss_newton(fns, params, theta, white, active, clip_rtol=1e-6)
+    assert not loose.converged and loose.reason.startswith("close enough to clip")
+    assert len(loose.cg_iterations) < len(tight.cg_iterations)
+    p, t, again = gauss_newton(fns, p, t, white, active)
+    assert again.converged and again.reason.startswith("converged")
+    chi2 = fns.chi2(p, t, white, active)
+    assert chi2 == pytest.approx(fns.chi2(tight_p, tight_t, white, active), rel=1e-9)
+
+
+def test_fit_with_clip_rtol_is_the_fit_without(survey, monkeypatch):
+    """The fit's clipping rounds stop on CLIP_RTOL, the last one on the full tolerance: the
+    same measurements clipped and the same solution as with every round fully converged."""
+    data, refcat = survey.read("parquet"), open_refcat(survey.refcat_dir)
+    options = FitOptions(model="constrained", star_params=5, clip_sigma=3.0)  # 3σ: some rounds clip
+    fast = JointFit(data, refcat, options).run()
+    monkeypatch.setattr(jointfit_module, "CLIP_RTOL", None)
+    slow = JointFit(data, refcat, options).run()
+    assert fast.n_clipped > 0 and fast.clip_rounds == slow.clip_rounds
+    np.testing.assert_array_equal(fast.active, slow.active)
+    assert fast.stats.converged and fast.stats.reason.startswith("converged")
+    assert fast.chi2 == pytest.approx(slow.chi2, rel=1e-9)
+    np.testing.assert_allclose(fast.params, slow.params, rtol=0, atol=1e-6 * np.abs(slow.params).max())
+
+
 def test_fit_problem_threads_default_to_the_cores(captured):
     assert captured["start"][0].workers >= 1
     assert isinstance(captured["start"][0], FitProblem)

@@ -30,13 +30,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from astropy.io import fits
 
 from jointcal_ap.atomic import write_bytes
 from jointcal_ap.calibration.errors import CalibrationError
+
+if TYPE_CHECKING:  # astropy.io.fits is imported where it is used: writing needs none of it
+    from astropy.io import fits
 
 __all__ = [
     "CALIBRATION_FORMAT",
@@ -71,7 +73,9 @@ _BLOCK = 2880  # bytes per FITS block
 class DetectorRecord(NamedTuple):
     """One visit × detector of a calibration directory, as plain values.
 
-    ``wcs_header`` is None when the detector has no fitted WCS; ``photometry`` is the
+    ``wcs_header`` is None when the detector has no fitted WCS; it may also be given, for
+    writing, as the header's text (80-character cards, as :func:`header_to_text` returns
+    them), which is written as it is (a fit's own TAN-SIP cards: no astropy needed); ``photometry`` is the
     :meth:`~jointcal_ap.calibration.PhotometricCalibration.to_dict` form, or None. ``where``
     names the entry in error messages (set on read).
     """
@@ -80,7 +84,7 @@ class DetectorRecord(NamedTuple):
     detector: int
     naxis1: int
     naxis2: int
-    wcs_header: fits.Header | None
+    wcs_header: fits.Header | str | None
     photometry: Mapping[str, Any] | None
     where: str = ""
 
@@ -95,6 +99,8 @@ def header_to_text(header: fits.Header) -> str:
 
 def header_from_text(text: str) -> fits.Header:
     """Inverse of :func:`header_to_text`; trailing blanks that a FITS string column dropped are restored."""
+    from astropy.io import fits
+
     text = text.rstrip()
     n = -(-len(text) // _CARD) * _CARD
     return fits.Header.fromstring(text.ljust(n)) if text else fits.Header()
@@ -154,8 +160,8 @@ def _wcs_table_bytes(detectors: Sequence[DetectorRecord]) -> bytes:
         header_text,
     )
 
-    texts = [header_to_text(d.wcs_header).encode("ascii") if d.wcs_header is not None else b""
-             for d in detectors]
+    texts = [(d.wcs_header if isinstance(d.wcs_header, str) else header_to_text(d.wcs_header)).encode("ascii")
+             if d.wcs_header is not None else b"" for d in detectors]
     width = max([1, *(len(t) for t in texts)])
     row = np.dtype([("VISIT", ">i8"), ("DETECTOR", ">i8"), ("NAXIS1", ">i8"), ("NAXIS2", ">i8"),
                     ("HAS_WCS", "S1"), ("WCS_HEADER", f"S{width}")])
@@ -262,6 +268,8 @@ def read_calibration_directory(directory: str | os.PathLike
     provenance = json.loads((root / PROVENANCE_NAME).read_text())
 
     wcs_path = root / WCS_NAME
+    from astropy.io import fits
+
     headers: dict[tuple[int, int], tuple[int, int, fits.Header | None]] = {}
     with fits.open(wcs_path) as hdul:
         if "WCS" not in hdul:

@@ -17,10 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 from numpy.polynomial import chebyshev
 
 from jointcal_ap.calibration.convention import (
@@ -40,6 +39,9 @@ from jointcal_ap.calibration.disk_format import (
     write_calibration_directory,
 )
 from jointcal_ap.calibration.errors import CalibrationError
+
+if TYPE_CHECKING:  # imported where it is used: writing a fit's calibration needs no astropy
+    from astropy.io import fits
 
 __all__ = [
     "GRID_CHUNK_ROWS",
@@ -331,6 +333,8 @@ class DetectorCalibration:
         object.__setattr__(self, "naxis1", _positive_int(self.naxis1, "naxis1", where))
         object.__setattr__(self, "naxis2", _positive_int(self.naxis2, "naxis2", where))
         if self.wcs_header is not None:
+            from astropy.io import fits
+
             if not isinstance(self.wcs_header, fits.Header):
                 raise CalibrationError(f"{where}: wcs_header must be an astropy.io.fits.Header, "
                                        f"got {type(self.wcs_header).__name__}")

@@ -156,15 +156,17 @@ class SimpleModel:
         """Per slot: the first parameter of each CCD's block (n_ccds,) and the slot's K."""
         return [(np.arange(self.n_ccds) * 2 * self.k, self.k)]
 
-    def ccd_linearise(self, blocks: list[np.ndarray], u: np.ndarray, v: np.ndarray, *, uv_jacobian: bool = False):
+    def ccd_linearise(self, blocks: list[np.ndarray], u: np.ndarray, v: np.ndarray, *, uv_jacobian: bool = False,
+                      basis: np.ndarray | None = None):
         """(ξ, η) of one CCD's measurements and the Jacobian's terms (see the module docstring).
 
         ``blocks``: the CCD's coefficients per slot, (2, K). Returns ``xy`` (n, 2), the per-slot
         ``[(φ, G)]`` (``G`` None: the identity) and, with ``uv_jacobian``, ∂(ξ, η)/∂(u, v) (n, 2, 2).
+        ``basis``: ``poly_basis(u, v, degree)`` if the caller keeps it (it depends on the pixels only).
         """
         coeffs = blocks[0]
         if not uv_jacobian:
-            basis = poly_basis(u, v, self.degree)
+            basis = poly_basis(u, v, self.degree) if basis is None else basis
             return basis @ coeffs.T, [(basis, None)], None
         basis, du, dv = poly_basis(u, v, self.degree, derivatives=True)
         duv = np.stack([du @ coeffs.T, dv @ coeffs.T], axis=-1)  # (n, 2 outputs, 2 inputs)
@@ -240,14 +242,16 @@ class ConstrainedModel:
         base = self.n_detectors * d
         return [(np.asarray(detector_of_ccd) * d, self.kd), (base + np.asarray(visit_of_ccd) * v, self.kv)]
 
-    def ccd_linearise(self, blocks: list[np.ndarray], u: np.ndarray, v: np.ndarray, *, uv_jacobian: bool = False):
-        """As :meth:`SimpleModel.ccd_linearise`; slots: the detector's block, then the visit's."""
+    def ccd_linearise(self, blocks: list[np.ndarray], u: np.ndarray, v: np.ndarray, *, uv_jacobian: bool = False,
+                      basis: np.ndarray | None = None):
+        """As :meth:`SimpleModel.ccd_linearise`; slots: the detector's block, then the visit's.
+        ``basis``: the detector polynomial's ``poly_basis(u, v, detector_degree)``, if kept."""
         det, vis = blocks
         s = self.focal_scale
         if uv_jacobian:
             phi, phi_u, phi_v = poly_basis(u, v, self.detector_degree, derivatives=True)
         else:
-            phi = poly_basis(u, v, self.detector_degree)
+            phi = poly_basis(u, v, self.detector_degree) if basis is None else basis
         focal = phi @ det.T / s
         q, q_0, q_1 = poly_basis(focal[:, 0], focal[:, 1], self.visit_degree, derivatives=True)
         xy = q @ vis.T

@@ -108,6 +108,9 @@ class SolveStats:
     cg_iterations: list[int] = field(default_factory=list)
     steps_halved: int = 0
     reason: str = ""
+    #: False when the last call stopped on ``clip_rtol`` (good enough to choose outliers from),
+    #: not on ``rtol``: the caller must run it again before taking the solution as final.
+    converged: bool = True
 
 
 # --------------------------------------------------------------------------- 2×2 helpers
@@ -273,6 +276,7 @@ class FitProblem:
         self.sys2 = float(problem.systematic_mas) ** 2
         # star sums, chunk by chunk: (N × chunk) incidence matrices
         self._precond = None  # built by the first step (see _preconditioner)
+        self._pixel_basis = None  # per segment, kept by the first _linearise (False: too large to keep)
         self.incidence = [sp.csr_matrix((np.ones(hi - lo), (self.star[lo:hi], np.arange(hi - lo))),
                                         shape=(self.n_stars, hi - lo)) for lo, hi, _, _ in self.chunks]
 
@@ -284,13 +288,22 @@ class FitProblem:
         """Model (ξ, η) (n, 2) and per CCD the Jacobian terms (and ∂/∂(u, v))."""
         xy = np.empty((self.n_meas, 2))
         terms, duv = [], (np.empty((self.n_meas, 2, 2)) if uv_jacobian else None)
-        for c, lo, hi in self.segments:
+        kept = self._pixel_basis
+        for i, (c, lo, hi) in enumerate(self.segments):
+            extra = {"basis": kept[i]} if kept and not uv_jacobian else {}
             out, t, d = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi],
-                                                 uv_jacobian=uv_jacobian)
+                                                 uv_jacobian=uv_jacobian, **extra)
             xy[lo:hi] = out
             terms.append(t)
             if uv_jacobian:
                 duv[lo:hi] = d
+        if kept is None and not uv_jacobian:
+            # the pixel polynomial's basis (the first slot's φ) depends on the pixels only: keep it
+            # for the later linearisations when it is small (a step holds it anyway, in its terms)
+            size = sum(t[0][0].nbytes for t in terms)
+            self._pixel_basis = [t[0][0] for t in terms] if size <= PIXEL_BASIS_BYTES else False
+            for basis in self._pixel_basis or ():
+                basis.flags.writeable = False
         return xy, terms, duv
 
     def _predict(self, theta, *, jacobian=False):
@@ -446,8 +459,11 @@ class FitProblem:
         r = _mul(white, xy)
         del xy
         cores = self._cores(terms, white)
+        # the slots' G factors are in the cores now: drop them (32 bytes per measurement held
+        # through conjugate gradients otherwise)
+        terms = [[(basis, None) for basis, _ in ccd_terms] for ccd_terms in terms]
         q = _matmul(white, p)
-        del p
+        del p, white  # the masked whitening lives on in the cores
 
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 and len(self.chunks) > 1 else None
 
@@ -474,8 +490,9 @@ class FitProblem:
         for chunk in self.chunks:
             self._model_transpose(terms, cores, r[chunk[0]:chunk[1]], chunk, g_m)
         g_m *= free_m
-        g_s = star_t(lambda i: r[self.chunks[i][0]:self.chunks[i][1]]) \
+        g_s = star_t(lambda i, r=r: r[self.chunks[i][0]:self.chunks[i][1]]) \
             + np.einsum("sij,sj->si", self.prior_weight, theta - self.prior_value) * free_s
+        del r
         # D = Σ Jθᵀ Jθ + prior, with Jθᵀ Jθ = Tᵀ (QᵀQ) T per measurement, chunk by chunk
         upper = np.zeros((self.n_stars, 15))
         for i, (lo, hi, _, _) in enumerate(self.chunks):
@@ -539,14 +556,13 @@ class FitProblem:
         """
         free_m = self.model_free
         d_masked = d_inv * self.star_free[:, :, None] * self.star_free[:, None, :]
-        blocks = []
-        for slot, (starts, kk) in enumerate(self.slots):
-            first = np.unique(starts)
-            index = {int(s): i for i, s in enumerate(first)}
-            acc = np.zeros((len(first), 2, kk, 2, kk))
-            for (c, lo, hi), ccd_terms in zip(self.segments, terms, strict=True):
-                basis = ccd_terms[slot][0]
-                core = cores[slot][lo:hi]
+        firsts = [np.unique(starts) for starts, _ in self.slots]
+        indices = [{int(s): i for i, s in enumerate(first)} for first in firsts]
+
+        def chunk_sums(i):  # every slot's blocks summed over one chunk's CCDs
+            _, _, seg_lo, seg_hi = self.chunks[i]
+            accs = [np.zeros((len(first), 2, kk, 2, kk)) for first, (_, kk) in zip(firsts, self.slots, strict=True)]
+            for (c, lo, hi), ccd_terms in zip(self.segments[seg_lo:seg_hi], terms[seg_lo:seg_hi], strict=True):
                 t = np.zeros((hi - lo, 2, 5))
                 t[:, 0, 0] = t[:, 1, 1] = 1.0
                 t[:, 0, 2] = t[:, 1, 3] = self.dt[lo:hi]
@@ -555,14 +571,32 @@ class FitProblem:
                 dj = np.take(d_masked, self.star[lo:hi], axis=0)
                 # M = Cᵀ (I − Jθ D⁻¹ Jθᵀ) C
                 inner = np.eye(2)[None] - j @ dj @ np.swapaxes(j, 1, 2)
-                m = np.swapaxes(core, 1, 2) @ inner @ core
-                b = acc[index[int(starts[c])]]
-                for a in range(2):
-                    for e in range(a, 2):
-                        blk = basis.T @ (basis * m[:, a, e][:, None])
-                        b[a, :, e, :] += blk
-                        if e != a:
-                            b[e, :, a, :] += blk.T
+                for slot, (starts, _) in enumerate(self.slots):
+                    basis = ccd_terms[slot][0]
+                    core = cores[slot][lo:hi]
+                    m = np.swapaxes(core, 1, 2) @ inner @ core
+                    b = accs[slot][indices[slot][int(starts[c])]]
+                    for a in range(2):
+                        for e in range(a, 2):
+                            blk = basis.T @ (basis * m[:, a, e][:, None])
+                            b[a, :, e, :] += blk
+                            if e != a:
+                                b[e, :, a, :] += blk.T
+            return accs
+
+        # chunks in threads (NumPy releases the GIL in its loops), summed in chunk order
+        n_chunks = range(len(self.chunks))
+        if self.workers > 1 and len(self.chunks) > 1:
+            with ThreadPoolExecutor(self.workers) as pool:
+                parts = list(pool.map(chunk_sums, n_chunks))
+        else:
+            parts = [chunk_sums(i) for i in n_chunks]
+        blocks = []
+        for slot, (_, kk) in enumerate(self.slots):
+            first = firsts[slot]
+            acc = parts[0][slot]
+            for part in parts[1:]:
+                acc = acc + part[slot]
             size = 2 * kk
             mat = acc.reshape(len(first), size, size)
             where = first[:, None] + np.arange(size)[None, :]
@@ -582,6 +616,12 @@ class FitProblem:
 
         return apply
 
+
+#: The pixel polynomials' bases (depending on the pixels only) are kept between linearisations
+#: when they take at most this many bytes: ~1/3 of a linearisation on the large case; a
+#: 10⁷-measurement fit (800 MB of bases at degree 3) recomputes them rather than hold them
+#: between steps.
+PIXEL_BASIS_BYTES = 256 << 20
 
 #: Relative residual at which conjugate gradients stop. An inexact Gauss-Newton step leaves an
 #: error in the quadratic model of the order of the squared residual (CG minimises the error in
@@ -633,16 +673,24 @@ def _pcg(matvec, rhs, precond, tol=None, max_iter=1000, *, chi2_tol: float = 0.0
 
 
 def gauss_newton(fns: FitProblem, params, theta, white, active, *, max_iter: int = 20,
-                 rtol: float = 1e-9, stats: SolveStats | None = None, progress=None
-                 ) -> tuple[np.ndarray, np.ndarray, SolveStats]:
+                 rtol: float = 1e-9, clip_rtol: float | None = None, stats: SolveStats | None = None,
+                 progress=None) -> tuple[np.ndarray, np.ndarray, SolveStats]:
     """Iterate Gauss-Newton steps until χ² stops decreasing by more than ``rtol`` (relative).
 
     A full step whose actual χ² decrease matches the quadratic model's prediction to
     ``rtol`` (relative to χ²) also ends the iteration: the problem is linear to that
     precision there, so a further step could not gain more than that mismatch.
     ``progress``: called with (iteration, χ²) after every step (e.g. to show progress).
+
+    ``clip_rtol`` (≥ ``rtol``), for a solve that outlier clipping follows: a full step that
+    matches the linear model to ``clip_rtol`` also ends the iteration, with
+    ``stats.converged`` False. The step that would only confirm convergence (a whole
+    linearisation and CG solve) is then left to the next round, which starts from this
+    solution anyway once outliers are removed; if nothing is removed, the caller calls
+    again without ``clip_rtol``.
     """
     stats = stats or SolveStats()
+    stats.converged = True
     chi2 = fns.chi2(params, theta, white, active)
     if not np.isfinite(chi2):
         raise FitError("χ² is not finite at the starting point", {"chi2": chi2})
@@ -686,6 +734,11 @@ def gauss_newton(fns: FitProblem, params, theta, white, active, *, max_iter: int
         if scale == 1.0 and mismatch < rtol:
             stats.reason = (f"converged: the full step's χ² decrease matched the linear model to "
                             f"{mismatch:.1e} of χ² (< {rtol:.0e})")
+            break
+        if clip_rtol is not None and scale == 1.0 and mismatch < clip_rtol:
+            stats.reason = (f"close enough to clip: the full step's χ² decrease matched the linear model "
+                            f"to {mismatch:.1e} of χ² (< {clip_rtol:.0e})")
+            stats.converged = False
             break
     else:
         stats.reason = f"stopped after {max_iter} iterations (χ² still changing)"

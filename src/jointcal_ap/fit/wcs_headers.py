@@ -150,12 +150,38 @@ def _rescale(coeffs: np.ndarray, degree: int, scale: float) -> np.ndarray:
     return coeffs / scale ** powers
 
 
+def _memo(result, key: tuple, compute):
+    """``compute()``, remembered on ``result`` for as long as its ``params`` and ``model`` are
+    the same objects (a result whose parameters are changed in place is not supported).
+
+    The TAN-SIP and TPV approximations of a CCD evaluate the model on the same grids (each
+    of them three times: its linear part, its fit, its check); the outputs of a fit write
+    both, so each grid is evaluated once per CCD instead of six times (large case: 576 → 192
+    model evaluations).
+    """
+    memo = result.__dict__.get("_wcs_grid_memo")
+    if memo is None or memo[0] is not result.params or memo[1] is not result.model:
+        memo = (result.params, result.model, {})
+        result.__dict__["_wcs_grid_memo"] = memo
+    values = memo[2].get(key)
+    if values is None:
+        values = memo[2][key] = compute()
+    return values
+
+
 def _sample(result, ccd: int, degree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit-grid pixels and the model there (tangent plane, mas)."""
+    """Fit-grid pixels and the model there (tangent plane, mas; read-only arrays)."""
     c = result.data.ccds[ccd]
     n = max(4 * (degree + 1), 24)
-    x, y = _fit_grid(c.naxis1, c.naxis2, n)
-    return x, y, np.asarray(result.tangent_plane(ccd, x, y), float)
+
+    def compute():
+        x, y = _fit_grid(c.naxis1, c.naxis2, n)
+        tp = np.array(result.tangent_plane(ccd, x, y), float)
+        for a in (x, y, tp):
+            a.flags.writeable = False
+        return x, y, tp
+
+    return _memo(result, ("fit", ccd, n), compute)
 
 
 def _linear_part(result, ccd: int, degree: int):
@@ -218,7 +244,7 @@ def _error_mas(result, ccd: int, cards: list[str], to_sky) -> float:
     values = parse_values(header_text(cards))
     x, y = _check_grid(c.naxis1, c.naxis2)
     ra, dec = to_sky(values, x, y)
-    ra_m, dec_m = result.pixel_to_sky(ccd, x, y)
+    ra_m, dec_m = _memo(result, ("check", ccd), lambda: result.pixel_to_sky(ccd, x, y))
     return float(np.max(_separation_mas(ra, dec, ra_m, dec_m)))
 
 

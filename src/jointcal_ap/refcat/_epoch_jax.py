@@ -203,6 +203,23 @@ def _propagate_jacobian(chunk, observer_au, has_observer):
 # memory (1M stars: 0.17 s of CPU, against 0.24 s as two executables).
 
 
+def _jcjt(jac, c_in, cos_dec_in, cos_dec_out, moved):
+    """J C Jᵀ per star with :func:`_covariance_product`'s NaN conventions, as 5×5 nested lists
+    of rows (the upper triangle mirrored); ``c_in`` the input matrices as 5×5 nested lists."""
+    j = _model._scaled_jacobian(jac, cos_dec_in, cos_dec_out, XP)
+    unknown = [jnp.isnan(c_in[i][i]) for i in range(5)]
+    c = [[jnp.where(unknown[i] | unknown[k] | jnp.isnan(c_in[i][k]), 0.0, c_in[i][k])
+          for k in range(5)] for i in range(5)]
+    jc = [[sum(j[i][m] * c[m][k] for m in range(5)) for k in range(5)] for i in range(5)]
+    new = [[None] * 5 for _ in range(5)]
+    for i in range(5):
+        for m_out in range(i, 5):
+            value = sum(jc[i][k] * j[m_out][k] for k in range(5))
+            value = jnp.where(unknown[i] | unknown[m_out], jnp.nan, value)
+            new[i][m_out] = new[m_out][i] = jnp.where(moved, value, c_in[i][m_out])
+    return new
+
+
 @jax.jit
 def _covariance_product(jac, cov, cos_dec_in, cos_dec_out, moved):
     """J C Jᵀ per star, as (n, 25) (row-major 5×5 matrices).
@@ -215,27 +232,50 @@ def _covariance_product(jac, cov, cos_dec_in, cos_dec_out, moved):
     last bit (the upper triangle is mirrored).
     """
     rows = [cov[:, e] for e in range(25)]
-    j = _model._scaled_jacobian(jac, cos_dec_in, cos_dec_out, XP)
-    unknown = [jnp.isnan(rows[6 * i]) for i in range(5)]
-    c = [[jnp.where(unknown[i] | unknown[k] | jnp.isnan(rows[5 * i + k]), 0.0, rows[5 * i + k])
-          for k in range(5)] for i in range(5)]
-    jc = [[sum(j[i][m] * c[m][k] for m in range(5)) for k in range(5)] for i in range(5)]
-    new = [[None] * 5 for _ in range(5)]
-    for i in range(5):
-        for m_out in range(i, 5):
-            value = sum(jc[i][k] * j[m_out][k] for k in range(5))
-            value = jnp.where(unknown[i] | unknown[m_out], jnp.nan, value)
-            new[i][m_out] = new[m_out][i] = jnp.where(moved, value, rows[5 * i + m_out])
+    new = _jcjt(jac, [[rows[5 * i + k] for k in range(5)] for i in range(5)], cos_dec_in, cos_dec_out, moved)
     return jnp.stack([new[i][k] for i in range(5) for k in range(5)], axis=-1)
 
 
-def propagate_arrays(arrays, observer, cov):
+@jax.jit
+def _errors_product(jac, errors, cos_dec_in, cos_dec_out, moved):
+    """:func:`_covariance_product` from and to Gaia's error columns, without (n, 5, 5) matrices.
+
+    ``errors`` (15, n): the five ``*_error`` then the ten ``*_corr`` (schema order). The input
+    matrices are built as :func:`~jointcal_ap.refcat.epoch.covariance_from_errors` builds them
+    (a NaN correlation is 0), the output read back as
+    :func:`~jointcal_ap.refcat.epoch.errors_from_covariance` reads it (a correlation is NaN
+    where either variance is NaN or zero); returns (15, n) in the same order.
+    """
+    sig = [errors[i] for i in range(5)]
+    c = [[sig[i] * sig[i] if i == k else None for k in range(5)] for i in range(5)]
+    for e, (i, k) in enumerate(_PAIRS):
+        r = errors[5 + e]
+        c[i][k] = c[k][i] = jnp.where(jnp.isnan(r), 0.0, r) * sig[i] * sig[k]
+    new = _jcjt(jac, c, cos_dec_in, cos_dec_out, moved)
+    out_sig = [jnp.sqrt(new[i][i]) for i in range(5)]
+    out = list(out_sig)
+    for i, k in _PAIRS:
+        denom = out_sig[i] * out_sig[k]
+        out.append(jnp.where(denom > 0, new[i][k] / jnp.where(denom > 0, denom, 1.0), jnp.nan))
+    return jnp.stack(out)
+
+
+#: (i, k) of the ten correlations, in the schema's order (CORRELATIONS).
+_PAIRS = tuple((i, k) for i in range(5) for k in range(i + 1, 5))
+
+
+def propagate_arrays(arrays, observer, cov, errors=None):
     """Values (and the propagated covariance) of ``arrays`` (the 8 inputs of
-    :func:`~jointcal_ap.refcat.epoch.propagate`, broadcast, float64) on JAX."""
+    :func:`~jointcal_ap.refcat.epoch.propagate`, broadcast, float64) on JAX.
+
+    With ``errors`` (15 arrays (n,): the five ``*_error`` and the ten ``*_corr``) instead of
+    ``cov``, the third result is those 15 columns propagated (:func:`_errors_product`).
+    """
     n = arrays[0].shape[0]
     outputs = [np.empty(n, dtype=np.float64) for _ in range(6)]
     moved_out = np.empty(n, dtype=bool)
     cov_out = np.empty((n, 5, 5), dtype=np.float64) if cov is not None else None
+    errors_out = np.empty((15, n), dtype=np.float64) if errors is not None else None
     has_observer = observer is not None
 
     def run_chunk(start: int) -> None:
@@ -245,7 +285,14 @@ def propagate_arrays(arrays, observer, cov):
         chunk = [pad(a[start:stop], size) for a in arrays]
         obs_chunk = (np.zeros(3) if observer is None else observer if observer.ndim == 1
                      else pad(observer[start:stop], size))
-        if cov is None:
+        if errors is not None:
+            moved, values, jac, cos_in, cos_out = _propagate_jacobian(chunk, obs_chunk, has_observer)
+            err_chunk = np.empty((15, size))
+            for e, a in enumerate(errors):
+                err_chunk[e, :m] = a[start:stop]
+            err_chunk[:, m:] = 1.0  # padding rows: any finite values
+            errors_out[:, start:stop] = np.asarray(_errors_product(jac, err_chunk, cos_in, cos_out, moved))[:, :m]
+        elif cov is None:
             moved, values = _propagate_values(*chunk, obs_chunk, has_observer=has_observer)
         else:
             moved, values, jac, cos_in, cos_out = _propagate_jacobian(chunk, obs_chunk, has_observer)
@@ -265,7 +312,7 @@ def propagate_arrays(arrays, observer, cov):
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             for future in [pool.submit(run_chunk, start) for start in starts]:
                 future.result()
-    return moved_out, outputs, cov_out
+    return moved_out, outputs, cov_out if errors is None else errors_out
 
 
 def jacobian_arrays(arrays, observer) -> np.ndarray:

@@ -455,26 +455,26 @@ class Refcat:
         return table if format == "arrow" else _to_astropy(table)
 
     def _propagate(self, table: pa.Table, epoch: float, observer: np.ndarray | None) -> pa.Table:
-        from jointcal_ap.refcat.epoch import (
-            covariance_from_errors,
-            errors_from_covariance,
-            propagate,
-        )
+        from jointcal_ap.refcat.epoch import _propagate_with_errors, propagate
 
         n = table.num_rows
 
         def col(name: str, default: float = np.nan) -> np.ndarray:
             if name in table.column_names:
-                return to_numpy(table.column(name)).astype(np.float64)
+                return to_numpy(table.column(name)).astype(np.float64, copy=False)
             return np.full(n, default)
 
         has_cov = any(c in table.column_names for c in _ERRORS)
-        cov = None
+        args = (col("ra"), col("dec"), col("parallax"), col("pmra"), col("pmdec"), col("radial_velocity"),
+                col("epoch"), epoch)
+        errors: dict[str, np.ndarray] = {}
         if has_cov:
-            cov = covariance_from_errors({c: col(c) for c in _ERRORS},
-                                         {c: col(c, 0.0) for c in CORRELATION_NAMES if c in table.column_names})
-        result = propagate(col("ra"), col("dec"), col("parallax"), col("pmra"), col("pmdec"),
-                           col("radial_velocity"), col("epoch"), epoch, cov=cov, observer=observer)
+            result, errors = _propagate_with_errors(
+                *args, errors={c: col(c) for c in _ERRORS},
+                correlations={c: col(c, 0.0) for c in CORRELATION_NAMES if c in table.column_names},
+                observer=observer)
+        else:
+            result = propagate(*args, observer=observer)
         moved = np.asarray(result.moved, dtype=bool)
         updates: dict[str, np.ndarray] = {
             "ra": result.ra, "dec": result.dec,
@@ -483,10 +483,9 @@ class Refcat:
         for name in ("parallax", "pmra", "pmdec", "radial_velocity"):
             if name in table.column_names:
                 updates[name] = getattr(result, name)
-        if cov is not None and result.cov is not None:
-            for name, values in errors_from_covariance(result.cov).items():
-                if name in table.column_names:
-                    updates[name] = values
+        for name, values in errors.items():
+            if name in table.column_names:
+                updates[name] = values
         for name, values in updates.items():
             index = table.column_names.index(name)
             table = table.set_column(index, table.schema.field(name),
