@@ -56,6 +56,7 @@ name = "inject"
 options = {{ n_sources = 50, mag_min = 19.0, mag_max = 24.0 }}
 [[stages]]
 name = "template"
+inputs = {{ calexp = "injected" }}
 options = {{ max_visits = 1 }}
 [[stages]]
 name = "difference"

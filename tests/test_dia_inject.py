@@ -143,6 +143,42 @@ def test_injection_catalog_is_seeded_and_keeps_its_promises():
         make_injection_catalog((100, 100), 5, seed=1, kinds={"galaxy": 1.0})
 
 
+def _binned_gain(image, variance, mask, bad):
+    """estimate_gain as first written (bins by searchsorted, groups by a stable sort): the
+    reference its sort-once version must match exactly."""
+    d = np.asarray(image, float).ravel()
+    v = np.asarray(variance, float).ravel()
+    good = np.isfinite(d) & np.isfinite(v) & (v > 0) & ((mask.ravel() & bad) == 0)
+    d, v = d[good], v[good]
+    edges = np.quantile(d, np.linspace(0.0, 1.0, 41))
+    which = np.clip(np.searchsorted(edges, d, side="right") - 1, 0, 39)
+    counts = np.bincount(which, minlength=40)
+    keep = np.nonzero(counts >= 10)[0]
+    groups = np.split(np.argsort(which, kind="stable"), np.cumsum(counts)[:-1])
+    xs = np.array([np.median(d[groups[k]]) for k in keep])
+    ys = np.array([np.median(v[groups[k]]) for k in keep])
+    return float(1.0 / np.polyfit(xs, ys, 1)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gain_is_exactly_the_binned_median_fit(dtype):
+    rng = np.random.default_rng(7)
+    shape = (240, 260)
+    expected = rng.uniform(-50.0, 3000.0, shape)
+    variance = (expected.clip(0.0) / 2.5 + 9.0).astype(dtype)
+    # rounded values: many ties, also across bin edges; negatives, -0.0, NaN, masked pixels
+    image = np.round(expected + rng.normal(0.0, np.sqrt(variance)), -1).astype(dtype)
+    image[:3, :5] = -0.0
+    image[5, :40] = np.nan
+    variance[7, :30] = 0.0
+    mask = np.zeros(shape, np.int32)
+    mask[20:40, 10:200] = 1 << DiaImage(image, variance).mask_planes["SAT"]
+    mask[50:60] = 1 << DiaImage(image, variance).mask_planes["DETECTED"]
+    img = DiaImage(image, variance, mask)
+    bad = img.bits("BAD", "NO_DATA", "SAT", "EDGE")
+    assert estimate_gain(img) == _binned_gain(image, variance, mask, bad)
+
+
 def test_gain_is_measured_from_the_image_and_bad_input_is_named():
     rng = np.random.default_rng(2)
     gain = 3.0

@@ -781,3 +781,55 @@ def test_a_third_party_stage_reads_core_types_with_every_builtin_blocked(tmp_pat
     resolved = prepare_run(Pipeline.from_dict({"inputs": {"exposure": "e_{visit}_{detector}.fits"},
                                                "stages": [{"name": "shape"}]}), plugin_manager=pm)
     assert resolved.dataset_types["exposure"].name == "Exposure"
+
+
+class SeedEcho(Stage):
+    """Reads the ``seed`` input again, after make_image, in the same segment."""
+
+    name = "seed_echo"
+    version = "1"
+    inputs: ClassVar[dict[str, str]] = {"seed": "Json", "image": "Array"}
+    outputs: ClassVar[dict[str, str]] = {"echo": "Json"}
+    seen: ClassVar[list[Any]] = []
+
+    def run(self, unit: Unit, seed: dict, image: np.ndarray) -> dict[str, Any]:
+        SeedEcho.seen.append(seed)
+        return {"echo": {"seed": seed["seed"], "sum": float(image.sum())}}
+
+
+class EchoPlugin:
+    @hookimpl
+    def jointcal_ap_register_stages(self, registry) -> None:
+        registry.add_stage(SeedEcho)
+
+
+def test_an_input_file_is_read_once_per_segment(tmp_path, monkeypatch):
+    from jointcal_ap.stages import runner
+
+    unit = Unit(4, 2)
+    template = write_seeds(tmp_path / "in", [unit])
+    pipeline = Pipeline.from_dict({
+        "pipeline": {"name": "twice"}, "inputs": {"seed": template},
+        "stages": [{"name": "make_image"}, {"name": "seed_echo"}]}, source="test.toml")
+    resolved = prepare_run(pipeline, plugin_manager=get_plugin_manager(
+        plugins=[("teststages", TestPlugin()), ("echo", EchoPlugin())]))
+    assert len(resolved.segments) == 1
+    reads: list[str] = []
+    real_read = runner._read
+
+    def counting_read(resolved, source):
+        reads.append(source.dataset)
+        return real_read(resolved, source)
+
+    monkeypatch.setattr(runner, "_read", counting_read)
+    SeedEcho.seen.clear()
+    result = execute_unit(resolved, unit, str(tmp_path / "out"))
+    assert result.status == "done"
+    assert reads == ["seed"]                      # make_image read it; seed_echo got that value
+    assert SeedEcho.seen == [{"seed": 7}]
+    echo = json.loads((tmp_path / "out" / "units" / "visit4_det2" / "echo.json").read_text())
+    image = np.load(tmp_path / "out" / "units" / "visit4_det2" / "image.npy")
+    assert echo == {"seed": 7, "sum": float(image.sum())}
+    prov = json.loads((tmp_path / "out" / "units" / "visit4_det2" / "echo.provenance.json")
+                      .read_text())
+    assert prov["inputs"]["seed"]["input"].endswith("seed_v4_d2.json")

@@ -7,6 +7,12 @@ input pixel. XLA fuses the 36 taps into one loop over the pixels (the NumPy vers
 ~25 passes over memory per tap: 11.3 s for a 4096² image, against ~3 s here, measured
 with cProfile on this 2-core machine).
 
+The weights take three sines per axis, not twelve: for the taps ``t = f - k`` (``k = -2 … 3``)
+``sin(πt) = (-1)^k sin(πf)`` and ``sin(πt/3) = sin(πf/3) cos(πk/3) - cos(πf/3) sin(πk/3)``, so
+``L(t) = 3 sin(πt) sin(πt/3) / (π t)²`` costs one ``sin(πf)`` and one ``sin``/``cos`` of
+``πf/3`` (the weights agree with ``sinc(t)·sinc(t/3)`` to ~1e-15, so the float32 planes do
+to their rounding; the kernel took 0.37 s per 256 × 4096 block on one core, 0.21 s now).
+
 The input planes are padded by the kernel's reach with "bad" pixels (value 0), so that no tap
 needs a bounds check; positions beyond the padding are marked missing.
 """
@@ -47,11 +53,18 @@ def padded_planes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, bad
 def _kernel():
     from jointcal_ap._jax import jax, jnp
 
-    taps = jnp.arange(-A + 1, A + 1, dtype=jnp.float64)
+    k = np.arange(-A + 1, A + 1)
+    taps = jnp.asarray(k, dtype=jnp.float64)
+    sign = jnp.asarray((-1.0) ** k)                         # sin(π(f - k)) = (-1)^k sin(πf)
+    cos_k, sin_k = jnp.asarray(np.cos(np.pi * k / A)), jnp.asarray(np.sin(np.pi * k / A))
 
     def weights(frac):
         t = frac[..., None] - taps
-        w = jnp.sinc(t) * jnp.sinc(t / A)
+        phase = (jnp.pi / A) * frac
+        sin_t = jnp.sin(jnp.pi * frac)[..., None] * sign
+        sin_t3 = jnp.sin(phase)[..., None] * cos_k - jnp.cos(phase)[..., None] * sin_k
+        zero = t == 0.0
+        w = jnp.where(zero, 1.0, (A / jnp.pi ** 2) * sin_t * sin_t3 / jnp.where(zero, 1.0, t * t))
         w = jnp.where(jnp.abs(t) < A, w, 0.0)
         return w / w.sum(axis=-1, keepdims=True)
 

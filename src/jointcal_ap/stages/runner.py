@@ -18,7 +18,9 @@ The output directory is a **repository** (:mod:`jointcal_ap.store.repository`)::
 The stages are cut into segments (:class:`~jointcal_ap.stages.pipeline.Segment`) that run in
 order: per-unit segments as one task per unit, a gather segment as one task, an ordered
 segment as one task per unit that waits for every earlier unit whose footprint touches its
-own (:mod:`~jointcal_ap.stages.ordering`: Rubin's visit order, as a Dask task graph). Every
+own (:mod:`~jointcal_ap.stages.ordering`: Rubin's visit order, as a Dask task graph). Within
+a segment a stage's outputs reach the later stages in memory, and a file read for one stage
+is not read again for a later one (stages treat their inputs as read-only). Every
 file is written atomically; a task is recorded as done in the registry, with its segment's
 fingerprint and the identity of everything it read, only when all its outputs are written.
 A rerun skips what is done with the same fingerprint and inputs and redoes the rest (and,
@@ -298,6 +300,7 @@ def _run_steps(resolved: ResolvedPipeline, task: _Task, data_id: DataId, root: P
     segment = resolved.segments[task.segment]
     repo = Repository(root)
     values: dict[str, Any] = {}
+    read: dict[str, Any] = {}  # inputs read from files, by source: read once per segment
     records: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     refs: list[DatasetRef] = []
@@ -313,7 +316,11 @@ def _run_steps(resolved: ResolvedPipeline, task: _Task, data_id: DataId, root: P
                 if dataset in values:
                     kwargs[port] = values[dataset]
                     continue
-                source = sources[_source_key(dataset, step.in_ports[port])]
+                key = _source_key(dataset, step.in_ports[port])
+                if key in read:
+                    kwargs[port] = read[key]
+                    continue
+                source = sources[key]
                 if source.items is not None:
                     dataset_type = resolved.dataset_types[dataset]
                     kwargs[port] = {d: DatasetHandle(dataset, dataset_type, d, p)
@@ -321,7 +328,7 @@ def _run_steps(resolved: ResolvedPipeline, task: _Task, data_id: DataId, root: P
                     records[dataset] = {"dataset": dataset, "data_ids": len(source.items)}
                     continue
                 try:
-                    kwargs[port] = _read(resolved, source)
+                    kwargs[port] = read[key] = _read(resolved, source)
                 except Exception as exc:
                     raise _InputReadError(dataset, str(source.path), step.label, exc) from exc
                 records[dataset] = ({"input": source.path} if resolved.is_input(dataset)
