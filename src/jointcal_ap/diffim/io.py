@@ -27,6 +27,7 @@ from astropy.io import fits
 
 from jointcal_ap.diffim.errors import DiffimError
 from jointcal_ap.diffim.image import MASK_BITS, ImagePlanes
+from jointcal_ap.exposure.fits_io import truncation_warnings
 from jointcal_ap.psf import PsfError, psf_from_hdus
 
 __all__ = ["estimate_variance", "read_planes"]
@@ -89,7 +90,7 @@ def _open_first_image(path: Path):
             raise
         except (ValueError, TypeError, OSError) as exc:
             error = exc
-    truncated = list(dict.fromkeys(str(w.message) for w in caught if "truncated" in str(w.message)))
+    truncated = truncation_warnings(caught)
     if error is not None or truncated:
         if hdul is not None:
             hdul.close()

@@ -204,9 +204,16 @@ def _select_hdu(hdul: fits.HDUList, selector: str, where: str) -> Any:
     return hdu
 
 
+def truncation_warnings(caught) -> list[str]:
+    """The distinct "file may have been truncated" messages among recorded warnings: astropy
+    only warns about a FITS file cut short (its later HDUs or data are simply missing)."""
+    return list(dict.fromkeys(str(w.message) for w in caught if "truncated" in str(w.message)))
+
+
 def _check_complete(hdul, where: str) -> None:
-    """Raise :class:`ExposureError` (closing ``hdul``) when the file was cut short: astropy only
-    warns, and the missing HDUs would otherwise read as a "missing variance plane"."""
+    """Raise :class:`ExposureError` (closing ``hdul``) when the file was cut short, where the
+    missing HDUs would otherwise read as a "missing variance plane"; astropy's other warnings
+    are passed on as it gave them."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
@@ -216,11 +223,13 @@ def _check_complete(hdul, where: str) -> None:
             error = None
         except (OSError, ValueError) as exc:
             error = exc
-    truncated = list(dict.fromkeys(str(w.message) for w in caught if "truncated" in str(w.message)))
+    truncated = truncation_warnings(caught)
     if error is not None or truncated:
         hdul.close()
         raise ExposureError(f"{where}: the file is truncated or damaged "
                             f"({'; '.join(truncated) or error})")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def read_exposure_parts(path: str | os.PathLike, *, variance: np.ndarray | float | None = None,

@@ -59,6 +59,7 @@ one of two backends, which agree to rounding:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -497,8 +498,7 @@ def _propagate_with_errors(ra, dec, parallax, pmra, pmdec, radial_velocity, epoc
         cov = covariance_from_errors(errors, correlations)
         result = propagate(*arrays, cov=cov, observer=observer, backend=backend)
         out = errors_from_covariance(result.cov)
-        return Propagated(*(getattr(result, f) for f in ("ra", "dec", "parallax", "pmra", "pmdec",
-                                                          "radial_velocity")), cov=None, moved=result.moved), out
+        return dataclasses.replace(result, cov=None), out
     from jointcal_ap.refcat._epoch_jax import propagate_arrays
 
     unknown = set(errors) - {f"{p}_error" for p in ASTROMETRIC_PARAMETERS}
