@@ -170,7 +170,7 @@ def test_one_input_template_is_the_coadd_of_one(sky):
 def test_warp_kernel_matches_exact_lanczos_to_float32_rounding():
     """The jitted kernel's three-sine weights give the planes of sinc(t)·sinc(t/3) (NumPy,
     summed tap by tap as the kernel does) to float32 rounding; masks and gaps exactly."""
-    from jointcal_ap.diffim._warp_kernel import A, PAD, padded_planes, resample
+    from jointcal_ap.diffim._warp_kernel import PAD, A, padded_planes, resample
     from jointcal_ap.diffim.warp import _lanczos_exact
 
     rng = np.random.default_rng(4)
@@ -265,7 +265,7 @@ def test_shifted_tiles_give_the_gather_s_bits(case):
     for got, want in zip(fast, slow, strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
-    acc, vacc, macc, missing = slow
+    _, _, macc, missing = slow
     assert (macc != 0).any() and missing.any() and (~missing).any()
     if case == "edge":
         assert missing[:, :32].all() and missing[:, -32:].mean() < 0.5   # (bad pixels)
@@ -275,7 +275,7 @@ def test_shifted_tiles_are_taken_and_would_be_caught():
     """The test above would see a wrong shifted path: on a pure shift every tile takes it (a
     kernel that read one column off gives other values), and the 3° rotation takes the
     gather (a wrong offset test would read the wrong pixels there)."""
-    from jointcal_ap.diffim._warp_kernel import A, PAD
+    from jointcal_ap.diffim._warp_kernel import PAD, A
 
     planes = _kernel_inputs()
     img = np.asarray(planes[0]).reshape(planes[4])
@@ -294,8 +294,9 @@ def test_warp_to_fast_path_matches_gather_on_real_wcs(sky):
     partial overlap."""
     import functools
 
-    import jointcal_ap.diffim.warp as warp_module
     from astropy.wcs import Sip
+
+    import jointcal_ap.diffim.warp as warp_module
 
     src = _exposure(sky, _header(crval1=150.0003, crval2=2.0002, rot_deg=0.03), 9)
     distorted = WCS(_header())

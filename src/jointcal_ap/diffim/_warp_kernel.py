@@ -150,7 +150,7 @@ def _kernel():
         ox = ix0 - jnp.arange(tx)[None, :]
         oy = iy0 - jnp.arange(ty)[:, None]
         bx, by = ox.min(), oy.min()
-        zero = jnp.zeros(wx.shape[:-1] + (1,))
+        zero = jnp.zeros((*wx.shape[:-1], 1))
         # 7 taps per axis: a pixel whose first tap is at the tile's offset uses taps 0-5,
         # the others taps 1-6; the tap it does not use weighs 0
         wx7 = jnp.where((ox == bx)[..., None], jnp.concatenate([wx, zero], -1),
