@@ -170,7 +170,7 @@ def test_one_input_template_is_the_coadd_of_one(sky):
 def test_warp_kernel_matches_exact_lanczos_to_float32_rounding():
     """The jitted kernel's three-sine weights give the planes of sinc(t)·sinc(t/3) (NumPy,
     summed tap by tap as the kernel does) to float32 rounding; masks and gaps exactly."""
-    from jointcal_ap.diffim._warp_kernel import A, padded_planes, resample
+    from jointcal_ap.diffim._warp_kernel import PAD, A, padded_planes, resample
     from jointcal_ap.diffim.warp import _lanczos_exact
 
     rng = np.random.default_rng(4)
@@ -191,10 +191,12 @@ def test_warp_kernel_matches_exact_lanczos_to_float32_rounding():
     ny_p, nx_p = planes[4]
     fx, fy = np.floor(xs - 1.0), np.floor(ys - 1.0)
     wx, wy = _lanczos_exact(xs - 1.0 - fx), _lanczos_exact(ys - 1.0 - fy)
-    ix0 = fx.astype(np.int64) + 1
-    iy0 = fy.astype(np.int64) + 1
-    far = (ix0 < 0) | (ix0 > nx_p - 2 * A) | (iy0 < 0) | (iy0 > ny_p - 2 * A)
-    base = np.clip(iy0, 0, ny_p - 2 * A) * nx_p + np.clip(ix0, 0, nx_p - 2 * A)
+    # first tap in the padded planes; beyond the kernel's reach of the input: far
+    lo, hi_x, hi_y = PAD - A, nx_p - PAD - A, ny_p - PAD - A
+    ix0 = fx.astype(np.int64) - (A - 1) + PAD
+    iy0 = fy.astype(np.int64) - (A - 1) + PAD
+    far = (ix0 < lo) | (ix0 > hi_x) | (iy0 < lo) | (iy0 > hi_y)
+    base = np.clip(iy0, lo, hi_y) * nx_p + np.clip(ix0, lo, hi_x)
     wmax = wx.max(axis=-1) * wy.max(axis=-1)
     ref = np.zeros(xs.shape)
     vref = np.zeros(xs.shape)
@@ -215,3 +217,104 @@ def test_warp_kernel_matches_exact_lanczos_to_float32_rounding():
         np.testing.assert_array_max_ulp(got.astype(np.float32), want.astype(np.float32), maxulp=1)
         assert np.mean(got.astype(np.float32) == want.astype(np.float32)) > 0.999
     assert missing.any() and (~missing).any() and (macc != 0).any()
+
+
+def _kernel_inputs(seed=7, shape=(300, 420)):
+    from jointcal_ap.diffim._warp_kernel import padded_planes
+
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    image = rng.normal(100.0, 30.0, (ny, nx)).astype(np.float32)
+    variance = rng.uniform(50.0, 150.0, (ny, nx)).astype(np.float32)
+    mask = np.where(rng.uniform(size=(ny, nx)) < 0.01, 1 << 3, 0).astype(np.int32)
+    bad = rng.uniform(size=(ny, nx)) < 0.002
+    return padded_planes(image, variance, mask, bad)
+
+
+def _tiled_and_gathered(xs, ys, planes, tile):
+    from jointcal_ap.diffim._warp_kernel import resample
+
+    return resample(xs, ys, planes, tile=tile), resample(xs, ys, planes, tile=0)
+
+
+@pytest.mark.parametrize("case", ["shift", "shift_across_integer", "rotation", "edge", "mixed"])
+def test_shifted_tiles_give_the_gather_s_bits(case):
+    """The shifted-tile path (7 × 7 slices per tile) and the gather give the same bits for every
+    plane, on tiles that take it (a near-shift, also one whose offset crosses an integer inside
+    the tile), on tiles that must fall back (a 3° rotation: offsets span > 1 px per tile; the
+    input's edge: pixels beyond its padding), and on a block that has both."""
+    tile = 32
+    planes = _kernel_inputs()
+    yy, xx = np.mgrid[1:65, 1:129].astype(float)
+    if case == "shift":
+        xs, ys = xx + 30.37 + 2e-3 * yy, yy + 100.71 - 1e-3 * xx
+    elif case == "shift_across_integer":                  # floor(x') - x changes inside tiles
+        xs, ys = xx + 30.99 + 4e-4 * xx + 3e-4 * yy, yy + 100.995 + 2e-4 * xx
+    elif case == "rotation":
+        c, s = np.cos(np.radians(3.0)), np.sin(np.radians(3.0))
+        xs, ys = c * xx - s * yy + 150.2, s * xx + c * yy + 40.6
+    elif case == "edge":                                  # partly beyond the input's left edge
+        xs, ys = xx - 60.4, yy + 200.2
+    else:                                                 # shifted left half, rotated right half
+        c, s = np.cos(np.radians(5.0)), np.sin(np.radians(5.0))
+        xs, ys = xx + 12.25, yy + 20.5
+        right = xx > 64
+        xs[right] = (c * xx - s * yy + 20.0)[right]
+        ys[right] = (s * xx + c * yy + 10.0)[right]
+    fast, slow = _tiled_and_gathered(xs, ys, planes, tile)
+    for got, want in zip(fast, slow, strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    _, _, macc, missing = slow
+    assert (macc != 0).any() and missing.any() and (~missing).any()
+    if case == "edge":
+        assert missing[:, :32].all() and missing[:, -32:].mean() < 0.5   # (bad pixels)
+
+
+def test_shifted_tiles_are_taken_and_would_be_caught():
+    """The test above would see a wrong shifted path: on a pure shift every tile takes it (a
+    kernel that read one column off gives other values), and the 3° rotation takes the
+    gather (a wrong offset test would read the wrong pixels there)."""
+    from jointcal_ap.diffim._warp_kernel import PAD, A
+
+    planes = _kernel_inputs()
+    img = np.asarray(planes[0]).reshape(planes[4])
+    yy, xx = np.mgrid[1:65, 1:129].astype(float)
+    fast, _ = _tiled_and_gathered(xx + 30.0, yy + 100.0, planes, 32)
+    # integer shift: each output pixel is its input pixel (the other taps weigh exactly 0)
+    want = img[PAD + 100:PAD + 164, PAD + 30:PAD + 158]
+    used = ~fast[3]
+    np.testing.assert_array_equal(fast[0][used], want[used].astype(np.float64))
+    assert used.mean() > 0.99 and A == 3
+
+
+def test_warp_to_fast_path_matches_gather_on_real_wcs(sky):
+    """warp_to with the shifted tiles and with the gather only: identical planes for a dithered
+    pair, a rotated WCS (0.2° and 2°: some tiles fall back), a distorted (SIP) WCS and a
+    partial overlap."""
+    import functools
+
+    from astropy.wcs import Sip
+
+    import jointcal_ap.diffim.warp as warp_module
+
+    src = _exposure(sky, _header(crval1=150.0003, crval2=2.0002, rot_deg=0.03), 9)
+    distorted = WCS(_header())
+    a, b = np.zeros((4, 4)), np.zeros((4, 4))
+    a[2, 0], a[0, 2], b[1, 1], b[0, 2] = 4e-5, -3e-5, 5e-5, 2e-5
+    distorted.sip = Sip(a, b, None, None, distorted.wcs.crpix)
+    distorted.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    targets = {"dither": WCS(_header()), "rot02": WCS(_header(rot_deg=0.2)),
+               "rot2": WCS(_header(rot_deg=2.0)), "sip": distorted,
+               "partial": WCS(_header(crpix=(260.5, 90.5)))}
+    original = warp_module.resample
+    for name, target in targets.items():
+        fast = warp_to(src, target, SHAPE)
+        try:
+            warp_module.resample = functools.partial(original, tile=0)
+            slow = warp_to(src, target, SHAPE)
+        finally:
+            warp_module.resample = original
+        for plane in ("image", "variance", "mask"):
+            np.testing.assert_array_equal(getattr(fast, plane), getattr(slow, plane), err_msg=name)
+        assert np.isfinite(fast.image).mean() > 0.3, name
