@@ -160,3 +160,34 @@ def test_fit_problem_threads_default_to_the_cores(captured):
     assert captured["start"][0].workers >= 1
     assert isinstance(captured["start"][0], FitProblem)
     assert captured["result"].chi2_per_dof == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("model", ["simple", "constrained"])
+def test_chunked_star_sums_give_the_one_chunk_fit(survey, monkeypatch, model):
+    """Each chunk of measurements sums over its own stars and model blocks and adds them into
+    place; a fit cut into several chunks (stars and, for the constrained model, detector blocks
+    shared between chunks) gives the fit made in one chunk, up to the order of the sums."""
+    import jointcal_ap.fit.solve as solve_module
+
+    data, refcat = survey.read("parquet"), open_refcat(survey.refcat_dir)
+    options = FitOptions(model=model, star_params=5)
+    seen = []
+    real_init = solve_module.FitProblem.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append(self)
+
+    monkeypatch.setattr(solve_module.FitProblem, "__init__", init)
+    chunked = JointFit(data, refcat, options).run()
+    monkeypatch.setattr(solve_module, "MIN_CHUNKS", 1)
+    whole = JointFit(data, refcat, options).run()
+    many, one = seen
+    assert len(many.chunks) > 1 and len(one.chunks) == 1
+    # stars are shared between chunks, so the chunked sums really are added into place
+    assert len(np.intersect1d(many.chunk_stars[0], many.chunk_stars[1])) > 0
+    assert sum(len(s) for s in many.chunk_stars) > len(one.chunk_stars[0])
+    np.testing.assert_array_equal(chunked.active, whole.active)
+    assert chunked.chi2 == pytest.approx(whole.chi2, rel=1e-9)
+    np.testing.assert_allclose(chunked.params, whole.params, rtol=0, atol=1e-7 * np.abs(whole.params).max())
+    np.testing.assert_allclose(chunked.theta, whole.theta, rtol=0, atol=1e-6)
