@@ -292,27 +292,24 @@ class FitProblem:
     def _blocks(self, params: np.ndarray, c: int) -> list[np.ndarray]:
         return [params[starts[c]:starts[c] + 2 * k].reshape(2, k) for starts, k in self.slots]
 
-    def _linearise(self, params, *, uv_jacobian=False):
-        """Model (ξ, η) (n, 2) and per CCD the Jacobian terms (and ∂/∂(u, v))."""
+    def _linearise(self, params):
+        """Model (ξ, η) (n, 2) and per CCD the Jacobian terms (for ∂/∂(u, v), see :meth:`_segment_cov`)."""
         xy = np.empty((self.n_meas, 2))
-        terms, duv = [], (np.empty((self.n_meas, 2, 2)) if uv_jacobian else None)
+        terms = []
         kept = self._pixel_basis
         for i, (c, lo, hi) in enumerate(self.segments):
-            extra = {"basis": kept[i]} if kept and not uv_jacobian else {}
-            out, t, d = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi],
-                                                 uv_jacobian=uv_jacobian, **extra)
+            extra = {"basis": kept[i]} if kept else {}
+            out, t, _ = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi], **extra)
             xy[lo:hi] = out
             terms.append(t)
-            if uv_jacobian:
-                duv[lo:hi] = d
-        if kept is None and not uv_jacobian:
+        if kept is None:
             # the pixel polynomial's basis (the first slot's φ) depends on the pixels only: keep it
             # for the later linearisations when it is small (a step holds it anyway, in its terms)
             size = sum(t[0][0].nbytes for t in terms)
             self._pixel_basis = [t[0][0] for t in terms] if size <= PIXEL_BASIS_BYTES else False
             for basis in self._pixel_basis or ():
                 basis.flags.writeable = False
-        return xy, terms, duv
+        return xy, terms
 
     def _predict(self, theta, *, jacobian=False):
         """Each measurement's star at its visit on the visit tangent plane (mas), and P = ∂/∂offset."""
@@ -436,7 +433,7 @@ class FitProblem:
 
     def _residuals(self, params, theta, white, active) -> np.ndarray:
         theta = self._stars_in(theta)
-        xy, _, _ = self._linearise(params)
+        xy, _ = self._linearise(params)
         xy -= self._predict(theta)[0]
         return _mul(white, xy) * active[:, None]
 
@@ -447,7 +444,7 @@ class FitProblem:
     def raw_residuals(self, params, theta) -> np.ndarray:
         """Model − star prediction (n, 2) in mas, problem order."""
         theta = self._stars_in(theta)
-        xy, _, _ = self._linearise(params)
+        xy, _ = self._linearise(params)
         return (xy - self._predict(theta)[0])[self.inverse]
 
     def prior_chi2(self, theta) -> np.ndarray:
@@ -472,7 +469,7 @@ class FitProblem:
         """
         free_s, free_m = self.star_free, self.model_free
         theta = self._stars_in(theta)
-        xy, terms, _ = self._linearise(params)
+        xy, terms = self._linearise(params)
         pred, p = self._predict(theta, jacobian=True)
         white = white * active[:, None, None]
         xy -= pred
@@ -492,12 +489,15 @@ class FitProblem:
             n_chunks = range(len(self.chunks))
             return list(pool.map(fn, n_chunks) if pool is not None else map(fn, n_chunks))
 
-        def sum_over_chunks(fn):  # Σ fn(i) in chunk order, at most one result per thread held
-            total = 0
+        def in_chunk_order(fn):  # (i, fn(i)) for every chunk in order, at most one result per thread held
             for first in range(0, len(self.chunks), self.workers):
                 group = range(first, min(first + self.workers, len(self.chunks)))
-                for part in (pool.map(fn, group) if pool is not None else map(fn, group)):
-                    total = total + part
+                yield from zip(group, pool.map(fn, group) if pool is not None else map(fn, group), strict=True)
+
+        def sum_over_chunks(fn):  # Σ fn(i) in chunk order
+            total = 0
+            for _, part in in_chunk_order(fn):
+                total = total + part
             return total
 
         def star_t(y_of_chunk):  # Jθᵀ y summed per star, (N, 5); y given chunk by chunk
@@ -505,13 +505,9 @@ class FitProblem:
                 lo, hi = self.chunks[i][0], self.chunks[i][1]
                 return self._star_sums(_mul_t(q[lo:hi], y_of_chunk(i)), i, lo, hi)
             total = np.zeros((self.n_stars, 5))
-            # added in chunk order (as a sum of (N, 5) arrays would, to the last bit), at most
-            # one chunk's sums per thread held
-            for first in range(0, len(self.chunks), self.workers):
-                group = range(first, min(first + self.workers, len(self.chunks)))
-                for i, sums in zip(group, pool.map(part, group) if pool is not None else map(part, group),
-                                   strict=True):
-                    total[self.chunk_stars[i]] += sums
+            # added into place in chunk order (as a sum of (N, 5) arrays would, to the last bit)
+            for i, sums in in_chunk_order(part):
+                total[self.chunk_stars[i]] += sums
             total *= -free_s
             return total
 
