@@ -126,23 +126,26 @@ def _kernel():
         far = (ix0 < lo) | (ix0 > hi_x) | (iy0 < lo) | (iy0 > hi_y)
         return wx, wy, ix0, iy0, far
 
+    def add_tap(sums, w, wmax, im, va, ma, ba):
+        """One tap's weighted pixel, variance, mask bits and 'touches a bad pixel' added to the
+        running (image, variance, mask, missing): the same rules on both paths."""
+        acc, vacc, macc, missing = sums
+        return (acc + w * im.astype(jnp.float64),
+                vacc + w * w * va.astype(jnp.float64),
+                macc | jnp.where(jnp.abs(w) >= 0.05 * wmax, ma, 0),
+                missing | (ba & (jnp.abs(w) > 1e-12)))
+
     def gathered(wx, wy, ix0, iy0, far, img, var, msk, bad, ny_p, nx_p):
         lo, hi_x, hi_y = PAD - A, nx_p - PAD - A, ny_p - PAD - A
         base = jnp.clip(iy0, lo, hi_y) * nx_p + jnp.clip(ix0, lo, hi_x)
         wmax = wx.max(axis=-1) * wy.max(axis=-1)
-        acc = jnp.zeros(wx.shape[:-1])
-        vacc = jnp.zeros(wx.shape[:-1])
-        macc = jnp.zeros(wx.shape[:-1], jnp.int32)
-        missing = far
+        shape = wx.shape[:-1]
+        sums = (jnp.zeros(shape), jnp.zeros(shape), jnp.zeros(shape, jnp.int32), far)
         for j in range(2 * A):
             for i in range(2 * A):
                 flat = base + (j * nx_p + i)
-                w = wy[..., j] * wx[..., i]
-                acc = acc + w * img[flat].astype(jnp.float64)
-                vacc = vacc + w * w * var[flat].astype(jnp.float64)
-                missing = missing | (bad[flat] & (jnp.abs(w) > 1e-12))
-                macc = macc | jnp.where(jnp.abs(w) >= 0.05 * wmax, msk[flat], 0)
-        return acc, vacc, macc, missing
+                sums = add_tap(sums, wy[..., j] * wx[..., i], wmax, img[flat], var[flat], msk[flat], bad[flat])
+        return sums
 
     def shifted(wx, wy, ix0, iy0, img, var, msk, bad, ny_p, nx_p):
         """One tile (no pixel beyond the padding; offsets spanning ≤ 1 pixel per axis)."""
@@ -160,19 +163,11 @@ def _kernel():
         wmax = wx.max(axis=-1) * wy.max(axis=-1)
         size = (ty + 2 * A, tx + 2 * A)
         win = [lax.dynamic_slice(p.reshape(ny_p, nx_p), (by, bx), size) for p in (img, var, msk, bad)]
-        acc = jnp.zeros((ty, tx))
-        vacc = jnp.zeros((ty, tx))
-        macc = jnp.zeros((ty, tx), jnp.int32)
-        missing = jnp.zeros((ty, tx), bool)
+        sums = (jnp.zeros((ty, tx)), jnp.zeros((ty, tx)), jnp.zeros((ty, tx), jnp.int32), jnp.zeros((ty, tx), bool))
         for j in range(2 * A + 1):
             for i in range(2 * A + 1):
-                w = wy7[..., j] * wx7[..., i]
-                im, va, ma, ba = (p[j:j + ty, i:i + tx] for p in win)
-                acc = acc + w * im.astype(jnp.float64)
-                vacc = vacc + w * w * va.astype(jnp.float64)
-                missing = missing | (ba & (jnp.abs(w) > 1e-12))
-                macc = macc | jnp.where(jnp.abs(w) >= 0.05 * wmax, ma, 0)
-        return acc, vacc, macc, missing
+                sums = add_tap(sums, wy7[..., j] * wx7[..., i], wmax, *(p[j:j + ty, i:i + tx] for p in win))
+        return sums
 
     def run_gather(xs, ys, img, var, msk, bad, ny_p, nx_p):
         wx, wy, ix0, iy0, far = first_taps(xs, ys, ny_p, nx_p)
