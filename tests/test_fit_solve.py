@@ -191,3 +191,90 @@ def test_chunked_star_sums_give_the_one_chunk_fit(survey, monkeypatch, model):
     assert chunked.chi2 == pytest.approx(whole.chi2, rel=1e-9)
     np.testing.assert_allclose(chunked.params, whole.params, rtol=0, atol=1e-7 * np.abs(whole.params).max())
     np.testing.assert_allclose(chunked.theta, whole.theta, rtol=0, atol=1e-6)
+
+
+def test_threads_do_not_change_the_passes(captured):
+    """Whitening, residuals and covariances are computed a chunk of CCDs per thread: the same
+    numbers, bit for bit, on one thread or two."""
+    fns, params, theta, white, active = captured["start"]
+    out = []
+    try:
+        for workers in (1, 2):
+            fns.workers = workers
+            fns._raw_kept = None
+            out.append((fns.whitener(params), fns.residuals(params, theta, white, active),
+                        fns.raw_residuals(params, theta), fns.meas_cov(params)))
+    finally:
+        fns.workers = 2
+    for a, b in zip(*out, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_residuals_reuse_the_last_pass_at_the_same_point_only(captured, monkeypatch):
+    """χ², residuals and raw residuals at one point share one pass over the measurements (the
+    residuals after a solve are those of its last χ²); another point, even one changed in place
+    in a caller's array, gets a pass of its own."""
+    fns, params, theta, white, active = captured["start"]
+    passes = []
+    real = type(fns)._linearise_chunk
+
+    def counting(self, *args):
+        passes.append(args[1])
+        return real(self, *args)
+
+    monkeypatch.setattr(type(fns), "_linearise_chunk", counting)
+    fns._raw_kept = None
+    chi2 = fns.chi2(params, theta, white, active)
+    first = len(passes)
+    assert first == len(fns.chunks)
+    r = fns.residuals(params, theta, white, active)
+    raw = fns.raw_residuals(params, theta)
+    assert len(passes) == first
+    assert np.sum(r * r) + np.sum(fns.prior_chi2(theta)) == chi2
+    moved = theta.copy()
+    fns.chi2(params, moved, white, active)
+    assert len(passes) == first  # equal values: still the same point
+    moved[:, 0] += 50.0  # 50 mas east for every star, in the array the cache has seen
+    r_moved = fns.residuals(params, moved, white, active)
+    assert len(passes) == 2 * first
+    assert not np.allclose(r_moved, r)
+    fns._raw_kept = None
+    np.testing.assert_array_equal(fns.raw_residuals(params, theta), raw)
+
+
+def test_star_sums_are_added_in_chunk_order(captured):
+    """The chunks' star sums are added into place by one sparse product: the same totals, bit
+    for bit, as adding each chunk's sums into an (N, k) array one chunk after another."""
+    fns = captured["start"][0]
+    assert len(fns.chunks) > 1
+    assert len(np.intersect1d(fns.chunk_stars[0], fns.chunk_stars[1])) > 0
+    rng = np.random.default_rng(5)
+    sums = [rng.normal(size=(len(stars), 5)) * 10.0 ** rng.integers(-8, 8, size=(len(stars), 1))
+            for stars in fns.chunk_stars]
+    expected = np.zeros((fns.n_stars, 5))
+    for stars, part in zip(fns.chunk_stars, sums, strict=True):
+        expected[stars] += part
+    with fns._threads() as run:
+        got = fns._sum_to_stars(lambda i: sums[i], 5, run)
+    np.testing.assert_array_equal(got, expected)
+    # in another order the sums differ in their last bits: the test can tell
+    reverse = np.zeros((fns.n_stars, 5))
+    for stars, part in reversed(list(zip(fns.chunk_stars, sums, strict=True))):
+        reverse[stars] += part
+    assert not np.array_equal(reverse, expected)
+
+
+def test_pixel_scale_must_be_one_per_ccd(survey, monkeypatch):
+    """The solver keeps one pixel scale per CCD: a problem whose scale varies inside a CCD is
+    refused rather than fitted with the wrong covariances."""
+    real = jointfit_module.JointFit._problem
+
+    def varying(self, *args):
+        problem, aux = real(self, *args)
+        problem.pix_scale = problem.pix_scale.copy()
+        problem.pix_scale[0] *= 1.5
+        return problem, aux
+
+    monkeypatch.setattr(jointfit_module.JointFit, "_problem", varying)
+    with pytest.raises(ValueError, match="pix_scale must be the same"):
+        JointFit(survey.read("parquet"), open_refcat(survey.refcat_dir), FitOptions(star_params=5)).run()

@@ -32,6 +32,7 @@ cannot make progress stops with a :class:`FitError` carrying its diagnostics.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,10 +50,10 @@ class Problem:
     """Static arrays of a fit.
 
     Per measurement (n): ``ccd`` (index of its CCD), ``u``, ``v`` normalised pixels;
-    ``pix_scale`` (pixels per unit of u); ``cov_px`` (n, 2, 2) pixel covariance; ``star``
-    (n,); ``visit`` (n,); ``dt`` (n,) years from the fit epoch; ``plx_factor`` (n, 2) mas of
-    displacement per mas of parallax; ``extra`` (n, 2) fixed extra displacement in mas (exact
-    reference-catalog motion minus its linear part).
+    ``pix_scale`` (pixels per unit of u, the same for all of a CCD's measurements); ``cov_px``
+    (n, 2, 2) pixel covariance; ``star`` (n,); ``visit`` (n,); ``dt`` (n,) years from the fit
+    epoch; ``plx_factor`` (n, 2) mas of displacement per mas of parallax; ``extra`` (n, 2)
+    fixed extra displacement in mas (exact reference-catalog motion minus its linear part).
     Per CCD: ``slots``: per parameter slot, the first parameter of each CCD's block and the
     slot's number of basis terms K (a block is 2K parameters: ξ then η coefficients).
     Per star (N): ``e0``, ``ea``, ``ed`` (N, 3) unit vectors (position, east, north).
@@ -199,8 +200,9 @@ MIN_CHUNKS = 8
 class FitProblem:
     """A :class:`Problem` prepared for the solver: measurements sorted by CCD and grouped in
     chunks of whole CCDs, star sums as sparse incidence matrices (one per chunk), the per-CCD
-    parameter blocks of every slot. It takes the problem's per-measurement arrays (they are
-    emptied as they are copied, as :meth:`Problem.release_measurement_arrays` does).
+    parameter blocks of every slot. It takes the problem's per-measurement arrays and its
+    priors (they are emptied as they are copied, as :meth:`Problem.release_measurement_arrays`
+    does for the former).
 
     Every method takes and returns arrays in the :class:`Problem`'s measurement order,
     except the whitening matrices and ``active`` weights, which are opaque to callers
@@ -227,15 +229,18 @@ class FitProblem:
         self.star_order = np.lexsort((ra, dec_strip)) if n_stars else np.zeros(0, np.int64)
         rank = np.empty(n_stars, dtype=np.int64)
         rank[self.star_order] = np.arange(n_stars)
-        order = np.lexsort((rank[problem.star], problem.ccd))
+        index = np.int32 if max(n, n_stars) < 2**31 else np.int64  # (half the bytes of int64 at 10⁷)
+        order = np.lexsort((rank[problem.star], problem.ccd)).astype(index)
         self.order = order
-        self.inverse = np.empty(n, dtype=np.int64)
-        self.inverse[order] = np.arange(n)
+        self.inverse = np.empty(n, dtype=index)
+        self.inverse[order] = np.arange(n, dtype=index)
         ccd = problem.ccd[order]
         n_ccds = len(problem.slots[0][0])
         bounds = np.searchsorted(ccd, np.arange(n_ccds + 1))
         self.segments = [(c, int(bounds[c]), int(bounds[c + 1])) for c in range(n_ccds) if bounds[c + 1] > bounds[c]]
         self.slots = [(np.asarray(starts, np.int64), int(k)) for starts, k in problem.slots]
+        #: where each segment starts, and n at the end (to find a chunk's segments)
+        self.segment_lo = np.array([lo for _, lo, _ in self.segments] + [n], dtype=np.int64)
         # chunks: runs of whole CCD segments of about CHUNK measurements; (lo, hi, first, stop)
         # with first/stop indexing self.segments
         chunk = min(CHUNK, -(-n // MIN_CHUNKS))
@@ -252,30 +257,30 @@ class FitProblem:
             return out
 
         self.u, self.v = take("u"), take("v")
-        self.pix_scale, self.cov_px = take("pix_scale"), take("cov_px")
-        self.star = rank[take("star")]
-        visit = take("visit")
+        self.cov_px = take("cov_px")
+        self.star = rank[take("star")].astype(index)
         self.dt, self.plx = take("dt"), take("plx_factor")
         self.extra = take("extra")
-        problem.ccd = np.zeros(0, dtype=np.int64)
+        # per CCD segment: its visit and its pixels per unit of u (the same for all its measurements)
+        firsts = order[self.segment_lo[:-1]]
+        self.segment_visit = np.asarray(problem.visit)[firsts]
+        self.segment_scale = np.asarray(problem.pix_scale, dtype=np.float64)[firsts]
+        if not np.array_equal(np.asarray(problem.pix_scale)[order], np.repeat(self.segment_scale, np.diff(self.segment_lo))):
+            raise ValueError("pix_scale must be the same for all the measurements of a CCD")
+        for name in ("visit", "pix_scale", "ccd"):
+            setattr(problem, name, np.zeros(0))
         so = self.star_order
         self.e0, self.ea, self.ed = problem.e0[so], problem.ea[so], problem.ed[so]
         self.v0, self.va, self.vd = problem.v0, problem.va, problem.vd
-        # The projection of a star onto its visit's tangent plane only needs the dot products of
-        # the star's frame (e0, east, north) with the visit's (v0, va, vd): nine numbers per
-        # measurement, computed once (vec·w = e0·w + (Δa·ea·w + Δd·ed·w)/MAS)
-        self.dots = np.empty((9, n))
-        for lo, hi, _, _ in self.chunks:
-            for i, sv in enumerate((self.e0, self.ea, self.ed)):
-                vec = np.take(sv, self.star[lo:hi], axis=0)
-                for j, vv in enumerate((self.v0, self.va, self.vd)):
-                    self.dots[3 * i + j, lo:hi] = np.einsum("ij,ij->i", vec, np.take(vv, visit[lo:hi], axis=0))
+        # the priors, in the internal star order; the problem's own are released
         self.prior_value, self.prior_weight = problem.prior_value[so], problem.prior_weight[so]
+        problem.prior_value, problem.prior_weight = np.zeros((0, 5)), np.zeros((0, 5, 5))
         self.star_free = problem.star_free[so].astype(np.float64)
         self.model_free = (~problem.model_fixed).astype(np.float64)
         self.sys2 = float(problem.systematic_mas) ** 2
         self._precond = None  # built by the first step (see _preconditioner)
         self._pixel_basis = None  # per segment, kept by the first _linearise (False: too large to keep)
+        self._raw_kept = None  # (params, theta, model − prediction) of the last _raw
         # star sums, chunk by chunk, over the stars the chunk sees only: an incidence matrix of
         # (stars of the chunk × chunk), and those stars' numbers to add its sums into (N, k).
         # Summing (N × chunk) matrices instead made every star sum cost N per chunk, i.e. grow as
@@ -287,21 +292,52 @@ class FitProblem:
             self.chunk_stars.append(stars)
             self.incidence.append(sp.csr_matrix((np.ones(hi - lo), (local, np.arange(hi - lo))),
                                                 shape=(len(stars), hi - lo)))
+        # The chunks' sums are added into place by one sparse product (see _sum_to_stars):
+        # ``star_adder`` (N × Σ n_i) adds, star by star, its sums from every chunk, in chunk order.
+        # Adding each chunk's sums with ``total[stars] += sums`` (a star is in ~5 chunks: 7 M
+        # scattered rows at 10⁷ measurements) cost 0.26 s per star sum, a quarter of conjugate
+        # gradients; so did adding groups of chunks that way (their unions still held ~5 N stars).
+        cat = np.concatenate(self.chunk_stars) if self.chunk_stars else np.zeros(0, np.int64)
+        self.star_offsets = np.concatenate([[0], np.cumsum([len(stars) for stars in self.chunk_stars])])
+        self.star_adder = sp.csr_matrix((np.ones(len(cat)), (cat, np.arange(len(cat)))), shape=(n_stars, len(cat)))
 
     # ------------------------------------------------------------------ helpers
     def _blocks(self, params: np.ndarray, c: int) -> list[np.ndarray]:
         return [params[starts[c]:starts[c] + 2 * k].reshape(2, k) for starts, k in self.slots]
 
-    def _linearise(self, params):
-        """Model (ξ, η) (n, 2) and per CCD the Jacobian terms (for ∂/∂(u, v), see :meth:`_segment_cov`)."""
-        xy = np.empty((self.n_meas, 2))
-        terms = []
+    @contextmanager
+    def _threads(self):
+        """``run(fn, chunk indices)``: fn(i) for each, in threads when there are several (NumPy
+        releases the GIL in its array loops); the list of results, in order."""
+        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 and len(self.chunks) > 1 else None
+
+        def run(fn, chunks):
+            return list(pool.map(fn, chunks) if pool is not None else map(fn, chunks))
+        try:
+            yield run
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _linearise_chunk(self, params, i: int, xy: np.ndarray) -> list:
+        """Model (ξ, η) of chunk i's measurements into ``xy`` (n, 2); its CCDs' Jacobian terms."""
+        _, _, first, stop = self.chunks[i]
         kept = self._pixel_basis
-        for i, (c, lo, hi) in enumerate(self.segments):
-            extra = {"basis": kept[i]} if kept else {}
+        terms = []
+        for s in range(first, stop):
+            c, lo, hi = self.segments[s]
+            extra = {"basis": kept[s]} if kept else {}
             out, t, _ = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi], **extra)
             xy[lo:hi] = out
             terms.append(t)
+        return terms
+
+    def _linearise(self, params, run):
+        """Model (ξ, η) (n, 2) and per CCD the Jacobian terms (for ∂/∂(u, v), see :meth:`_segment_cov`)."""
+        xy = np.empty((self.n_meas, 2))
+        kept = self._pixel_basis
+        terms = [t for part in run(lambda i: self._linearise_chunk(params, i, xy), range(len(self.chunks)))
+                 for t in part]
         if kept is None:
             # the pixel polynomial's basis (the first slot's φ) depends on the pixels only: keep it
             # for the later linearisations when it is small (a step holds it anyway, in its terms)
@@ -311,14 +347,15 @@ class FitProblem:
                 basis.flags.writeable = False
         return xy, terms
 
-    def _predict(self, theta, *, jacobian=False):
-        """Each measurement's star at its visit on the visit tangent plane (mas), and P = ∂/∂offset."""
-        th = np.take(theta, self.star, axis=0)
-        off = th[:, 0:2] + th[:, 2:4] * self.dt[:, None] + th[:, 4:5] * self.plx + self.extra
+    def _predict(self, theta, lo: int, hi: int, *, jacobian=False):
+        """Measurements lo:hi's stars at their visits on the visit tangent planes (mas), and
+        P = ∂/∂offset (a chunk at a time: the temporaries stay in the CPU caches)."""
+        th = np.take(theta, self.star[lo:hi], axis=0)
+        off = th[:, 0:2] + th[:, 2:4] * self.dt[lo:hi, None] + th[:, 4:5] * self.plx[lo:hi] + self.extra[lo:hi]
         del th
         oa, od = off[:, 0] / MAS_PER_RAD, off[:, 1] / MAS_PER_RAD
         del off
-        e0w0, e0wa, e0wd, eaw0, eawa, eawd, edw0, edwa, edwd = self.dots
+        e0w0, e0wa, e0wd, eaw0, eawa, eawd, edw0, edwa, edwd = self._dots(lo, hi)
         den = e0w0 + oa * eaw0 + od * edw0
         t_xi = (e0wa + oa * eawa + od * edwa) / den
         t_eta = (e0wd + oa * eawd + od * edwd) / den
@@ -331,6 +368,21 @@ class FitProblem:
         p[:, 1, 0] = (eawd - t_eta * eaw0) / den
         p[:, 1, 1] = (edwd - t_eta * edw0) / den
         return pred, p
+
+    def _dots(self, lo: int, hi: int) -> np.ndarray:
+        """The projection of a star onto its visit's tangent plane only needs the dot products of
+        the star's frame (e0, east, north) with the visit's (v0, va, vd): nine numbers per
+        measurement (vec·w = e0·w + (Δa·ea·w + Δd·ed·w)/MAS), (9, hi − lo) for a run of whole CCDs.
+        Computed when needed: kept, they were 72 bytes per measurement (720 MB at 10⁷).
+        """
+        first, stop = np.searchsorted(self.segment_lo, [lo, hi])
+        visit = np.repeat(self.segment_visit[first:stop], np.diff(self.segment_lo[first:stop + 1]))
+        dots = np.empty((9, hi - lo))
+        for i, sv in enumerate((self.e0, self.ea, self.ed)):
+            vec = np.take(sv, self.star[lo:hi], axis=0)
+            for j, vv in enumerate((self.v0, self.va, self.vd)):
+                dots[3 * i + j] = np.einsum("ij,ij->i", vec, np.take(vv, visit, axis=0))
+        return dots
 
     def _model_apply(self, terms, cores, x: np.ndarray, chunk) -> np.ndarray:
         """J_m x on one chunk: (M,) → (m, 2), whitened (``cores`` hold W·G)."""
@@ -378,6 +430,20 @@ class FitProblem:
         z[:, 4] = q[:, 0] * plx[:, 0] + q[:, 1] * plx[:, 1]
         return np.asarray(self.incidence[i] @ z)
 
+    def _sum_to_stars(self, chunk_sums, k: int, run) -> np.ndarray:
+        """Per-star totals (N, k) of per-chunk sums: ``chunk_sums(i)`` gives chunk i's sums over its
+        stars (``chunk_stars[i]``), (n_i, k); ``run(fn, chunk indices)`` runs ``fn`` on them (in
+        threads). Each star's total is its chunk sums added in chunk order, as adding them into an
+        (N, k) array chunk after chunk would, to the last bit. The chunks' sums are held together
+        for the product: Σ n_i × k numbers (k = 5: 270 MB at 10⁷ measurements)."""
+        buf = np.empty((self.star_offsets[-1], k))
+        offsets = self.star_offsets
+
+        def place(i):
+            buf[offsets[i]:offsets[i + 1]] = chunk_sums(i)
+        run(place, range(len(self.chunks)))
+        return np.asarray(self.star_adder @ buf)
+
     def _t_gather(self, zt: np.ndarray, lo: int, hi: int) -> np.ndarray:
         """T z[star] over one chunk, from z transposed (5, N): → (m, 2)."""
         g = np.take(zt, self.star[lo:hi], axis=1)
@@ -402,25 +468,30 @@ class FitProblem:
         """Tangent-plane covariances (mas²) of one CCD's measurements (internal order)."""
         _, _, duv = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi],
                                              uv_jacobian=True)
-        duv /= self.pix_scale[lo:hi, None, None]
+        duv /= self.segment_scale[np.searchsorted(self.segment_lo, lo)]
         cov = _sandwich(duv, self.cov_px[lo:hi])
         cov[:, 0, 0] += self.sys2
         cov[:, 1, 1] += self.sys2
         return cov
 
+    def _per_segment(self, fn) -> np.ndarray:
+        """(n, 2, 2) from ``fn(c, lo, hi)`` per CCD segment, a chunk of CCDs per thread."""
+        out = np.empty((self.n_meas, 2, 2))
+
+        def part(i):
+            for c, lo, hi in self.segments[self.chunks[i][2]:self.chunks[i][3]]:
+                out[lo:hi] = fn(c, lo, hi)
+        with self._threads() as run:
+            run(part, range(len(self.chunks)))
+        return out
+
     def _meas_cov(self, params) -> np.ndarray:
-        cov = np.empty((self.n_meas, 2, 2))
-        for c, lo, hi in self.segments:
-            cov[lo:hi] = self._segment_cov(params, c, lo, hi)
-        return cov
+        return self._per_segment(lambda c, lo, hi: self._segment_cov(params, c, lo, hi))
 
     def whitener(self, params) -> np.ndarray:
         """Per-measurement whitening matrices (internal order), CCD by CCD (the Jacobians and
         covariances of all measurements at once were ~250 bytes per measurement more at the peak)."""
-        white = np.empty((self.n_meas, 2, 2))
-        for c, lo, hi in self.segments:
-            white[lo:hi] = _whitener(self._segment_cov(params, c, lo, hi))
-        return white
+        return self._per_segment(lambda c, lo, hi: _whitener(self._segment_cov(params, c, lo, hi)))
 
     def _stars_in(self, theta: np.ndarray) -> np.ndarray:
         """Per-star array in the problem's star order → internal order."""
@@ -431,11 +502,32 @@ class FitProblem:
         out[self.star_order] = values
         return out
 
+    def _raw(self, params, theta) -> np.ndarray:
+        """Model − star prediction (n, 2), mas, internal order; chunk by chunk in threads.
+
+        The last result is kept, with the parameters it is for: the residuals after a solve,
+        and the χ² that starts the next clipping round (new whitening and weights, same
+        parameters), are those of the χ² that ended the solve (two passes saved per round).
+        """
+        kept = self._raw_kept
+        if kept is not None and np.array_equal(kept[0], params) and np.array_equal(kept[1], theta):
+            return kept[2]
+        self._raw_kept = None
+        th = self._stars_in(theta)
+        raw = np.empty((self.n_meas, 2))
+
+        def part(i):
+            lo, hi = self.chunks[i][0], self.chunks[i][1]
+            self._linearise_chunk(params, i, raw)
+            raw[lo:hi] -= self._predict(th, lo, hi)[0]
+        with self._threads() as run:
+            run(part, range(len(self.chunks)))
+        raw.flags.writeable = False
+        self._raw_kept = (np.array(params, copy=True), np.array(theta, copy=True), raw)
+        return raw
+
     def _residuals(self, params, theta, white, active) -> np.ndarray:
-        theta = self._stars_in(theta)
-        xy, _ = self._linearise(params)
-        xy -= self._predict(theta)[0]
-        return _mul(white, xy) * active[:, None]
+        return _mul(white, self._raw(params, theta)) * active[:, None]
 
     def residuals(self, params, theta, white, active) -> np.ndarray:
         """Whitened residuals (n, 2), zero where inactive, problem order."""
@@ -443,9 +535,7 @@ class FitProblem:
 
     def raw_residuals(self, params, theta) -> np.ndarray:
         """Model − star prediction (n, 2) in mas, problem order."""
-        theta = self._stars_in(theta)
-        xy, _ = self._linearise(params)
-        return (xy - self._predict(theta)[0])[self.inverse]
+        return self._raw(params, theta)[self.inverse]
 
     def prior_chi2(self, theta) -> np.ndarray:
         """Each star's prior χ² (problem order)."""
@@ -467,32 +557,40 @@ class FitProblem:
         :data:`CG_TOLERANCE` only. The preconditioner is built at the first step and reused
         (see :meth:`_preconditioner`).
         """
+        self._raw_kept = None  # the step's own linearisation replaces it (memory)
+        with self._threads() as run:
+            return self._step(params, theta, white, active, chi2_tol, run)
+
+    def _step(self, params, theta, white, active, chi2_tol, run):
         free_s, free_m = self.star_free, self.model_free
         theta = self._stars_in(theta)
-        xy, terms = self._linearise(params)
-        pred, p = self._predict(theta, jacobian=True)
+        xy, terms = self._linearise(params, run)
         white = white * active[:, None, None]
-        xy -= pred
-        del pred
-        r = _mul(white, xy)
-        del xy
+        # whitened residuals r = W (model − prediction) and Q = W P, chunk by chunk (the
+        # prediction, its Jacobian and the stars' parameters per measurement are never whole arrays)
+        r = np.empty((self.n_meas, 2))
+        q = np.empty((self.n_meas, 2, 2))
+
+        def first_pass(i, xy=xy, white=white, r=r):
+            lo, hi = self.chunks[i][0], self.chunks[i][1]
+            pred, p = self._predict(theta, lo, hi, jacobian=True)
+            r[lo:hi] = _mul(white[lo:hi], xy[lo:hi] - pred)
+            q[lo:hi] = _matmul(white[lo:hi], p)
+        run(first_pass, range(len(self.chunks)))
+        del xy, first_pass
         cores = self._cores(terms, white)
         # the slots' G factors are in the cores now: drop them (32 bytes per measurement held
         # through conjugate gradients otherwise)
         terms = [[(basis, None) for basis, _ in ccd_terms] for ccd_terms in terms]
-        q = _matmul(white, p)
-        del p, white  # the masked whitening lives on in the cores
+        del white  # the masked whitening lives on in the cores
 
-        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 and len(self.chunks) > 1 else None
-
-        def over_chunks(fn):  # fn(i) for every chunk, in threads when there are several
-            n_chunks = range(len(self.chunks))
-            return list(pool.map(fn, n_chunks) if pool is not None else map(fn, n_chunks))
+        def over_chunks(fn):  # fn(i) for every chunk
+            return run(fn, range(len(self.chunks)))
 
         def in_chunk_order(fn):  # (i, fn(i)) for every chunk in order, at most one result per thread held
             for first in range(0, len(self.chunks), self.workers):
                 group = range(first, min(first + self.workers, len(self.chunks)))
-                yield from zip(group, pool.map(fn, group) if pool is not None else map(fn, group), strict=True)
+                yield from zip(group, run(fn, group), strict=True)
 
         def sum_over_chunks(fn):  # Σ fn(i) in chunk order
             total = 0
@@ -504,10 +602,7 @@ class FitProblem:
             def part(i):
                 lo, hi = self.chunks[i][0], self.chunks[i][1]
                 return self._star_sums(_mul_t(q[lo:hi], y_of_chunk(i)), i, lo, hi)
-            total = np.zeros((self.n_stars, 5))
-            # added into place in chunk order (as a sum of (N, 5) arrays would, to the last bit)
-            for i, sums in in_chunk_order(part):
-                total[self.chunk_stars[i]] += sums
+            total = self._sum_to_stars(part, 5, run)
             total *= -free_s
             return total
 
@@ -519,9 +614,12 @@ class FitProblem:
             + np.einsum("sij,sj->si", self.prior_weight, theta - self.prior_value) * free_s
         del r
         # D = Σ Jθᵀ Jθ + prior, with Jθᵀ Jθ = Tᵀ (QᵀQ) T per measurement, chunk by chunk
-        upper = np.zeros((self.n_stars, 15))
-        for i, (lo, hi, _, _) in enumerate(self.chunks):
-            upper[self.chunk_stars[i]] += self.incidence[i] @ _star_normal(q[lo:hi], self.dt[lo:hi], self.plx[lo:hi])
+        def normal_part(i):
+            lo, hi = self.chunks[i][0], self.chunks[i][1]
+            return self.incidence[i] @ _star_normal(q[lo:hi], self.dt[lo:hi], self.plx[lo:hi])
+        # five columns at a time (the buffer of all the chunks' sums stays that of a star sum)
+        upper = np.concatenate([self._sum_to_stars(lambda i, c=c: normal_part(i)[:, c:c + 5], 5, run)
+                                for c in (0, 5, 10)], axis=1)
         d = np.empty((self.n_stars, 5, 5))
         d[:, _UPPER_5[0], _UPPER_5[1]] = upper
         d[:, _UPPER_5[1], _UPPER_5[0]] = upper
@@ -532,7 +630,7 @@ class FitProblem:
         empty = (np.einsum("sii->si", d) <= 0) | (free_s == 0)
         d = d * mask + np.eye(5)[None] * empty[:, :, None]
         d_inv = np.linalg.inv(d)
-        del d
+        del d, mask, empty  # (N × 25 numbers each: 250 MB at 10⁷ held through conjugate gradients)
 
         def back(z, ys=None):  # J_mᵀ (y − Jθ z), (M,): Jθ z = −Q T z[star]
             zf = np.ascontiguousarray((z * free_s).T)
@@ -556,13 +654,9 @@ class FitProblem:
         rhs = -(g_m + back(np.einsum("sij,sj->si", d_inv, g_s)))
         if self._precond is None:
             self._precond = self._preconditioner(terms, cores, q, d_inv)
-        try:
-            x, iters = _pcg(s_matvec, rhs, self._precond, chi2_tol=chi2_tol)
-            x = x * free_m
-            bt_x = star_t(lambda i: self._model_apply(terms, cores, x, self.chunks[i]))
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        x, iters = _pcg(s_matvec, rhs, self._precond, chi2_tol=chi2_tol)
+        x = x * free_m
+        bt_x = star_t(lambda i: self._model_apply(terms, cores, x, self.chunks[i]))
         dtheta = -np.einsum("sij,sj->si", d_inv, g_s + bt_x) * free_s
         # χ² ≈ χ²₀ + 2gᵀδ + δᵀHδ with Hδ = −g: the step is predicted to lower χ² by −gᵀδ
         predicted = -(g_m @ x + np.sum(g_s * dtheta))
