@@ -194,8 +194,8 @@ def test_chunked_star_sums_give_the_one_chunk_fit(survey, monkeypatch, model):
 
 
 def test_threads_do_not_change_the_passes(captured):
-    """Whitening, residuals and covariances are computed a chunk of CCDs per thread: the same
-    numbers, bit for bit, on one thread or two."""
+    """Residuals are computed a chunk of CCDs per thread (whitening and covariances CCD by CCD):
+    the same numbers, bit for bit, on one thread or two."""
     fns, params, theta, white, active = captured["start"]
     out = []
     try:
