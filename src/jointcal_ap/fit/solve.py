@@ -31,6 +31,9 @@ cannot make progress stops with a :class:`FitError` carrying its diagnostics.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -186,6 +189,30 @@ def _whitener(cov: np.ndarray) -> np.ndarray:
     w[:, 1, 0] = -b / (a * c)
     w[:, 1, 1] = 1 / c
     return w
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; a no-op where
+    there is none).
+
+    The passes over the measurements allocate and free many chunk-sized temporaries (a few MB,
+    under glibc's mmap threshold, so on the heap). The pages of the holes they leave stay
+    resident: at 10⁷ measurements the resident set grew from 8.0 to 9.8 GB over the clipping
+    rounds with the live arrays unchanged. Called before each step and after each whitening.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 #: Measurements per chunk of the passes over the measurements: the temporaries of a chunk stay
@@ -489,7 +516,9 @@ class FitProblem:
     def whitener(self, params) -> np.ndarray:
         """Per-measurement whitening matrices (internal order), CCD by CCD (the Jacobians and
         covariances of all measurements at once were ~250 bytes per measurement more at the peak)."""
-        return self._per_segment(lambda c, lo, hi: _whitener(self._segment_cov(params, c, lo, hi)))
+        white = self._per_segment(lambda c, lo, hi: _whitener(self._segment_cov(params, c, lo, hi)))
+        release_free_heap()
+        return white
 
     def _stars_in(self, theta: np.ndarray) -> np.ndarray:
         """Per-star array in the problem's star order → internal order."""
@@ -556,6 +585,7 @@ class FitProblem:
         (see :meth:`_preconditioner`).
         """
         self._raw_kept = None  # the step's own linearisation replaces it (memory)
+        release_free_heap()
         with self._threads() as run:
             return self._step(params, theta, white, active, chi2_tol, run)
 
