@@ -12,7 +12,8 @@ seen on ~8 exposures, so the sky area and the number of stars grow with the size
 runs in a fresh process (``--repeat`` times, the fastest reported) with an empty JAX cache
 directory: the fit compiles nothing (its solver is NumPy), which the report checks by counting the
 files left in that directory. The process's wall time, CPU time and peak RSS (whole tree, 50 ms
-sampling) are recorded, with the fit's own split (read, associate, setup, solve, finish).
+sampling) are recorded, with the fit's own split (read, associate, setup, solve, finish) and the
+process's peak RSS in each of those phases (sampled every 20 ms inside it).
 
 A size whose predicted peak RSS (log-log extrapolation of the sizes already run) exceeds
 ``--max-rss-gb`` is not attempted; one that exceeds it while running is stopped. Either way the
@@ -91,24 +92,57 @@ def n_sources(root: Path) -> int:
 # --------------------------------------------------------------------------- the fit (subprocess)
 
 
+def _sample_rss(samples: list, stop) -> None:
+    """Append (perf_counter, this process's resident set in bytes) every 20 ms until ``stop`` is set."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set():
+        samples.append((time.perf_counter(), me.memory_info().rss))
+        stop.wait(0.02)
+
+
+def phase_peaks(samples: list, starts: dict[str, float], end: float) -> dict[str, int]:
+    """The largest sample in each phase, phases given by their start times (in order) and ``end``."""
+    names = list(starts)
+    bounds = [starts[k] for k in names] + [end]
+    return {name: max((rss for t, rss in samples if bounds[i] <= t < bounds[i + 1]), default=0)
+            for i, name in enumerate(names)}
+
+
 def _fit(survey: str, out_json: str) -> int:
+    import threading
+
     t0 = time.perf_counter()
     from jointcal_ap.fit import FitOptions, JointFit
     from jointcal_ap.fit.io import read_inputs
     from jointcal_ap.refcat import open_refcat
 
+    samples: list = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_rss, args=(samples, stop), daemon=True)
+    sampler.start()
     t1 = time.perf_counter()
     data = read_inputs(str(Path(survey) / "survey"))
     t2 = time.perf_counter()
     result = JointFit(data, open_refcat(Path(survey) / "refcat"), FitOptions(star_params=5, fit="astrometry")).run()
     t3 = time.perf_counter()
+    stop.set()
+    sampler.join()
     seconds = {"import": t1 - t0, "read": t2 - t1, **result.seconds}
     seconds["finish"] = (t3 - t2) - sum(result.seconds.values())
+    # the fit's phases follow each other from t2 (association, set-up, solve, then the rest)
+    starts, t = {"read": t1}, t2
+    for name in ("associate", "setup", "solve"):
+        starts[name] = t
+        t += result.seconds.get(name, 0.0)
+    starts["finish"] = t
     s = result.summary()
     Path(out_json).write_text(json.dumps({
         "seconds": seconds, "n_measurements": int(s["n_measurements"]), "n_stars": int(s["n_stars"]),
         "n_input": len(data.measurements), "chi2_per_dof": float(s["chi2_per_dof"]),
         "iterations": int(s["iterations"]), "n_ccds": len(data.ccds),
+        "phase_peak_rss": phase_peaks(samples, starts, t3),
     }, indent=1))
     return 0
 
@@ -203,6 +237,15 @@ def report(rows: list[dict], skipped: list[str], args_line: str, total_s: float,
                      f"{big['peak_rss'] / big['n_measurements'] / 1e3:.2f} KB per measurement).")
     for s in skipped:
         lines.append(s)
+    phased = [r for r in good if r["run"].get("phase_peak_rss")]
+    if phased:
+        lines += ["", "Peak resident set of the fit's process in each phase (MB; sampled every 20 ms inside the "
+                  "process, phases from the fit's own timings):", "",
+                  "| target | read | associate | setup | solve | finish |", "|---:|---:|---:|---:|---:|---:|"]
+        for r in phased:
+            peaks = r["run"]["phase_peak_rss"]
+            lines.append(f"| {r['target']:.0e} | " + " | ".join(
+                f"{peaks.get(k, 0) / 1e6:,.0f}" for k in ("read", "associate", "setup", "solve", "finish")) + " |")
     lines += [
         "",
         "The fit is astrometry only (`fit='astrometry'`), the solver whose scaling this measures: NumPy "
