@@ -116,13 +116,17 @@ def _kernel():
         w = jnp.where(jnp.abs(t) < A, w, 0.0)
         return w / w.sum(axis=-1, keepdims=True)
 
+    def reach(ny_p, nx_p):
+        """First-tap positions (low, high in x, high in y) whose taps stay inside the padded planes."""
+        return PAD - A, nx_p - PAD - A, ny_p - PAD - A
+
     def first_taps(xs, ys, ny_p, nx_p):
         """Weights, first tap (row, column in the padded planes) and 'beyond the padding'."""
         fx, fy = jnp.floor(xs - 1.0), jnp.floor(ys - 1.0)          # 0-based floor
         wx, wy = weights(xs - 1.0 - fx), weights(ys - 1.0 - fy)
         ix0 = fx.astype(jnp.int64) - (A - 1) + PAD
         iy0 = fy.astype(jnp.int64) - (A - 1) + PAD
-        lo, hi_x, hi_y = PAD - A, nx_p - PAD - A, ny_p - PAD - A
+        lo, hi_x, hi_y = reach(ny_p, nx_p)
         far = (ix0 < lo) | (ix0 > hi_x) | (iy0 < lo) | (iy0 > hi_y)
         return wx, wy, ix0, iy0, far
 
@@ -136,7 +140,7 @@ def _kernel():
                 missing | (ba & (jnp.abs(w) > 1e-12)))
 
     def gathered(wx, wy, ix0, iy0, far, img, var, msk, bad, ny_p, nx_p):
-        lo, hi_x, hi_y = PAD - A, nx_p - PAD - A, ny_p - PAD - A
+        lo, hi_x, hi_y = reach(ny_p, nx_p)
         base = jnp.clip(iy0, lo, hi_y) * nx_p + jnp.clip(ix0, lo, hi_x)
         wmax = wx.max(axis=-1) * wy.max(axis=-1)
         shape = wx.shape[:-1]
@@ -147,11 +151,10 @@ def _kernel():
                 sums = add_tap(sums, wy[..., j] * wx[..., i], wmax, img[flat], var[flat], msk[flat], bad[flat])
         return sums
 
-    def shifted(wx, wy, ix0, iy0, img, var, msk, bad, ny_p, nx_p):
-        """One tile (no pixel beyond the padding; offsets spanning ≤ 1 pixel per axis)."""
+    def shifted(wx, wy, ox, oy, img, var, msk, bad, ny_p, nx_p):
+        """One tile (no pixel beyond the padding; first-tap offsets ``ox``, ``oy`` from the pixel
+        spanning ≤ 1 pixel per axis)."""
         ty, tx = wx.shape[:2]
-        ox = ix0 - jnp.arange(tx)[None, :]
-        oy = iy0 - jnp.arange(ty)[:, None]
         bx, by = ox.min(), oy.min()
         zero = jnp.zeros((*wx.shape[:-1], 1))
         # 7 taps per axis: a pixel whose first tap is at the tile's offset uses taps 0-5,
@@ -188,7 +191,7 @@ def _kernel():
             oy = iy0 - jnp.arange(tile)[:, None]
             near = ~far.any() & (ox.max() - ox.min() <= 1) & (oy.max() - oy.min() <= 1)
             return lax.cond(near,
-                            lambda: shifted(wx, wy, ix0, iy0, img, var, msk, bad, ny_p, nx_p),
+                            lambda: shifted(wx, wy, ox, oy, img, var, msk, bad, ny_p, nx_p),
                             lambda: gathered(wx, wy, ix0, iy0, far, img, var, msk, bad, ny_p, nx_p))
 
         out = lax.map(one, (to_tiles(xs), to_tiles(ys)))

@@ -96,12 +96,6 @@ class Problem:
     def n_measurements(self) -> int:
         return len(self.star)
 
-    def release_measurement_arrays(self) -> None:
-        """Drop the per-measurement inputs once :class:`FitProblem` holds its own (sorted) copies:
-        at 10⁷ measurements they are gigabytes. ``star`` (and every per-star array) is kept."""
-        empty = np.zeros(0)
-        for name in ("ccd", "u", "v", "pix_scale", "cov_px", "visit", "dt", "plx_factor", "extra"):
-            setattr(self, name, empty)
 
 
 @dataclass
@@ -228,8 +222,8 @@ class FitProblem:
     """A :class:`Problem` prepared for the solver: measurements sorted by CCD and grouped in
     chunks of whole CCDs, star sums as sparse incidence matrices (one per chunk), the per-CCD
     parameter blocks of every slot. It takes the problem's per-measurement arrays and its
-    priors (they are emptied as they are copied, as :meth:`Problem.release_measurement_arrays`
-    does for the former).
+    priors: they are emptied as they are copied (gigabytes at 10⁷ measurements); ``star`` and the
+    other per-star arrays stay.
 
     Every method takes and returns arrays in the :class:`Problem`'s measurement order,
     except the whitening matrices and ``active`` weights, which are opaque to callers
@@ -374,15 +368,16 @@ class FitProblem:
                 basis.flags.writeable = False
         return xy, terms
 
-    def _predict(self, theta, lo: int, hi: int, *, jacobian=False):
-        """Measurements lo:hi's stars at their visits on the visit tangent planes (mas), and
-        P = ∂/∂offset (a chunk at a time: the temporaries stay in the CPU caches)."""
+    def _predict(self, theta, i: int, *, jacobian=False):
+        """Chunk i's stars at their visits on the visit tangent planes (mas), and P = ∂/∂offset
+        (a chunk at a time: the temporaries stay in the CPU caches)."""
+        lo, hi = self.chunks[i][0], self.chunks[i][1]
         th = np.take(theta, self.star[lo:hi], axis=0)
         off = th[:, 0:2] + th[:, 2:4] * self.dt[lo:hi, None] + th[:, 4:5] * self.plx[lo:hi] + self.extra[lo:hi]
         del th
         oa, od = off[:, 0] / MAS_PER_RAD, off[:, 1] / MAS_PER_RAD
         del off
-        e0w0, e0wa, e0wd, eaw0, eawa, eawd, edw0, edwa, edwd = self._dots(lo, hi)
+        e0w0, e0wa, e0wd, eaw0, eawa, eawd, edw0, edwa, edwd = self._dots(i)
         den = e0w0 + oa * eaw0 + od * edw0
         t_xi = (e0wa + oa * eawa + od * edwa) / den
         t_eta = (e0wd + oa * eawd + od * edwd) / den
@@ -396,13 +391,13 @@ class FitProblem:
         p[:, 1, 1] = (edwd - t_eta * edw0) / den
         return pred, p
 
-    def _dots(self, lo: int, hi: int) -> np.ndarray:
+    def _dots(self, i: int) -> np.ndarray:
         """The projection of a star onto its visit's tangent plane only needs the dot products of
         the star's frame (e0, east, north) with the visit's (v0, va, vd): nine numbers per
-        measurement (vec·w = e0·w + (Δa·ea·w + Δd·ed·w)/MAS), (9, hi − lo) for a run of whole CCDs.
-        Computed when needed: kept, they were 72 bytes per measurement (720 MB at 10⁷).
+        measurement (vec·w = e0·w + (Δa·ea·w + Δd·ed·w)/MAS), (9, m) for chunk i. Computed when
+        needed: kept, they were 72 bytes per measurement (720 MB at 10⁷).
         """
-        first, stop = np.searchsorted(self.segment_lo, [lo, hi])
+        lo, hi, first, stop = self.chunks[i]
         visit = np.repeat(self.segment_visit[first:stop], np.diff(self.segment_lo[first:stop + 1]))
         dots = np.empty((9, hi - lo))
         for i, sv in enumerate((self.e0, self.ea, self.ed)):
@@ -491,32 +486,33 @@ class FitProblem:
         """Measurement covariances in the tangent plane, mas² (n, 2, 2), problem order."""
         return self._meas_cov(params)[self.inverse]
 
-    def _segment_cov(self, params, c: int, lo: int, hi: int) -> np.ndarray:
-        """Tangent-plane covariances (mas²) of one CCD's measurements (internal order)."""
+    def _segment_cov(self, params, s: int) -> np.ndarray:
+        """Tangent-plane covariances (mas²) of segment s's measurements (one CCD, internal order)."""
+        c, lo, hi = self.segments[s]
         _, _, duv = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi],
                                              uv_jacobian=True)
-        duv /= self.segment_scale[np.searchsorted(self.segment_lo, lo)]
+        duv /= self.segment_scale[s]
         cov = _sandwich(duv, self.cov_px[lo:hi])
         cov[:, 0, 0] += self.sys2
         cov[:, 1, 1] += self.sys2
         return cov
 
     def _per_segment(self, fn) -> np.ndarray:
-        """(n, 2, 2) from ``fn(c, lo, hi)`` per CCD segment. One thread: a CCD's covariances are
+        """(n, 2, 2) from ``fn(s)`` for each CCD segment s. One thread: a CCD's covariances are
         many small array operations, and two threads made them slower (whitener at 10⁶, best of 5:
         0.192 s on one thread, 0.212 s on two)."""
         out = np.empty((self.n_meas, 2, 2))
-        for c, lo, hi in self.segments:
-            out[lo:hi] = fn(c, lo, hi)
+        for s, (_, lo, hi) in enumerate(self.segments):
+            out[lo:hi] = fn(s)
         return out
 
     def _meas_cov(self, params) -> np.ndarray:
-        return self._per_segment(lambda c, lo, hi: self._segment_cov(params, c, lo, hi))
+        return self._per_segment(lambda s: self._segment_cov(params, s))
 
     def whitener(self, params) -> np.ndarray:
         """Per-measurement whitening matrices (internal order), CCD by CCD (the Jacobians and
         covariances of all measurements at once were ~250 bytes per measurement more at the peak)."""
-        white = self._per_segment(lambda c, lo, hi: _whitener(self._segment_cov(params, c, lo, hi)))
+        white = self._per_segment(lambda s: _whitener(self._segment_cov(params, s)))
         release_free_heap()
         return white
 
@@ -546,7 +542,7 @@ class FitProblem:
         def part(i):
             lo, hi = self.chunks[i][0], self.chunks[i][1]
             self._linearise_chunk(params, i, raw)
-            raw[lo:hi] -= self._predict(th, lo, hi)[0]
+            raw[lo:hi] -= self._predict(th, i)[0]
         with self._threads() as run:
             run(part, range(len(self.chunks)))
         raw.flags.writeable = False
@@ -601,7 +597,7 @@ class FitProblem:
 
         def first_pass(i, xy=xy, white=white, r=r):
             lo, hi = self.chunks[i][0], self.chunks[i][1]
-            pred, p = self._predict(theta, lo, hi, jacobian=True)
+            pred, p = self._predict(theta, i, jacobian=True)
             r[lo:hi] = _mul(white[lo:hi], xy[lo:hi] - pred)
             q[lo:hi] = _matmul(white[lo:hi], p)
         run(first_pass, range(len(self.chunks)))
