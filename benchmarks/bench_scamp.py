@@ -53,7 +53,8 @@ REPO = BENCH_DIR.parent
 WORK = BENCH_DIR / "_work" / "scamp"
 SIM_VERSION = 2  # bump when the simulated inputs must be rebuilt
 
-TARGET_RATIO = 5.0  # ours must take ≤ 1/5 of SCAMP's wall time
+TARGET_RATIO = 5.0  # ours must take ≤ 1/5 of SCAMP's wall time (the large-like cases)
+SMALL_TARGET_S = 1.0  # the small case: at most 1 s end to end (issue 19, against SCAMP's 0.1 s)
 ACCURACY_SLACK = 1.2  # SCAMP's reference: its fastest configuration within 20 % of its best accuracy
 GRID_N = 48  # pixel grid per CCD axis for scoring
 
@@ -684,12 +685,18 @@ def report(results: dict, args: list[str], versions: dict) -> str:
         if r and r.get("rc") == 0 and ref:
             acc_ok = r["rms_grid_mas"] <= sc[ref]["rms_grid_mas"]
             ratio = ref_wall / r["wall_s"]
+            if case == "small":  # its own goal: a second end to end (SCAMP's 0.1 s is out of reach)
+                wall = (f"wall time ≤ {SMALL_TARGET_S:.0f} s end to end, cold start included ({r['wall_s']:.1f} s: "
+                        f"{'met' if r['wall_s'] <= SMALL_TARGET_S else 'NOT met'}; SCAMP's wall time is {ratio:.2f}× "
+                        f"ours here: the 1/{TARGET_RATIO:.0f} ratio is the target of the large-like cases)")
+            else:
+                wall = (f"wall time ≤ 1/{TARGET_RATIO:.0f} of SCAMP's, cold start included ({ratio:.2f}×: "
+                        f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
             lines += [f"SCAMP's reference configuration here: {next(v.label for v in variants if v.key == ref)} "
                       f"({sc[ref]['wall_s']:.1f} s, {sc[ref]['rms_grid_mas']:.3f} mas; best accuracy "
                       f"{sc[best]['rms_grid_mas']:.3f} mas). Targets, same run: accuracy at least SCAMP's "
                       f"({r['rms_grid_mas']:.3f} vs {sc[ref]['rms_grid_mas']:.3f} mas on the grid: "
-                      f"{'met' if acc_ok else 'NOT met'}); wall time ≤ 1/{TARGET_RATIO:.0f} of SCAMP's, cold start "
-                      f"included ({ratio:.2f}×: {'met' if ratio >= TARGET_RATIO else 'NOT met'}).", ""]
+                      f"{'met' if acc_ok else 'NOT met'}); {wall}.", ""]
         if unmeasured:
             lines += [f"**Not measured in this run:** {'; '.join(unmeasured)}. The reference configuration "
                       "above is the fastest within 20 % of the best accuracy *among those measured*: one of "
