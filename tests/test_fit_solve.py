@@ -278,3 +278,28 @@ def test_pixel_scale_must_be_one_per_ccd(survey, monkeypatch):
     monkeypatch.setattr(jointfit_module.JointFit, "_problem", varying)
     with pytest.raises(ValueError, match="pix_scale must be the same"):
         JointFit(survey.read("parquet"), open_refcat(survey.refcat_dir), FitOptions(star_params=5)).run()
+
+
+def test_a_step_masks_clipped_measurements_itself(captured):
+    """The step never copies the whitening masked: clipped rows are zeroed where they are used
+    (r, Q, the cores W·G; J_m x for the slot whose core is the whitening itself; the
+    preconditioner). So clipping by the weights gives exactly the step of a whitening whose
+    clipped rows were zeroed by hand with every weight 1, and a step that differs from the
+    unclipped one."""
+    fns, params, theta, white, active = captured["start"]
+    clipped = np.zeros(fns.n_meas, dtype=bool)
+    clipped[::7] = True
+    weights = np.where(clipped, 0.0, 1.0)
+    kept_precond = fns._precond
+    steps = []
+    try:
+        for w, a in ((white, weights), (white * weights[:, None, None], np.ones(fns.n_meas)), (white, active)):
+            fns._precond = None  # each step builds its own, from its own masking
+            steps.append(fns.step(params, theta, w, a))
+    finally:
+        fns._precond = kept_precond
+    by_weights, by_hand, unclipped = steps
+    for a, b in zip(by_weights[:2], by_hand[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert by_weights[3] == by_hand[3]
+    assert not np.allclose(by_weights[0], unclipped[0], rtol=1e-6, atol=0)

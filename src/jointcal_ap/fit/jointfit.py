@@ -325,12 +325,14 @@ class JointFit:
         data, opt = self.data, self.options
         meas = data.measurements
         rows = np.flatnonzero(association.meas_star >= 0)
-        star = association.meas_star[rows]
         n_stars = association.n_stars
+        # per-measurement indices as int32 where they fit (held through the whole solve)
+        index = np.int32 if max(len(rows), n_stars, len(data.ccds)) < 2**31 else np.int64
+        star = association.meas_star[rows].astype(index)
         visit_of_ccd = data.visit_index_of_ccd()
         detectors = data.detectors()
         det_of_ccd = np.searchsorted(detectors, [c.detector for c in data.ccds])
-        ccd = meas.ccd_index[rows]
+        ccd = meas.ccd_index[rows].astype(index)
         visit = visit_of_ccd[ccd]
         epochs = np.array([v.epoch for v in data.visits])
         fit_epoch = float(np.mean(epochs)) if opt.ref_epoch is None else float(opt.ref_epoch)
@@ -654,8 +656,8 @@ class JointFit:
             self._progress("astrometry", n_steps[0], None, f"chi2/measurement {chi2 / max(1, int(act.sum())):.4g}"
                            f"{f', clip round {len(clip_rounds)}' if clip_rounds else ''}")
 
-        ccd = self.data.measurements.ccd_index[aux["rows"]]
-        star = association.meas_star[aux["rows"]]
+        ccd = self.data.measurements.ccd_index[aux["rows"]].astype(problem.star.dtype)
+        star = problem.star  # association.meas_star of the rows fitted
         n_ccd = len(self.data.ccds)
         n_restored = restore_passes = 0
         # kept measurements a star needs to check them: two degrees of freedom beyond its parameters
@@ -731,7 +733,7 @@ class JointFit:
         data = self.data
         ref_res = np.full((len(rows), 2), np.nan)
         ref_tp = association.meas_ref_tp[rows]
-        has = np.isfinite(ref_tp[:, 0]) & (association.star_ref[problem.star] >= 0)
+        has = np.isfinite(ref_tp[:, 0]) & (association.star_ref[star] >= 0)
         if has.any():
             result_tmp = FitResult(model, np.asarray(params), np.asarray(theta), opt, data, association)
             with_ref = np.flatnonzero(has)

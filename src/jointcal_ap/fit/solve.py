@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,6 +154,15 @@ def _sandwich(a: np.ndarray, c: np.ndarray) -> np.ndarray:
     return out
 
 
+def _symmetric_2x2(c: np.ndarray) -> np.ndarray:
+    """(n, 2, 2) symmetric matrices from their distinct entries (n, 3): xx, xy, yy."""
+    out = np.empty((len(c), 2, 2))
+    out[:, 0, 0] = c[:, 0]
+    out[:, 0, 1] = out[:, 1, 0] = c[:, 1]
+    out[:, 1, 1] = c[:, 2]
+    return out
+
+
 #: (row, column) of the 15 distinct entries of a symmetric 5×5 matrix, as :func:`_star_normal` orders them
 _UPPER_5 = np.triu_indices(5)
 
@@ -218,6 +228,20 @@ CHUNK = 1 << 16
 MIN_CHUNKS = 8
 
 
+class _Cores(list):
+    """Per slot, the (n, 2, 2) factors W·G of the whitened model Jacobian.
+
+    ``masked[slot]``: the slot's factors are zero where a measurement is clipped. A slot without
+    a G factor is the whitening itself, shared with the caller and not masked; ``weights`` (1
+    active, 0 clipped) is then what the products multiply by (None when every slot is masked).
+    """
+
+    def __init__(self, cores, weights, masked):
+        super().__init__(cores)
+        self.weights = weights
+        self.masked = masked
+
+
 class FitProblem:
     """A :class:`Problem` prepared for the solver: measurements sorted by CCD and grouped in
     chunks of whole CCDs, star sums as sparse incidence matrices (one per chunk), the per-CCD
@@ -278,7 +302,10 @@ class FitProblem:
             return out
 
         self.u, self.v = take("u"), take("v")
-        self.cov_px = take("cov_px")
+        # the pixel covariances as their three distinct entries (xx, xy, yy): 24 bytes per measurement
+        cov = take("cov_px")
+        self.cov_px = np.stack([cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]], axis=1)
+        del cov
         self.star = rank[take("star")].astype(index)
         self.dt, self.plx = take("dt"), take("plx_factor")
         self.extra = take("extra")
@@ -300,7 +327,7 @@ class FitProblem:
         self.model_free = (~problem.model_fixed).astype(np.float64)
         self.sys2 = float(problem.systematic_mas) ** 2
         self._precond = None  # built by the first step (see _preconditioner)
-        self._pixel_basis = None  # per segment, kept by the first _linearise (False: too large to keep)
+        self._pixel_basis = None  # per segment, kept by the first step (see _first_pass) (False: too large to keep)
         self._raw_kept = None  # (params, theta, model − prediction) of the last _raw
         # star sums, chunk by chunk, over the stars the chunk sees only: an incidence matrix of
         # (stars of the chunk × chunk), and those stars' numbers to add its sums into (N, k).
@@ -340,8 +367,9 @@ class FitProblem:
             if pool is not None:
                 pool.shutdown()
 
-    def _linearise_chunk(self, params, i: int, xy: np.ndarray) -> list:
-        """Model (ξ, η) of chunk i's measurements into ``xy`` (n, 2); its CCDs' Jacobian terms."""
+    def _linearise_chunk(self, params, i: int, xy: np.ndarray, base: int = 0) -> list:
+        """Model (ξ, η) of chunk i's measurements into ``xy`` (rows from measurement ``base`` on);
+        its CCDs' Jacobian terms."""
         _, _, first, stop = self.chunks[i]
         kept = self._pixel_basis
         terms = []
@@ -349,16 +377,50 @@ class FitProblem:
             c, lo, hi = self.segments[s]
             extra = {"basis": kept[s]} if kept else {}
             out, t, _ = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi], **extra)
-            xy[lo:hi] = out
+            xy[lo - base:hi - base] = out
             terms.append(t)
         return terms
 
-    def _linearise(self, params, run):
-        """Model (ξ, η) (n, 2) and per CCD the Jacobian terms (for ∂/∂(u, v), see :meth:`_segment_cov`)."""
-        xy = np.empty((self.n_meas, 2))
+    def _first_pass(self, params, theta, white, active, run):
+        """A step's pass over the measurements, chunk by chunk in threads: whitened residuals
+        r = W (model − prediction) (n, 2) and Q = W P (n, 2, 2), both zero where clipped; per CCD
+        the Jacobian terms; and the cores (see :meth:`_cores`).
+
+        A chunk's model positions, predictions and P stay chunk-sized, and each CCD's G factors
+        are folded into its cores as soon as it is linearised (the terms come back as (φ, None)):
+        no whole-survey array of them is made (48 bytes per measurement at the step's peak).
+        ``theta`` is in the internal star order.
+        """
+        r = np.empty((self.n_meas, 2))
+        q = np.empty((self.n_meas, 2, 2))
         kept = self._pixel_basis
-        terms = [t for part in run(lambda i: self._linearise_chunk(params, i, xy), range(len(self.chunks)))
-                 for t in part]
+        folded = [None] * len(self.slots)  # per slot with G factors: (n, 2, 2), filled CCD by CCD
+        had_g = np.zeros((len(self.slots), len(self.segments)), dtype=bool)
+        lock = threading.Lock()
+
+        def part(i):
+            lo, hi, first, stop = self.chunks[i]
+            xy = np.empty((hi - lo, 2))
+            terms = self._linearise_chunk(params, i, xy, base=lo)
+            for seg, ccd_terms in zip(range(first, stop), terms, strict=True):
+                _, a, b = self.segments[seg]
+                for slot, (basis, g) in enumerate(ccd_terms):
+                    if g is None:
+                        continue
+                    with lock:
+                        if folded[slot] is None:
+                            folded[slot] = np.empty((self.n_meas, 2, 2))
+                    folded[slot][a:b] = white[a:b] @ g
+                    folded[slot][a:b] *= active[a:b, None, None]
+                    ccd_terms[slot] = (basis, None)
+                    had_g[slot, seg] = True
+            pred, p = self._predict(theta, i, jacobian=True)
+            r[lo:hi] = _mul(white[lo:hi], xy - pred)
+            r[lo:hi] *= active[lo:hi, None]
+            q[lo:hi] = _matmul(white[lo:hi], p)
+            q[lo:hi] *= active[lo:hi, None, None]
+            return terms
+        terms = [t for chunk_terms in run(part, range(len(self.chunks))) for t in chunk_terms]
         if kept is None:
             # the pixel polynomial's basis (the first slot's φ) depends on the pixels only: keep it
             # for the later linearisations when it is small (a step holds it anyway, in its terms)
@@ -366,7 +428,7 @@ class FitProblem:
             self._pixel_basis = [t[0][0] for t in terms] if size <= PIXEL_BASIS_BYTES else False
             for basis in self._pixel_basis or ():
                 basis.flags.writeable = False
-        return xy, terms
+        return r, q, terms, self._cores(white, active, folded, had_g)
 
     def _predict(self, theta, i: int, *, jacobian=False):
         """Chunk i's stars at their visits on the visit tangent planes (mas), and P = ∂/∂offset
@@ -407,7 +469,7 @@ class FitProblem:
         return dots
 
     def _model_apply(self, terms, cores, x: np.ndarray, chunk) -> np.ndarray:
-        """J_m x on one chunk: (M,) → (m, 2), whitened (``cores`` hold W·G)."""
+        """J_m x on one chunk: (M,) → (m, 2), whitened (``cores`` hold W·G), zero where clipped."""
         lo, hi, first, stop = chunk
         y = np.zeros((hi - lo, 2))
         t = np.empty((hi - lo, 2))
@@ -416,10 +478,13 @@ class FitProblem:
                 c, a, b = self.segments[i]
                 t[a - lo:b - lo] = terms[i][slot][0] @ x[starts[c]:starts[c] + 2 * k].reshape(2, k).T
             y += _mul(cores[slot][lo:hi], t)
+        if cores.weights is not None:
+            y *= cores.weights[lo:hi, None]
         return y
 
     def _model_transpose(self, terms, cores, y: np.ndarray, chunk, out: np.ndarray) -> None:
-        """out += J_mᵀ y for one chunk's y (m, 2)."""
+        """out += J_mᵀ y for one chunk's y (m, 2), which must be zero where clipped (every y of the
+        step is: r, J_m x and Jθ z are)."""
         lo, hi, first, stop = chunk
         for slot, (starts, k) in enumerate(self.slots):
             z = _mul_t(cores[slot][lo:hi], y)
@@ -427,19 +492,22 @@ class FitProblem:
                 c, a, b = self.segments[i]
                 out[starts[c]:starts[c] + 2 * k] += (terms[i][slot][0].T @ z[a - lo:b - lo]).T.ravel()
 
-    def _cores(self, terms, white):
-        """Per slot, W·G for every measurement (n, 2, 2)."""
+    def _cores(self, white, active, folded, had_g):
+        """Per slot, W·G for every measurement, zero where clipped (n, 2, 2); and the weights the
+        products must apply themselves (see :class:`_Cores`). ``folded``: per slot, the W·G that
+        :meth:`_first_pass` filled for the CCDs with a G factor (``had_g[slot, segment]``; None: no CCD
+        has one); the other CCDs' rows (G the identity) are filled here."""
         cores = []
-        for slot in range(len(self.slots)):
-            if all(ccd_terms[slot][1] is None for ccd_terms in terms):
-                cores.append(white)
+        for slot, core in enumerate(folded):
+            if core is None:
+                cores.append(white)  # not masked: the products mask (a masked copy: 32 bytes each)
                 continue
-            core = np.empty((self.n_meas, 2, 2))
-            for (_, lo, hi), ccd_terms in zip(self.segments, terms, strict=True):
-                g = ccd_terms[slot][1]
-                core[lo:hi] = white[lo:hi] if g is None else white[lo:hi] @ g
+            for seg in np.flatnonzero(~had_g[slot]):
+                _, lo, hi = self.segments[seg]
+                core[lo:hi] = white[lo:hi] * active[lo:hi, None, None]
             cores.append(core)
-        return cores
+        masked = [core is not white for core in cores]
+        return _Cores(cores, None if all(masked) else active, masked)
 
     def _star_sums(self, q: np.ndarray, i: int, lo: int, hi: int) -> np.ndarray:
         """Σ per star of Tᵀ a over one chunk, a = Qᵀ y (m, 2), for the chunk's stars
@@ -492,7 +560,7 @@ class FitProblem:
         _, _, duv = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi],
                                              uv_jacobian=True)
         duv /= self.segment_scale[s]
-        cov = _sandwich(duv, self.cov_px[lo:hi])
+        cov = _sandwich(duv, _symmetric_2x2(self.cov_px[lo:hi]))
         cov[:, 0, 0] += self.sys2
         cov[:, 1, 1] += self.sys2
         return cov
@@ -588,25 +656,7 @@ class FitProblem:
     def _step(self, params, theta, white, active, chi2_tol, run):
         free_s, free_m = self.star_free, self.model_free
         theta = self._stars_in(theta)
-        xy, terms = self._linearise(params, run)
-        white = white * active[:, None, None]
-        # whitened residuals r = W (model − prediction) and Q = W P, chunk by chunk (the
-        # prediction, its Jacobian and the stars' parameters per measurement are never whole arrays)
-        r = np.empty((self.n_meas, 2))
-        q = np.empty((self.n_meas, 2, 2))
-
-        def first_pass(i, xy=xy, white=white, r=r):
-            lo, hi = self.chunks[i][0], self.chunks[i][1]
-            pred, p = self._predict(theta, i, jacobian=True)
-            r[lo:hi] = _mul(white[lo:hi], xy[lo:hi] - pred)
-            q[lo:hi] = _matmul(white[lo:hi], p)
-        run(first_pass, range(len(self.chunks)))
-        del xy, first_pass
-        cores = self._cores(terms, white)
-        # the slots' G factors are in the cores now: drop them (32 bytes per measurement held
-        # through conjugate gradients otherwise)
-        terms = [[(basis, None) for basis, _ in ccd_terms] for ccd_terms in terms]
-        del white  # the masked whitening lives on in the cores
+        r, q, terms, cores = self._first_pass(params, theta, white, active, run)
 
         def over_chunks(fn):  # fn(i) for every chunk
             return run(fn, range(len(self.chunks)))
@@ -644,17 +694,24 @@ class FitProblem:
         # five columns at a time (the buffer of all the chunks' sums stays that of a star sum)
         upper = np.concatenate([self._sum_to_stars(lambda i, c=c: normal_part(i)[:, c:c + 5], 5, run)
                                 for c in (0, 5, 10)], axis=1)
+        # D is built and inverted in place, a block of stars at a time: its masked copies and
+        # the inverse beside it were ~1 GB at 10⁷ measurements (N × 25 numbers each), at the peak
         d = np.empty((self.n_stars, 5, 5))
         d[:, _UPPER_5[0], _UPPER_5[1]] = upper
         d[:, _UPPER_5[1], _UPPER_5[0]] = upper
+        del upper
         d += self.prior_weight
         # fixed star parameters: identity rows/columns so D stays invertible; a star with no
         # information left (all its measurements clipped) gets an identity block
-        mask = free_s[:, :, None] * free_s[:, None, :]
         empty = (np.einsum("sii->si", d) <= 0) | (free_s == 0)
-        d = d * mask + np.eye(5)[None] * empty[:, :, None]
-        d_inv = np.linalg.inv(d)
-        del d, mask, empty  # (N × 25 numbers each: 250 MB at 10⁷ held through conjugate gradients)
+        d *= free_s[:, :, None]
+        d *= free_s[:, None, :]
+        for k in range(5):
+            d[:, k, k] += empty[:, k]
+        del empty
+        for lo in range(0, self.n_stars, CHUNK):
+            d[lo:lo + CHUNK] = np.linalg.inv(d[lo:lo + CHUNK])
+        d_inv = d  # (inverted in place)
 
         def back(z, ys=None):  # J_mᵀ (y − Jθ z), (M,): Jθ z = −Q T z[star]
             zf = np.ascontiguousarray((z * free_s).T)
@@ -723,6 +780,8 @@ class FitProblem:
                     basis = ccd_terms[slot][0]
                     core = cores[slot][lo:hi]
                     m = np.swapaxes(core, 1, 2) @ inner @ core
+                    if not cores.masked[slot]:
+                        m *= cores.weights[lo:hi, None, None]
                     b = accs[slot][local[slot][indices[slot][int(starts[c])]]]
                     for a in range(2):
                         for e in range(a, 2):
