@@ -444,8 +444,13 @@ class JointFit:
         geometry = np.array([(g.cx, g.cy, g.scale) for g in association.geometry])
         cx, cy, scale = (geometry[ccd, k] for k in range(3))
         u, v = (meas.x[rows] - cx) / scale, (meas.y[rows] - cy) / scale
-        cov_px = np.stack([np.stack([meas.cov_xx[rows], meas.cov_xy[rows]], 1),
-                           np.stack([meas.cov_xy[rows], meas.cov_yy[rows]], 1)], 1)
+        del cx, cy
+        # filled in place (nested np.stack made three times its size in copies: the set-up's peak)
+        cov_px = np.empty((len(rows), 2, 2))
+        cov_px[:, 0, 0] = meas.cov_xx[rows]
+        cov_px[:, 0, 1] = meas.cov_xy[rows]
+        cov_px[:, 1, 0] = cov_px[:, 0, 1]
+        cov_px[:, 1, 1] = meas.cov_yy[rows]
         slots = model.slot_starts(visit_of_ccd, det_of_ccd)
         params, fixed = model.initial(association.per_ccd_poly, visit_of_ccd, det_of_ccd, opt.reference_visit)
         problem = Problem(ccd=ccd, u=u, v=v, pix_scale=scale, cov_px=cov_px, slots=slots, star=star, visit=visit, dt=dt,
