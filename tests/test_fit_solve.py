@@ -303,3 +303,23 @@ def test_a_step_masks_clipped_measurements_itself(captured):
         np.testing.assert_array_equal(a, b)
     assert by_weights[3] == by_hand[3]
     assert not np.allclose(by_weights[0], unclipped[0], rtol=1e-6, atol=0)
+
+
+def test_large_fits_give_the_heap_back_at_every_product(captured, monkeypatch):
+    """Above TRIM_EACH_PRODUCT measurements the free heap is given back at each product of
+    conjugate gradients, not only before the step; the step is the same either way."""
+    import jointcal_ap.fit.solve as solve_module
+
+    fns, params, theta, white, active = captured["start"]
+    calls = []
+    real = solve_module.release_free_heap
+    monkeypatch.setattr(solve_module, "release_free_heap", lambda: (calls.append(1), real())[1])
+    small = fns.step(params, theta, white, active)
+    before_step_only = len(calls)
+    monkeypatch.setattr(solve_module, "TRIM_EACH_PRODUCT", 0)
+    calls.clear()
+    large = fns.step(params, theta, white, active)
+    assert before_step_only == 1
+    assert len(calls) >= 1 + large[2]  # one before the step, one per CG iteration at least
+    for a, b in zip(small[:2], large[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
