@@ -45,9 +45,7 @@ def survey(tmp_path_factory):
     return simulate_survey(config, tmp_path_factory.mktemp("solve") / "sim")
 
 
-@pytest.fixture(scope="module")
-def captured(survey):
-    """A constrained fit's FitProblem and the starting point of its first Gauss-Newton call."""
+def _capture(survey, model):
     state = {}
     real = jointfit_module.gauss_newton
 
@@ -58,11 +56,23 @@ def captured(survey):
     jointfit_module.gauss_newton = spy
     try:
         result = JointFit(survey.read("parquet"), open_refcat(survey.refcat_dir),
-                          FitOptions(model="constrained", star_params=5)).run()
+                          FitOptions(model=model, star_params=5)).run()
     finally:
         jointfit_module.gauss_newton = real
     state["result"] = result
     return state
+
+
+@pytest.fixture(scope="module")
+def captured(survey):
+    """A constrained fit's FitProblem and the starting point of its first Gauss-Newton call."""
+    return _capture(survey, "constrained")
+
+
+@pytest.fixture(scope="module")
+def captured_simple(survey):
+    """The same for a simple (polynomial per CCD) fit: one slot, with no G factor."""
+    return _capture(survey, "simple")
 
 
 def test_threads_do_not_change_a_step(captured):
@@ -280,16 +290,22 @@ def test_pixel_scale_must_be_one_per_ccd(survey, monkeypatch):
         JointFit(survey.read("parquet"), open_refcat(survey.refcat_dir), FitOptions(star_params=5)).run()
 
 
-def test_a_step_masks_clipped_measurements_itself(captured):
+@pytest.mark.parametrize("fixture, masked", [("captured", [True, False]), ("captured_simple", [False])])
+def test_a_step_masks_clipped_measurements_itself(request, fixture, masked):
     """The step never copies the whitening masked: clipped rows are zeroed where they are used
-    (r, Q, the cores W·G; J_m x for the slot whose core is the whitening itself; the
+    (r, Q, the cores W·G; J_m x for a slot whose core is the whitening itself; the
     preconditioner). So clipping by the weights gives exactly the step of a whitening whose
     clipped rows were zeroed by hand with every weight 1, and a step that differs from the
-    unclipped one."""
-    fns, params, theta, white, active = captured["start"]
+    unclipped one. Constrained model: a G slot, then one without; simple model: one slot without."""
+    fns, params, theta, white, active = request.getfixturevalue(fixture)["start"]
     clipped = np.zeros(fns.n_meas, dtype=bool)
     clipped[::7] = True
     weights = np.where(clipped, 0.0, 1.0)
+    with fns._threads() as run:
+        cores = fns._first_pass(params, fns._stars_in(theta), white, weights, run)[3]
+    assert cores.masked == masked
+    for core, is_masked in zip(cores, masked, strict=True):
+        assert (core is white) == (not is_masked)  # the slot without G shares the caller's whitening
     kept_precond = fns._precond
     steps = []
     try:
@@ -301,8 +317,15 @@ def test_a_step_masks_clipped_measurements_itself(captured):
     by_weights, by_hand, unclipped = steps
     for a, b in zip(by_weights[:2], by_hand[:2], strict=True):
         np.testing.assert_array_equal(a, b)
-    assert by_weights[3] == by_hand[3]
+    assert by_weights[2:] == by_hand[2:]  # the same CG iterations and predicted decrease
     assert not np.allclose(by_weights[0], unclipped[0], rtol=1e-6, atol=0)
+
+
+def test_a_step_refuses_fractional_weights(captured):
+    """Masking where the whitening is used is a weighting only for 0 and 1."""
+    fns, params, theta, white, _ = captured["start"]
+    with pytest.raises(ValueError, match=r"0 \(clipped\) or 1"):
+        fns.step(params, theta, white, np.full(fns.n_meas, 0.5))
 
 
 def test_large_fits_give_the_heap_back_at_every_product(captured, monkeypatch):

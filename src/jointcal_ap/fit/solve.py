@@ -55,9 +55,10 @@ class Problem:
 
     Per measurement (n): ``ccd`` (index of its CCD), ``u``, ``v`` normalised pixels;
     ``pix_scale`` (pixels per unit of u, the same for all of a CCD's measurements); ``cov_px``
-    (n, 2, 2) pixel covariance; ``star`` (n,); ``visit`` (n,); ``dt`` (n,) years from the fit
-    epoch; ``plx_factor`` (n, 2) mas of displacement per mas of parallax; ``extra`` (n, 2)
-    fixed extra displacement in mas (exact reference-catalog motion minus its linear part).
+    (n, 2, 2) pixel covariance (symmetric: only its xx, xy and yy entries are read); ``star``
+    (n,); ``visit`` (n,); ``dt`` (n,) years from the fit epoch; ``plx_factor`` (n, 2) mas of
+    displacement per mas of parallax; ``extra`` (n, 2) fixed extra displacement in mas (exact
+    reference-catalog motion minus its linear part).
     Per CCD: ``slots``: per parameter slot, the first parameter of each CCD's block and the
     slot's number of basis terms K (a block is 2K parameters: ξ then η coefficients).
     Per star (N): ``e0``, ``ea``, ``ed`` (N, 3) unit vectors (position, east, north).
@@ -333,7 +334,7 @@ class FitProblem:
         self.model_free = (~problem.model_fixed).astype(np.float64)
         self.sys2 = float(problem.systematic_mas) ** 2
         self._precond = None  # built by the first step (see _preconditioner)
-        self._pixel_basis = None  # per segment, kept by the first step (see _first_pass) (False: too large to keep)
+        self._pixel_basis = None  # per segment, kept by the first _first_pass (False: too large to keep)
         self._raw_kept = None  # (params, theta, model − prediction) of the last _raw
         # star sums, chunk by chunk, over the stars the chunk sees only: an incidence matrix of
         # (stars of the chunk × chunk), and those stars' numbers to add its sums into (N, k).
@@ -499,8 +500,9 @@ class FitProblem:
                 out[starts[c]:starts[c] + 2 * k] += (terms[i][slot][0].T @ z[a - lo:b - lo]).T.ravel()
 
     def _cores(self, white, active, folded, had_g):
-        """Per slot, W·G for every measurement, zero where clipped (n, 2, 2); and the weights the
-        products must apply themselves (see :class:`_Cores`). ``folded``: per slot, the W·G that
+        """Per slot, W·G for every measurement (n, 2, 2), zero where clipped, except for a slot with
+        no G factor anywhere, whose core is ``white`` itself, not masked; and the weights the
+        products must apply for those (see :class:`_Cores`). ``folded``: per slot, the W·G that
         :meth:`_first_pass` filled for the CCDs with a G factor (``had_g[slot, segment]``; None: no CCD
         has one); the other CCDs' rows (G the identity) are filled here."""
         cores = []
@@ -653,7 +655,12 @@ class FitProblem:
         estimated to gain is below this (absolute χ²; see :func:`_pcg`); 0 solves to
         :data:`CG_TOLERANCE` only. The preconditioner is built at the first step and reused
         (see :meth:`_preconditioner`).
+
+        ``active`` (from :meth:`active`) must be 0 or 1 per measurement: the step masks the
+        whitening where it uses it, which is a weighting only for those two values.
         """
+        if not np.all((active == 0) | (active == 1)):
+            raise ValueError("active weights must be 0 (clipped) or 1 (kept); see FitProblem.active")
         self._raw_kept = None  # the step's own linearisation replaces it (memory)
         release_free_heap()
         with self._threads() as run:
