@@ -346,3 +346,22 @@ def test_large_fits_give_the_heap_back_at_every_product(captured, monkeypatch):
     assert len(calls) >= 1 + large[2]  # one before the step, one per CG iteration at least
     for a, b in zip(small[:2], large[:2], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_step_reuses_one_star_sums_buffer_and_releases_it(captured, monkeypatch):
+    """Every star sum of a step fills the same buffer (a fresh one per sum had its pages faulted
+    in anew), and the step does not hold it afterwards."""
+    fns, params, theta, white, active = captured["start"]
+    seen = []
+    real = type(fns)._sum_to_stars
+
+    def spy(self, chunk_sums, k, run):
+        out = real(self, chunk_sums, k, run)
+        seen.append(self._sums_buffer)
+        return out
+
+    monkeypatch.setattr(type(fns), "_sum_to_stars", spy)
+    fns.step(params, theta, white, active)
+    assert len(seen) > 3 and seen[0] is not None
+    assert all(buf is seen[0] for buf in seen)
+    assert fns._sums_buffer is None
