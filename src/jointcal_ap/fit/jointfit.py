@@ -48,6 +48,7 @@ from jointcal_ap.fit.solve import (
     Problem,
     SolveStats,
     gauss_newton,
+    index_dtype,
 )
 from jointcal_ap.refcat._arrow import to_numpy
 
@@ -326,8 +327,7 @@ class JointFit:
         meas = data.measurements
         rows = np.flatnonzero(association.meas_star >= 0)
         n_stars = association.n_stars
-        # per-measurement indices as int32 where they fit (held through the whole solve)
-        index = np.int32 if max(len(rows), n_stars, len(data.ccds)) < 2**31 else np.int64
+        index = index_dtype(len(rows), n_stars, len(data.ccds))
         star = association.meas_star[rows].astype(index)
         visit_of_ccd = data.visit_index_of_ccd()
         detectors = data.detectors()
@@ -457,7 +457,7 @@ class JointFit:
                           plx_factor=plx_factor, extra=extra, e0=e0, ea=ea, ed=ed, v0=v0, va=va, vd=vd,
                           prior_value=prior_value, prior_weight=prior_weight, star_free=star_free,
                           model_fixed=fixed, systematic_mas=opt.systematic_mas)
-        aux = {"rows": rows, "params": params, "fit_epoch": np.array(fit_epoch), "is_ref_star": is_ref,
+        aux = {"rows": rows, "ccd": ccd, "params": params, "fit_epoch": np.array(fit_epoch), "is_ref_star": is_ref,
                "theta0": theta0}
         return problem, aux
 
@@ -661,7 +661,7 @@ class JointFit:
             self._progress("astrometry", n_steps[0], None, f"chi2/measurement {chi2 / max(1, int(act.sum())):.4g}"
                            f"{f', clip round {len(clip_rounds)}' if clip_rounds else ''}")
 
-        ccd = self.data.measurements.ccd_index[aux["rows"]].astype(problem.star.dtype)
+        ccd = aux["ccd"]  # (the problem's own is released by FitProblem)
         star = problem.star  # association.meas_star of the rows fitted
         n_ccd = len(self.data.ccds)
         n_restored = restore_passes = 0

@@ -99,7 +99,6 @@ class Problem:
         return len(self.star)
 
 
-
 @dataclass
 class SolveStats:
     """What the solver did: χ² after every accepted step, CG iterations, stop reason."""
@@ -143,24 +142,17 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _sandwich(a: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """a c aᵀ row by row for symmetric c, (n, 2, 2): a symmetric result."""
-    t0 = a[:, 0, 0] * c[:, 0, 0] + a[:, 0, 1] * c[:, 1, 0]
-    t1 = a[:, 0, 0] * c[:, 0, 1] + a[:, 0, 1] * c[:, 1, 1]
-    u0 = a[:, 1, 0] * c[:, 0, 0] + a[:, 1, 1] * c[:, 1, 0]
-    u1 = a[:, 1, 0] * c[:, 0, 1] + a[:, 1, 1] * c[:, 1, 1]
+    """a c aᵀ row by row, a (n, 2, 2), c symmetric given by its distinct entries (n, 3): xx, xy,
+    yy; a symmetric (n, 2, 2) result."""
+    cxx, cxy, cyy = c[:, 0], c[:, 1], c[:, 2]
+    t0 = a[:, 0, 0] * cxx + a[:, 0, 1] * cxy
+    t1 = a[:, 0, 0] * cxy + a[:, 0, 1] * cyy
+    u0 = a[:, 1, 0] * cxx + a[:, 1, 1] * cxy
+    u1 = a[:, 1, 0] * cxy + a[:, 1, 1] * cyy
     out = np.empty(a.shape)
     out[:, 0, 0] = t0 * a[:, 0, 0] + t1 * a[:, 0, 1]
     out[:, 0, 1] = out[:, 1, 0] = t0 * a[:, 1, 0] + t1 * a[:, 1, 1]
     out[:, 1, 1] = u0 * a[:, 1, 0] + u1 * a[:, 1, 1]
-    return out
-
-
-def _symmetric_2x2(c: np.ndarray) -> np.ndarray:
-    """(n, 2, 2) symmetric matrices from their distinct entries (n, 3): xx, xy, yy."""
-    out = np.empty((len(c), 2, 2))
-    out[:, 0, 0] = c[:, 0]
-    out[:, 0, 1] = out[:, 1, 0] = c[:, 1]
-    out[:, 1, 1] = c[:, 2]
     return out
 
 
@@ -222,6 +214,12 @@ def release_free_heap() -> None:
         trim(0)
 
 
+def index_dtype(*sizes: int) -> type:
+    """int32 for indices into arrays of at most these sizes when they fit (half the bytes of
+    int64: the per-measurement indices are held through the whole solve), else int64."""
+    return np.int32 if max(sizes, default=0) < 2**31 else np.int64
+
+
 #: Fits of at least this many measurements give the C heap's free pages back at every product
 #: of conjugate gradients (see :func:`release_free_heap`), not only before each step.
 TRIM_EACH_PRODUCT = 1 << 22
@@ -281,7 +279,7 @@ class FitProblem:
         self.star_order = np.lexsort((ra, dec_strip)) if n_stars else np.zeros(0, np.int64)
         rank = np.empty(n_stars, dtype=np.int64)
         rank[self.star_order] = np.arange(n_stars)
-        index = np.int32 if max(n, n_stars) < 2**31 else np.int64  # (half the bytes of int64 at 10⁷)
+        index = index_dtype(n, n_stars)
         order = np.lexsort((rank[problem.star], problem.ccd)).astype(index)
         self.order = order
         self.inverse = np.empty(n, dtype=index)
@@ -336,8 +334,7 @@ class FitProblem:
         self._precond = None  # built by the first step (see _preconditioner)
         self._pixel_basis = None  # per segment, kept by the first _first_pass (False: too large to keep)
         self._raw_kept = None  # (params, theta, model − prediction) of the last _raw
-        self._in_step = False
-        self._sums_buffer = None  # the star sums' buffer, kept through a step (see _sum_to_stars)
+        self._sums_buffer = None  # the star sums' buffer, held through a step (see _sum_to_stars)
         # star sums, chunk by chunk, over the stars the chunk sees only: an incidence matrix of
         # (stars of the chunk × chunk), and those stars' numbers to add its sums into (N, k).
         # Summing (N × chunk) matrices instead made every star sum cost N per chunk, i.e. grow as
@@ -471,10 +468,10 @@ class FitProblem:
         lo, hi, first, stop = self.chunks[i]
         visit = np.repeat(self.segment_visit[first:stop], np.diff(self.segment_lo[first:stop + 1]))
         dots = np.empty((9, hi - lo))
-        for i, sv in enumerate((self.e0, self.ea, self.ed)):
+        for a, sv in enumerate((self.e0, self.ea, self.ed)):
             vec = np.take(sv, self.star[lo:hi], axis=0)
-            for j, vv in enumerate((self.v0, self.va, self.vd)):
-                dots[3 * i + j] = np.einsum("ij,ij->i", vec, np.take(vv, visit, axis=0))
+            for b, vv in enumerate((self.v0, self.va, self.vd)):
+                dots[3 * a + b] = np.einsum("ij,ij->i", vec, np.take(vv, visit, axis=0))
         return dots
 
     def _model_apply(self, terms, cores, x: np.ndarray, chunk) -> np.ndarray:
@@ -540,12 +537,9 @@ class FitProblem:
         keeps for all its star sums. A fresh one had its pages faulted in anew at each product of
         conjugate gradients: 0.59 s to fill 270 MB fresh, 11 ms to refill it, on the 2-core
         development machine."""
-        size = (self.star_offsets[-1], k)
         buf = self._sums_buffer
-        if buf is None or buf.shape != size:
-            buf = np.empty(size)
-            if self._in_step:
-                self._sums_buffer = buf
+        if buf is None or buf.shape[1] != k:
+            buf = np.empty((self.star_offsets[-1], k))
         offsets = self.star_offsets
 
         def place(i):
@@ -579,7 +573,7 @@ class FitProblem:
         _, _, duv = self.model.ccd_linearise(self._blocks(params, c), self.u[lo:hi], self.v[lo:hi],
                                              uv_jacobian=True)
         duv /= self.segment_scale[s]
-        cov = _sandwich(duv, _symmetric_2x2(self.cov_px[lo:hi]))
+        cov = _sandwich(duv, self.cov_px[lo:hi])
         cov[:, 0, 0] += self.sys2
         cov[:, 1, 1] += self.sys2
         return cov
@@ -674,12 +668,11 @@ class FitProblem:
             raise ValueError("active weights must be 0 (clipped) or 1 (kept); see FitProblem.active")
         self._raw_kept = None  # the step's own linearisation replaces it (memory)
         release_free_heap()
-        self._in_step = True
+        self._sums_buffer = np.empty((self.star_offsets[-1], 5))  # every star sum of the step fills it
         try:
             with self._threads() as run:
                 return self._step(params, theta, white, active, chi2_tol, run)
         finally:
-            self._in_step = False
             self._sums_buffer = None  # (270 MB at 10⁷: not held between steps)
 
     def _step(self, params, theta, white, active, chi2_tol, run):
