@@ -337,3 +337,29 @@ def test_ldac_date_obs_and_time_scales_agree_with_astropy(tmp_path):
     bad["DATE-OBS"] = "4 July 2019"
     with pytest.raises(FitInputError, match="DATE-OBS"):
         read_ldac(write_ldac(tmp_path / "bad.cat", [(bad, objects(1))]))
+
+
+def test_ldac_cut_at_an_extension_boundary_is_reported_by_the_fit(tmp_path):
+    """A catalog cut exactly after one of its CCDs is a valid FITS file with fewer CCDs: the
+    reader cannot refuse it, so the fit names the exposure and the detectors it lacks, in the
+    log and in the result's warnings (and so in fit_report.txt)."""
+    from jointcal_ap.fit import FitOptions, JointFit
+    from jointcal_ap.refcat import open_refcat
+    from jointcal_ap.simulate import SurveyConfig, simulate_survey
+
+    sim = simulate_survey(SurveyConfig(n_visits=4, n_stars=1500, seed=3), tmp_path / "sim")
+    cats = sorted((tmp_path / "sim" / "ldac").glob("*.cat"))
+    whole = cats[0].read_bytes()
+    with fits.open(cats[0]) as hdus:
+        n_ccds = (len(hdus) - 1) // 2
+        last = hdus[-2].fileinfo()["hdrLoc"]  # where the last CCD's LDAC_IMHEAD starts
+    assert n_ccds >= 2
+    cats[0].write_bytes(whole[:last])
+    data = read_inputs([str(p) for p in cats])
+    assert sum(c.visit == data.visits[0].visit for c in data.ccds) == n_ccds - 1
+    result = JointFit(data, open_refcat(sim.refcat_dir), FitOptions(fit="astrometry")).run()
+    lacking = [w for w in result.warnings if "no CCD of detector" in w]
+    assert len(lacking) == 1 and cats[0].name in lacking[0]
+    complete = JointFit(read_inputs([str(p) for p in cats[1:]]), open_refcat(sim.refcat_dir),
+                        FitOptions(fit="astrometry")).run()
+    assert not [w for w in complete.warnings if "no CCD of detector" in w]

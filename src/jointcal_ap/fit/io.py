@@ -57,7 +57,9 @@ astropy's ``all_pix2world``, without building WCS objects), any other projection
 
 The FITS-LDAC files are read by :mod:`jointcal_ap.fit.fits_tables` (NumPy views of the
 binary tables, no astropy); a file that ends before the data its headers announce is an
-error naming it, never a catalog with fewer CCDs.
+error naming it, never a catalog with fewer CCDs. A file cut exactly at the end of an
+extension is a valid FITS file with fewer CCDs; the fit warns about any exposure that lacks
+detectors the others have (:meth:`jointcal_ap.fit.JointFit.run`).
 """
 
 from __future__ import annotations

@@ -484,6 +484,9 @@ class JointFit:
         opt = self.options
         self._progress = progress or (lambda *args: None)
         self._check_every_ccd_has_measurements()
+        incomplete = self._incomplete_visits()
+        for text in incomplete:
+            log.warning("%s", text)
         n_visits = len(self.data.visits)
         t0 = time.perf_counter()
         pixel_scale = initial_pixel_scale_arcsec(self.data)
@@ -525,6 +528,7 @@ class JointFit:
                             "measurement of a star tied to the others): %s", len(uncalibrated), uncalibrated[:10])
             log.info("photometry: χ²/dof = %.3f over %d measurements of %d stars (%d reference)",
                      ph.chi2_per_dof, ph.n_measurements, ph.n_stars, ph.n_reference_stars)
+        result.warnings = [*incomplete, *result.warnings]
         return result
 
     def _association_result(self, association: Association, seconds: dict[str, float]) -> FitResult:
@@ -758,6 +762,29 @@ class JointFit:
         log.info("fit: χ²/dof = %.3f over %d measurements, %d clipped", result.chi2_per_dof, act.sum(),
                  result.n_clipped)
         return result
+
+    def _incomplete_visits(self) -> list[str]:
+        """A warning per exposure that lacks CCDs of detectors other exposures have.
+
+        A FITS-LDAC catalog cut short exactly at the end of an extension is a valid FITS file
+        with fewer CCDs, which no reader can tell from a complete one; so is a catalog whose
+        SExtractor run skipped a CCD. The fit goes on (an exposure may truly lack a dead CCD),
+        but says so, naming the exposure and the detectors it lacks.
+        """
+        data = self.data
+        have: dict[int, set[int]] = {}
+        for c in data.ccds:
+            have.setdefault(c.visit, set()).add(c.detector)
+        every = set().union(*have.values()) if have else set()
+        out = []
+        for v in data.visits:
+            missing = sorted(every - have.get(v.visit, set()))
+            if missing:
+                out.append(f"{v.name or f'visit {v.visit}'}: no CCD of detector(s) {missing}, which other "
+                           f"exposures have ({len(have.get(v.visit, ()))} of {len(every)} detectors): a catalog "
+                           f"cut short at the end of an extension reads as a valid file with fewer CCDs; "
+                           f"check that this exposure is complete")
+        return out
 
     def _check_every_ccd_has_measurements(self) -> None:
         """A CCD without a single source is refused before any work, naming its file and place.
