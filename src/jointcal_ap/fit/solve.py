@@ -533,7 +533,7 @@ class FitProblem:
         stars (``chunk_stars[i]``), (n_i, k); ``run(fn, chunk indices)`` runs ``fn`` on them (in
         threads). Each star's total is its chunk sums added in chunk order, as adding them into an
         (N, k) array chunk after chunk would, to the last bit. The chunks' sums are held together
-        for the product: Σ n_i × k numbers (k = 5: 270 MB at 10⁷ measurements), in a buffer a step
+        for the product: Σ n_i × k numbers (k = 5: 389 MB at 10⁷ measurements), in a buffer a step
         keeps for all its star sums. A fresh one had its pages faulted in anew at each product of
         conjugate gradients: 0.59 s to fill 270 MB fresh, 11 ms to refill it, on the 2-core
         development machine."""
@@ -673,7 +673,7 @@ class FitProblem:
             with self._threads() as run:
                 return self._step(params, theta, white, active, chi2_tol, run)
         finally:
-            self._sums_buffer = None  # (270 MB at 10⁷: not held between steps)
+            self._sums_buffer = None  # (389 MB at 10⁷: not held between steps)
 
     def _step(self, params, theta, white, active, chi2_tol, run):
         free_s, free_m = self.star_free, self.model_free
@@ -736,7 +736,7 @@ class FitProblem:
         d_inv = d  # (inverted in place)
 
         # per-star work arrays for the products, reused: a fresh (N, 5) array each time had its
-        # pages faulted in anew (three per product of conjugate gradients, 50 MB each at 10⁷)
+        # pages faulted in anew (three per product of conjugate gradients, 44 MB each at 10⁷)
         z_work, zt_work = np.empty((self.n_stars, 5)), np.empty((5, self.n_stars))
 
         def back(z, ys=None):  # J_mᵀ (y − Jθ z), (M,): Jθ z = −Q T z[star]; z may be z_work
