@@ -318,3 +318,62 @@ def test_warp_to_fast_path_matches_gather_on_real_wcs(sky):
         for plane in ("image", "variance", "mask"):
             np.testing.assert_array_equal(getattr(fast, plane), getattr(slow, plane), err_msg=name)
         assert np.isfinite(fast.image).mean() > 0.3, name
+
+
+def test_template_of_one_overlapping_input_among_several_is_that_input(sky):
+    """Inputs that do not overlap the target are skipped; when one is left, the template is
+    the one-input template (no float64 coadd), the same planes bit for bit."""
+    src = _exposure(sky, _header(crval1=150.0004, rot_deg=7.0), 5)
+    far = _exposure(sky, _header(crval1=160.0), 6)
+    alone = build_template([src], _header(), shape=SHAPE)
+    for inputs in ([src, far], [far, src], [far, src, far]):
+        t = build_template(inputs, _header(), shape=SHAPE)
+        assert t.inputs == ("exp5",)
+        for name in ("image", "variance", "mask"):
+            assert np.array_equal(getattr(t, name), getattr(alone, name), equal_nan=True)
+    both = build_template([src, far, _exposure(sky, _header(crval1=150.0002), 7)], _header(),
+                          shape=SHAPE)
+    assert both.inputs == ("exp5", "exp7")
+    assert not np.array_equal(both.image, alone.image, equal_nan=True)
+
+
+def test_block_jacobian_from_the_positions_matches_the_spline_derivatives():
+    """The flux-conserving Jacobian from differences of the block's positions, against the
+    mapping splines' own derivatives at every pixel: a distorted (SIP) and rotated mapping,
+    blocks inside the grid, on its edges, and with padding rows and columns past them."""
+    from jointcal_ap.diffim.warp import block_mapping, pixel_mapping
+
+    shape = (700, 900)
+    target = WCS(_header(crpix=(450.5, 350.5)))
+    source = _header(crval1=150.002, rot_deg=3.0, scale=5.2e-5, crpix=(440.0, 360.0))
+    source["CTYPE1"], source["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
+    source.update({"A_ORDER": 3, "B_ORDER": 3, "A_2_0": 4e-5, "A_0_2": -2e-5, "A_3_0": 3e-8,
+                   "B_1_1": 3e-5, "B_0_3": -4e-8, "B_2_1": 2e-8})
+    mx, my = pixel_mapping(target, WCS(source), shape)
+
+    def derivatives(r, c):
+        return np.abs(mx(r, c, dx=0, dy=1) * my(r, c, dx=1, dy=0)
+                      - mx(r, c, dx=1, dy=0) * my(r, c, dx=0, dy=1))
+
+    inside = edges = 0.0
+    for first_row, n_rows, n, first_col, n_cols, width in [
+            (37, 256, 256, 1, 900, 900),        # the left and right edges
+            (1, 256, 256, 101, 512, 512),       # the top edge
+            (601, 256, 100, 1, 1024, 900),      # the bottom edge, padding past two edges
+            (300, 256, 256, 389, 512, 512),     # inside, and the right edge
+            (699, 256, 2, 1, 1024, 900)]:       # two rows left at the bottom
+        rows = np.arange(first_row, first_row + n_rows, dtype=float)
+        cols = np.arange(first_col, first_col + n_cols, dtype=float)
+        xs, ys, jac = block_mapping(mx, my, rows, cols, n, width, shape)
+        assert np.array_equal(xs, mx(rows, cols)) and np.array_equal(ys, my(rows, cols))
+        exact = derivatives(rows[:n], cols[:width])
+        assert jac.shape == exact.shape == (n, width)
+        error = np.abs(jac / exact - 1)
+        on_edge = np.zeros(error.shape, bool)   # the grid's outermost rows and columns
+        on_edge[rows[:n] == 1.0] = on_edge[rows[:n] == shape[0]] = True
+        on_edge[:, cols[:width] == 1.0] = on_edge[:, cols[:width] == shape[1]] = True
+        edges = max(edges, float(error[on_edge].max(initial=0.0)))
+        inside = max(inside, float(error[~on_edge].max(initial=0.0)))
+    assert exact.max() / exact.min() - 1 > 0.02                  # the Jacobian does vary
+    # central differences: a sixth of the third derivative; one-sided (the edges): a third
+    assert inside < 5e-8 and edges < 2e-7

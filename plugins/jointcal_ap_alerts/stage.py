@@ -78,6 +78,18 @@ class ExportAlertsStage(Stage):
         return {"alerts": batch.records()}
 
 
+    def warm_up(self) -> None:
+        """Import the packet and cutout code, and open the APDB and the alert sink (its
+        producer's connection and the schema's registration) once per worker."""
+        from jointcal_ap.alerts.cutouts import make_cutouts  # noqa: F401
+        from jointcal_ap.alerts.packets import alerts_for_unit  # noqa: F401
+        from jointcal_ap.stages import open_resource
+
+        open_resource("apdb", self.options.apdb_url)
+        if self.options.sink:
+            open_resource("alert_sink", self.options.sink)
+
+
 def register(registry) -> None:
     """Add the stage (its dataset types are the core's)."""
     registry.add_stage(ExportAlertsStage)

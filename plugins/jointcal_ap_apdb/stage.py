@@ -102,6 +102,23 @@ class AssociateStage(OrderedStage):
         }
 
 
+    def warm_up(self) -> None:
+        """Import association and forced photometry, read the APDB schema and the orbit
+        catalog, and open the APDB (once per worker, as ``run`` would)."""
+        from jointcal_ap.apdb.ap import associate_unit  # noqa: F401
+        from jointcal_ap.dia import forced_photometry  # noqa: F401
+        from jointcal_ap.schemas import apdb_schema
+        from jointcal_ap.stages import open_resource
+
+        apdb_schema()
+        opts = self.options
+        if opts.orbits:
+            from jointcal_ap.sso.associate import associate_sso  # noqa: F401
+
+            _orbits(os.path.abspath(opts.orbits), os.stat(opts.orbits).st_mtime_ns)
+        open_resource("apdb", opts.apdb_url)
+
+
 def register(registry) -> None:
     """Add the stage (its dataset types are the core's)."""
     registry.add_stage(AssociateStage)

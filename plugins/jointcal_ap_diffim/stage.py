@@ -76,6 +76,12 @@ class TemplateStage(Stage):
                               f"template needs at least {self.options.min_visits}")
         return {"template": build_template([calexps[d].get() for d in chosen], calexp)}
 
+    def warm_up(self) -> None:
+        """Import the warp (JAX included) and build its jitted kernels' wrappers."""
+        from jointcal_ap.diffim import _warp_kernel, build_template  # noqa: F401
+
+        _warp_kernel._kernel()
+
 
 @dataclass(frozen=True)
 class DifferenceOptions:
@@ -142,6 +148,19 @@ class DifferenceStage(Stage):
             zero_copy_only=False), bool))) if table.num_rows else 0
         return {"difference": diff, "dia_sources": table, "difference_qa": qa}
 
+    def warm_up(self) -> None:
+        """Import subtraction and measurement, read the APDB schema, load the packaged
+        real/bogus model (a model file is read by each unit, as it may change)."""
+        from jointcal_ap.dia import measure_dia_sources  # noqa: F401
+        from jointcal_ap.diffim import subtract  # noqa: F401
+        from jointcal_ap.schemas import apdb_schema
+
+        apdb_schema()
+        if self.options.measure and self.options.reliability_model.lower() == "default":
+            from jointcal_ap.realbogus.model import default_model
+
+            default_model()
+
 
 @dataclass(frozen=True)
 class InjectOptions:
@@ -190,6 +209,12 @@ class InjectStage(Stage):
         truth = Table({name: _column(result.truth.column(name))
                        for name in result.truth.column_names})
         return {"injected": result.image, "injection_truth": truth}
+
+    def warm_up(self) -> None:
+        """Import the injection and astropy's tables."""
+        from astropy.table import Table  # noqa: F401
+
+        from jointcal_ap.dia import inject_sources  # noqa: F401
 
 
 def _column(column: Any) -> np.ndarray:

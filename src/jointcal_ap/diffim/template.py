@@ -18,6 +18,7 @@ An external template (a FITS image with a WCS, and ``VARIANCE``/``MASK`` extensi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -166,9 +167,17 @@ def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int
         from tqdm import tqdm
 
         iterator = tqdm(calexps, desc="warp", unit="exposure")
-    warped = (_warp_or_skip(exp, twcs, (ny, nx), theader, grid_step) for exp in iterator)
-    coadd = _one_input if len(calexps) == 1 else _coadd
-    image, variance, mask, count, header, names = coadd(warped, (ny, nx))
+    warped = (w for w in (_warp_or_skip(exp, twcs, (ny, nx), theader, grid_step)
+                          for exp in iterator) if w is not None)
+    # one input that overlaps (a neighbouring detector of the same visit often does not)
+    # needs no float64 coadd: look at most one overlapping input ahead, to find out
+    first = next(warped, None)
+    second = next(warped, None)
+    if second is None:
+        image, variance, mask, count, header, names = _one_input(iter([first]), (ny, nx))
+    else:
+        image, variance, mask, count, header, names = _coadd(
+            itertools.chain([first, second], warped), (ny, nx))
     psf = None
     if fit_template_psf:
         try:

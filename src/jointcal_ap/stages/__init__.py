@@ -15,7 +15,7 @@ and run a pipeline::
 Nothing here starts Dask or builds a plugin manager at import time.
 """
 
-from jointcal_ap.stages.context import DatasetHandle, StageContext
+from jointcal_ap.stages.context import DatasetHandle, StageContext, open_resource
 from jointcal_ap.stages.contract import (
     DatasetType,
     GatherStage,
@@ -77,6 +77,7 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
     "load_pipeline",
+    "open_resource",
     "option",
     "resolve_pipeline",
     "run_pipeline",

@@ -349,6 +349,17 @@ class Stage:
         """Process one unit: ``inputs`` by port name → ``{output port: value}``."""
         raise NotImplementedError
 
+    def warm_up(self) -> None:
+        """Load, once per worker process, what every unit needs before its first unit comes:
+        the modules ``run`` imports, packaged models, shared resources (``self.context`` is
+        not set here: open resources with :func:`~jointcal_ap.stages.context.open_resource`).
+
+        The runner calls it on each worker when a run starts, so that a worker's first unit
+        takes as long as the next ones (an alert's latency does not include importing JAX).
+        The default does nothing. An exception is logged as a warning and the run goes on:
+        the unit meets the same cost, or the same error, on its own.
+        """
+
 
 class GatherStage(Stage):
     """A stage called once with every unit of the run: ``run(units, **inputs)``.

@@ -586,6 +586,44 @@ def _ingest_missing(resolved: ResolvedPipeline, repo: Repository, units: Sequenc
 
 # --------------------------------------------------------------------------- execution
 
+#: The C heap of LocalCluster worker processes (glibc reads these when a process starts).
+#: Dask's own default hands freed memory back to the system at once
+#: (``MALLOC_TRIM_THRESHOLD_=65536``), and glibc maps every block over 32 MiB (a 4k × 4k
+#: plane is 64 MiB) afresh and unmaps it on free, so each plane a stage allocates costs a
+#: page fault per page; on a VM whose balloon takes freed pages back from the guest, more
+#: still (docs/benchmarks.md, the latency section: the median unit went 35.2 → 20.0 s). With
+#: these a worker keeps its heap at its largest unit's size and reuses it: all allocations
+#: come from one arena, none from ``mmap``, and the heap is not trimmed. Set
+#: ``JOINTCAL_AP_WORKER_HEAP=release`` to keep Dask's defaults instead (workers that must give
+#: memory back between units). Workers of a scheduler given by address keep their own.
+WORKER_HEAP_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                   "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
+
+
+def _worker_environ() -> dict[str, Any]:
+    """Dask's ``pre-spawn-environ`` for the run's LocalCluster (see :data:`WORKER_HEAP_ENV`)."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    if os.environ.get("JOINTCAL_AP_WORKER_HEAP", "keep").strip().lower() != "release":
+        environ.update(WORKER_HEAP_ENV)
+    return environ
+
+
+def _warm_up(resolved: ResolvedPipeline) -> list[str]:
+    """A Dask task on each worker: every stage's :meth:`~jointcal_ap.stages.Stage.warm_up`;
+    returns the errors (each naming its stage) instead of raising."""
+    use_plugins(resolved.plugin_refs)
+    errors = []
+    for segment in resolved.segments:
+        for step in segment.stages:
+            try:
+                step.stage(step.options).warm_up()
+            except Exception as exc:
+                errors.append(f"stage {step.label!r} {step.origin}: warm_up failed: "
+                              f"{type(exc).__name__}: {exc}")
+    return errors
+
 
 class _Executor:
     """Runs tasks inline or on Dask (connecting lazily, closing at the end)."""
@@ -598,6 +636,7 @@ class _Executor:
         self.cluster: Any = None
         self.scheduler = "inline" if inline else "nothing to do"
         self.used = False  # whether any task ran
+        self.warmed = False  # whether the workers ran the stages' warm_up
         self._config: Any = None
 
     def connect(self, n_tasks: int) -> None:
@@ -610,7 +649,9 @@ class _Executor:
         # settings: ``run`` reruns every lost task alone, so a dying task never fails an
         # innocent one either way.)
         self._config = dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
-                                        "distributed.scheduler.allowed-failures": 1})
+                                        "distributed.scheduler.allowed-failures": 1,
+                                        "distributed.nanny.pre-spawn-environ":
+                                            _worker_environ()})
         self._config.__enter__()
         if self.dask_address:
             try:
@@ -651,6 +692,8 @@ class _Executor:
                 return
             if self.client is None:
                 self.connect(len(tasks))
+            if not self.warmed:
+                self.warm_up(resolved)
             from distributed import as_completed
 
             stamp = time.time_ns()
@@ -691,6 +734,22 @@ class _Executor:
                 done[i] = results
                 on_result(results)
                 bar.update(len(results))
+
+    def warm_up(self, resolved: ResolvedPipeline) -> None:
+        """Run every stage's ``warm_up`` once on each worker, before the first unit (a task
+        pinned to each worker; errors are logged, and the run goes on)."""
+        self.warmed = True
+        start = time.perf_counter()
+        workers = list(self.client.scheduler_info()["workers"])
+        futures = [self.client.submit(_warm_up, resolved, pure=False, workers=[w],
+                                      allow_other_workers=False,
+                                      key=f"warm-up-{i}-{time.time_ns()}")
+                   for i, w in enumerate(workers)]
+        for errors in self.client.gather(futures, errors="skip"):
+            for error in sorted(set(errors)):
+                log.warning("%s (the stage's first unit on the worker meets this itself)",
+                            error)
+        log.info("warmed up %d worker(s) in %.1f s", len(workers), time.perf_counter() - start)
 
     def close(self) -> None:
         if self.client is not None:
