@@ -130,12 +130,40 @@ class Rendezvous(Stage):
         return {"copy": image.copy()}
 
 
+#: Processes in which ``warmed_up``'s warm_up ran (see the runner's warm-up test).
+WARMED: set[int] = set()
+
+
+class WarmedUp(Stage):
+    """Reports whether its warm_up ran in this process before the unit, and the C heap's
+    environment the process started with."""
+
+    name = "warmed_up"
+    version = "1"
+    inputs: ClassVar[dict[str, str]] = {"image": "Array"}
+    outputs: ClassVar[dict[str, str]] = {"state": "Json"}
+
+    @dataclass(frozen=True)
+    class Options:
+        fail: bool = option(False, doc="warm_up raises (for the tests)")
+
+    def warm_up(self) -> None:
+        if self.options.fail:
+            raise OSError("the model file is not there")
+        WARMED.add(os.getpid())
+
+    def run(self, unit: Unit, image: np.ndarray) -> dict[str, Any]:
+        return {"state": {"warmed": os.getpid() in WARMED, "pid": os.getpid(),
+                          "arena_max": os.environ.get("MALLOC_ARENA_MAX"),
+                          "trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_")}}
+
+
 class TestPlugin:
     """Registers the test stages (a plugin can be any object with hookimpls)."""
 
     @hookimpl
     def jointcal_ap_register_stages(self, registry) -> None:
-        for stage in (MakeImage, Measure, WrongType, MissingOutput, Rendezvous):
+        for stage in (MakeImage, Measure, WrongType, MissingOutput, Rendezvous, WarmedUp):
             registry.add_stage(stage)
 
 

@@ -243,6 +243,48 @@ def test_default_local_cluster(tmp_path):
     assert summary.done == 2 and summary.ok
 
 
+def _warm_pipeline(template: str, fail: bool = False) -> Pipeline:
+    return Pipeline.from_dict({
+        "pipeline": {"name": "warm"}, "inputs": {"seed": template},
+        "stages": [{"name": "make_image", "options": {"size": 4}},
+                   {"name": "warmed_up", "options": {"fail": fail}}]}, source="warm.toml")
+
+
+def test_workers_warm_up_before_their_first_unit_and_keep_their_heap(tmp_path, monkeypatch,
+                                                                     caplog):
+    """Each LocalCluster worker runs every stage's warm_up before its first unit, and starts
+    with the C heap settings of WORKER_HEAP_ENV (Dask's own with JOINTCAL_AP_WORKER_HEAP=
+    release); a warm_up that raises is a warning, and the units still run."""
+    from jointcal_ap.stages.runner import WORKER_HEAP_ENV
+
+    units = UNITS[:4]
+    template = write_seeds(tmp_path / "in", units)
+
+    def states(out: Path, **kwargs: Any) -> list[dict]:
+        summary = run_pipeline(_warm_pipeline(template, **kwargs), units, output=out,
+                               workers=2, plugin_manager=test_manager(), progress=False)
+        assert summary.ok and summary.done == len(units)
+        return [json.loads(p.read_text()) for p in sorted(out.glob("units/*/state.json"))]
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    kept = states(tmp_path / "kept")
+    assert "MALLOC_ARENA_MAX" not in os.environ               # this process's is put back
+    assert len(kept) == 4 and len({s["pid"] for s in kept}) == 2   # both workers ran units
+    assert all(s["warmed"] for s in kept)
+    assert {s["arena_max"] for s in kept} == {WORKER_HEAP_ENV["MALLOC_ARENA_MAX"]}
+    assert {s["trim_threshold"] for s in kept} == {WORKER_HEAP_ENV["MALLOC_TRIM_THRESHOLD_"]}
+
+    monkeypatch.setenv("JOINTCAL_AP_WORKER_HEAP", "release")
+    with caplog.at_level(logging.WARNING, logger="jointcal_ap.stages.runner"):
+        released = states(tmp_path / "released", fail=True)
+    assert not any(s["warmed"] for s in released)
+    assert {s["arena_max"] for s in released} == {None}
+    assert {s["trim_threshold"] for s in released} == {"65536"}     # Dask's default
+    warnings = [r.getMessage() for r in caplog.records if "warm_up failed" in r.getMessage()]
+    assert warnings and "OSError: the model file is not there" in warnings[0]
+    assert "'warmed_up'" in warnings[0]
+
+
 # ----------------------------------------------------------------------------- built-in stages
 
 NX = NY = 96

@@ -595,19 +595,17 @@ def _ingest_missing(resolved: ResolvedPipeline, repo: Repository, units: Sequenc
 #: these a worker keeps its heap at its largest unit's size and reuses it: all allocations
 #: come from one arena, none from ``mmap``, and the heap is not trimmed. Set
 #: ``JOINTCAL_AP_WORKER_HEAP=release`` to keep Dask's defaults instead (workers that must give
-#: memory back between units). Workers of a scheduler given by address keep their own.
+#: memory back between units, or the values of these variables in this process's
+#: environment). Workers of a scheduler given by address keep their own settings.
 WORKER_HEAP_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
                    "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
 
 
-def _worker_environ() -> dict[str, Any]:
-    """Dask's ``pre-spawn-environ`` for the run's LocalCluster (see :data:`WORKER_HEAP_ENV`)."""
-    import dask
-
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    if os.environ.get("JOINTCAL_AP_WORKER_HEAP", "keep").strip().lower() != "release":
-        environ.update(WORKER_HEAP_ENV)
-    return environ
+def _worker_heap_env() -> dict[str, str]:
+    """The C heap variables the run's LocalCluster workers start with (none: Dask's own)."""
+    if os.environ.get("JOINTCAL_AP_WORKER_HEAP", "keep").strip().lower() == "release":
+        return {}
+    return dict(WORKER_HEAP_ENV)
 
 
 def _warm_up(resolved: ResolvedPipeline) -> list[str]:
@@ -649,9 +647,7 @@ class _Executor:
         # settings: ``run`` reruns every lost task alone, so a dying task never fails an
         # innocent one either way.)
         self._config = dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
-                                        "distributed.scheduler.allowed-failures": 1,
-                                        "distributed.nanny.pre-spawn-environ":
-                                            _worker_environ()})
+                                        "distributed.scheduler.allowed-failures": 1})
         self._config.__enter__()
         if self.dask_address:
             try:
@@ -665,10 +661,29 @@ class _Executor:
             from distributed import LocalCluster
 
             n = max(1, min(self.workers or os.cpu_count() or 1, n_tasks))
-            # ":0": a free port for the dashboard, so that two runs never collide.
-            self.cluster = LocalCluster(n_workers=n, threads_per_worker=1,
-                                        processes=self.processes, dashboard_address=":0",
-                                        silence_logs=logging.ERROR)
+            # Dask's nanny spawns the workers with its pre-spawn-environ, where a variable
+            # in this process's environment wins over the configuration, and leaves them in
+            # this environment (an earlier LocalCluster's MALLOC_TRIM_THRESHOLD_ would win):
+            # the heap variables go into both for the spawn, and are put back afterwards
+            heap = _worker_heap_env()
+            saved = {k: os.environ.get(k) for k in WORKER_HEAP_ENV}
+            spawn_env = dict(dask.config.get("distributed.nanny.pre-spawn-environ",
+                                             default={}) or {})
+            try:
+                os.environ.update(heap)
+                with dask.config.set({"distributed.nanny.pre-spawn-environ":
+                                      {**spawn_env, **heap}}):
+                    # ":0": a free port for the dashboard, so that two runs never collide.
+                    self.cluster = LocalCluster(n_workers=n, threads_per_worker=1,
+                                                processes=self.processes,
+                                                dashboard_address=":0",
+                                                silence_logs=logging.ERROR)
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
             self.client = Client(self.cluster)
             self.scheduler = f"LocalCluster({n} {'processes' if self.processes else 'threads'})"
 
