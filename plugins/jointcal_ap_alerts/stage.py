@@ -81,6 +81,8 @@ class ExportAlertsStage(Stage):
     def warm_up(self) -> None:
         """Import the packet and cutout code, and open the APDB and the alert sink (its
         producer's connection and the schema's registration) once per worker."""
+        import healpy  # noqa: F401  (the APDB's region queries)
+
         from jointcal_ap.alerts.cutouts import make_cutouts  # noqa: F401
         from jointcal_ap.alerts.packets import alerts_for_unit  # noqa: F401
         from jointcal_ap.stages import open_resource

@@ -105,6 +105,8 @@ class AssociateStage(OrderedStage):
     def warm_up(self) -> None:
         """Import association and forced photometry, read the APDB schema and the orbit
         catalog, and open the APDB (once per worker, as ``run`` would)."""
+        import healpy  # noqa: F401  (the APDB's region queries)
+
         from jointcal_ap.apdb.ap import associate_unit  # noqa: F401
         from jointcal_ap.dia import forced_photometry  # noqa: F401
         from jointcal_ap.schemas import apdb_schema
