@@ -77,7 +77,6 @@ class ExportAlertsStage(Stage):
                                    f"'jointcal-ap alerts send --resend-unsent'")
         return {"alerts": batch.records()}
 
-
     def warm_up(self) -> None:
         """Import the packet and cutout code, and open the APDB and the alert sink (its
         producer's connection and the schema's registration) once per worker."""

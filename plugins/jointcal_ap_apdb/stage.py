@@ -101,7 +101,6 @@ class AssociateStage(OrderedStage):
             "ss_sources": ss_sources if ss_sources is not None else schema["SSSource"].empty(),
         }
 
-
     def warm_up(self) -> None:
         """Import association and forced photometry, read the APDB schema and the orbit
         catalog, and open the APDB (once per worker, as ``run`` would)."""
