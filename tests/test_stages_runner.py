@@ -281,8 +281,9 @@ def test_workers_warm_up_before_their_first_unit_and_keep_their_heap(tmp_path, m
     assert {s["arena_max"] for s in released} == {None}
     assert {s["trim_threshold"] for s in released} == {"65536"}     # Dask's default
     warnings = [r.getMessage() for r in caplog.records if "warm_up failed" in r.getMessage()]
-    assert warnings and "OSError: the model file is not there" in warnings[0]
-    assert "'warmed_up'" in warnings[0]
+    assert len(warnings) == 1                                    # once, not once per worker
+    assert "OSError: the model file is not there" in warnings[0]
+    assert "'warmed_up'" in warnings[0] and "on 2 of 2 worker(s)" in warnings[0]
 
 
 # ----------------------------------------------------------------------------- built-in stages

@@ -760,10 +760,13 @@ class _Executor:
                                       allow_other_workers=False,
                                       key=f"warm-up-{i}-{time.time_ns()}")
                    for i, w in enumerate(workers)]
-        for errors in self.client.gather(futures, errors="skip"):
-            for error in sorted(set(errors)):
-                log.warning("%s (the stage's first unit on the worker meets this itself)",
-                            error)
+        errors: dict[str, int] = {}  # each error once, with the number of workers it hit
+        for worker_errors in self.client.gather(futures, errors="skip"):
+            for error in set(worker_errors):
+                errors[error] = errors.get(error, 0) + 1
+        for error, count in sorted(errors.items()):
+            log.warning("%s (on %d of %d worker(s); the stage's first unit on a worker meets "
+                        "this itself)", error, count, len(workers))
         log.info("warmed up %d worker(s) in %.1f s", len(workers), time.perf_counter() - start)
 
     def close(self) -> None:
