@@ -750,34 +750,36 @@ class _Executor:
                 on_result(results)
                 bar.update(len(results))
 
+    def _on_each_worker(self, fn: Callable[..., list[str]], *args: Any, name: str
+                        ) -> tuple[int, list[list[str]]]:
+        """``fn(*args)`` as a task pinned to each worker (where the stages run, in their
+        thread); returns the number of workers and the results of those that answered."""
+        workers = list(self.client.scheduler_info()["workers"])
+        futures = [self.client.submit(fn, *args, pure=False, workers=[w],
+                                      allow_other_workers=False,
+                                      key=f"{name}-{i}-{time.time_ns()}")
+                   for i, w in enumerate(workers)]
+        return len(workers), self.client.gather(futures, errors="skip")
+
     def warm_up(self, resolved: ResolvedPipeline) -> None:
-        """Run every stage's ``warm_up`` once on each worker, before the first unit (a task
-        pinned to each worker; errors are logged, and the run goes on)."""
+        """Run every stage's ``warm_up`` once on each worker, before the first unit; errors
+        are logged, and the run goes on."""
         self.warmed = True
         start = time.perf_counter()
-        workers = list(self.client.scheduler_info()["workers"])
-        futures = [self.client.submit(_warm_up, resolved, pure=False, workers=[w],
-                                      allow_other_workers=False,
-                                      key=f"warm-up-{i}-{time.time_ns()}")
-                   for i, w in enumerate(workers)]
+        n_workers, results = self._on_each_worker(_warm_up, resolved, name="warm-up")
         errors: dict[str, int] = {}  # each error once, with the number of workers it hit
-        for worker_errors in self.client.gather(futures, errors="skip"):
+        for worker_errors in results:
             for error in set(worker_errors):
                 errors[error] = errors.get(error, 0) + 1
         for error, count in sorted(errors.items()):
             log.warning("%s (on %d of %d worker(s); the stage's first unit on a worker meets "
-                        "this itself)", error, count, len(workers))
-        log.info("warmed up %d worker(s) in %.1f s", len(workers), time.perf_counter() - start)
+                        "this itself)", error, count, n_workers)
+        log.info("warmed up %d worker(s) in %.1f s", n_workers, time.perf_counter() - start)
 
     def close(self) -> None:
         if self.client is not None:
-            try:  # a task pinned to each worker: it runs where the stages ran (their thread)
-                workers = list(self.client.scheduler_info()["workers"])
-                futures = [self.client.submit(close_resources, pure=False, workers=[w],
-                                              allow_other_workers=False,
-                                              key=f"close-resources-{i}-{time.time_ns()}")
-                           for i, w in enumerate(workers)]
-                for errors in self.client.gather(futures, errors="skip"):
+            try:
+                for errors in self._on_each_worker(close_resources, name="close-resources")[1]:
                     for error in errors:
                         log.error("%s", error)
             except Exception as exc:  # pragma: no cover - workers already gone
