@@ -4,6 +4,8 @@ photometry on a rendered image, history reads and bad input."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -364,3 +366,103 @@ def test_close_pairs_documented_behaviour():
         assert len(np.unique(res.match)) == 2 * n         # ... and never two to one object
         correct = np.mean(res.match == np.arange(2 * n))
         assert (correct == 1.0) if expect_exact else (0.5 < correct < 1.0)
+
+
+def _other_database(apdb_url, tmp_path, suffix):
+    """A second fresh database on the same backend as ``apdb_url``."""
+    if apdb_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path}/{suffix}.db"
+    import psycopg
+
+    with psycopg.connect(apdb_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{apdb_url.rsplit("/", 1)[1]}_{suffix}"')
+    return f"{apdb_url}_{suffix}"
+
+
+def _contents(apdb):
+    """Every content table's checksum; DiaForcedSource without its ids (a unit re-run with
+    more forced rows than its first run's id block gets a new block)."""
+    sums = apdb.checksums([t for t in CONTENT if t != "DiaForcedSource"])
+    names = [n for n in apdb_schema()["DiaForcedSource"].names if n != "diaForcedSourceId"]
+    forced = apdb.get_dia_forced_sources(SkyCircle(*CENTRE, 1.0), None, 0, 1e6, columns=names)
+    rows = [tuple("nan" if v != v else v for v in row.values()) for row in forced.to_pylist()]
+    return sums, sorted(rows, key=lambda r: (r[names.index("diaObjectId")],
+                                             r[names.index("visit")]))
+
+
+def _select(url, sql):
+    """Rows of a query, read beside the APDB (its versions are not part of its API)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql)]
+    finally:
+        engine.dispose()
+
+
+def _assert_consistent(url):
+    """One open version per object and contiguous validity intervals; every DiaSource's
+    object exists; one forced row per (object, visit, detector)."""
+    rows = _select(url, 'SELECT "diaObjectId", "validityStartMjdTai", "validityEndMjdTai" '
+                        'FROM "DiaObject" ORDER BY 1, 2')
+    pairs = _select(url, 'SELECT "diaObjectId", "visit", "detector" FROM "DiaForcedSource"')
+    referenced = {r[0] for r in _select(url, 'SELECT DISTINCT "diaObjectId" FROM "DiaSource"')}
+    chains = {}
+    for oid, start, end in rows:
+        chains.setdefault(oid, []).append((start, end))
+    for oid, chain in chains.items():
+        assert chain[-1][1] is None, oid
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(chain)), (oid, chain)
+    assert set(chains) == referenced - {None}
+    assert len(pairs) == len(set(pairs))
+
+
+def test_rerun_of_a_unit_whose_objects_later_units_updated(apdb_url, tmp_path):
+    """A unit re-run with new inputs after a later unit updated the objects it created
+    (the demo's `touch raw/visit1.fits; jointcal-ap run`): no error, no duplicate, and the
+    database equals one where the unit's new inputs were stored first; re-running the later
+    unit too gives what running both in time order with the new inputs gives."""
+    sky = synthetic_sky(120, centre=CENTRE, size_deg=0.12, seed=3, min_separation_arcsec=10)
+    units = synthetic_units(sky, [CENTRE], n_visits=2, detector_size_deg=0.06, seed=4,
+                            p_detect=1.0)
+    one, two = units[0], units[4]              # detector 0 of visits 1 and 2
+    assert one.sources.num_rows > 15 and two.sources.num_rows > 15
+    src = one.sources.slice(0, one.sources.num_rows - 1)   # one source fewer ...
+    moved = src.column("dec").to_numpy().copy()
+    moved[:3] += 3.0 / 3600                                # ... three moved 3" away ...
+    src = src.set_column(src.column_names.index("dec"), "dec", pa.array(moved))
+    src = src.set_column(src.column_names.index("psfFlux"), "psfFlux",  # ... brighter
+                         pc.multiply(src.column("psfFlux"), pa.scalar(1.2, pa.float32())))
+    changed = type(one)(one.visit, one.detector, one.band, one.time, one.region, src,
+                        one.truth[:-1], one.data_id)
+
+    apdb = open_apdb(apdb_url, create=True)
+    _run(apdb, [one])
+    first_two = _run(apdb, [two])[0]
+    assert first_two.n_matched >= 15            # visit 2 updated the objects visit 1 made
+    again = _run(apdb, [changed], identity="v2")[0]
+    assert again.stored
+    assert again.n_new == src.num_rows         # as before visit 1: nothing to match
+    _assert_consistent(apdb_url)
+    # The store keeps visit 2's rows as they were written: the database is the one where
+    # visit 1's new inputs came first and visit 2's write after them.
+    ref = open_apdb(_other_database(apdb_url, tmp_path, "a"), create=True)
+    _run(ref, [changed], identity="v2")
+    ref.store(ApdbWrite(_key(two), two.time, dia_sources=first_two.dia_sources,
+                        dia_forced_sources=first_two.dia_forced_sources))
+    assert apdb.checksums(CONTENT) == ref.checksums(CONTENT)
+    # Re-running visit 2 as well, in time order, gives the new inputs' own database.
+    _run(apdb, [two], identity="v2")
+    _assert_consistent(apdb_url)
+    fresh = open_apdb(_other_database(apdb_url, tmp_path, "b"), create=True)
+    _run(fresh, [changed], identity="v2")
+    _run(fresh, [two], identity="v2")
+    assert _contents(apdb) == _contents(fresh)
+    # The three moved sources are objects of their own: visit 2 no longer joins them.
+    ids = changed.sources.column("diaSourceId").to_numpy()[:3]
+    assert apdb.get_dia_objects(None, object_ids=ids).column("nDiaSources").to_pylist() == \
+        [1, 1, 1]
+    for db in (apdb, ref, fresh):
+        db.close()

@@ -16,7 +16,10 @@ APDB:
 
 Running a unit again with the same :class:`~jointcal_ap.stages.interfaces.IdempotencyKey`
 does nothing (the stored rows are returned); with another ``input_identity`` it associates
-against the database as it was before the unit (``exclude_unit``) and replaces the unit.
+against the database as it was before the unit — every object's version valid just before
+the unit's visit time, without the objects the unit or later units created
+(``exclude_unit``) — and replaces the unit (:meth:`SqlApdb.store`: the versions from the
+unit's time on are rebuilt from the stored history).
 
 The forced-photometry callable receives a ``pyarrow.Table`` with ``diaObjectId``, ``ra`` and
 ``dec`` (degrees) and returns, row for row, ``psfFlux`` and ``psfFluxErr`` (nJy, on the
@@ -256,6 +259,9 @@ def associate_unit(apdb: Any, dia_sources: Any, *, key: Any, region: Any,
     if forced_photometry is not None:
         inside = in_region(region, float_column(objects, "ra"), float_column(objects, "dec"))
         new = todo[~matched]
+        # One forced row per object: a new object whose id (its source's) is already a
+        # known object's joins it (possible only after units were stored out of order).
+        new = new[~np.isin(source_ids[new], obj_ids[inside])]
         pos_ids = np.concatenate([obj_ids[inside], source_ids[new]])
         pos_ra = np.concatenate([float_column(objects, "ra")[inside], float_column(src, "ra")[new]])
         pos_dec = np.concatenate([float_column(objects, "dec")[inside],

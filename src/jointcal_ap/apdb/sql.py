@@ -15,9 +15,16 @@ PostgreSQL's WAL).
 **Idempotent by key.** A unit is identified by ``IdempotencyKey.unit``. Storing exactly the
 same key again does nothing and returns False. Storing the unit with another
 ``input_identity`` *replaces* it, in the same single transaction: the unit's earlier
-DiaSources, DiaForcedSources and SSSources are deleted, the DiaObject versions it created are
-removed (the version before each is reopened), and the objects are recomputed. No row is ever
-duplicated.
+DiaSources, DiaForcedSources and SSSources are deleted and the new ones inserted; then the
+versions, from the unit's visit time on, of every object its old or new DiaSources belong to
+(and of every object it measured by forced photometry that has a version from then on) are
+rebuilt from the stored history, as storing the units in time order writes them: one
+version per visit time at which the object has DiaSources, summarising the DiaSources and
+DiaForcedSources up to that time. Earlier versions are kept; an object left without
+DiaSources is deleted. What later units stored is kept as written — they associated against
+the unit's old rows: re-run them too, in time order, and the database is the one the new
+inputs alone give. No row is ever duplicated. A re-run reads the objects as they were before
+the unit (:meth:`SqlApdb.get_dia_objects` with ``exclude_unit``).
 
 **Summaries are never stale or lost.** The summary columns of a DiaObject (positions, per-band
 flux statistics, counts, first/last times) and its lightcurve features are recomputed inside
@@ -138,8 +145,10 @@ class StoreResult:
     stored : bool
         False if exactly this write was stored before (nothing done).
     dia_objects : pyarrow.Table or None
-        The DiaObject versions written (new and rewritten current versions of the objects
-        whose sources changed), Rubin's columns; None when nothing was stored.
+        The DiaObject versions written for the unit, Rubin's columns; None when nothing was
+        stored. A first store: the new (or, out of time order, rewritten) current version
+        of every object the unit gave DiaSources. A replacement: the rebuilt versions
+        starting at the unit's visit time (closed if later units' sources followed).
     """
 
     stored: bool
@@ -444,9 +453,14 @@ class SqlApdb:
         object_ids : array_like of int, optional
             Only these objects.
         exclude_unit : str, optional
-            Read as if this unit had not been stored: a current version it created is
-            replaced by the version before it (or dropped if it created the object). Used by
-            a re-run with new inputs so that it associates against the state before it.
+            Read the database as it was before this unit (an ``IdempotencyKey.unit``): each
+            object's version valid just before the unit's visit time *t*
+            (``validityStartMjdTai < t <= validityEndMjdTai``, or still open); objects with
+            no version before *t* — those the unit created and those created after it — are
+            left out, whichever unit updated them since. A re-run with new inputs
+            associates against this view: what the unit saw when it ran in time order. A
+            unit not stored: the current versions. Objects are found by their current
+            position (the region should carry a margin).
 
         Returns
         -------
@@ -454,29 +468,26 @@ class SqlApdb:
             Rubin's DiaObject columns.
         """
         cols = self._columns("DiaObject", columns)
-        read = list(dict.fromkeys([*cols, "diaObjectId", "ra", "dec", "validityStartMjdTai",
-                                   "apdb_unit"]))
+        read = list(dict.fromkeys([*cols, "diaObjectId", "ra", "dec", "validityStartMjdTai"]))
         where = '"validityEndMjdTai" IS NULL'
         if region is None and object_ids is None:
             raise ApdbInputError("get_dia_objects needs a region or object_ids")
-        i_unit, i_start, i_id = (read.index("apdb_unit"), read.index("validityStartMjdTai"),
-                                 read.index("diaObjectId"))
+        i_start, i_id = read.index("validityStartMjdTai"), read.index("diaObjectId")
         with self._connect(False) as conn, conn.begin():
             if object_ids is None:
                 rows = self._select_region(conn, "DiaObject", read, where, (), region)
             else:
                 rows = self._select_rows(conn, "DiaObject", read, where, (), "diaObjectId",
                                          np.asarray(object_ids))
-            if exclude_unit is not None:
-                uid = layout.unit_id(exclude_unit)
-                mine = [r for r in rows if r[i_unit] == uid]
-                rows = [r for r in rows if r[i_unit] != uid]
-                for part in _chunks(mine, 2000):
-                    values = ", ".join("(?, ?)" for _ in part)
-                    keys = [v for r in part for v in (r[i_id], r[i_start])]
-                    rows += self._select_rows(
-                        conn, "DiaObject", read,
-                        f'("diaObjectId", "validityEndMjdTai") IN (VALUES {values})', keys)
+            before = self._unit_time(conn, exclude_unit) if exclude_unit is not None else None
+            if before is not None:
+                # A current version starting before t is the one valid then; for the others,
+                # the version that was open at t (if the object existed before t).
+                later = [int(r[i_id]) for r in rows if r[i_start] >= before]
+                rows = [r for r in rows if r[i_start] < before]
+                rows += self._select_rows(
+                    conn, "DiaObject", read, '"validityStartMjdTai" < ? AND '
+                    '"validityEndMjdTai" >= ?', [before, before], "diaObjectId", later)
         if region is not None and rows:
             ra = np.fromiter((r[read.index("ra")] for r in rows), float, len(rows))
             dec = np.fromiter((r[read.index("dec")] for r in rows), float, len(rows))
@@ -485,6 +496,12 @@ class SqlApdb:
         rows.sort(key=lambda r: r[i_id])
         idx = [read.index(c) for c in cols]
         return self._arrow("DiaObject", cols, [tuple(r[i] for i in idx) for r in rows])
+
+    def _unit_time(self, conn: Any, unit: str) -> float | None:
+        """The visit time stored for ``unit``, or None if it is not stored."""
+        rows = self._query(conn, 'SELECT "unit", "visit_time_mjd_tai" FROM "apdb_unit" '
+                                 'WHERE "unit_id" = ?', [layout.unit_id(unit)])
+        return float(rows[0][1]) if rows and rows[0][0] == unit else None
 
     def _history(self, table_name: str, region: Any, object_ids: Any, start: float, end: float,
                  columns: Sequence[str] | None) -> Any:
@@ -827,31 +844,28 @@ class SqlApdb:
         sa = self._sa
         units = self._t("apdb_unit")
         self._lock_unit(conn, p.uid)
-        row = self._fetch(conn, sa.select(units.c.unit, units.c.token).where(
+        row = self._fetch(conn, sa.select(units.c.unit, units.c.token,
+                                          units.c.visit_time_mjd_tai).where(
             units.c.unit_id == p.uid))
         if row and row[0][0] != p.key.unit:
             raise ApdbError(f"unit {p.key.unit!r} hashes to the id of stored unit "
                             f"{row[0][0]!r}; rename one of them")
         if row and row[0][1] == p.key.token:
             return False, None
-        replacing = bool(row)
-        old_objects: set[int] = set()
-        if replacing:
-            old_objects = {int(r[0]) for r in self._query(
-                conn, 'SELECT DISTINCT "diaObjectId" FROM "DiaSource" WHERE "apdb_unit" = ? '
-                'AND "diaObjectId" IS NOT NULL', [p.uid])}
-        touched = sorted(old_objects | p.source_objects)
+        if row:
+            return True, self._replace(conn, p, float(row[0][2]))
+        touched = sorted(p.source_objects)
         self._lock_objects(conn, touched)
         current = self._current(conn, touched)
-        if replacing:
-            for table in ("DiaSource", "DiaForcedSource", "SSSource"):
-                self._execute(conn, f'DELETE FROM "{table}" WHERE "apdb_unit" = ?', [p.uid])
-            self._undo_versions(conn, sorted(old_objects), p.uid)
-            current = self._current(conn, touched)
         self._insert_rows(conn, "DiaSource", p.sources)
         self._insert_rows(conn, "DiaForcedSource", p.forced)
         self._insert_rows(conn, "SSSource", p.ss)
-        written = self._update_objects(conn, touched, current, p, set(p.source_objects))
+        written = self._update_objects(conn, touched, current, p)
+        self._write_unit_row(conn, p)
+        return True, written
+
+    def _write_unit_row(self, conn: Any, p: _Prepared) -> None:
+        units = self._t("apdb_unit")
         conn.execute(units.delete().where(units.c.unit_id == p.uid))
         conn.execute(units.insert().values(
             unit_id=p.uid, unit=p.key.unit, token=p.key.token, stage=p.key.stage,
@@ -859,76 +873,170 @@ class SqlApdb:
             input_identity=p.key.input_identity, visit_time_mjd_tai=p.time,
             n_dia_sources=p.sources.num_rows, n_dia_forced_sources=p.forced.num_rows,
             n_ss_sources=p.ss.num_rows))
-        return True, written
 
-    def _undo_versions(self, conn: Any, ids: list[int], uid: int) -> None:
-        """Remove the DiaObject versions unit ``uid`` created and reopen the ones before."""
-        created = self._select_rows(
-            conn, "DiaObject", ["diaObjectId", "validityStartMjdTai", "validityEndMjdTai"],
-            '"apdb_unit" = ?', [uid], "diaObjectId", ids)
-        if not created:
+    def _replace(self, conn: Any, p: _Prepared, old_time: float) -> Any:
+        """Replace the stored unit ``p.uid`` by ``p``'s rows and rebuild, from the unit's
+        visit time on (the earlier of its old and new times), the versions of the objects
+        its old or new rows touch (:meth:`_rebuild_versions`)."""
+        def objects_of(table: str) -> set[int]:
+            return {int(r[0]) for r in self._query(
+                conn, f'SELECT DISTINCT "diaObjectId" FROM "{table}" WHERE "apdb_unit" = ? '
+                'AND "diaObjectId" IS NOT NULL', [p.uid])}
+
+        since = min(old_time, p.time)
+        with_sources = objects_of("DiaSource") | p.source_objects
+        forced = objects_of("DiaForcedSource") | p.forced_objects
+        self._lock_objects(conn, sorted(with_sources | forced))
+        # Forced photometry enters fpFluxMean of the versions that start at or after it.
+        current = self._current(conn, sorted(forced - with_sources))
+        rebuild = with_sources | {o for o, (start, _u) in current.items() if start >= since}
+        for table in ("DiaSource", "DiaForcedSource", "SSSource"):
+            self._execute(conn, f'DELETE FROM "{table}" WHERE "apdb_unit" = ?', [p.uid])
+        self._insert_rows(conn, "DiaSource", p.sources)
+        self._insert_rows(conn, "DiaForcedSource", p.forced)
+        self._insert_rows(conn, "SSSource", p.ss)
+        self._write_unit_row(conn, p)
+        return self._rebuild_versions(conn, sorted(rebuild), since, p.time)
+
+    def _rebuild_versions(self, conn: Any, ids: list[int], since: float, at: float) -> Any:
+        """Rewrite the versions of ``ids`` that start at or after ``since`` from the stored
+        history, as storing the units in time order would have written them: one version
+        per visit time (the ``apdb_unit`` row's) at which the object has DiaSources, each
+        summarising the DiaSources and DiaForcedSources up to that time, the last one open.
+        Earlier versions are kept; the latest of them is closed at the first rebuilt one
+        (reopened if there is none). An object without any version before ``since`` is
+        rebuilt from its first source; one without sources is deleted. Returns the versions
+        starting at ``at`` (``pyarrow.Table``, Rubin's columns)."""
+        import pyarrow as pa
+
+        hist, forced = self._read_history(conn, ids, times=True)
+        ids_sql = self._ids_sql("diaObjectId")
+        kept = dict(self._query(conn, f'SELECT "diaObjectId", MAX("validityStartMjdTai") FROM '
+                                      f'"DiaObject" WHERE "validityStartMjdTai" < ? AND {ids_sql} '
+                                      'GROUP BY "diaObjectId"', [since, self._ids(ids)]))
+        self._execute(conn, f'DELETE FROM "DiaObject" WHERE "validityStartMjdTai" >= ? AND '
+                            f'{ids_sql}', [since, self._ids(ids)])
+        obj, when = hist["diaObjectId"], hist["_time"]
+        vanished = sorted(set(ids) - {int(i) for i in obj})
+        if vanished:
+            self._execute(conn, f'DELETE FROM "DiaObject" WHERE {ids_sql}', [self._ids(vanished)])
+        # Version starts: (object, time) of its sources, from `since` on if it has a
+        # version before. Each version's unit is the one that stored its first DiaSource.
+        pick = (when >= since) | ~np.isin(obj, np.fromiter(kept, np.int64, len(kept)))
+        order = np.flatnonzero(pick)[np.lexsort((hist["diaSourceId"][pick], when[pick],
+                                                 obj[pick]))]
+        first = order[np.r_[True, (np.diff(obj[order]) != 0) | (np.diff(when[order]) != 0)]
+                      [:len(order)]]
+        v_obj, v_start, v_unit = obj[first], when[first], hist["_unit"][first]
+        same_next = np.r_[v_obj[1:] == v_obj[:-1], False][:len(first)]
+        v_end = np.where(same_next, np.r_[v_start[1:], np.nan][:len(first)], np.nan)
+        summary = {c: np.full(len(first), np.nan) for c in SUMMARY_COLUMNS}
+        for t in np.unique(v_start):
+            at_t = np.flatnonzero(v_start == t)
+            src = np.isin(obj, v_obj[at_t]) & (when <= t)
+            frc = np.isin(forced["diaObjectId"], v_obj[at_t]) & (forced["_time"] <= t)
+            values = dia_object_summaries(v_obj[at_t], {k: v[src] for k, v in hist.items()},
+                                          {k: v[frc] for k, v in forced.items()})
+            for c in SUMMARY_COLUMNS:
+                summary[c][at_t] = values[c]
+        summary = _rounded(summary)
+        rebuilt = set(v_obj.tolist())
+        relink = [(float(v_start[v_obj == o][0]) if o in rebuilt else None, int(o), float(s))
+                  for o, s in kept.items()]
+        if relink:
+            mark = "?" if self.dialect == "sqlite" else "%s"
+            sql = (f'UPDATE "DiaObject" SET "validityEndMjdTai" = {mark} WHERE '
+                   f'"diaObjectId" = {mark} AND "validityStartMjdTai" = {mark}')
+            raw = self._raw(conn)
+            with self._driver_errors("DiaObject"):
+                if self.dialect == "sqlite":
+                    raw.executemany(sql, relink)
+                else:
+                    with raw.cursor() as cur:
+                        cur.executemany(sql, relink)
+        written = _versions(v_obj, v_start, summary, v_end)
+        ra, dec = summary["ra"], summary["dec"]
+        stored = written.append_column("pixelId", pa.array(htm_index(ra, dec))) \
+            .append_column("_healpix_29", pa.array(healpix29(ra, dec))) \
+            .append_column("apdb_unit", pa.array(v_unit, mask=v_unit < 0, type=pa.int64()))
+        self._insert_rows(conn, "DiaObject", _non_null(stored))
+        self._write_features(conn, ids, hist)
+        return written.filter(pa.array(v_start == at))
+
+    def _write_features(self, conn: Any, ids: list[int], hist: dict) -> None:
+        """Replace the lightcurve features of ``ids`` by those of their history ``hist``."""
+        import pyarrow as pa
+
+        if not ids:
             return
-        raw = self._raw(conn)
-        mark = "?" if self.dialect == "sqlite" else "%s"
-        delete = (f'DELETE FROM "DiaObject" WHERE "diaObjectId" = {mark} '
-                  f'AND "validityStartMjdTai" = {mark}')
-        relink = (f'UPDATE "DiaObject" SET "validityEndMjdTai" = {mark} WHERE "diaObjectId" = '
-                  f'{mark} AND "validityEndMjdTai" = {mark}')
-        deletes = [(int(i), float(s)) for i, s, _e in created]
-        relinks = [(e, int(i), float(s)) for i, s, e in created]
-        with self._driver_errors("DiaObject"):
-            if self.dialect == "sqlite":
-                raw.executemany(delete, deletes)
-                raw.executemany(relink, relinks)
-            else:
-                with raw.cursor() as cur:
-                    cur.executemany(delete, deletes)
-                    cur.executemany(relink, relinks)
+        self._execute(conn, f'DELETE FROM "{layout.FEATURES_TABLE}" WHERE '
+                            f'{self._ids_sql("diaObjectId")}', [self._ids(ids)])
+        if self.feature_options is not None and len(hist["diaObjectId"]):
+            table = lightcurve_features(hist, self.feature_options)
+            self._insert_rows(conn, layout.FEATURES_TABLE, pa.table(
+                {name: pa.array(table[name], from_pandas=True) for name in
+                 ["diaObjectId", "band", *[c[0] for c in FEATURE_COLUMNS]]}))
 
-    def _read_history(self, conn: Any, ids: list[int]) -> tuple[dict, dict]:
+    def _read_history(self, conn: Any, ids: list[int], *, times: bool = False
+                      ) -> tuple[dict, dict]:
+        """The DiaSources (:data:`SOURCE_COLUMNS`, ``diaSourceId``) and DiaForcedSources
+        (:data:`FORCED_COLUMNS`) of ``ids`` as arrays, in a fixed order. With ``times``, also
+        ``_time`` (the visit time of the unit that stored the row, else its
+        ``midpointMjdTai``) for both, and ``_unit`` (its unit, -1 if none) for DiaSources."""
+        def rows_of(table: str, names: Sequence[str]) -> list[tuple]:
+            cols = ", ".join(f't."{c}"' for c in names)
+            if not times:
+                return self._select_rows(conn, table, names, ids=ids)
+            if not ids:
+                return []
+            return self._query(conn, f'SELECT {cols}, t."apdb_unit", u."visit_time_mjd_tai" '
+                                     f'FROM "{table}" t LEFT JOIN "apdb_unit" u ON '
+                                     f'u."unit_id" = t."apdb_unit" WHERE '
+                                     f't.{self._ids_sql("diaObjectId")}', [self._ids(ids)])
+
+        def split(rows: list[tuple], n: int, i_mid: int, data: dict) -> dict:
+            if times:
+                data["_unit"] = np.array([-1 if r[n] is None else r[n] for r in rows], np.int64)
+                data["_time"] = np.array([r[i_mid] if r[n + 1] is None else r[n + 1]
+                                          for r in rows], float)
+            return data
+
         names = (*SOURCE_COLUMNS, "diaSourceId")
-        hist = _columns_of("DiaSource", names,
-                           self._select_rows(conn, "DiaSource", names, ids=ids))
+        rows = rows_of("DiaSource", names)
+        hist = split(rows, len(names), names.index("midpointMjdTai"),
+                     _columns_of("DiaSource", names, [r[:len(names)] for r in rows]))
         # A fixed row order makes the recomputed sums bit-for-bit reproducible.
         order = np.lexsort((hist["diaSourceId"], hist["midpointMjdTai"], hist["diaObjectId"]))
         hist = {k: v[order] for k, v in hist.items()}
-        forced = self._select_rows(conn, "DiaForcedSource",
-                                   (*FORCED_COLUMNS, "diaForcedSourceId"), ids=ids)
-        forced.sort(key=lambda r: (r[0], r[-1]))
-        return hist, _columns_of("DiaForcedSource", FORCED_COLUMNS, [r[:-1] for r in forced])
+        f_names = (*FORCED_COLUMNS, "diaForcedSourceId", "midpointMjdTai")
+        rows = sorted(rows_of("DiaForcedSource", f_names),
+                      key=lambda r: (r[0], r[len(FORCED_COLUMNS)]))
+        forced = split(rows, len(f_names), len(f_names) - 1, _columns_of(
+            "DiaForcedSource", FORCED_COLUMNS, [r[:len(FORCED_COLUMNS)] for r in rows]))
+        forced.pop("_unit", None)
+        return hist, forced
 
     def _update_objects(self, conn: Any, touched: list[int], current: dict[int, tuple],
-                        p: _Prepared, source_objects: set[int]) -> Any:
-        """Recompute the touched objects from their stored history and write their versions;
-        return the DiaObject versions written (``pyarrow.Table``, Rubin's columns)."""
+                        p: _Prepared) -> Any:
+        """Recompute the objects a first store gives DiaSources from their stored history
+        and write their versions; return the DiaObject versions written
+        (``pyarrow.Table``, Rubin's columns)."""
         import pyarrow as pa
 
         if not touched:
             return _versions(np.zeros(0, np.int64), np.zeros(0),
                              {c: np.zeros(0) for c in SUMMARY_COLUMNS})
         hist, forced = self._read_history(conn, touched)
-        with_sources = np.unique(hist["diaObjectId"])
-        vanished = sorted(set(touched) - {int(i) for i in with_sources})
-        if vanished:
-            self._execute(conn, f'DELETE FROM "DiaObject" WHERE {self._ids_sql("diaObjectId")}',
-                          [self._ids(vanished)])
-        summary = _rounded(dia_object_summaries(with_sources, hist, forced))
-        ids = with_sources.astype(np.int64)
-        # Objects the unit no longer touches (replacement) whose summary came back to what
-        # their current version holds need no new version.
-        untouched = np.flatnonzero([int(i) not in source_objects and int(i) in current
-                                    for i in ids])
-        same = self._unchanged(conn, ids[untouched],
-                               [tuple(summary[c][k] for c in SUMMARY_COLUMNS) for k in untouched])
-        keep = ~np.isin(ids, np.fromiter(same, np.int64, len(same)))
+        ids = np.unique(hist["diaObjectId"]).astype(np.int64)
+        summary = _rounded(dia_object_summaries(ids, hist, forced))
         has = np.array([int(i) in current for i in ids], bool)
         cur_start = np.array([current[int(i)][0] if h else np.nan for i, h in zip(ids, has,
                                                                                  strict=True)])
         cur_unit = np.array([current[int(i)][1] if h and current[int(i)][1] is not None else -1
                              for i, h in zip(ids, has, strict=True)], np.int64)
         later = has & (cur_start >= p.time)            # same visit, or stored out of order
-        to_close = ids[keep & has & ~later]
-        in_place = ids[keep & later]
+        to_close = ids[has & ~later]
+        in_place = ids[later]
         ids_sql = self._ids_sql("diaObjectId")
         if len(to_close):
             self._execute(conn, f'UPDATE "DiaObject" SET "validityEndMjdTai" = ? WHERE '
@@ -937,48 +1045,15 @@ class SqlApdb:
         if len(in_place):
             self._execute(conn, f'DELETE FROM "DiaObject" WHERE "validityEndMjdTai" IS NULL '
                                 f'AND {ids_sql}', [self._ids(in_place)])
-        written = _versions(ids[keep], np.where(later, cur_start, p.time)[keep],
-                            {c: v[keep] for c, v in summary.items()})
-        ra, dec = summary["ra"][keep], summary["dec"][keep]
-        unit = np.where(later, cur_unit, p.uid)[keep]
-        stored = written.append_column("pixelId", pa.array(htm_index(ra, dec))) \
-            .append_column("_healpix_29", pa.array(healpix29(ra, dec))) \
+        written = _versions(ids, np.where(later, cur_start, p.time), summary)
+        unit = np.where(later, cur_unit, p.uid)
+        stored = written.append_column("pixelId", pa.array(htm_index(summary["ra"],
+                                                                     summary["dec"]))) \
+            .append_column("_healpix_29", pa.array(healpix29(summary["ra"], summary["dec"]))) \
             .append_column("apdb_unit", pa.array(unit, mask=unit < 0, type=pa.int64()))
-        self._insert_rows(conn, "DiaObject", stored.select(
-            [name for name, col in zip(stored.column_names, stored.columns, strict=True)
-             if col.null_count < stored.num_rows or not stored.num_rows]))
-        dropped = sorted(set(vanished) | {int(i) for i in ids})
-        if dropped:
-            self._execute(conn, f'DELETE FROM "{layout.FEATURES_TABLE}" WHERE {ids_sql}',
-                          [self._ids(dropped)])
-        if self.feature_options is not None and len(ids):
-            table = lightcurve_features(hist, self.feature_options)
-            self._insert_rows(conn, layout.FEATURES_TABLE, pa.table(
-                {name: pa.array(table[name], from_pandas=True) for name in
-                 ["diaObjectId", "band", *[c[0] for c in FEATURE_COLUMNS]]}))
+        self._insert_rows(conn, "DiaObject", _non_null(stored))
+        self._write_features(conn, ids.tolist(), hist)
         return written
-
-    def _unchanged(self, conn: Any, ids: np.ndarray, values: list[tuple]) -> set[int]:
-        """Which of ``ids`` have a current version whose DiaSource-derived summary columns
-        equal ``values`` (rows in :data:`SUMMARY_COLUMNS` order)."""
-        if not len(ids):
-            return set()
-        rows = dict(zip(ids.tolist(), values, strict=True))
-        from jointcal_ap.schemas import apdb_schema
-
-        stored = self._select_rows(conn, "DiaObject", ["diaObjectId", *SUMMARY_COLUMNS],
-                                   '"validityEndMjdTai" IS NULL', (), "diaObjectId", ids)
-        # Forced photometry alone never makes a version, so only the DiaSource-derived
-        # columns decide whether the object changed.
-        schema = apdb_schema()["DiaObject"]
-        compare = [(k, schema.column(name).datatype == "float")
-                   for k, name in enumerate(SUMMARY_COLUMNS) if "_fpFlux" not in name]
-        same = set()
-        for row in stored:
-            mine = rows[int(row[0])]
-            if all(_equal(row[1 + k], mine[k], real) for k, real in compare):
-                same.add(int(row[0]))
-        return same
 
     def close(self) -> None:
         """Release the connections (the object cannot be used afterwards)."""
@@ -1012,18 +1087,6 @@ def _canonical(value: Any, real: bool = False) -> Any:
     return value
 
 
-def _equal(a: Any, b: Any, real: bool = False) -> bool:
-    """Equal values (NULL, None and NaN are one "missing"); ``real`` compares as float32,
-    as REAL stores them."""
-    a_missing = a is None or (isinstance(a, float) and a != a)
-    b_missing = b is None or (isinstance(b, float) and b != b)
-    if a_missing or b_missing:
-        return a_missing and b_missing
-    if real:
-        return bool(np.float32(a) == np.float32(b))
-    return float(a) == float(b)
-
-
 def _columns_of(table: str, names: Sequence[str], rows: list[tuple]) -> dict[str, np.ndarray]:
     """Columns of ``rows`` as arrays: REAL columns rounded to float32 — PostgreSQL sends
     float4 as text that parses to a slightly different double — so that both backends, and
@@ -1055,9 +1118,10 @@ def _rounded(summary: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             for name, values in summary.items()}
 
 
-def _versions(ids: np.ndarray, start: np.ndarray, summary: dict[str, np.ndarray]) -> Any:
-    """DiaObject versions (current: no ``validityEndMjdTai``) as a table with Rubin's
-    types; NaN summaries are NULL."""
+def _versions(ids: np.ndarray, start: np.ndarray, summary: dict[str, np.ndarray],
+              end: np.ndarray | None = None) -> Any:
+    """DiaObject versions (current, without ``validityEndMjdTai``, unless ``end`` is given:
+    NaN for open) as a table with Rubin's types; NaN summaries are NULL."""
     import pyarrow as pa
 
     from jointcal_ap.schemas import apdb_schema
@@ -1065,10 +1129,16 @@ def _versions(ids: np.ndarray, start: np.ndarray, summary: dict[str, np.ndarray]
     schema = apdb_schema()["DiaObject"]
     names = ["diaObjectId", "validityStartMjdTai", "validityEndMjdTai", *SUMMARY_COLUMNS]
     values = {"diaObjectId": ids, "validityStartMjdTai": start,
-              "validityEndMjdTai": np.full(len(ids), np.nan), **summary}
+              "validityEndMjdTai": np.full(len(ids), np.nan) if end is None else end, **summary}
     return pa.Table.from_arrays(
         [pa.array(values[n], type=schema.column(n).arrow_type, from_pandas=True) for n in names],
         schema=schema.arrow_schema(names))
+
+
+def _non_null(table: Any) -> Any:
+    """``table`` without its all-NULL columns (left to default to NULL when inserted)."""
+    return table.select([name for name, col in zip(table.column_names, table.columns, strict=True)
+                         if col.null_count < table.num_rows or not table.num_rows])
 
 
 def _driver_rows(table: Any) -> list[tuple]:
@@ -1125,6 +1195,7 @@ class _Prepared:
         check_unique(forced, ("diaForcedSourceId",), self.where, "DiaForcedSource")
         check_unique(forced, ("diaObjectId", "visit", "detector"), self.where, "DiaForcedSource")
         self.forced_ids = int_column(forced, "diaForcedSourceId")
+        self.forced_objects = {int(i) for i in np.unique(int_column(forced, "diaObjectId"))}
         ss = conform("SSSource", write.ss_sources if write.ss_sources is not None
                      else schema["SSSource"].empty(), self.where)
         check_unique(ss, ("diaSourceId",), self.where, "SSSource")
