@@ -94,6 +94,9 @@ def test_demo_runs_alert_production_to_the_broker_and_the_report(demo):
     assert alerts["sink"] == "kafka" and alerts["sent"] > 0
     # every alert sent came back from the broker through the registry
     assert alerts["received"]["distinct_dia_sources"] == alerts["sent"]
+    # the broker is gone once the demo returns: the rerun hint says so
+    assert "stopped now" in summary["pipeline"]["rerun"] and "--no-broker" in \
+        summary["pipeline"]["rerun"]
     metrics = json.loads((demo / "metrics.json").read_text())
     assert metrics["latency"]["n_units"] == 16
     assert metrics["asteroids"]["found_of_true"] >= 0.8 * metrics["asteroids"][

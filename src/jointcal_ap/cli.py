@@ -238,7 +238,7 @@ def _demo(args: argparse.Namespace) -> int:
     pl = summary["pipeline"]
     print(f"3-6. pipeline {pl['file']} ({pl['units']} units on {pl['scheduler']}): detect, joint fit, "
           f"calibrate, inject, template, difference, associate (SSO, APDB, forced photometry), alerts; "
-          f"rerun it with: jointcal-ap run {pl['file']}")
+          f"rerun it with: {pl['rerun']}")
     print(f"   joint fit: {ft['measurements']:,} measurements of {ft['stars']:,} stars "
           f"({ft['reference_stars']} reference); astrometry chi2/dof {ft['astrometry_chi2_per_dof']}, "
           f"photometry chi2/dof {ft['photometry_chi2_per_dof']}")

@@ -420,7 +420,12 @@ def run_demo(out: str | os.PathLike = "demo-out", *, workers: int = 2, progress:
             t0 = time.perf_counter()
             summary["alerts"]["received"] = _consume(kafka, registry, n_alerts)
             lap("consume alerts", t0)
-    summary["pipeline"] = {"file": str(pipeline_file), "scheduler": run.scheduler,
+    rerun = f"jointcal-ap run {pipeline_file}"
+    if broker:  # the sink names the broker and registry stopped above
+        rerun += (" (units already done are skipped; units run again send their alerts to this "
+                  "demo's broker and schema registry, which are stopped now: `jointcal-ap demo "
+                  f"--no-broker` writes a pipeline whose alerts go only to {out / 'alerts'})")
+    summary["pipeline"] = {"file": str(pipeline_file), "rerun": rerun, "scheduler": run.scheduler,
                            "units": run.units, "no_work": len(run.no_work), "stage_seconds": {
                                k: round(v, 2) for k, v in run.stage_seconds.items()}}
     summary["apdb"] = apdb_url if apdb is None else "postgresql (given)"
