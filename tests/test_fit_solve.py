@@ -5,7 +5,7 @@ import pytest
 
 import jointcal_ap.fit.jointfit as jointfit_module
 from jointcal_ap.fit import FitOptions, JointFit
-from jointcal_ap.fit.solve import FitProblem, _pcg, gauss_newton
+from jointcal_ap.fit.solve import FitProblem, _mul, _mul_t, _pcg, _Split, gauss_newton
 from jointcal_ap.refcat import open_refcat
 from jointcal_ap.simulate import SurveyConfig, simulate_survey
 
@@ -365,3 +365,40 @@ def test_a_step_reuses_one_star_sums_buffer_and_releases_it(captured, monkeypatc
     assert len(seen) > 3 and seen[0] is not None
     assert all(buf is seen[0] for buf in seen)
     assert fns._sums_buffer is None
+
+
+def test_split_matrices_give_the_same_products_to_the_last_bit():
+    """The CG products read Q and the cores as contiguous entries (_Split): the same numbers as
+    from the (n, 2, 2) arrays, row slices included, and the transpose really is the transpose."""
+    rng = np.random.default_rng(5)
+    m, x = rng.normal(size=(1000, 2, 2)), rng.normal(size=(1000, 2))
+    split = _Split.of(m)
+    assert len(split) == 1000 and split.entries.flags.c_contiguous
+    np.testing.assert_array_equal(_mul(split, x), _mul(m, x))
+    np.testing.assert_array_equal(_mul_t(split, x), _mul_t(m, x))
+    np.testing.assert_array_equal(_mul(split[100:300], x[100:300]), _mul(m[100:300], x[100:300]))
+    np.testing.assert_allclose(_mul_t(split, x), np.einsum("nji,nj->ni", m, x), rtol=1e-14, atol=0)
+    assert not np.allclose(_mul_t(split, x), _mul(split, x))
+
+
+def test_a_step_reads_q_and_its_own_cores_split(captured, monkeypatch):
+    """Conjugate gradients get Q and the masked cores as _Split (the whitening, the caller's, as
+    it is), and the step is the one of the (n, 2, 2) arrays: the same as a step whose products
+    are forced back onto them."""
+    import jointcal_ap.fit.solve as solve_module
+
+    fns, params, theta, white, active = captured["start"]
+    real = solve_module._Split.of
+    split = []
+
+    def of(m):
+        split.append(m.shape)
+        return real(m)
+    monkeypatch.setattr(solve_module._Split, "of", staticmethod(of))
+    split_step = fns.step(params, theta, white, active)
+    assert split == [(fns.n_meas, 2, 2)] * 2  # Q and the detector slot's cores; not the whitening
+    monkeypatch.setattr(solve_module._Split, "of", staticmethod(lambda m: m))
+    plain_step = fns.step(params, theta, white, active)
+    for a, b in zip(split_step[:2], plain_step[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert split_step[2:] == plain_step[2:]
