@@ -133,6 +133,7 @@ class _Split:
 
     @classmethod
     def of(cls, m: np.ndarray) -> _Split:
+        """From (n, 2, 2); no copy when it was made by :func:`_by_entries`."""
         return cls(np.ascontiguousarray(m.reshape(len(m), 4).T))
 
     def __getitem__(self, rows: slice) -> _Split:
@@ -140,6 +141,13 @@ class _Split:
 
     def __len__(self) -> int:
         return self.entries.shape[1]
+
+
+def _by_entries(n: int) -> np.ndarray:
+    """An uninitialised (n, 2, 2) array whose four entries are each contiguous (a view of (4, n)):
+    row by row the same numbers, and :meth:`_Split.of` takes it without a copy. The products
+    read one entry of all rows at a time, which a 32-byte stride made ~1.9x as slow."""
+    return np.empty((4, n)).T.reshape(n, 2, 2)
 
 
 def _mul_split(e: np.ndarray, x: np.ndarray, transpose: bool) -> np.ndarray:
@@ -443,7 +451,7 @@ class FitProblem:
         ``theta`` is in the internal star order.
         """
         r = np.empty((self.n_meas, 2))
-        q = np.empty((self.n_meas, 2, 2))
+        q = _by_entries(self.n_meas)
         kept = self._pixel_basis
         folded = [None] * len(self.slots)  # per slot with G factors: (n, 2, 2), filled CCD by CCD
         had_g = np.zeros((len(self.slots), len(self.segments)), dtype=bool)
@@ -460,7 +468,7 @@ class FitProblem:
                         continue
                     with lock:
                         if folded[slot] is None:
-                            folded[slot] = np.empty((self.n_meas, 2, 2))
+                            folded[slot] = _by_entries(self.n_meas)
                     folded[slot][a:b] = white[a:b] @ g
                     folded[slot][a:b] *= active[a:b, None, None]
                     ccd_terms[slot] = (basis, None)
@@ -627,7 +635,7 @@ class FitProblem:
         """(n, 2, 2) from ``fn(s)`` for each CCD segment s. One thread: a CCD's covariances are
         many small array operations, and two threads made them slower (whitener at 10⁶, best of 5:
         0.192 s on one thread, 0.212 s on two)."""
-        out = np.empty((self.n_meas, 2, 2))
+        out = _by_entries(self.n_meas)
         for s, (_, lo, hi) in enumerate(self.segments):
             out[lo:hi] = fn(s)
         return out
@@ -812,8 +820,8 @@ class FitProblem:
 
         if self._precond is None:
             self._precond = self._preconditioner(terms, cores, q, d_inv)
-        # the products below read Q and the step's own cores as contiguous entries (see _Split);
-        # each copy replaces its (n, 2, 2) array (the whitening, the caller's, stays as it is)
+        # the products below read Q and the step's own cores as contiguous entries (see _Split:
+        # views, as _first_pass made them by _by_entries; so is the whitening, see whitener)
         q = _Split.of(q)
         for slot, masked in enumerate(cores.masked):
             if masked:
