@@ -21,6 +21,8 @@ jitted on JAX (:mod:`jointcal_ap.diffim._warp_kernel`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from jointcal_ap.diffim._warp_kernel import padded_planes, resample
@@ -57,8 +59,8 @@ def lanczos_weights(frac: np.ndarray) -> np.ndarray:
 def pixel_mapping(target_wcs, source_wcs, shape: tuple[int, int], *, grid_step: int = 32):
     """Bicubic splines giving the 1-based input position (x', y') of each target pixel.
 
-    Returns (sx, sy): ``scipy.interpolate.RectBivariateSpline`` over (row y, column x) of the
-    target grid (1-based).
+    Returns (sx, sy): :class:`GridSpline` (a ``scipy.interpolate.RectBivariateSpline`` over
+    (row y, column x) of the target grid, 1-based, with a fast grid evaluation).
     """
     from scipy.interpolate import RectBivariateSpline
 
@@ -76,7 +78,46 @@ def pixel_mapping(target_wcs, source_wcs, shape: tuple[int, int], *, grid_step: 
     sy = np.asarray(sy).reshape(xx.shape)
     if not (np.all(np.isfinite(sx)) and np.all(np.isfinite(sy))):
         raise DiffimError("the WCS mapping between the grids is not finite everywhere (grids too far apart?)")
-    return RectBivariateSpline(gy, gx, sx, kx=3, ky=3), RectBivariateSpline(gy, gx, sy, kx=3, ky=3)
+    return (GridSpline(RectBivariateSpline(gy, gx, sx, kx=3, ky=3)),
+            GridSpline(RectBivariateSpline(gy, gx, sy, kx=3, ky=3)))
+
+
+class GridSpline:
+    """A bicubic ``RectBivariateSpline`` evaluated on grids as two matrix products.
+
+    A tensor-product spline on a grid of rows r and columns c is ``B_r C B_cᵀ``, with B the
+    B-spline bases (four non-zero entries per point) and C the coefficients. The column
+    factor ``C B_cᵀ`` is kept for the last columns asked for (a warp asks for the same columns
+    in every block of rows), so a block costs one BLAS product instead of the 16 coefficient
+    sums per pixel of FITPACK's ``bispev``. Points beyond the knots are clamped to them, as
+    ``bispev`` does. The values agree with the spline's to ~1e-13 of a pixel. Derivatives,
+    and evaluation at scattered points, go to the wrapped spline.
+    """
+
+    def __init__(self, spline: Any) -> None:
+        tr, tc, coeffs = spline.tck
+        self.spline = spline
+        self._knots = (np.asarray(tr, float), np.asarray(tc, float))
+        self._coeffs = np.asarray(coeffs, float).reshape(len(tr) - 4, len(tc) - 4)
+        self._cols_key: bytes | None = None
+        self._col_factor: np.ndarray | None = None
+
+    @staticmethod
+    def _basis(knots: np.ndarray, x: np.ndarray) -> np.ndarray:
+        from scipy.interpolate import BSpline
+
+        x = np.clip(np.asarray(x, float), knots[3], knots[-4])
+        return BSpline.design_matrix(x, knots, 3).toarray()
+
+    def __call__(self, rows, cols, dx: int = 0, dy: int = 0, grid: bool = True) -> np.ndarray:
+        rows, cols = np.atleast_1d(np.asarray(rows, float)), np.atleast_1d(np.asarray(cols, float))
+        if dx or dy or not grid or rows.ndim != 1 or cols.ndim != 1:
+            return self.spline(rows, cols, dx=dx, dy=dy, grid=grid)
+        key = cols.tobytes()
+        if key != self._cols_key:
+            self._col_factor = self._coeffs @ self._basis(self._knots[1], cols).T
+            self._cols_key = key
+        return self._basis(self._knots[0], rows) @ self._col_factor
 
 
 def block_mapping(mx, my, rows: np.ndarray, cols: np.ndarray, n: int, width: int,
