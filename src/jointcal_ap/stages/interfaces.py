@@ -263,8 +263,9 @@ class Apdb(Protocol):
     def get_dia_objects(self, region: SkyRegion | None, *, columns: Any = None,
                         object_ids: Any = None, exclude_unit: str | None = None) -> Any:
         """The current version of every DiaObject in ``region`` (or with ``object_ids``);
-        ``columns`` limits the columns; ``exclude_unit`` reads as if that unit (an
-        ``IdempotencyKey.unit``) had not been stored, for a re-run with new inputs."""
+        ``columns`` limits the columns; ``exclude_unit`` (an ``IdempotencyKey.unit``)
+        reads the APDB as it was before that unit's visit time, for a re-run with new
+        inputs (docs/apdb.md, "Re-runs, crashes and parallel writers")."""
         ...
 
     def get_dia_sources(self, region: SkyRegion | None, object_ids: Any, start_mjd_tai: float,
