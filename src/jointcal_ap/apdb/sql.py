@@ -955,13 +955,21 @@ class SqlApdb:
                     with raw.cursor() as cur:
                         cur.executemany(sql, relink)
         written = _versions(v_obj, v_start, summary, v_end)
-        ra, dec = summary["ra"], summary["dec"]
-        stored = written.append_column("pixelId", pa.array(htm_index(ra, dec))) \
-            .append_column("_healpix_29", pa.array(healpix29(ra, dec))) \
-            .append_column("apdb_unit", pa.array(v_unit, mask=v_unit < 0, type=pa.int64()))
-        self._insert_rows(conn, "DiaObject", _non_null(stored))
+        self._insert_versions(conn, written, v_unit)
         self._write_features(conn, ids, hist)
         return written.filter(pa.array(v_start == at))
+
+    def _insert_versions(self, conn: Any, written: Any, unit: np.ndarray) -> None:
+        """Insert DiaObject versions (:func:`_versions`) with their spatial indices and the
+        unit that wrote each (-1: none, NULL)."""
+        import pyarrow as pa
+
+        ra = written.column("ra").to_numpy(zero_copy_only=False)
+        dec = written.column("dec").to_numpy(zero_copy_only=False)
+        stored = written.append_column("pixelId", pa.array(htm_index(ra, dec))) \
+            .append_column("_healpix_29", pa.array(healpix29(ra, dec))) \
+            .append_column("apdb_unit", pa.array(unit, mask=unit < 0, type=pa.int64()))
+        self._insert_rows(conn, "DiaObject", _non_null(stored))
 
     def _write_features(self, conn: Any, ids: list[int], hist: dict) -> None:
         """Replace the lightcurve features of ``ids`` by those of their history ``hist``."""
@@ -1021,7 +1029,6 @@ class SqlApdb:
         """Recompute the objects a first store gives DiaSources from their stored history
         and write their versions; return the DiaObject versions written
         (``pyarrow.Table``, Rubin's columns)."""
-        import pyarrow as pa
 
         if not touched:
             return _versions(np.zeros(0, np.int64), np.zeros(0),
@@ -1046,12 +1053,7 @@ class SqlApdb:
             self._execute(conn, f'DELETE FROM "DiaObject" WHERE "validityEndMjdTai" IS NULL '
                                 f'AND {ids_sql}', [self._ids(in_place)])
         written = _versions(ids, np.where(later, cur_start, p.time), summary)
-        unit = np.where(later, cur_unit, p.uid)
-        stored = written.append_column("pixelId", pa.array(htm_index(summary["ra"],
-                                                                     summary["dec"]))) \
-            .append_column("_healpix_29", pa.array(healpix29(summary["ra"], summary["dec"]))) \
-            .append_column("apdb_unit", pa.array(unit, mask=unit < 0, type=pa.int64()))
-        self._insert_rows(conn, "DiaObject", _non_null(stored))
+        self._insert_versions(conn, written, np.where(later, cur_unit, p.uid))
         self._write_features(conn, ids.tolist(), hist)
         return written
 

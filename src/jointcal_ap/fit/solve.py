@@ -38,6 +38,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -150,8 +151,8 @@ def _by_entries(n: int) -> np.ndarray:
     return np.empty((4, n)).T.reshape(n, 2, 2)
 
 
-def _mul_split(e: np.ndarray, x: np.ndarray, transpose: bool) -> np.ndarray:
-    """m @ x (or mᵀ @ x) row by row from the entries (4, n) of :class:`_Split`."""
+def _mul_entries(e: Any, x: np.ndarray, transpose: bool) -> np.ndarray:
+    """m @ x (or mᵀ @ x) row by row from its entries m00, m01, m10, m11 (:func:`_entries`)."""
     m00, m01, m10, m11 = e
     if transpose:
         m01, m10 = m10, m01
@@ -165,23 +166,21 @@ def _mul_split(e: np.ndarray, x: np.ndarray, transpose: bool) -> np.ndarray:
     return out
 
 
+def _entries(m: np.ndarray | _Split) -> Any:
+    """m00, m01, m10, m11 of (n, 2, 2) matrices (views; contiguous for a :class:`_Split`)."""
+    if isinstance(m, _Split):
+        return m.entries
+    return m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+
+
 def _mul(m: np.ndarray | _Split, x: np.ndarray) -> np.ndarray:
     """m @ x row by row: (n, 2, 2) (or :class:`_Split`) × (n, 2) → (n, 2)."""
-    if isinstance(m, _Split):
-        return _mul_split(m.entries, x, False)
-    out = np.empty((len(x), 2))
-    np.multiply(m[:, 0, 0], x[:, 0], out=out[:, 0])
-    out[:, 0] += m[:, 0, 1] * x[:, 1]
-    np.multiply(m[:, 1, 0], x[:, 0], out=out[:, 1])
-    out[:, 1] += m[:, 1, 1] * x[:, 1]
-    return out
+    return _mul_entries(_entries(m), x, False)
 
 
 def _mul_t(m: np.ndarray | _Split, x: np.ndarray) -> np.ndarray:
     """mᵀ @ x row by row."""
-    if isinstance(m, _Split):
-        return _mul_split(m.entries, x, True)
-    return _mul(np.swapaxes(m, 1, 2), x)
+    return _mul_entries(_entries(m), x, True)
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
