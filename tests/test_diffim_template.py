@@ -15,6 +15,7 @@ from jointcal_ap.diffim import (
 )
 from jointcal_ap.diffim.image import MASK_BITS
 from jointcal_ap.diffim.stars import find_stars
+from jointcal_ap.diffim.warp import warm_up_warp
 from jointcal_ap.simulate.images import render_image
 
 SHAPE = (300, 320)
@@ -407,3 +408,34 @@ def test_grid_spline_products_match_fitpack_inside_and_clamped_beyond_the_knots(
     r, c = np.array([10.0, 500.0]), np.array([20.0, 800.0])
     assert np.array_equal(mx(r, c, dx=1), mx.spline(r, c, dx=1))
     assert np.array_equal(mx(r, c, grid=False), mx.spline(r, c, grid=False))
+
+
+def test_template_stage_warm_up_compiles_the_warp_for_the_run_s_detector_shapes(sky):
+    """The template stage's warm_up compiles the resampling kernel for each detector shape in
+    its context, exactly as warp_to then calls it: the first warp of that shape compiles
+    nothing more (a shape no other test uses, so the count starts from its own)."""
+    from types import SimpleNamespace
+
+    from jointcal_ap_diffim.stage import TemplateOptions, TemplateStage
+
+    from jointcal_ap.diffim._warp_kernel import _kernel
+
+    gather, tiled = _kernel()
+    shape = (256, 384)
+    before = tiled._cache_size() + gather._cache_size()
+    stage = TemplateStage(TemplateOptions())
+    record = SimpleNamespace(naxis1=shape[1], naxis2=shape[0])
+    stage.context = SimpleNamespace(detectors={(1, 0): record, (1, 1): record})
+    stage.warm_up()
+    warmed = tiled._cache_size() + gather._cache_size()
+    assert warmed == before + 1                       # one shape: one compilation
+    src = ImagePlanes(np.ones(shape, np.float32), np.ones(shape, np.float32),
+                      np.zeros(shape, np.int32), None, _header(crpix=(192.5, 128.5)), "src")
+    warped = warp_to(src, _header(crval1=150.00001, crpix=(192.5, 128.5)), shape)
+    assert np.isfinite(warped.image).mean() > 0.9     # it did resample (not the same-grid copy)
+    assert tiled._cache_size() + gather._cache_size() == warmed
+    # without a context (a stage run by hand), warm_up still imports and compiles nothing
+    TemplateStage(TemplateOptions()).warm_up()
+    assert tiled._cache_size() + gather._cache_size() == warmed
+    with pytest.raises(ValueError, match="positive shape"):
+        warm_up_warp((0, 10))

@@ -130,8 +130,9 @@ class Rendezvous(Stage):
         return {"copy": image.copy()}
 
 
-#: Processes in which ``warmed_up``'s warm_up ran (see the runner's warm-up test).
-WARMED: set[int] = set()
+#: Processes in which ``warmed_up``'s warm_up ran (see the runner's warm-up test), with
+#: what its context held there: (label, data ID's key, number of detector records).
+WARMED: dict[int, tuple[str, str, int]] = {}
 
 
 class WarmedUp(Stage):
@@ -150,10 +151,12 @@ class WarmedUp(Stage):
     def warm_up(self) -> None:
         if self.options.fail:
             raise OSError("the model file is not there")
-        WARMED.add(os.getpid())
+        context = self.context
+        WARMED[os.getpid()] = (context.label, context.data_id.key, len(context.detectors))
 
     def run(self, unit: Unit, image: np.ndarray) -> dict[str, Any]:
         return {"state": {"warmed": os.getpid() in WARMED, "pid": os.getpid(),
+                          "warm_context": WARMED.get(os.getpid()),
                           "arena_max": os.environ.get("MALLOC_ARENA_MAX"),
                           "trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_")}}
 

@@ -271,6 +271,9 @@ def test_workers_warm_up_before_their_first_unit_and_keep_their_heap(tmp_path, m
     assert "MALLOC_ARENA_MAX" not in os.environ               # this process's is put back
     assert len(kept) == 4 and len({s["pid"] for s in kept}) == 2   # both workers ran units
     assert all(s["warmed"] for s in kept)
+    # its context: the stage's label, no data ID, the run's detector records (none here:
+    # these units are not exposures in a registry)
+    assert {tuple(s["warm_context"]) for s in kept} == {("warmed_up", "", 0)}
     assert {s["arena_max"] for s in kept} == {WORKER_HEAP_ENV["MALLOC_ARENA_MAX"]}
     assert {s["trim_threshold"] for s in kept} == {WORKER_HEAP_ENV["MALLOC_TRIM_THRESHOLD_"]}
 
@@ -284,6 +287,26 @@ def test_workers_warm_up_before_their_first_unit_and_keep_their_heap(tmp_path, m
     assert len(warnings) == 1                                    # once, not once per worker
     assert "OSError: the model file is not there" in warnings[0]
     assert "'warmed_up'" in warnings[0] and "on 2 of 2 worker(s)" in warnings[0]
+
+
+def test_warm_up_context_has_one_detector_record_per_detector_number():
+    """The warm-up context's records: every visit, and each detector once (from its earliest
+    visit): a camera's shapes, not a night's (visit, detector) records on every worker."""
+    from types import SimpleNamespace
+
+    from jointcal_ap.stages.runner import _Task, _warm_up_records
+
+    def det(v, d):
+        return SimpleNamespace(visit=v, detector=d, naxis1=100 + d, naxis2=200)
+
+    tasks = [_Task(0, (Unit(v, d),), {}, {}, visits={v: f"visit{v}"}, detectors={(v, d): det(v, d)})
+             for v in (3, 1, 2) for d in (0, 1)]
+    tasks.append(_Task(0, (Unit(0, 2),), {}, {}, visits={0: "visit0", 1: "visit1"},
+                       detectors={(1, 2): det(1, 2), (0, 2): det(0, 2)}))
+    visits, detectors = _warm_up_records(tasks)
+    assert visits == {0: "visit0", 1: "visit1", 2: "visit2", 3: "visit3"}
+    assert {k: (r.visit, r.detector) for k, r in detectors.items()} == {
+        (1, 0): (1, 0), (1, 1): (1, 1), (0, 2): (0, 2)}
 
 
 # ----------------------------------------------------------------------------- built-in stages

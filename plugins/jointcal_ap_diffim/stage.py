@@ -77,10 +77,16 @@ class TemplateStage(Stage):
         return {"template": build_template([calexps[d].get() for d in chosen], calexp)}
 
     def warm_up(self) -> None:
-        """Import the warp (JAX included) and build its jitted kernels' wrappers."""
+        """Import the warp (JAX included), and compile its kernel for each detector shape of
+        the run (the context's detector records), so that a worker's first template does not
+        pay JAX's tracing and compilation."""
         from jointcal_ap.diffim import _warp_kernel, build_template  # noqa: F401
+        from jointcal_ap.diffim.warp import warm_up_warp
 
         _warp_kernel._kernel()
+        records = getattr(self.context, "detectors", None) or {}
+        for shape in sorted({(r.naxis2, r.naxis1) for r in records.values()}):
+            warm_up_warp(shape)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from jointcal_ap.diffim._warp_kernel import padded_planes, resample
 from jointcal_ap.diffim.errors import DiffimError
 from jointcal_ap.diffim.image import MASK_BITS, ImagePlanes, as_planes, celestial_wcs
 
-__all__ = ["block_mapping", "lanczos_weights", "pixel_mapping", "warp_to"]
+__all__ = ["block_mapping", "lanczos_weights", "pixel_mapping", "warm_up_warp", "warp_to"]
 
 _A = 3
 
@@ -236,6 +236,7 @@ def warp_to(source, target_wcs, shape: tuple[int, int], *, target_header=None, g
     # blocks of a few shapes (rows: chunk_rows; columns: a multiple of 256), so that the
     # kernel compiles once per camera rather than once per overlap
     block_cols = np.arange(c0, c0 + -(-width // 256) * 256) + 1.0
+    scratch = np.empty(0)
     for start in range(r0, r1, chunk_rows):
         n = min(start + chunk_rows, r1) - start
         rows = np.arange(start, start + chunk_rows) + 1.0
@@ -244,12 +245,40 @@ def warp_to(source, target_wcs, shape: tuple[int, int], *, target_header=None, g
         acc, vacc, macc, nodata = (a[:n, :width] for a in (acc, vacc, macc, nodata))
         covered |= bool((~nodata).any())
         sl = (slice(start, start + n), slice(c0, c0 + width))
-        img_out[sl] = np.where(nodata, np.nan, acc * jac)
-        var_out[sl] = np.where(nodata, np.nan, vacc * jac * jac)
-        mask_out[sl] = (macc & ~MASK_BITS["NO_DATA"]) | np.where(nodata, MASK_BITS["NO_DATA"], 0)
+        # written into the output planes in place: the products in float64 (one scratch
+        # block), rounded to float32 once, as an assignment of the float64 result would
+        scratch = np.multiply(acc, jac, out=scratch if scratch.shape == jac.shape else None)
+        img_out[sl] = scratch
+        np.multiply(np.multiply(vacc, jac, out=scratch), jac, out=scratch)
+        var_out[sl] = scratch
+        img_out[sl][nodata] = np.nan
+        var_out[sl][nodata] = np.nan
+        np.bitwise_and(macc, ~MASK_BITS["NO_DATA"], out=mask_out[sl])
+        mask_out[sl][nodata] |= MASK_BITS["NO_DATA"]
     if not covered:
         raise DiffimError(f"{name}: does not overlap the target grid (no output pixel has data)")
     return ImagePlanes(img_out, var_out, mask_out, None, header, src.source, src.inputs)
+
+
+def warm_up_warp(shape: tuple[int, int], *, chunk_rows: int = 256) -> None:
+    """Trace and compile the resampling kernel for a warp between grids of ``shape`` (rows,
+    columns), as :func:`warp_to` with the same ``chunk_rows`` calls it: the input's padded
+    planes and blocks of ``chunk_rows`` × the width rounded up to 256 columns.
+
+    JAX compiles per shape, and the first warp in a process paid ~1.5 s for it (a worker's
+    first unit, measured on 4096² detectors); a pipeline's ``template`` stage calls this in
+    its ``warm_up`` for each detector shape of the run. It resamples one block of zeros.
+    """
+    ny, nx = (int(shape[0]), int(shape[1]))
+    if ny < 1 or nx < 1 or chunk_rows < 1:
+        raise ValueError(f"need a positive shape and chunk_rows, got {shape} and {chunk_rows}")
+    zeros = np.zeros((ny, nx), np.float32)
+    planes = padded_planes(zeros, zeros, np.zeros((ny, nx), np.int32), np.zeros((ny, nx), bool))
+    del zeros
+    width = -(-nx // 256) * 256
+    xs = np.broadcast_to(np.arange(1.0, width + 1.0), (chunk_rows, width)).copy()
+    ys = np.broadcast_to(np.arange(1.0, chunk_rows + 1.0)[:, None], (chunk_rows, width)).copy()
+    resample(xs, ys, planes)
 
 
 def _covered_box(mx, my, ny: int, nx: int, sny: int, snx: int

@@ -351,8 +351,13 @@ class Stage:
 
     def warm_up(self) -> None:
         """Load, once per worker process, what every unit needs before its first unit comes:
-        the modules ``run`` imports, packaged models, shared resources (``self.context`` is
-        not set here: open resources with :func:`~jointcal_ap.stages.context.open_resource`).
+        the modules ``run`` imports, packaged models, shared resources (open them with
+        :func:`~jointcal_ap.stages.context.open_resource`), kernels compiled for the camera.
+
+        ``self.context`` is a :class:`~jointcal_ap.stages.context.StageContext` with the
+        empty data ID, the run's visit records and one detector record per detector number
+        (its shape is ``naxis2`` × ``naxis1``); it is ``None`` when the stage is used outside
+        the runner.
 
         The runner calls it on each worker when a run starts, so that a worker's first unit
         takes as long as the next ones (an alert's latency does not include importing JAX).

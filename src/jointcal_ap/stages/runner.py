@@ -608,19 +608,39 @@ def _worker_heap_env() -> dict[str, str]:
     return dict(WORKER_HEAP_ENV)
 
 
-def _warm_up(resolved: ResolvedPipeline) -> list[str]:
-    """A Dask task on each worker: every stage's :meth:`~jointcal_ap.stages.Stage.warm_up`;
-    returns the errors (each naming its stage) instead of raising."""
+def _warm_up(resolved: ResolvedPipeline, visits: Mapping[int, Any] | None = None,
+             detectors: Mapping[tuple[int, int], Any] | None = None) -> list[str]:
+    """A Dask task on each worker: every stage's :meth:`~jointcal_ap.stages.Stage.warm_up`,
+    with a context holding no data ID and the run's visit and detector records (see
+    :func:`_warm_up_records`); returns the errors (each naming its stage) instead of raising."""
     use_plugins(resolved.plugin_refs)
     errors = []
     for segment in resolved.segments:
         for step in segment.stages:
             try:
-                step.stage(step.options).warm_up()
+                stage = step.stage(step.options)
+                stage.context = StageContext(step.label, DataId(),
+                                             IdempotencyKey.make(step.label, {}, ""),
+                                             dict(visits or {}), dict(detectors or {}))
+                stage.warm_up()
             except Exception as exc:
                 errors.append(f"stage {step.label!r} {step.origin}: warm_up failed: "
                               f"{type(exc).__name__}: {exc}")
     return errors
+
+
+def _warm_up_records(tasks: Sequence[_Task]) -> tuple[dict[int, Any], dict[tuple[int, int], Any]]:
+    """What a warm-up context holds: every visit record of the tasks, and one detector record
+    per detector number (that of the earliest visit listing it): the camera's detectors, with
+    their shapes, without a night's worth of (visit, detector) records sent to every worker."""
+    visits: dict[int, Any] = {}
+    by_detector: dict[int, tuple[int, Any]] = {}
+    for task in tasks:
+        visits.update(task.visits)
+        for (visit, detector), record in task.detectors.items():
+            if detector not in by_detector or visit < by_detector[detector][0]:
+                by_detector[detector] = (visit, record)
+    return visits, {(v, d): r for d, (v, r) in sorted(by_detector.items())}
 
 
 class _Executor:
@@ -708,7 +728,7 @@ class _Executor:
             if self.client is None:
                 self.connect(len(tasks))
             if not self.warmed:
-                self.warm_up(resolved)
+                self.warm_up(resolved, *_warm_up_records(tasks))
             from distributed import as_completed
 
             stamp = time.time_ns()
@@ -761,12 +781,14 @@ class _Executor:
                    for i, w in enumerate(workers)]
         return len(workers), self.client.gather(futures, errors="skip")
 
-    def warm_up(self, resolved: ResolvedPipeline) -> None:
+    def warm_up(self, resolved: ResolvedPipeline, visits: Mapping[int, Any] | None = None,
+                detectors: Mapping[tuple[int, int], Any] | None = None) -> None:
         """Run every stage's ``warm_up`` once on each worker, before the first unit; errors
         are logged, and the run goes on."""
         self.warmed = True
         start = time.perf_counter()
-        n_workers, results = self._on_each_worker(_warm_up, resolved, name="warm-up")
+        n_workers, results = self._on_each_worker(_warm_up, resolved, visits, detectors,
+                                                  name="warm-up")
         errors: dict[str, int] = {}  # each error once, with the number of workers it hit
         for worker_errors in results:
             for error in set(worker_errors):
