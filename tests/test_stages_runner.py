@@ -309,6 +309,34 @@ def test_warm_up_context_has_one_detector_record_per_detector_number():
         (1, 0): (1, 0), (1, 1): (1, 1), (0, 2): (0, 2)}
 
 
+def test_workers_touch_heap_for_the_largest_detector_only_where_it_is_kept(monkeypatch):
+    """The warm-up touches PREFAULT_BYTES_PER_PIXEL per pixel of the largest detector, capped
+    by the machine's memory shared by the LocalCluster's workers; nothing without detector
+    records, with JOINTCAL_AP_WORKER_HEAP=release, or in a process whose heap gives its pages
+    back (the touched pages would not be reused)."""
+    from types import SimpleNamespace
+
+    from jointcal_ap.stages import runner
+
+    records = {(1, 0): SimpleNamespace(naxis1=100, naxis2=50),
+               (1, 1): SimpleNamespace(naxis1=200, naxis2=300)}
+    executor = runner._Executor(None, 2, True, False, 1.0)
+    assert executor._prefault_bytes(records) == runner.PREFAULT_BYTES_PER_PIXEL * 200 * 300
+    assert executor._prefault_bytes({}) == 0
+    executor.cluster = SimpleNamespace(workers={"a": 1, "b": 2})
+    monkeypatch.setattr(runner, "PREFAULT_BYTES_PER_PIXEL", 1 << 40)     # beyond any machine
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert executor._prefault_bytes(records) == int(runner.PREFAULT_MEMORY_FRACTION * memory / 2)
+    monkeypatch.setenv("JOINTCAL_AP_WORKER_HEAP", "release")
+    assert executor._prefault_bytes(records) == 0
+
+    for key, value in runner.WORKER_HEAP_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert runner._heap_is_kept() and runner._prefault_heap(1 << 20) > 0
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")                 # Dask's default
+    assert not runner._heap_is_kept() and runner._prefault_heap(1 << 20) == 0.0
+
+
 # ----------------------------------------------------------------------------- built-in stages
 
 NX = NY = 96
