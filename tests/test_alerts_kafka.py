@@ -177,6 +177,13 @@ def test_sinks_through_the_plugin_hook(tansu_broker, schema_registry, tmp_path):
         assert sink.send(batch, key).skipped  # the same unit and inputs: nothing sent
     finally:
         sink.close()
+    # what went out is what the archive holds (the sink sends the bodies it archived)
+    got, duplicates = _consume_all(tansu_broker, "sink", schema_registry, "sink", 4)
+    assert duplicates == 0 and sorted(got) == sorted(batch.dia_source_ids)
+    with AlertArchive(tmp_path / "k") as archive:
+        assert archive.count("sent") == 4
+        for ident, alert in got.items():
+            assert alert == archive.decode(archive.body(archive.entry(ident)))
     file_sink = pm.hook.jointcal_ap_get_alert_sink(url=f"file://{tmp_path / 'f'}")
     try:
         report = file_sink.send(batch.records(), key)

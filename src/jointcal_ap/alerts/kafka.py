@@ -308,23 +308,23 @@ class FileAlertSink:
 
         self.archive = AlertArchive(self.root)
 
-    def _archive(self, alerts: Any) -> list[int]:
+    def _archive(self, alerts: Any) -> tuple[list[int], list[bytes]]:
+        """Archive one unit's alerts (as ``unsent``); their ids and bodies, as archived."""
         from jointcal_ap.alerts.packets import AlertBatch
 
-        if isinstance(alerts, AlertBatch):
-            if len(alerts):
-                self.archive.write_batch(alerts)
-            return [int(i) for i in alerts.dia_source_ids]
-        alerts = list(alerts)
-        if alerts:
-            self.archive.write_alerts(alerts)
-        return [int(a["diaSourceId"]) for a in alerts]
+        if not isinstance(alerts, AlertBatch):
+            alerts = list(alerts)
+        if not len(alerts):
+            return [], []
+        bodies, columns = self.archive.encode(alerts)
+        self.archive.write_bodies(bodies, *columns)
+        return [int(i) for i in columns[0]], bodies
 
     def send(self, alerts: Iterable[Mapping[str, Any]], key: IdempotencyKey) -> DeliveryReport:
         """Archive one unit's alerts (an iterable of dicts, or an AlertBatch)."""
         if self.archive.delivered(key.unit, key.input_identity):
             return DeliveryReport(0, 0, skipped=True)
-        ids = self._archive(alerts)
+        ids, _ = self._archive(alerts)
         self.archive.mark_sent(ids)
         self.archive.record_delivery(key.unit, key.input_identity)
         return DeliveryReport(len(ids), len(ids))
@@ -366,10 +366,10 @@ class KafkaAlertSink(FileAlertSink):
 
         if self.archive.delivered(key.unit, key.input_identity):
             return DeliveryReport(0, 0, skipped=True)
-        ids = self._archive(alerts)
-        entries = self.archive.entries(ids)
+        ids, bodies = self._archive(alerts)
+        # the bodies just archived, not read back from the archive (the same bytes)
         acked, failed = self.producer.send(
-            (e.dia_source_id, frame(self.schema_id, self.archive.body(e))) for e in entries)
+            (i, frame(self.schema_id, body)) for i, body in zip(ids, bodies, strict=True))
         self.archive.mark_sent(acked)
         self.archive.mark_failed(failed)
         if failed:
