@@ -439,3 +439,31 @@ def test_template_stage_warm_up_compiles_the_warp_for_the_run_s_detector_shapes(
     assert tiled._cache_size() + gather._cache_size() == warmed
     with pytest.raises(ValueError, match="positive shape"):
         warm_up_warp((0, 10))
+
+
+def test_footprint_overlap_agrees_with_what_the_warp_gives(sky):
+    """footprint_overlaps is False only where warp_to finds no pixel of the source (so a
+    template input it rejects would have been skipped after reading); it is conservative: True
+    for a sliver within a few pixels, where the warp gives NO_DATA (taps off the input)."""
+    from astropy.wcs import WCS
+
+    from jointcal_ap.diffim.warp import footprint_overlaps
+
+    src = _exposure(sky, _header(), 5)
+    target = WCS(_header())
+    nx = SHAPE[1]
+    for shift, overlaps in ((0.0, True), (nx - 20.0, True), (nx - 2.0, True), (nx + 1.5, True),
+                            (nx + 12.0, False), (-nx - 12.0, False)):
+        # the target grid moved by `shift` columns along x: the source's last column at
+        # nx - shift in target pixels
+        moved = WCS(_header(crpix=(160.5 - shift, 150.5)))
+        assert footprint_overlaps(WCS(_header()), SHAPE, moved, SHAPE) is overlaps, shift
+        if 0.0 <= shift <= nx - 20.0:
+            assert np.isfinite(warp_to(src, moved, SHAPE).image).any(), shift
+        elif not overlaps:
+            with pytest.raises(DiffimError, match="does not overlap"):
+                warp_to(src, moved, SHAPE)
+    assert footprint_overlaps(WCS(_header()), SHAPE, target, SHAPE)
+    # rotated by 90° about a far corner: still told apart
+    far = WCS(_header(crpix=(160.5 + 400, 150.5), rot_deg=90.0))
+    assert not footprint_overlaps(WCS(_header()), SHAPE, far, SHAPE)

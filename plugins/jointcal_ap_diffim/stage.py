@@ -74,7 +74,15 @@ class TemplateStage(Stage):
 
             raise NoWorkFound(f"{len(visits)} earlier overlapping visit(s) in the band; the "
                               f"template needs at least {self.options.min_visits}")
-        return {"template": build_template([calexps[d].get() for d in chosen], calexp)}
+        # a neighbouring detector whose fitted footprint misses this one gives the template
+        # nothing: its planes are not read (build_template would skip it after reading)
+        inputs = [calexps[d].get() for d in chosen if _may_overlap(calexps[d], calexp)]
+        if not inputs:
+            from jointcal_ap.diffim import DiffimError
+
+            raise DiffimError(f"build_template: none of the {len(chosen)} inputs overlaps the "
+                              f"target grid (their fitted WCSs)")
+        return {"template": build_template(inputs, calexp)}
 
     def warm_up(self) -> None:
         """Import the warp (JAX included), and compile its kernel for each detector shape of
@@ -87,6 +95,21 @@ class TemplateStage(Stage):
         records = getattr(self.context, "detectors", None) or {}
         for shape in sorted({(r.naxis2, r.naxis1) for r in records.values()}):
             warm_up_warp(shape)
+
+
+def _may_overlap(handle: Any, target: Any) -> bool:
+    """Whether a template input (a calibrated exposure's handle) may overlap the target, from
+    its file's CALIB table alone (the fitted WCS); True when that cannot be told."""
+    from jointcal_ap.calibration.disk_format import make_wcs
+    from jointcal_ap.diffim.warp import footprint_overlaps
+    from jointcal_ap.exposure.fits_io import read_calib_table
+
+    try:
+        row = read_calib_table(handle.path)
+        wcs = make_wcs(row.wcs_header, str(handle.path))
+        return footprint_overlaps(wcs, (row.naxis2, row.naxis1), target.wcs, target.shape)
+    except Exception:  # not a calibrated exposure's file: read it, and let the warp decide
+        return True
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from jointcal_ap.diffim._warp_kernel import padded_planes, resample
 from jointcal_ap.diffim.errors import DiffimError
 from jointcal_ap.diffim.image import MASK_BITS, ImagePlanes, as_planes, celestial_wcs
 
-__all__ = ["block_mapping", "lanczos_weights", "pixel_mapping", "warm_up_warp", "warp_to"]
+__all__ = ["block_mapping", "footprint_overlaps", "lanczos_weights", "pixel_mapping", "warm_up_warp",
+           "warp_to"]
 
 _A = 3
 
@@ -258,6 +259,34 @@ def warp_to(source, target_wcs, shape: tuple[int, int], *, target_header=None, g
     if not covered:
         raise DiffimError(f"{name}: does not overlap the target grid (no output pixel has data)")
     return ImagePlanes(img_out, var_out, mask_out, None, header, src.source, src.inputs)
+
+
+def footprint_overlaps(source_wcs, source_shape: tuple[int, int], target_wcs,
+                       target_shape: tuple[int, int], *, margin: float = 8.0,
+                       samples: int = 64) -> bool:
+    """Whether any pixel of the source (``source_shape`` = rows, columns) can land on the
+    target grid: its outline, ``samples`` points per edge mapped through the sky onto the
+    target's pixels, comes within ``margin`` pixels of the grid (the kernel's reach is
+    3 pixels; the rest covers the outline between the samples).
+
+    False means :func:`warp_to` would give no pixel of the source (it raises "does not
+    overlap"), so a caller may skip reading the source's planes. True when the mapping is not
+    finite (let the warp decide).
+    """
+    sny, snx = (int(source_shape[0]), int(source_shape[1]))
+    tny, tnx = (int(target_shape[0]), int(target_shape[1]))
+    t = np.linspace(0.0, 1.0, max(2, int(samples)))
+    xs = np.concatenate([0.5 + snx * t, np.full_like(t, snx + 0.5), 0.5 + snx * t[::-1],
+                         np.full_like(t, 0.5)])
+    ys = np.concatenate([np.full_like(t, 0.5), 0.5 + sny * t, np.full_like(t, sny + 0.5),
+                         0.5 + sny * t[::-1]])
+    ra, dec = source_wcs.all_pix2world(xs, ys, 1)
+    tx, ty = target_wcs.all_world2pix(ra, dec, 1, tolerance=1e-6, maxiter=50, quiet=True)
+    tx, ty = np.asarray(tx, float), np.asarray(ty, float)
+    if not (np.all(np.isfinite(tx)) and np.all(np.isfinite(ty))):
+        return True
+    return bool(tx.min() < tnx + 0.5 + margin and tx.max() > 0.5 - margin
+                and ty.min() < tny + 0.5 + margin and ty.max() > 0.5 - margin)
 
 
 def warm_up_warp(shape: tuple[int, int], *, chunk_rows: int = 256) -> None:
