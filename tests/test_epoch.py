@@ -711,3 +711,24 @@ def test_earth_barycentric_position():
     np.testing.assert_allclose(position, reference, atol=1e-9)
     # Half a year apart, the Earth is on the other side of the Sun.
     assert np.dot(position[1], position[2]) < -0.9
+
+
+def test_jax_sin_cos_polynomials_agree_with_the_c_library():
+    """The JAX kernel's sin and cos (polynomials) are within 2 ulp of the C library's; an array
+    with |x| ≥ 1e5 rad (a pole star's α + μα) takes the C library's; NaN and ±inf give NaN."""
+    from jointcal_ap.refcat import _epoch_jax
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(-10.0, 10.0, 100_000), rng.uniform(-1e-6, 1e-6, 1000),
+                        np.arange(-40, 41) * (np.pi / 4), [0.0, np.pi / 2, np.pi, 2 * np.pi, 9e4]])
+    s, c = (np.asarray(v) for v in _epoch_jax.sin_cos(x))
+    assert np.all(np.abs(s - np.sin(x)) <= 2 * np.spacing(np.abs(np.sin(x))))
+    assert np.all(np.abs(c - np.cos(x)) <= 2 * np.spacing(np.abs(np.cos(x))))
+    big = np.array([1.0, 3e10, -2e5])
+    s, c = (np.asarray(v) for v in _epoch_jax.sin_cos(big))
+    np.testing.assert_array_equal(s, np.sin(big))
+    np.testing.assert_array_equal(c, np.cos(big))
+    s, c = (np.asarray(v) for v in _epoch_jax.sin_cos(np.array([np.nan, 1.0])))
+    assert np.isnan(s[0]) and np.isnan(c[0]) and s[1] == pytest.approx(np.sin(1.0), rel=1e-15)
+    for v in _epoch_jax.sin_cos(np.array([np.inf, -np.inf])):
+        assert np.all(np.isnan(np.asarray(v)))

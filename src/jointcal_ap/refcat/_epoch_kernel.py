@@ -40,7 +40,7 @@ _STARPV_BETA_MAX = 0.5
 
 
 def _sin_cos(x, given, xp):
-    return (xp.sin(x), xp.cos(x)) if given is None else xp.given_sin_cos(x, *given)
+    return xp.sin_cos(x) if given is None else xp.given_sin_cos(x, *given)
 
 
 def _angles_sin_cos(ra_rad, dec_rad, pmra_mas_yr, pmdec_mas_yr, xp, given=None):

@@ -251,6 +251,10 @@ class _NumpyNamespace:
     def cos(x):
         return _Dual(np.cos(x.v), -np.sin(x.v) * x.t) if isinstance(x, _Dual) else np.cos(x)
 
+    @classmethod
+    def sin_cos(cls, x):
+        return cls.sin(x), cls.cos(x)
+
 
 _NP = _NumpyNamespace()
 
