@@ -90,9 +90,10 @@ class GridSpline:
     B-spline bases (four non-zero entries per point) and C the coefficients. The column
     factor ``C B_cᵀ`` is kept for the last columns asked for (a warp asks for the same columns
     in every block of rows), so a block costs one sparse product (four basis functions per
-    row) instead of the 16 coefficient sums per pixel of FITPACK's ``bispev``. Points beyond the knots are clamped to them, as
-    ``bispev`` does. The values agree with the spline's to ~1e-13 of a pixel. Derivatives,
-    and evaluation at scattered points, go to the wrapped spline.
+    row) instead of the 16 coefficient sums per pixel of FITPACK's ``bispev``. Points beyond
+    the knots are clamped to them, as ``bispev`` does. The values agree with the spline's to
+    ~1e-13 of a pixel. Derivatives, and evaluation at scattered points, go to the wrapped
+    spline.
     """
 
     def __init__(self, spline: Any) -> None:

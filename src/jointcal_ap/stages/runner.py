@@ -646,10 +646,10 @@ def _worker_heap_env() -> dict[str, str]:
 def _warm_up(resolved: ResolvedPipeline, visits: Mapping[int, Any] | None = None,
              detectors: Mapping[tuple[int, int], Any] | None = None,
              prefault_bytes: int = 0) -> list[str]:
-    """A Dask task on each worker: every stage's :meth:`~jointcal_ap.stages.Stage.warm_up`,
-    with a context holding no data ID and the run's visit and detector records (see
-    :func:`_warm_up_records`), then the heap touched (:func:`_prefault_heap`); returns the
-    errors (each naming its stage) instead of raising."""
+    """A Dask task on each worker: the heap touched first (:func:`_prefault_heap`, so that the
+    warm-ups reuse it too), then every stage's :meth:`~jointcal_ap.stages.Stage.warm_up`, with
+    a context holding no data ID and the run's visit and detector records (see
+    :func:`_warm_up_records`); returns the errors (each naming its stage) instead of raising."""
     use_plugins(resolved.plugin_refs)
     errors = []
     try:
