@@ -467,3 +467,77 @@ def test_footprint_overlap_agrees_with_what_the_warp_gives(sky):
     # rotated by 90° about a far corner: still told apart
     far = WCS(_header(crpix=(160.5 + 400, 150.5), rot_deg=90.0))
     assert not footprint_overlaps(WCS(_header()), SHAPE, far, SHAPE)
+
+
+def _reference_coadd(items):
+    """The module's coadd formula over the whole grid, input by input in their order (the
+    float64 sums the windowed _coadd must reproduce bit for bit)."""
+    exclude = sum(MASK_BITS[b] for b in ("NO_DATA", "BAD", "SAT", "CR", "EDGE"))
+    nodata = MASK_BITS["NO_DATA"]
+    shape = items[0][1].image.shape
+    acc = {k: np.zeros(shape) for k in ("num", "vnum", "den", "fnum", "fvnum", "fden")}
+    mor, fmask, count = np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.zeros(shape, np.int16)
+    for _, p in items:
+        finite = np.isfinite(p.image) & np.isfinite(p.variance)
+        good = finite & ((p.mask & exclude) == 0)
+        if not good.any():
+            continue
+        w = 1.0 / float(np.median(p.variance[good]))
+        wimg, wvar = p.image.astype(np.float64) * w, p.variance.astype(np.float64) * (w * w)
+        fb = finite & ~good & ((p.mask & nodata) == 0)
+        for mine, sel in ((("num", "vnum", "den"), good), (("fnum", "fvnum", "fden"), fb)):
+            acc[mine[0]][sel] += wimg[sel]
+            acc[mine[1]][sel] += wvar[sel]
+            acc[mine[2]][sel] += w
+        count += good
+        mor[good] |= p.mask[good]
+        fmask[fb] |= p.mask[fb]
+    use_fb = (acc["den"] == 0) & (acc["fden"] > 0)
+    den = np.where(use_fb, acc["fden"], acc["den"])
+    empty = den == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        image = np.where(empty, np.nan, np.where(use_fb, acc["fnum"], acc["num"]) / den)
+        var = np.where(empty, np.nan, np.where(use_fb, acc["fvnum"], acc["vnum"]) / (den * den))
+    mask = np.where(use_fb, fmask, mor & ~nodata) | np.where(empty, nodata, 0)
+    return image.astype(np.float32), var.astype(np.float32), mask.astype(np.int32), count
+
+
+def test_coadd_sums_only_where_later_inputs_reach_with_the_same_bits(sky):
+    """The coadd keeps the first usable input as it is and sums in float64 only over the box
+    the later inputs reach: the same planes, bit for bit, as the formula over the whole grid,
+    for a sliver, several partial inputs (one adding a fallback pixel, one with no usable
+    pixel), a single input and a second input covering everything."""
+    from dataclasses import replace
+
+    from jointcal_ap.diffim.template import _coadd
+
+    full = _exposure(sky, _header(crval1=150.0004, rot_deg=7.0), 5)
+    mask = full.mask.copy()
+    mask[100:110, 50:60] |= MASK_BITS["SAT"]                   # usable only as a fallback
+    image = full.image.copy()
+    image[200:205, 200:230] = np.nan                            # a hole
+    full = ("full", warp_to(replace(full, image=image, mask=mask), _header(), SHAPE))
+    sliver = ("sliver", warp_to(_exposure(sky, _header(crpix=(160.5 + 300, 150.5)), 6), _header(),
+                                SHAPE))
+    corner = ("corner", warp_to(_exposure(sky, _header(crpix=(160.5 + 200, 150.5 + 180)), 7),
+                                _header(), SHAPE))
+    sat = _exposure(sky, _header(crpix=(160.5 - 150, 150.5)), 8)
+    sat_mask = sat.mask.copy()
+    sat_mask[:, :] |= MASK_BITS["SAT"]                          # no usable pixel at all
+    saturated = ("saturated", warp_to(replace(sat, mask=sat_mask), _header(), SHAPE))
+    everywhere = ("everywhere", warp_to(_exposure(sky, _header(crval1=150.0001), 9), _header(),
+                                        SHAPE))
+    cases = {"sliver": [full, sliver], "partials": [full, corner, saturated, sliver],
+             "single": [full], "saturated first": [saturated, sliver, full],
+             "everywhere": [full, everywhere, corner]}
+    for name, items in cases.items():
+        got = _coadd(iter(items), SHAPE)
+        want = _reference_coadd(items)
+        for a, b in zip(got[:4], want, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), name
+        assert got[5] == [n for n, _ in items] and got[4] is items[-1][1].header, name
+    # the sliver's box is narrow: most of the grid is the first input's own planes
+    got = _coadd(iter(cases["sliver"]), SHAPE)
+    assert (got[3] == 2).any() and (got[3] == 2).mean() < 0.1
+    with pytest.raises(DiffimError, match="none of the inputs overlaps"):
+        _coadd(iter([saturated]), SHAPE)

@@ -202,17 +202,21 @@ _NONE_OVERLAPS = "build_template: none of the inputs overlaps the target grid"
 
 
 def _coadd(warped_inputs, shape: tuple[int, int]):
-    """The inverse-variance coadd (module notes), accumulated in place one input at a time."""
-    ny, nx = shape
-    num = np.zeros((ny, nx))
-    vnum = np.zeros((ny, nx))
-    den = np.zeros((ny, nx))
-    count = np.zeros((ny, nx), np.int16)
-    fb_num, fb_den, fb_vnum = np.zeros((ny, nx)), np.zeros((ny, nx)), np.zeros((ny, nx))
-    fb_mask = np.zeros((ny, nx), np.int32)
-    mask_or = np.zeros((ny, nx), np.int32)
+    """The inverse-variance coadd (module notes), one input at a time.
+
+    The first input with a usable pixel (the *base*) is kept as it is; the float64 sums run
+    only over the bounding box of where the later inputs have data (grown as they come, with
+    the base's share added first, so every pixel sums its inputs in their order). Outside
+    that box only the base covers a pixel, and its planes are the coadd there (as
+    :func:`_one_input`'s): a neighbouring detector that adds a sliver costs the sliver, not
+    the whole grid. The planes are the same, bit for bit, as sums over the whole grid.
+    """
+    del shape  # the inputs are on the grid already
     names: list[str] = []
     header = None
+    base = None                     # (planes, weight, finite, good) of the base
+    box: tuple[int, int, int, int] | None = None
+    sums: dict[str, np.ndarray] | None = None
     for item in warped_inputs:
         if item is None:
             continue
@@ -224,38 +228,100 @@ def _coadd(warped_inputs, shape: tuple[int, int]):
         if not good.any():
             continue
         w = 1.0 / float(np.median(warped.variance[good]))
-        # in place, only where each pixel counts (NaNs elsewhere are never read)
-        wimg = np.multiply(warped.image, w, dtype=np.float64)
-        wvar = np.multiply(warped.variance, w * w, dtype=np.float64)
-        np.add(num, wimg, out=num, where=good)
-        np.add(vnum, wvar, out=vnum, where=good)
-        np.add(den, w, out=den, where=good)
-        count += good
-        np.bitwise_or(mask_or, warped.mask, out=mask_or, where=good)
-        fb = finite & ~good & ((warped.mask & MASK_BITS["NO_DATA"]) == 0)
-        if fb.any():
-            np.add(fb_num, wimg, out=fb_num, where=fb)
-            np.add(fb_vnum, wvar, out=fb_vnum, where=fb)
-            np.add(fb_den, w, out=fb_den, where=fb)
-            np.bitwise_or(fb_mask, warped.mask, out=fb_mask, where=fb)
-    if not names or (not (den > 0).any() and not (fb_den > 0).any()):
+        if base is None:
+            base = (warped, w, finite, good)
+            continue
+        covers = _bounding_box(finite & ((warped.mask & MASK_BITS["NO_DATA"]) == 0))
+        grown = covers if box is None else (min(box[0], covers[0]), max(box[1], covers[1]),
+                                            min(box[2], covers[2]), max(box[3], covers[3]))
+        if grown != box:
+            fresh = _zero_sums(grown)
+            _add_input(fresh, grown, grown, *base)          # the base first, as it came first
+            if sums is not None:                            # what the box already summed
+                inner = (slice(box[0] - grown[0], box[1] - grown[0]),
+                         slice(box[2] - grown[2], box[3] - grown[2]))
+                for key, values in sums.items():
+                    fresh[key][inner] = values
+            sums, box = fresh, grown
+        _add_input(sums, box, covers, warped, w, finite, good)
+    if base is None:
         raise DiffimError(_NONE_OVERLAPS)
-    use_fb = (den == 0) & (fb_den > 0)
-    num = np.where(use_fb, fb_num, num)
-    vnum = np.where(use_fb, fb_vnum, vnum)
-    den = np.where(use_fb, fb_den, den)
-    mask = np.where(use_fb, fb_mask, mask_or & ~bits(("NO_DATA",)))
+    image, variance, mask, count = _single_planes(base[0], base[2], base[3])
+    if box is not None:
+        window = (slice(box[0], box[1]), slice(box[2], box[3]))
+        image[window], variance[window], mask[window], count[window] = _coadd_planes(sums)
+    return image, variance, mask, count, header, names
+
+
+def _bounding_box(where: np.ndarray) -> tuple[int, int, int, int]:
+    """(row start, row stop, column start, column stop) of the True pixels (some must be)."""
+    rows = np.flatnonzero(where.any(axis=1))
+    cols = np.flatnonzero(where.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _zero_sums(box: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    shape = (box[1] - box[0], box[3] - box[2])
+    sums = {key: np.zeros(shape) for key in ("num", "vnum", "den", "fb_num", "fb_vnum", "fb_den")}
+    sums["count"] = np.zeros(shape, np.int16)
+    sums["mask_or"] = np.zeros(shape, np.int32)
+    sums["fb_mask"] = np.zeros(shape, np.int32)
+    return sums
+
+
+def _add_input(sums: dict[str, np.ndarray], box: tuple[int, int, int, int],
+               part: tuple[int, int, int, int], warped: Any, w: float, finite: np.ndarray,
+               good: np.ndarray) -> None:
+    """Add one input's weighted planes to the sums (over ``box``) on its ``part`` of the grid
+    (a box inside ``box``): usable pixels to the main sums, the others that are finite and
+    covered to the fallback sums."""
+    grid = (slice(part[0], part[1]), slice(part[2], part[3]))
+    local = (slice(part[0] - box[0], part[1] - box[0]), slice(part[2] - box[2], part[3] - box[2]))
+    g, msk = good[grid], warped.mask[grid]
+    wimg = np.multiply(warped.image[grid], w, dtype=np.float64)
+    wvar = np.multiply(warped.variance[grid], w * w, dtype=np.float64)
+    s = {key: values[local] for key, values in sums.items()}
+    np.add(s["num"], wimg, out=s["num"], where=g)
+    np.add(s["vnum"], wvar, out=s["vnum"], where=g)
+    np.add(s["den"], w, out=s["den"], where=g)
+    s["count"] += g
+    np.bitwise_or(s["mask_or"], msk, out=s["mask_or"], where=g)
+    fb = finite[grid] & ~g & ((msk & MASK_BITS["NO_DATA"]) == 0)
+    if fb.any():
+        np.add(s["fb_num"], wimg, out=s["fb_num"], where=fb)
+        np.add(s["fb_vnum"], wvar, out=s["fb_vnum"], where=fb)
+        np.add(s["fb_den"], w, out=s["fb_den"], where=fb)
+        np.bitwise_or(s["fb_mask"], msk, out=s["fb_mask"], where=fb)
+
+
+def _coadd_planes(sums: dict[str, np.ndarray]):
+    """(image, variance, mask, count) from the sums: the usable inputs' weighted mean, else
+    the fallback inputs', else NaN and ``NO_DATA``."""
+    use_fb = (sums["den"] == 0) & (sums["fb_den"] > 0)
+    num = np.where(use_fb, sums["fb_num"], sums["num"])
+    vnum = np.where(use_fb, sums["fb_vnum"], sums["vnum"])
+    den = np.where(use_fb, sums["fb_den"], sums["den"])
+    mask = np.where(use_fb, sums["fb_mask"], sums["mask_or"] & ~bits(("NO_DATA",)))
     empty = den == 0
     mask = (mask | np.where(empty, MASK_BITS["NO_DATA"], 0)).astype(np.int32)
     with np.errstate(invalid="ignore", divide="ignore"):
         image = np.where(empty, np.nan, num / den).astype(np.float32)
         variance = np.where(empty, np.nan, vnum / (den * den)).astype(np.float32)
-    return image, variance, mask, count, header, names
+    return image, variance, mask, sums["count"]
+
+
+def _single_planes(warped: Any, finite: np.ndarray, good: np.ndarray):
+    """One input's planes as the coadd of it alone: its values where usable (or, failing
+    that, finite and covered), NaN and ``NO_DATA`` elsewhere; the count of usable inputs."""
+    used = finite & ((warped.mask & MASK_BITS["NO_DATA"]) == 0)       # good, or the fallback
+    image = np.where(used, warped.image, np.float32(np.nan)).astype(np.float32, copy=False)
+    variance = np.where(used, warped.variance, np.float32(np.nan)).astype(np.float32, copy=False)
+    mask = np.where(used, warped.mask & ~MASK_BITS["NO_DATA"], MASK_BITS["NO_DATA"]).astype(np.int32)
+    return image, variance, mask, good.astype(np.int16)
 
 
 def _one_input(warped_inputs, shape: tuple[int, int]):
-    """:func:`_coadd` of a single input, without its full-image float64 arithmetic: the warped
-    planes themselves where usable (or, failing that, finite and covered), NO_DATA elsewhere."""
+    """:func:`_coadd` of a single input, without its float64 arithmetic."""
     (item,) = tuple(warped_inputs)
     if item is None:
         raise DiffimError(_NONE_OVERLAPS)
@@ -264,10 +330,5 @@ def _one_input(warped_inputs, shape: tuple[int, int]):
     good = finite & ((warped.mask & bits(_EXCLUDE)) == 0)
     if not good.any():
         raise DiffimError(_NONE_OVERLAPS)
-    used = finite & ((warped.mask & MASK_BITS["NO_DATA"]) == 0)       # good, or the fallback
-    image = np.where(used, warped.image, np.float32(np.nan)).astype(np.float32, copy=False)
-    variance = np.where(used, warped.variance, np.float32(np.nan)).astype(np.float32, copy=False)
-    mask = np.where(used, warped.mask & ~MASK_BITS["NO_DATA"], MASK_BITS["NO_DATA"]).astype(np.int32)
-    return image, variance, mask, good.astype(np.int16), warped.header, [name]
-
-
+    image, variance, mask, count = _single_planes(warped, finite, good)
+    return image, variance, mask, count, warped.header, [name]
