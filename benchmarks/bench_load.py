@@ -1,17 +1,18 @@
 """Load and propagate 1,000,000 stars from a refcat, against astropy's apply_space_motion.
 
-One command: ``python benchmarks/bench_load.py``. Builds (once, in benchmarks/_work/) a
+One command: ``python benchmarks/bench_load.py [--no-write]``. Builds (once, in benchmarks/_work/) a
 seeded 1M-star refcat with proper motions, parallaxes and errors, then times
 ``open_refcat(...).cone(0, 0, 180, epoch=2025.5)`` — reading every partition and moving
 every star — with and without covariance propagation, and astropy's
 ``SkyCoord(...).apply_space_motion`` on the same stars (data already in memory). The first
 call of each runs with an empty JAX compilation cache (a fresh directory set before
 jointcal_ap is imported), so it includes the compilation. Writes the section ``load`` of
-docs/benchmarks.md.
+docs/benchmarks.md (``--no-write``: prints it only).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -75,7 +76,11 @@ def timed(fn, repeats: int = 5) -> tuple[float, float]:
     return times[0], statistics.median(times[1:])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section only; leave docs/benchmarks.md alone")
+    args = parser.parse_args(argv)
     # an empty persistent cache: the first call compiles (set before jointcal_ap imports JAX)
     cache = tempfile.mkdtemp(prefix="bench_load_jax_")
     os.environ["JOINTCAL_AP_JAX_CACHE"] = cache
@@ -134,7 +139,8 @@ Measured {time.strftime('%Y-%m-%d')} on {machine_line()}; load average at the st
 {sum(1 for f in Path(cache).rglob("*") if f.is_file())} (in an empty directory).
 """
     print(text)
-    write_section("load", text)
+    if not args.no_write:
+        write_section("load", text)
     return 0
 
 
