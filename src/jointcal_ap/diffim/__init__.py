@@ -30,6 +30,7 @@ _WHERE = {
     "MatchOptions": "matching", "align_pair": "pair", "prepare_pair": "pair", "metrics_table": "qa",
     "SubtractOptions": "subtraction", "subtract": "subtraction", "Template": "template",
     "build_template": "template", "read_template": "template", "warp_to": "warp",
+    "footprint_overlaps": "warp", "warm_up_warp": "warp",
 }
 
 __all__ = sorted(_WHERE, key=lambda n: (not n[0].isupper() or not n.isupper(), n))
