@@ -39,6 +39,8 @@ from functools import cache
 
 import numpy as np
 
+from jointcal_ap._poly import horner
+
 A = 3  # Lanczos order: 2A taps per axis
 #: Padding of the planes: the kernel's reach, and one ring more for the shifted tiles' window.
 PAD = A + 1
@@ -78,21 +80,14 @@ _SIN = tuple((-1) ** i / math.factorial(2 * i + 1) for i in range(11))
 _COS = tuple((-1) ** i / math.factorial(2 * i) for i in range(10))
 
 
-def _horner(x2, coefficients):
-    acc = coefficients[-1]
-    for c in coefficients[-2::-1]:
-        acc = acc * x2 + c
-    return acc
-
-
 def _sin(x):
     """sin(x) for |x| ≤ π/2."""
-    return x * _horner(x * x, _SIN)
+    return x * horner(x * x, _SIN)
 
 
 def _cos(x):
     """cos(x) for |x| ≤ π/2."""
-    return _horner(x * x, _COS)
+    return horner(x * x, _COS)
 
 
 @cache

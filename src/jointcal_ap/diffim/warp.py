@@ -171,8 +171,20 @@ def block_mapping(mx, my, rows: np.ndarray, cols: np.ndarray, n: int, width: int
     return xs, ys, jac
 
 
+#: Rows of output pixels the kernel resamples at once (bounds the memory).
+CHUNK_ROWS = 256
+#: Block widths are multiples of this many columns.
+BLOCK_COLUMNS = 256
+
+
+def _block_width(width: int) -> int:
+    """The columns of the kernel's blocks for ``width`` covered columns: a few shapes, so that
+    the kernel compiles once per camera rather than once per overlap."""
+    return -(-int(width) // BLOCK_COLUMNS) * BLOCK_COLUMNS
+
+
 def warp_to(source, target_wcs, shape: tuple[int, int], *, target_header=None, grid_step: int = 32,
-            chunk_rows: int = 256, where: str = "") -> ImagePlanes:
+            chunk_rows: int = CHUNK_ROWS, where: str = "") -> ImagePlanes:
     """Warp an image (with variance and mask) onto the pixel grid of ``target_wcs``.
 
     Parameters
@@ -239,9 +251,8 @@ def warp_to(source, target_wcs, shape: tuple[int, int], *, target_header=None, g
     covered = False
     r0, r1 = rows_in
     width = len(cols)
-    # blocks of a few shapes (rows: chunk_rows; columns: a multiple of 256), so that the
-    # kernel compiles once per camera rather than once per overlap
-    block_cols = np.arange(c0, c0 + -(-width // 256) * 256) + 1.0
+    # blocks of a few shapes (rows: chunk_rows; columns: _block_width)
+    block_cols = np.arange(c0, c0 + _block_width(width)) + 1.0
     scratch = np.empty(0)
     for start in range(r0, r1, chunk_rows):
         n = min(start + chunk_rows, r1) - start
@@ -294,10 +305,10 @@ def footprint_overlaps(source_wcs, source_shape: tuple[int, int], target_wcs,
                 and ty.min() < tny + 0.5 + margin and ty.max() > 0.5 - margin)
 
 
-def warm_up_warp(shape: tuple[int, int], *, chunk_rows: int = 256) -> None:
+def warm_up_warp(shape: tuple[int, int], *, chunk_rows: int = CHUNK_ROWS) -> None:
     """Trace and compile the resampling kernel for a warp between grids of ``shape`` (rows,
     columns), as :func:`warp_to` with the same ``chunk_rows`` calls it: the input's padded
-    planes and blocks of ``chunk_rows`` × the width rounded up to 256 columns.
+    planes and blocks of ``chunk_rows`` × :func:`_block_width` of the width.
 
     JAX compiles per shape, and the first warp in a process paid ~1.5 s for it (a worker's
     first unit, measured on 4096² detectors); a pipeline's ``template`` stage calls this in
@@ -309,7 +320,7 @@ def warm_up_warp(shape: tuple[int, int], *, chunk_rows: int = 256) -> None:
     zeros = np.zeros((ny, nx), np.float32)
     planes = padded_planes(zeros, zeros, np.zeros((ny, nx), np.int32), np.zeros((ny, nx), bool))
     del zeros
-    width = -(-nx // 256) * 256
+    width = _block_width(nx)
     xs = np.broadcast_to(np.arange(1.0, width + 1.0), (chunk_rows, width)).copy()
     ys = np.broadcast_to(np.arange(1.0, chunk_rows + 1.0)[:, None], (chunk_rows, width)).copy()
     resample(xs, ys, planes)

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from jointcal_ap._jax import bucket, jax, jnp, pad
+from jointcal_ap._poly import horner
 from jointcal_ap.refcat import _epoch_kernel as _model
 
 __all__ = ["CHUNK", "WORKERS", "jacobian_arrays", "propagate_arrays"]
@@ -101,20 +102,13 @@ _SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(1, 10))
 _COS_TAYLOR = tuple((-1) ** k / math.factorial(2 * k) for k in range(2, 10))  # x⁴ ... x¹⁸
 
 
-def _horner(coefficients, z):
-    acc = coefficients[-1]
-    for c in reversed(coefficients[:-1]):
-        acc = c + z * acc
-    return acc
-
-
 def _sin_cos_poly(x):
     k = jnp.round(x * _TWO_OVER_PI)
     r = ((x - k * _PIO2_PARTS[0]) - k * _PIO2_PARTS[1]) - k * _PIO2_PARTS[2]
     quadrant = k.astype(jnp.int32) & 3
     z = r * r
-    s = r + r * z * _horner(_SIN_TAYLOR, z)
-    c = (1.0 - 0.5 * z) + z * z * _horner(_COS_TAYLOR, z)
+    s = r + r * z * horner(z, _SIN_TAYLOR)
+    c = (1.0 - 0.5 * z) + z * z * horner(z, _COS_TAYLOR)
     sin = jnp.where(quadrant == 0, s, jnp.where(quadrant == 1, c, jnp.where(quadrant == 2, -s, -c)))
     cos = jnp.where(quadrant == 0, c, jnp.where(quadrant == 1, -s, jnp.where(quadrant == 2, -c, s)))
     return sin, cos
