@@ -109,3 +109,19 @@ def test_demo_runs_alert_production_to_the_broker_and_the_report(demo):
     page = (demo / "report.html").read_text()
     for name in metrics["figures"].values():
         assert name.removeprefix("report/") in page and (demo / name).exists()
+
+
+def test_demo_exits_1_when_acknowledged_alerts_do_not_come_back(demo, monkeypatch, capsys):
+    """An alert the broker acknowledged but the consumer never read back is a failed demo:
+    exit 1 with the count on stderr, not 0 (the summary here is the demo's own, with a
+    consumer that got 7 fewer)."""
+    import jointcal_ap.demo
+
+    summary = json.loads((demo / "demo_summary.json").read_text())
+    summary["alerts"]["received"]["distinct_dia_sources"] = summary["alerts"]["sent"] - 7
+    monkeypatch.setattr(jointcal_ap.demo, "run_demo", lambda *a, **k: summary)
+    assert main(["demo", "--out", str(demo), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"7 of the {summary['alerts']['sent']:,} alerts the broker acknowledged" in err
+    summary["alerts"]["received"]["distinct_dia_sources"] = summary["alerts"]["sent"]
+    assert main(["demo", "--out", str(demo), "--no-progress"]) == 0

@@ -262,6 +262,11 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"7. report: {summary['report']['html']} ({summary['report']['headline']})")
     print("   time: " + ", ".join(f"{k} {v} s" for k, v in summary["seconds"].items()))
     print(f"summary written to {args.out}/demo_summary.json")
+    if got and got["distinct_dia_sources"] < al["sent"]:
+        print(f"jointcal-ap: error: {al['sent'] - got['distinct_dia_sources']:,} of the "
+              f"{al['sent']:,} alerts the broker acknowledged did not come back to the consumer "
+              f"(they are in the archive {al['archive']})", file=sys.stderr)
+        return 1
     return 0
 
 
