@@ -541,3 +541,43 @@ def test_coadd_sums_only_where_later_inputs_reach_with_the_same_bits(sky):
     assert (got[3] == 2).any() and (got[3] == 2).mean() < 0.1
     with pytest.raises(DiffimError, match="none of the inputs overlaps"):
         _coadd(iter([saturated]), SHAPE)
+
+
+def test_template_carries_its_star_search_and_subtract_gives_the_same_bits_with_it(sky, tmp_path):
+    """build_template searches the coadd once (background and peaks above 5σ): its PSF is the
+    fit find_stars at 50σ would give, and subtract() run with that search gives the bits it
+    gives on the same template read back from its file (which carries none and searches)."""
+    from dataclasses import replace
+
+    from jointcal_ap.diffim import SubtractOptions, subtract
+    from jointcal_ap.diffim.masks import unusable
+    from jointcal_ap.diffim.stars import mesh_background
+    from jointcal_ap.psf import fit_psf
+
+    science = _exposure(sky, _header(), 61)
+    inputs = [_exposure(sky, _header(crval1=150.0 + 0.0003 * k, rot_deg=4 * k), 62 + k) for k in range(2)]
+    t = build_template(inputs, _header(), shape=SHAPE)
+    search = t.star_search
+    assert search is not None and len(search.stars) > 20
+    bad = unusable(t.mask, t.image, t.variance, planes=("BAD", "NO_DATA"))
+    bkg, _ = mesh_background(t.image, ~bad)
+    fresh = find_stars(t.image, t.variance, t.mask, threshold=5.0, background=bkg)
+    for name in ("x", "y", "snr", "flux", "ixx", "isolated", "clean"):
+        assert np.array_equal(getattr(search.stars, name), getattr(fresh, name)), name
+    # the peaks above 50σ of the 5σ search are exactly find_stars' at 50σ
+    at50 = find_stars(t.image, t.variance, t.mask, threshold=50.0, background=bkg)
+    assert np.array_equal(search.stars.select(search.stars.snr >= 50).x, at50.x)
+    own = fit_psf(t.image, t.variance, t.mask, background=bkg, where="template coadd")
+    assert np.array_equal(t.psf.kernel_image(160.0, 150.0), own.kernel_image(160.0, 150.0))
+    back = read_template(t.write(tmp_path / "t.fits"))
+    assert back.star_search is None
+    opts = SubtractOptions(mode="auto")
+    with_search = subtract(science, t, opts)
+    searched_again = subtract(science, replace(back, psf=t.psf), opts)
+    for plane in ("image", "variance", "mask"):
+        assert np.array_equal(getattr(with_search, plane), getattr(searched_again, plane),
+                              equal_nan=True), plane
+    assert with_search.qa == searched_again.qa
+    # a saturation level changes what counts as clean: then the carried search is not used
+    sat = SubtractOptions(mode="auto", template_saturation=float(np.nanmax(t.image)) * 0.5)
+    assert subtract(science, t, sat).qa == subtract(science, replace(back, psf=t.psf), sat).qa

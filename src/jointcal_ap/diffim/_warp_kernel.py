@@ -57,14 +57,18 @@ def padded_planes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, bad
     shape = (ny + 2 * PAD, nx + 2 * PAD)
     inner = (slice(PAD, PAD + ny), slice(PAD, PAD + nx))
     # float32 as the images are (the sums are float64)
+    # filled in place: no full-size temporaries (each 4096² plane is 64 MB)
     img = np.zeros(shape, np.float32)
     var = np.zeros(shape, np.float32)
     msk = np.zeros(shape, np.int32)
     flag = np.ones(shape, bool)
-    img[inner] = np.where(bad, 0.0, image)
-    var[inner] = np.where(bad, 0.0, variance)
+    img[inner] = image
+    var[inner] = variance
     msk[inner] = mask
     flag[inner] = bad
+    if bad.any():
+        np.copyto(img[inner], np.float32(0.0), where=bad)
+        np.copyto(var[inner], np.float32(0.0), where=bad)
     from jointcal_ap._jax import jnp
 
     # on the device once (every block reads them)

@@ -140,6 +140,9 @@ class ImagePlanes(OnPixelGrid):
         The file or a description: named in every error message.
     inputs : tuple of str
         For a template: the exposures that went into it.
+    star_search : StarSearch or None
+        The image's background and peaks, when already found
+        (:func:`jointcal_ap.diffim.stars.search_stars`); else subtract() finds them.
     """
 
     image: np.ndarray
@@ -149,6 +152,7 @@ class ImagePlanes(OnPixelGrid):
     header: fits.Header = field(default_factory=fits.Header)
     source: str = ""
     inputs: tuple[str, ...] = ()
+    star_search: Any = None
 
     def __post_init__(self) -> None:
         img = np.asarray(self.image)
@@ -179,7 +183,7 @@ def as_planes(obj: Any, role: str = "image") -> ImagePlanes:
         if header is None:
             header = fits.Header()
         return ImagePlanes(obj.image, obj.variance, mask, getattr(obj, "psf", None), header, str(source),
-                           tuple(getattr(obj, "inputs", ()) or ()))
+                           tuple(getattr(obj, "inputs", ()) or ()), getattr(obj, "star_search", None))
     raise TypeError(f"{role}: expected an Exposure, a Template or ImagePlanes, got {type(obj).__name__}")
 
 

@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 
 from jointcal_ap.diffim.fields import GridField
 
-__all__ = ["Stars", "find_stars", "mesh_background", "robust_sigma"]
+__all__ = ["StarSearch", "Stars", "find_stars", "mesh_background", "robust_sigma", "search_stars"]
 
 #: Mask planes (LSST bits) that make a pixel unusable for stamps.
 UNUSABLE_BITS = (1 << 0) | (1 << 8)            # BAD, NO_DATA
@@ -302,3 +302,35 @@ def find_stars(image: np.ndarray, variance: np.ndarray | None = None, mask: np.n
                  snr=pv[strong].astype(float), flux=flux,
                  peak=np.nan_to_num(img[sy, sx] - level).astype(float),
                  ixx=ixx, iyy=iyy, ixy=ixy, isolated=isolated, clean=clean)
+
+
+@dataclass(frozen=True)
+class StarSearch:
+    """An image's mesh background and its peaks above 5σ, found as
+    :func:`jointcal_ap.diffim.subtract` finds them (:func:`search_stars`).
+
+    :func:`~jointcal_ap.diffim.build_template` keeps the coadd's on the
+    :class:`~jointcal_ap.diffim.Template` (not written to its file), so that the PSF fit and
+    the subtraction search the template once, not twice.
+    """
+
+    background: GridField
+    stars: Stars
+
+
+def search_stars(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
+                 bad: np.ndarray | None = None, saturation: float | None = None) -> StarSearch:
+    """The mesh background on the usable pixels (not ``BAD``/``NO_DATA``, finite image and
+    non-negative finite variance; or ``~bad``), and :func:`find_stars` at 5σ on it.
+
+    The peaks at S/N ≥ t (``stars.select(stars.snr >= t)``) are exactly what
+    ``find_stars(threshold=t)`` with that background returns, for any t ≥ 5: every quantity
+    is per peak, and the isolation is against every peak above 5σ either way.
+    """
+    from jointcal_ap.diffim.masks import unusable
+
+    if bad is None:
+        bad = unusable(mask, image, variance, planes=("BAD", "NO_DATA"))
+    background, _ = mesh_background(image, ~bad)
+    return StarSearch(background, find_stars(image, variance, mask, threshold=5.0,
+                                             saturation=saturation, background=background))

@@ -57,7 +57,7 @@ from jointcal_ap.diffim.fields import GridField, cell_grid
 from jointcal_ap.diffim.image import MASK_BITS, DifferenceImage, ImagePlanes, as_planes
 from jointcal_ap.diffim.masks import border, grow, unusable
 from jointcal_ap.diffim.matching import MatchOptions, solve_kernel
-from jointcal_ap.diffim.stars import Stars, find_stars, mesh_background
+from jointcal_ap.diffim.stars import Stars, search_stars
 from jointcal_ap.psf import GridPsf, PsfError, PsfModel, fit_psf
 
 __all__ = ["METHODS", "MODES", "SubtractOptions", "subtract"]
@@ -153,14 +153,17 @@ def _prepare(p: ImagePlanes, role: str, saturation: float | None, star_snr: floa
             p = replace(p, mask=p.mask | np.where(sat, np.int32(MASK_BITS["SAT"]), np.int32(0)))
     if bad.all():
         raise DiffimError(f"{where}: every pixel of the {role} image is masked BAD/NO_DATA or not finite")
-    bkg, _ = mesh_background(p.image, ~bad)
+    # a template from build_template carries its search (no extra saturation level here)
+    search = p.star_search if saturation is None else None
+    if search is None:
+        search = search_stars(p.image, p.variance, p.mask, bad=bad, saturation=saturation)
+    bkg, stars = search.background, search.stars
     filled = p.image
     var_filled = p.variance
     if bad.any():
         filled = np.where(bad, bkg.image(), p.image).astype(np.float32)
-        med = np.float32(np.median(p.variance[~bad]))
+        med = np.float32(np.median(_sample(p.variance, ~bad)))
         var_filled = np.where(bad, med, p.variance).astype(np.float32)
-    stars = find_stars(p.image, p.variance, p.mask, threshold=5.0, saturation=saturation, background=bkg)
     if psf is None:
         psf = p.psf
     if psf is None:
@@ -174,6 +177,15 @@ def _prepare(p: ImagePlanes, role: str, saturation: float | None, star_snr: floa
     ny, nx = p.shape
     fwhm = float(psf.fwhm(0.5 * (nx + 1), 0.5 * (ny + 1)))
     return _Prepared(p, bad, filled, var_filled, stars, psf, fwhm, bkg)
+
+
+def _sample(values: np.ndarray, keep: np.ndarray, target: int = 1 << 20) -> np.ndarray:
+    """The kept values, on a regular subgrid of about ``target`` pixels when there are more
+    (a fill level for unusable pixels: a median of a million is plenty); all kept if the
+    subgrid has none."""
+    step = max(1, int(math.sqrt(values.size / target)))
+    sub = values[::step, ::step][keep[::step, ::step]]
+    return sub if sub.size else values[keep]
 
 
 def _kernel_stars(template: _Prepared, science: _Prepared, snr: float, max_stamps: int, cell_px: int

@@ -32,6 +32,7 @@ from astropy.io import fits
 from jointcal_ap.diffim.errors import DiffimError
 from jointcal_ap.diffim.image import MASK_BITS, OnPixelGrid, as_planes, celestial_wcs
 from jointcal_ap.diffim.masks import bits
+from jointcal_ap.diffim.stars import StarSearch, search_stars
 from jointcal_ap.diffim.warp import warp_to
 from jointcal_ap.psf import PsfError, PsfModel, fit_psf
 
@@ -61,6 +62,10 @@ class Template(OnPixelGrid):
         How many inputs contributed to each pixel.
     source : str
         Its name in messages ("template" or the file).
+    star_search : StarSearch or None
+        The coadd's background and peaks above 5σ, from :func:`build_template` (which fits
+        the PSF on them); :func:`~jointcal_ap.diffim.subtract` uses them instead of searching
+        the coadd again. Not written: a template read from a file has None.
     """
 
     image: np.ndarray
@@ -71,6 +76,7 @@ class Template(OnPixelGrid):
     inputs: tuple[str, ...] = ()
     n_inputs: np.ndarray | None = None
     source: str = "template"
+    star_search: StarSearch | None = field(default=None, repr=False)
 
 
     def write(self, path: str | os.PathLike) -> Path:
@@ -179,13 +185,17 @@ def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int
         image, variance, mask, count, header, names = _coadd(
             itertools.chain([first, second], warped), (ny, nx))
     psf = None
+    # the coadd's background and peaks, searched once: for its PSF, and for subtract()'s
+    # kernel stamps and QA (which find the same ones)
+    search = search_stars(image, variance, mask)
     if fit_template_psf:
         try:
-            psf = fit_psf(image, variance, mask, where="template coadd")
+            psf = fit_psf(image, variance, mask, stars=search.stars, background=search.background,
+                          where="template coadd")
         except PsfError as exc:
             log.warning("template coadd: no PSF fitted (%s); subtract() will try again", exc)
     return Template(image, variance, mask, psf, header if header is not None else fits.Header(),
-                    tuple(names), count, source="template")
+                    tuple(names), count, source="template", star_search=search)
 
 
 def _warp_or_skip(exp: Any, twcs: Any, shape: tuple[int, int], theader: Any, grid_step: int):

@@ -140,7 +140,7 @@ register_psf_kind(PcaPsf.kind, PcaPsf.from_hdus)
 def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndarray | None = None, *,
             x=None, y=None, snr=None, size: int | None = None, n_components: int = 3, degree: int = 2,
             min_snr: float = 50.0, max_stars: int = 400, saturation: float | None = None,
-            background=None, where: str = "") -> PcaPsf:
+            background=None, stars=None, where: str = "") -> PcaPsf:
     """Fit a :class:`PcaPsf` to the bright isolated unsaturated stars of an image.
 
     Parameters
@@ -163,6 +163,12 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
     min_snr, max_stars, saturation : see above.
     background : GridField, optional
         The image's background (default: :func:`jointcal_ap.diffim.stars.mesh_background`).
+    stars : Stars, optional
+        Without ``x``: the image's peaks, already found by
+        :func:`~jointcal_ap.diffim.stars.find_stars` with this ``background`` and
+        ``saturation`` at a threshold of at most ``min_snr`` (for example by
+        :func:`~jointcal_ap.diffim.stars.search_stars`); those at S/N ≥ ``min_snr`` are used,
+        which are the stars it would find.
     where : str
         Names the image in error messages.
 
@@ -193,7 +199,11 @@ def fit_psf(image: np.ndarray, variance: np.ndarray | None = None, mask: np.ndar
         fwhm = float("nan")
     else:
         measure_snr = False
-        stars = find_stars(img, variance, msk, threshold=min_snr, saturation=saturation, background=bkg)
+        if stars is None:
+            stars = find_stars(img, variance, msk, threshold=min_snr, saturation=saturation,
+                               background=bkg)
+        else:
+            stars = stars.select(np.asarray(stars.snr) >= min_snr)
         good = stars.isolated & stars.clean
         order = np.argsort(-stars.snr[good])[:max_stars]
         xs, ys, snr = stars.x[good][order], stars.y[good][order], stars.snr[good][order]
