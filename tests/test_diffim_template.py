@@ -428,11 +428,16 @@ def test_template_stage_warm_up_compiles_the_warp_for_the_run_s_detector_shapes(
     stage.context = SimpleNamespace(detectors={(1, 0): record, (1, 1): record})
     stage.warm_up()
     warmed = tiled._cache_size() + gather._cache_size()
-    assert warmed == before + 1                       # one shape: one compilation
+    assert warmed == before + 2        # one detector shape: its whole-width and sliver blocks
     src = ImagePlanes(np.ones(shape, np.float32), np.ones(shape, np.float32),
                       np.zeros(shape, np.int32), None, _header(crpix=(192.5, 128.5)), "src")
     warped = warp_to(src, _header(crval1=150.00001, crpix=(192.5, 128.5)), shape)
     assert np.isfinite(warped.image).mean() > 0.9     # it did resample (not the same-grid copy)
+    assert tiled._cache_size() + gather._cache_size() == warmed
+    # a side neighbour: 60 of the 384 columns overlap, one sliver block wide
+    beside = warp_to(src, _header(crval1=150.0 + 324 * 5.5e-5, crpix=(192.5, 128.5)), shape)
+    covered = np.isfinite(beside.image).any(axis=0)
+    assert 0 < covered.sum() < 256 and covered[-1] and not covered[0]
     assert tiled._cache_size() + gather._cache_size() == warmed
     # without a context (a stage run by hand), warm_up still imports and compiles nothing
     TemplateStage(TemplateOptions()).warm_up()

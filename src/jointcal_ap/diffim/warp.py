@@ -308,11 +308,14 @@ def footprint_overlaps(source_wcs, source_shape: tuple[int, int], target_wcs,
 def warm_up_warp(shape: tuple[int, int], *, chunk_rows: int = CHUNK_ROWS) -> None:
     """Trace and compile the resampling kernel for a warp between grids of ``shape`` (rows,
     columns), as :func:`warp_to` with the same ``chunk_rows`` calls it: the input's padded
-    planes and blocks of ``chunk_rows`` × :func:`_block_width` of the width.
+    planes, and blocks of ``chunk_rows`` rows by the whole width (:func:`_block_width`) and
+    by ``BLOCK_COLUMNS`` (the block of a side neighbour's sliver: a detector beside the target
+    overlaps it by less than ``BLOCK_COLUMNS`` columns in a dithered survey).
 
     JAX compiles per shape, and the first warp in a process paid ~1.5 s for it (a worker's
-    first unit, measured on 4096² detectors); a pipeline's ``template`` stage calls this in
-    its ``warm_up`` for each detector shape of the run. It resamples one block of zeros.
+    first unit, measured on 4096² detectors), and ~1.3 s more for the first sliver; a
+    pipeline's ``template`` stage calls this in its ``warm_up`` for each detector shape of
+    the run. It resamples one block of zeros per block shape.
     """
     ny, nx = (int(shape[0]), int(shape[1]))
     if ny < 1 or nx < 1 or chunk_rows < 1:
@@ -320,10 +323,10 @@ def warm_up_warp(shape: tuple[int, int], *, chunk_rows: int = CHUNK_ROWS) -> Non
     zeros = np.zeros((ny, nx), np.float32)
     planes = padded_planes(zeros, zeros, np.zeros((ny, nx), np.int32), np.zeros((ny, nx), bool))
     del zeros
-    width = _block_width(nx)
-    xs = np.broadcast_to(np.arange(1.0, width + 1.0), (chunk_rows, width)).copy()
-    ys = np.broadcast_to(np.arange(1.0, chunk_rows + 1.0)[:, None], (chunk_rows, width)).copy()
-    resample(xs, ys, planes)
+    for width in sorted({_block_width(nx), _block_width(min(nx, BLOCK_COLUMNS))}):
+        xs = np.broadcast_to(np.arange(1.0, width + 1.0), (chunk_rows, width)).copy()
+        ys = np.broadcast_to(np.arange(1.0, chunk_rows + 1.0)[:, None], (chunk_rows, width)).copy()
+        resample(xs, ys, planes)
 
 
 def _covered_box(mx, my, ny: int, nx: int, sny: int, snx: int
