@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
               "by_stage_median_s": by_stage, "dia_sources": n_dia,
               "simulate_s": t_sim, "pipeline_wall_s": t_run,
               "stage_seconds_total": summary["stage_seconds"],
-              "load_start": load_start, "load_end": load_end}
+              "load_start": load_start, "load_end": load_end,
+              "per_unit": {u: {k: round(float(v), 3) for k, v in r.items()}
+                           for u, r in sorted(rows.items())}}
     print(json.dumps(result, indent=2))
     if args.no_write:
         return 0
