@@ -583,18 +583,6 @@ def test_template_carries_its_star_search_and_subtract_gives_the_same_bits_with_
         assert np.array_equal(getattr(with_search, plane), getattr(searched_again, plane),
                               equal_nan=True), plane
     assert with_search.qa == searched_again.qa
-    # search_stars' own unusable pixels are diffim.masks.unusable's with BAD and NO_DATA
-    from jointcal_ap.diffim.stars import unusable_pixels
-
-    img, var, msk = t.image.copy(), t.variance.copy(), t.mask.copy()
-    var[10:20, 30:40] = -1.0
-    var[50, 60] = np.nan
-    img[70, 80] = np.inf
-    msk[100:110, 5:50] |= MASK_BITS["BAD"]
-    msk[120:130, 5:50] |= MASK_BITS["SAT"]                 # not unusable here
-    expected = unusable(msk, img, var, planes=("BAD", "NO_DATA"))
-    assert expected[15, 35] and expected[50, 60] and expected[70, 80] and expected[105, 10]
-    assert np.array_equal(unusable_pixels(img, var, msk), expected)
     # a saturation level changes what counts as clean: then the carried search is not used
     sat = SubtractOptions(mode="auto", template_saturation=float(np.nanmax(t.image)) * 0.5)
     assert subtract(science, t, sat).qa == subtract(science, replace(back, psf=t.psf), sat).qa

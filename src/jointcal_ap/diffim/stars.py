@@ -304,15 +304,6 @@ def find_stars(image: np.ndarray, variance: np.ndarray | None = None, mask: np.n
                  ixx=ixx, iyy=iyy, ixy=ixy, isolated=isolated, clean=clean)
 
 
-def unusable_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``BAD`` or ``NO_DATA``, a non-finite image, or a variance not finite and ≥ 0: what
-    ``diffim.masks.unusable(mask, image, variance, planes=("BAD", "NO_DATA"))`` gives (spelled
-    out here: ``psf.pca`` imports this module, and ``diffim.masks`` would close a cycle)."""
-    variance = np.asarray(variance)
-    return (((np.asarray(mask) & UNUSABLE_BITS) != 0) | ~np.isfinite(image)
-            | ~(np.isfinite(variance) & (variance >= 0)))
-
-
 @dataclass(frozen=True)
 class StarSearch:
     """An image's mesh background and its peaks above 5σ, found as
@@ -327,17 +318,16 @@ class StarSearch:
     stars: Stars
 
 
-def search_stars(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
-                 bad: np.ndarray | None = None, saturation: float | None = None) -> StarSearch:
-    """The mesh background on the usable pixels (not ``BAD``/``NO_DATA``, finite image and
-    non-negative finite variance; or ``~bad``), and :func:`find_stars` at 5σ on it.
+def search_stars(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, bad: np.ndarray, *,
+                 saturation: float | None = None) -> StarSearch:
+    """The mesh background on the pixels that are not ``bad`` (subtract() passes
+    ``diffim.masks.unusable(mask, image, variance, planes=("BAD", "NO_DATA"))``), and
+    :func:`find_stars` at 5σ on it.
 
     The peaks at S/N ≥ t (``stars.select(stars.snr >= t)``) are exactly what
     ``find_stars(threshold=t)`` with that background returns, for any t ≥ 5: every quantity
     is per peak, and the isolation is against every peak above 5σ either way.
     """
-    if bad is None:
-        bad = unusable_pixels(image, variance, mask)
     background, _ = mesh_background(image, ~bad)
     return StarSearch(background, find_stars(image, variance, mask, threshold=5.0,
                                              saturation=saturation, background=background))

@@ -156,7 +156,7 @@ def _prepare(p: ImagePlanes, role: str, saturation: float | None, star_snr: floa
     # a template from build_template carries its search (no extra saturation level here)
     search = p.star_search if saturation is None else None
     if search is None:
-        search = search_stars(p.image, p.variance, p.mask, bad=bad, saturation=saturation)
+        search = search_stars(p.image, p.variance, p.mask, bad, saturation=saturation)
     bkg, stars = search.background, search.stars
     filled = p.image
     var_filled = p.variance

@@ -31,7 +31,7 @@ from astropy.io import fits
 
 from jointcal_ap.diffim.errors import DiffimError
 from jointcal_ap.diffim.image import MASK_BITS, OnPixelGrid, as_planes, celestial_wcs
-from jointcal_ap.diffim.masks import bits
+from jointcal_ap.diffim.masks import bits, unusable
 from jointcal_ap.diffim.stars import StarSearch, search_stars
 from jointcal_ap.diffim.warp import warp_to
 from jointcal_ap.psf import PsfError, PsfModel, fit_psf
@@ -187,7 +187,8 @@ def build_template(calexps: Sequence[Any], target: Any, *, shape: tuple[int, int
     psf = None
     # the coadd's background and peaks, searched once: for its PSF, and for subtract()'s
     # kernel stamps and QA (which find the same ones)
-    search = search_stars(image, variance, mask)
+    search = search_stars(image, variance, mask,
+                          unusable(mask, image, variance, planes=("BAD", "NO_DATA")))
     if fit_template_psf:
         try:
             psf = fit_psf(image, variance, mask, stars=search.stars, background=search.background,

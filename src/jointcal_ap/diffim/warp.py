@@ -323,7 +323,7 @@ def warm_up_warp(shape: tuple[int, int], *, chunk_rows: int = CHUNK_ROWS) -> Non
     zeros = np.zeros((ny, nx), np.float32)
     planes = padded_planes(zeros, zeros, np.zeros((ny, nx), np.int32), np.zeros((ny, nx), bool))
     del zeros
-    for width in sorted({_block_width(nx), _block_width(min(nx, BLOCK_COLUMNS))}):
+    for width in sorted({_block_width(nx), BLOCK_COLUMNS}):
         xs = np.broadcast_to(np.arange(1.0, width + 1.0), (chunk_rows, width)).copy()
         ys = np.broadcast_to(np.arange(1.0, chunk_rows + 1.0)[:, None], (chunk_rows, width)).copy()
         resample(xs, ys, planes)
