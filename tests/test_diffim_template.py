@@ -220,16 +220,50 @@ def test_warp_kernel_matches_exact_lanczos_to_float32_rounding():
     assert missing.any() and (~missing).any() and (macc != 0).any()
 
 
-def _kernel_inputs(seed=7, shape=(300, 420)):
+def _kernel_inputs(seed=7, shape=(300, 420), sparse=False):
+    """Padded planes of noise; flags on 1 % (mask) and 0.2 % (bad) of the pixels, or with
+    ``sparse`` on a grid of isolated pixels, so that some tiles' windows hold no flag."""
     from jointcal_ap.diffim._warp_kernel import padded_planes
 
     rng = np.random.default_rng(seed)
     ny, nx = shape
     image = rng.normal(100.0, 30.0, (ny, nx)).astype(np.float32)
     variance = rng.uniform(50.0, 150.0, (ny, nx)).astype(np.float32)
-    mask = np.where(rng.uniform(size=(ny, nx)) < 0.01, 1 << 3, 0).astype(np.int32)
-    bad = rng.uniform(size=(ny, nx)) < 0.002
+    if sparse:
+        mask = np.zeros((ny, nx), np.int32)
+        mask[20::60, 15::70] = 1 << 3
+        bad = np.zeros((ny, nx), bool)
+        bad[50::90, 45::110] = True
+    else:
+        mask = np.where(rng.uniform(size=(ny, nx)) < 0.01, 1 << 3, 0).astype(np.int32)
+        bad = rng.uniform(size=(ny, nx)) < 0.002
     return padded_planes(image, variance, mask, bad)
+
+
+def _tile_kinds(xs, ys, planes, tile):
+    """For each tile of a block, as the kernel chooses its path (module notes of
+    ``_warp_kernel``): (first-tap offsets one value per axis, a flag in its 7-tap window), or
+    None for a tile that takes the gather."""
+    from jointcal_ap.diffim._warp_kernel import PAD, A
+
+    msk, bad = (np.asarray(p).reshape(planes[4]) for p in planes[2:4])
+    ny_p, nx_p = planes[4]
+    kinds = []
+    for r in range(0, xs.shape[0], tile):
+        for c in range(0, xs.shape[1], tile):
+            ix0 = np.floor(xs[r:r + tile, c:c + tile] - 1.0).astype(int) - (A - 1) + PAD
+            iy0 = np.floor(ys[r:r + tile, c:c + tile] - 1.0).astype(int) - (A - 1) + PAD
+            ox, oy = ix0 - np.arange(tile)[None, :], iy0 - np.arange(tile)[:, None]
+            inside = (ix0.min() >= PAD - A and ix0.max() <= nx_p - PAD - A
+                      and iy0.min() >= PAD - A and iy0.max() <= ny_p - PAD - A)
+            if not inside or np.ptp(ox) > 1 or np.ptp(oy) > 1:
+                kinds.append(None)
+                continue
+            window = (slice(oy.min(), oy.min() + tile + 2 * A),
+                      slice(ox.min(), ox.min() + tile + 2 * A))
+            kinds.append((np.ptp(ox) == 0 and np.ptp(oy) == 0,
+                           bool(msk[window].any() or bad[window].any())))
+    return kinds
 
 
 def _tiled_and_gathered(xs, ys, planes, tile):
@@ -238,14 +272,18 @@ def _tiled_and_gathered(xs, ys, planes, tile):
     return resample(xs, ys, planes, tile=tile), resample(xs, ys, planes, tile=0)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["flags_everywhere", "sparse_flags"])
 @pytest.mark.parametrize("case", ["shift", "shift_across_integer", "rotation", "edge", "mixed"])
-def test_shifted_tiles_give_the_gather_s_bits(case):
-    """The shifted-tile path (7 × 7 slices per tile) and the gather give the same bits for every
-    plane, on tiles that take it (a near-shift, also one whose offset crosses an integer inside
-    the tile), on tiles that must fall back (a 3° rotation: offsets span > 1 px per tile; the
-    input's edge: pixels beyond its padding), and on a block that has both."""
+def test_shifted_tiles_give_the_gather_s_bits(case, sparse):
+    """The shifted-tile path (7 × 7 slices per tile, 6 × 6 where the first-tap offset is one
+    value per axis; the mask sums left out where no flag is in reach) and the gather give the
+    same bits for every plane, on tiles that take it (a near-shift, also one whose offset
+    crosses an integer inside the tile), on tiles that must fall back (a 3° rotation: offsets
+    span > 1 px per tile; the input's edge: pixels beyond its padding), and on a block that has
+    both; with flags near every tile, and with isolated ones (then the shifts give tiles of
+    all four shifted kinds)."""
     tile = 32
-    planes = _kernel_inputs()
+    planes = _kernel_inputs(sparse=sparse)
     yy, xx = np.mgrid[1:65, 1:129].astype(float)
     if case == "shift":
         xs, ys = xx + 30.37 + 2e-3 * yy, yy + 100.71 - 1e-3 * xx
@@ -268,6 +306,12 @@ def test_shifted_tiles_give_the_gather_s_bits(case):
         np.testing.assert_array_equal(got, want)
     _, _, macc, missing = slow
     assert (macc != 0).any() and missing.any() and (~missing).any()
+    kinds = _tile_kinds(xs, ys, planes, tile)
+    if sparse and case == "shift_across_integer":
+        assert {k for k in kinds if k is not None} == {(u, f) for u in (True, False)
+                                                       for f in (True, False)}, kinds
+    if case == "shift":
+        assert all(k is not None and k[0] for k in kinds), kinds
     if case == "edge":
         assert missing[:, :32].all() and missing[:, -32:].mean() < 0.5   # (bad pixels)
 

@@ -27,6 +27,14 @@ adds exactly nothing, so the two paths give the same bits. A tile whose offsets 
 than one pixel (a rotation of more than ~0.4° over the tile, a strong distortion), or which
 has a pixel beyond the input's padding, takes the gather: any mapping is still right.
 
+Two cheaper kinds of shifted tile give the same bits again. Where the offset is one value per
+axis over the tile (most tiles: it changes only where ``x' - x`` crosses an integer), the 7th
+tap weighs 0 for every pixel, and the sums run over 6 × 6 slices. Where no pixel in the tile's
+7 × 7 window has a mask bit or is bad (usually most tiles: masks are sparse), the mask sums
+would stay 0 and the missing ones False, so only the image and variance are summed. On the
+latency benchmark's 4096² pair (no mask bits) a 256 × 4096 block took 0.088–0.103 s against
+0.116–0.121 s with every tile on the 7 × 7 masked sums (one core, 5 calls; this machine).
+
 The input planes are padded by the kernel's reach (plus one ring, so that a tile's 7 × 7
 window never leaves them) with "bad" pixels (value 0), so that no tap needs a bounds check;
 positions beyond the kernel's reach of the input are marked missing.
@@ -34,6 +42,7 @@ positions beyond the kernel's reach of the input are marked missing.
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import cache
 
@@ -150,26 +159,44 @@ def _kernel():
                 sums = add_tap(sums, wy[..., j] * wx[..., i], wmax, img[flat], var[flat], msk[flat], bad[flat])
         return sums
 
-    def shifted(wx, wy, ox, oy, img, var, msk, bad, ny_p, nx_p):
+    def shifted(wx, wy, ox, oy, img, var, msk, bad, ny_p, nx_p, taps, flags):
         """One tile (no pixel beyond the padding; first-tap offsets ``ox``, ``oy`` from the pixel
-        spanning ≤ 1 pixel per axis)."""
+        spanning ≤ 1 pixel per axis) over ``taps`` (7, or 6 where the offsets are one value
+        per axis) slices per axis; ``flags`` False: no mask bit or bad pixel in the tile's
+        window, so the mask sums stay 0 and the missing ones False, as they would by adding."""
         ty, tx = wx.shape[:2]
         bx, by = ox.min(), oy.min()
-        zero = jnp.zeros((*wx.shape[:-1], 1))
-        # 7 taps per axis: a pixel whose first tap is at the tile's offset uses taps 0-5,
-        # the others taps 1-6; the tap it does not use weighs 0
-        wx7 = jnp.where((ox == bx)[..., None], jnp.concatenate([wx, zero], -1),
-                        jnp.concatenate([zero, wx], -1))
-        wy7 = jnp.where((oy == by)[..., None], jnp.concatenate([wy, zero], -1),
-                        jnp.concatenate([zero, wy], -1))
+        if taps == 2 * A:
+            wx7, wy7 = wx, wy
+        else:
+            zero = jnp.zeros((*wx.shape[:-1], 1))
+            # 7 taps per axis: a pixel whose first tap is at the tile's offset uses taps 0-5,
+            # the others taps 1-6; the tap it does not use weighs 0
+            wx7 = jnp.where((ox == bx)[..., None], jnp.concatenate([wx, zero], -1),
+                            jnp.concatenate([zero, wx], -1))
+            wy7 = jnp.where((oy == by)[..., None], jnp.concatenate([wy, zero], -1),
+                            jnp.concatenate([zero, wy], -1))
         wmax = wx.max(axis=-1) * wy.max(axis=-1)
-        size = (ty + 2 * A, tx + 2 * A)
-        win = [lax.dynamic_slice(p.reshape(ny_p, nx_p), (by, bx), size) for p in (img, var, msk, bad)]
+        size = (ty + taps - 1, tx + taps - 1)
+        planes = (img, var, msk, bad) if flags else (img, var)
+        win = [lax.dynamic_slice(p.reshape(ny_p, nx_p), (by, bx), size) for p in planes]
         sums = (jnp.zeros((ty, tx)), jnp.zeros((ty, tx)), jnp.zeros((ty, tx), jnp.int32), jnp.zeros((ty, tx), bool))
-        for j in range(2 * A + 1):
-            for i in range(2 * A + 1):
-                sums = add_tap(sums, wy7[..., j] * wx7[..., i], wmax, *(p[j:j + ty, i:i + tx] for p in win))
+        for j in range(taps):
+            for i in range(taps):
+                w = wy7[..., j] * wx7[..., i]
+                if flags:
+                    sums = add_tap(sums, w, wmax, *(p[j:j + ty, i:i + tx] for p in win))
+                else:   # add_tap's image and variance sums alone
+                    im, va = (p[j:j + ty, i:i + tx] for p in win)
+                    sums = (sums[0] + w * im.astype(jnp.float64),
+                            sums[1] + w * w * va.astype(jnp.float64), sums[2], sums[3])
         return sums
+
+    def flagged(by, bx, ty, tx, msk, bad, ny_p, nx_p):
+        """Whether a tile's 7-tap window holds a mask bit or a bad pixel."""
+        size = (ty + 2 * A, tx + 2 * A)
+        return (lax.dynamic_slice(msk.reshape(ny_p, nx_p), (by, bx), size).any()
+                | lax.dynamic_slice(bad.reshape(ny_p, nx_p), (by, bx), size).any())
 
     def run_gather(xs, ys, img, var, msk, bad, ny_p, nx_p):
         wx, wy, ix0, iy0, far = first_taps(xs, ys, ny_p, nx_p)
@@ -189,8 +216,17 @@ def _kernel():
             ox = ix0 - jnp.arange(tile)[None, :]
             oy = iy0 - jnp.arange(tile)[:, None]
             near = ~far.any() & (ox.max() - ox.min() <= 1) & (oy.max() - oy.min() <= 1)
-            return lax.cond(near,
-                            lambda: shifted(wx, wy, ox, oy, img, var, msk, bad, ny_p, nx_p),
+            one_offset = (ox.max() == ox.min()) & (oy.max() == oy.min())
+
+            def near_tile():
+                dirty = flagged(oy.min(), ox.min(), tile, tile, msk, bad, ny_p, nx_p)
+                branches = [functools.partial(shifted, wx, wy, ox, oy, img, var, msk, bad, ny_p,
+                                              nx_p, taps, flags)
+                            for flags in (False, True) for taps in (2 * A + 1, 2 * A)]
+                return lax.switch(2 * dirty.astype(jnp.int32) + one_offset.astype(jnp.int32),
+                                  branches)
+
+            return lax.cond(near, near_tile,
                             lambda: gathered(wx, wy, ix0, iy0, far, img, var, msk, bad, ny_p, nx_p))
 
         out = lax.map(one, (to_tiles(xs), to_tiles(ys)))
