@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -159,6 +160,33 @@ def test_broker_killed_mid_stream_every_alert_arrives(schema_registry, tmp_path)
             assert archive.count("sent") == 300
         got, _ = _consume_all(broker, "restart", schema_registry, "restart", 300)
         assert set(got) == ids  # every alert arrived at least once (deduplicated by id)
+
+
+def test_alert_packet_dataset_is_the_archive_s_file_of_the_batch(tmp_path):
+    """A sink's delivery report names the container file it archived the batch in; the
+    AlertPacket dataset of those records is a copy of it, and reads back as the records the
+    encoder writes; without the file (or without one named), the records are encoded."""
+    from jointcal_ap.alerts.archive import ArchivedAlerts, read_alert_file, write_alert_file
+
+    batch = _batch(12, seed=11, visit=5, cutout_bytes=500)
+    records = batch.records()
+    sink = open_alert_sink(f"file://{tmp_path / 'archive'}")
+    key = IdempotencyKey.make("export_alerts", {"visit": 5, "detector": 1}, "abc")
+    try:
+        report = sink.send(batch, key)
+        again = sink.send(batch, key)
+    finally:
+        sink.close()
+    assert report.container is not None and again.skipped and again.container is None
+    copied, encoded = tmp_path / "copied.avro", tmp_path / "encoded.avro"
+    write_alert_file(ArchivedAlerts(records, report.container), copied)
+    write_alert_file(records, encoded)
+    assert copied.read_bytes() == Path(report.container).read_bytes()
+    assert copied.read_bytes() != encoded.read_bytes()
+    assert read_alert_file(copied) == read_alert_file(encoded) == records
+    gone = tmp_path / "gone.avro"
+    write_alert_file(ArchivedAlerts(records, tmp_path / "no-such-file.avro"), gone)
+    assert read_alert_file(gone) == records
 
 
 def test_sinks_through_the_plugin_hook(tansu_broker, schema_registry, tmp_path):

@@ -69,12 +69,19 @@ class ExportAlertsStage(Stage):
                                 ss_sources=ss_sources if ss_sources.num_rows else None,
                                 cutouts=cutouts, history_days=opts.history_days,
                                 as_batch=True)
+        container = None
         if opts.sink:
             report = self.context.alert_sink(opts.sink).send(batch, self.context.key)
             if report.failed:
                 raise RuntimeError(f"{len(report.failed)} alert(s) not delivered, e.g. "
                                    f"{report.failed[0]}; they stay in the archive for "
                                    f"'jointcal-ap alerts send --resend-unsent'")
+            # the archive's file of this very batch (not of an earlier delivery it skipped)
+            container = None if report.skipped else getattr(report, "container", None)
+        if container is not None:
+            from jointcal_ap.alerts.archive import ArchivedAlerts
+
+            return {"alerts": ArchivedAlerts(batch.records(), container)}
         return {"alerts": batch.records()}
 
     def warm_up(self) -> None:

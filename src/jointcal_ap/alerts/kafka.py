@@ -308,26 +308,27 @@ class FileAlertSink:
 
         self.archive = AlertArchive(self.root)
 
-    def _archive(self, alerts: Any) -> tuple[list[int], list[bytes]]:
-        """Archive one unit's alerts (as ``unsent``); their ids and bodies, as archived."""
+    def _archive(self, alerts: Any) -> tuple[list[int], list[bytes], str | None]:
+        """Archive one unit's alerts (as ``unsent``); their ids and bodies, as archived, and
+        the container file they are in (None: no alert)."""
         from jointcal_ap.alerts.packets import AlertBatch
 
         if not isinstance(alerts, AlertBatch):
             alerts = list(alerts)
         if not len(alerts):
-            return [], []
+            return [], [], None
         bodies, columns = self.archive.encode(alerts)
-        self.archive.write_bodies(bodies, *columns)
-        return [int(i) for i in columns[0]], bodies
+        path = self.archive.write_bodies(bodies, *columns)
+        return [int(i) for i in columns[0]], bodies, str(path)
 
     def send(self, alerts: Iterable[Mapping[str, Any]], key: IdempotencyKey) -> DeliveryReport:
         """Archive one unit's alerts (an iterable of dicts, or an AlertBatch)."""
         if self.archive.delivered(key.unit, key.input_identity):
             return DeliveryReport(0, 0, skipped=True)
-        ids, _ = self._archive(alerts)
+        ids, _, path = self._archive(alerts)
         self.archive.mark_sent(ids)
         self.archive.record_delivery(key.unit, key.input_identity)
-        return DeliveryReport(len(ids), len(ids))
+        return DeliveryReport(len(ids), len(ids), container=path)
 
     def flush(self, timeout: float) -> int:
         return 0
@@ -366,7 +367,7 @@ class KafkaAlertSink(FileAlertSink):
 
         if self.archive.delivered(key.unit, key.input_identity):
             return DeliveryReport(0, 0, skipped=True)
-        ids, bodies = self._archive(alerts)
+        ids, bodies, path = self._archive(alerts)
         # the bodies just archived, not read back from the archive (the same bytes)
         acked, failed = self.producer.send(
             (i, frame(self.schema_id, body)) for i, body in zip(ids, bodies, strict=True))
@@ -379,7 +380,7 @@ class KafkaAlertSink(FileAlertSink):
                                 f"the archive {self.root} for `jointcal-ap alerts send "
                                 f"{self.root} --resend-unsent`")
         self.archive.record_delivery(key.unit, key.input_identity)
-        return DeliveryReport(len(ids), len(acked))
+        return DeliveryReport(len(ids), len(acked), container=path)
 
     def flush(self, timeout: float) -> int:
         return self.producer.flush(timeout)

@@ -313,12 +313,17 @@ class DeliveryReport:
         ``(diaSourceId, reason)`` of alerts not delivered.
     skipped : bool
         True if the batch's key had already been delivered (nothing sent).
+    container : str or None
+        The Avro object container file the sink archived this batch's alerts in, if it
+        keeps one (then it holds exactly these alerts; a caller may copy it rather than
+        encode them again).
     """
 
     sent: int
     acknowledged: int
     failed: tuple[tuple[int, str], ...] = ()
     skipped: bool = False
+    container: str | None = None
 
 
 @runtime_checkable
