@@ -31,9 +31,6 @@ cannot make progress stops with a :class:`FitError` carrying its diagnostics.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -43,6 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from jointcal_ap import heap
 from jointcal_ap.errors import FitError
 
 __all__ = ["CG_TOLERANCE", "FitError", "FitProblem", "Problem", "SolveStats", "gauss_newton"]
@@ -240,19 +238,10 @@ def _whitener(cov: np.ndarray) -> np.ndarray:
     return w
 
 
-@functools.cache
-def _malloc_trim():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
 def release_free_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; a no-op where
-    there is none).
+    """Give the C heap's free pages back to the system (:func:`jointcal_ap.heap.release_free_heap`:
+    glibc's ``malloc_trim``; not in a process that keeps its heap on purpose, a pipeline
+    worker, whose next units reuse those pages).
 
     The passes over the measurements allocate and free many chunk-sized temporaries (a few MB,
     under glibc's mmap threshold, so on the heap). The pages of the holes they leave stay
@@ -261,9 +250,7 @@ def release_free_heap() -> None:
     in fits of :data:`TRIM_EACH_PRODUCT` measurements or more, at each product of conjugate
     gradients.
     """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    heap.release_free_heap()
 
 
 def index_dtype(*sizes: int) -> type:

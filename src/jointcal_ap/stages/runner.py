@@ -49,6 +49,7 @@ from typing import Any
 
 from jointcal_ap.atomic import write_json, write_text
 from jointcal_ap.errors import PicklableError
+from jointcal_ap.heap import heap_is_kept
 from jointcal_ap.stages.context import (
     DatasetHandle,
     StageContext,
@@ -609,24 +610,15 @@ PREFAULT_BYTES_PER_PIXEL = 192
 PREFAULT_MEMORY_FRACTION = 0.4
 
 
-def _heap_is_kept() -> bool:
-    """Whether this process's C heap keeps what it frees (:data:`WORKER_HEAP_ENV`'s settings)."""
-    try:
-        return (os.environ.get("MALLOC_MMAP_MAX_") == "0"
-                and int(os.environ.get("MALLOC_TRIM_THRESHOLD_", "0")) >= 1 << 32)
-    except ValueError:
-        return False
-
-
 def _prefault_heap(nbytes: int) -> float:
     """Touch ``nbytes`` of heap once and free them; returns the seconds it took.
 
-    A worker whose heap is kept (:func:`_heap_is_kept`) then reuses those pages, so its
+    A worker whose heap is kept (:func:`jointcal_ap.heap.heap_is_kept`) then reuses those pages, so its
     first unit does not fault its planes in page by page: on a VM whose balloon takes freed
     pages back to the host that cost ~2.3 s per GB, and a 4096² AP unit's first run in a
     process took 13.2 s against 7.0 s for the next ones (a scratch driver, one core; after
     touching 3 GiB first: 8.5 s). Nothing is done where the heap gives pages back."""
-    if nbytes <= 0 or not _heap_is_kept():
+    if nbytes <= 0 or not heap_is_kept():
         return 0.0
     import numpy as np
 
