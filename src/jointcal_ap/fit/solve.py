@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from jointcal_ap import heap
 from jointcal_ap.errors import FitError
+from jointcal_ap.heap import release_free_heap
 
 __all__ = ["CG_TOLERANCE", "FitError", "FitProblem", "Problem", "SolveStats", "gauss_newton"]
 
@@ -238,29 +238,21 @@ def _whitener(cov: np.ndarray) -> np.ndarray:
     return w
 
 
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the system (:func:`jointcal_ap.heap.release_free_heap`:
-    glibc's ``malloc_trim``; not in a process that keeps its heap on purpose, a pipeline
-    worker, whose next units reuse those pages).
-
-    The passes over the measurements allocate and free many chunk-sized temporaries (a few MB,
-    under glibc's mmap threshold, so on the heap). The pages of the holes they leave stay
-    resident: at 10⁷ measurements the resident set grew from 8.0 to 9.8 GB over the clipping
-    rounds with the live arrays unchanged. Called before each step, after each whitening and,
-    in fits of :data:`TRIM_EACH_PRODUCT` measurements or more, at each product of conjugate
-    gradients.
-    """
-    heap.release_free_heap()
-
-
 def index_dtype(*sizes: int) -> type:
     """int32 for indices into arrays of at most these sizes when they fit (half the bytes of
     int64: the per-measurement indices are held through the whole solve), else int64."""
     return np.int32 if max(sizes, default=0) < 2**31 else np.int64
 
 
+# The passes over the measurements allocate and free many chunk-sized temporaries (a few MB,
+# under glibc's mmap threshold, so on the heap); the pages of the holes they leave stay
+# resident (at 10⁷ measurements the resident set grew from 8.0 to 9.8 GB over the clipping
+# rounds with the live arrays unchanged). So the fit gives them back before each step, after
+# each whitening and, in fits of TRIM_EACH_PRODUCT measurements or more, at each product of
+# conjugate gradients; not in a process that keeps its heap on purpose (a pipeline worker).
+
 #: Fits of at least this many measurements give the C heap's free pages back at every product
-#: of conjugate gradients (see :func:`release_free_heap`), not only before each step.
+#: of conjugate gradients (see :func:`jointcal_ap.heap.release_free_heap`), not only before each step.
 TRIM_EACH_PRODUCT = 1 << 22
 
 #: Measurements per chunk of the passes over the measurements: the temporaries of a chunk stay
