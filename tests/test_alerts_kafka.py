@@ -189,6 +189,23 @@ def test_alert_packet_dataset_is_the_archive_s_file_of_the_batch(tmp_path):
     assert read_alert_file(gone) == records
 
 
+def test_a_truncated_or_foreign_alert_file_is_a_clear_error(tmp_path):
+    """An AlertPacket file cut short, or a file that is not Avro, raises ArchiveError naming
+    the file (not fastavro's bare EOFError)."""
+    from jointcal_ap.alerts.archive import ArchiveError, read_alert_file, write_alert_file
+
+    whole = tmp_path / "alerts.avro"
+    write_alert_file(_batch(6, seed=12, visit=5, cutout_bytes=3000).records(), whole)
+    data = whole.read_bytes()
+    cut, foreign = tmp_path / "cut.avro", tmp_path / "foreign.avro"
+    cut.write_bytes(data[: len(data) // 2])
+    foreign.write_text("SIMPLE  =                    T\n")
+    for path in (cut, foreign):
+        with pytest.raises(ArchiveError, match=str(path.name)):
+            read_alert_file(path)
+    assert len(read_alert_file(whole)) == 6
+
+
 def test_sinks_through_the_plugin_hook(tansu_broker, schema_registry, tmp_path):
     from jointcal_ap.stages.manager import get_plugin_manager
 

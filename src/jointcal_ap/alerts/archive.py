@@ -393,8 +393,18 @@ def write_alert_file(alerts: Sequence[Mapping[str, Any]], path: str | os.PathLik
 
 
 def read_alert_file(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read what :func:`write_alert_file` wrote (any Avro container file of alerts)."""
+    """Read what :func:`write_alert_file` wrote (any Avro container file of alerts).
+
+    Raises
+    ------
+    ArchiveError
+        Not an Avro container file, or a truncated or damaged one; the message names the file.
+    """
     import fastavro
 
     with open(path, "rb") as fh:
-        return list(fastavro.reader(fh))
+        try:
+            return list(fastavro.reader(fh))
+        except (EOFError, ValueError, TypeError, zlib.error) as exc:
+            raise ArchiveError(f"{path}: not a readable Avro container file of alerts "
+                               f"(truncated or damaged?): {type(exc).__name__}: {exc}") from None
