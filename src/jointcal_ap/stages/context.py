@@ -24,11 +24,11 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from jointcal_ap.stages.errors import PluginError
 from jointcal_ap.stages.interfaces import AlertSink, Apdb, IdempotencyKey
+from jointcal_ap.stages.readcache import read_cache
 from jointcal_ap.store.dimensions import DataId
 
 __all__ = [
@@ -65,7 +65,7 @@ class DatasetHandle:
     def get(self) -> Any:
         """Read the dataset."""
         if "value" not in self._cache:
-            self._cache["value"] = self.dataset_type.read(Path(self.path))
+            self._cache["value"] = read_cache().read(self.dataset_type, self.path)
         return self._cache["value"]
 
 

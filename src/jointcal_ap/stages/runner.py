@@ -68,6 +68,7 @@ from jointcal_ap.stages.pipeline import (
     resolve_pipeline,
     units_from,
 )
+from jointcal_ap.stages.readcache import read_cache
 from jointcal_ap.store.dimensions import DataId
 from jointcal_ap.store.registry import DatasetRef
 from jointcal_ap.store.repository import (
@@ -254,11 +255,13 @@ _SHARED: dict[tuple[str, str, str], Any] = {}
 
 def _read(resolved: ResolvedPipeline, source: _Input) -> Any:
     """Read a single input; a whole-run pipeline input is read once per worker process and
-    reused while unchanged (stages must treat their inputs as read-only)."""
+    reused while unchanged, a unit's large input through the worker's
+    :func:`~jointcal_ap.stages.readcache.read_cache` (stages must treat their inputs as
+    read-only)."""
     dataset_type = resolved.dataset_types[source.dataset]
     path = Path(source.path)  # type: ignore[arg-type]
     if not source.shared:
-        return dataset_type.read(path)
+        return read_cache().read(dataset_type, path)
     key = (dataset_type.name, str(path.resolve()),
            json.dumps(file_identity(path), sort_keys=True))
     if key not in _SHARED:
@@ -405,6 +408,14 @@ def _discard_unfinished_outputs(resolved: ResolvedPipeline, task: _Task, root: s
     for parent in parents:
         if parent != repo.root and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
+
+
+def _close_worker() -> list[str]:
+    """At the end of a run, in each worker (and in this process): close the resources the
+    stages opened, and drop the values the read cache holds (a worker of a cluster given by
+    address outlives the run)."""
+    read_cache().clear()
+    return close_resources()
 
 
 def _run_task(resolved: ResolvedPipeline, task: _Task, root: str,
@@ -689,6 +700,7 @@ class _Executor:
         self.used = False  # whether any task ran
         self.warmed = False  # whether the workers ran the stages' warm_up
         self._config: Any = None
+        self._workers: dict[DataId, str] = {}  # unit -> the worker that ran its last segment
 
     def connect(self, n_tasks: int) -> None:
         """Start a LocalCluster, or connect to the scheduler (SchedulerError if unreachable)."""
@@ -770,7 +782,7 @@ class _Executor:
             for i, task in enumerate(tasks):  # a task waits for the futures of ``after``
                 futures.append(self.client.submit(
                     _run_task, resolved, task, root, *(futures[j] for j in task.after),
-                    pure=False, key=f"{label}-{i}-{stamp}"))
+                    pure=False, key=f"{label}-{i}-{stamp}", **self._placement(task)))
             position = {f.key: i for i, f in enumerate(futures)}
             lost: list[int] = []
             for future in as_completed(futures):
@@ -782,6 +794,7 @@ class _Executor:
                     # below, alone, to tell them apart.
                     lost.append(position[future.key])
                     continue
+                self._remember_worker(future, tasks[position[future.key]])
                 done[position[future.key]] = results
                 on_result(results)
                 bar.update(len(results))
@@ -803,6 +816,26 @@ class _Executor:
                 done[i] = results
                 on_result(results)
                 bar.update(len(results))
+
+    def _placement(self, task: _Task) -> dict[str, Any]:
+        """A placement hint for a one-unit task: the worker that ran the unit's previous
+        segment, whose read cache holds the unit's inputs (:mod:`~jointcal_ap.stages.readcache`).
+        Loose (``allow_other_workers``): a worker that is gone is ignored, and Dask's work
+        stealing may still move the task to an idle worker."""
+        worker = self._workers.get(task.data_ids[0]) if len(task.data_ids) == 1 else None
+        return {"workers": [worker], "allow_other_workers": True} if worker else {}
+
+    def _remember_worker(self, future: Any, task: _Task) -> None:
+        """Note where a one-unit task ran (for :meth:`_placement`)."""
+        if len(task.data_ids) != 1:
+            return
+        try:
+            where = self.client.who_has(future).get(future.key, ())
+        except Exception as exc:  # pragma: no cover - only a hint is lost
+            log.debug("where %s ran is unknown: %s", future.key, exc)
+            return
+        if where:
+            self._workers[task.data_ids[0]] = next(iter(where))
 
     def _on_each_worker(self, fn: Callable[..., list[str]], *args: Any, name: str
                         ) -> tuple[int, list[list[str]]]:
@@ -854,7 +887,7 @@ class _Executor:
     def close(self) -> None:
         if self.client is not None:
             try:
-                for errors in self._on_each_worker(close_resources, name="close-resources")[1]:
+                for errors in self._on_each_worker(_close_worker, name="close-resources")[1]:
                     for error in errors:
                         log.error("%s", error)
             except Exception as exc:  # pragma: no cover - workers already gone
@@ -864,7 +897,7 @@ class _Executor:
             self.cluster.close()
         if self._config is not None:
             self._config.__exit__(None, None, None)
-        close_resources()
+        _close_worker()
 
 
 def prepare_run(pipeline: Pipeline | str | os.PathLike[str], *, plugin_manager: Any = None,

@@ -1,0 +1,139 @@
+"""A worker's recently read large inputs, so that a unit's later segments do not read and decode
+the same file again.
+
+A unit's datasets cross segment boundaries through files: in the alert-production pipeline,
+the ``injected`` exposure is read by the ``template+difference`` segment, again by
+``associate`` and again by ``export_alerts``; the difference image twice. Each read of a
+4096² exposure decodes ~200 MB (0.15 s of CPU on the 2-core machine of docs/benchmarks.md).
+The runner submits a unit's next segment to the worker that ran its previous one (a Dask
+placement hint, not a restriction: an idle worker may still take it), and there the read is
+answered from this cache.
+
+- **Exact:** a value is only ever one that ``dataset_type.read`` returned for that very file;
+  what a stage *wrote* is never cached (what it wrote may differ from what reading the file
+  gives, e.g. a template's star search is not written). The key holds the file's inode, size
+  and modification time, so a file rewritten in between is read again.
+- **Large values only:** at least :data:`MIN_BYTES` of arrays (smaller ones are cheap to read).
+- **Bounded:** at most ``JOINTCAL_AP_READ_CACHE_MB`` megabytes per process (default
+  :data:`DEFAULT_MB`; ``0`` turns the cache off), least recently used first out.
+- **Read-only:** the top-level arrays of a cached value are made read-only, so that a stage
+  that writes into its input (which the stage contract forbids: the same value may reach
+  several stages) fails loudly instead of changing what a later stage reads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DEFAULT_MB", "ENV", "MIN_BYTES", "ReadCache", "array_bytes", "read_cache"]
+
+#: The environment variable that sizes the cache (megabytes per process; 0: off).
+ENV = "JOINTCAL_AP_READ_CACHE_MB"
+#: Its default: what a worker reads for two 4096² units between their template and their
+#: alerts (each unit's injected exposure and difference image, and the earlier visit's two
+#: calibrated exposures their templates share: ~1.15 GB; with 1024, the second unit's
+#: exposure had been pushed out by the time its association read it).
+DEFAULT_MB = 2048
+#: Values with fewer bytes of arrays than this are not cached.
+MIN_BYTES = 16 * 2**20
+
+
+def _top_arrays(value: Any) -> list[np.ndarray]:
+    """The arrays a value holds directly: itself, or its attributes (one level)."""
+    if isinstance(value, np.ndarray):
+        return [value]
+    try:
+        attributes = vars(value).values()
+    except TypeError:  # no __dict__ (slots, builtins)
+        return []
+    return [a for a in attributes if isinstance(a, np.ndarray)]
+
+
+def array_bytes(value: Any) -> int:
+    """Bytes of the arrays ``value`` holds directly (its size as far as the cache cares)."""
+    return sum(a.nbytes for a in _top_arrays(value))
+
+
+def _capacity_from_env() -> int:
+    text = os.environ.get(ENV, "").strip()
+    if not text:
+        return DEFAULT_MB * 2**20
+    try:
+        mb = float(text)
+    except ValueError:
+        raise ValueError(f"{ENV}={text!r}: expected a number of megabytes (0: no cache)") from None
+    if mb < 0:
+        raise ValueError(f"{ENV}={text!r}: expected a number of megabytes >= 0")
+    return int(mb * 2**20)
+
+
+class ReadCache:
+    """Values read from files, least recently used first out (see the module notes).
+
+    Parameters
+    ----------
+    capacity_bytes : int or None
+        Most bytes held; None: from ``JOINTCAL_AP_READ_CACHE_MB``.
+    """
+
+    def __init__(self, capacity_bytes: int | None = None) -> None:
+        self.capacity = _capacity_from_env() if capacity_bytes is None else int(capacity_bytes)
+        self._values: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()  # a worker of a cluster may run several threads
+        self.held = 0
+        self.hits = 0
+        self.misses = 0
+
+    def read(self, dataset_type: Any, path: str | os.PathLike[str]) -> Any:
+        """``dataset_type.read(path)``, or the value an earlier call read from that file."""
+        path = Path(path)
+        if self.capacity <= 0:
+            return dataset_type.read(path)
+        try:
+            stat = path.stat()
+        except OSError:  # the reader names the problem
+            return dataset_type.read(path)
+        key = (dataset_type.name, os.path.realpath(path), stat.st_ino, stat.st_size,
+               stat.st_mtime_ns)
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                self.hits += 1
+                return self._values[key][0]
+            self.misses += 1
+        value = dataset_type.read(path)
+        size = array_bytes(value)
+        if MIN_BYTES <= size <= self.capacity:
+            for array in _top_arrays(value):
+                array.flags.writeable = False
+            with self._lock:
+                if key not in self._values:
+                    self._values[key] = (value, size)
+                    self.held += size
+                while self.held > self.capacity:
+                    _, (_, dropped) = self._values.popitem(last=False)
+                    self.held -= dropped
+        return value
+
+    def clear(self) -> None:
+        """Drop every value (the counters stay)."""
+        with self._lock:
+            self._values.clear()
+            self.held = 0
+
+
+_CACHE: ReadCache | None = None
+
+
+def read_cache() -> ReadCache:
+    """This process's cache (created on first use, sized from the environment then)."""
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = ReadCache()
+    return _CACHE

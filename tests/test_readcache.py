@@ -1,0 +1,192 @@
+"""The worker's read cache: exact (only values read from the very same file), bounded,
+read-only, and used by the runner across a unit's segments."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from jointcal_ap.stages import (
+    GatherStage,
+    In,
+    Pipeline,
+    Stage,
+    get_plugin_manager,
+    hookimpl,
+    run_pipeline,
+)
+from jointcal_ap.stages.datasets import ARRAY, write_array
+from jointcal_ap.stages.readcache import ENV, MIN_BYTES, ReadCache, array_bytes, read_cache
+
+BIG = int(np.ceil(np.sqrt(MIN_BYTES / 8))) + 1  # side of a float64 image just above MIN_BYTES
+
+
+def _write(path: Path, value: float, side: int = BIG) -> Path:
+    write_array(np.full((side, side), value), path)
+    return path
+
+
+def test_a_second_read_of_the_same_file_is_the_same_value_made_read_only(tmp_path):
+    cache = ReadCache(4 * MIN_BYTES)
+    path = _write(tmp_path / "a.npy", 1.0)
+    first = cache.read(ARRAY, path)
+    assert cache.read(ARRAY, path) is first
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert not first.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0] = 2.0
+
+
+def test_a_rewritten_file_is_read_again(tmp_path):
+    cache = ReadCache(4 * MIN_BYTES)
+    path = _write(tmp_path / "a.npy", 1.0)
+    old = cache.read(ARRAY, path)
+    os.replace(_write(tmp_path / "b.npy", 2.0), path)       # same size, a new file
+    new = cache.read(ARRAY, path)
+    assert new is not old and new[0, 0] == 2.0 and old[0, 0] == 1.0
+    assert cache.hits == 0
+
+
+def test_small_values_are_not_kept_and_stay_writeable(tmp_path):
+    cache = ReadCache(4 * MIN_BYTES)
+    path = _write(tmp_path / "small.npy", 1.0, side=8)
+    value = cache.read(ARRAY, path)
+    assert value.flags.writeable and cache.read(ARRAY, path) is not value
+    assert cache.held == 0 and cache.misses == 2
+
+
+def test_the_least_recently_used_value_goes_first_and_the_bound_holds(tmp_path):
+    one = array_bytes(np.zeros((BIG, BIG)))
+    cache = ReadCache(2 * one)
+    paths = [_write(tmp_path / f"{i}.npy", float(i)) for i in range(3)]
+    a = cache.read(ARRAY, paths[0])
+    cache.read(ARRAY, paths[1])
+    assert cache.read(ARRAY, paths[0]) is a          # a is now the most recent
+    cache.read(ARRAY, paths[2])                      # evicts paths[1], not a
+    assert cache.held == 2 * one
+    assert cache.read(ARRAY, paths[0]) is a
+    misses = cache.misses
+    cache.read(ARRAY, paths[1])
+    assert cache.misses == misses + 1
+    cache.clear()
+    assert cache.held == 0 and cache.read(ARRAY, paths[0]) is not a
+
+
+def test_the_environment_sizes_or_disables_it(tmp_path, monkeypatch):
+    path = _write(tmp_path / "a.npy", 1.0)
+    monkeypatch.setenv(ENV, "0")
+    off = ReadCache()
+    assert off.capacity == 0
+    assert off.read(ARRAY, path) is not off.read(ARRAY, path)
+    monkeypatch.setenv(ENV, "64")
+    assert ReadCache().capacity == 64 * 2**20
+    monkeypatch.setenv(ENV, "lots")
+    with pytest.raises(ValueError, match="JOINTCAL_AP_READ_CACHE_MB='lots'"):
+        ReadCache()
+
+
+# ------------------------------------------------------------------ through the runner
+
+
+class BigImage(Stage):
+    """seed (Json) -> a float64 image just over the cache's threshold."""
+
+    name = "big_image"
+    version = "1"
+    inputs: ClassVar[dict[str, str]] = {"seed": "Json"}
+    outputs: ClassVar[dict[str, str]] = {"image": "Array"}
+
+    def run(self, unit: Any, seed: dict) -> dict[str, Any]:
+        return {"image": np.full((BIG, BIG), float(seed["seed"] + unit.visit))}
+
+
+class Barrier(GatherStage):
+    """Ends a segment (a gather stage): the next stage's inputs come from files."""
+
+    name = "barrier"
+    version = "1"
+    inputs: ClassVar[dict[str, Any]] = {"image": In("Array", lookup="all")}
+    outputs: ClassVar[dict[str, str]] = {"done": "Json"}
+
+    def run(self, units: Any, image: Any) -> dict[str, Any]:
+        return {"done": {"units": len(units)}}
+
+
+class Probe(Stage):
+    """What the stage got: the process, the cache's hit count, whether the input is read-only."""
+
+    name = "probe"
+    version = "1"
+    inputs: ClassVar[dict[str, str]] = {"image": "Array", "done": "Json"}
+    outputs: ClassVar[dict[str, str]] = {"seen": "Json"}
+
+    def run(self, unit: Any, image: np.ndarray, done: dict) -> dict[str, Any]:
+        return {"seen": {"pid": os.getpid(), "hits": read_cache().hits,
+                         "writeable": bool(image.flags.writeable), "value": float(image[0, 0])}}
+
+
+class CachePlugin:
+    @hookimpl
+    def jointcal_ap_register_stages(self, registry) -> None:
+        for stage in (BigImage, Barrier, Probe):
+            registry.add_stage(stage)
+
+
+def _pipeline(seed: str) -> Pipeline:
+    return Pipeline.from_dict({
+        "pipeline": {"name": "cache"}, "inputs": {"seed": seed},
+        "stages": [{"name": "big_image"},
+                   {"name": "barrier"},
+                   {"name": "probe"},
+                   {"name": "barrier", "label": "barrier2", "outputs": {"done": "done2"}},
+                   {"name": "probe", "label": "probe2", "inputs": {"done": "done2"},
+                    "outputs": {"seen": "seen2"}}]}, source="cache.toml")
+
+
+def _seeds(directory: Path, units: list[tuple[int, int]]) -> str:
+    directory.mkdir()
+    for v, d in units:
+        (directory / f"seed_v{v}_d{d}.json").write_text(json.dumps({"seed": 10}))
+    return str(directory / "seed_v{visit}_d{detector}.json")
+
+
+def test_a_unit_s_later_segment_reads_its_input_from_the_cache(tmp_path):
+    """Inline (one process): the image is read from its file by ``probe`` and answered from
+    the cache for ``probe2`` (two segments later), read-only; the cache is emptied at the
+    end of the run."""
+    units = [(1, 0), (2, 0)]
+    summary = run_pipeline(_pipeline(_seeds(tmp_path / "in", units)), units,
+                           output=tmp_path / "out", inline=True,
+                           plugin_manager=get_plugin_manager(plugins=[("cache", CachePlugin())]),
+                           progress=False)
+    assert summary.ok and summary.done == 2
+    for v, d in units:
+        unit = tmp_path / "out" / "units" / f"visit{v}_det{d}"
+        first = json.loads((unit / "seen.json").read_text())
+        second = json.loads((unit / "seen2.json").read_text())
+        assert second["hits"] > first["hits"]               # probe2's read was a hit
+        assert not first["writeable"] and not second["writeable"]
+        assert first["value"] == second["value"] == 10.0 + v
+    assert read_cache().held == 0
+
+
+def test_on_two_workers_the_outputs_are_those_of_one_process(tmp_path):
+    """On a LocalCluster of 2 workers (with the placement hints), every unit's outputs equal
+    the inline run's."""
+    units = [(v, d) for v in (1, 2) for d in (0, 1)]
+    seeds = _seeds(tmp_path / "in", units)
+    pm = get_plugin_manager(plugins=[("cache", CachePlugin())])
+    for out, kwargs in (("dask", {"workers": 2}), ("inline", {"inline": True})):
+        summary = run_pipeline(_pipeline(seeds), units, output=tmp_path / out, progress=False,
+                               plugin_manager=pm, **kwargs)
+        assert summary.ok and summary.done == 4
+    for v, d in units:
+        key = f"units/visit{v}_det{d}/seen2.json"
+        dask = json.loads((tmp_path / "dask" / key).read_text())
+        inline = json.loads((tmp_path / "inline" / key).read_text())
+        assert dask["value"] == inline["value"] == 10.0 + v and not dask["writeable"]
