@@ -23,7 +23,10 @@ the 6 taps of every pixel of the tile lie among 7 columns ``x + b … x + b + 6`
 for rows), and the sums run over 7 × 7 taps, each one *slice* of the planes shifted by a
 constant (a contiguous, vectorisable read); the tap that a pixel does not use gets the weight
 0. Each pixel's non-zero terms are added in the same order as by the gather, and a zero term
-adds exactly nothing, so the two paths give the same bits. A tile whose offsets span more
+adds exactly nothing, so the two paths give the same bits (the tests check this), up to how
+XLA fuses the multiply-adds in each compiled path: on the latency benchmark's real 4096² pair
+853 of the 33.5 million float64 image and variance sums differed in their last bits (by
+≤ 2.3e-13), and not one value of the float32 planes the warp returns. A tile whose offsets span more
 than one pixel (a rotation of more than ~0.4° over the tile, a strong distortion), or which
 has a pixel beyond the input's padding, takes the gather: any mapping is still right.
 
