@@ -77,6 +77,30 @@ def test_the_least_recently_used_value_goes_first_and_the_bound_holds(tmp_path):
     assert cache.held == 0 and cache.read(ARRAY, paths[0]) is not a
 
 
+def test_a_value_read_first_out_goes_before_older_ones(tmp_path):
+    """What a stage looks up across units never pushes out a unit's own input."""
+    one = array_bytes(np.zeros((BIG, BIG)))
+    cache = ReadCache(2 * one)
+    own = [_write(tmp_path / f"own{i}.npy", float(i)) for i in range(2)]
+    looked_up = [_write(tmp_path / f"other{i}.npy", 9.0 + i) for i in range(2)]
+    a, b = (cache.read(ARRAY, p) for p in own)
+    for path in looked_up:
+        cache.read(ARRAY, path, first_out=True)
+        assert cache.held == 2 * one
+    assert cache.read(ARRAY, own[0]) is a and cache.read(ARRAY, own[1]) is b
+    assert cache.hits == 2
+    # once read again, a looked-up value is kept like any other (least recently used out)
+    cache = ReadCache(2 * one)
+    cache.read(ARRAY, own[0])
+    c = cache.read(ARRAY, looked_up[0], first_out=True)    # first out: before own[0]
+    assert cache.read(ARRAY, looked_up[0]) is c            # a hit: now the most recent
+    cache.read(ARRAY, own[1])                              # so own[0] goes, not c
+    assert cache.read(ARRAY, looked_up[0]) is c
+    misses = cache.misses
+    cache.read(ARRAY, own[0])
+    assert cache.misses == misses + 1
+
+
 def test_the_environment_sizes_or_disables_it(tmp_path, monkeypatch):
     path = _write(tmp_path / "a.npy", 1.0)
     monkeypatch.setenv(ENV, "0")

@@ -65,7 +65,8 @@ class DatasetHandle:
     def get(self) -> Any:
         """Read the dataset."""
         if "value" not in self._cache:
-            self._cache["value"] = read_cache().read(self.dataset_type, self.path)
+            self._cache["value"] = read_cache().read(self.dataset_type, self.path,
+                                                     first_out=True)
         return self._cache["value"]
 
 

@@ -15,7 +15,9 @@ answered from this cache.
   and modification time, so a file rewritten in between is read again.
 - **Large values only:** at least :data:`MIN_BYTES` of arrays (smaller ones are cheap to read).
 - **Bounded:** at most ``JOINTCAL_AP_READ_CACHE_MB`` megabytes per process (default
-  :data:`DEFAULT_MB`; ``0`` turns the cache off), least recently used first out.
+  :data:`DEFAULT_MB`; ``0`` turns the cache off), least recently used first out; what a
+  stage looks up across units (``DatasetHandle.get``: a template's inputs from other visits)
+  goes out before a unit's own inputs.
 - **Read-only:** the top-level arrays of a cached value are made read-only, so that a stage
   that writes into its input (which the stage contract forbids: the same value may reach
   several stages) fails loudly instead of changing what a later stage reads.
@@ -35,11 +37,10 @@ __all__ = ["DEFAULT_MB", "ENV", "MIN_BYTES", "ReadCache", "array_bytes", "read_c
 
 #: The environment variable that sizes the cache (megabytes per process; 0: off).
 ENV = "JOINTCAL_AP_READ_CACHE_MB"
-#: Its default: what a worker reads for two 4096² units between their template and their
-#: alerts (each unit's injected exposure and difference image, and the earlier visit's two
-#: calibrated exposures their templates share: ~1.15 GB; with 1024, the second unit's
-#: exposure had been pushed out by the time its association read it).
-DEFAULT_MB = 2048
+#: Its default: a worker's own inputs for two 4096² units between their template and their
+#: alerts (each unit's injected exposure and difference image: ~0.75 GB), and some of the
+#: inputs their templates look up.
+DEFAULT_MB = 1024
 #: Values with fewer bytes of arrays than this are not cached.
 MIN_BYTES = 16 * 2**20
 
@@ -90,8 +91,13 @@ class ReadCache:
         self.hits = 0
         self.misses = 0
 
-    def read(self, dataset_type: Any, path: str | os.PathLike[str]) -> Any:
-        """``dataset_type.read(path)``, or the value an earlier call read from that file."""
+    def read(self, dataset_type: Any, path: str | os.PathLike[str], *, first_out: bool = False
+             ) -> Any:
+        """``dataset_type.read(path)``, or the value an earlier call read from that file.
+
+        ``first_out``: a value read now is the first to go when room is needed (until it is
+        read again): for what a stage looks up across units (a template's inputs), so that it
+        never pushes out a unit's own inputs, which its later segments read for certain."""
         path = Path(path)
         if self.capacity <= 0:
             return dataset_type.read(path)
@@ -116,6 +122,8 @@ class ReadCache:
                 if key not in self._values:
                     self._values[key] = (value, size)
                     self.held += size
+                    if first_out:
+                        self._values.move_to_end(key, last=False)
                 while self.held > self.capacity:
                     _, (_, dropped) = self._values.popitem(last=False)
                     self.held -= dropped
