@@ -42,7 +42,7 @@ ENV = "JOINTCAL_AP_READ_CACHE_MB"
 #: inputs their templates look up.
 DEFAULT_MB = 1024
 #: Values with fewer bytes of arrays than this are not cached.
-MIN_BYTES = 16 * 2**20
+MIN_BYTES = 2**20
 
 
 def _top_arrays(value: Any) -> list[np.ndarray]:
