@@ -150,7 +150,13 @@ class Probe(Stage):
     outputs: ClassVar[dict[str, str]] = {"seen": "Json"}
 
     def run(self, unit: Any, image: np.ndarray, done: dict) -> dict[str, Any]:
-        return {"seen": {"pid": os.getpid(), "hits": read_cache().hits,
+        try:
+            from distributed import get_worker
+
+            worker = get_worker().address
+        except (ImportError, ValueError):              # inline: not in a Dask worker
+            worker = None
+        return {"seen": {"pid": os.getpid(), "hits": read_cache().hits, "worker": worker,
                          "writeable": bool(image.flags.writeable), "value": float(image[0, 0])}}
 
 
@@ -199,9 +205,23 @@ def test_a_unit_s_later_segment_reads_its_input_from_the_cache(tmp_path):
     assert read_cache().held == 0
 
 
-def test_on_two_workers_the_outputs_are_those_of_one_process(tmp_path):
-    """On a LocalCluster of 2 workers (with the placement hints), every unit's outputs equal
-    the inline run's."""
+def test_on_two_workers_each_unit_is_hinted_to_its_worker_and_outputs_match(tmp_path,
+                                                                            monkeypatch):
+    """On a LocalCluster of 2 workers, a unit's task is submitted with the hint of the worker
+    that ran its last one-unit task (``probe2`` → where ``probe`` ran, across the gather
+    ``barrier2``), loosely; every unit's outputs equal the inline run's."""
+    from jointcal_ap.stages import runner
+
+    hints: dict[tuple[str, str], Any] = {}
+    placement = runner._Executor._placement
+
+    def recording(self, task):
+        hint = placement(self, task)
+        if len(task.data_ids) == 1:
+            hints[(task.data_ids[0].key, task.segment)] = hint
+        return hint
+
+    monkeypatch.setattr(runner._Executor, "_placement", recording)
     units = [(v, d) for v in (1, 2) for d in (0, 1)]
     seeds = _seeds(tmp_path / "in", units)
     pm = get_plugin_manager(plugins=[("cache", CachePlugin())])
@@ -209,8 +229,14 @@ def test_on_two_workers_the_outputs_are_those_of_one_process(tmp_path):
         summary = run_pipeline(_pipeline(seeds), units, output=tmp_path / out, progress=False,
                                plugin_manager=pm, **kwargs)
         assert summary.ok and summary.done == 4
+    probe2_segment = max(segment for _, segment in hints)
     for v, d in units:
-        key = f"units/visit{v}_det{d}/seen2.json"
-        dask = json.loads((tmp_path / "dask" / key).read_text())
-        inline = json.loads((tmp_path / "inline" / key).read_text())
+        unit = f"visit{v}_det{d}"
+        first = json.loads((tmp_path / "dask" / "units" / unit / "seen.json").read_text())
+        dask = json.loads((tmp_path / "dask" / "units" / unit / "seen2.json").read_text())
+        inline = json.loads((tmp_path / "inline" / "units" / unit / "seen2.json").read_text())
         assert dask["value"] == inline["value"] == 10.0 + v and not dask["writeable"]
+        assert first["worker"] is not None
+        assert hints[(unit, probe2_segment)] == {"workers": [first["worker"]],
+                                                 "allow_other_workers": True}
+        assert hints[(unit, 0)] == {}                   # nothing ran before: no hint

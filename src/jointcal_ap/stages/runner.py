@@ -794,10 +794,11 @@ class _Executor:
                     # below, alone, to tell them apart.
                     lost.append(position[future.key])
                     continue
-                self._remember_worker(future, tasks[position[future.key]])
                 done[position[future.key]] = results
                 on_result(results)
                 bar.update(len(results))
+            self._remember_workers([f for f in futures if position[f.key] in done], tasks,
+                                   position)
             del futures
             for i in sorted(lost):  # in list order: what a task waits for is rerun first
                 task = tasks[i]
@@ -825,17 +826,22 @@ class _Executor:
         worker = self._workers.get(task.data_ids[0]) if len(task.data_ids) == 1 else None
         return {"workers": [worker], "allow_other_workers": True} if worker else {}
 
-    def _remember_worker(self, future: Any, task: _Task) -> None:
-        """Note where a one-unit task ran (for :meth:`_placement`)."""
-        if len(task.data_ids) != 1:
+    def _remember_workers(self, futures: Sequence[Any], tasks: Sequence[_Task],
+                          position: Mapping[str, int]) -> None:
+        """Note where each one-unit task of a segment ran (for :meth:`_placement`): one
+        question to the scheduler per segment, not one per task."""
+        futures = [f for f in futures if len(tasks[position[f.key]].data_ids) == 1]
+        if not futures:
             return
         try:
-            where = self.client.who_has(future).get(future.key, ())
-        except Exception as exc:  # pragma: no cover - only a hint is lost
-            log.debug("where %s ran is unknown: %s", future.key, exc)
+            where = self.client.who_has(futures)
+        except Exception as exc:  # pragma: no cover - only the hints are lost
+            log.debug("where the tasks ran is unknown: %s", exc)
             return
-        if where:
-            self._workers[task.data_ids[0]] = next(iter(where))
+        for future in futures:
+            holders = where.get(future.key, ())
+            if holders:
+                self._workers[tasks[position[future.key]].data_ids[0]] = next(iter(holders))
 
     def _on_each_worker(self, fn: Callable[..., list[str]], *args: Any, name: str
                         ) -> tuple[int, list[list[str]]]:
