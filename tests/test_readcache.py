@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +22,14 @@ from jointcal_ap.stages import (
     run_pipeline,
 )
 from jointcal_ap.stages.datasets import ARRAY, write_array
-from jointcal_ap.stages.readcache import ENV, MIN_BYTES, ReadCache, array_bytes, read_cache
+from jointcal_ap.stages.readcache import (
+    ENV,
+    MIN_BYTES,
+    PINNED,
+    ReadCache,
+    array_bytes,
+    read_cache,
+)
 
 BIG = int(np.ceil(np.sqrt(MIN_BYTES / 8))) + 1  # side of a float64 image just above MIN_BYTES
 
@@ -99,6 +107,53 @@ def test_a_value_read_first_out_goes_before_older_ones(tmp_path):
     misses = cache.misses
     cache.read(ARRAY, own[0])
     assert cache.misses == misses + 1
+
+
+def test_whole_run_inputs_are_pinned_whatever_their_size(tmp_path, monkeypatch):
+    """A pinned value (a pipeline input with no dimension) is kept however small, outside
+    the byte bound, even with the cache off, and through clear(); the PINNED most recent
+    ones; its arrays stay writeable; a changed file is read again."""
+    monkeypatch.setenv(ENV, "0")
+    cache = ReadCache()
+    paths = [_write(tmp_path / f"run{i}.npy", float(i), side=4) for i in range(PINNED + 1)]
+    first = cache.read(ARRAY, paths[0], pinned=True)
+    assert cache.read(ARRAY, paths[0], pinned=True) is first and first.flags.writeable
+    cache.clear()
+    assert cache.read(ARRAY, paths[0], pinned=True) is first and cache.held == 0
+    for path in paths[1:]:                                  # the oldest goes
+        cache.read(ARRAY, path, pinned=True)
+    assert cache.read(ARRAY, paths[0], pinned=True) is not first
+    latest = cache.read(ARRAY, paths[-1], pinned=True)
+    os.replace(_write(tmp_path / "new.npy", 9.0, side=4), paths[-1])
+    again = cache.read(ARRAY, paths[-1], pinned=True)
+    assert again is not latest and again[0, 0] == 9.0
+
+
+def test_a_directory_is_read_again_when_a_file_inside_changes(tmp_path):
+    """The key is the project's file_identity (a directory: its newest file), so a value read
+    from a directory is not reused once a file in it is rewritten in place."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Folder:
+        name = "Folder"
+
+        @staticmethod
+        def read(path):
+            return np.load(Path(path) / "data.npy") + 0.0     # a fresh array each read
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _write(folder / "data.npy", 1.0)
+    cache = ReadCache(4 * MIN_BYTES)
+    old = cache.read(Folder(), folder)
+    assert cache.read(Folder(), folder) is old
+    time.sleep(0.01)                                          # a later modification time
+    with open(folder / "data.npy", "r+b") as fh:              # in place: the folder's own
+        fh.seek(-8, os.SEEK_END)                              # mtime does not change
+        fh.write(np.float64(5.0).tobytes())
+    new = cache.read(Folder(), folder)
+    assert new is not old and new[-1, -1] == 5.0
 
 
 def test_the_environment_sizes_or_disables_it(tmp_path, monkeypatch):

@@ -11,8 +11,9 @@ answered from this cache.
 
 - **Exact:** a value is only ever one that ``dataset_type.read`` returned for that very file;
   what a stage *wrote* is never cached (what it wrote may differ from what reading the file
-  gives, e.g. a template's star search is not written). The key holds the file's inode, size
-  and modification time, so a file rewritten in between is read again.
+  gives, e.g. a template's star search is not written). The key holds the file's
+  :func:`~jointcal_ap.store.repository.file_identity` (size and modification time; for a
+  directory, its newest file's) and inode, so a file rewritten in between is read again.
 - **Large values only:** at least :data:`MIN_BYTES` of arrays (smaller ones are cheap to read).
 - **Bounded:** at most ``JOINTCAL_AP_READ_CACHE_MB`` megabytes per process (default
   :data:`DEFAULT_MB`; ``0`` turns the cache off), least recently used first out; what a
@@ -21,10 +22,15 @@ answered from this cache.
 - **Read-only:** the top-level arrays of a cached value are made read-only, so that a stage
   that writes into its input (which the stage contract forbids: the same value may reach
   several stages) fails loudly instead of changing what a later stage reads.
+
+A whole-run pipeline input (one with no dimension, e.g. a refcat) is *pinned* instead: kept
+whatever its size, the :data:`PINNED` most recent ones, across runs (a worker of a cluster
+given by address reuses it while the file is unchanged), and its arrays are left as they are.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -33,7 +39,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_MB", "ENV", "MIN_BYTES", "ReadCache", "array_bytes", "read_cache"]
+from jointcal_ap.store.repository import file_identity
+
+__all__ = ["DEFAULT_MB", "ENV", "MIN_BYTES", "PINNED", "ReadCache", "array_bytes", "read_cache"]
 
 #: The environment variable that sizes the cache (megabytes per process; 0: off).
 ENV = "JOINTCAL_AP_READ_CACHE_MB"
@@ -43,6 +51,8 @@ ENV = "JOINTCAL_AP_READ_CACHE_MB"
 DEFAULT_MB = 1024
 #: Values with fewer bytes of arrays than this are not cached.
 MIN_BYTES = 2**20
+#: Pinned values (whole-run inputs) kept at most.
+PINNED = 4
 
 
 def _top_arrays(value: Any) -> list[np.ndarray]:
@@ -59,6 +69,18 @@ def _top_arrays(value: Any) -> list[np.ndarray]:
 def array_bytes(value: Any) -> int:
     """Bytes of the arrays ``value`` holds directly (its size as far as the cache cares)."""
     return sum(a.nbytes for a in _top_arrays(value))
+
+
+def _key(dataset_type: Any, path: Path) -> tuple | None:
+    """What a value read from ``path`` is kept under; None: nothing there to key on."""
+    identity = file_identity(path)
+    if identity is None:
+        return None
+    try:
+        inode = path.stat().st_ino
+    except OSError:  # ``file.fits[EXT]``: file_identity looked at the file itself
+        inode = None
+    return (dataset_type.name, str(path.resolve()), json.dumps(identity, sort_keys=True), inode)
 
 
 def _capacity_from_env() -> int:
@@ -86,34 +108,40 @@ class ReadCache:
     def __init__(self, capacity_bytes: int | None = None) -> None:
         self.capacity = _capacity_from_env() if capacity_bytes is None else int(capacity_bytes)
         self._values: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self._pinned: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()  # a worker of a cluster may run several threads
         self.held = 0
         self.hits = 0
         self.misses = 0
 
-    def read(self, dataset_type: Any, path: str | os.PathLike[str], *, first_out: bool = False
-             ) -> Any:
+    def read(self, dataset_type: Any, path: str | os.PathLike[str], *, first_out: bool = False,
+             pinned: bool = False) -> Any:
         """``dataset_type.read(path)``, or the value an earlier call read from that file.
 
         ``first_out``: a value read now is the first to go when room is needed (until it is
         read again): for what a stage looks up across units (a template's inputs), so that it
-        never pushes out a unit's own inputs, which its later segments read for certain."""
+        never pushes out a unit's own inputs, which its later segments read for certain.
+        ``pinned``: a whole-run input (module notes)."""
         path = Path(path)
-        if self.capacity <= 0:
+        key = _key(dataset_type, path) if pinned or self.capacity > 0 else None
+        if key is None:  # off, or nothing there (the reader names the problem)
             return dataset_type.read(path)
-        try:
-            stat = path.stat()
-        except OSError:  # the reader names the problem
-            return dataset_type.read(path)
-        key = (dataset_type.name, os.path.realpath(path), stat.st_ino, stat.st_size,
-               stat.st_mtime_ns)
         with self._lock:
+            if pinned and key in self._pinned:
+                self.hits += 1
+                return self._pinned[key]
             if key in self._values:
                 self._values.move_to_end(key)
                 self.hits += 1
                 return self._values[key][0]
             self.misses += 1
         value = dataset_type.read(path)
+        if pinned:
+            with self._lock:
+                self._pinned[key] = value
+                while len(self._pinned) > PINNED:
+                    self._pinned.popitem(last=False)
+            return value
         size = array_bytes(value)
         if MIN_BYTES <= size <= self.capacity:
             for array in _top_arrays(value):
@@ -130,7 +158,7 @@ class ReadCache:
         return value
 
     def clear(self) -> None:
-        """Drop every value (the counters stay)."""
+        """Drop every value but the pinned ones (the counters stay)."""
         with self._lock:
             self._values.clear()
             self.held = 0

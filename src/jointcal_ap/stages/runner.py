@@ -250,25 +250,14 @@ class _Task:
     after: tuple[int, ...] = ()  # ordered: the tasks (positions in the segment) it waits for
 
 
-_SHARED: dict[tuple[str, str, str], Any] = {}
-
-
 def _read(resolved: ResolvedPipeline, source: _Input) -> Any:
-    """Read a single input; a whole-run pipeline input is read once per worker process and
-    reused while unchanged, a unit's large input through the worker's
-    :func:`~jointcal_ap.stages.readcache.read_cache` (stages must treat their inputs as
-    read-only)."""
+    """Read a single input through the worker's
+    :func:`~jointcal_ap.stages.readcache.read_cache`: a whole-run pipeline input is read once
+    per worker process and reused while unchanged (pinned), a unit's large input is kept for
+    its later segments (stages must treat their inputs as read-only)."""
     dataset_type = resolved.dataset_types[source.dataset]
     path = Path(source.path)  # type: ignore[arg-type]
-    if not source.shared:
-        return read_cache().read(dataset_type, path)
-    key = (dataset_type.name, str(path.resolve()),
-           json.dumps(file_identity(path), sort_keys=True))
-    if key not in _SHARED:
-        if len(_SHARED) >= 4:
-            _SHARED.pop(next(iter(_SHARED)))
-        _SHARED[key] = dataset_type.read(path)
-    return _SHARED[key]
+    return read_cache().read(dataset_type, path, pinned=source.shared)
 
 
 class _InputReadError(PicklableError, Exception):
@@ -412,8 +401,8 @@ def _discard_unfinished_outputs(resolved: ResolvedPipeline, task: _Task, root: s
 
 def _close_worker() -> list[str]:
     """At the end of a run, in each worker (and in this process): close the resources the
-    stages opened, and drop the values the read cache holds (a worker of a cluster given by
-    address outlives the run)."""
+    stages opened, and drop the units' values the read cache holds (a worker of a cluster
+    given by address outlives the run; whole-run inputs stay pinned)."""
     read_cache().clear()
     return close_resources()
 
