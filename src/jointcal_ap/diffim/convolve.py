@@ -16,7 +16,14 @@ Kernels known on a grid of cells (decorrelation, ZOGY) are brought to it by
 reproduce every cell's kernel to a relative tolerance, with bilinearly interpolated weights.
 
 The FFTs are done in overlapping blocks (overlap-save, :func:`block_spectrum`): small
-transforms, cache-friendly, and the kernels' spectra are only block-sized. Outside the image
+transforms, cache-friendly, and the kernels' spectra are only block-sized. :func:`convolve`
+goes through the image one block at a time: the block's spectrum times each component's,
+their inverse transforms, and the sum weighted by the fields (evaluated on the block's rows
+once per row of blocks) are a few MB that stay in the cache, where doing one component at
+a time over the whole image made each term several passes over full-size arrays. On a
+4096² unit of the latency benchmark (one core, 3 runs each): the 3-term Alard–Lupton kernel
+took 0.45–0.56 s against 0.70–1.09 s, the 2-term decorrelation 0.32–0.33 s against
+0.50–0.53 s, with the same bits. Outside the image
 the input counts as 0, so the outer ``half_size`` pixels of the result are not a full
 convolution; callers mask them ``EDGE``. Non-finite input pixels count as 0 (callers mask
 them and grow the mask).
@@ -241,20 +248,30 @@ def convolve(image: np.ndarray | None, kernel: VaryingKernel, *, workers: int | 
     ny, nx = spectrum.shape
     gy, gx = spectrum.grid
     size, step, half = spectrum.size, spectrum.step, spectrum.half
-    acc = np.zeros((gy * step, gx * step), np.float32)
-    acc4 = acc.reshape(gy, step, gx, step)                 # block view: no copies when adding
-    for comp, field in zip(kernel.components, kernel.fields, strict=True):
-        khat = kernel_fft(comp.astype(np.float32), (size, size), workers=workers)
-        conv = sfft.irfft2(spectrum.spectrum * khat, s=(size, size), workers=workers)
-        c4 = conv.reshape(gy, gx, size, size)[:, :, half:half + step, half:half + step].transpose(0, 2, 1, 3)
-        if field is None:
-            acc4 += c4
-        elif field.is_constant:
-            acc4 += np.float32(field.at([1.0], [1.0])[0]) * c4
-        else:
-            f = np.zeros((gy * step, gx * step), np.float32)
-            f[:ny, :nx] = field.image()
-            acc4 += c4 * f.reshape(gy, step, gx, step)
-    out = acc[:ny, :nx]
-    out = out if (ny, nx) == acc.shape else np.ascontiguousarray(out)
+    # one block at a time, every component at once (module notes: the block's spectrum, its
+    # M products and inverse transforms and the weighted sum stay in the cache)
+    khats = kernel_fft(kernel.components.astype(np.float32), (size, size), workers=workers)
+    fields = kernel.fields
+    varying = [m for m, f in enumerate(fields) if f is not None and not f.is_constant]
+    scale = {m: np.float32(f.at([1.0], [1.0])[0]) for m, f in enumerate(fields)
+             if f is not None and f.is_constant}
+    out = np.empty((ny, nx), np.float32)
+    spec = spectrum.spectrum
+    for by in range(gy):
+        r0, r1 = by * step, min((by + 1) * step, ny)
+        # the varying fields on this row of blocks, as Field.image gives them
+        rows = {m: fields[m].image(rows=slice(r0, r1)) for m in varying}
+        for bx in range(gx):
+            c0, c1 = bx * step, min((bx + 1) * step, nx)
+            conv = sfft.irfft2(spec[by * gx + bx] * khats, s=(size, size), workers=workers)
+            acc = np.zeros((r1 - r0, c1 - c0), np.float32)
+            for m in range(len(fields)):
+                c = conv[m, half:half + (r1 - r0), half:half + (c1 - c0)]
+                if m in rows:
+                    acc += c * rows[m][:, c0:c1]
+                elif m in scale:
+                    acc += scale[m] * c
+                else:
+                    acc += c
+            out[r0:r1, c0:c1] = acc
     return out
