@@ -17,15 +17,18 @@ reproduce every cell's kernel to a relative tolerance, with bilinearly interpola
 
 The FFTs are done in overlapping blocks (overlap-save, :func:`block_spectrum`): small
 transforms, cache-friendly, and the kernels' spectra are only block-sized. :func:`convolve`
-goes through the image one block at a time: the block's spectrum times each component's,
-their inverse transforms, and the sum weighted by the fields (evaluated on the block's rows
-once per row of blocks) are a few MB that stay in the cache, where doing one component at
-a time over the whole image made each term several passes over full-size arrays. On a
-4096² unit of the latency benchmark (one core, 3 runs each): the 3-term Alard–Lupton kernel
-took 0.45–0.56 s against 0.70–1.09 s, the 2-term decorrelation 0.32–0.33 s against
-0.50–0.53 s, with the same bits. Outside the image
-the input counts as 0, so the outer ``half_size`` pixels of the result are not a full
-convolution; callers mask them ``EDGE``. Non-finite input pixels count as 0 (callers mask
+goes through the image one block at a time: the block's forward transform, its products
+with each component's spectrum, their inverse transforms and the sum weighted by the fields
+(evaluated once per row of blocks) are a few MB, where a component at a time over the whole
+image allocated several full-size arrays per term. The bits are the same. On a 4096² unit
+of the latency benchmark (one core, 3 runs each), in a plain process whose large arrays are
+fresh pages: the 3-term Alard–Lupton kernel 0.41–0.45 s against 0.66–1.02 s, the 2-term
+decorrelation 0.29–0.30 s against 0.46–1.00 s; with the pipeline workers' heap (pages
+reused, :data:`jointcal_ap.stages.runner.WORKER_HEAP_ENV`) both take the same time as before
+(0.59–0.60 against 0.52–0.60 s, 0.42–0.45 against 0.41–0.42 s), and ~75 MB less memory.
+
+Outside the image the input counts as 0, so the outer ``half_size`` pixels of the result
+are not a full convolution; callers mask them ``EDGE``. Non-finite input pixels count as 0 (callers mask
 them and grow the mask).
 
 >>> import numpy as np
@@ -199,12 +202,9 @@ class BlockSpectrum:
     grid: tuple[int, int]         # blocks along y and x
 
 
-def block_spectrum(image: np.ndarray, half: int, *, block: int = 512, workers: int | None = None
-                   ) -> BlockSpectrum:
-    """:class:`BlockSpectrum` of an image (non-finite pixels count as 0)."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    workers = workers or fft_workers()
+def _padded(image: np.ndarray, half: int, block: int) -> tuple[np.ndarray, int, int, tuple[int, int]]:
+    """The image in a zero frame of ``half`` pixels, extended to whole blocks (non-finite
+    pixels 0), and the blocks' FFT size, step and grid (blocks along y and x)."""
     img = np.asarray(image, np.float32)
     ny, nx = img.shape
     size = sfft.next_fast_len(min(block, max(ny, nx)) + 2 * half, real=True)
@@ -214,9 +214,22 @@ def block_spectrum(image: np.ndarray, half: int, *, block: int = 512, workers: i
     padded[half:half + ny, half:half + nx] = img
     if not np.all(np.isfinite(img)):
         np.nan_to_num(padded, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    blocks = sliding_window_view(padded, (size, size))[::step, ::step].reshape(gy * gx, size, size)
-    spec = sfft.rfft2(blocks, workers=workers)
-    return BlockSpectrum(spec, (ny, nx), half, size, step, (gy, gx))
+    return padded, size, step, (gy, gx)
+
+
+def block_spectrum(image: np.ndarray, half: int, *, block: int = 512, workers: int | None = None
+                   ) -> BlockSpectrum:
+    """:class:`BlockSpectrum` of an image (non-finite pixels count as 0)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    workers = workers or fft_workers()
+    padded, size, step, (gy, gx) = _padded(image, half, block)
+    spec = np.empty((gy * gx, size, size // 2 + 1), np.complex64)
+    for by in range(gy):   # a row of blocks at a time: no copy of all the blocks
+        rows = padded[by * step:by * step + size]
+        spec[by * gx:(by + 1) * gx] = sfft.rfft2(sliding_window_view(rows, (size, size), axis=(0, 1))[0, ::step],
+                                                  workers=workers)
+    return BlockSpectrum(spec, np.shape(image), half, size, step, (gy, gx))
 
 
 def convolve(image: np.ndarray | None, kernel: VaryingKernel, *, workers: int | None = None,
@@ -241,13 +254,24 @@ def convolve(image: np.ndarray | None, kernel: VaryingKernel, *, workers: int | 
     """
     workers = workers or fft_workers()
     if spectrum is None:
-        spectrum = block_spectrum(image, kernel.half_size, block=block, workers=workers)
-    if spectrum.half < kernel.half_size:
-        raise ValueError(f"the spectrum's margin ({spectrum.half}) is smaller than the kernel's half-size "
-                         f"({kernel.half_size})")
-    ny, nx = spectrum.shape
-    gy, gx = spectrum.grid
-    size, step, half = spectrum.size, spectrum.step, spectrum.half
+        # each block's forward transform is taken when the block is convolved
+        half = kernel.half_size
+        padded, size, step, (gy, gx) = _padded(image, half, block)
+        ny, nx = np.shape(image)
+
+        def block_fft(b: int) -> np.ndarray:
+            r, c = divmod(b, gx)
+            return sfft.rfft2(padded[r * step:r * step + size, c * step:c * step + size], workers=workers)
+    else:
+        if spectrum.half < kernel.half_size:
+            raise ValueError(f"the spectrum's margin ({spectrum.half}) is smaller than the kernel's "
+                             f"half-size ({kernel.half_size})")
+        ny, nx = spectrum.shape
+        gy, gx = spectrum.grid
+        size, step, half = spectrum.size, spectrum.step, spectrum.half
+
+        def block_fft(b: int) -> np.ndarray:
+            return spectrum.spectrum[b]
     # one block at a time, every component at once (module notes: the block's spectrum, its
     # M products and inverse transforms and the weighted sum stay in the cache)
     khats = kernel_fft(kernel.components.astype(np.float32), (size, size), workers=workers)
@@ -256,14 +280,13 @@ def convolve(image: np.ndarray | None, kernel: VaryingKernel, *, workers: int | 
     scale = {m: np.float32(f.at([1.0], [1.0])[0]) for m, f in enumerate(fields)
              if f is not None and f.is_constant}
     out = np.empty((ny, nx), np.float32)
-    spec = spectrum.spectrum
     for by in range(gy):
         r0, r1 = by * step, min((by + 1) * step, ny)
         # the varying fields on this row of blocks, as Field.image gives them
         rows = {m: fields[m].image(rows=slice(r0, r1)) for m in varying}
         for bx in range(gx):
             c0, c1 = bx * step, min((bx + 1) * step, nx)
-            conv = sfft.irfft2(spec[by * gx + bx] * khats, s=(size, size), workers=workers)
+            conv = sfft.irfft2(block_fft(by * gx + bx) * khats, s=(size, size), workers=workers)
             acc = np.zeros((r1 - r0, c1 - c0), np.float32)
             for m in range(len(fields)):
                 c = conv[m, half:half + (r1 - r0), half:half + (c1 - c0)]

@@ -190,7 +190,15 @@ class GridField(Field):
         q = np.clip(r, yn[0], yn[-1])
         k = np.clip(np.searchsorted(yn, q, side="right") - 1, 0, len(yn) - 2)
         t = ((q - yn[k]) / (yn[k + 1] - yn[k])).astype(dtype)[:, None]
-        return g[k] * (1 - t) + g[k + 1] * t
+        # g[k]·(1 - t) + g[k + 1]·t, written row range by row range into the result (the
+        # same operations, without full-size gathered copies of g)
+        out = np.empty((len(r), nx), g.dtype)
+        for i in np.unique(k):
+            rs = np.flatnonzero(k == i)
+            rs = slice(int(rs[0]), int(rs[-1]) + 1)     # k is non-decreasing: one range
+            np.multiply(g[i], 1 - t[rs], out=out[rs])
+            out[rs] += g[i + 1] * t[rs]
+        return out
 
 
 def cell_grid(shape: tuple[int, int], cell_px: int) -> tuple[np.ndarray, np.ndarray, list, list]:
