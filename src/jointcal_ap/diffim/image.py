@@ -319,11 +319,12 @@ class DifferenceImage(OnPixelGrid):
     def write(self, path: str | os.PathLike) -> Path:
         """Write the FITS layout of the module notes (temporary name, then renamed)."""
         from jointcal_ap.atomic import atomic_path
+        from jointcal_ap.directio import write_hdulist
 
         path = Path(path)
         hdul = self.to_hdulist()
         with atomic_path(path) as tmp:
-            hdul.writeto(tmp, overwrite=True)
+            write_hdulist(hdul, tmp)
         return path
 
     @classmethod
@@ -337,9 +338,10 @@ class DifferenceImage(OnPixelGrid):
         """
         from jointcal_ap.diffim.convolve import VaryingKernel
         from jointcal_ap.diffim.fields import PolynomialField, n_poly_terms
+        from jointcal_ap.directio import open_hdulist
 
         where = str(path)
-        with fits.open(path, memmap=False) as hdul:
+        with open_hdulist(path) as hdul:
             names = [h.name for h in hdul]
             for need in ("VARIANCE", "MASK", "PSF"):
                 if need not in names:

@@ -27,6 +27,7 @@ from astropy.io import fits
 
 from jointcal_ap.diffim.errors import DiffimError
 from jointcal_ap.diffim.image import MASK_BITS, ImagePlanes
+from jointcal_ap.directio import open_hdulist
 from jointcal_ap.exposure.fits_io import truncation_warnings
 from jointcal_ap.psf import PsfError, psf_from_hdus
 
@@ -71,7 +72,7 @@ def _first_image(hdul: fits.HDUList, where: str):
     raise DiffimError(f"{where}: no 2-D image HDU")
 
 
-def _open_first_image(path: Path):
+def open_first_image(path: Path):
     """(HDUList, first image HDU, its data as float32). Not FITS, or cut short, is a
     DiffimError naming the file (astropy only warns about a short file, then numpy fails to
     reshape its data block); the file is closed then."""
@@ -80,7 +81,7 @@ def _open_first_image(path: Path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            hdul = fits.open(path, memmap=False)
+            hdul = open_hdulist(path)
             h = _first_image(hdul, where)
             image = np.asarray(h.data, np.float32)
             error = None
@@ -135,38 +136,46 @@ def read_planes(path: str | os.PathLike, *, variance: Any = None, mask: Any = No
     where = str(path)
     if not path.exists():
         raise FileNotFoundError(f"{where}: no such file")
-    hdul, h, image = _open_first_image(path)
+    hdul, h, image = open_first_image(path)
     with hdul:
-        header = h.header.copy()
-        if h is not hdul[0]:
-            for card in hdul[0].header.cards:
-                if card.keyword not in header and card.keyword not in ("SIMPLE", "BITPIX", "NAXIS", "EXTEND"):
-                    header.append(card, end=True)
-        shape = image.shape
-        names = [x.name for x in hdul]
-        m = None
-        if "MASK" in names:
-            m = _plane(hdul["MASK"].data, shape, "the MASK extension", where)
-        elif mask is not None:
-            m = _plane(mask, shape, "the mask", where)
-        m = np.zeros(shape, np.int32) if m is None else np.asarray(m).astype(np.int32)
-        if "VARIANCE" in names:
-            var = _plane(hdul["VARIANCE"].data, shape, "the VARIANCE extension", where).astype(np.float32)
-        elif variance is not None:
-            var = _plane(variance, shape, "the variance", where).astype(np.float32)
-        else:
-            if not np.isfinite(image).any():
-                raise DiffimError(f"{where}: the {role} image has no finite pixel (all NaN or infinite)")
-            var, how = estimate_variance(image, header, m)
-            header["HISTORY"] = f"jointcal_ap: variance estimated: {how}"
-        sat = header.get("SATURATE")
-        if isinstance(sat, int | float) and not isinstance(sat, bool):
-            m = m | np.where(np.isfinite(image) & (image >= sat), np.int32(MASK_BITS["SAT"]), np.int32(0))
-        psf = None
-        psf_hdus = [x for x in hdul if x.name == "PSF" or x.name.startswith("PSF_")]
-        if psf_hdus:
-            try:
-                psf = psf_from_hdus(psf_hdus, f"{where}: PSF extension")
-            except PsfError as exc:
-                raise DiffimError(str(exc)) from None
+        return planes_from_hdulist(hdul, h, image, where, variance=variance, mask=mask, role=role)
+
+
+def planes_from_hdulist(hdul: fits.HDUList, h: Any, image: np.ndarray, where: str, *,
+                        variance: Any = None, mask: Any = None, role: str = "image") -> ImagePlanes:
+    """:func:`read_planes` on a file already open (``h``: its first image HDU, ``image``: its
+    data as float32, as :func:`open_first_image` returns them), for a reader that needs
+    more of the file (a template's inputs)."""
+    header = h.header.copy()
+    if h is not hdul[0]:
+        for card in hdul[0].header.cards:
+            if card.keyword not in header and card.keyword not in ("SIMPLE", "BITPIX", "NAXIS", "EXTEND"):
+                header.append(card, end=True)
+    shape = image.shape
+    names = [x.name for x in hdul]
+    m = None
+    if "MASK" in names:
+        m = _plane(hdul["MASK"].data, shape, "the MASK extension", where)
+    elif mask is not None:
+        m = _plane(mask, shape, "the mask", where)
+    m = np.zeros(shape, np.int32) if m is None else np.asarray(m).astype(np.int32)
+    if "VARIANCE" in names:
+        var = _plane(hdul["VARIANCE"].data, shape, "the VARIANCE extension", where).astype(np.float32)
+    elif variance is not None:
+        var = _plane(variance, shape, "the variance", where).astype(np.float32)
+    else:
+        if not np.isfinite(image).any():
+            raise DiffimError(f"{where}: the {role} image has no finite pixel (all NaN or infinite)")
+        var, how = estimate_variance(image, header, m)
+        header["HISTORY"] = f"jointcal_ap: variance estimated: {how}"
+    sat = header.get("SATURATE")
+    if isinstance(sat, int | float) and not isinstance(sat, bool):
+        m = m | np.where(np.isfinite(image) & (image >= sat), np.int32(MASK_BITS["SAT"]), np.int32(0))
+    psf = None
+    psf_hdus = [x for x in hdul if x.name == "PSF" or x.name.startswith("PSF_")]
+    if psf_hdus:
+        try:
+            psf = psf_from_hdus(psf_hdus, f"{where}: PSF extension")
+        except PsfError as exc:
+            raise DiffimError(str(exc)) from None
     return ImagePlanes(image, var, m, psf, header, where)

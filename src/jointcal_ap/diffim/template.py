@@ -34,6 +34,7 @@ from jointcal_ap.diffim.image import MASK_BITS, OnPixelGrid, as_planes, celestia
 from jointcal_ap.diffim.masks import bits, unusable
 from jointcal_ap.diffim.stars import StarSearch, search_stars
 from jointcal_ap.diffim.warp import warp_to
+from jointcal_ap.directio import write_hdulist
 from jointcal_ap.psf import PsfError, PsfModel, fit_psf
 
 __all__ = ["Template", "build_template", "read_template"]
@@ -105,7 +106,7 @@ class Template(OnPixelGrid):
             [fits.Column("INPUT", f"{max(1, max(len(s) for s in names))}A", array=names)], name="INPUTS"))
         path = Path(path)
         with atomic_path(path) as tmp:
-            fits.HDUList(hdus).writeto(tmp, overwrite=True)
+            write_hdulist(fits.HDUList(hdus), tmp)
         return path
 
 
@@ -122,12 +123,16 @@ def read_template(path: str | os.PathLike, *, variance=None, mask=None) -> Templ
     DiffimError
         No 2-D image, or planes of another shape; the message names the file.
     """
-    from jointcal_ap.diffim.io import read_planes
+    from jointcal_ap.diffim.io import open_first_image, planes_from_hdulist
 
-    p = read_planes(path, variance=variance, mask=mask, role="template")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
     inputs: tuple[str, ...] = (str(path),)
     n_inputs = None
-    with fits.open(path, memmap=False) as hdul:
+    hdul, h, image = open_first_image(path)   # one read of the file for everything
+    with hdul:
+        p = planes_from_hdulist(hdul, h, image, str(path), variance=variance, mask=mask, role="template")
         if "INPUTS" in hdul:
             inputs = tuple(str(s).strip() for s in hdul["INPUTS"].data["INPUT"] if str(s).strip()) or inputs
         if "NINPUTS" in hdul:

@@ -401,9 +401,13 @@ def _discard_unfinished_outputs(resolved: ResolvedPipeline, task: _Task, root: s
 
 def _close_worker() -> list[str]:
     """At the end of a run, in each worker (and in this process): close the resources the
-    stages opened, and drop the units' values the read cache holds (a worker of a cluster
-    given by address outlives the run; whole-run inputs stay pinned)."""
+    stages opened, and drop the units' values the read cache holds and the bytes of written
+    files kept for a first read (a worker of a cluster given by address outlives the run;
+    whole-run inputs stay pinned)."""
+    from jointcal_ap.directio import forget_written
+
     read_cache().clear()
+    forget_written()
     return close_resources()
 
 
