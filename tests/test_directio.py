@@ -32,14 +32,20 @@ def _direct_works(path) -> bool:
 
 @pytest.fixture
 def direct(tmp_path, monkeypatch):
-    """Direct writes for files of any size, counting them and the reads from kept bytes."""
+    """Direct I/O for files of any size, counting the direct writes, the parses from bytes
+    (kept or read with O_DIRECT) and the direct reads."""
     if not _direct_works(tmp_path):
         pytest.skip("the test directory's filesystem refuses O_DIRECT")
     monkeypatch.setattr(dio, "MIN_BYTES", 0)
     monkeypatch.setenv("JOINTCAL_AP_DIRECT_IO", "on")
     dio.forget_written()
-    counts = {"writes": 0, "reads": 0}
+    counts = {"writes": 0, "reads": 0, "direct reads": 0}
     write = dio._write_direct
+    read = dio._read_direct
+
+    def counting_read(path, size):
+        counts["direct reads"] += 1
+        return read(path, size)
 
     def counting_write(path, data):
         done = write(path, data)
@@ -54,6 +60,7 @@ def direct(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dio, "_write_direct", counting_write)
     monkeypatch.setattr(dio, "_from_bytes", counting_parse)
+    monkeypatch.setattr(dio, "_read_direct", counting_read)
     yield counts
     dio.forget_written()
 
@@ -71,8 +78,9 @@ def test_an_exposure_written_direct_is_astropy_s_bytes_and_its_first_read_is_fro
     assert path.read_bytes() == plain.read_bytes()
     first = read_exposure(path)
     assert direct["reads"] == 1 and dio.kept_bytes() == 0      # parsed from the kept bytes, once
-    second = read_exposure(path)                                 # from the file
-    assert direct["reads"] == 1
+    assert direct["direct reads"] == 0
+    second = read_exposure(path)                                 # from the file, with O_DIRECT
+    assert direct["reads"] == 2 and direct["direct reads"] == 1
     for back in (first, second):
         for name in ("image", "mask", "variance"):
             a, b = getattr(back, name), getattr(exp, name)
@@ -114,7 +122,20 @@ def test_a_file_replaced_after_its_write_is_read_from_the_disk(tmp_path, direct)
     os.replace(cut, path)
     with pytest.raises(ExposureError, match=r"e\.fits.*truncated"):
         read_exposure(path)
-    assert direct["reads"] == 0
+    # read with O_DIRECT, found cut short, and left to fits.open for the error
+    assert direct["direct reads"] == 1 and direct["reads"] == 0
+
+
+@pytest.mark.parametrize("cut", ["mid-data", "a whole block", "not FITS"])
+def test_a_bad_file_read_direct_is_the_same_clear_error(tmp_path, direct, cut):
+    raw = make_exposure(nx=NX, ny=NY).write(tmp_path / "good.fits").read_bytes()
+    bad = tmp_path / "bad.fits"
+    bad.write_bytes({"mid-data": raw[:len(raw) // 2 + 7], "a whole block": raw[:-2880 * 20],
+                     "not FITS": b"not a FITS file\n" * 5000}[cut])
+    with pytest.raises(ExposureError, match=r"bad\.fits") as err:
+        read_exposure(bad)
+    assert ("not a FITS file" if cut == "not FITS" else "truncated") in str(err.value)
+    assert direct["direct reads"] == 1 and direct["reads"] == 0
 
 
 def test_kept_bytes_are_bounded_and_dropped_when_a_run_ends(tmp_path, direct, monkeypatch):
@@ -127,9 +148,9 @@ def test_kept_bytes_are_bounded_and_dropped_when_a_run_ends(tmp_path, direct, mo
     size3 = make_exposure(nx=NX, ny=NY, seed=3).write(tmp_path / "e3.fits").stat().st_size
     assert dio.kept_bytes() == sizes[1] + sizes[2] + size3              # the oldest went
     read_exposure(tmp_path / "e0.fits")
-    assert direct["reads"] == 0
+    assert direct["direct reads"] == 1                                   # e0 went: from the disk
     read_exposure(tmp_path / "e1.fits")
-    assert direct["reads"] == 1
+    assert direct["direct reads"] == 1 and direct["reads"] == 2         # e1 from memory
     _close_worker()
     assert dio.kept_bytes() == 0
     monkeypatch.setenv("JOINTCAL_AP_KEEP_WRITTEN_MB", "0")
@@ -160,6 +181,7 @@ def test_a_filesystem_that_refuses_o_direct_gets_ordinary_writes(tmp_path, monke
     for _ in range(2):                        # from the kept bytes, then from the file
         back = read_exposure(path)
         assert np.array_equal(back.image, exp.image) and np.array_equal(back.mask, exp.mask)
+    assert len(refused) == 2                  # the second read tried O_DIRECT, then fits.open
     dio.forget_written()
 
 
@@ -186,3 +208,21 @@ def test_the_filesystem_of_a_path_comes_from_the_longest_mount_point(monkeypatch
     assert dio._filesystem(type(tmp_path)("/data/scratch/run/x.fits")) == "tmpfs"
     assert dio._filesystem(type(tmp_path)("/data/scratchpad/x.fits")) == "xfs"
     assert dio._filesystem(type(tmp_path)("/home/x.fits")) == "ext4"
+
+
+def test_the_whole_fits_check(tmp_path):
+    from astropy.io import fits
+
+    hdul = fits.HDUList([fits.PrimaryHDU(np.zeros((3, 5), np.int16)),
+                         fits.ImageHDU(np.ones((7, 11), np.float64), name="A"),
+                         fits.ImageHDU(name="EMPTY"),
+                         fits.BinTableHDU.from_columns([fits.Column("X", "K", array=np.arange(4))], name="T")])
+    hdul.writeto(tmp_path / "a.fits")
+    raw = (tmp_path / "a.fits").read_bytes()
+    assert dio._whole_fits(raw)
+    assert not dio._whole_fits(raw[:-2880])           # the table's data cut off
+    assert dio._whole_fits(raw[:-2880 * 3])           # the whole table cut off: FITS still
+    assert not dio._whole_fits(raw + bytes(2880))     # something after the last HDU
+    assert dio._whole_fits(raw[:2880 * 2])            # the primary HDU alone
+    assert not dio._whole_fits(raw[:2880 * 3])        # ... and the next header without its data
+    assert not dio._whole_fits(b"")

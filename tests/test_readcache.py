@@ -295,3 +295,27 @@ def test_on_two_workers_each_unit_is_hinted_to_its_worker_and_outputs_match(tmp_
         assert hints[(unit, probe2_segment)] == {"workers": [first["worker"]],
                                                  "allow_other_workers": True}
         assert hints[(unit, 0)] == {}                   # nothing ran before: no hint
+
+
+def test_a_unit_s_hint_is_the_worker_its_task_reported_not_where_its_result_was_copied():
+    """An ordered segment's task waits for an earlier unit's result, which Dask copies to the
+    waiting task's worker: the scheduler then knows two holders of that result. The hint is
+    the worker the task itself reported (``UnitResult.worker``), so it cannot pick the copy."""
+    from jointcal_ap.stages import runner
+    from jointcal_ap.stages.context import DataId
+
+    ex = runner._Executor(None, 2, True, False, 1.0)
+    a, b = DataId(visit=1, detector=0), DataId(visit=2, detector=0)
+    tasks = [runner._Task(3, (a,), {}, {}), runner._Task(3, (b,), {}, {}, after=(0,)),
+             runner._Task(4, (), {}, {}, units=(a, b))]
+    done = {0: [runner.UnitResult(a, "done", worker="tcp://127.0.0.1:1001")],
+            1: [runner.UnitResult(b, "done", worker="tcp://127.0.0.1:1002")],
+            2: [runner.UnitResult(DataId(), "done", worker="tcp://127.0.0.1:1001")]}
+    ex._remember_workers(done, tasks)
+    assert ex._placement(runner._Task(5, (a,), {}, {})) == {"workers": ["tcp://127.0.0.1:1001"],
+                                                           "allow_other_workers": True}
+    assert ex._placement(runner._Task(5, (b,), {}, {}))["workers"] == ["tcp://127.0.0.1:1002"]
+    # inline (no worker reported): no hint
+    ex2 = runner._Executor(None, None, True, True, 1.0)
+    ex2._remember_workers({0: [runner.UnitResult(a, "done")]}, tasks[:1])
+    assert ex2._placement(runner._Task(5, (a,), {}, {})) == {}

@@ -5,28 +5,32 @@ An alert-production unit writes three 4096² planes files (the injected exposure
 template, the difference image: ~200 MB each) and a later segment of the same unit,
 usually on the same worker, reads each back. Through the page cache every such write first
 copies the file into newly allocated cache pages. On a virtual machine whose memory balloon
-hands free guest pages back to the host (virtio free page reporting, as on the machines these
-benchmarks run on) each new page is also a host page fault: a 192 MB write cost 0.62–0.80 s
+hands free guest pages back to the host (virtio free page reporting, as on the machines
+these benchmarks run on) each new page is also a host page fault: a 192 MB write cost 0.62–0.80 s
 of system CPU, against 0.02–0.04 s with ``O_DIRECT`` (0.11–0.13 s of CPU in all; one core,
 6 files each, ``docs/benchmarks.md``). But a file written with ``O_DIRECT`` is not in the page
-cache, and reading it back from the disk cost more than the write saved (the latency
-benchmark's ``export_alerts`` went from ~1 s to ~2 s). So the bytes written are also kept
-in this process (at most ``JOINTCAL_AP_KEEP_WRITTEN_MB``, default :data:`KEEP_MB`; oldest out first),
-and the first :func:`open_hdulist` of that very file (same inode, size and modification
-time) parses them from memory and lets them go.
+cache, and reading it back through the page cache costs what the write saved (0.52–0.69 s of
+system CPU per file): the latency benchmark's ``export_alerts`` went from ~1 s to ~2 s. So
+the bytes written are also kept in this process (at most ``JOINTCAL_AP_KEEP_WRITTEN_MB``,
+default :data:`KEEP_MB`; oldest out first), and the first :func:`open_hdulist` of that very
+file (same inode, size and modification time) parses them from memory and lets them go.
+Any other read of a large file (another process wrote it, or the bytes were let go) is done
+with ``O_DIRECT`` into the process's heap: 0.10 s of CPU and 0.24–0.31 s of wall time per
+192 MB file, against 0.54–0.73 s of CPU through the page cache when the file is not in it.
 
 - :func:`write_hdulist` serialises an ``HDUList`` (astropy's own ``writeto``) into memory,
   writes the bytes with ``O_DIRECT`` and keeps them;
-- :func:`open_hdulist` opens a file for reading: from the kept bytes
-  (:meth:`astropy.io.fits.HDUList.fromstring`; the data arrays are then read-only views of
-  those bytes, which the readers copy into native arrays), or ``fits.open(path,
-  memmap=False)``;
+- :func:`open_hdulist` opens a file for reading: from the kept bytes or the bytes read with
+  ``O_DIRECT`` (:meth:`astropy.io.fits.HDUList.fromstring`; the data arrays are then
+  read-only views of those bytes, which the readers copy into native arrays), or, for small
+  files, other filesystems and anything that is not a whole FITS file (whose errors and
+  warnings the reader then gets), ``fits.open(path, memmap=False)``;
 - :func:`forget_written` drops what is kept (the pipeline runner calls it when a run ends).
 
-Ordinary writes are used, silently, for files under :data:`MIN_BYTES`, on filesystems that
-are not local disks (``tmpfs`` refuses ``O_DIRECT``; on NFS it would make every request
-synchronous), where the open or a write is refused, and when the environment variable
-``JOINTCAL_AP_DIRECT_IO`` is ``0``/``off`` (``auto``, the default, decides by the
+Ordinary writes and reads are used, silently, for files under :data:`MIN_BYTES`, on
+filesystems that are not local disks (``tmpfs`` refuses ``O_DIRECT``; on NFS it would make
+every request synchronous), where the open or a write is refused, and when the environment
+variable ``JOINTCAL_AP_DIRECT_IO`` is ``0``/``off`` (``auto``, the default, decides by the
 filesystem; ``on`` skips the filesystem check, not the fallbacks). The files are the same
 bytes either way.
 """
@@ -257,7 +261,8 @@ def write_hdulist(hdul: Any, path: str | os.PathLike, **writeto: Any) -> None:
 
 def open_hdulist(path: str | os.PathLike) -> Any:
     """The file as an ``astropy.io.fits.HDUList`` (use it as a context manager): parsed from
-    the bytes :func:`write_hdulist` kept for this very file (once), or
+    the bytes :func:`write_hdulist` kept for this very file (once), or from the whole file
+    read with ``O_DIRECT`` where :func:`uses_direct_io` says so, or
     ``fits.open(path, memmap=False)``, whose errors and warnings a reader sees for a file
     that is not FITS or is cut short."""
     from astropy.io import fits
@@ -269,6 +274,13 @@ def open_hdulist(path: str | os.PathLike) -> Any:
         key = None
     with _kept_lock:
         data = _kept.pop(key, None) if key is not None else None
+    if data is None and key is not None and uses_direct_io(path, key[2]):
+        # a file this process did not write (or no longer holds): read with O_DIRECT too, as a
+        # file written so is not in the page cache, and filling it costs as much as the write
+        # saved; anything but a whole FITS file goes to fits.open, for its errors and warnings
+        data = _read_direct(path, key[2])
+        if data is not None and not _whole_fits(data):
+            data = None
     if data is not None:
         return _from_bytes(data)
     return fits.open(path, memmap=False)
@@ -279,3 +291,73 @@ def _from_bytes(data: bytes) -> Any:
     from astropy.io import fits
 
     return fits.HDUList.fromstring(data)
+
+
+_BLOCK = 2880
+
+
+def _whole_fits(data: bytes) -> bool:
+    """Whether ``data`` is a sequence of complete FITS HDUs (headers of 2880-byte blocks up to
+    ``END``; data of ``|BITPIX|/8 · GCOUNT · (PCOUNT + NAXIS1 ⋯ NAXISn)`` bytes, padded to
+    2880) that ends where the bytes do."""
+    pos, n = 0, len(data)
+    if n == 0 or n % _BLOCK or not data.startswith(b"SIMPLE  ="):
+        return False
+    while pos < n:
+        cards: dict[str, str] = {}
+        while True:
+            if pos + _BLOCK > n:
+                return False
+            block = data[pos:pos + _BLOCK]
+            pos += _BLOCK
+            ended = False
+            for i in range(0, _BLOCK, 80):
+                key = block[i:i + 8].rstrip()
+                if key == b"END":
+                    ended = True
+                    break
+                if block[i + 8:i + 10] == b"= ":
+                    cards[key.decode("ascii", "replace")] = \
+                        block[i + 10:i + 80].split(b"/")[0].strip().decode("ascii", "replace")
+            if ended:
+                break
+        try:
+            naxis = int(cards["NAXIS"])
+            size = int(cards.get("GCOUNT", "1")) * (int(cards.get("PCOUNT", "0"))
+                                                     + (int(np.prod([int(cards[f"NAXIS{k}"])
+                                                                     for k in range(1, naxis + 1)]))
+                                                        if naxis else 0))
+            size *= abs(int(cards["BITPIX"])) // 8
+        except (KeyError, ValueError):
+            return False
+        if naxis == 0:
+            size = 0
+        pos += -(-size // _BLOCK) * _BLOCK
+    return pos == n
+
+
+def _read_direct(path: Path, size: int) -> bytes | None:
+    """The whole file, read with ``O_DIRECT`` (None where the filesystem refuses it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return None
+        raise
+    try:
+        buf = _aligned(-(-size // ALIGN) * ALIGN)
+        view = memoryview(buf)
+        done = 0
+        while done < size:
+            try:
+                n = os.preadv(fd, [view[done:done + CHUNK]], done)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and done == 0:
+                    return None
+                raise
+            if n == 0:
+                break
+            done += n
+    finally:
+        os.close(fd)
+    return buf[:min(done, size)].tobytes()

@@ -35,7 +35,6 @@ that ordered stages, ``overlapping`` lookups and ``context.visit()`` work.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -43,7 +42,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +116,8 @@ class UnitResult:
         The full traceback.
     refs : tuple of DatasetRef
         The datasets written.
+    worker : str or None
+        The Dask worker that ran the task (None inline, or not known).
     """
 
     unit: DataId
@@ -126,6 +127,7 @@ class UnitResult:
     error: str | None = None
     traceback: str | None = None
     refs: tuple[DatasetRef, ...] = ()
+    worker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -425,7 +427,19 @@ def _run_task(resolved: ResolvedPipeline, task: _Task, root: str,
                  f"complete (ordered stages run overlapping units in time order)")
         return [UnitResult(data_id, "failed", {}, blocked.stage, error, None)]
     use_plugins(resolved.plugin_refs)
-    return [_run_steps(resolved, task, data_id, Path(root)) for data_id in task.data_ids]
+    results = [_run_steps(resolved, task, data_id, Path(root)) for data_id in task.data_ids]
+    worker = _this_worker()
+    return [replace(r, worker=worker) for r in results] if worker else results
+
+
+def _this_worker() -> str | None:
+    """The address of the Dask worker running this code (None outside one)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- planning
@@ -790,8 +804,7 @@ class _Executor:
                 done[position[future.key]] = results
                 on_result(results)
                 bar.update(len(results))
-            self._remember_workers([f for f in futures if position[f.key] in done], tasks,
-                                   position)
+            self._remember_workers(done, tasks)
             del futures
             for i in sorted(lost):  # in list order: what a task waits for is rerun first
                 task = tasks[i]
@@ -819,22 +832,13 @@ class _Executor:
         worker = self._workers.get(task.data_ids[0]) if len(task.data_ids) == 1 else None
         return {"workers": [worker], "allow_other_workers": True} if worker else {}
 
-    def _remember_workers(self, futures: Sequence[Any], tasks: Sequence[_Task],
-                          position: Mapping[str, int]) -> None:
-        """Note where each one-unit task of a segment ran (for :meth:`_placement`): one
-        question to the scheduler per segment, not one per task."""
-        futures = [f for f in futures if len(tasks[position[f.key]].data_ids) == 1]
-        if not futures:
-            return
-        try:
-            where = self.client.who_has(futures)
-        except Exception as exc:  # pragma: no cover - only the hints are lost
-            log.debug("where the tasks ran is unknown: %s", exc)
-            return
-        for future in futures:
-            holders = where.get(future.key, ())
-            if holders:
-                self._workers[tasks[position[future.key]].data_ids[0]] = next(iter(holders))
+    def _remember_workers(self, done: Mapping[int, list[UnitResult]], tasks: Sequence[_Task]) -> None:
+        """Note where each one-unit task of a segment ran (for :meth:`_placement`), as the
+        task itself reported it. (Not where the scheduler says its result is: a result that a
+        later task of an ordered segment waited for is held by that task's worker too.)"""
+        for i, results in done.items():
+            if len(tasks[i].data_ids) == 1 and results and results[0].worker:
+                self._workers[tasks[i].data_ids[0]] = results[0].worker
 
     def _on_each_worker(self, fn: Callable[..., list[str]], *args: Any, name: str
                         ) -> tuple[int, list[list[str]]]:
@@ -912,7 +916,7 @@ def prepare_run(pipeline: Pipeline | str | os.PathLike[str], *, plugin_manager: 
         registry = plugin_manager.stage_registry()
     resolved = resolve_pipeline(pipeline, registry)
     refs = getattr(plugin_manager, "extra_plugin_refs", ())
-    return dataclasses.replace(resolved, plugin_refs=tuple(refs)) if refs else resolved
+    return replace(resolved, plugin_refs=tuple(refs)) if refs else resolved
 
 
 def run_pipeline(pipeline: Pipeline | str | os.PathLike[str],
