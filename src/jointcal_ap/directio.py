@@ -186,9 +186,11 @@ class _Collector:
 
 #: Megabytes of written files a process keeps for their first read (oldest out first), unless
 #: ``JOINTCAL_AP_KEEP_WRITTEN_MB`` says otherwise (0: none). A 4096² AP unit writes ~830 MB
-#: (calibrated and injected exposures, template, difference); a worker that calibrates its
-#: units before differencing them holds two units' worth.
-KEEP_MB = 2048
+#: (calibrated and injected exposures, template, difference); what is let go is read with
+#: ``O_DIRECT`` (~0.1 s of CPU per 192 MB). With 2048, a worker's later units took longer in
+#: one run of the latency benchmark (``inject`` 1.9 s instead of ~0.6 s), probably as its
+#: heap grew past what it had touched at warm-up.
+KEEP_MB = 1024
 _KEEP_ENV = "JOINTCAL_AP_KEEP_WRITTEN_MB"
 
 
