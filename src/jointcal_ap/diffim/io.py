@@ -31,7 +31,7 @@ from jointcal_ap.directio import open_hdulist
 from jointcal_ap.exposure.fits_io import truncation_warnings
 from jointcal_ap.psf import PsfError, psf_from_hdus
 
-__all__ = ["estimate_variance", "read_planes"]
+__all__ = ["estimate_variance", "open_first_image", "planes_from_hdulist", "read_planes"]
 
 
 def estimate_variance(image: np.ndarray, header: fits.Header | None = None, mask: np.ndarray | None = None
