@@ -158,8 +158,11 @@ def test_kept_bytes_are_bounded_and_dropped_when_a_run_ends(tmp_path, direct, mo
     assert dio.kept_bytes() == 0
     for bad in ("-1", "lots"):
         monkeypatch.setenv("JOINTCAL_AP_KEEP_WRITTEN_MB", bad)
-        with pytest.raises(ValueError, match="JOINTCAL_AP_KEEP_WRITTEN_MB"):
+        with pytest.raises(dio.SettingError, match="JOINTCAL_AP_KEEP_WRITTEN_MB"):
             dio.keep_limit()
+        with pytest.raises(dio.SettingError, match="JOINTCAL_AP_KEEP_WRITTEN_MB"):
+            make_exposure(nx=NX, ny=NY).write(tmp_path / "e5.fits")     # before writing
+        assert not (tmp_path / "e5.fits").exists()
 
 
 def test_a_filesystem_that_refuses_o_direct_gets_ordinary_writes(tmp_path, monkeypatch):
@@ -199,8 +202,16 @@ def test_when_direct_io_is_used(tmp_path, monkeypatch):
     monkeypatch.setenv("JOINTCAL_AP_DIRECT_IO", "off")
     assert not dio.uses_direct_io(tmp_path / "f.fits", big)
     monkeypatch.setenv("JOINTCAL_AP_DIRECT_IO", "sometimes")
-    with pytest.raises(ValueError, match="JOINTCAL_AP_DIRECT_IO"):
+    with pytest.raises(dio.SettingError, match="JOINTCAL_AP_DIRECT_IO"):
         dio.uses_direct_io(tmp_path / "f.fits", big)
+    # a reader does not take the bad setting for a bad file
+    monkeypatch.setattr(dio, "MIN_BYTES", 0)
+    exposure = make_exposure(nx=NX, ny=NY)
+    monkeypatch.setenv("JOINTCAL_AP_DIRECT_IO", "off")
+    path = exposure.write(tmp_path / "e.fits")
+    monkeypatch.setenv("JOINTCAL_AP_DIRECT_IO", "sometimes")
+    with pytest.raises(dio.SettingError, match="JOINTCAL_AP_DIRECT_IO"):
+        read_exposure(path)
 
 
 def test_the_filesystem_of_a_path_comes_from_the_longest_mount_point(monkeypatch, tmp_path):

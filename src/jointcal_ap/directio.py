@@ -50,6 +50,7 @@ import numpy as np
 __all__ = [
     "KEEP_MB",
     "MIN_BYTES",
+    "SettingError",
     "direct_io_mode",
     "forget_written",
     "keep_limit",
@@ -72,9 +73,14 @@ LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "
 _ENV = "JOINTCAL_AP_DIRECT_IO"
 
 
+class SettingError(RuntimeError):
+    """A bad value of ``JOINTCAL_AP_DIRECT_IO`` or ``JOINTCAL_AP_KEEP_WRITTEN_MB`` (not a
+    ValueError or OSError, which the file readers take for a bad file)."""
+
+
 def direct_io_mode() -> str:
-    """``"auto"``, ``"on"`` or ``"off"``, from ``JOINTCAL_AP_DIRECT_IO`` (ValueError naming
-    the variable for another value)."""
+    """``"auto"``, ``"on"`` or ``"off"``, from ``JOINTCAL_AP_DIRECT_IO`` (:class:`SettingError`
+    naming the variable for another value)."""
     value = os.environ.get(_ENV, "auto").strip().lower()
     if value in ("", "auto"):
         return "auto"
@@ -82,7 +88,7 @@ def direct_io_mode() -> str:
         return "on"
     if value in ("0", "off", "false", "no"):
         return "off"
-    raise ValueError(f"{_ENV}={value!r}: use auto, on or off")
+    raise SettingError(f"{_ENV}={value!r}: use auto, on or off")
 
 
 def _aligned(nbytes: int) -> np.ndarray:
@@ -196,7 +202,7 @@ _KEEP_ENV = "JOINTCAL_AP_KEEP_WRITTEN_MB"
 
 def keep_limit() -> int:
     """Bytes of written files a process keeps (``JOINTCAL_AP_KEEP_WRITTEN_MB``, or
-    :data:`KEEP_MB`); ValueError naming the variable for a bad value."""
+    :data:`KEEP_MB`); :class:`SettingError` naming the variable for a bad value."""
     text = os.environ.get(_KEEP_ENV, "").strip()
     if not text:
         return KEEP_MB << 20
@@ -205,8 +211,9 @@ def keep_limit() -> int:
     except ValueError:
         mb = -1.0
     if not mb >= 0:
-        raise ValueError(f"{_KEEP_ENV}={text!r}: give megabytes, a number >= 0 (0 keeps nothing)")
+        raise SettingError(f"{_KEEP_ENV}={text!r}: give megabytes, a number >= 0 (0 keeps nothing)")
     return int(mb * (1 << 20))
+
 
 _kept: OrderedDict[tuple[int, int, int, int], bytes] = OrderedDict()
 _kept_lock = threading.Lock()
@@ -218,8 +225,7 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _keep(path: Path, data: bytes) -> None:
-    limit = keep_limit()
+def _keep(path: Path, data: bytes, limit: int) -> None:
     with _kept_lock:
         _kept[_identity(path)] = data
         while _kept and sum(len(b) for b in _kept.values()) > limit:
@@ -249,6 +255,7 @@ def write_hdulist(hdul: Any, path: str | os.PathLike, **writeto: Any) -> None:
     says so."""
     path = Path(path)
     if uses_direct_io(path, _hdulist_bytes(hdul)):
+        limit = keep_limit()   # a bad setting fails before anything is written
         out = _Collector()
         hdul.writeto(out, **{k: v for k, v in writeto.items() if k != "overwrite"})
         data = out.parts[0] if len(out.parts) == 1 else b"".join(out.parts)
@@ -256,7 +263,7 @@ def write_hdulist(hdul: Any, path: str | os.PathLike, **writeto: Any) -> None:
         if not _write_direct(path, data):
             with open(path, "wb") as fh:
                 fh.write(data)
-        _keep(path, data)
+        _keep(path, data, limit)
         return
     hdul.writeto(path, **{"overwrite": True, **writeto})
 
