@@ -237,3 +237,13 @@ def test_the_whole_fits_check(tmp_path):
     assert dio._whole_fits(raw[:2880 * 2])            # the primary HDU alone
     assert not dio._whole_fits(raw[:2880 * 3])        # ... and the next header without its data
     assert not dio._whole_fits(b"")
+
+
+def test_the_size_that_decides_is_the_file_s(tmp_path):
+    """The threshold is compared with the bytes the HDU list will write."""
+    exp = make_exposure(nx=NX, ny=NY)
+    from jointcal_ap.exposure.fits_io import exposure_hdus
+
+    hdul = exposure_hdus(exp.image, exp.mask, exp.variance, exp.header, exp.metadata, exp.mask_planes)
+    hdul.writeto(tmp_path / "e.fits")
+    assert dio._hdulist_bytes(hdul) == (tmp_path / "e.fits").stat().st_size

@@ -245,8 +245,9 @@ def forget_written() -> None:
 
 
 def _hdulist_bytes(hdul: Any) -> int:
-    """Roughly the size of the file ``hdul`` makes (its data arrays)."""
-    return sum(int(getattr(hdu.__dict__.get("data"), "nbytes", 0)) for hdu in hdul)
+    """The size of the file ``hdul`` makes (astropy's ``filebytes``, headers and padding
+    included)."""
+    return sum(int(hdu.filebytes()) for hdu in hdul)
 
 
 def write_hdulist(hdul: Any, path: str | os.PathLike, **writeto: Any) -> None:
