@@ -65,7 +65,7 @@ def test_zogy_with_wcs_inputs_and_estimated_variance(files, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["shape", "nan", "overlap", "stamps", "one_wcs", "missing",
-                                  "truncated"])
+                                  "truncated", "truncated_variance"])
 def test_bad_input_is_a_clear_error_naming_the_file_and_nothing_is_written(files, tmp_path, capsys, case):
     d = files["dir"]
     sci, tmp = d / "sci.fits", d / "tmp.fits"
@@ -92,6 +92,15 @@ def test_bad_input_is_a_clear_error_naming_the_file_and_nothing_is_written(files
     elif case == "truncated":  # a copy cut short mid-data: named, not numpy's reshape message
         sci = tmp_path / "short.fits"
         sci.write_bytes((d / "sci.fits").read_bytes()[:2880 + 20000])
+        expect = [str(sci), "truncated or damaged"]
+    elif case == "truncated_variance":  # the image whole, a later extension cut short
+        whole = tmp_path / "mef.fits"
+        image = fits.getdata(d / "sci.fits")
+        fits.HDUList([fits.PrimaryHDU(image, header=fits.getheader(d / "sci.fits")),
+                      fits.ImageHDU(np.zeros(image.shape, np.int32), name="MASK"),
+                      fits.ImageHDU(np.ones(image.shape, np.float32), name="VARIANCE")]).writeto(whole)
+        sci = tmp_path / "short_mef.fits"
+        sci.write_bytes(whole.read_bytes()[:-2880 * 40])
         expect = [str(sci), "truncated or damaged"]
     elif case == "one_wcs":
         tmp = d / "tmp.wcs.fits"

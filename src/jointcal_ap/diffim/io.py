@@ -73,15 +73,17 @@ def _first_image(hdul: fits.HDUList, where: str):
 
 
 def open_first_image(path: Path):
-    """(HDUList, first image HDU, its data as float32). Not FITS, or cut short, is a
-    DiffimError naming the file (astropy only warns about a short file, then numpy fails to
-    reshape its data block); the file is closed then."""
+    """(HDUList, first image HDU, its data as float32). Not FITS, or cut short anywhere (in a
+    later MASK or VARIANCE extension too: every HDU is read), is a DiffimError naming the file
+    (astropy only warns about a short file, then numpy fails to reshape its data block); the
+    file is closed then."""
     where = str(path)
     hdul = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             hdul = open_hdulist(path)
+            hdul.readall()
             h = _first_image(hdul, where)
             image = np.asarray(h.data, np.float32)
             error = None
