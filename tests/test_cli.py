@@ -202,3 +202,43 @@ def test_fit_refuses_a_ccd_without_sources_naming_its_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{empty}: detector 2 (CCD 3 of its exposure): no sources" in err
     assert not out.exists()
+
+
+def test_family_commands_match_what_each_family_adds():
+    """``main`` loads only the family of the command asked for, by ``FAMILY_COMMANDS``: it must
+    name exactly the top-level commands each family's ``add_commands`` adds, and plugins must not
+    be able to take any of them."""
+    import argparse
+    import importlib
+
+    from jointcal_ap.cli import BUILTIN_COMMANDS, COMMAND_FAMILIES, FAMILY_COMMANDS
+    from jointcal_ap.stages.cli import RESERVED
+
+    assert set(FAMILY_COMMANDS) == set(COMMAND_FAMILIES)
+    for module, names in FAMILY_COMMANDS.items():
+        sub = argparse.ArgumentParser().add_subparsers(dest="command")
+        importlib.import_module(module).add_commands(sub, argparse.ArgumentParser(add_help=False))
+        assert set(sub.choices) == set(names), module
+    every = [n for names in FAMILY_COMMANDS.values() for n in names]
+    assert len(every) == len(set(every))
+    assert set(every) | set(BUILTIN_COMMANDS) <= RESERVED
+
+
+def test_a_family_command_loads_only_its_family(tmp_path):
+    """``jointcal-ap diff`` neither imports the other families (``metrics`` pulls in
+    scipy.optimize) nor loads the stage plugins; an unknown command still gets every family's
+    parser (plugins may add commands), and the full help lists them all."""
+    import subprocess
+    import sys
+
+    from jointcal_ap.cli import _families_for
+
+    assert _families_for("diff") == ("jointcal_ap.diffim.cli",)
+    assert _families_for("fit") is False
+    assert _families_for("no-such-command") is True and _families_for(None) is True
+    code = ("import sys; from jointcal_ap.cli import main; rc = main(['diff', '--help']); "
+            "print(rc, sorted(m for m in sys.modules if m.endswith('.cli') and m.startswith('jointcal_ap')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 ['jointcal_ap.cli', 'jointcal_ap.diffim.cli', 'jointcal_ap.refcat.cli']"
+    text = build_parser().format_help()
+    assert all(name in text for name in ("diff", "metrics", "apdb", "alerts", "report", "run"))

@@ -37,17 +37,36 @@ COMMAND_FAMILIES: tuple[str, ...] = (
 )
 
 
+#: The top-level commands each of :data:`COMMAND_FAMILIES` adds (a test checks this against
+#: their ``add_commands``): ``main`` loads only the family of the command asked for, so that
+#: ``jointcal-ap diff`` does not import what ``metrics`` or ``run`` need (~0.4 s a call).
+#: A command not listed here (a plugin's) loads every family.
+FAMILY_COMMANDS: dict[str, tuple[str, ...]] = {
+    "jointcal_ap.refcat.cli": ("refcat",),
+    "jointcal_ap.stages.cli": ("run", "stages"),
+    "jointcal_ap.store.cli": ("repo",),
+    "jointcal_ap.alerts.cli": ("alerts", "registry"),
+    "jointcal_ap.metrics.cli": ("metrics",),
+    "jointcal_ap.sso.cli": ("sso",),
+    "jointcal_ap.diffim.cli": ("diff",),
+    "jointcal_ap.apdb.cli": ("apdb",),
+    "jointcal_ap.realbogus.cli": ("realbogus",),
+    "jointcal_ap.report.cli": ("report",),
+}
+
 #: Commands defined in this module; ``main`` builds the parser without the command families
 #: (and the plugin manager they load) when one of these is asked for.
 BUILTIN_COMMANDS = ("fit", "demo")
 
 
-def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
+def build_parser(*, families: bool | Sequence[str] = True) -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation).
 
-    ``families``: also add the commands of :data:`COMMAND_FAMILIES` and plugins (what
-    ``--help`` lists); ``main`` leaves them out when a built-in command is run, so that
-    ``jointcal-ap fit`` does not pay for loading the stage plugins.
+    ``families``: ``True`` adds the commands of every one of :data:`COMMAND_FAMILIES` and the
+    plugins' (what ``--help`` lists); a sequence of module names adds those families' only;
+    ``False`` none. ``main`` leaves them out when a built-in command is run, so that
+    ``jointcal-ap fit`` does not pay for loading the stage plugins, and loads only the
+    command's own family when :data:`FAMILY_COMMANDS` knows it.
     """
     from jointcal_ap import __version__
 
@@ -145,9 +164,17 @@ def build_parser(*, families: bool = True) -> argparse.ArgumentParser:
     if families:
         import importlib
 
-        for module in COMMAND_FAMILIES:
+        for module in COMMAND_FAMILIES if families is True else families:
             importlib.import_module(module).add_commands(sub, common)
     return parser
+
+
+def _families_for(command: str | None) -> bool | tuple[str, ...]:
+    """What ``build_parser(families=...)`` needs to parse ``command``."""
+    if command in BUILTIN_COMMANDS:
+        return False
+    home = tuple(module for module, names in FAMILY_COMMANDS.items() if command in names)
+    return home or True
 
 
 def _keys(text: str) -> tuple[str, ...]:
@@ -299,7 +326,7 @@ def _command_of(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failed on the data, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(families=_command_of(argv) not in BUILTIN_COMMANDS)
+    parser = build_parser(families=_families_for(_command_of(argv)))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help

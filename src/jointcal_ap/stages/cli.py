@@ -43,7 +43,7 @@ EXAMPLES_STAGES = textwrap.dedent("""\
 #: Built-in subcommands, which plugins cannot take.
 RESERVED = frozenset({"refcat", "fit", "demo", "stages", "run", "help", "diff", "template",
                       "metrics", "inject", "apdb", "associate", "alerts", "registry", "sso",
-                      "repo"})
+                      "repo", "realbogus", "report"})
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
