@@ -520,11 +520,11 @@ def wall_ratio_markdown(runs: dict, size: int) -> str:
         name, _, where = key.partition(" @ ")
         if name in ("ours (AL)", "HOTPANTS") and where.split()[0] == str(size) and r.get("rc") == 0:
             walls.setdefault(where, {})[name] = r["wall_s"]
-    ratios = [w["ours (AL)"] / w["HOTPANTS"] for w in walls.values() if len(w) == 2]
-    if not ratios:
-        return ""
     both = [w for w in walls.values() if len(w) == 2]
-    return (f"\nWall time on the {len(ratios)} {size} × {size} pair(s) run by both: ours (AL) "
+    if not both:
+        return ""
+    ratios = [w["ours (AL)"] / w["HOTPANTS"] for w in both]
+    return (f"\nWall time on the {len(both)} {size} × {size} pair(s) run by both: ours (AL) "
             + ", ".join(f"{w['ours (AL)']:.1f}" for w in both) + " s; HOTPANTS "
             + ", ".join(f"{w['HOTPANTS']:.1f}" for w in both) + f" s; ours takes {min(ratios):.2f}–"
             f"{max(ratios):.2f} of HOTPANTS' time (issue 13's goal, 5 s where HOTPANTS takes 10.7 s, "

@@ -22,25 +22,10 @@ EXAMPLES_REFCAT = REFCAT_EXAMPLES
 
 
 #: Command families: each module's ``add_commands(sub, common)`` adds its subcommands (see
-#: :mod:`jointcal_ap.cliutil`). One line per family.
-COMMAND_FAMILIES: tuple[str, ...] = (
-    "jointcal_ap.refcat.cli",
-    "jointcal_ap.stages.cli",
-    "jointcal_ap.store.cli",
-    "jointcal_ap.alerts.cli",
-    "jointcal_ap.metrics.cli",
-    "jointcal_ap.sso.cli",
-    "jointcal_ap.diffim.cli",
-    "jointcal_ap.apdb.cli",
-    "jointcal_ap.realbogus.cli",
-    "jointcal_ap.report.cli",
-)
-
-
-#: The top-level commands each of :data:`COMMAND_FAMILIES` adds (a test checks this against
-#: their ``add_commands``): ``main`` loads only the family of the command asked for, so that
-#: ``jointcal-ap diff`` does not import what ``metrics`` or ``run`` need (~0.4 s a call).
-#: A command not listed here (a plugin's) loads every family.
+#: :mod:`jointcal_ap.cliutil`), and the top-level commands it adds (a test checks these against
+#: ``add_commands``). One line per family. ``main`` loads only the family of the command asked
+#: for, so that ``jointcal-ap diff`` does not import what ``metrics`` or ``run`` need (~0.4 s a
+#: call); a command not listed here (a plugin's) loads every family.
 FAMILY_COMMANDS: dict[str, tuple[str, ...]] = {
     "jointcal_ap.refcat.cli": ("refcat",),
     "jointcal_ap.stages.cli": ("run", "stages"),
@@ -53,6 +38,9 @@ FAMILY_COMMANDS: dict[str, tuple[str, ...]] = {
     "jointcal_ap.realbogus.cli": ("realbogus",),
     "jointcal_ap.report.cli": ("report",),
 }
+
+#: The command families' modules, in the order their commands are listed.
+COMMAND_FAMILIES: tuple[str, ...] = tuple(FAMILY_COMMANDS)
 
 #: Commands defined in this module; ``main`` builds the parser without the command families
 #: (and the plugin manager they load) when one of these is asked for.
